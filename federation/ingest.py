@@ -1,0 +1,129 @@
+"""Replication ingest: verify every envelope, then store a batch in one transaction.
+
+Verification (Ed25519, CPU-bound, releases the GIL) runs in a thread pool off
+the event loop; chain placement (node.chain.classify) and storage run in the
+database thread. A failure stores nothing for that entry and stops that
+origin's entries for the rest of the batch (a later entry could only gap).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from node.chain import Incoming, Verdict, classify
+from node.signing import BadSignature, entry_hash, open_record
+from node.storage import federation as fed_tx
+from node.storage import log as log_tx
+from node.wire import federation_pb2, records_pb2
+
+KeysOf = Callable[[str], Mapping[str, Ed25519PublicKey]]
+
+
+@dataclass(frozen=True)
+class Checked:
+    item: federation_pb2.LogItem
+    body: records_pb2.RecordBody | None  # None: a placeholder
+    error: str = ""
+
+
+@dataclass
+class IngestResult:
+    stored: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    forks: list[str] = field(default_factory=list)
+    changed: bool = False
+
+
+def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> list[Checked]:
+    """Verify signatures and self-consistency; pure CPU work."""
+    out = []
+    for item in items:
+        keys = keys_of(item.origin)
+        if not keys:
+            out.append(Checked(item, None, "unknown origin (no pinned key)"))
+            continue
+        if not item.HasField("envelope"):
+            out.append(Checked(item, None))
+            continue
+        try:
+            body = open_record(item.envelope, keys)
+        except BadSignature as exc:
+            out.append(Checked(item, None, f"bad signature: {exc}"))
+            continue
+        if body.origin != item.origin or body.seq != item.seq:
+            out.append(Checked(item, None, "signed origin/seq differ from the log position"))
+        elif entry_hash(item.envelope.payload) != item.hash:
+            out.append(Checked(item, None, "entry hash does not match the payload"))
+        else:
+            out.append(Checked(item, body))
+    return out
+
+
+def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
+                now_ms: int) -> IngestResult:
+    result = IngestResult()
+    quarantined = fed_tx.quarantined(conn)
+    stopped: set[str] = set()
+
+    def reject(c: Checked, reason: str) -> None:
+        fed_tx.reject(conn, now_ms, peer, c.item.origin, c.item.seq, reason)
+        result.rejected[reason.split(":")[0]] += 1
+        stopped.add(c.item.origin)
+
+    for c in checked:
+        origin, seq = c.item.origin, c.item.seq
+        if origin in stopped:
+            continue
+        if origin in quarantined:
+            reject(c, "origin quarantined")
+            continue
+        if c.error:
+            reject(c, c.error)
+            continue
+        signed = c.body is not None
+        head, _ = log_tx.head(conn, origin)
+        at_seq = log_tx.held(conn, origin, seq)
+        before = log_tx.held(conn, origin, seq - 1) if seq > 1 else None
+        outcome = classify(Incoming(seq, c.item.hash, signed, c.body.prev if c.body else b""),
+                           head, at_seq, before)
+        if outcome.verdict is Verdict.REJECT:
+            reject(c, outcome.reason)
+            continue
+        if outcome.verdict is Verdict.FORK:
+            held = log_tx.entry(conn, origin, seq)
+            fed_tx.record_fork(conn, origin, seq,
+                               (held.payload, held.signature) if held else None,
+                               (c.item.envelope.payload, c.item.envelope.signature),
+                               peer, now_ms, outcome.reason)
+            result.forks.append(f"{origin}: {outcome.reason}")
+            stopped.add(origin)
+            continue
+        if outcome.verdict is Verdict.DUPLICATE:
+            result.duplicates += 1
+        elif c.body is None:
+            log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
+            result.stored += 1
+        else:
+            if outcome.verdict is Verdict.UPGRADE:
+                log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)
+            else:
+                log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms)
+            result.stored += 1
+            if c.body.kind in log_tx.CONTENT:
+                applied = log_tx.apply_content(conn, [c.body])[0]
+                if applied == "stale":
+                    # Kept in the log (the chain needs it), never applied.
+                    fed_tx.reject(conn, now_ms, peer, origin, seq, "replayed older version")
+                    result.rejected["replayed older version"] += 1
+                elif applied == "tombstoned":
+                    fed_tx.reject(conn, now_ms, peer, origin, seq, "record was purged")
+                    result.rejected["record was purged"] += 1
+        result.changed = result.changed or outcome.verdict is not Verdict.DUPLICATE
+        fed_tx.set_cursor(conn, peer, origin, seq)
+    return result

@@ -1,0 +1,139 @@
+"""Per-peer replication links: one task per dialled peer that subscribes, ingests
+and, on any failure, backs off with jitter and catches up from its cursors.
+
+A slow or dead peer only ever stalls its own task: publishing, search and the
+other peers go on (DESIGN.md section 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import grpc
+
+from federation.backoff import Backoff
+from federation.ingest import Checked, check_items, store_batch
+from federation.tls import PinnedTls
+from federation.transport.client import open_channel, stub
+from node import logs
+from node.peers import Peer
+from node.service import NodeService
+from node.storage import federation as fed_tx
+from node.timeutil import iso, now_ms
+from node.wire import federation_pb2
+
+log = logs.get("fcnode.federation.link")
+
+
+@dataclass
+class LinkState:
+    center: str
+    state: str = "connecting"  # connecting | connected | backing off | refused | unreachable
+    last_contact_ms: int = 0
+    error: str = ""
+    heads: dict[str, int] = field(default_factory=dict)
+    received: int = 0
+
+    def as_dict(self, cursors: dict[str, int]) -> dict[str, object]:
+        behind = {o: max(0, h - cursors.get(o, 0)) for o, h in self.heads.items()}
+        return {"center": self.center, "state": self.state,
+                "last_contact": iso(self.last_contact_ms), "error": self.error,
+                "received": self.received, "behind": behind}
+
+
+def classify_error(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+        return "refused", details
+    if "refused" in details.lower() and "connect" in details.lower():
+        return "unreachable", "connection refused"
+    if any(h in details for h in ("Socket closed", "SSL", "handshake", "Handshake")):
+        return "refused", "TLS handshake failed (is this node pinned there?)"
+    return "backing off", f"{exc.code().name}: {details[:120]}"
+
+
+class PeerLink:
+    def __init__(self, node: NodeService, tls: PinnedTls, peer: Peer, pool: Executor,
+                 on_change: Callable[[], None]) -> None:
+        self.node = node
+        self.tls = tls
+        self.peer = peer
+        self.pool = pool
+        self.on_change = on_change
+        self.state = LinkState(peer.center)
+        self.backoff = Backoff()
+        self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"link-{self.peer.center}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._channel is not None:
+            await self._channel.close()
+
+    def wanted_origins(self) -> list[str]:
+        return sorted(c for c in self.node.peers if c != self.node.center)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                self.state.state, self.state.error = classify_error(exc)
+            except Exception as exc:  # a bug must not kill the link for good
+                log.exception("replication link failed", extra={"peer": self.peer.center})
+                self.state.state, self.state.error = "backing off", type(exc).__name__
+            delay = self.backoff.next_delay()
+            log.info("replication link down", extra={
+                "peer": self.peer.center, "state": self.state.state,
+                "reason": self.state.error, "retry_in_s": round(delay, 2)})
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        if self._channel is None:
+            self._channel = open_channel(self.tls, self.peer, self.node.config.limits)
+        center = self.peer.center
+        cursors = await self.node.db.read(lambda c: fed_tx.cursors(c, center))
+        request = federation_pb2.ReplicateRequest(
+            cursors={o: cursors.get(o, 0) for o in self.wanted_origins()},
+            max_batch=self.node.config.limits.max_batch)
+        stream = stub(self._channel).Replicate(request)
+        async for batch in stream:
+            self.state.state, self.state.error = "connected", ""
+            self.state.last_contact_ms = now_ms()
+            self.state.heads = dict(batch.heads)
+            self.backoff.reset()  # contact resets backoff (Synapse #17769)
+            if batch.items:
+                await self._ingest(list(batch.items))
+        self.state.state = "backing off"
+        self.state.error = "stream ended"
+
+    async def _ingest(self, items: list[federation_pb2.LogItem]) -> None:
+        loop = asyncio.get_running_loop()
+        half = (len(items) + 1) // 2
+        # Ed25519 verification releases the GIL: two threads, two halves.
+        parts = await asyncio.gather(*(
+            loop.run_in_executor(self.pool, check_items, chunk, self.node.keys_of)
+            for chunk in (items[:half], items[half:]) if chunk))
+        checked: list[Checked] = [c for part in parts for c in part]
+        center = self.peer.center
+        result = await self.node.db.run(lambda c: store_batch(c, center, checked, now_ms()))
+        self.state.received += result.stored
+        if result.rejected:
+            log.warning("rejected entries", extra={"peer": center,
+                                                   "reasons": dict(result.rejected)})
+        for fork in result.forks:
+            log.error("FORK: origin quarantined", extra={"peer": center, "fork": fork})
+        if result.changed:
+            self.on_change()

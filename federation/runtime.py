@@ -1,0 +1,201 @@
+"""Federation inside the daemon: the mutual-TLS listener, one replication link
+per dialled peer, and the admin operations on peers. The daemon creates one
+Federation and calls start/stop/apply_peers; node/ never imports this."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from federation.links import PeerLink
+from federation.tls import PinnedTls
+from federation.transport.server import FederationServicer
+from node import logs
+from node.home import HomeError
+from node.identity import parse_card
+from node.keys import load_tls
+from node.localapi import Request
+from node.peers import Peer, all_groups, save_peers
+from node.service import NodeService, NotFound
+from node.storage import audit as audit_tx
+from node.storage import federation as fed_tx
+from node.timeutil import iso, now_ms
+from node.types import ValidationError
+from node.users import User
+from node.wire import federation_pb2, federation_pb2_grpc
+
+log = logs.get("fcnode.federation")
+Extension = Callable[[User, Request], Awaitable[Any]]
+
+
+class Federation:
+    def __init__(self, node: NodeService) -> None:
+        self.node = node
+        self.tls = PinnedTls(load_tls(node.home.tls_key, node.home.tls_cert),
+                             node.peers.values())
+        self.servicer = FederationServicer(node, self.tls)
+        self.links: dict[str, PeerLink] = {}
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self.server: grpc.aio.Server | None = None
+        self.reload: Callable[[], None] | None = None
+        self._lock = asyncio.Lock()
+        self._stopping: set[asyncio.Future[None]] = set()
+
+    async def start(self) -> None:
+        from node.daemon import add_standard_services  # shared with the local listener
+
+        limits = self.node.config.limits
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+        ])
+        federation_pb2_grpc.add_FederationServicer_to_server(self.servicer, self.server)
+        hs = add_standard_services(
+            self.server, [federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name])
+        listen = self.node.config.listen
+        try:
+            port = self.server.add_secure_port(listen, self.tls.server_credentials())
+        except RuntimeError as exc:
+            raise HomeError(f"cannot listen on {listen}: {exc}") from None
+        if not port:
+            raise HomeError(f"cannot listen on {listen} (address in use?)")
+        await self.server.start()
+        await hs.set("", health_pb2.HealthCheckResponse.SERVING)
+        for peer in self.node.peers.values():
+            self._start_link(peer)
+
+    async def stop(self) -> None:
+        for link in list(self.links.values()):
+            await link.stop()
+        self.links.clear()
+        if self.server is not None:
+            await self.server.stop(grace=1)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _start_link(self, peer: Peer) -> None:
+        if not peer.connect:
+            return
+        link = PeerLink(self.node, self.tls, peer, self.pool, self.node.changes.bump)
+        self.links[peer.center] = link
+        link.start()
+
+    def apply_peers(self, peers: dict[str, Peer]) -> None:
+        """Make a new pinned set current: TLS roots, open streams, links."""
+        old = self.node.peers
+        self.node.peers = peers
+        self.tls.update(peers.values())
+        for center, before in old.items():
+            after = peers.get(center)
+            if after is None or after.card != before.card or after.connect != before.connect:
+                closed = self.servicer.streams.revoke(center)
+                link = self.links.pop(center, None)
+                if link is not None:
+                    self._stopping.add(asyncio.ensure_future(link.stop()))
+                    self._stopping = {t for t in self._stopping if not t.done()}
+                log.info("peer unpinned or changed", extra={"peer": center,
+                                                             "streams_closed": closed})
+        for center, peer in peers.items():
+            if center not in self.links:
+                self._start_link(peer)
+        self.node.changes.bump()  # streams re-evaluate what each peer may receive
+
+    # -- local API extensions ------------------------------------------------
+    def local_extensions(self) -> dict[str, Extension]:
+        return {"status": self.status, "peers": self.peers_op,
+                "disseminations": self.disseminations}
+
+    async def status(self, user: User, req: Request) -> dict[str, Any]:
+        def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+            return {"cursors": {p: fed_tx.cursors(conn, p) for p in self.node.peers},
+                    "quarantined": fed_tx.quarantined(conn),
+                    "rejected": fed_tx.rejection_counts(conn)}
+
+        data = await self.node.db.read(tx)
+        peers = []
+        for center, peer in sorted(self.node.peers.items()):
+            link = self.links.get(center)
+            if link is None:
+                peers.append({"center": center, "state": "not dialled" if not peer.connect
+                              else "stopped", "last_contact": "", "behind": {}})
+            else:
+                peers.append(link.state.as_dict(data["cursors"].get(center, {})))
+        return {"listen": self.node.config.listen, "peers": peers,
+                "quarantined": [{"origin": o, "reason": r, "since": iso(t)}
+                                for o, (r, t) in sorted(data["quarantined"].items())],
+                "rejected": data["rejected"]}
+
+    async def disseminations(self, user: User, req: Request) -> list[dict[str, Any]]:
+        self.node.require_admin(user, "reading the dissemination log")
+        record_id = req.get("record_id") or None
+        limit = int(req.get("limit") or 1000)
+        rows = await self.node.db.read(lambda c: fed_tx.disseminations(c, record_id, limit))
+        return [{"time": iso(r[0]), "center": r[1], "user": r[2], "origin": r[3],
+                 "record_id": r[4], "version": r[5], "seq": r[6], "channel": r[7],
+                 "decision": r[8]} for r in rows]
+
+    async def peers_op(self, user: User, req: Request) -> Any:
+        op = req.get("op")
+        if op == "list":
+            return [self._peer_view(p) for _, p in sorted(self.node.peers.items())]
+        if op == "show":
+            peer = self.node.peers.get(str(req.get("center")))
+            if peer is None:
+                raise NotFound(f"no pinned peer {req.get('center')!r}")
+            return {**self._peer_view(peer), "card": peer.card.line()}
+        if op == "groups":
+            return all_groups(self.node.config.groups, self.node.peers.values())
+        self.node.require_admin(user, "changing peers")
+        async with self._lock:  # one writer of peers.toml at a time
+            if op == "add":
+                return await self._add(user, req)
+            if op == "remove":
+                return await self._remove(user, str(req.get("center")))
+        raise ValidationError(f"unknown peers operation {op!r}")
+
+    def _peer_view(self, p: Peer) -> dict[str, Any]:
+        link = self.links.get(p.center)
+        return {"center": p.center, "name": p.card.name, "address": p.address,
+                "groups": list(p.groups), "connect": p.connect,
+                "tls_fingerprint": p.card.tls_fingerprint,
+                "state": link.state.state if link else ("not dialled" if not p.connect
+                                                          else "stopped")}
+
+    async def _add(self, user: User, req: Request) -> dict[str, Any]:
+        card = parse_card(str(req.get("card") or ""))
+        if card.center == self.node.center:
+            raise ValidationError("that is this node's own identity card")
+        groups = tuple(req.strings("groups"))
+        peer = Peer(card, groups, bool(req.get("connect", True)))
+        from node.peers import with_groups
+
+        peer = with_groups(peer, groups)
+        for other in self.node.peers.values():
+            if other.center != card.center and other.card.tls_fingerprint == card.tls_fingerprint:
+                raise ValidationError(f"that certificate is already pinned for {other.center!r}")
+        peers = {**self.node.peers, card.center: peer}
+        await self._commit(user, peers, "peer.add", {
+            "peer": card.center, "address": card.address, "groups": list(groups),
+            "connect": peer.connect, "tls_fingerprint": card.tls_fingerprint})
+        return self._peer_view(peer)
+
+    async def _remove(self, user: User, center: str) -> dict[str, Any]:
+        if center not in self.node.peers:
+            raise NotFound(f"no pinned peer {center!r}")
+        peers = {c: p for c, p in self.node.peers.items() if c != center}
+        await self._commit(user, peers, "peer.remove", {"peer": center})
+        return {"removed": center}
+
+    async def _commit(self, user: User, peers: dict[str, Peer], action: str,
+                      detail: dict[str, Any]) -> None:
+        path = self.node.home.peers
+        await asyncio.get_running_loop().run_in_executor(
+            None, save_peers, path, list(peers.values()))
+        await self.node.db.run(lambda c: audit_tx.append(
+            c, self.node.sign_audit, now_ms(), user.name, action, detail))
+        self.apply_peers(peers)

@@ -1,0 +1,132 @@
+"""Federation gRPC servicer: a thin adapter between the wire and the node.
+
+The calling center is the one whose pinned certificate the TLS handshake
+verified; it is looked up again on every call (a removed peer's established
+connection must not keep working) and never taken from a message field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from federation.tls import PinnedTls, peer_pem
+from node import logs
+from node.egress import replication_batch
+from node.service import NodeService
+from node.storage import federation as fed_tx
+from node.storage import log as log_tx
+from node.timeutil import now_ms
+from node.wire import federation_pb2, federation_pb2_grpc
+
+log = logs.get("fcnode.federation.server")
+HEARTBEAT_S = 10.0
+
+
+class StreamRegistry:
+    """Open streams per peer, so removing a peer closes them."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    @contextlib.contextmanager
+    def open(self, center: str):  # type: ignore[no-untyped-def]
+        revoked = asyncio.Event()
+        self._streams[center].add(revoked)
+        try:
+            yield revoked
+        finally:
+            self._streams[center].discard(revoked)
+
+    def revoke(self, center: str) -> int:
+        events = self._streams.pop(center, set())
+        for e in events:
+            e.set()
+        return len(events)
+
+    def count(self, center: str) -> int:
+        return len(self._streams.get(center, ()))
+
+
+class FederationServicer(federation_pb2_grpc.FederationServicer):
+    def __init__(self, node: NodeService, tls: PinnedTls,
+                 query_handler: Callable[..., AsyncIterator[federation_pb2.QueryAnswer]] | None
+                 = None) -> None:
+        self.node = node
+        self.tls = tls
+        self.streams = StreamRegistry()
+        self.query_handler = query_handler
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> str:
+        pem = peer_pem(context)
+        center = self.tls.center_for_pem(pem) if pem else None
+        if center is None or center not in self.node.peers:
+            log.warning("refused call from an unpinned certificate",
+                        extra={"peer": context.peer()})
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "certificate is not pinned")
+        return center  # type: ignore[return-value]
+
+    async def Replicate(self, request: federation_pb2.ReplicateRequest,
+                        context: grpc.aio.ServicerContext
+                        ) -> AsyncIterator[federation_pb2.ReplicateBatch]:
+        peer = await self.authenticate(context)
+        limits = self.node.config.limits
+        max_batch = min(request.max_batch or limits.max_batch, limits.max_batch)
+        cursors = dict(request.cursors)
+        log.info("replication stream opened", extra={"peer": peer, "origins": len(cursors)})
+        with self.streams.open(peer) as revoked:
+            while not revoked.is_set():
+                seen = self.node.changes.generation
+                batch, cursors = await self.node.db.run(
+                    lambda conn, c=cursors: self._next_batch(conn, peer, c, max_batch))
+                yield batch  # an empty one is a heartbeat: heads, and "caught up"
+                if not batch.items:
+                    await self._wait_for_change(seen, revoked)
+            log.info("replication stream closed: peer removed", extra={"peer": peer})
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer was removed")
+
+    def _next_batch(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
+                    max_batch: int) -> tuple[federation_pb2.ReplicateBatch, dict[str, int]]:
+        quarantined = fed_tx.quarantined(conn)
+        heads = log_tx.heads(conn)
+        batch = federation_pb2.ReplicateBatch()
+        new_cursors = dict(cursors)
+        room = max_batch
+        for origin, after in sorted(cursors.items()):
+            if origin == peer or origin in quarantined:
+                continue
+            head = heads.get(origin, 0)
+            batch.heads[origin] = head
+            if room <= 0 or head <= after:
+                continue
+            entries = log_tx.items_after(conn, origin, after, room)
+            items, sent = replication_batch(entries, peer, self.node.center)
+            fed_tx.log_disseminations(conn, sent, now_ms())
+            batch.items.extend(items)
+            if entries:
+                new_cursors[origin] = entries[-1].seq
+            room -= len(entries)
+        return batch, new_cursors
+
+    async def _wait_for_change(self, seen: int, revoked: asyncio.Event) -> None:
+        waiters = [asyncio.ensure_future(self.node.changes.wait(seen, HEARTBEAT_S)),
+                   asyncio.ensure_future(revoked.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def Query(self, request: federation_pb2.SignedQuery,
+                    context: grpc.aio.ServicerContext
+                    ) -> AsyncIterator[federation_pb2.QueryAnswer]:
+        peer = await self.authenticate(context)
+        if self.query_handler is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "queries are not served here")
+        async for answer in self.query_handler(peer, request, context):  # type: ignore[misc]
+            yield answer

@@ -1,0 +1,92 @@
+"""The CLI's side of the local API: one call, clear errors, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from node.home import Home
+from node.types import FcnodeError
+from node.wire import local_pb2, local_pb2_grpc
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NO_DAEMON = 3
+
+
+class CliError(FcnodeError):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def read_token(token_file: str | None) -> str | None:
+    if token_file:
+        path = Path(token_file)
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise CliError(f"token file {path} does not exist", EXIT_USAGE) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise CliError(f"token file {path} has mode {stat.S_IMODE(mode):04o}; it must be "
+                           f"0600 (run: chmod 600 {path})", EXIT_USAGE)
+        return path.read_text().strip()
+    return os.environ.get("FCNODE_TOKEN")
+
+
+class Client:
+    def __init__(self, home: Home, token: str | None, timeout: float = 30.0) -> None:
+        home.require()
+        self.home = home
+        self.token = token
+        self.timeout = timeout
+        socket = home.socket
+        if not socket.exists():
+            raise CliError(f"no fcnode daemon is running for {home.root} "
+                           f"(start it with: fcnode serve --home {home.root})", EXIT_NO_DAEMON)
+        self.channel = grpc.insecure_channel(f"unix:{socket}")
+        self.stub = local_pb2_grpc.LocalStub(self.channel)
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        if not self.token:
+            raise CliError("no credential: set FCNODE_TOKEN or pass --token-file FILE "
+                           "(fcnode init and fcnode users add print one)", EXIT_USAGE)
+        return [("authorization", f"Bearer {self.token}")]
+
+    def _error(self, exc: grpc.RpcError) -> CliError:
+        code = exc.code()  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or ""):  # type: ignore[attr-defined]
+            return CliError(f"no fcnode daemon is running for {self.home.root} (start it with: "
+                            f"fcnode serve --home {self.home.root})", EXIT_NO_DAEMON)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return CliError("the daemon did not answer in time")
+        return CliError(exc.details() or code.name)  # type: ignore[attr-defined]
+
+    def call(self, method: str, request: dict[str, Any] | None = None,
+             timeout: float | None = None) -> Any:
+        try:
+            reply = getattr(self.stub, method)(
+                local_pb2.JsonRequest(json=json.dumps(request or {})),
+                metadata=self._metadata(), timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return json.loads(reply.json)
+
+    def stream(self, method: str, request: dict[str, Any] | None = None,
+               timeout: float | None = None) -> Iterator[Any]:
+        try:
+            for reply in getattr(self.stub, method)(
+                    local_pb2.JsonRequest(json=json.dumps(request or {})),
+                    metadata=self._metadata(), timeout=timeout or self.timeout):
+                yield json.loads(reply.json)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def close(self) -> None:
+        self.channel.close()

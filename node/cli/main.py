@@ -1,0 +1,328 @@
+"""The `fcnode` command line.
+
+Every command finds its node through --home or $FCNODE_HOME; every command that
+talks to the daemon carries the user's credential from $FCNODE_TOKEN or
+--token-file. Errors print one line on stderr and exit non-zero:
+1 the operation failed, 2 bad usage or input, 3 no daemon running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.cli import output
+from node.cli.client import EXIT_ERROR, EXIT_USAGE, Client, CliError, read_token
+from node.home import Home, load_config, resolve_home
+from node.types import FcnodeError, ValidationError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _home(args: argparse.Namespace) -> Home:
+    return Home(resolve_home(args.home))
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(_home(args), read_token(args.token_file))
+
+
+# -- node -------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    from node.init import init_node
+
+    result = init_node(resolve_home(args.home), args.center, args.name, args.listen)
+    if args.json:
+        output.emit_json({"center": result.center, "home": str(result.home),
+                          "admin_token": result.admin_token})
+    else:
+        print(f"created node {result.center!r} in {result.home}")
+        print("admin credential (shown once; store it, e.g. export FCNODE_TOKEN=...):")
+        print(result.admin_token)
+    return 0
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    from node.init import own_card
+
+    home = _home(args)
+    cfg = load_config(home)
+    card = own_card(home, cfg.center, cfg.name, cfg.listen)
+    if args.json:
+        output.emit_json({"center": card.center, "name": card.name, "address": card.address,
+                          "signing_key": card.line().split("/")[3],
+                          "tls_fingerprint": card.tls_fingerprint, "card": card.line()})
+    else:
+        print(card.line())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from node import logs
+    from node.daemon import serve
+
+    logs.setup(args.log_level.upper())
+    home = _home(args)
+    home.require()
+    try:
+        asyncio.run(serve(home))
+    except FcnodeError as exc:
+        logs.get("fcnode.daemon").error("cannot start", extra={"reason": str(exc)})
+        raise
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    status = client.call("Status")
+    if args.json:
+        output.emit_json(status)
+        return 0
+    print(f"center   {status['center']} ({status['name']})")
+    print(f"uptime   {status['uptime_s']} s")
+    print(f"storage  {status['storage']}")
+    for origin, states in sorted(status["records"].items()):
+        print(f"records  {origin:<12} " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    for peer in status.get("peers", []):
+        behind = ", ".join(f"{o}: {n}" for o, n in sorted(peer.get("behind", {}).items()) if n)
+        print(f"peer     {peer['center']:<12} {peer['state']:<12} last contact "
+              f"{peer.get('last_contact') or 'never'}"
+              + (f"  behind {behind}" if behind else "")
+              + (f"  ({peer['error']})" if peer.get("error") else ""))
+    for q in status.get("quarantined", []):
+        print(f"QUARANTINED  {q['origin']}: {q['reason']} since {q['since']}")
+    if status.get("rejected"):
+        print("rejected envelopes: " + ", ".join(
+            f"{k}: {v}" for k, v in sorted(status["rejected"].items())))
+    return 0
+
+
+# -- records ----------------------------------------------------------------
+def _draft_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.kind or not args.title:
+        raise CliError("publish needs --kind and --title (or --file F)", EXIT_USAGE)
+    policy: dict[str, Any] = {"tlp": args.tlp or "AMBER", "audience": args.audience or [],
+                              "require": args.require or [],
+                              "discoverability": args.discoverability or "pointer"}
+    if args.no_relay:
+        policy["relay"] = False
+    draft: dict[str, Any] = {
+        "kind": args.kind, "title": args.title, "narrative": args.narrative or "",
+        "labels": args.label or [], "entities": args.entity or [], "policy": policy,
+        "part23": {"justification": args.justification or "",
+                   "source_reliability": args.reliability or "X",
+                   "content_validity": args.validity or "4"},
+    }
+    if args.expires:
+        draft["expires"] = args.expires
+    return draft
+
+
+def _drafts_from_file(path: str) -> list[Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path} is not valid JSON: {exc}", EXIT_USAGE) from None
+    drafts = data if isinstance(data, list) else [data]
+    if not drafts:
+        raise CliError(f"{path} holds no records", EXIT_USAGE)
+    return drafts
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    drafts = _drafts_from_file(args.file) if args.file else [_draft_from_flags(args)]
+    from node.record import parse_draft
+
+    for d in drafts:  # fail fast, before talking to the daemon (which validates again)
+        parse_draft(d)
+    results = _client(args).call("Publish", {"records": drafts})
+    for r in results:
+        if args.json:
+            output.emit_json(r)
+        else:
+            print(f"published {r['record_id']} (origin {r['origin']}, seq {r['seq']}, "
+                  f"version {r['version']})")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    rec = _client(args).call("Get", {"record_id": args.record_id})
+    if args.json:
+        output.emit_json(rec)
+    else:
+        output.kv(rec)
+    return 0 if rec.get("verification", {}).get("valid") else EXIT_ERROR
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    req = {"text": " ".join(args.text), "entities": args.entity or [], "kinds": args.kind or [],
+           "since": args.since, "labels": args.label or [], "origins": args.origin or [],
+           "limit": args.limit}
+    n = 0
+    for r in _client(args).stream("Search", req):
+        n += 1
+        output.emit_json(r) if args.json else print(output.result_line(r))
+    if not args.json:
+        print(f"{n} result(s)", file=sys.stderr)
+    return 0
+
+
+# -- users and audit -----------------------------------------------------------
+def cmd_users(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.users_cmd == "add":
+        r = client.call("Users", {"op": "add", "name": args.name, "attributes": args.attr or [],
+                                  "admin": args.admin})
+        if args.json:
+            output.emit_json(r)
+        else:
+            print(f"added user {r['user']} (attributes: {', '.join(r['attributes']) or 'none'}"
+                  f"{'; admin' if r['admin'] else ''})")
+            print("credential (shown once):")
+            print(r["token"])
+    elif args.users_cmd == "remove":
+        r = client.call("Users", {"op": "remove", "name": args.name})
+        output.emit_json(r) if args.json else print(f"removed user {r['removed']}")
+    else:
+        rows = client.call("Users", {"op": "list"})
+        if args.json:
+            for r in rows:
+                output.emit_json(r)
+        else:
+            output.table([{**r, "attributes": ",".join(r["attributes"]) or "-"} for r in rows],
+                         ["user", "admin", "attributes", "created"])
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.audit_cmd == "verify":
+        r = client.call("AuditVerify")
+        if args.json:
+            output.emit_json(r)
+        elif r["ok"]:
+            print(f"audit log intact: {r['entries']} entries, signed head at {r['head']}")
+        else:
+            for p in r["problems"]:
+                print(f"TAMPERED: {p}")
+        return 0 if r["ok"] else EXIT_ERROR
+    for e in client.stream("Audit", {"since": args.since, "limit": args.limit}):
+        if args.json:
+            output.emit_json(e)
+        else:
+            print(f"{e['seq']:>6}  {e['time']}  {e['actor']:<12} {e['action']:<16} "
+                  f"{json.dumps(e['detail'], ensure_ascii=False)}")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="node home (default $FCNODE_HOME or ./fcnode-home)")
+    common.add_argument("--token-file", help="file holding your credential (else $FCNODE_TOKEN)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="fcnode", description="A fusion center's node.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Command, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("init", cmd_init, "create a node home (keys, config, database, first admin)")
+    p.add_argument("--center", required=True, help="center id, e.g. ncric")
+    p.add_argument("--name", required=True, help="display name")
+    p.add_argument("--listen", required=True, help="federation address HOST:PORT")
+
+    add("identity", cmd_identity, "print this node's identity card")
+    p = add("serve", cmd_serve, "run the daemon in the foreground")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add("status", cmd_status, "the running daemon's state")
+
+    p = add("publish", cmd_publish, "sign and publish a record")
+    p.add_argument("--file", help="JSON record (or a list of them); - for stdin")
+    p.add_argument("--kind", help="SAR, BOLO, BULLETIN, TIP or DECONFLICTION")
+    p.add_argument("--title")
+    p.add_argument("--narrative")
+    p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
+    p.add_argument("--label", action="append")
+    p.add_argument("--tlp", help="CLEAR, GREEN, AMBER (default), AMBER+STRICT or RED")
+    p.add_argument("--audience", action="append", metavar="CENTER_OR_GROUP",
+                   help="center id, group or 'members' (default: this center only)")
+    p.add_argument("--require", action="append", metavar="ATTR")
+    p.add_argument("--discoverability", choices=["open", "pointer", "restricted"])
+    p.add_argument("--no-relay", action="store_true", help="only this node may pass it on")
+    p.add_argument("--justification", help="28 CFR 23 reasonable suspicion")
+    p.add_argument("--reliability", help="source reliability A, B, C or X")
+    p.add_argument("--validity", help="content validity 1, 2, 3 or 4")
+    p.add_argument("--expires", help="date (default: five years)")
+
+    p = add("get", cmd_get, "show a record and its verification")
+    p.add_argument("record_id")
+
+    p = add("search", cmd_search, "search this node's records")
+    _search_flags(p)
+
+    p = add("users", cmd_users, "manage users (admin)")
+    us = p.add_subparsers(dest="users_cmd", required=True, metavar="add|list|remove")
+    ua = us.add_parser("add", parents=[common])
+    ua.add_argument("name")
+    ua.add_argument("--attr", action="append", help="attribute, e.g. sworn_le, ntk:narcotics")
+    ua.add_argument("--admin", action="store_true")
+    us.add_parser("list", parents=[common])
+    ur = us.add_parser("remove", parents=[common])
+    ur.add_argument("name")
+
+    p = add("audit", cmd_audit, "read or verify the audit log (admin)")
+    p.add_argument("audit_cmd", nargs="?", choices=["verify"], help="verify the hash chain")
+    p.add_argument("--since", help="date or age, e.g. 7d")
+    p.add_argument("--limit", type=int, default=0, help="newest N entries")
+
+    from node.cli import federation_cmds
+
+    federation_cmds.register(add, common)
+    return parser
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="*", help="words that must occur")
+    p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
+    p.add_argument("--kind", action="append")
+    p.add_argument("--since", help="date or age, e.g. 30d")
+    p.add_argument("--label", action="append")
+    p.add_argument("--origin", action="append", metavar="CENTER")
+    p.add_argument("--limit", type=int, default=50)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except CliError as exc:
+        output.error(str(exc))
+        return exc.code
+    except ValidationError as exc:
+        output.error(str(exc))
+        return EXIT_USAGE
+    except FcnodeError as exc:
+        output.error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

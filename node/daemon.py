@@ -1,0 +1,129 @@
+"""`fcnode serve`: the daemon. Owns the event loop, signals, sockets and reload;
+composes the node service, the local API and federation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from node import keys, logs
+from node.home import Home, HomeError, load_config
+from node.localapi import LocalServicer
+from node.peers import load_peers
+from node.service import NodeService
+from node.storage.db import Database
+from node.wire import local_pb2
+
+log = logs.get("fcnode.daemon")
+
+
+class AlreadyRunning(HomeError):
+    pass
+
+
+def acquire_lock(home: Home) -> IO[str]:
+    """One daemon per home: an advisory lock the kernel drops if we die."""
+    fh = open(home.lock, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise AlreadyRunning(f"another fcnode serve (pid {pid}) is already running on "
+                             f"{home.root}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def add_standard_services(server: grpc.aio.Server,
+                          services: list[str]) -> health.aio.HealthServicer:
+    """Health and reflection on every listener, so standard tools work."""
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [*services, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    return health_servicer
+
+
+async def _start_local(node: NodeService, socket: Path,
+                       extensions: dict[str, Any]) -> grpc.aio.Server:
+    socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        socket.unlink()  # stale from a killed daemon: we hold the lock, so it is ours
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    local_pb2_grpc_add(server, LocalServicer(node, extensions))
+    hs = add_standard_services(server, [local_pb2.DESCRIPTOR.services_by_name["Local"].full_name])
+    old_umask = os.umask(0o077)  # the socket is for this node's operators only
+    try:
+        if not server.add_insecure_port(f"unix:{socket}"):
+            raise HomeError(f"cannot bind the local API socket {socket}")
+    finally:
+        os.umask(old_umask)
+    await server.start()
+    await hs.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server
+
+
+def local_pb2_grpc_add(server: grpc.aio.Server, servicer: LocalServicer) -> None:
+    from node.wire import local_pb2_grpc
+
+    local_pb2_grpc.add_LocalServicer_to_server(servicer, server)
+
+
+async def serve(home: Home) -> None:
+    config = load_config(home)
+    signing = keys.load_signing_key(home.signing_key)
+    keys.load_tls(home.tls_key, home.tls_cert)  # fail now on a bad TLS key file, not later
+    peers = load_peers(home.peers, config.center)
+    lock = acquire_lock(home)
+    db = Database(home.database)
+    await db.open()
+    node = NodeService(home, config, signing, db, peers)
+
+    from federation.runtime import Federation  # daemon composes; node/ core never does
+
+    federation = Federation(node)
+    local = await _start_local(node, home.socket, federation.local_extensions())
+    await federation.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def reload() -> None:
+        try:
+            node.config = load_config(home)
+            federation.apply_peers(load_peers(home.peers, node.center))
+            log.info("reloaded configuration", extra={"peers": sorted(node.peers)})
+        except HomeError as exc:
+            log.error("reload refused; keeping the running configuration",
+                      extra={"reason": str(exc)})
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    federation.reload = reload
+    log.info("serving", extra={"center": config.center, "socket": str(home.socket),
+                               "federation": config.listen, "peers": sorted(peers)})
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down", extra={"center": config.center})
+        await federation.stop()
+        await local.stop(grace=2)
+        with contextlib.suppress(FileNotFoundError):
+            home.socket.unlink()
+        await db.close()
+        lock.close()
+        log.info("stopped", extra={"center": config.center})

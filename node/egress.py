@@ -1,0 +1,55 @@
+"""The egress gate: every record that leaves this node for another center passes
+here. It takes the one policy decision, builds what may be sent, and returns the
+dissemination rows that the caller writes in the same transaction as the read
+(28 CFR 23.20(f): who received which record, when, why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from node import policy
+from node.record import body_policy
+from node.storage.log import StoredEntry
+from node.types import Decision, Requester
+from node.wire import federation_pb2, records_pb2
+
+
+@dataclass(frozen=True)
+class Dissemination:
+    center: str
+    user: str | None
+    origin: str
+    record_id: str
+    version: int
+    seq: int
+    channel: str
+    decision: str
+
+
+def parse(entry: StoredEntry) -> records_pb2.RecordBody:
+    body = records_pb2.RecordBody()
+    body.ParseFromString(entry.payload or b"")
+    return body
+
+
+def replication_batch(
+    entries: Iterable[StoredEntry], peer: str, evaluator: str,
+) -> tuple[list[federation_pb2.LogItem], list[Dissemination]]:
+    """Log items for ``peer``: the signed entry where the decision for that
+    center is FULL, else a placeholder (seq and hash only)."""
+    items: list[federation_pb2.LogItem] = []
+    sent: list[Dissemination] = []
+    requester = Requester(peer)
+    for e in entries:
+        item = federation_pb2.LogItem(origin=e.origin, seq=e.seq, hash=e.hash)
+        if e.payload is not None:
+            body = parse(e)
+            decision = policy.decide(body_policy(body), body.origin, evaluator, requester)
+            if decision is Decision.FULL:
+                item.envelope.CopyFrom(e.envelope())
+                sent.append(Dissemination(peer, None, body.origin, body.record_id,
+                                          body.version, body.seq, "replication", "FULL"))
+        items.append(item)
+    return items, sent

@@ -1,0 +1,170 @@
+"""The node home: where a node's files live, and node.toml.
+
+    node.toml      this center's settings (hand-editable, validated at start)
+    peers.toml     pinned peers (fcnode peers ...; hand-editable)
+    signing.key    Ed25519 signing key (0600)
+    tls.key        ECDSA P-256 TLS key (0600), tls.crt its self-signed certificate
+    node.db        SQLite database (WAL)
+    daemon.lock    held by the running daemon
+    fcnode.sock    local API socket (or under /tmp when the home path is too long)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.types import FcnodeError, ValidationError, check_center_id
+
+DEFAULT_HOME = "fcnode-home"
+# sun_path is 108 bytes including the NUL: a longer path fails to bind with only
+# "Failed to bind to address" (DESIGN.md section 8).
+MAX_SOCKET_PATH = 107
+
+
+class HomeError(FcnodeError):
+    pass
+
+
+def resolve_home(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("FCNODE_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "node.toml"
+
+    @property
+    def peers(self) -> Path:
+        return self.root / "peers.toml"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "signing.key"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.root / "tls.key"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.root / "tls.crt"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "node.db"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def socket(self) -> Path:
+        """The local API socket: in the home, or under a short runtime directory
+        when the home's path is too long for a Unix socket."""
+        inside = self.root / "fcnode.sock"
+        if len(str(inside).encode()) <= MAX_SOCKET_PATH:
+            return inside
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return Path(f"/tmp/fcnode-{os.getuid()}") / f"{digest}.sock"
+
+    def require(self) -> None:
+        if not self.config.exists():
+            raise HomeError(f"no fcnode node at {self.root} (run fcnode init, or set "
+                            "--home / FCNODE_HOME)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_batch: int = 256
+    max_results: int = 500
+    query_rate_per_minute: int = 600
+    max_query_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    center: str
+    name: str
+    listen: str
+    contact: str
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    limits: Limits = Limits()
+
+
+def check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValidationError(f"invalid address {value!r}: use HOST:PORT, e.g. 127.0.0.1:7701")
+    return value
+
+
+def check_group(name: str) -> str:
+    if ":" not in name or not all(name.split(":", 1)) or " " in name:
+        raise ValidationError(f"invalid group name {name!r}: use KIND:NAME, e.g. region:west")
+    return name
+
+
+def parse_config(data: dict[str, Any], where: str) -> NodeConfig:
+    try:
+        node = data["node"]
+        center = check_center_id(str(node["center"]))
+        name = str(node.get("name") or center)
+        listen = check_listen(str(node["listen"]))
+        contact = str(node.get("contact") or f"{name} watch desk")
+        groups = {
+            check_group(g): tuple(check_center_id(c, f"member of {g}") for c in members)
+            for g, members in (data.get("groups") or {}).items()
+        }
+        limits = Limits(**(data.get("limits") or {}))
+    except KeyError as exc:
+        raise HomeError(f"{where}: missing setting {exc.args[0]!r}") from None
+    except (TypeError, ValidationError) as exc:
+        raise HomeError(f"{where}: {exc}") from None
+    return NodeConfig(center, name, listen, contact, groups, limits)
+
+
+def load_config(home: Home) -> NodeConfig:
+    home.require()
+    try:
+        data = tomllib.loads(home.config.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise HomeError(f"{home.config}: not valid TOML ({exc})") from None
+    return parse_config(data, str(home.config))
+
+
+def toml_str(value: str) -> str:
+    """A TOML basic string (JSON's escapes are a subset of TOML's)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_config(cfg: NodeConfig) -> str:
+    lines = [
+        "# fcnode node settings. Changes apply on restart or SIGHUP.",
+        "[node]",
+        f"center = {toml_str(cfg.center)}",
+        f"name = {toml_str(cfg.name)}",
+        f"listen = {toml_str(cfg.listen)}  # federation listener (mutual TLS only)",
+        f"contact = {toml_str(cfg.contact)}  # shown with POINTER hits: whom to call",
+        "",
+        "# Audience groups, expanded into center ids when a record is published.",
+        "[groups]",
+    ]
+    for g, members in sorted(cfg.groups.items()):
+        lines.append(f"{toml_str(g)} = [{', '.join(toml_str(m) for m in members)}]")
+    lines += ["", "[limits]"]
+    lim = cfg.limits
+    for key in lim.__dataclass_fields__:
+        lines.append(f"{key} = {getattr(lim, key)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,189 @@
+"""The local gRPC API (Unix socket): a thin adapter from JSON requests to the
+NodeService. Credentials arrive as metadata ``authorization: Bearer TOKEN``."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from node import logs
+from node.query import make_params
+from node.record import parse_draft
+from node.service import NodeService, NotFound
+from node.storage.db import StorageError
+from node.timeutil import parse_instant_ms
+from node.types import AccessDenied, FcnodeError, ValidationError
+from node.users import User
+from node.wire import local_pb2, local_pb2_grpc
+
+log = logs.get("fcnode.local")
+Handler = Callable[..., Awaitable[Any]]
+
+_CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (AccessDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (StorageError, grpc.StatusCode.UNAVAILABLE),
+    (FcnodeError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def _token(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return None
+
+
+def reply(data: Any) -> local_pb2.JsonReply:
+    return local_pb2.JsonReply(json=json.dumps(data))
+
+
+class Request:
+    """The parsed JSON body, with typed accessors that fail with clear errors."""
+
+    def __init__(self, raw: str) -> None:
+        try:
+            self.data = json.loads(raw or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"request is not JSON: {exc}") from None
+        if not isinstance(self.data, dict):
+            raise ValidationError("request must be a JSON object")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def strings(self, key: str) -> list[str]:
+        value = self.data.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValidationError(f"{key} must be a list of strings")
+        return value
+
+
+def _status_for(exc: Exception) -> grpc.StatusCode:
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def unary(method: Handler) -> Handler:
+    @functools.wraps(method)
+    async def wrapper(self: LocalServicer, request: local_pb2.JsonRequest,
+                      context: grpc.aio.ServicerContext) -> local_pb2.JsonReply:
+        try:
+            user = await self.node.authenticate(_token(context))
+            return reply(await method(self, user, Request(request.json)))
+        except FcnodeError as exc:
+            await context.abort(_status_for(exc), str(exc))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def streaming(method: Callable[..., Awaitable[list[Any]]]) -> Handler:
+    @functools.wraps(method)
+    async def wrapper(self: LocalServicer, request: local_pb2.JsonRequest,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[local_pb2.JsonReply]:
+        try:
+            user = await self.node.authenticate(_token(context))
+            items = await method(self, user, Request(request.json))
+        except FcnodeError as exc:
+            await context.abort(_status_for(exc), str(exc))
+            return
+        for item in items:
+            yield reply(item)
+
+    return wrapper
+
+
+class LocalServicer(local_pb2_grpc.LocalServicer):
+    def __init__(self, node: NodeService, extensions: dict[str, Handler] | None = None) -> None:
+        self.node = node
+        # Operations that live outside node/ (peers, federated query) plug in here,
+        # so node/ never imports federation/.
+        self.extensions = extensions or {}
+
+    @unary
+    async def Status(self, user: User, req: Request) -> Any:
+        status = await self.node.status()
+        if "status" in self.extensions:
+            status.update(await self.extensions["status"](user, req))
+        return status
+
+    @unary
+    async def Publish(self, user: User, req: Request) -> Any:
+        records = req.get("records")
+        if not isinstance(records, list):
+            raise ValidationError("records must be a list")
+        return await self.node.publish(user, [parse_draft(r) for r in records])
+
+    @unary
+    async def Get(self, user: User, req: Request) -> Any:
+        return await self.node.get(user, str(req.get("record_id", "")))
+
+    @streaming
+    async def Search(self, user: User, req: Request) -> list[Any]:
+        since = req.get("since")
+        params = make_params(
+            text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
+            kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
+            labels=req.strings("labels"), origins=req.strings("origins"),
+            limit=int(req.get("limit") or 50))
+        return await self.node.search(user, params)
+
+    @unary
+    async def Users(self, user: User, req: Request) -> Any:
+        op = req.get("op")
+        if op == "add":
+            return await self.node.add_user(user, str(req.get("name", "")),
+                                            req.strings("attributes"), bool(req.get("admin")))
+        if op == "remove":
+            return await self.node.remove_user(user, str(req.get("name", "")))
+        if op == "list":
+            return await self.node.list_users(user)
+        raise ValidationError(f"unknown users operation {op!r}")
+
+    @streaming
+    async def Audit(self, user: User, req: Request) -> list[Any]:
+        since = req.get("since")
+        return await self.node.audit_entries(
+            user, parse_instant_ms(since) if since else 0, int(req.get("limit") or 0))
+
+    @unary
+    async def AuditVerify(self, user: User, req: Request) -> Any:
+        return await self.node.audit_verify(user)
+
+    async def _extension(self, name: str, user: User, req: Request) -> Any:
+        handler = self.extensions.get(name)
+        if handler is None:
+            raise FcnodeError(f"{name} is not available on this node")
+        return await handler(user, req)
+
+    @unary
+    async def Peers(self, user: User, req: Request) -> Any:
+        return await self._extension("peers", user, req)
+
+    @streaming
+    async def Disseminations(self, user: User, req: Request) -> list[Any]:
+        return await self._extension("disseminations", user, req)
+
+    @streaming
+    async def Query(self, user: User, req: Request) -> list[Any]:
+        return await self._extension("query", user, req)
+
+    @streaming
+    async def Notices(self, user: User, req: Request) -> list[Any]:
+        return await self._extension("notices", user, req)
+
+    @unary
+    async def Lifecycle(self, user: User, req: Request) -> Any:
+        return await self._extension("lifecycle", user, req)
+
+    @streaming
+    async def Review(self, user: User, req: Request) -> list[Any]:
+        return await self._extension("review", user, req)

@@ -1,0 +1,119 @@
+"""peers.toml: the centers this node has pinned (hand-editable, validated).
+
+    [[peer]]
+    center = "nysic"
+    name = "New York State Intelligence Center"
+    address = "127.0.0.1:7702"
+    card = "fcnode1/nysic/..."    # the identity card as received: keys and cert
+    groups = ["region:east"]
+    connect = true                # false: pin keys only, never dial (reached via hubs)
+
+The card holds the pinned Ed25519 key and TLS certificate; every other field is
+derived from it or set by the administrator.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from node.home import HomeError, check_group, toml_str
+from node.identity import IdentityCard, parse_card
+from node.types import ValidationError
+
+
+@dataclass(frozen=True)
+class Peer:
+    card: IdentityCard
+    groups: tuple[str, ...] = ()
+    connect: bool = True
+
+    @property
+    def center(self) -> str:
+        return self.card.center
+
+    @property
+    def address(self) -> str:
+        return self.card.address
+
+
+def parse_peers(text: str, where: str, own_center: str) -> dict[str, Peer]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise HomeError(f"{where}: not valid TOML ({exc})") from None
+    out: dict[str, Peer] = {}
+    fingerprints: dict[str, str] = {}
+    for i, entry in enumerate(data.get("peer") or [], start=1):
+        label = f"{where}: peer #{i}"
+        try:
+            card = parse_card(str(entry["card"]))
+            if "center" in entry and entry["center"] != card.center:
+                raise ValidationError(f"center {entry['center']!r} does not match its card "
+                                      f"({card.center!r})")
+            groups = tuple(check_group(str(g)) for g in entry.get("groups") or [])
+            connect = entry.get("connect", True)
+            if not isinstance(connect, bool):
+                raise ValidationError("connect must be true or false")
+        except KeyError as exc:
+            raise HomeError(f"{label}: missing {exc.args[0]!r}") from None
+        except ValidationError as exc:
+            raise HomeError(f"{label}: {exc}") from None
+        if card.center == own_center:
+            raise HomeError(f"{label}: {card.center!r} is this node itself")
+        if card.center in out:
+            raise HomeError(f"{label}: {card.center!r} is listed twice")
+        if card.tls_fingerprint in fingerprints:
+            raise HomeError(f"{label}: same TLS certificate as "
+                            f"{fingerprints[card.tls_fingerprint]!r}")
+        fingerprints[card.tls_fingerprint] = card.center
+        out[card.center] = Peer(card, groups, connect)
+    return out
+
+
+def load_peers(path: Path, own_center: str) -> dict[str, Peer]:
+    if not path.exists():
+        return {}
+    return parse_peers(path.read_text(), str(path), own_center)
+
+
+def render_peers(peers: Iterable[Peer]) -> str:
+    lines = ["# Pinned peers. Managed by `fcnode peers`; hand edits are validated on reload."]
+    for p in sorted(peers, key=lambda p: p.center):
+        lines += [
+            "", "[[peer]]",
+            f"center = {toml_str(p.center)}",
+            f"name = {toml_str(p.card.name)}",
+            f"address = {toml_str(p.address)}",
+            f"groups = [{', '.join(toml_str(g) for g in p.groups)}]",
+            f"connect = {'true' if p.connect else 'false'}",
+            f"card = {toml_str(p.card.line())}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def save_peers(path: Path, peers: Iterable[Peer]) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_suffix(".toml.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(render_peers(peers))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def with_groups(peer: Peer, groups: Iterable[str]) -> Peer:
+    return replace(peer, groups=tuple(check_group(g) for g in groups))
+
+
+def all_groups(own_groups: dict[str, tuple[str, ...]],
+               peers: Iterable[Peer]) -> dict[str, tuple[str, ...]]:
+    """Groups from node.toml plus those assigned to peers with --groups."""
+    merged: dict[str, set[str]] = {g: set(m) for g, m in own_groups.items()}
+    for p in peers:
+        for g in p.groups:
+            merged.setdefault(g, set()).add(p.center)
+    return {g: tuple(sorted(m)) for g, m in sorted(merged.items())}

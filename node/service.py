@@ -1,0 +1,352 @@
+"""The node's own operations, composed from the pure core and storage.
+
+Everything the local API offers goes through here: authentication, publishing,
+reading under the access policy, users and audit. The gRPC servicer is a thin
+adapter over it; federation uses its keyring and change notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from node import policy, record
+from node.audit import AuditEntry, head_message, verify_chain
+from node.home import Home, NodeConfig
+from node.peers import Peer, all_groups
+from node.query import SearchParams
+from node.record import Draft, body_policy, body_to_dict, kind_name
+from node.signing import AUDIT_DOMAIN, BadSignature, key_id, open_record, seal_record, sign, verify
+from node.storage import audit as audit_tx
+from node.storage import log as log_tx
+from node.storage import users as users_tx
+from node.storage.db import Database
+from node.timeutil import iso, now_ms
+from node.types import AccessDenied, Decision, FcnodeError, Requester, ValidationError
+from node.users import User, check_user_name, new_token, split_token, token_matches
+from node.wire import records_pb2
+
+
+class NotFound(FcnodeError):
+    pass
+
+
+class ChangeFeed:
+    """Wakes replication streams when the log changes, without lost wake-ups:
+    a reader notes the generation before reading and waits only if it is still
+    current."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._event = asyncio.Event()
+
+    def bump(self) -> None:
+        self.generation += 1
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seen: int, timeout: float) -> None:
+        if self.generation != seen:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+@dataclass(frozen=True)
+class Visible:
+    """One record as a reader may see it: the decision and what it allows."""
+
+    decision: Decision
+    body: records_pb2.RecordBody
+    entry: log_tx.StoredEntry
+
+    def summary(self) -> dict[str, Any]:
+        b = self.body
+        if self.decision is Decision.FULL:
+            return {"record_id": b.record_id, "origin": b.origin, "kind": kind_name(b),
+                    "title": b.title, "version": b.version, "seq": b.seq,
+                    "tlp": body_policy(b).tlp.label, "created": iso(b.created_ms),
+                    "access": "FULL"}
+        return {"record_id": b.record_id, "origin": b.origin, "kind": kind_name(b),
+                "access": "POINTER", "contact": b.contact}
+
+
+def parse_entry(entry: log_tx.StoredEntry) -> records_pb2.RecordBody:
+    body = records_pb2.RecordBody()
+    body.ParseFromString(entry.payload or b"")
+    return body
+
+
+class NodeService:
+    def __init__(self, home: Home, config: NodeConfig, signing_key: Ed25519PrivateKey,
+                 db: Database, peers: dict[str, Peer]) -> None:
+        self.home = home
+        self.config = config
+        self.key = signing_key
+        self.db = db
+        self.peers = peers
+        self.started = time.monotonic()
+        self.changes = ChangeFeed()
+        self._own_keys = {key_id(signing_key.public_key()): signing_key.public_key()}
+
+    # -- identity and keys ------------------------------------------------
+    @property
+    def center(self) -> str:
+        return self.config.center
+
+    def keys_of(self, origin: str) -> dict[str, Ed25519PublicKey]:
+        if origin == self.center:
+            return self._own_keys
+        peer = self.peers.get(origin)
+        if peer is None:
+            return {}
+        pub = peer.card.public_key()
+        return {key_id(pub): pub}
+
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        return all_groups(self.config.groups, self.peers.values())
+
+    def sign_audit(self, message: bytes) -> bytes:
+        return sign(self.key, AUDIT_DOMAIN, message)
+
+    # -- users ------------------------------------------------------------
+    async def authenticate(self, token: str | None) -> User:
+        if not token:
+            raise AccessDenied("no credential: set FCNODE_TOKEN or use --token-file")
+        try:
+            name, secret = split_token(token)
+        except ValidationError:
+            raise AccessDenied("credential is malformed") from None
+        row = await self.db.read(lambda c: users_tx.find(c, name))
+        # Compare even for an unknown user, so timing does not tell names apart.
+        stored = row.token_hash if row else b"\x00" * 32
+        if not token_matches(secret, stored) or row is None:
+            raise AccessDenied("credential is not valid (unknown user or wrong token)")
+        return User(row.name, frozenset(row.attributes), row.admin)
+
+    def requester(self, user: User) -> Requester:
+        return Requester(self.center, user.name, user.attributes)
+
+    @staticmethod
+    def require_admin(user: User, what: str) -> None:
+        if not user.admin:
+            raise AccessDenied(f"{what} needs the admin role; {user.name!r} is not an admin")
+
+    async def add_user(self, actor: User, name: str, attributes: Iterable[str],
+                       admin: bool) -> dict[str, Any]:
+        self.require_admin(actor, "adding users")
+        check_user_name(name)
+        attrs = sorted({record.check_attribute(a) for a in attributes})
+        if any(a.startswith(policy.USER_ATTR_PREFIX) for a in attrs):
+            raise ValidationError("user:… attributes are derived from the user's name; "
+                                  "do not assign them")
+        token, digest = new_token(name)
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if users_tx.find(conn, name):
+                raise ValidationError(f"user {name!r} already exists")
+            users_tx.insert(conn, users_tx.UserRow(name, digest, tuple(attrs), admin, now))
+            audit_tx.append(conn, self.sign_audit, now, actor.name, "user.add",
+                            {"user": name, "attributes": attrs, "admin": admin})
+
+        await self.db.run(tx)
+        return {"user": name, "token": token, "attributes": attrs, "admin": admin}
+
+    async def remove_user(self, actor: User, name: str) -> dict[str, Any]:
+        self.require_admin(actor, "removing users")
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            row = users_tx.find(conn, name)
+            if row is None:
+                raise NotFound(f"no user {name!r}")
+            if row.admin and users_tx.admin_count(conn) == 1:
+                raise ValidationError(f"{name!r} is the last admin; add another admin first")
+            users_tx.delete(conn, name)
+            audit_tx.append(conn, self.sign_audit, now, actor.name, "user.remove",
+                            {"user": name})
+
+        await self.db.run(tx)
+        return {"removed": name}
+
+    async def list_users(self, actor: User) -> list[dict[str, Any]]:
+        self.require_admin(actor, "listing users")
+        rows = await self.db.read(users_tx.all_users)
+        return [{"user": r.name, "attributes": list(r.attributes), "admin": r.admin,
+                 "created": iso(r.created_ms)} for r in rows]
+
+    # -- publishing -------------------------------------------------------
+    def known_centers(self) -> set[str]:
+        return {self.center, *self.peers}
+
+    async def publish(self, user: User, drafts: list[Draft]) -> list[dict[str, Any]]:
+        """Validate, sign and append every draft in one transaction: all or none."""
+        if not drafts:
+            raise ValidationError("nothing to publish")
+        groups = self.groups()
+        known = self.known_centers()
+        audiences = [record.expand_audience(d.audience, groups, known) for d in drafts]
+        now = now_ms()
+        contact = self.config.contact
+
+        def tx(conn: sqlite3.Connection) -> list[records_pb2.RecordBody]:
+            seq, prev = log_tx.head(conn, self.center)
+            sealed = []
+            for draft, audience in zip(drafts, audiences, strict=True):
+                seq += 1
+                body = record.build_body(
+                    draft, origin=self.center, seq=seq, prev=prev,
+                    record_id=record.new_record_id(), version=1, created_ms=now,
+                    audience=audience, author=user.name, contact=contact)
+                envelope = seal_record(self.key, body)
+                prev = log_tx.entry_hash(envelope.payload)
+                sealed.append((envelope, body))
+            log_tx.insert_entries(conn, sealed, "local", now)
+            log_tx.apply_content(conn, [b for _, b in sealed])
+            audit_tx.append_many(conn, self.sign_audit, now, [
+                (user.name, "record.publish",
+                 {"record_id": b.record_id, "seq": b.seq, "version": b.version,
+                  "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
+                  "audience": sorted(b.policy.audience)})
+                for _, b in sealed])
+            return [b for _, b in sealed]
+
+        bodies = await self.db.run(tx)
+        self.changes.bump()
+        return [{"record_id": b.record_id, "origin": b.origin, "seq": b.seq,
+                 "version": b.version} for b in bodies]
+
+    # -- reading ----------------------------------------------------------
+    def decide(self, body: records_pb2.RecordBody, requester: Requester) -> Decision:
+        return policy.decide(body_policy(body), body.origin, self.center, requester)
+
+    async def search(self, user: User, params: SearchParams) -> list[dict[str, Any]]:
+        requester = self.requester(user)
+        now = now_ms()
+        found: list[Visible] = []
+
+        def accept(entry: log_tx.StoredEntry) -> bool:
+            body = parse_entry(entry)
+            decision = self.decide(body, requester)
+            if decision >= Decision.POINTER:
+                found.append(Visible(decision, body, entry))
+                return True
+            return False
+
+        def tx(conn: sqlite3.Connection) -> None:
+            found.clear()
+            log_tx.search(conn, params, now, accept)
+            audit_tx.append(conn, self.sign_audit, now, user.name, "search", {
+                "text": params.text, "entities": list(params.entity_keys),
+                "kinds": list(params.kinds), "labels": list(params.labels),
+                "origins": list(params.origins), "since": iso(params.since_ms),
+                "results": [[v.body.origin, v.body.record_id, v.body.version,
+                             v.decision.name] for v in found]})
+
+        await self.db.run(tx)
+        return [v.summary() for v in found]
+
+    async def get(self, user: User, record_id: str) -> dict[str, Any]:
+        requester = self.requester(user)
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            shown = []
+            for entry, state in log_tx.current(conn, record_id):
+                body = parse_entry(entry)
+                decision = self.decide(body, requester)
+                if decision < Decision.POINTER:
+                    continue
+                view = self._view(conn, entry, body, decision, state)
+                shown.append(view)
+                audit_tx.append(conn, self.sign_audit, now, user.name, "record.view",
+                                {"record_id": record_id, "origin": body.origin,
+                                 "version": body.version, "access": decision.name})
+            if not shown:
+                # Same answer for "absent" and "not yours to see": no existence leak.
+                audit_tx.append(conn, self.sign_audit, now, user.name, "record.view",
+                                {"record_id": record_id, "access": "NONE"})
+            return shown
+
+        shown = await self.db.run(tx)
+        if not shown:
+            raise NotFound(f"no record {record_id!r} that you may see")
+        return shown[0]
+
+    def _view(self, conn: sqlite3.Connection, entry: log_tx.StoredEntry,
+              body: records_pb2.RecordBody, decision: Decision, state: str) -> dict[str, Any]:
+        verification = self.verify_entry(conn, entry)
+        if decision is Decision.FULL:
+            out = body_to_dict(body)
+            out.update(access="FULL", state=state, verification=verification)
+            return out
+        out = Visible(decision, body, entry).summary()
+        out.update(state=state, verification=verification)
+        return out
+
+    def verify_entry(self, conn: sqlite3.Connection, entry: log_tx.StoredEntry) -> dict[str, Any]:
+        """Re-verify a stored entry: signature by its origin's key, and chain link."""
+        out: dict[str, Any] = {"signer": entry.origin, "key_id": entry.key_id,
+                               "chain_seq": entry.seq}
+        try:
+            body = open_record(entry.envelope(), self.keys_of(entry.origin))  # type: ignore[arg-type]
+            if body.origin != entry.origin or body.seq != entry.seq:
+                raise BadSignature("signed origin/seq differ from where it is stored")
+            if log_tx.entry_hash(entry.payload or b"") != entry.hash:
+                raise BadSignature("stored hash does not match the payload")
+            before = log_tx.held(conn, entry.origin, entry.seq - 1) if entry.seq > 1 else None
+            linked = (entry.seq == 1 and not body.prev) or (
+                before is not None and before.hash == body.prev)
+            out["chain"] = "linked" if linked else "BROKEN"
+            out["valid"] = linked
+        except BadSignature as exc:
+            out.update(valid=False, error=str(exc))
+        return out
+
+    # -- audit ------------------------------------------------------------
+    async def audit_entries(self, user: User, since_ms: int, limit: int) -> list[dict[str, Any]]:
+        self.require_admin(user, "reading the audit log")
+        rows = await self.db.read(lambda c: list(audit_tx.entries(c, since_ms, limit)))
+        return [{"seq": e.seq, "time": iso(e.ts_ms), "actor": e.actor, "action": e.action,
+                 "detail": json.loads(e.detail)} for e in rows]
+
+    async def audit_verify(self, user: User) -> dict[str, Any]:
+        self.require_admin(user, "verifying the audit log")
+        return await self.db.read(self._audit_verify)
+
+    def _audit_verify(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        return verify_audit(conn, self.key.public_key())
+
+    # -- status -----------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+            return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn)}
+
+        data = await self.db.read(tx)
+        return {"center": self.center, "name": self.config.name,
+                "uptime_s": round(time.monotonic() - self.started, 1),
+                "storage": str(self.db.path), "home": str(self.home.root), **data}
+
+
+def verify_audit(conn: sqlite3.Connection, public: Ed25519PublicKey) -> dict[str, Any]:
+    entries: list[AuditEntry] = list(audit_tx.entries(conn))
+    head_seq, head_hash, signature = audit_tx.head(conn)
+    problems = verify_chain(entries, head_seq, head_hash)
+    try:
+        if head_seq:
+            verify(public, AUDIT_DOMAIN, head_message(head_seq, head_hash), signature)
+    except BadSignature:
+        problems.append("the signed head does not verify (audit_head was edited)")
+    return {"entries": len(entries), "head": head_seq, "ok": not problems,
+            "problems": problems}
+
+

@@ -1,0 +1,64 @@
+"""Federation transactions: disseminations, cursors, rejections, forks, quarantine."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from node.egress import Dissemination
+
+
+def log_disseminations(conn: sqlite3.Connection, rows: Iterable[Dissemination],
+                       ts_ms: int) -> None:
+    conn.executemany(
+        "INSERT INTO disseminations (ts_ms, center, user, origin, record_id, version, seq, "
+        "channel, decision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(ts_ms, d.center, d.user, d.origin, d.record_id, d.version, d.seq, d.channel,
+          d.decision) for d in rows])
+
+
+def disseminations(conn: sqlite3.Connection, record_id: str | None,
+                   limit: int) -> list[tuple]:
+    sql = ("SELECT ts_ms, center, user, origin, record_id, version, seq, channel, decision "
+           "FROM disseminations")
+    args: list[object] = []
+    if record_id:
+        sql += " WHERE record_id = ?"
+        args.append(record_id)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(limit)
+    return conn.execute(sql, args).fetchall()
+
+
+def cursors(conn: sqlite3.Connection, peer: str) -> dict[str, int]:
+    return dict(conn.execute("SELECT origin, seq FROM cursors WHERE peer = ?", (peer,)))
+
+
+def set_cursor(conn: sqlite3.Connection, peer: str, origin: str, seq: int) -> None:
+    conn.execute(
+        "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (peer, origin) "
+        "DO UPDATE SET seq = max(seq, excluded.seq)", (peer, origin, seq))
+
+
+def reject(conn: sqlite3.Connection, ts_ms: int, peer: str, origin: str, seq: int,
+           reason: str) -> None:
+    conn.execute("INSERT INTO rejections (ts_ms, peer, origin, seq, reason) VALUES (?, ?, ?, ?, ?)",
+                 (ts_ms, peer, origin, seq, reason))
+
+
+def rejection_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT reason, count(*) FROM rejections GROUP BY reason"))
+
+
+def record_fork(conn: sqlite3.Connection, origin: str, seq: int, held: tuple | None,
+                other: tuple[bytes, bytes], source: str, ts_ms: int, reason: str) -> None:
+    conn.execute("INSERT INTO forks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (origin, seq, held[0] if held else None, held[1] if held else None,
+                  other[0], other[1], source, ts_ms))
+    conn.execute("INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?)",
+                 (origin, f"fork at seq {seq}: {reason}", ts_ms))
+
+
+def quarantined(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+    rows = conn.execute("SELECT origin, reason, since_ms FROM quarantine")
+    return {o: (r, t) for o, r, t in rows}

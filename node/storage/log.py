@@ -1,0 +1,201 @@
+"""Record log transactions: own appends, replicated entries, the current-version
+index (records, full text, entities), and reads for search and replication."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from node.chain import Held
+from node.query import SearchParams
+from node.record import kind_name
+from node.signing import entry_hash
+from node.wire import records_pb2
+
+CONTENT = {records_pb2.SAR, records_pb2.BOLO, records_pb2.BULLETIN, records_pb2.TIP,
+           records_pb2.DECONFLICTION}
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    origin: str
+    seq: int
+    hash: bytes
+    payload: bytes | None
+    signature: bytes | None
+    key_id: str | None
+
+    def envelope(self) -> records_pb2.Envelope | None:
+        if self.payload is None:
+            return None
+        return records_pb2.Envelope(payload=self.payload, signature=self.signature,
+                                    key_id=self.key_id)
+
+
+def head(conn: sqlite3.Connection, origin: str) -> tuple[int, bytes]:
+    row = conn.execute(
+        "SELECT seq, hash FROM entries WHERE origin = ? ORDER BY seq DESC LIMIT 1", (origin,)
+    ).fetchone()
+    return (row[0], row[1]) if row else (0, b"")
+
+
+def heads(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT origin, max(seq) FROM entries GROUP BY origin"))
+
+
+def held(conn: sqlite3.Connection, origin: str, seq: int) -> Held | None:
+    row = conn.execute("SELECT hash, payload IS NOT NULL FROM entries WHERE origin = ? AND seq = ?",
+                       (origin, seq)).fetchone()
+    return Held(row[0], bool(row[1])) if row else None
+
+
+def entry(conn: sqlite3.Connection, origin: str, seq: int) -> StoredEntry | None:
+    row = conn.execute(
+        "SELECT origin, seq, hash, payload, signature, key_id FROM entries "
+        "WHERE origin = ? AND seq = ?", (origin, seq)).fetchone()
+    return StoredEntry(*row) if row else None
+
+
+def insert_entries(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envelope,
+                   records_pb2.RecordBody]], source: str, now_ms: int) -> None:
+    conn.executemany(
+        "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(b.origin, b.seq, entry_hash(e.payload), e.payload, e.signature, e.key_id,
+          b.record_id, b.version, kind_name(b), source, now_ms) for e, b in items],
+    )
+
+
+def insert_placeholder(conn: sqlite3.Connection, origin: str, seq: int, digest: bytes,
+                       source: str, now_ms: int) -> None:
+    conn.execute(
+        "INSERT INTO entries (origin, seq, hash, source, received_ms) VALUES (?, ?, ?, ?, ?)",
+        (origin, seq, digest, source, now_ms))
+
+
+def upgrade_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
+                        body: records_pb2.RecordBody, source: str, now_ms: int) -> None:
+    conn.execute(
+        "UPDATE entries SET payload = ?, signature = ?, key_id = ?, record_id = ?, version = ?, "
+        "kind = ?, source = ?, received_ms = ? WHERE origin = ? AND seq = ? AND payload IS NULL",
+        (env.payload, env.signature, env.key_id, body.record_id, body.version, kind_name(body),
+         source, now_ms, body.origin, body.seq))
+
+
+def record_state(conn: sqlite3.Connection, origin: str,
+                 record_id: str) -> tuple[int, int, str] | None:
+    """(row id, version, state) of the record this node holds, if any."""
+    row = conn.execute("SELECT id, version, state FROM records WHERE origin = ? AND record_id = ?",
+                       (origin, record_id)).fetchone()
+    return (row[0], row[1], row[2]) if row else None
+
+
+def apply_content(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]) -> list[str]:
+    """Make each body the current version of its record, if it is newer.
+
+    Returns per body: 'applied', 'stale' (an older or equal version) or
+    'tombstoned' (the record was purged: it never comes back).
+    """
+    results = []
+    fts_rows, key_rows = [], []
+    for b in bodies:
+        state = record_state(conn, b.origin, b.record_id)
+        labels = " " + " ".join(b.labels) + " "
+        if state is None:
+            rec = conn.execute(
+                "INSERT INTO records (origin, record_id, version, seq, kind, created_ms, "
+                "expires_ms, review_due_ms, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
+                 b.expires_ms, b.part23.review_due_ms, labels)).lastrowid
+        elif state[2] == "purged":
+            results.append("tombstoned")
+            continue
+        elif state[1] >= b.version:
+            results.append("stale")
+            continue
+        else:
+            rec = state[0]
+            conn.execute(
+                "UPDATE records SET version = ?, seq = ?, kind = ?, created_ms = ?, "
+                "expires_ms = ?, review_due_ms = ?, labels = ?, state = 'active' WHERE id = ?",
+                (b.version, b.seq, kind_name(b), b.created_ms, b.expires_ms,
+                 b.part23.review_due_ms, labels, rec))
+            unindex(conn, rec)
+        ents = " ".join(e.value for e in b.entities)
+        fts_rows.append((rec, b.title, b.narrative, " ".join(b.labels), ents))
+        key_rows.extend((rec, k) for e in b.entities for k in e.keys)
+        results.append("applied")
+    conn.executemany(
+        "INSERT INTO records_fts (rowid, title, narrative, labels, entities) "
+        "VALUES (?, ?, ?, ?, ?)", fts_rows)
+    conn.executemany("INSERT OR IGNORE INTO entity_keys (rec, key) VALUES (?, ?)", key_rows)
+    return results
+
+
+def unindex(conn: sqlite3.Connection, rec: int) -> None:
+    conn.execute("DELETE FROM records_fts WHERE rowid = ?", (rec,))
+    conn.execute("DELETE FROM entity_keys WHERE rec = ?", (rec,))
+
+
+def current(conn: sqlite3.Connection, record_id: str) -> list[tuple[StoredEntry, str]]:
+    """The newest held entry of a record (any origin) and its state."""
+    rows = conn.execute(
+        "SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id, r.state "
+        "FROM records r JOIN entries e ON e.origin = r.origin AND e.seq = r.seq "
+        "WHERE r.record_id = ?", (record_id,)).fetchall()
+    return [(StoredEntry(*r[:6]), r[6]) for r in rows]
+
+
+def search(
+    conn: sqlite3.Connection, params: SearchParams, now_ms: int,
+    accept: Callable[[StoredEntry], bool],
+) -> list[StoredEntry]:
+    """Active, unexpired records matching ``params``, newest first, that ``accept``
+    lets through, up to the limit (the policy decision runs per row, here)."""
+    sql = ["SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id "
+           "FROM records r JOIN entries e ON e.origin = r.origin AND e.seq = r.seq"]
+    where = ["r.state = 'active'", "r.expires_ms > ?"]
+    args: list[object] = [now_ms]
+    match = params.fts_match()
+    if match:
+        where.append("r.id IN (SELECT rowid FROM records_fts WHERE records_fts MATCH ?)")
+        args.append(match)
+    for key in params.entity_keys:
+        where.append("r.id IN (SELECT rec FROM entity_keys WHERE key = ?)")
+        args.append(key)
+    if params.kinds:
+        where.append(f"r.kind IN ({','.join('?' * len(params.kinds))})")
+        args.extend(params.kinds)
+    if params.origins:
+        where.append(f"r.origin IN ({','.join('?' * len(params.origins))})")
+        args.extend(params.origins)
+    if params.since_ms:
+        where.append("r.created_ms >= ?")
+        args.append(params.since_ms)
+    for label in params.labels:
+        where.append("instr(r.labels, ?) > 0")
+        args.append(f" {label} ")
+    sql.append("WHERE " + " AND ".join(where) + " ORDER BY r.created_ms DESC, r.id DESC")
+    out: list[StoredEntry] = []
+    for row in conn.execute(" ".join(sql), args):
+        item = StoredEntry(*row)
+        if accept(item):
+            out.append(item)
+            if len(out) >= params.limit:
+                break
+    return out
+
+
+def items_after(conn: sqlite3.Connection, origin: str, after: int, limit: int) -> list[StoredEntry]:
+    return [StoredEntry(*r) for r in conn.execute(
+        "SELECT origin, seq, hash, payload, signature, key_id FROM entries "
+        "WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?", (origin, after, limit))]
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for origin, state, n in conn.execute(
+            "SELECT origin, state, count(*) FROM records GROUP BY origin, state"):
+        out.setdefault(origin, {})[state] = n
+    return out
+

@@ -1,0 +1,141 @@
+"""Versioned schema migrations, run in order at open.
+
+Each migration is applied in its own transaction together with the version
+bump, so a crash mid-migration leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE entries (
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        payload BLOB,            -- NULL: a placeholder for an entry withheld from us
+        signature BLOB,
+        key_id TEXT,
+        record_id TEXT,
+        version INTEGER,
+        kind TEXT,
+        source TEXT NOT NULL,    -- 'local' or the peer it came from
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+
+    -- The newest version of every record this node holds.
+    CREATE TABLE records (
+        id INTEGER PRIMARY KEY,
+        origin TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        review_due_ms INTEGER NOT NULL,
+        labels TEXT NOT NULL,    -- ' a b c ': matched with instr
+        state TEXT NOT NULL DEFAULT 'active',  -- active | retracted | purged | recalled
+        UNIQUE (origin, record_id)
+    );
+    CREATE INDEX records_created ON records (created_ms);
+    CREATE INDEX records_review ON records (review_due_ms) WHERE state = 'active';
+
+    CREATE VIRTUAL TABLE records_fts USING fts5 (title, narrative, labels, entities);
+
+    CREATE TABLE entity_keys (
+        rec INTEGER NOT NULL REFERENCES records (id),
+        key TEXT NOT NULL,
+        PRIMARY KEY (key, rec)
+    ) WITHOUT ROWID;
+    CREATE INDEX entity_keys_rec ON entity_keys (rec);
+
+    CREATE TABLE forks (
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        held_payload BLOB, held_signature BLOB,
+        other_payload BLOB NOT NULL, other_signature BLOB NOT NULL,
+        source TEXT NOT NULL,
+        detected_ms INTEGER NOT NULL
+    );
+    CREATE TABLE quarantine (
+        origin TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    );
+
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        token_hash BLOB NOT NULL,
+        attributes TEXT NOT NULL,  -- JSON list
+        admin INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL,     -- JSON
+        prev BLOB NOT NULL,
+        hash BLOB NOT NULL
+    );
+    -- Signed checkpoint of the audit chain's head: deleting the newest entries
+    -- is detected too.
+    CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        signature BLOB NOT NULL
+    );
+
+    CREATE TABLE disseminations (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        center TEXT NOT NULL,      -- who received it
+        user TEXT,                 -- for query answers: the requesting user
+        origin TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        channel TEXT NOT NULL,     -- replication | query | recall
+        decision TEXT NOT NULL     -- FULL | POINTER | RECALL
+    );
+    CREATE INDEX disseminations_record ON disseminations (origin, record_id);
+    CREATE INDEX disseminations_center ON disseminations (center, origin, record_id);
+
+    -- Per (peer, origin): the highest seq received from that peer, contiguous.
+    CREATE TABLE cursors (
+        peer TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (peer, origin)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE rejections (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+
+    CREATE TABLE notices (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,        -- deconfliction | recall | retraction | purge | correction
+        origin TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        detail TEXT NOT NULL       -- JSON, never record content the reader may not see
+    );
+
+    CREATE TABLE seen_queries (
+        query_id TEXT PRIMARY KEY,
+        center TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
