@@ -43,7 +43,6 @@ class Federation:
         self.links: dict[str, PeerLink] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self.server: grpc.aio.Server | None = None
-        self.reload: Callable[[], None] | None = None
         self._lock = asyncio.Lock()
         self._stopping: set[asyncio.Future[None]] = set()
 
@@ -85,6 +84,12 @@ class Federation:
         self.links[peer.center] = link
         link.start()
 
+    def _stop_link(self, center: str) -> None:
+        link = self.links.pop(center, None)
+        if link is not None:
+            self._stopping = {t for t in self._stopping if not t.done()}
+            self._stopping.add(asyncio.ensure_future(link.stop()))
+
     def apply_peers(self, peers: dict[str, Peer]) -> None:
         """Make a new pinned set current: TLS roots, open streams, links."""
         old = self.node.peers
@@ -94,12 +99,14 @@ class Federation:
             after = peers.get(center)
             if after is None or after.card != before.card or after.connect != before.connect:
                 closed = self.servicer.streams.revoke(center)
-                link = self.links.pop(center, None)
-                if link is not None:
-                    self._stopping.add(asyncio.ensure_future(link.stop()))
-                    self._stopping = {t for t in self._stopping if not t.done()}
+                self._stop_link(center)
                 log.info("peer unpinned or changed", extra={"peer": center,
                                                              "streams_closed": closed})
+        if set(old) != set(peers):
+            # Each link asks for the origins pinned when it subscribed: a changed
+            # set of centers means every link subscribes again (from its cursors).
+            for center in list(self.links):
+                self._stop_link(center)
         for center, peer in peers.items():
             if center not in self.links:
                 self._start_link(peer)

@@ -89,15 +89,31 @@ async def serve(home: Home) -> None:
     keys.load_tls(home.tls_key, home.tls_cert)  # fail now on a bad TLS key file, not later
     peers = load_peers(home.peers, config.center)
     lock = acquire_lock(home)
-    db = Database(home.database)
-    await db.open()
-    node = NodeService(home, config, signing, db, peers)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(lock.close)
+        db = Database(home.database)
+        await db.open()
+        stack.push_async_callback(db.close)
+        node = NodeService(home, config, signing, db, peers)
 
-    from federation.runtime import Federation  # daemon composes; node/ core never does
+        from federation.runtime import Federation  # daemon composes; node/ core never does
 
-    federation = Federation(node)
-    local = await _start_local(node, home.socket, federation.local_extensions())
-    await federation.start()
+        federation = Federation(node)
+        stack.push_async_callback(federation.stop)
+        local = await _start_local(node, home.socket, federation.local_extensions())
+        stack.push_async_callback(_stop_local, local, home.socket)
+        await federation.start()
+        await _run_until_signalled(home, node, federation)
+    log.info("stopped", extra={"center": config.center})
+
+
+async def _stop_local(server: grpc.aio.Server, socket: Path) -> None:
+    await server.stop(grace=2)
+    with contextlib.suppress(FileNotFoundError):
+        socket.unlink()
+
+
+async def _run_until_signalled(home: Home, node: NodeService, federation: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -113,17 +129,7 @@ async def serve(home: Home) -> None:
                       extra={"reason": str(exc)})
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    federation.reload = reload
-    log.info("serving", extra={"center": config.center, "socket": str(home.socket),
-                               "federation": config.listen, "peers": sorted(peers)})
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down", extra={"center": config.center})
-        await federation.stop()
-        await local.stop(grace=2)
-        with contextlib.suppress(FileNotFoundError):
-            home.socket.unlink()
-        await db.close()
-        lock.close()
-        log.info("stopped", extra={"center": config.center})
+    log.info("serving", extra={"center": node.center, "socket": str(home.socket),
+                               "federation": node.config.listen, "peers": sorted(node.peers)})
+    await stop.wait()
+    log.info("shutting down", extra={"center": node.center})

@@ -66,6 +66,8 @@ class Client:
                             f"fcnode serve --home {self.home.root})", EXIT_NO_DAEMON)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return CliError("the daemon did not answer in time")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:  # the input was wrong: exit 2, like usage
+            return CliError(exc.details() or "invalid input", EXIT_USAGE)  # type: ignore[attr-defined]
         return CliError(exc.details() or code.name)  # type: ignore[attr-defined]
 
     def call(self, method: str, request: dict[str, Any] | None = None,

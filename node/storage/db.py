@@ -109,9 +109,10 @@ class Database:
             await self._db
             await self.run(lambda conn: (_configure(conn), _check(conn), _migrate(conn)),
                            transaction=False)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageError) as exc:
+            # Close, or aiosqlite's connection thread keeps the process alive.
             await self.close()
-            raise explain(path, exc) from None
+            raise exc if isinstance(exc, StorageError) else explain(path, exc) from None
 
     async def close(self) -> None:
         if self._db is not None:

@@ -1,0 +1,164 @@
+"""The main job: a demo network of three fusion centers on 127.0.0.1.
+
+    python configs/demo/demo.py [--keep DIR]
+
+Creates three centers in a scratch directory, pins them (ncric <-> nysic <->
+ffc; ffc knows ncric's keys but reaches it only through nysic), starts their
+daemons, publishes records with different access policies at each, shows who
+received what (read from each node's database), runs a federated query as
+analysts with different attributes, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from node.devnet import Node  # noqa: E402
+
+RECORDS = [
+    # (center, label, publish arguments)
+    ("ncric", "BOLO, TLP:GREEN, all members", [
+        "--kind", "BOLO", "--title", "Armed robbery suspect vehicle, grey Civic",
+        "--entity", "plate=7ABC123", "--entity", "person=Doe, John;1980-01-02",
+        "--tlp", "GREEN", "--audience", "members"]),
+    ("ncric", "SAR, TLP:AMBER, nysic only, sworn_le", [
+        "--kind", "SAR", "--title", "Surveillance of water treatment intake",
+        "--entity", "phone=(555) 123-4567", "--tlp", "AMBER", "--audience", "nysic",
+        "--require", "sworn_le", "--justification", "repeated photography, fled when approached"]),
+    ("ncric", "TIP, AMBER+STRICT, members (never relayed)", [
+        "--kind", "TIP", "--title", "Tip on stolen rifles for sale", "--entity",
+        "weapon=SN 44-1234-X", "--tlp", "AMBER+STRICT", "--audience", "members",
+        "--justification", "caller names seller and place"]),
+    ("nysic", "BULLETIN, TLP:CLEAR, all members", [
+        "--kind", "BULLETIN", "--title", "Holiday crowd safety bulletin",
+        "--tlp", "CLEAR", "--audience", "members"]),
+    ("ffc", "BOLO, TLP:AMBER, region:east", [
+        "--kind", "BOLO", "--title", "Missing person, possible abduction",
+        "--entity", "person=Roe, Jane;2009-05-04", "--entity", "phone=555 123 4567",
+        "--tlp", "AMBER", "--audience", "region:east"]),
+    ("ffc", "SAR, TLP:AMBER, ffc only, restricted", [
+        "--kind", "SAR", "--title", "Money laundering through car dealership",
+        "--entity", "plate=7abc-123", "--tlp", "AMBER", "--discoverability", "restricted",
+        "--justification", "structured deposits, linked plate"]),
+]
+
+
+def banner(text: str) -> None:
+    print(f"\n== {text} " + "=" * max(0, 70 - len(text)), flush=True)
+
+
+def run(scratch: Path) -> None:
+    banner(f"creating three centers in {scratch}")
+    nodes = {c: Node(scratch, c, name) for c, name in [
+        ("ncric", "Northern California RIC"), ("nysic", "New York State IC"),
+        ("ffc", "Florida Fusion Center")]}
+    try:
+        for n in nodes.values():
+            n.start()
+            print(f"  {n.center:<6} listening on {n.listen} (mutual TLS), home {n.home}")
+        banner("pinning peers from identity cards")
+        ncric, nysic, ffc = nodes["ncric"], nodes["nysic"], nodes["ffc"]
+        ncric.pin(nysic)
+        nysic.pin(ncric)
+        nysic.pin(ffc, "--groups", "region:east")
+        ffc.pin(nysic, "--groups", "region:east")
+        ffc.pin(ncric, "--no-connect")   # keys only: ncric's records arrive via nysic
+        ncric.pin(ffc, "--no-connect", "--groups", "region:east")
+        print("  ncric <-> nysic <-> ffc   (ffc and ncric pin each other's keys, no link)")
+        # ffc's own node is in region:east too, for its own audience expansion.
+        config = ffc.home / "node.toml"
+        config.write_text(config.read_text().replace('[groups]', '[groups]\n"region:east" = '
+                                                     '["ffc", "nysic"]'))
+        ffc.proc.send_signal(1)  # SIGHUP: reload node.toml
+        time.sleep(0.5)
+
+        banner("publishing records under different policies")
+        published = []
+        for center, label, args in RECORDS:
+            rec = nodes[center].publish(*args)
+            published.append((center, label, rec["record_id"]))
+            print(f"  {center:<6} {label:<45} {rec['record_id'][:8]}")
+
+        banner("waiting for replication")
+        # Converged when what every node holds has not changed for 1.5 s.
+        last, stable_since = None, time.monotonic()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            held = {c: n.held_record_ids() for c, n in nodes.items()}
+            if held != last:
+                last, stable_since = held, time.monotonic()
+            elif time.monotonic() - stable_since > 1.5:
+                break
+            time.sleep(0.25)
+        print("  converged")
+
+        banner("who holds what (read from each node's own database)")
+        print(f"  {'record':<52}" + "".join(f"{c:>8}" for c in nodes))
+        for center, label, rid in published:
+            row = "".join(f"{'yes' if rid in held[c] else '-':>8}" for c in nodes)
+            print(f"  {center + ': ' + label:<52}{row}")
+        print("\n  The AMBER+STRICT tip reached nysic (a member) but nysic may not relay it,")
+        print("  so ffc, which peers only with nysic, never received it.")
+
+        banner("dissemination log at ncric (who received which record)")
+        print(ncric.ok("disseminations"))
+
+        banner("searching as analysts with different attributes (at nysic)")
+        nysic.add_user("det-ortiz", "sworn_le")
+        nysic.add_user("intern")
+        for user in ("det-ortiz", "intern"):
+            print(f"  -- {user}: fcnode search --entity phone=555.123.4567")
+            print("     " + nysic.ok("search", "--entity", "phone=555.123.4567", user=user)
+                  .strip().replace("\n", "\n     "))
+
+        _federated_query(nodes)
+
+        banner("node status at nysic")
+        print(nysic.ok("status"))
+    finally:
+        banner("stopping all daemons")
+        for n in nodes.values():
+            code = n.stop()
+            print(f"  {n.center:<6} stopped (exit {code})")
+
+
+def _federated_query(nodes: dict[str, Node]) -> None:
+    ffc = nodes["ffc"]
+    usage = ffc.cli("query", "--help")
+    if usage.returncode != 0:
+        return
+    ffc.add_user("sgt-lee", "sworn_le")
+    banner("federated query from ffc: who knows plate 7ABC123?")
+    print(ffc.ok("query", "--entity", "plate=7abc 123", user="sgt-lee"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", help="use this directory and keep it afterwards")
+    args = parser.parse_args()
+    if args.keep:
+        scratch = Path(args.keep).resolve()
+        scratch.mkdir(parents=True, exist_ok=True)
+        run(scratch)
+        return 0
+    scratch = Path(tempfile.mkdtemp(prefix="fcdemo-"))
+    try:
+        run(scratch)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(scratch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
