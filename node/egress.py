@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from node import policy
 from node.record import body_policy
 from node.storage.log import StoredEntry
@@ -45,7 +47,11 @@ def replication_batch(
     for e in entries:
         item = federation_pb2.LogItem(origin=e.origin, seq=e.seq, hash=e.hash)
         if e.payload is not None:
-            body = parse(e)
+            try:
+                body = parse(e)
+            except DecodeError:  # a corrupt stored entry never leaves; the hash still links
+                items.append(item)
+                continue
             decision = policy.decide(body_policy(body), body.origin, evaluator, requester)
             if decision is Decision.FULL:
                 item.envelope.CopyFrom(e.envelope())

@@ -75,6 +75,8 @@ def generate_tls(key_path: Path, cert_path: Path, center: str, days: int = CERT_
     """ECDSA P-256 key and a self-signed certificate with SAN = center id."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
+    end = now + dt.timedelta(days=days)
+    start = min(now - dt.timedelta(minutes=5), end - dt.timedelta(days=1))  # days<0: expired
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, center)])
     cert = (
         x509.CertificateBuilder()
@@ -82,8 +84,8 @@ def generate_tls(key_path: Path, cert_path: Path, center: str, days: int = CERT_
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(center)]), critical=False)
         # Pinned self-signed certificates act as their own trust anchors.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)

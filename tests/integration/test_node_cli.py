@@ -10,8 +10,8 @@ import stat
 import time
 from pathlib import Path
 
+from node.devnet import run_cli
 from node.identity import parse_card
-from node.devnet import Node, run_cli
 
 
 def test_init_creates_a_complete_home_and_refuses_to_overwrite(make_node) -> None:

@@ -1,0 +1,109 @@
+"""A hand-driven peer for tests: its own keys and a Federation server in the test
+process, so a test can send exactly the envelopes it wants (tampered, forked,
+replayed) to a real node over real mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import grpc
+
+from node import keys
+from node.devnet import free_port
+from node.identity import IdentityCard, parse_card
+from node.signing import entry_hash, raw_public, seal_record
+from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
+
+
+class Rogue(federation_pb2_grpc.FederationServicer):
+    def __init__(self, root: Path, center: str, cert_days: int = 30) -> None:
+        self.center = center
+        d = root / f"rogue-{center}"
+        d.mkdir()
+        self.signing = keys.generate_signing_key(d / "signing.key")
+        keys.generate_tls(d / "tls.key", d / "tls.crt", center, days=cert_days)
+        self.tls = keys.load_tls(d / "tls.key", d / "tls.crt")
+        self.port = free_port()
+        self.items: list[federation_pb2.LogItem] = []
+        self.requests: list[federation_pb2.ReplicateRequest] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def card(self) -> IdentityCard:
+        return IdentityCard(self.center, f"127.0.0.1:{self.port}",
+                            raw_public(self.signing.public_key()), self.tls.fingerprint,
+                            f"Rogue {self.center}", keys.cert_der(self.tls.cert_pem))
+
+    def body(self, seq: int, prev: bytes, title: str, audience: Iterable[str] = ("members",),
+             record_id: str | None = None, version: int = 1) -> records_pb2.RecordBody:
+        return records_pb2.RecordBody(
+            origin=self.center, seq=seq, prev=prev, record_id=record_id or f"r{seq}",
+            version=version, created_ms=1_700_000_000_000 + seq,
+            expires_ms=4_000_000_000_000, kind=records_pb2.BULLETIN, title=title,
+            policy=records_pb2.AccessPolicy(tlp=records_pb2.GREEN, audience=list(audience),
+                                            discoverability=records_pb2.POINTER, relay=True))
+
+    def item(self, body: records_pb2.RecordBody) -> federation_pb2.LogItem:
+        env = seal_record(self.signing, body)
+        return federation_pb2.LogItem(origin=body.origin, seq=body.seq,
+                                      hash=entry_hash(env.payload), envelope=env)
+
+    def chain(self, titles: list[str], **kw) -> list[federation_pb2.LogItem]:
+        out, prev = [], b""
+        for i, title in enumerate(titles, start=1):
+            it = self.item(self.body(i, prev, title, **kw))
+            prev = it.hash
+            out.append(it)
+        return out
+
+    # -- server ------------------------------------------------------------------
+    async def Replicate(self, request, context):
+        self.requests.append(request)
+        cursors = dict(request.cursors)
+        batch = federation_pb2.ReplicateBatch(
+            items=[i for i in self.items if i.seq > cursors.get(i.origin, 0)])
+        yield batch
+        await asyncio.sleep(3600)
+
+    def serve(self, trusted_card_line: str) -> Rogue:
+        trusted = parse_card(trusted_card_line)
+        ready = threading.Event()
+
+        async def main() -> None:
+            self._server = grpc.aio.server()
+            federation_pb2_grpc.add_FederationServicer_to_server(self, self._server)
+            creds = grpc.ssl_server_credentials(
+                [(self.tls.key_pem, self.tls.cert_pem)], root_certificates=trusted.tls_cert_pem,
+                require_client_auth=True)
+            self._server.add_secure_port(f"127.0.0.1:{self.port}", creds)
+            await self._server.start()
+            ready.set()
+            await self._server.wait_for_termination()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(main())
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._server:
+            asyncio.run_coroutine_threadsafe(self._server.stop(None), self._loop).result(10)
+        if self._thread:
+            self._thread.join(10)
+
+    def channel(self, target: str, server_card: str) -> grpc.Channel:
+        """A client channel presenting this rogue's certificate."""
+        card = parse_card(server_card)
+        creds = grpc.ssl_channel_credentials(card.tls_cert_pem, self.tls.key_pem,
+                                             self.tls.cert_pem)
+        return grpc.secure_channel(target, creds,
+                                   options=[("grpc.ssl_target_name_override", card.center)])
