@@ -19,6 +19,7 @@ from node.chain import Incoming, Verdict, classify
 from node.signing import BadSignature, entry_hash, open_record
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
+from node.storage import notices as notices_tx
 from node.wire import federation_pb2, records_pb2
 
 KeysOf = Callable[[str], Mapping[str, Ed25519PublicKey]]
@@ -38,6 +39,29 @@ class IngestResult:
     rejected: Counter[str] = field(default_factory=Counter)
     forks: list[str] = field(default_factory=list)
     changed: bool = False
+    purged: bool = False  # content was deleted: the WAL must be checkpointed
+
+
+def _tombstoned(conn: sqlite3.Connection, body: records_pb2.RecordBody) -> bool:
+    state = log_tx.record_state(conn, body.origin, body.record_id)
+    return state is not None and state[2] == "purged"
+
+
+def _recall(conn: sqlite3.Connection, peer: str, item: federation_pb2.LogItem, now_ms: int,
+            result: IngestResult) -> None:
+    """A content-free notice that our copy must go (a narrowed audience, or a
+    retraction or purge we may not read). Honoured only from the origin or from
+    the peer that gave us the record, so no third node can delete our copies."""
+    source = log_tx.record_source(conn, item.origin, item.recall_record_id)
+    if peer != item.origin and peer != source:
+        fed_tx.reject(conn, now_ms, peer, item.origin, item.seq, "recall from a non-source")
+        result.rejected["recall from a non-source"] += 1
+        return
+    if log_tx.purge_locally(conn, item.origin, item.recall_record_id, "recalled"):
+        result.purged = True
+        notices_tx.add(conn, now_ms, "recall", item.origin, item.recall_record_id,
+                       {"version": item.recall_version, "via": peer,
+                        "why": "the origin no longer shares this record with this center"})
 
 
 def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> list[Checked]:
@@ -109,21 +133,31 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         elif c.body is None:
             log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
             result.stored += 1
+            if c.item.recall_record_id:
+                _recall(conn, peer, c.item, now_ms, result)
+        elif _tombstoned(conn, c.body):
+            # A purged record never comes back, whoever replays it: the chain keeps
+            # only the hash of this entry.
+            if outcome.verdict is Verdict.APPEND:
+                log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
+            fed_tx.reject(conn, now_ms, peer, origin, seq, "record was purged")
+            result.rejected["record was purged"] += 1
         else:
             if outcome.verdict is Verdict.UPGRADE:
                 log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)
             else:
                 log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms)
             result.stored += 1
-            if c.body.kind in log_tx.CONTENT:
-                applied = log_tx.apply_content(conn, [c.body])[0]
-                if applied == "stale":
-                    # Kept in the log (the chain needs it), never applied.
-                    fed_tx.reject(conn, now_ms, peer, origin, seq, "replayed older version")
-                    result.rejected["replayed older version"] += 1
-                elif applied == "tombstoned":
-                    fed_tx.reject(conn, now_ms, peer, origin, seq, "record was purged")
-                    result.rejected["record was purged"] += 1
+            prior = log_tx.record_state(conn, origin, c.body.record_id)
+            applied = log_tx.apply_entries(conn, [c.body])[0]
+            if applied == "stale":
+                # Kept in the log (the chain needs it), never applied.
+                fed_tx.reject(conn, now_ms, peer, origin, seq, "replayed older version")
+                result.rejected["replayed older version"] += 1
+            else:
+                result.purged = result.purged or c.body.kind == records_pb2.PURGE
+                if prior is not None and prior[2] != "recalled":
+                    notices_tx.lifecycle_notice(conn, now_ms, c.body, prior[1])
         result.changed = result.changed or outcome.verdict is not Verdict.DUPLICATE
         fed_tx.set_cursor(conn, peer, origin, seq)
     return result

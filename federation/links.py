@@ -135,5 +135,7 @@ class PeerLink:
                                                    "reasons": dict(result.rejected)})
         for fork in result.forks:
             log.error("FORK: origin quarantined", extra={"peer": center, "fork": fork})
+        if result.purged:
+            await self.node.db.checkpoint()
         if result.changed:
             self.on_change()

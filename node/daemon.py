@@ -17,11 +17,12 @@ from grpc_reflection.v1alpha import reflection
 
 from node import keys, logs
 from node.home import Home, HomeError, load_config
+from node.lifecycle import Lifecycle
 from node.localapi import LocalServicer
 from node.peers import load_peers
 from node.service import NodeService
 from node.storage.db import Database
-from node.wire import local_pb2
+from node.wire import local_pb2, local_pb2_grpc
 
 log = logs.get("fcnode.daemon")
 
@@ -58,13 +59,13 @@ def add_standard_services(server: grpc.aio.Server,
     return health_servicer
 
 
-async def _start_local(node: NodeService, socket: Path,
+async def _start_local(node: NodeService, lifecycle: Lifecycle, socket: Path,
                        extensions: dict[str, Any]) -> grpc.aio.Server:
     socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         socket.unlink()  # stale from a killed daemon: we hold the lock, so it is ours
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
-    local_pb2_grpc_add(server, LocalServicer(node, extensions))
+    local_pb2_grpc.add_LocalServicer_to_server(LocalServicer(node, lifecycle, extensions), server)
     hs = add_standard_services(server, [local_pb2.DESCRIPTOR.services_by_name["Local"].full_name])
     old_umask = os.umask(0o077)  # the socket is for this node's operators only
     try:
@@ -75,12 +76,6 @@ async def _start_local(node: NodeService, socket: Path,
     await server.start()
     await hs.set("", health_pb2.HealthCheckResponse.SERVING)
     return server
-
-
-def local_pb2_grpc_add(server: grpc.aio.Server, servicer: LocalServicer) -> None:
-    from node.wire import local_pb2_grpc
-
-    local_pb2_grpc.add_LocalServicer_to_server(servicer, server)
 
 
 async def serve(home: Home) -> None:
@@ -100,9 +95,12 @@ async def serve(home: Home) -> None:
 
         federation = Federation(node)
         stack.push_async_callback(federation.stop)
-        local = await _start_local(node, home.socket, federation.local_extensions())
+        lifecycle = Lifecycle(node)
+        stack.push_async_callback(lifecycle.stop)
+        local = await _start_local(node, lifecycle, home.socket, federation.local_extensions())
         stack.push_async_callback(_stop_local, local, home.socket)
         await federation.start()
+        lifecycle.start()
         await _run_until_signalled(home, node, federation)
     log.info("stopped", extra={"center": config.center})
 

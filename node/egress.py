@@ -6,7 +6,7 @@ dissemination rows that the caller writes in the same transaction as the read
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -36,11 +36,17 @@ def parse(entry: StoredEntry) -> records_pb2.RecordBody:
     return body
 
 
+SentBefore = Callable[[str, str], int | None]
+
+
 def replication_batch(
     entries: Iterable[StoredEntry], peer: str, evaluator: str,
+    sent_before: SentBefore = lambda origin, record_id: None,
 ) -> tuple[list[federation_pb2.LogItem], list[Dissemination]]:
     """Log items for ``peer``: the signed entry where the decision for that
-    center is FULL, else a placeholder (seq and hash only)."""
+    center is FULL, else a placeholder (seq and hash only). A placeholder for a
+    record this node sent the peer before carries a recall (record id and
+    version, no content): the peer must drop its copy."""
     items: list[federation_pb2.LogItem] = []
     sent: list[Dissemination] = []
     requester = Requester(peer)
@@ -57,5 +63,10 @@ def replication_batch(
                 item.envelope.CopyFrom(e.envelope())
                 sent.append(Dissemination(peer, None, body.origin, body.record_id,
                                           body.version, body.seq, "replication", "FULL"))
+            elif sent_before(body.origin, body.record_id) is not None:
+                item.recall_record_id = body.record_id
+                item.recall_version = body.version
+                sent.append(Dissemination(peer, None, body.origin, body.record_id,
+                                          body.version, body.seq, "replication", "RECALL"))
         items.append(item)
     return items, sent

@@ -57,7 +57,7 @@ def normalize_dob(text: str) -> str:
 def _person(value: str) -> list[str]:
     """'Doe, John A.;1980-01-02', 'John Doe dob 01/02/1980' or 'John Doe'."""
     name, dob = value, ""
-    m = re.search(r"(?:;|\bdob[:=]?\s*|\bborn\s+)(.+)$", value, re.IGNORECASE)
+    m = re.search(r"(?:;|\bdob\b[:=]?\s*|\bborn\s+)(.+)$", value, re.IGNORECASE)
     if m:
         name, dob = value[: m.start()], m.group(1)
     if "," in name:
@@ -74,7 +74,7 @@ def _person(value: str) -> list[str]:
 
 
 def _phone(value: str) -> list[str]:
-    digits = re.sub(r"\D", "", value.split("x")[0].split("ext")[0])
+    digits = re.sub(r"\D", "", re.split(r"(?i)x|ext", value)[0])
     if value.strip().startswith("+") and not digits.startswith("1"):
         return [f"phone:+{digits}"] if 7 <= len(digits) <= 15 else _bad("phone", value)
     if len(digits) == 11 and digits.startswith("1"):

@@ -89,6 +89,7 @@ class Limits:
     max_results: int = 500
     query_rate_per_minute: int = 600
     max_query_bytes: int = 16 * 1024
+    retention_sweep_s: float = 60.0  # how often expired records are purged
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,15 @@ from typing import Any
 import grpc
 
 from node import logs
+from node.lifecycle import Lifecycle
 from node.query import make_params
 from node.record import parse_draft
 from node.service import NodeService, NotFound
 from node.storage.db import StorageError
-from node.timeutil import parse_instant_ms
+from node.timeutil import parse_duration_ms, parse_instant_ms
 from node.types import AccessDenied, FcnodeError, ValidationError
 from node.users import User
-from node.wire import local_pb2, local_pb2_grpc
+from node.wire import local_pb2, local_pb2_grpc, records_pb2
 
 log = logs.get("fcnode.local")
 Handler = Callable[..., Awaitable[Any]]
@@ -102,8 +103,10 @@ def streaming(method: Callable[..., Awaitable[list[Any]]]) -> Handler:
 
 
 class LocalServicer(local_pb2_grpc.LocalServicer):
-    def __init__(self, node: NodeService, extensions: dict[str, Handler] | None = None) -> None:
+    def __init__(self, node: NodeService, lifecycle: Lifecycle,
+                 extensions: dict[str, Handler] | None = None) -> None:
         self.node = node
+        self.lifecycle = lifecycle
         # Operations that live outside node/ (peers, federated query) plug in here,
         # so node/ never imports federation/.
         self.extensions = extensions or {}
@@ -178,12 +181,28 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
 
     @streaming
     async def Notices(self, user: User, req: Request) -> list[Any]:
-        return await self._extension("notices", user, req)
+        since = req.get("since")
+        return await self.lifecycle.notices(user, parse_instant_ms(since) if since else 0,
+                                            int(req.get("limit") or 1000))
 
     @unary
     async def Lifecycle(self, user: User, req: Request) -> Any:
-        return await self._extension("lifecycle", user, req)
+        op, record_id = req.get("op"), str(req.get("record_id") or "")
+        reason = str(req.get("reason") or "")
+        if op == "update":
+            changes = req.get("changes")
+            if not isinstance(changes, dict) or not changes:
+                raise ValidationError("update needs at least one change")
+            return await self.lifecycle.update(user, record_id, changes, reason)
+        if op == "validate":
+            return await self.lifecycle.validate(user, record_id, reason)
+        if op == "retract":
+            return await self.lifecycle.end(user, record_id, reason, records_pb2.RETRACTION)
+        if op == "purge":
+            return await self.lifecycle.end(user, record_id, reason, records_pb2.PURGE)
+        raise ValidationError(f"unknown lifecycle operation {op!r}")
 
     @streaming
     async def Review(self, user: User, req: Request) -> list[Any]:
-        return await self._extension("review", user, req)
+        return await self.lifecycle.review(user, parse_duration_ms(str(req.get("within")
+                                                                       or "90d")))

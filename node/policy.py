@@ -14,7 +14,7 @@ Semantics (README, "Access policy"):
    TLP:RED requires named users: with none named, no one qualifies.
 3. Eligible center and qualified user -> FULL. Otherwise discoverability
    decides: OPEN -> FULL for a qualified user (POINTER if not qualified; OPEN
-   counts as POINTER for AMBER+STRICT and RED), POINTER -> POINTER,
+   counts as POINTER for AMBER+STRICT, RED and an empty audience), POINTER -> POINTER,
    RESTRICTED -> NOTIFY_ONLY (the origin learns of the hit).
 4. A copy held by a node other than the origin may leave it for another center
    only when the record is relayable (never AMBER+STRICT or RED): otherwise that
@@ -66,11 +66,15 @@ def decide(policy: Policy, origin: str, evaluator: str, requester: Requester) ->
     if requester.user is None:
         return Decision.FULL if eligible and ceiling is Decision.FULL else Decision.DENY
     qualified = user_qualifies(policy, requester)
+    disc = policy.discoverability
+    if disc is Discoverability.OPEN and (policy.tlp in _NO_RELAY or not policy.audience):
+        # OPEN never opens what TLP restricts, nor an empty audience (origin only).
+        disc = Discoverability.POINTER
     if eligible and qualified:
         decision = Decision.FULL
-    elif policy.discoverability is Discoverability.OPEN and policy.tlp not in _NO_RELAY:
+    elif disc is Discoverability.OPEN:
         decision = Decision.FULL if qualified else Decision.POINTER
-    elif policy.discoverability is Discoverability.POINTER:
+    elif disc is Discoverability.POINTER:
         decision = Decision.POINTER
     else:
         decision = Decision.NOTIFY_ONLY

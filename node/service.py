@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +188,30 @@ class NodeService:
     def known_centers(self) -> set[str]:
         return {self.center, *self.peers}
 
+    Builder = Callable[[sqlite3.Connection, int, bytes], records_pb2.RecordBody]
+
+    def append_own(self, conn: sqlite3.Connection, builders: list[Builder], actor: str,
+                   action: str, now: int, detail: dict[str, Any] | None = None
+                   ) -> list[records_pb2.RecordBody]:
+        """Sign and append entries to this center's log, inside the caller's
+        transaction: each builder gets (conn, seq, prev) and returns the body."""
+        seq, prev = log_tx.head(conn, self.center)
+        sealed = []
+        for build in builders:
+            seq += 1
+            body = build(conn, seq, prev)
+            envelope = seal_record(self.key, body)
+            prev = log_tx.entry_hash(envelope.payload)
+            sealed.append((envelope, body))
+        log_tx.insert_entries(conn, sealed, "local", now)
+        log_tx.apply_entries(conn, [b for _, b in sealed])
+        audit_tx.append_many(conn, self.sign_audit, now, [
+            (actor, action, {"record_id": b.record_id, "seq": b.seq, "version": b.version,
+                             "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
+                             "audience": sorted(b.policy.audience), **(detail or {})})
+            for _, b in sealed])
+        return [b for _, b in sealed]
+
     async def publish(self, user: User, drafts: list[Draft]) -> list[dict[str, Any]]:
         """Validate, sign and append every draft in one transaction: all or none."""
         if not drafts:
@@ -196,34 +220,18 @@ class NodeService:
         known = self.known_centers()
         audiences = [record.expand_audience(d.audience, groups, known) for d in drafts]
         now = now_ms()
-        contact = self.config.contact
 
-        def tx(conn: sqlite3.Connection) -> list[records_pb2.RecordBody]:
-            seq, prev = log_tx.head(conn, self.center)
-            sealed = []
-            for draft, audience in zip(drafts, audiences, strict=True):
-                seq += 1
-                body = record.build_body(
-                    draft, origin=self.center, seq=seq, prev=prev,
-                    record_id=record.new_record_id(), version=1, created_ms=now,
-                    audience=audience, author=user.name, contact=contact)
-                envelope = seal_record(self.key, body)
-                prev = log_tx.entry_hash(envelope.payload)
-                sealed.append((envelope, body))
-            log_tx.insert_entries(conn, sealed, "local", now)
-            log_tx.apply_content(conn, [b for _, b in sealed])
-            audit_tx.append_many(conn, self.sign_audit, now, [
-                (user.name, "record.publish",
-                 {"record_id": b.record_id, "seq": b.seq, "version": b.version,
-                  "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
-                  "audience": sorted(b.policy.audience)})
-                for _, b in sealed])
-            return [b for _, b in sealed]
+        def builder(draft: Draft, audience: frozenset[str]) -> NodeService.Builder:
+            return lambda conn, seq, prev: record.build_body(
+                draft, origin=self.center, seq=seq, prev=prev,
+                record_id=record.new_record_id(), version=1, created_ms=now,
+                audience=audience, author=user.name, contact=self.config.contact)
 
-        bodies = await self.db.run(tx)
+        builders = [builder(d, a) for d, a in zip(drafts, audiences, strict=True)]
+        bodies = await self.db.run(
+            lambda conn: self.append_own(conn, builders, user.name, "record.publish", now))
         self.changes.bump()
-        return [{"record_id": b.record_id, "origin": b.origin, "seq": b.seq,
-                 "version": b.version} for b in bodies]
+        return [published(b) for b in bodies]
 
     # -- reading ----------------------------------------------------------
     def decide(self, body: records_pb2.RecordBody, requester: Requester) -> Decision:
@@ -335,6 +343,11 @@ class NodeService:
         return {"center": self.center, "name": self.config.name,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "storage": str(self.db.path), "home": str(self.home.root), **data}
+
+
+def published(b: records_pb2.RecordBody) -> dict[str, Any]:
+    return {"record_id": b.record_id, "origin": b.origin, "seq": b.seq, "version": b.version,
+            "kind": kind_name(b)}
 
 
 def verify_audit(conn: sqlite3.Connection, public: Ed25519PublicKey) -> dict[str, Any]:

@@ -105,7 +105,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             if room <= 0 or head <= after:
                 continue
             entries = log_tx.items_after(conn, origin, after, room)
-            items, sent = replication_batch(entries, peer, self.node.center)
+            items, sent = replication_batch(
+                entries, peer, self.node.center,
+                lambda o, r: fed_tx.last_sent(conn, peer, o, r))
             fed_tx.log_disseminations(conn, sent, now_ms())
             batch.items.extend(items)
             if entries:

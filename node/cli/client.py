@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from node.home import Home
+from node.home import Home, resolve_home
 from node.types import FcnodeError
 from node.wire import local_pb2, local_pb2_grpc
 
@@ -38,6 +38,11 @@ def read_token(token_file: str | None) -> str | None:
                            f"0600 (run: chmod 600 {path})", EXIT_USAGE)
         return path.read_text().strip()
     return os.environ.get("FCNODE_TOKEN")
+
+
+def client_for(args: Any) -> Client:
+    """The client for a parsed command line (--home, --token-file)."""
+    return Client(Home(resolve_home(args.home)), read_token(args.token_file))
 
 
 class Client:

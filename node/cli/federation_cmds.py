@@ -9,12 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import output
-from node.cli.client import Client, read_token
-from node.home import Home, resolve_home
-
-
-def _client(args: argparse.Namespace) -> Client:
-    return Client(Home(resolve_home(args.home)), read_token(args.token_file))
+from node.cli.client import client_for
 
 
 def _card_text(value: str) -> str:
@@ -27,7 +22,7 @@ def _card_text(value: str) -> str:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_for(args)
     op = args.peers_cmd
     if op == "add":
         groups = [g.strip() for g in (args.groups or "").split(",") if g.strip()]
@@ -70,7 +65,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 def cmd_disseminations(args: argparse.Namespace) -> int:
     req: dict[str, Any] = {"record_id": args.record_id, "limit": args.limit}
-    rows = list(_client(args).stream("Disseminations", req))
+    rows = list(client_for(args).stream("Disseminations", req))
     if args.json:
         for r in rows:
             output.emit_json(r)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import output
-from node.cli.client import EXIT_ERROR, EXIT_USAGE, Client, CliError, read_token
+from node.cli.client import EXIT_ERROR, EXIT_USAGE, CliError, client_for
 from node.home import Home, load_config, resolve_home
 from node.types import FcnodeError, ValidationError
 
@@ -27,9 +27,6 @@ Command = Callable[[argparse.Namespace], int]
 def _home(args: argparse.Namespace) -> Home:
     return Home(resolve_home(args.home))
 
-
-def _client(args: argparse.Namespace) -> Client:
-    return Client(_home(args), read_token(args.token_file))
 
 
 # -- node -------------------------------------------------------------------
@@ -78,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_for(args)
     status = client.call("Status")
     if args.json:
         output.emit_json(status)
@@ -123,7 +120,7 @@ def _draft_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     return draft
 
 
-def _drafts_from_file(path: str) -> list[Any]:
+def drafts_from_file(path: str) -> list[Any]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
@@ -139,12 +136,12 @@ def _drafts_from_file(path: str) -> list[Any]:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    drafts = _drafts_from_file(args.file) if args.file else [_draft_from_flags(args)]
+    drafts = drafts_from_file(args.file) if args.file else [_draft_from_flags(args)]
     from node.record import parse_draft
 
     for d in drafts:  # fail fast, before talking to the daemon (which validates again)
         parse_draft(d)
-    results = _client(args).call("Publish", {"records": drafts})
+    results = client_for(args).call("Publish", {"records": drafts})
     for r in results:
         if args.json:
             output.emit_json(r)
@@ -155,7 +152,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    rec = _client(args).call("Get", {"record_id": args.record_id})
+    rec = client_for(args).call("Get", {"record_id": args.record_id})
     if args.json:
         output.emit_json(rec)
     else:
@@ -168,7 +165,7 @@ def cmd_search(args: argparse.Namespace) -> int:
            "since": args.since, "labels": args.label or [], "origins": args.origin or [],
            "limit": args.limit}
     n = 0
-    for r in _client(args).stream("Search", req):
+    for r in client_for(args).stream("Search", req):
         n += 1
         output.emit_json(r) if args.json else print(output.result_line(r))
     if not args.json:
@@ -178,7 +175,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 # -- users and audit -----------------------------------------------------------
 def cmd_users(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_for(args)
     if args.users_cmd == "add":
         r = client.call("Users", {"op": "add", "name": args.name, "attributes": args.attr or [],
                                   "admin": args.admin})
@@ -204,7 +201,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_for(args)
     if args.audit_cmd == "verify":
         r = client.call("AuditVerify")
         if args.json:
@@ -250,22 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "the running daemon's state")
 
     p = add("publish", cmd_publish, "sign and publish a record")
-    p.add_argument("--file", help="JSON record (or a list of them); - for stdin")
-    p.add_argument("--kind", help="SAR, BOLO, BULLETIN, TIP or DECONFLICTION")
-    p.add_argument("--title")
-    p.add_argument("--narrative")
-    p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
-    p.add_argument("--label", action="append")
-    p.add_argument("--tlp", help="CLEAR, GREEN, AMBER (default), AMBER+STRICT or RED")
-    p.add_argument("--audience", action="append", metavar="CENTER_OR_GROUP",
-                   help="center id, group or 'members' (default: this center only)")
-    p.add_argument("--require", action="append", metavar="ATTR")
-    p.add_argument("--discoverability", choices=["open", "pointer", "restricted"])
-    p.add_argument("--no-relay", action="store_true", help="only this node may pass it on")
-    p.add_argument("--justification", help="28 CFR 23 reasonable suspicion")
-    p.add_argument("--reliability", help="source reliability A, B, C or X")
-    p.add_argument("--validity", help="content validity 1, 2, 3 or 4")
-    p.add_argument("--expires", help="date (default: five years)")
+    _record_flags(p)
 
     p = add("get", cmd_get, "show a record and its verification")
     p.add_argument("record_id")
@@ -288,10 +270,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="date or age, e.g. 7d")
     p.add_argument("--limit", type=int, default=0, help="newest N entries")
 
-    from node.cli import federation_cmds
+    from node.cli import federation_cmds, lifecycle_cmds
 
     federation_cmds.register(add, common)
+    lifecycle_cmds.register(add, _record_flags)
     return parser
+
+
+def _record_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--file", help="JSON record (or a list of them); - for stdin")
+    p.add_argument("--kind", help="SAR, BOLO, BULLETIN, TIP or DECONFLICTION")
+    p.add_argument("--title")
+    p.add_argument("--narrative")
+    p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
+    p.add_argument("--label", action="append")
+    p.add_argument("--tlp", help="CLEAR, GREEN, AMBER (default), AMBER+STRICT or RED")
+    p.add_argument("--audience", action="append", metavar="CENTER_OR_GROUP",
+                   help="center id, group or 'members' (default: this center only)")
+    p.add_argument("--require", action="append", metavar="ATTR")
+    p.add_argument("--discoverability", choices=["open", "pointer", "restricted"])
+    p.add_argument("--no-relay", action="store_true", help="only this node may pass it on")
+    p.add_argument("--justification", help="28 CFR 23 reasonable suspicion")
+    p.add_argument("--reliability", help="source reliability A, B, C or X")
+    p.add_argument("--validity", help="content validity 1, 2, 3 or 4")
+    p.add_argument("--expires", help="date (default: five years)")
 
 
 def _search_flags(p: argparse.ArgumentParser) -> None:

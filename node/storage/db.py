@@ -148,6 +148,12 @@ class Database:
         except sqlite3.Error as exc:
             raise explain(self.path, exc) from None
 
+    async def checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it, so content deleted by
+        a purge does not survive in old WAL frames."""
+        await self.run(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(),
+                       transaction=False)
+
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only function (a deferred transaction: a consistent snapshot)."""
         if self._db is None:

@@ -17,6 +17,15 @@ def log_disseminations(conn: sqlite3.Connection, rows: Iterable[Dissemination],
           d.decision) for d in rows])
 
 
+def last_sent(conn: sqlite3.Connection, center: str, origin: str,
+              record_id: str) -> int | None:
+    """The newest version of a record this node sent a center in full, if any."""
+    row = conn.execute(
+        "SELECT max(version) FROM disseminations WHERE center = ? AND origin = ? "
+        "AND record_id = ? AND decision = 'FULL'", (center, origin, record_id)).fetchone()
+    return row[0] if row else None
+
+
 def disseminations(conn: sqlite3.Connection, record_id: str | None,
                    limit: int) -> list[tuple]:
     sql = ("SELECT ts_ms, center, user, origin, record_id, version, seq, channel, decision "

@@ -90,51 +90,134 @@ def record_state(conn: sqlite3.Connection, origin: str,
     return (row[0], row[1], row[2]) if row else None
 
 
-def apply_content(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]) -> list[str]:
-    """Make each body the current version of its record, if it is newer.
+def _upsert(conn: sqlite3.Connection, b: records_pb2.RecordBody, state: str,
+            existing: tuple[int, int, str] | None) -> int:
+    labels = " " + " ".join(b.labels) + " "
+    if existing is None:
+        return conn.execute(
+            "INSERT INTO records (origin, record_id, version, seq, kind, created_ms, "
+            "expires_ms, review_due_ms, labels, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
+             b.expires_ms, b.part23.review_due_ms, labels, state)).lastrowid
+    if b.kind in CONTENT:
+        conn.execute(
+            "UPDATE records SET version = ?, seq = ?, kind = ?, created_ms = ?, expires_ms = ?, "
+            "review_due_ms = ?, labels = ?, state = ? WHERE id = ?",
+            (b.version, b.seq, kind_name(b), b.created_ms, b.expires_ms,
+             b.part23.review_due_ms, labels, state, existing[0]))
+    else:  # a lifecycle entry keeps the record's kind and dates, moves its state
+        conn.execute("UPDATE records SET version = ?, seq = ?, state = ? WHERE id = ?",
+                     (b.version, b.seq, state, existing[0]))
+    return existing[0]
 
-    Returns per body: 'applied', 'stale' (an older or equal version) or
-    'tombstoned' (the record was purged: it never comes back).
+
+def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]) -> list[str]:
+    """Make each entry the current state of its record, if it is newer.
+
+    Content entries become the current version (indexed for search); RETRACTION
+    withdraws the record from search; PURGE deletes its content everywhere in
+    this database and leaves the signed tombstone. Returns per entry: 'applied',
+    'stale' (an older or equal version: never applied), or 'tombstoned' (the
+    record was purged: it never comes back).
     """
     results = []
     fts_rows, key_rows = [], []
+    purged = False
     for b in bodies:
-        state = record_state(conn, b.origin, b.record_id)
-        labels = " " + " ".join(b.labels) + " "
-        if state is None:
-            rec = conn.execute(
-                "INSERT INTO records (origin, record_id, version, seq, kind, created_ms, "
-                "expires_ms, review_due_ms, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
-                 b.expires_ms, b.part23.review_due_ms, labels)).lastrowid
-        elif state[2] == "purged":
+        existing = record_state(conn, b.origin, b.record_id)
+        if existing is not None and existing[2] == "purged":
             results.append("tombstoned")
             continue
-        elif state[1] >= b.version:
+        if existing is not None and existing[1] >= b.version:
             results.append("stale")
             continue
-        else:
-            rec = state[0]
-            conn.execute(
-                "UPDATE records SET version = ?, seq = ?, kind = ?, created_ms = ?, "
-                "expires_ms = ?, review_due_ms = ?, labels = ?, state = 'active' WHERE id = ?",
-                (b.version, b.seq, kind_name(b), b.created_ms, b.expires_ms,
-                 b.part23.review_due_ms, labels, rec))
+        if b.kind in CONTENT:
+            rec = _upsert(conn, b, "active", existing)
+            if existing is not None:
+                unindex(conn, rec)
+            ents = " ".join(e.value for e in b.entities)
+            fts_rows.append((rec, b.title, b.narrative, " ".join(b.labels), ents))
+            key_rows.extend((rec, k) for e in b.entities for k in e.keys)
+        elif b.kind == records_pb2.RETRACTION:
+            rec = _upsert(conn, b, "retracted", existing)
             unindex(conn, rec)
-        ents = " ".join(e.value for e in b.entities)
-        fts_rows.append((rec, b.title, b.narrative, " ".join(b.labels), ents))
-        key_rows.extend((rec, k) for e in b.entities for k in e.keys)
+        elif b.kind == records_pb2.PURGE:
+            rec = _upsert(conn, b, "purged", existing)
+            erase_content(conn, b.origin, b.record_id, rec, keep_seq=b.seq)
+            purged = True
         results.append("applied")
     conn.executemany(
         "INSERT INTO records_fts (rowid, title, narrative, labels, entities) "
         "VALUES (?, ?, ?, ?, ?)", fts_rows)
     conn.executemany("INSERT OR IGNORE INTO entity_keys (rec, key) VALUES (?, ?)", key_rows)
+    if purged:
+        compact_index(conn)
     return results
+
+
+def erase_content(conn: sqlite3.Connection, origin: str, record_id: str, rec: int,
+                  keep_seq: int = 0) -> int:
+    """Delete a record's content: its versions become placeholders (the hash
+    keeps the chain verifiable), and it leaves the text and entity indexes.
+    With secure_delete on, the freed bytes are zeroed in the file."""
+    unindex(conn, rec)
+    return conn.execute(
+        "UPDATE entries SET payload = NULL, signature = NULL WHERE origin = ? AND record_id = ? "
+        "AND seq != ? AND payload IS NOT NULL", (origin, record_id, keep_seq)).rowcount
+
+
+def compact_index(conn: sqlite3.Connection) -> None:
+    """Merge FTS segments so deleted documents' terms leave the index pages."""
+    conn.execute("INSERT INTO records_fts (records_fts) VALUES ('optimize')")
+
+
+def purge_locally(conn: sqlite3.Connection, origin: str, record_id: str, state: str) -> bool:
+    """Drop a copy without a signed purge (recall, or expiry at a holder)."""
+    existing = record_state(conn, origin, record_id)
+    if existing is None or existing[2] == "purged":
+        return False
+    conn.execute("UPDATE records SET state = ? WHERE id = ?", (state, existing[0]))
+    erase_content(conn, origin, record_id, existing[0])
+    compact_index(conn)
+    return True
+
+
+def expired(conn: sqlite3.Connection, now_ms: int) -> list[tuple[str, str]]:
+    return conn.execute("SELECT origin, record_id FROM records WHERE expires_ms <= ? "
+                        "AND state NOT IN ('purged', 'expired', 'recalled')",
+                        (now_ms,)).fetchall()
+
+
+def review_due(conn: sqlite3.Connection, origin: str, before_ms: int) -> list[StoredEntry]:
+    return [StoredEntry(*r) for r in conn.execute(
+        "SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id "
+        "FROM records r JOIN entries e ON e.origin = r.origin AND e.seq = r.seq "
+        "WHERE r.origin = ? AND r.state = 'active' AND r.review_due_ms <= ? "
+        "ORDER BY r.review_due_ms", (origin, before_ms))]
+
+
+def latest_content(conn: sqlite3.Connection, origin: str, record_id: str
+                   ) -> tuple[StoredEntry, str] | None:
+    """The newest content version held of a record (what an update starts from)."""
+    row = conn.execute(
+        "SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id, r.state "
+        "FROM records r JOIN entries e ON e.origin = r.origin AND e.record_id = r.record_id "
+        "WHERE r.origin = ? AND r.record_id = ? AND e.payload IS NOT NULL "
+        "AND e.kind NOT IN ('RETRACTION', 'PURGE') ORDER BY e.seq DESC LIMIT 1",
+        (origin, record_id)).fetchone()
+    return (StoredEntry(*row[:6]), row[6]) if row else None
 
 
 def unindex(conn: sqlite3.Connection, rec: int) -> None:
     conn.execute("DELETE FROM records_fts WHERE rowid = ?", (rec,))
     conn.execute("DELETE FROM entity_keys WHERE rec = ?", (rec,))
+
+
+def record_source(conn: sqlite3.Connection, origin: str, record_id: str) -> str | None:
+    """The peer the newest held version of a record came from ('local' at the origin)."""
+    row = conn.execute("SELECT source FROM entries WHERE origin = ? AND record_id = ? "
+                       "ORDER BY seq DESC LIMIT 1", (origin, record_id)).fetchone()
+    return row[0] if row else None
 
 
 def current(conn: sqlite3.Connection, record_id: str) -> list[tuple[StoredEntry, str]]:

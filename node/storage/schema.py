@@ -44,9 +44,11 @@ MIGRATIONS: list[str] = [
 
     CREATE VIRTUAL TABLE records_fts USING fts5 (title, narrative, labels, entities);
 
+    -- Columns in primary-key order: SQLite 3.40's quick_check reports a false
+    -- "NULL value" on WITHOUT ROWID tables whose key columns are declared out of order.
     CREATE TABLE entity_keys (
-        rec INTEGER NOT NULL REFERENCES records (id),
         key TEXT NOT NULL,
+        rec INTEGER NOT NULL REFERENCES records (id),
         PRIMARY KEY (key, rec)
     ) WITHOUT ROWID;
     CREATE INDEX entity_keys_rec ON entity_keys (rec);

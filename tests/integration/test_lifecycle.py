@@ -1,0 +1,180 @@
+"""Issue 5 (and issue 3's "policy changes travel"): updates, retraction, review,
+validation and purge across a hub-and-spoke network of real daemons."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from pathlib import Path
+
+from node.devnet import Node
+from node.wire import federation_pb2
+from tests.integration.rogue import Rogue
+
+SECRET_TITLE = "Quixotic harbour smuggling ring"
+SECRET_NARRATIVE = "Vessel Marigold offloads at pier nineteen"
+SECRET_PHONE = "phone=555 867 5309"
+
+
+def db_bytes(node: Node) -> bytes:
+    """Everything on disk for this node's database: main file and WAL."""
+    out = b""
+    for name in ("node.db", "node.db-wal"):
+        path = node.home / name
+        if path.exists():
+            out += path.read_bytes()
+    return out
+
+
+def wait_erased(node: Node, *needles: bytes) -> None:
+    """Content is gone from the file once the purge's WAL checkpoint has run."""
+    node.wait_for(lambda: not any(n in db_bytes(node) for n in needles), 10,
+                  f"{needles} erased from {node.center}'s database file")
+
+
+def record_row(node: Node, record_id: str) -> tuple[int, str] | None:
+    with contextlib.closing(node.db()) as conn:
+        return conn.execute("SELECT version, state FROM records WHERE record_id = ?",
+                            (record_id,)).fetchone()
+
+
+def wait_state(node: Node, record_id: str, version: int, state: str) -> None:
+    node.wait_for(lambda: record_row(node, record_id) == (version, state), 20,
+                  f"{record_id[:8]} v{version} {state}")
+
+
+def hub_and_spokes(make_node, n: int = 2) -> tuple[Node, list[Node]]:
+    hub = make_node("hub")
+    spokes = [make_node(f"spoke{i}") for i in range(n)]
+    for s in spokes:
+        hub.pin(s)
+        s.pin(hub)
+        for other in spokes:
+            if other is not s:
+                s.pin(other, "--no-connect")
+    return hub, spokes
+
+
+def test_narrowed_policy_recalls_copies_and_newest_version_wins(make_node) -> None:
+    hub, (origin, spoke) = hub_and_spokes(make_node)
+    rec = origin.publish("--kind", "BOLO", "--title", SECRET_TITLE, "--narrative",
+                         SECRET_NARRATIVE, "--entity", SECRET_PHONE, "--audience", "members")
+    rid = rec["record_id"]
+    wait_state(spoke, rid, 1, "active")
+    # Narrow: only the hub may hold it now; the spoke got it through the hub.
+    upd = origin.json("update", rid, "--audience", "hub", "--tlp", "AMBER+STRICT",
+                      "--title", SECRET_TITLE + " (corrected)", "--reason", "shared in error")
+    assert upd["version"] == 2
+    wait_state(hub, rid, 2, "active")
+    wait_state(spoke, rid, 1, "recalled")
+    wait_erased(spoke, SECRET_NARRATIVE.encode(), b"Quixotic")
+    assert spoke.json_lines("search", "harbour") == []
+    notices = spoke.json_lines("notices")
+    assert [(n["kind"], n["origin"], n["record_id"]) for n in notices] == [
+        ("recall", "spoke0", rid)]
+    assert "Quixotic" not in str(notices)  # a recall carries no content
+    hub_notice = hub.json_lines("notices")[0]
+    assert (hub_notice["kind"], hub_notice["version"], hub_notice["reason"]) == (
+        "correction", 2, "shared in error")
+    got = hub.json("get", rid)
+    assert got["title"].endswith("(corrected)") and got["tlp"] == "AMBER+STRICT"
+    # The hub holds it but may not relay AMBER+STRICT: the spoke's file never sees v2.
+    assert b"(corrected)" not in db_bytes(spoke)
+    assert origin.json("status")["records"]["spoke0"] == {"active": 1}
+
+
+def test_retraction_reaches_every_holder(make_node) -> None:
+    hub, (origin, spoke) = hub_and_spokes(make_node)
+    rid = origin.publish("--kind", "BULLETIN", "--title", "Bridge closure rumour",
+                         "--audience", "members")["record_id"]
+    wait_state(spoke, rid, 1, "active")
+    assert spoke.json_lines("search", "bridge")
+    origin.ok("retract", rid, "--reason", "source recanted")
+    for node in (origin, hub, spoke):
+        wait_state(node, rid, 2, "retracted")
+        assert node.json_lines("search", "bridge") == []
+    for node in (hub, spoke):
+        notice = node.json_lines("notices")[0]
+        assert (notice["kind"], notice["reason"], notice["by"]) == (
+            "retraction", "source recanted", "admin")
+    again = origin.cli("update", rid, "--title", "back")
+    assert again.returncode != 0 and "retracted" in again.stderr
+    other = hub.cli("retract", rid, "--reason", "not mine")
+    assert other.returncode != 0 and "only its origin" in other.stderr
+    assert "record.retract" in {e["action"] for e in origin.json_lines("audit")}
+
+
+def test_purge_erases_content_everywhere_even_for_a_spoke_offline_during_it(
+        make_node, tmp_path: Path) -> None:
+    hub, (origin, spoke) = hub_and_spokes(make_node)
+    rec = origin.publish("--kind", "BOLO", "--title", SECRET_TITLE, "--narrative",
+                         SECRET_NARRATIVE, "--entity", SECRET_PHONE, "--audience", "members")
+    rid = rec["record_id"]
+    wait_state(spoke, rid, 1, "active")
+    with contextlib.closing(origin.db()) as conn:
+        old = conn.execute("SELECT seq, hash, payload, signature, key_id FROM entries "
+                           "WHERE record_id = ?", (rid,)).fetchone()
+    spoke.stop()                       # offline during the purge, holding version 1
+    origin.ok("purge", rid, "--reason", "information found unreliable")
+    wait_state(hub, rid, 2, "purged")
+    spoke.start()                      # comes back with the old version
+    wait_state(spoke, rid, 2, "purged")
+    time.sleep(1.5)                    # the hub also pulls from the spoke: nothing revives
+    for node in (origin, hub, spoke):
+        assert record_row(node, rid) == (2, "purged")
+        wait_erased(node, b"Quixotic", b"Marigold", b"5558675309", b"555 867 5309")
+        with contextlib.closing(node.db()) as conn:
+            tomb = conn.execute("SELECT kind, payload IS NOT NULL FROM entries "
+                                "WHERE record_id = ? AND kind = 'PURGE'", (rid,)).fetchone()
+            fts = conn.execute("SELECT count(*) FROM records_fts WHERE records_fts MATCH "
+                               "'quixotic'").fetchone()[0]
+        assert tomb == ("PURGE", 1) and fts == 0
+        assert node.json("audit", "verify")["ok"]
+        assert node.json_lines("search", "--entity", SECRET_PHONE) == []
+    assert "purge" in {n["kind"] for n in spoke.json_lines("notices")}
+
+    # A peer replaying the old signed envelope is refused, and stores nothing.
+    rogue = Rogue(tmp_path, "replayer")
+    seq, digest, payload, signature, key_id = old
+    rogue.items = [federation_pb2.LogItem(origin="spoke0", seq=seq, hash=digest,
+                                          envelope={"payload": payload,
+                                                    "signature": signature,
+                                                    "key_id": key_id})]
+    rogue.serve(hub.card())
+    hub.ok("peers", "add", rogue.card.line())
+    hub.wait_for(lambda: hub.json("status")["rejected"].get("record was purged"), 20,
+                 "the replay refused")
+    assert record_row(hub, rid) == (2, "purged") and b"Quixotic" not in db_bytes(hub)
+    rogue.stop()
+
+
+def test_review_validate_and_automatic_purge_on_expiry(make_node) -> None:
+    hub = make_node("hub")
+    origin = make_node("origin", start=False)
+    config = origin.home / "node.toml"
+    config.write_text(config.read_text().replace("retention_sweep_s = 60.0",
+                                                 "retention_sweep_s = 0.5"))
+    origin.start()
+    hub.pin(origin)
+    origin.pin(hub)
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=4)).isoformat()
+    short = origin.publish("--kind", "TIP", "--title", "Ephemeral lead on Zephyr", "--audience",
+                           "members", "--justification", "walk-in", "--expires", soon)
+    keep = origin.publish("--kind", "BOLO", "--title", "Long lived", "--audience", "members")
+    due = origin.json_lines("review", "--due-within", "30d")
+    assert [r["record_id"] for r in due] == [short["record_id"]]
+    wait_state(hub, short["record_id"], 1, "active")
+    later = origin.json("validate", keep["record_id"], "--reason", "still active case")
+    assert later["version"] == 2
+    view = origin.json("get", keep["record_id"])
+    expires = dt.datetime.fromisoformat(view["expires"].replace("Z", "+00:00"))
+    assert expires > dt.datetime.now(dt.UTC) + dt.timedelta(days=4 * 365)
+    wait_state(origin, short["record_id"], 2, "purged")
+    wait_state(hub, short["record_id"], 2, "purged")
+    wait_erased(origin, b"Zephyr")
+    wait_erased(hub, b"Zephyr")
+    actions = [e["action"] for e in origin.json_lines("audit")]
+    assert "record.validate" in actions and "record.purge" in actions
+    assert origin.json("audit", "verify")["ok"]
+    assert record_row(hub, keep["record_id"]) == (2, "active")

@@ -1,0 +1,125 @@
+"""node.egress.replication_batch: only FULL records leave, and each one is logged."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.egress import replication_batch
+from node.policy import decide
+from node.record import body_policy
+from node.signing import entry_hash, seal_record
+from node.storage.log import StoredEntry
+from node.types import MEMBERS, Decision, Requester
+from node.wire import records_pb2
+
+KEY = Ed25519PrivateKey.generate()
+CENTERS = ("ncric", "nysic", "ffc", "wsic")
+
+
+def stored(seq: int, *, origin: str = "ncric", audience=(), tlp: int = 3, relay: bool = True,
+           discoverability: int = 2, require=()) -> StoredEntry:
+    body = records_pb2.RecordBody(
+        origin=origin, seq=seq, record_id=f"{origin}-r{seq}", version=seq % 3 + 1,
+        kind=records_pb2.SAR, title=f"record {seq}",
+        policy=records_pb2.AccessPolicy(tlp=tlp, audience=sorted(audience),
+                                        required_attributes=sorted(require),
+                                        discoverability=discoverability, relay=relay),
+    )
+    env = seal_record(KEY, body)
+    return StoredEntry(origin, seq, entry_hash(env.payload), env.payload, env.signature,
+                       env.key_id)
+
+
+def placeholder(seq: int, origin: str = "ncric") -> StoredEntry:
+    return StoredEntry(origin, seq, bytes([seq % 256]) * 32, None, None, None)
+
+
+def test_full_records_carry_envelope_and_row_others_are_placeholders():
+    entries = [
+        stored(1, audience=["nysic"]),
+        stored(2, audience=["ffc"]),                      # nysic not in audience
+        stored(3, audience=[]),                           # empty audience: origin only
+        stored(4, audience=[MEMBERS]),
+        stored(5, audience=["nysic"], tlp=5, require=["user:nysic/alice"]),  # RED, named
+        stored(6, audience=["ffc"], discoverability=1),   # open, but nysic outside audience
+        placeholder(7),
+    ]
+    items, rows = replication_batch(entries, "nysic", "ncric")
+    assert [(i.origin, i.seq, i.hash) for i in items] == [
+        (e.origin, e.seq, e.hash) for e in entries]
+    sent = {i.seq for i in items if i.HasField("envelope")}
+    assert sent == {1, 4, 5}
+    for i in items:
+        if i.HasField("envelope"):
+            e = entries[i.seq - 1]
+            assert i.envelope.payload == e.payload
+            assert i.envelope.signature == e.signature
+            assert i.envelope.key_id == e.key_id
+    assert [(r.seq, r.center, r.user, r.channel, r.decision) for r in rows] == [
+        (1, "nysic", None, "replication", "FULL"),
+        (4, "nysic", None, "replication", "FULL"),
+        (5, "nysic", None, "replication", "FULL"),
+    ]
+    assert rows[0].record_id == "ncric-r1"
+    assert rows[1].version == entries[3].seq % 3 + 1
+
+
+def test_relay_node_withholds_non_relayable_records():
+    entries = [
+        stored(1, audience=["nysic", "ffc"]),
+        stored(2, audience=["nysic", "ffc"], tlp=4),          # AMBER+STRICT
+        stored(3, audience=["nysic", "ffc"], relay=False),
+        stored(4, audience=["nysic", "ffc"], tlp=5, require=["user:ffc/bob"]),
+    ]
+    # nysic holds ncric's records and serves ffc.
+    items, rows = replication_batch(entries, "ffc", "nysic")
+    assert [i.HasField("envelope") for i in items] == [True, False, False, False]
+    assert [r.seq for r in rows] == [1]
+
+
+def test_corrupt_stored_payload_never_leaves():
+    good = stored(1, audience=["nysic"])
+    corrupt = StoredEntry("ncric", 2, b"\x02" * 32, b"\xff\xff\xff", b"\x00" * 64, good.key_id)
+    items, rows = replication_batch([good, corrupt], "nysic", "ncric")
+    assert [i.HasField("envelope") for i in items] == [True, False]
+    assert (items[1].seq, items[1].hash) == (2, b"\x02" * 32)
+    assert [r.seq for r in rows] == [1]
+
+
+def test_empty_batch():
+    assert replication_batch([], "nysic", "ncric") == ([], [])
+
+
+policy_kw = st.fixed_dictionaries({
+    "audience": st.lists(st.sampled_from((*CENTERS, MEMBERS)), max_size=3, unique=True),
+    "tlp": st.integers(1, 5),
+    "relay": st.booleans(),
+    "discoverability": st.integers(1, 3),
+    "require": st.lists(st.sampled_from(["sworn_le", "user:nysic/alice"]), unique=True),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.none(), policy_kw), min_size=1, max_size=8),
+       st.sampled_from(CENTERS), st.sampled_from(CENTERS), st.sampled_from(CENTERS))
+def test_prop_nothing_leaves_unless_full(kws, origin, peer, evaluator):
+    entries = [placeholder(seq, origin) if kw is None else stored(seq, origin=origin, **kw)
+               for seq, kw in enumerate(kws, start=1)]
+    items, rows = replication_batch(entries, peer, evaluator)
+    assert len(items) == len(entries)
+    row_seqs = [r.seq for r in rows]
+    for e, it in zip(entries, items, strict=True):
+        assert (it.origin, it.seq, it.hash) == (e.origin, e.seq, e.hash)
+        if e.payload is None:
+            full = False
+        else:
+            b = records_pb2.RecordBody.FromString(e.payload)
+            full = decide(body_policy(b), origin, evaluator, Requester(peer)) is Decision.FULL
+            if full:
+                p = body_policy(b)
+                assert peer == origin or MEMBERS in p.audience or peer in p.audience
+        assert it.HasField("envelope") is full
+        assert (e.seq in row_seqs) is full
+    assert all(r.center == peer and r.user is None and r.origin == origin for r in rows)
