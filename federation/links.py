@@ -100,15 +100,19 @@ class PeerLink:
                 "reason": self.state.error, "retry_in_s": round(delay, 2)})
             await asyncio.sleep(delay)
 
-    async def _session(self) -> None:
+    def channel(self) -> grpc.aio.Channel:
+        """The one channel to this peer: replication and queries share it."""
         if self._channel is None:
             self._channel = open_channel(self.tls, self.peer, self.node.config.limits)
+        return self._channel
+
+    async def _session(self) -> None:
         center = self.peer.center
         cursors = await self.node.db.read(lambda c: fed_tx.cursors(c, center))
         request = federation_pb2.ReplicateRequest(
             cursors={o: cursors.get(o, 0) for o in self.wanted_origins()},
             max_batch=self.node.config.limits.max_batch)
-        stream = stub(self._channel).Replicate(request)
+        stream = stub(self.channel()).Replicate(request)
         async for batch in stream:
             self.state.state, self.state.error = "connected", ""
             self.state.last_contact_ms = now_ms()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from federation.links import PeerLink
+from federation.query_answer import QueryAnswerer
+from federation.query_fanout import QueryFanout
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
 from node import logs
@@ -22,10 +24,11 @@ from node.identity import parse_card
 from node.keys import load_tls
 from node.localapi import Request
 from node.peers import Peer, all_groups, save_peers
+from node.query import make_params
 from node.service import NodeService, NotFound
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
-from node.timeutil import iso, now_ms
+from node.timeutil import iso, now_ms, parse_duration_ms, parse_instant_ms
 from node.types import ValidationError
 from node.users import User
 from node.wire import federation_pb2, federation_pb2_grpc
@@ -39,7 +42,10 @@ class Federation:
         self.node = node
         self.tls = PinnedTls(load_tls(node.home.tls_key, node.home.tls_cert),
                              node.peers.values())
-        self.servicer = FederationServicer(node, self.tls)
+        self.answerer = QueryAnswerer(node)
+        self.servicer = FederationServicer(node, self.tls, self.answerer.handle)
+        self.fanout = QueryFanout(node, lambda c: self.links[c].channel(),
+                                  lambda: sorted(self.links))
         self.links: dict[str, PeerLink] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self.server: grpc.aio.Server | None = None
@@ -115,7 +121,20 @@ class Federation:
     # -- local API extensions ------------------------------------------------
     def local_extensions(self) -> dict[str, Extension]:
         return {"status": self.status, "peers": self.peers_op,
-                "disseminations": self.disseminations}
+                "disseminations": self.disseminations, "query": self.query}
+
+    async def query(self, user: User, req: Request) -> AsyncIterator[dict[str, Any]]:
+        since = req.get("since")
+        params = make_params(
+            text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
+            kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
+            labels=req.strings("labels"), origins=req.strings("origins"),
+            limit=int(req.get("limit") or 100))
+        if not (params.fts_match() or params.entity_keys or params.kinds or params.labels
+                or params.since_ms):
+            raise ValidationError("a query needs text, --entity, --kind, --label or --since")
+        timeout = parse_duration_ms(str(req.get("timeout") or "5s"))
+        return self.fanout.run(user, params, timeout, req.strings("centers") or None)
 
     async def status(self, user: User, req: Request) -> dict[str, Any]:
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:

@@ -86,13 +86,19 @@ def unary(method: Handler) -> Handler:
     return wrapper
 
 
-def streaming(method: Callable[..., Awaitable[list[Any]]]) -> Handler:
+def streaming(method: Callable[..., Awaitable[Any]]) -> Handler:
+    """A server-streaming call: the method returns a list, or an async iterator
+    whose items are sent as they come (federated query results)."""
     @functools.wraps(method)
     async def wrapper(self: LocalServicer, request: local_pb2.JsonRequest,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[local_pb2.JsonReply]:
         try:
             user = await self.node.authenticate(_token(context))
             items = await method(self, user, Request(request.json))
+            if hasattr(items, "__aiter__"):
+                async for item in items:
+                    yield reply(item)
+                return
         except FcnodeError as exc:
             await context.abort(_status_for(exc), str(exc))
             return

@@ -111,6 +111,15 @@ class NodeService:
         pub = peer.card.public_key()
         return {key_id(pub): pub}
 
+    def signer_of(self, signing_key_id: str) -> str | None:
+        """The pinned center (or this one) whose signing key has this id."""
+        if signing_key_id in self._own_keys:
+            return self.center
+        for center in self.peers:
+            if signing_key_id in self.keys_of(center):
+                return center
+        return None
+
     def groups(self) -> dict[str, tuple[str, ...]]:
         return all_groups(self.config.groups, self.peers.values())
 
@@ -237,9 +246,10 @@ class NodeService:
     def decide(self, body: records_pb2.RecordBody, requester: Requester) -> Decision:
         return policy.decide(body_policy(body), body.origin, self.center, requester)
 
-    async def search(self, user: User, params: SearchParams) -> list[dict[str, Any]]:
-        requester = self.requester(user)
-        now = now_ms()
+    def visible(self, conn: sqlite3.Connection, params: SearchParams, requester: Requester,
+                now: int) -> list[Visible]:
+        """What ``requester`` may see of the records matching ``params`` (FULL or
+        POINTER), judged record by record by the policy function."""
         found: list[Visible] = []
 
         def accept(entry: log_tx.StoredEntry) -> bool:
@@ -250,18 +260,24 @@ class NodeService:
                 return True
             return False
 
-        def tx(conn: sqlite3.Connection) -> None:
-            found.clear()
-            log_tx.search(conn, params, now, accept)
+        log_tx.search(conn, params, now, accept)
+        return found
+
+    async def search(self, user: User, params: SearchParams) -> list[dict[str, Any]]:
+        requester = self.requester(user)
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> list[Visible]:
+            found = self.visible(conn, params, requester, now)
             audit_tx.append(conn, self.sign_audit, now, user.name, "search", {
                 "text": params.text, "entities": list(params.entity_keys),
                 "kinds": list(params.kinds), "labels": list(params.labels),
                 "origins": list(params.origins), "since": iso(params.since_ms),
                 "results": [[v.body.origin, v.body.record_id, v.body.version,
                              v.decision.name] for v in found]})
+            return found
 
-        await self.db.run(tx)
-        return [v.summary() for v in found]
+        return [v.summary() for v in await self.db.run(tx)]
 
     async def get(self, user: User, record_id: str) -> dict[str, Any]:
         requester = self.requester(user)

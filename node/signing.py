@@ -61,6 +61,19 @@ def seal_record(key: Ed25519PrivateKey, body: records_pb2.RecordBody) -> records
     )
 
 
+def seal_query(key: Ed25519PrivateKey, body: bytes) -> tuple[bytes, str]:
+    """Sign a serialized QueryBody: (signature, key id)."""
+    return sign(key, QUERY_DOMAIN, body), key_id(key.public_key())
+
+
+def open_query(body: bytes, signature: bytes, signer_key_id: str,
+               keys: Mapping[str, Ed25519PublicKey]) -> None:
+    public = keys.get(signer_key_id)
+    if public is None:
+        raise BadSignature("query signed by an unknown key")
+    verify(public, QUERY_DOMAIN, body, signature)
+
+
 def open_record(
     envelope: records_pb2.Envelope, keys: Mapping[str, Ed25519PublicKey]
 ) -> records_pb2.RecordBody:

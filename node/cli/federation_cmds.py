@@ -75,6 +75,77 @@ def cmd_disseminations(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_query(args: argparse.Namespace, req: dict[str, Any]) -> tuple[list[Any], Any]:
+    """Stream a federated query; return (results, summary)."""
+    results, summary = [], None
+    for item in client_for(args).stream("Query", req, timeout=120):
+        if "summary" in item:
+            summary = item
+        else:
+            results.append(item)
+            yield_line(args, item)
+    return results, summary
+
+
+def yield_line(args: argparse.Namespace, item: dict[str, Any]) -> None:
+    if getattr(args, "quiet_results", False):
+        return
+    if args.json:
+        output.emit_json(item)
+    else:
+        print(output.result_line(item) + f"  [from {item['from']}]", flush=True)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print("\ncenters:")
+    for center, o in summary["summary"].items():
+        detail = {"answered": f"{o['results']} full, {o['pointers']} pointer, {o['ms']} ms",
+                  "timed out": f"after {o['ms']} ms", "refused": o.get("reason", ""),
+                  "unreachable": o.get("reason", "")}.get(o["status"], "")
+        extra = (f"; {o['dropped']} dropped (failed verification)" if o.get("dropped") else "")
+        extra += "; TRUNCATED at its max_results" if o.get("truncated") else ""
+        print(f"  {center:<12} {o['status']:<12} {detail}{extra}")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {
+        "text": " ".join(args.text), "entities": args.entity or [], "kinds": args.kind or [],
+        "since": args.since, "labels": args.label or [], "limit": args.limit,
+        "timeout": args.timeout,
+        "centers": [c.strip() for c in (args.centers or "").split(",") if c.strip()]}
+    _, summary = _run_query(args, req)
+    if summary is not None:
+        output.emit_json(summary) if args.json else _print_summary(summary)
+    return 0
+
+
+def cmd_deconflict(args: argparse.Namespace) -> int:
+    args.quiet_results = True
+    results, summary = _run_query(args, {"entities": args.entities, "timeout": args.timeout,
+                                         "limit": args.limit})
+    by_origin: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_origin.setdefault(r["origin"], []).append(r)
+    rows = [{"center": origin, "records": len(items),
+             "level": "FULL" if any(i["access"] == "FULL" for i in items) else "POINTER",
+             "kinds": ",".join(sorted({i["kind"] for i in items})),
+             "contact": sorted({i.get("contact") or "-" for i in items})[0]}
+            for origin, items in sorted(by_origin.items())]
+    if args.json:
+        for row in rows:
+            output.emit_json({**row, "record_ids": [i["record_id"]
+                                                    for i in by_origin[row["center"]]]})
+        if summary is not None:
+            output.emit_json(summary)
+        return 0
+    print(f"deconfliction: {' '.join(args.entities)}")
+    if not output.table(rows, ["center", "level", "records", "kinds", "contact"]):
+        print("no center reported a record on these entities")
+    if summary is not None:
+        _print_summary(summary)
+    return 0
+
+
 def register(add: Callable[..., argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     p = add("peers", cmd_peers, "pin, list and remove peer centers")
@@ -90,6 +161,22 @@ def register(add: Callable[..., argparse.ArgumentParser],
         sp = ps.add_parser(name, parents=[common])
         sp.add_argument("center")
     ps.add_parser("groups", parents=[common])
+
+    p = add("query", cmd_query, "search this node and every connected center at once")
+    p.add_argument("text", nargs="*", help="words that must occur")
+    p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
+    p.add_argument("--kind", action="append")
+    p.add_argument("--since", help="date or age, e.g. 30d")
+    p.add_argument("--label", action="append")
+    p.add_argument("--centers", help="only these centers, e.g. nysic,ffc")
+    p.add_argument("--timeout", default="5s", help="per center (default 5s)")
+    p.add_argument("--limit", type=int, default=100, help="per center (default 100)")
+
+    p = add("deconflict", cmd_deconflict,
+            "which centers hold records on these entities, and whom to call")
+    p.add_argument("entities", nargs="+", metavar="TYPE=VALUE")
+    p.add_argument("--timeout", default="5s")
+    p.add_argument("--limit", type=int, default=100)
 
     p = add("disseminations", cmd_disseminations,
             "who received which record (28 CFR 23.20(f)) (admin)")

@@ -37,6 +37,7 @@ def table(rows: Iterable[dict[str, Any]], columns: list[str]) -> int:
 
 
 def result_line(r: dict[str, Any]) -> str:
+    """One search or query result; a POINTER shows no content."""
     if r.get("access") == "POINTER":
         return (f"POINTER  {r['origin']:<10} {r['kind']:<13} {r['record_id']}  "
                 f"(content withheld; contact: {r.get('contact') or '-'})")

@@ -28,7 +28,8 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.tls = keys.load_tls(d / "tls.key", d / "tls.crt")
         self.port = free_port()
         self.items: list[federation_pb2.LogItem] = []
-        self.requests: list[federation_pb2.ReplicateRequest] = []
+        self.requests: list[object] = []
+        self.answers: list[records_pb2.Envelope] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -69,6 +70,10 @@ class Rogue(federation_pb2_grpc.FederationServicer):
             items=[i for i in self.items if i.seq > cursors.get(i.origin, 0)])
         yield batch
         await asyncio.sleep(3600)
+
+    async def Query(self, request, context):
+        self.requests.append(request)
+        yield federation_pb2.QueryAnswer(records=self.answers)
 
     def serve(self, trusted_card_line: str) -> Rogue:
         trusted = parse_card(trusted_card_line)

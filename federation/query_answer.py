@@ -1,0 +1,181 @@
+"""Answering a federated query from a peer.
+
+The peer is the center whose pinned certificate the handshake verified. Its
+query must be signed by that center's key, fresh (deadline ahead, issued not in
+the future), new (query ids are remembered until their deadline: a replay is
+refused), within the size and rate limits. Each matching record is judged by the
+one policy function for that center and that user; FULL records go back as their
+signed envelopes, POINTER hits as origin, id, kind and contact; restricted hits
+go back as nothing and leave a deconfliction notice here, at the origin.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from federation.ratelimit import RateLimits
+from node import logs
+from node.egress import Dissemination
+from node.query import SearchParams
+from node.record import kind_name
+from node.service import NodeService, parse_entry
+from node.signing import BadSignature, open_query
+from node.storage import audit as audit_tx
+from node.storage import federation as fed_tx
+from node.storage import log as log_tx
+from node.storage import notices as notices_tx
+from node.timeutil import now_ms
+from node.types import Decision, Requester
+from node.wire import federation_pb2, records_pb2
+
+log = logs.get("fcnode.federation.query")
+CHUNK = 64
+MAX_SKEW_MS = 30_000
+MAX_WINDOW_MS = 5 * 60_000
+
+
+class Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Answer:
+    records: list[records_pb2.Envelope] = field(default_factory=list)
+    pointers: list[federation_pb2.Pointer] = field(default_factory=list)
+    truncated: bool = False
+
+
+def params_of(body: federation_pb2.QueryBody, max_results: int) -> SearchParams:
+    return SearchParams(text=body.text, entity_keys=tuple(body.entity_keys),
+                        kinds=tuple(body.kinds), since_ms=body.since_ms,
+                        labels=tuple(body.labels), origins=tuple(body.origins),
+                        limit=max_results + 1)  # one more than allowed tells us it was cut
+
+
+class QueryAnswerer:
+    def __init__(self, node: NodeService) -> None:
+        self.node = node
+        self.rates = RateLimits(node.config.limits.query_rate_per_minute)
+
+    def check(self, peer: str, request: federation_pb2.SignedQuery) -> federation_pb2.QueryBody:
+        limits = self.node.config.limits
+        if request.ByteSize() > limits.max_query_bytes:
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"query is larger than this node's max_query_bytes "
+                          f"({limits.max_query_bytes})")
+        self.rates.per_minute = limits.query_rate_per_minute
+        if not self.rates.allow(peer, time.monotonic()):
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"rate limit: at most {limits.query_rate_per_minute} queries per "
+                          "minute from one center")
+        if not request.body or not request.signature:
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, "query is not signed")
+        try:
+            open_query(request.body, request.signature, request.key_id, self.node.keys_of(peer))
+        except BadSignature as exc:
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"query signature: {exc}") from None
+        body = federation_pb2.QueryBody()
+        try:
+            body.ParseFromString(request.body)
+        except DecodeError:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "query body is malformed") from None
+        if body.center != peer:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                          "query names a center other than the one that sent it")
+        now = now_ms()
+        if body.deadline_ms <= now:
+            raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "query has expired")
+        if body.issued_ms > now + MAX_SKEW_MS or body.deadline_ms - body.issued_ms > MAX_WINDOW_MS:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "query times are implausible "
+                          "(issued in the future, or a deadline over five minutes)")
+        if len(body.query_id) < 32:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "query id is too short")
+        if body.limit > limits.max_results:
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"limit {body.limit} exceeds this node's max_results "
+                          f"({limits.max_results})")
+        if not (body.text or body.entity_keys or body.kinds or body.labels or body.since_ms):
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "query has no search terms")
+        return body
+
+    def answer(self, conn: sqlite3.Connection, peer: str,
+               body: federation_pb2.QueryBody) -> Answer:
+        """One transaction: replay check, search under policy, egress log, audit."""
+        node = self.node
+        now = now_ms()
+        conn.execute("DELETE FROM seen_queries WHERE expires_ms < ?", (now,))
+        if conn.execute("INSERT OR IGNORE INTO seen_queries VALUES (?, ?, ?)",
+                        (body.query_id, peer, body.deadline_ms)).rowcount == 0:
+            raise Refused(grpc.StatusCode.ALREADY_EXISTS, "replayed query (id already seen)")
+        requester = Requester(peer, body.user, frozenset(body.user_attributes))
+        limit = min(body.limit or node.config.limits.max_results, node.config.limits.max_results)
+        answer = Answer()
+        released: list[Dissemination] = []
+        restricted: list[records_pb2.RecordBody] = []
+
+        def accept(entry: log_tx.StoredEntry) -> bool:
+            b = parse_entry(entry)
+            decision = node.decide(b, requester)
+            if decision is Decision.NOTIFY_ONLY and b.origin == node.center:
+                restricted.append(b)
+            if decision < Decision.POINTER:
+                return False
+            if len(answer.records) + len(answer.pointers) >= limit:
+                answer.truncated = True
+                return True
+            if decision is Decision.FULL:
+                answer.records.append(entry.envelope())  # type: ignore[arg-type]
+            else:
+                answer.pointers.append(federation_pb2.Pointer(
+                    origin=b.origin, record_id=b.record_id, kind=kind_name(b),
+                    contact=b.contact))
+            released.append(Dissemination(peer, body.user, b.origin, b.record_id, b.version,
+                                          b.seq, "query", decision.name))
+            return True
+
+        log_tx.search(conn, params_of(body, limit), now, accept)
+        fed_tx.log_disseminations(conn, released, now)
+        for b in restricted:
+            notices_tx.add(conn, now, "deconfliction", b.origin, b.record_id, {
+                "searched_by": f"{peer}/{body.user}", "query_id": body.query_id,
+                "entities": list(body.entity_keys), "text": body.text,
+                "why": "a restricted record matched another center's query; they were "
+                       "told nothing"})
+        audit_tx.append(conn, node.sign_audit, now, f"{peer}/{body.user}", "query.answer", {
+            "center": peer, "user": body.user, "query_id": body.query_id,
+            "attributes": sorted(body.user_attributes), "text": body.text,
+            "entities": list(body.entity_keys), "kinds": list(body.kinds),
+            "released": [[d.origin, d.record_id, d.version, d.decision] for d in released],
+            "restricted_hits": len(restricted), "truncated": answer.truncated})
+        return answer
+
+    async def handle(self, peer: str, request: federation_pb2.SignedQuery,
+                     context: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[federation_pb2.QueryAnswer]:
+        try:
+            body = self.check(peer, request)
+            answer = await self.node.db.run(lambda conn: self.answer(conn, peer, body))
+        except Refused as exc:
+            log.warning("query refused", extra={"peer": peer, "reason": exc.reason})
+            await context.abort(exc.code, exc.reason)
+            return
+        log.info("query answered", extra={"peer": peer, "records": len(answer.records),
+                                          "pointers": len(answer.pointers)})
+        records, pointers = answer.records, answer.pointers
+        while True:
+            msg = federation_pb2.QueryAnswer(records=records[:CHUNK], pointers=pointers[:CHUNK])
+            records, pointers = records[CHUNK:], pointers[CHUNK:]
+            last = not records and not pointers
+            msg.truncated = answer.truncated and last
+            yield msg
+            if last:
+                return

@@ -1,0 +1,34 @@
+"""Per-peer request rate limit, pure: a token bucket fed an explicit clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenBucket:
+    per_minute: float
+    tokens: float = -1.0
+    updated: float = field(default=0.0)
+
+    def allow(self, now: float) -> bool:
+        if self.tokens < 0:  # first use: a full bucket
+            self.tokens, self.updated = self.per_minute, now
+        self.tokens = min(self.per_minute,
+                          self.tokens + (now - self.updated) * self.per_minute / 60.0)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class RateLimits:
+    def __init__(self, per_minute: float) -> None:
+        self.per_minute = per_minute
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def allow(self, key: str, now: float) -> bool:
+        bucket = self._buckets.setdefault(key, TokenBucket(self.per_minute))
+        bucket.per_minute = self.per_minute
+        return bucket.allow(now)
