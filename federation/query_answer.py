@@ -58,7 +58,8 @@ def params_of(body: federation_pb2.QueryBody, max_results: int) -> SearchParams:
     return SearchParams(text=body.text, entity_keys=tuple(body.entity_keys),
                         kinds=tuple(body.kinds), since_ms=body.since_ms,
                         labels=tuple(body.labels), origins=tuple(body.origins),
-                        limit=max_results + 1)  # one more than allowed tells us it was cut
+                        # one more than allowed tells us the answer was cut
+                        limit=max_results + 1, any_entity=body.any_entity)
 
 
 class QueryAnswerer:

@@ -129,7 +129,7 @@ class Federation:
             text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
             kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
             labels=req.strings("labels"), origins=req.strings("origins"),
-            limit=int(req.get("limit") or 100))
+            limit=int(req.get("limit") or 100), any_entity=bool(req.get("any_entity")))
         if not (params.fts_match() or params.entity_keys or params.kinds or params.labels
                 or params.since_ms):
             raise ValidationError("a query needs text, --entity, --kind, --label or --since")

@@ -134,9 +134,11 @@ class Node:
         return sqlite3.connect(f"file:{self.home / 'node.db'}?mode=ro", uri=True)
 
     def held_record_ids(self) -> set[str]:
+        """Records whose content (some version) this node's database holds."""
         with contextlib.closing(self.db()) as conn:
-            return {r[0] for r in conn.execute("SELECT record_id FROM entries "
-                                               "WHERE payload IS NOT NULL")}
+            return {r[0] for r in conn.execute(
+                "SELECT record_id FROM entries WHERE payload IS NOT NULL "
+                "AND kind NOT IN ('RETRACTION', 'PURGE')")}
 
     def wait_for(self, predicate: Any, timeout: float = 20, what: str = "") -> None:
         deadline = time.monotonic() + timeout

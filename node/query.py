@@ -23,6 +23,7 @@ class SearchParams:
     labels: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
     limit: int = 50
+    any_entity: bool = False  # deconfliction: a record on any of the entities matches
 
     def fts_match(self) -> str:
         """User text as an FTS5 query: every word must occur (quoted: no syntax)."""
@@ -33,7 +34,7 @@ class SearchParams:
 def make_params(
     text: str = "", entity_pairs: list[str] | None = None, kinds: list[str] | None = None,
     since_ms: int = 0, labels: list[str] | None = None, origins: list[str] | None = None,
-    limit: int = 50,
+    limit: int = 50, any_entity: bool = False,
 ) -> SearchParams:
     if len(text) > MAX_TEXT:
         raise ValidationError(f"search text is longer than {MAX_TEXT} characters")
@@ -50,7 +51,8 @@ def make_params(
     if not 1 <= limit <= MAX_LIMIT:
         raise ValidationError(f"limit must be between 1 and {MAX_LIMIT}")
     params = SearchParams(text.strip(), tuple(keys), tuple(ks), since_ms,
-                          tuple(x.lower() for x in labels or []), tuple(origins or []), limit)
+                          tuple(x.lower() for x in labels or []), tuple(origins or []), limit,
+                          any_entity)
     if text.strip() and not params.fts_match():
         raise ValidationError(f"search text {text!r} has no words to search for")
     return params

@@ -121,6 +121,7 @@ def run(scratch: Path) -> None:
                   .strip().replace("\n", "\n     "))
 
         _federated_query(nodes)
+        _lifecycle(nodes, published)
 
         banner("node status at nysic")
         print(nysic.ok("status"))
@@ -132,13 +133,35 @@ def run(scratch: Path) -> None:
 
 
 def _federated_query(nodes: dict[str, Node]) -> None:
-    ffc = nodes["ffc"]
-    usage = ffc.cli("query", "--help")
-    if usage.returncode != 0:
-        return
+    ffc, nysic = nodes["ffc"], nodes["nysic"]
     ffc.add_user("sgt-lee", "sworn_le")
-    banner("federated query from ffc: who knows plate 7ABC123?")
+    banner("federated query from ffc as sgt-lee: who knows plate 7ABC123?")
     print(ffc.ok("query", "--entity", "plate=7abc 123", user="sgt-lee"))
+    banner("deconfliction from nysic: anyone working John Doe (DOB 1980-01-02)?")
+    print(nysic.ok("deconflict", "person=DOE, JOHN;01/02/1980", "plate=7ABC-123",
+                   user="det-ortiz"))
+    print("  ffc's laundering SAR on that plate is 'restricted': nysic learned nothing,")
+    print("  and ffc's analysts got a deconfliction notice naming who asked:")
+    print("  " + ffc.ok("notices").strip().replace("\n", "\n  "))
+
+
+def _lifecycle(nodes: dict[str, Node], published: list[tuple[str, str, str]]) -> None:
+    ncric, nysic, ffc = nodes["ncric"], nodes["nysic"], nodes["ffc"]
+    bolo = published[0][2]
+    sar = published[1][2]
+    banner("ncric narrows its BOLO to nysic only, and purges its SAR")
+    print("  " + ncric.ok("update", bolo, "--audience", "nysic", "--reason",
+                          "suspect identified; limit distribution").strip())
+    print("  " + ncric.ok("purge", sar, "--reason", "information found unreliable").strip())
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (bolo in ffc.held_record_ids()
+                                           or "purge" not in nysic.ok("notices")):
+        time.sleep(0.3)
+    for n in (nysic, ffc):
+        print(f"\n  notices at {n.center}:")
+        print("  " + n.ok("notices").strip().replace("\n", "\n  "))
+    print(f"\n  ffc still holds the BOLO: {bolo in ffc.held_record_ids()}"
+          f"   nysic still holds the SAR's content: {sar in nysic.held_record_ids()}")
 
 
 def main() -> int:

@@ -122,7 +122,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_deconflict(args: argparse.Namespace) -> int:
     args.quiet_results = True
     results, summary = _run_query(args, {"entities": args.entities, "timeout": args.timeout,
-                                         "limit": args.limit})
+                                         "limit": args.limit, "any_entity": True})
     by_origin: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_origin.setdefault(r["origin"], []).append(r)

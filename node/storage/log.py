@@ -243,9 +243,14 @@ def search(
     if match:
         where.append("r.id IN (SELECT rowid FROM records_fts WHERE records_fts MATCH ?)")
         args.append(match)
-    for key in params.entity_keys:
-        where.append("r.id IN (SELECT rec FROM entity_keys WHERE key = ?)")
-        args.append(key)
+    if params.any_entity and params.entity_keys:
+        marks = ",".join("?" * len(params.entity_keys))
+        where.append(f"r.id IN (SELECT rec FROM entity_keys WHERE key IN ({marks}))")
+        args.extend(params.entity_keys)
+    else:
+        for key in params.entity_keys:
+            where.append("r.id IN (SELECT rec FROM entity_keys WHERE key = ?)")
+            args.append(key)
     if params.kinds:
         where.append(f"r.kind IN ({','.join('?' * len(params.kinds))})")
         args.extend(params.kinds)
