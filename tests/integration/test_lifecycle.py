@@ -102,6 +102,16 @@ def test_retraction_reaches_every_holder(make_node) -> None:
     assert again.returncode != 0 and "retracted" in again.stderr
     other = hub.cli("retract", rid, "--reason", "not mine")
     assert other.returncode != 0 and "only its origin" in other.stderr
+    # Ending a record needs the admin role or authorship, not read access; changing
+    # its content needs read access.
+    origin.add_user("ana", "sworn_le")
+    origin.add_user("clerk")
+    secret = origin.publish("--kind", "BOLO", "--title", "eyes only", "--require", "sworn_le",
+                            user="ana")["record_id"]
+    denied = origin.cli("purge", secret, "--reason", "tidy", user="clerk")
+    assert denied.returncode == 1 and "may not see" in denied.stderr
+    assert origin.cli("update", secret, "--title", "x").returncode == 1  # admin cannot read it
+    assert origin.json("purge", secret, "--reason", "retention review")["kind"] == "PURGE"
     assert "record.retract" in {e["action"] for e in origin.json_lines("audit")}
 
 

@@ -172,14 +172,21 @@ def test_deconflict_names_centers_levels_and_contacts(make_node) -> None:
     c.publish("--kind", "TIP", "--title", "Restricted informant tip", "--entity",
               "person=doe john;1980-01-02", "--discoverability", "restricted",
               "--justification", "informant")
+    a.publish("--kind", "BOLO", "--title", "Plate only", "--entity", "plate=ZZZ999",
+              "--audience", "members")
     rows = a.json_lines("deconflict", "person=DOE, JOHN;1980-01-02", user="det")
     by_center = {r["center"]: r for r in rows if "center" in r}
+    # Any one of the entities matches: the plate-only record joins the answer.
+    both = a.json_lines("deconflict", "person=DOE, JOHN;1980-01-02", "plate=zzz-999",
+                        user="det")
+    assert {r["center"] for r in both if "center" in r} == {"alpha", "bravo", "charlie"}
     assert by_center["bravo"]["level"] == "FULL" and by_center["bravo"]["records"] == 1
     assert by_center["charlie"]["level"] == "POINTER" and by_center["charlie"]["records"] == 1
     assert by_center["charlie"]["contact"] == "CHARLIE fusion center watch desk"
     assert "alpha" not in by_center
     notices = c.json_lines("notices")
-    assert [(n["kind"], n["searched_by"]) for n in notices] == [("deconfliction", "alpha/det")]
+    assert [(n["kind"], n["searched_by"]) for n in notices] == [
+        ("deconfliction", "alpha/det")] * 2  # one per deconfliction that hit it
     human = a.ok("deconflict", "person=Doe, John;1980-01-02", user="det")
     assert "charlie" in human and "POINTER" in human and "answered" in human
 
