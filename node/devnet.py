@@ -149,6 +149,17 @@ class Node:
         raise DevnetError(f"{self.center}: timed out waiting for {what or predicate}")
 
 
+def star(hub: Node, spokes: list[Node]) -> None:
+    """Spokes dial only the hub; they pin each other's keys without dialling, so
+    what the hub relays from one spoke verifies at the others."""
+    for s in spokes:
+        hub.pin(s)
+        s.pin(hub)
+        for other in spokes:
+            if other is not s:
+                s.pin(other, "--no-connect")
+
+
 def mesh(*nodes: Node) -> None:
     """Pin every node at every other (both directions)."""
     for a in nodes:

@@ -55,26 +55,16 @@ def _done(args: argparse.Namespace, r: dict[str, Any], verb: str) -> int:
 
 def cmd_update(args: argparse.Namespace) -> int:
     r = client_for(args).call("Lifecycle", {"op": "update", "record_id": args.record_id,
-                                         "changes": _changes(args), "reason": args.reason})
+                                            "changes": _changes(args), "reason": args.reason})
     return _done(args, r, "updated")
 
 
-def cmd_retract(args: argparse.Namespace) -> int:
-    r = client_for(args).call("Lifecycle", {"op": "retract", "record_id": args.record_id,
-                                         "reason": args.reason})
-    return _done(args, r, "retracted")
-
-
-def cmd_purge(args: argparse.Namespace) -> int:
-    r = client_for(args).call("Lifecycle", {"op": "purge", "record_id": args.record_id,
-                                         "reason": args.reason})
-    return _done(args, r, "purged")
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    r = client_for(args).call("Lifecycle", {"op": "validate", "record_id": args.record_id,
-                                         "reason": args.reason})
-    return _done(args, r, "validated")
+def cmd_end(args: argparse.Namespace) -> int:
+    """retract, purge and validate: one record, one reason."""
+    r = client_for(args).call("Lifecycle", {"op": args.command, "record_id": args.record_id,
+                                            "reason": args.reason})
+    return _done(args, r, {"retract": "retracted", "purge": "purged",
+                           "validate": "validated"}[args.command])
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -109,11 +99,11 @@ def register(add: Callable[..., argparse.ArgumentParser],
     p.add_argument("record_id")
     record_flags(p)
     p.add_argument("--reason", default="", help="why (kept with the version)")
-    for name, fn, help_ in (
-            ("retract", cmd_retract, "withdraw a record everywhere (holders keep a notice)"),
-            ("purge", cmd_purge, "delete a record's content everywhere now (28 CFR 23.20(h))"),
-            ("validate", cmd_validate, "record a review and keep the record five more years")):
-        p = add(name, fn, help_)
+    for name, help_ in (
+            ("retract", "withdraw a record everywhere (holders keep a notice)"),
+            ("purge", "delete a record's content everywhere now (28 CFR 23.20(h))"),
+            ("validate", "record a review and keep the record five more years")):
+        p = add(name, cmd_end, help_)
         p.add_argument("record_id")
         p.add_argument("--reason", required=True)
     p = add("review", cmd_review, "this center's records due for review")

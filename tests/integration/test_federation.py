@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from node.devnet import Node
+from node.devnet import Node, star
 from node.identity import parse_card
 from node.wire import federation_pb2, federation_pb2_grpc
 from tests.integration.rogue import Rogue
@@ -76,12 +76,7 @@ def test_chain_relays_only_what_each_center_may_hold(make_node) -> None:
 def test_star_hub_fans_out_to_spokes(make_node) -> None:
     hub = make_node("hub")
     spokes = [make_node(f"spoke{i}") for i in range(3)]
-    for s in spokes:
-        hub.pin(s)
-        s.pin(hub)
-        for other in spokes:
-            if other is not s:
-                s.pin(other, "--no-connect")
+    star(hub, spokes)
     rec = spokes[0].publish("--kind", "BOLO", "--title", "fan out", "--tlp", "GREEN",
                             "--audience", "members")
     narrow = spokes[0].publish("--kind", "BOLO", "--title", "hub and spoke1", "--audience",
@@ -100,6 +95,16 @@ def _health(channel: grpc.Channel) -> int:
                                                      timeout=5).status
 
 
+def assert_refused(channel: grpc.Channel, what: str) -> None:
+    """The TLS handshake fails: the call never reaches the service."""
+    try:
+        _health(channel)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        return
+    raise AssertionError(what)
+
+
 def test_unpinned_certless_and_expired_clients_are_refused(make_node, tmp_path: Path) -> None:
     node = make_node("delta")
     card = node.card()
@@ -108,39 +113,23 @@ def test_unpinned_certless_and_expired_clients_are_refused(make_node, tmp_path: 
 
     stranger = Rogue(tmp_path, "stranger")
     with stranger.channel(target, card) as ch:
-        try:
-            _health(ch)
-            raise AssertionError("an unpinned certificate was accepted")
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        assert_refused(ch, "an unpinned certificate was accepted")
 
     certless = grpc.ssl_channel_credentials(server_cert)
     with grpc.secure_channel(target, certless, options=[
             ("grpc.ssl_target_name_override", "delta")]) as ch:
-        try:
-            _health(ch)
-            raise AssertionError("a client without a certificate was accepted")
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        assert_refused(ch, "a client without a certificate was accepted")
 
     expired = Rogue(tmp_path, "expired", cert_days=-1)
     node.ok("peers", "add", expired.card.line())
     with expired.channel(target, card) as ch:
-        try:
-            _health(ch)
-            raise AssertionError("an expired certificate was accepted")
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        assert_refused(ch, "an expired certificate was accepted")
 
     pinned = Rogue(tmp_path, "pinned")
     node.ok("peers", "add", pinned.card.line(), "--no-connect")
     # --no-connect pins keys only: that center is not trusted for TLS either.
     with pinned.channel(target, card) as ch:
-        try:
-            _health(ch)
-            raise AssertionError("a keys-only peer was accepted for TLS")
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        assert_refused(ch, "a keys-only peer was accepted for TLS")
     node.ok("peers", "remove", "pinned")
     node.ok("peers", "add", pinned.card.line())
     with pinned.channel(target, card) as ch:

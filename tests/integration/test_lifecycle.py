@@ -8,7 +8,7 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from node.devnet import Node
+from node.devnet import Node, star
 from node.wire import federation_pb2
 from tests.integration.rogue import Rogue
 
@@ -47,12 +47,7 @@ def wait_state(node: Node, record_id: str, version: int, state: str) -> None:
 def hub_and_spokes(make_node, n: int = 2) -> tuple[Node, list[Node]]:
     hub = make_node("hub")
     spokes = [make_node(f"spoke{i}") for i in range(n)]
-    for s in spokes:
-        hub.pin(s)
-        s.pin(hub)
-        for other in spokes:
-            if other is not s:
-                s.pin(other, "--no-connect")
+    star(hub, spokes)
     return hub, spokes
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from node.devnet import Node
+from node.devnet import Node, mesh
 from node.record import parse_draft
 from node.types import Decision, Discoverability, Policy, Requester, Tlp, ValidationError
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
@@ -66,8 +66,7 @@ def expected(origin: str, policy: Policy, center: str, user: str) -> Decision:
 def test_every_center_and_user_gets_exactly_what_the_policy_allows(make_node,
                                                                    tmp_path: Path) -> None:
     nodes = {c: make_node(c) for c in CENTERS}
-    for a, b in itertools.permutations(nodes.values(), 2):
-        a.pin(b)
+    mesh(*nodes.values())
     for center, users in USERS.items():
         for user, attrs in users.items():
             nodes[center].add_user(user, *attrs)
@@ -127,8 +126,7 @@ def test_every_center_and_user_gets_exactly_what_the_policy_allows(make_node,
 def test_stopped_center_is_unreachable_and_forged_answers_are_dropped(make_node,
                                                                       tmp_path: Path) -> None:
     a, b, c = make_node("alpha"), make_node("bravo"), make_node("charlie")
-    for x, y in itertools.permutations((a, b, c), 2):
-        x.pin(y)
+    mesh(a, b, c)
     rec = b.publish("--kind", "BOLO", "--title", "Wanted: Ulysses", "--entity",
                     "phone=555 010 9999", "--audience", "members", "--tlp", "GREEN")
     b.wait_for(lambda: rec["record_id"] in a.held_record_ids(), 20, "replication")
@@ -160,8 +158,7 @@ def test_stopped_center_is_unreachable_and_forged_answers_are_dropped(make_node,
 
 def test_deconflict_names_centers_levels_and_contacts(make_node) -> None:
     a, b, c = make_node("alpha"), make_node("bravo"), make_node("charlie")
-    for x, y in itertools.permutations((a, b, c), 2):
-        x.pin(y)
+    mesh(a, b, c)
     a.add_user("det", "sworn_le")
     b.publish("--kind", "DECONFLICTION", "--title", "Undercover buy planned",
               "--entity", "person=Doe, John;1980-01-02", "--audience", "members",
