@@ -42,9 +42,17 @@ class IngestResult:
     purged: bool = False  # content was deleted: the WAL must be checkpointed
 
 
-def _tombstoned(conn: sqlite3.Connection, body: records_pb2.RecordBody) -> bool:
-    state = log_tx.record_state(conn, body.origin, body.record_id)
-    return state is not None and state[2] == "purged"
+def _refusal(verdict: Verdict, prior: tuple[int, int, str] | None,
+             body: records_pb2.RecordBody) -> str:
+    """Why a validly signed entry must not be stored, or ''."""
+    if prior is None:
+        return ""
+    if prior[2] == "purged":
+        return "record was purged"  # a tombstone is final, whoever replays what
+    if verdict is Verdict.APPEND and prior[1] >= body.version:
+        # A new log position carrying a version we already have superseded.
+        return "replayed older version"
+    return ""
 
 
 def _recall(conn: sqlite3.Connection, peer: str, item: federation_pb2.LogItem, now_ms: int,
@@ -135,29 +143,27 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             result.stored += 1
             if c.item.recall_record_id:
                 _recall(conn, peer, c.item, now_ms, result)
-        elif _tombstoned(conn, c.body):
-            # A purged record never comes back, whoever replays it: the chain keeps
-            # only the hash of this entry.
-            if outcome.verdict is Verdict.APPEND:
-                log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
-            fed_tx.reject(conn, now_ms, peer, origin, seq, "record was purged")
-            result.rejected["record was purged"] += 1
         else:
-            if outcome.verdict is Verdict.UPGRADE:
-                log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)
-            else:
-                log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms)
-            result.stored += 1
             prior = log_tx.record_state(conn, origin, c.body.record_id)
-            applied = log_tx.apply_entries(conn, [c.body])[0]
-            if applied == "stale":
-                # Kept in the log (the chain needs it), never applied.
-                fed_tx.reject(conn, now_ms, peer, origin, seq, "replayed older version")
-                result.rejected["replayed older version"] += 1
+            refusal = _refusal(outcome.verdict, prior, c.body)
+            if refusal:
+                # Never stored; the chain keeps only this entry's hash and goes on.
+                if outcome.verdict is Verdict.APPEND:
+                    log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
+                fed_tx.reject(conn, now_ms, peer, origin, seq, refusal)
+                result.rejected[refusal] += 1
             else:
-                result.purged = result.purged or c.body.kind == records_pb2.PURGE
-                if prior is not None and prior[2] != "recalled":
-                    notices_tx.lifecycle_notice(conn, now_ms, c.body, prior[1])
+                if outcome.verdict is Verdict.UPGRADE:
+                    log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)
+                else:
+                    log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms)
+                result.stored += 1
+                # An upgrade may fill in a version older than the current one: kept
+                # in the log, not applied ('stale').
+                if log_tx.apply_entries(conn, [c.body])[0] == "applied":
+                    result.purged = result.purged or c.body.kind == records_pb2.PURGE
+                    if prior is not None and prior[2] != "recalled":
+                        notices_tx.lifecycle_notice(conn, now_ms, c.body, prior[1])
         result.changed = result.changed or outcome.verdict is not Verdict.DUPLICATE
         fed_tx.set_cursor(conn, peer, origin, seq)
     return result
