@@ -57,6 +57,9 @@ class Federation:
 
         limits = self.node.config.limits
         self.server = grpc.aio.server(options=[
+            # gRPC enables SO_REUSEPORT by default: a second node on the same
+            # address would start "fine" and take half of the peers' connections.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
         ])

@@ -64,7 +64,8 @@ async def _start_local(node: NodeService, lifecycle: Lifecycle, socket: Path,
     socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         socket.unlink()  # stale from a killed daemon: we hold the lock, so it is ours
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                      ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     local_pb2_grpc.add_LocalServicer_to_server(LocalServicer(node, lifecycle, extensions), server)
     hs = add_standard_services(server, [local_pb2.DESCRIPTOR.services_by_name["Local"].full_name])
     old_umask = os.umask(0o077)  # the socket is for this node's operators only
