@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from node.chain import Incoming, Verdict, classify
+from node.chain import Held, Incoming, Verdict, classify
 from node.signing import BadSignature, entry_hash, open_record
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
@@ -98,10 +98,27 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
 
 
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
-                now_ms: int) -> IngestResult:
+                now_ms: int, own_center: str = "") -> IngestResult:
+    """Place and store verified items, in order, in the caller's transaction."""
     result = IngestResult()
     quarantined = fed_tx.quarantined(conn)
     stopped: set[str] = set()
+    # Per origin: the head (seq, what is held there). Items almost always extend
+    # the chain by one, so the common case needs no lookup at all.
+    tips: dict[str, tuple[int, Held | None]] = {}
+    cursors: dict[str, int] = {}
+    # First versions of records not held yet (catch-up is mostly these) are
+    # stored in bulk; anything else flushes them first, so order is kept.
+    states = _prefetch_states(conn, checked)
+    fresh: list[tuple[records_pb2.Envelope, records_pb2.RecordBody]] = []
+    fresh_ids: set[tuple[str, str]] = set()
+
+    def flush() -> None:
+        log_tx.insert_new_records(conn, fresh, peer, now_ms)
+        for key in fresh_ids:
+            states.pop(key, None)  # stale now: look it up again if touched
+        fresh.clear()
+        fresh_ids.clear()
 
     def reject(c: Checked, reason: str) -> None:
         fed_tx.reject(conn, now_ms, peer, c.item.origin, c.item.seq, reason)
@@ -112,18 +129,27 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         origin, seq = c.item.origin, c.item.seq
         if origin in stopped:
             continue
+        if origin == own_center:
+            reject(c, "entries of this node's own log come only from itself")
+            continue
         if origin in quarantined:
             reject(c, "origin quarantined")
             continue
         if c.error:
             reject(c, c.error)
             continue
-        signed = c.body is not None
-        head, _ = log_tx.head(conn, origin)
-        at_seq = log_tx.held(conn, origin, seq)
-        before = log_tx.held(conn, origin, seq - 1) if seq > 1 else None
-        outcome = classify(Incoming(seq, c.item.hash, signed, c.body.prev if c.body else b""),
-                           head, at_seq, before)
+        if origin not in tips:
+            top = log_tx.head(conn, origin)[0]
+            tips[origin] = (top, log_tx.held(conn, origin, top) if top else None)
+        head, tip = tips[origin]
+        if seq == head + 1:
+            at_seq, before = None, tip
+        else:
+            flush()
+            at_seq = log_tx.held(conn, origin, seq)
+            before = log_tx.held(conn, origin, seq - 1) if seq > 1 else None
+        outcome = classify(Incoming(seq, c.item.hash, c.body is not None,
+                                    c.body.prev if c.body else b""), head, at_seq, before)
         if outcome.verdict is Verdict.REJECT:
             reject(c, outcome.reason)
             continue
@@ -136,34 +162,74 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             result.forks.append(f"{origin}: {outcome.reason}")
             stopped.add(origin)
             continue
-        if outcome.verdict is Verdict.DUPLICATE:
-            result.duplicates += 1
-        elif c.body is None:
-            log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
+        body = c.body
+        key = (origin, body.record_id) if body is not None else ("", "")
+        if (outcome.verdict is Verdict.APPEND and body is not None
+                and body.kind in log_tx.CONTENT and key in states and states[key] is None
+                and key not in fresh_ids):
+            fresh.append((c.item.envelope, body))
+            fresh_ids.add(key)
             result.stored += 1
-            if c.item.recall_record_id:
-                _recall(conn, peer, c.item, now_ms, result)
+            stored_signed = True
         else:
-            prior = log_tx.record_state(conn, origin, c.body.record_id)
-            refusal = _refusal(outcome.verdict, prior, c.body)
-            if refusal:
-                # Never stored; the chain keeps only this entry's hash and goes on.
-                if outcome.verdict is Verdict.APPEND:
-                    log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
-                fed_tx.reject(conn, now_ms, peer, origin, seq, refusal)
-                result.rejected[refusal] += 1
-            else:
-                if outcome.verdict is Verdict.UPGRADE:
-                    log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)
-                else:
-                    log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms)
-                result.stored += 1
-                # An upgrade may fill in a version older than the current one: kept
-                # in the log, not applied ('stale').
-                if log_tx.apply_entries(conn, [c.body])[0] == "applied":
-                    result.purged = result.purged or c.body.kind == records_pb2.PURGE
-                    if prior is not None and prior[2] != "recalled":
-                        notices_tx.lifecycle_notice(conn, now_ms, c.body, prior[1])
+            flush()
+            stored_signed = _store(conn, peer, c, outcome.verdict, now_ms, result)
+            states.pop(key, None)  # the record may exist now
+        if outcome.verdict is Verdict.APPEND:
+            tips[origin] = (seq, Held(c.item.hash, stored_signed))
         result.changed = result.changed or outcome.verdict is not Verdict.DUPLICATE
+        cursors[origin] = seq
+    flush()
+    for origin, seq in cursors.items():
         fed_tx.set_cursor(conn, peer, origin, seq)
     return result
+
+
+def _prefetch_states(conn: sqlite3.Connection, checked: Sequence[Checked]
+                     ) -> dict[tuple[str, str], log_tx.RecordState | None]:
+    """(origin, record id) -> state, or None where this node holds no such record."""
+    wanted: dict[str, set[str]] = {}
+    for c in checked:
+        if c.body is not None:
+            wanted.setdefault(c.item.origin, set()).add(c.body.record_id)
+    out: dict[tuple[str, str], log_tx.RecordState | None] = {}
+    for origin, ids in wanted.items():
+        found = log_tx.record_states(conn, origin, ids)
+        out.update({(origin, rid): found.get(rid) for rid in ids})
+    return out
+
+
+def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, now_ms: int,
+           result: IngestResult) -> bool:
+    """Store one placed item; True if its signed envelope is now held."""
+    origin, seq = c.item.origin, c.item.seq
+    if verdict is Verdict.DUPLICATE:
+        result.duplicates += 1
+        return True
+    if c.body is None:
+        log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
+        result.stored += 1
+        if c.item.recall_record_id:
+            _recall(conn, peer, c.item, now_ms, result)
+        return False
+    prior = log_tx.record_state(conn, origin, c.body.record_id)
+    refusal = _refusal(verdict, prior, c.body)
+    if refusal:
+        # Never stored; the chain keeps only this entry's hash and goes on.
+        if verdict is Verdict.APPEND:
+            log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
+        fed_tx.reject(conn, now_ms, peer, origin, seq, refusal)
+        result.rejected[refusal] += 1
+        return False
+    if verdict is Verdict.UPGRADE:
+        log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)
+    else:
+        log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms)
+    result.stored += 1
+    # An upgrade may fill in a version older than the current one: kept in the
+    # log, not applied ('stale').
+    if log_tx.apply_entries(conn, [c.body], [prior])[0] == "applied":
+        result.purged = result.purged or c.body.kind == records_pb2.PURGE
+        if prior is not None and prior[2] != "recalled":
+            notices_tx.lifecycle_notice(conn, now_ms, c.body, prior[1])
+    return True

@@ -27,6 +27,7 @@ from node.timeutil import iso, now_ms
 from node.wire import federation_pb2
 
 log = logs.get("fcnode.federation.link")
+PIPELINE_DEPTH = 8  # verified batches waiting for storage (256 items each)
 
 
 @dataclass
@@ -113,26 +114,67 @@ class PeerLink:
             cursors={o: cursors.get(o, 0) for o in self.wanted_origins()},
             max_batch=self.node.config.limits.max_batch)
         stream = stub(self.channel()).Replicate(request)
-        async for batch in stream:
-            self.state.state, self.state.error = "connected", ""
-            self.state.last_contact_ms = now_ms()
-            self.state.heads = dict(batch.heads)
-            self.backoff.reset()  # contact resets backoff (Synapse #17769)
-            if batch.items:
-                await self._ingest(list(batch.items))
+        # Verification of the next batches overlaps storage of the current one;
+        # whatever has queued up by then is stored in one transaction (one fsync).
+        verified: asyncio.Queue[list[Checked] | BaseException | None] = asyncio.Queue(
+            maxsize=PIPELINE_DEPTH)
+        reader = asyncio.create_task(self._read(stream, verified))
+        try:
+            while True:
+                first = await verified.get()
+                if first is None:
+                    break
+                if isinstance(first, BaseException):
+                    raise first
+                group, finished = list(first), False
+                while not verified.empty():
+                    nxt = verified.get_nowait()
+                    if nxt is None:
+                        finished = True
+                        break
+                    if isinstance(nxt, BaseException):
+                        await self._store(group)
+                        raise nxt
+                    group.extend(nxt)
+                await self._store(group)
+                if finished:
+                    break
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
         self.state.state = "backing off"
         self.state.error = "stream ended"
 
-    async def _ingest(self, items: list[federation_pb2.LogItem]) -> None:
+    async def _read(self, stream: grpc.aio.UnaryStreamCall,
+                    out: asyncio.Queue[list[Checked] | BaseException | None]) -> None:
+        try:
+            async for batch in stream:
+                self.state.state, self.state.error = "connected", ""
+                self.state.last_contact_ms = now_ms()
+                self.state.heads = dict(batch.heads)
+                self.backoff.reset()  # contact resets backoff (Synapse #17769)
+                if batch.items:
+                    await out.put(await self._verify(list(batch.items)))
+            await out.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the storing side, which raises it
+            await out.put(exc)
+
+    async def _verify(self, items: list[federation_pb2.LogItem]) -> list[Checked]:
         loop = asyncio.get_running_loop()
         half = (len(items) + 1) // 2
         # Ed25519 verification releases the GIL: two threads, two halves.
         parts = await asyncio.gather(*(
             loop.run_in_executor(self.pool, check_items, chunk, self.node.keys_of)
             for chunk in (items[:half], items[half:]) if chunk))
-        checked: list[Checked] = [c for part in parts for c in part]
-        center = self.peer.center
-        result = await self.node.db.run(lambda c: store_batch(c, center, checked, now_ms()))
+        return [c for part in parts for c in part]
+
+    async def _store(self, checked: list[Checked]) -> None:
+        center, own = self.peer.center, self.node.center
+        result = await self.node.db.run(
+            lambda c: store_batch(c, center, checked, now_ms(), own))
         self.state.received += result.stored
         if result.rejected:
             log.warning("rejected entries", extra={"peer": center,

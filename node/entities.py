@@ -7,6 +7,7 @@ index stores the keys and queries compare keys, never raw text.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from datetime import date, datetime
@@ -41,6 +42,11 @@ def _alnum_upper(text: str) -> str:
 
 
 def normalize_dob(text: str) -> str:
+    with contextlib.suppress(ValueError):  # the common, ISO case first
+        parsed = date.fromisoformat(text.strip())
+        if not date(1900, 1, 1) <= parsed <= date.today():
+            raise ValidationError(f"date of birth {text!r} is out of range")
+        return parsed.isoformat()
     cleaned = re.sub(r"[,.]", " ", text.strip())
     cleaned = " ".join(cleaned.split())
     for fmt in _DOB_FORMATS:

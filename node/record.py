@@ -61,7 +61,7 @@ class Draft:
     title: str
     narrative: str
     labels: tuple[str, ...]
-    entities: tuple[tuple[str, str], ...]
+    entities: tuple[tuple[str, str, tuple[str, ...]], ...]  # type, value, match keys
     tlp: Tlp
     audience: tuple[str, ...]  # center ids, groups or "members", not yet expanded
     required_attributes: frozenset[str]
@@ -124,7 +124,7 @@ def parse_draft(data: Any) -> Draft:
     for label in labels:
         if not _LABEL_RE.match(label):
             raise ValidationError(f"invalid label {label!r}: letters, digits and _ : . / -")
-    ents: list[tuple[str, str]] = []
+    ents: list[tuple[str, str, tuple[str, ...]]] = []
     raw_entities = data.get("entities") or []
     if not isinstance(raw_entities, list):
         raise ValidationError("entities must be a list")
@@ -135,8 +135,8 @@ def parse_draft(data: Any) -> Draft:
             etype, value = str(item.get("type", "")).lower(), str(item.get("value", ""))
         else:
             raise ValidationError("each entity must be {\"type\": ..., \"value\": ...}")
-        entities.match_keys(etype, value)  # raises on a bad value
-        ents.append((etype, value.strip()))
+        keys = tuple(entities.match_keys(etype, value))  # raises on a bad value
+        ents.append((etype, value.strip(), keys))
     if len(ents) > MAX_ENTITIES:
         raise ValidationError(f"more than {MAX_ENTITIES} entities")
 
@@ -257,8 +257,8 @@ def build_body(
             discoverability=int(draft.discoverability), relay=draft.relay,
         ),
     )
-    for etype, value in draft.entities:
-        body.entities.add(type=etype, value=value, keys=entities.match_keys(etype, value))
+    for etype, value, keys in draft.entities:
+        body.entities.add(type=etype, value=value, keys=keys)
     if body.ByteSize() > MAX_RECORD_BYTES:
         raise ValidationError(f"record is larger than {MAX_RECORD_BYTES // 1024} KiB")
     return body
@@ -277,8 +277,11 @@ def body_policy(body: records_pb2.RecordBody) -> Policy:
                   discoverability=disc, relay=p.relay)
 
 
+_KIND_NAMES = {v: k for k, v in records_pb2.Kind.items()}
+
+
 def kind_name(body: records_pb2.RecordBody) -> str:
-    return records_pb2.Kind.Name(body.kind) if body.kind in records_pb2.Kind.values() else "?"
+    return _KIND_NAMES.get(body.kind, "?")
 
 
 def body_to_dict(body: records_pb2.RecordBody) -> dict[str, Any]:

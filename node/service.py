@@ -13,6 +13,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,15 @@ from node.home import Home, NodeConfig
 from node.peers import Peer, all_groups
 from node.query import SearchParams
 from node.record import Draft, body_policy, body_to_dict, kind_name
-from node.signing import AUDIT_DOMAIN, BadSignature, key_id, open_record, seal_record, sign, verify
+from node.signing import (
+    AUDIT_DOMAIN,
+    RECORD_DOMAIN,
+    BadSignature,
+    key_id,
+    open_record,
+    sign,
+    verify,
+)
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.storage import users as users_tx
@@ -92,33 +101,42 @@ class NodeService:
         self.config = config
         self.key = signing_key
         self.db = db
+        self._own_keys = {key_id(signing_key.public_key()): signing_key.public_key()}
+        self.own_key_id = key_id(signing_key.public_key())
         self.peers = peers
         self.started = time.monotonic()
         self.changes = ChangeFeed()
-        self._own_keys = {key_id(signing_key.public_key()): signing_key.public_key()}
+        self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
 
     # -- identity and keys ------------------------------------------------
     @property
     def center(self) -> str:
         return self.config.center
 
+    @property
+    def peers(self) -> dict[str, Peer]:
+        return self._peers
+
+    @peers.setter
+    def peers(self, peers: dict[str, Peer]) -> None:
+        """Pin a new set; the public keys are decoded once here, not per envelope."""
+        keys = {}
+        for center, peer in peers.items():
+            pub = peer.card.public_key()
+            keys[center] = {key_id(pub): pub}
+        self._peers, self._peer_keys = peers, keys
+        self._signers = {kid: c for c, ks in keys.items() for kid in ks}
+
     def keys_of(self, origin: str) -> dict[str, Ed25519PublicKey]:
         if origin == self.center:
             return self._own_keys
-        peer = self.peers.get(origin)
-        if peer is None:
-            return {}
-        pub = peer.card.public_key()
-        return {key_id(pub): pub}
+        return self._peer_keys.get(origin, {})
 
     def signer_of(self, signing_key_id: str) -> str | None:
         """The pinned center (or this one) whose signing key has this id."""
         if signing_key_id in self._own_keys:
             return self.center
-        for center in self.peers:
-            if signing_key_id in self.keys_of(center):
-                return center
-        return None
+        return self._signers.get(signing_key_id)
 
     def groups(self) -> dict[str, tuple[str, ...]]:
         return all_groups(self.config.groups, self.peers.values())
@@ -200,26 +218,45 @@ class NodeService:
     Builder = Callable[[sqlite3.Connection, int, bytes], records_pb2.RecordBody]
 
     def append_own(self, conn: sqlite3.Connection, builders: list[Builder], actor: str,
-                   action: str, now: int, detail: dict[str, Any] | None = None
-                   ) -> list[records_pb2.RecordBody]:
+                   action: str, now: int, detail: dict[str, Any] | None = None,
+                   new_records: bool = False) -> list[records_pb2.RecordBody]:
         """Sign and append entries to this center's log, inside the caller's
-        transaction: each builder gets (conn, seq, prev) and returns the body."""
+        transaction: each builder gets (conn, seq, prev) and returns the body.
+        ``new_records``: every entry is the first version of a new record."""
         seq, prev = log_tx.head(conn, self.center)
-        sealed = []
+        bodies, payloads = [], []
         for build in builders:
             seq += 1
             body = build(conn, seq, prev)
-            envelope = seal_record(self.key, body)
-            prev = log_tx.entry_hash(envelope.payload)
-            sealed.append((envelope, body))
-        log_tx.insert_entries(conn, sealed, "local", now)
-        log_tx.apply_entries(conn, [b for _, b in sealed])
+            payload = body.SerializeToString(deterministic=True)
+            prev = log_tx.entry_hash(payload)  # the chain links payloads, not signatures
+            bodies.append(body)
+            payloads.append(payload)
+        sealed = list(zip(self._sign_all(payloads), bodies, strict=True))
+        if new_records:
+            log_tx.insert_new_records(conn, sealed, "local", now)
+        else:
+            log_tx.insert_entries(conn, sealed, "local", now)
+            log_tx.apply_entries(conn, bodies)
         audit_tx.append_many(conn, self.sign_audit, now, [
             (actor, action, {"record_id": b.record_id, "seq": b.seq, "version": b.version,
                              "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
                              "audience": sorted(b.policy.audience), **(detail or {})})
             for _, b in sealed])
         return [b for _, b in sealed]
+
+    def _sign_all(self, payloads: list[bytes]) -> list[records_pb2.Envelope]:
+        """Ed25519 signing releases the GIL: large batches sign on two threads."""
+        def seal(chunk: list[bytes]) -> list[records_pb2.Envelope]:
+            return [records_pb2.Envelope(payload=p, signature=sign(self.key, RECORD_DOMAIN, p),
+                                         key_id=self.own_key_id) for p in chunk]
+
+        if len(payloads) < 64:
+            return seal(payloads)
+        half = (len(payloads) + 1) // 2
+        first = self._signer.submit(seal, payloads[:half])
+        rest = seal(payloads[half:])
+        return first.result() + rest
 
     async def publish(self, user: User, drafts: list[Draft]) -> list[dict[str, Any]]:
         """Validate, sign and append every draft in one transaction: all or none."""
@@ -237,8 +274,8 @@ class NodeService:
                 audience=audience, author=user.name, contact=self.config.contact)
 
         builders = [builder(d, a) for d, a in zip(drafts, audiences, strict=True)]
-        bodies = await self.db.run(
-            lambda conn: self.append_own(conn, builders, user.name, "record.publish", now))
+        bodies = await self.db.run(lambda conn: self.append_own(
+            conn, builders, user.name, "record.publish", now, new_records=True))
         self.changes.bump()
         return [published(b) for b in bodies]
 

@@ -52,12 +52,14 @@ def verify(public: Ed25519PublicKey, domain: bytes, data: bytes, signature: byte
         raise BadSignature("signature does not verify") from None
 
 
-def seal_record(key: Ed25519PrivateKey, body: records_pb2.RecordBody) -> records_pb2.Envelope:
+def seal_record(key: Ed25519PrivateKey, body: records_pb2.RecordBody,
+                signer_key_id: str | None = None) -> records_pb2.Envelope:
+    """``signer_key_id``: pass it when sealing many (it costs a hash to derive)."""
     payload = body.SerializeToString(deterministic=True)
     return records_pb2.Envelope(
         payload=payload,
         signature=sign(key, RECORD_DOMAIN, payload),
-        key_id=key_id(key.public_key()),
+        key_id=signer_key_id or key_id(key.public_key()),
     )
 
 

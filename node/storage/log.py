@@ -4,7 +4,7 @@ index (records, full text, entities), and reads for search and replication."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from node.chain import Held
@@ -40,8 +40,19 @@ def head(conn: sqlite3.Connection, origin: str) -> tuple[int, bytes]:
     return (row[0], row[1]) if row else (0, b"")
 
 
+_ORIGINS = """
+    WITH RECURSIVE o(origin) AS (
+        SELECT min(origin) FROM entries
+        UNION ALL
+        SELECT (SELECT min(origin) FROM entries WHERE origin > o.origin) FROM o
+        WHERE o.origin IS NOT NULL)
+    SELECT origin FROM o WHERE origin IS NOT NULL"""
+
+
 def heads(conn: sqlite3.Connection) -> dict[str, int]:
-    return dict(conn.execute("SELECT origin, max(seq) FROM entries GROUP BY origin"))
+    """Highest seq held per origin: a skip-scan of the primary key, one probe per
+    origin, not a scan of the whole log (that made catch-up quadratic)."""
+    return {origin: head(conn, origin)[0] for (origin,) in conn.execute(_ORIGINS).fetchall()}
 
 
 def held(conn: sqlite3.Connection, origin: str, seq: int) -> Held | None:
@@ -66,6 +77,44 @@ def insert_entries(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envel
     )
 
 
+def insert_new_records(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envelope,
+                       records_pb2.RecordBody]], source: str, now_ms: int) -> None:
+    """Bulk path for first versions of records not held yet (publish, catch-up):
+    the entries, the record rows, text and entity indexes, each one executemany."""
+    if not items:
+        return
+    insert_entries(conn, items, source, now_ms)
+    first = (conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]) + 1
+    rows, fts, keys = [], [], []
+    for rec, (_, b) in enumerate(items, start=first):
+        rows.append((rec, b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
+                     b.expires_ms, b.part23.review_due_ms, " " + " ".join(b.labels) + " "))
+        fts.append((rec, b.title, b.narrative, " ".join(b.labels),
+                    " ".join(e.value for e in b.entities)))
+        keys.extend((k, rec) for e in b.entities for k in e.keys)
+    conn.executemany(
+        "INSERT INTO records (id, origin, record_id, version, seq, kind, created_ms, "
+        "expires_ms, review_due_ms, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.executemany("INSERT INTO records_fts (rowid, title, narrative, labels, entities) "
+                     "VALUES (?, ?, ?, ?, ?)", fts)
+    conn.executemany("INSERT OR IGNORE INTO entity_keys (key, rec) VALUES (?, ?)", keys)
+
+
+def record_states(conn: sqlite3.Connection, origin: str,
+                  record_ids: Iterable[str]) -> dict[str, RecordState]:
+    """The states of many records of one origin, in a few queries."""
+    ids = list(dict.fromkeys(record_ids))
+    out: dict[str, RecordState] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        for rec, rid, version, state in conn.execute(
+                f"SELECT id, record_id, version, state FROM records WHERE origin = ? "
+                f"AND record_id IN ({marks})", (origin, *chunk)):
+            out[rid] = (rec, version, state)
+    return out
+
+
 def insert_placeholder(conn: sqlite3.Connection, origin: str, seq: int, digest: bytes,
                        source: str, now_ms: int) -> None:
     conn.execute(
@@ -83,7 +132,7 @@ def upgrade_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
 
 
 def record_state(conn: sqlite3.Connection, origin: str,
-                 record_id: str) -> tuple[int, int, str] | None:
+                 record_id: str) -> RecordState | None:
     """(row id, version, state) of the record this node holds, if any."""
     row = conn.execute("SELECT id, version, state FROM records WHERE origin = ? AND record_id = ?",
                        (origin, record_id)).fetchone()
@@ -111,45 +160,65 @@ def _upsert(conn: sqlite3.Connection, b: records_pb2.RecordBody, state: str,
     return existing[0]
 
 
-def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]) -> list[str]:
+RecordState = tuple[int, int, str]  # (row id, version, state)
+UNKNOWN: RecordState = (-1, -1, "")
+
+
+def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody],
+                  priors: list[RecordState | None] | None = None) -> list[str]:
     """Make each entry the current state of its record, if it is newer.
 
     Content entries become the current version (indexed for search); RETRACTION
     withdraws the record from search; PURGE deletes its content everywhere in
     this database and leaves the signed tombstone. Returns per entry: 'applied',
     'stale' (an older or equal version: never applied), or 'tombstoned' (the
-    record was purged: it never comes back).
+    record was purged: it never comes back). ``priors``: each record's state as
+    the caller already read it (saves a lookup per entry), or UNKNOWN.
     """
     results = []
-    fts_rows, key_rows = [], []
+    fts_rows: dict[int, tuple] = {}
+    key_rows: dict[int, list[tuple[int, str]]] = {}
+    seen: dict[tuple[str, str], RecordState] = {}
     purged = False
-    for b in bodies:
-        existing = record_state(conn, b.origin, b.record_id)
+    for i, b in enumerate(bodies):
+        key = (b.origin, b.record_id)
+        prior = priors[i] if priors is not None else UNKNOWN
+        if key in seen:
+            existing: RecordState | None = seen[key]
+        elif prior != UNKNOWN:
+            existing = prior
+        else:
+            existing = record_state(conn, b.origin, b.record_id)
         if existing is not None and existing[2] == "purged":
             results.append("tombstoned")
             continue
         if existing is not None and existing[1] >= b.version:
             results.append("stale")
             continue
+        state = "active"
         if b.kind in CONTENT:
             rec = _upsert(conn, b, "active", existing)
             if existing is not None:
                 unindex(conn, rec)
             ents = " ".join(e.value for e in b.entities)
-            fts_rows.append((rec, b.title, b.narrative, " ".join(b.labels), ents))
-            key_rows.extend((rec, k) for e in b.entities for k in e.keys)
-        elif b.kind == records_pb2.RETRACTION:
-            rec = _upsert(conn, b, "retracted", existing)
+            fts_rows[rec] = (rec, b.title, b.narrative, " ".join(b.labels), ents)
+            key_rows[rec] = [(k, rec) for e in b.entities for k in e.keys]
+        else:
+            state = "retracted" if b.kind == records_pb2.RETRACTION else "purged"
+            rec = _upsert(conn, b, state, existing)
             unindex(conn, rec)
-        elif b.kind == records_pb2.PURGE:
-            rec = _upsert(conn, b, "purged", existing)
-            erase_content(conn, b.origin, b.record_id, rec, keep_seq=b.seq)
-            purged = True
+            fts_rows.pop(rec, None)
+            key_rows.pop(rec, None)
+            if b.kind == records_pb2.PURGE:
+                erase_content(conn, b.origin, b.record_id, rec, keep_seq=b.seq)
+                purged = True
+        seen[key] = (rec, b.version, state)
         results.append("applied")
     conn.executemany(
         "INSERT INTO records_fts (rowid, title, narrative, labels, entities) "
-        "VALUES (?, ?, ?, ?, ?)", fts_rows)
-    conn.executemany("INSERT OR IGNORE INTO entity_keys (rec, key) VALUES (?, ?)", key_rows)
+        "VALUES (?, ?, ?, ?, ?)", list(fts_rows.values()))
+    conn.executemany("INSERT OR IGNORE INTO entity_keys (key, rec) VALUES (?, ?)",
+                     [row for rows in key_rows.values() for row in rows])
     if purged:
         compact_index(conn)
     return results
@@ -235,8 +304,13 @@ def search(
 ) -> list[StoredEntry]:
     """Active, unexpired records matching ``params``, newest first, that ``accept``
     lets through, up to the limit (the policy decision runs per row, here)."""
+    # Without an entity key the filters (words, kind, label, date) may match most
+    # of the store: walk records newest-first by index and stop at the limit,
+    # rather than sorting every match. Entity keys are selective: let the planner
+    # start from the entity index.
+    walk = "" if params.entity_keys else " INDEXED BY records_created"
     sql = ["SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id "
-           "FROM records r JOIN entries e ON e.origin = r.origin AND e.seq = r.seq"]
+           f"FROM records r{walk} JOIN entries e ON e.origin = r.origin AND e.seq = r.seq"]
     where = ["r.state = 'active'", "r.expires_ms > ?"]
     args: list[object] = [now_ms]
     match = params.fts_match()

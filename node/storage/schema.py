@@ -40,6 +40,7 @@ MIGRATIONS: list[str] = [
         UNIQUE (origin, record_id)
     );
     CREATE INDEX records_created ON records (created_ms);
+    CREATE INDEX records_origin_state ON records (origin, state);
     CREATE INDEX records_review ON records (review_due_ms) WHERE state = 'active';
 
     CREATE VIRTUAL TABLE records_fts USING fts5 (title, narrative, labels, entities);

@@ -72,7 +72,8 @@ def test_valid_draft_parses_and_normalizes():
     d = parse_draft(doc())
     assert d.kind == "SAR"
     assert d.labels == ("narcotics", "precursors")
-    assert d.entities == (("phone", "(555) 123-4567"), ("plate", "CA:7abc-123"))
+    assert d.entities == (("phone", "(555) 123-4567", ("phone:5551234567",)),
+                          ("plate", "CA:7abc-123", ("plate:7ABC123",)))
     assert d.tlp is Tlp.AMBER
     assert d.audience == ("nysic", "region:west")
     assert d.required_attributes == {"sworn_le"}
