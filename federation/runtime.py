@@ -83,6 +83,9 @@ class Federation:
             await link.stop()
         self.links.clear()
         if self.server is not None:
+            # Replication streams never end by themselves: close them now rather
+            # than wait out the grace period on shutdown.
+            self.servicer.streams.revoke_all(grpc.StatusCode.UNAVAILABLE, "node shutting down")
             await self.server.stop(grace=1)
         self.pool.shutdown(wait=False, cancel_futures=True)
 

@@ -29,26 +29,42 @@ HEARTBEAT_S = 10.0
 GROUP = 8  # batches per transaction during catch-up
 
 
+class Revocation(asyncio.Event):
+    """Set when a stream must end, with the status its peer is told."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "peer was removed"
+
+    def revoke(self, code: grpc.StatusCode, reason: str) -> None:
+        self.code, self.reason = code, reason
+        self.set()
+
+
 class StreamRegistry:
-    """Open streams per peer, so removing a peer closes them."""
+    """Open streams per peer, so removing a peer (or stopping) closes them."""
 
     def __init__(self) -> None:
-        self._streams: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._streams: dict[str, set[Revocation]] = defaultdict(set)
 
     @contextlib.contextmanager
     def open(self, center: str):  # type: ignore[no-untyped-def]
-        revoked = asyncio.Event()
+        revoked = Revocation()
         self._streams[center].add(revoked)
         try:
             yield revoked
         finally:
             self._streams[center].discard(revoked)
 
-    def revoke(self, center: str) -> int:
-        events = self._streams.pop(center, set())
-        for e in events:
-            e.set()
-        return len(events)
+    def revoke(self, center: str, code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED,
+               reason: str = "peer was removed") -> int:
+        streams = self._streams.pop(center, set())
+        for r in streams:
+            r.revoke(code, reason)
+        return len(streams)
+
+    def revoke_all(self, code: grpc.StatusCode, reason: str) -> None:
+        for center in list(self._streams):
+            self.revoke(center, code, reason)
 
     def count(self, center: str) -> int:
         return len(self._streams.get(center, ()))
@@ -89,8 +105,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                     yield batch  # an empty one is a heartbeat: heads, and "caught up"
                 if not batches[-1].items:
                     await self._wait_for_change(seen, revoked)
-            log.info("replication stream closed: peer removed", extra={"peer": peer})
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer was removed")
+            log.info("replication stream closed", extra={"peer": peer, "reason": revoked.reason})
+            await context.abort(revoked.code, revoked.reason)
 
     def _next_batches(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
                       max_batch: int) -> tuple[list[federation_pb2.ReplicateBatch],
@@ -130,7 +146,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             room -= len(entries)
         return batch, new_cursors
 
-    async def _wait_for_change(self, seen: int, revoked: asyncio.Event) -> None:
+    async def _wait_for_change(self, seen: int, revoked: Revocation) -> None:
         waiters = [asyncio.ensure_future(self.node.changes.wait(seen, HEARTBEAT_S)),
                    asyncio.ensure_future(revoked.wait())]
         try:
