@@ -172,9 +172,14 @@ class QueryAnswerer:
         log.info("query answered", extra={"peer": peer, "records": len(answer.records),
                                           "pointers": len(answer.pointers)})
         records, pointers = answer.records, answer.pointers
+        budget = self.node.config.limits.max_message_bytes // 2
         while True:
-            msg = federation_pb2.QueryAnswer(records=records[:CHUNK], pointers=pointers[:CHUNK])
-            records, pointers = records[CHUNK:], pointers[CHUNK:]
+            n, size = 0, 0
+            while n < min(CHUNK, len(records)) and (n == 0 or size < budget):
+                size += records[n].ByteSize()
+                n += 1
+            msg = federation_pb2.QueryAnswer(records=records[:n], pointers=pointers[:CHUNK])
+            records, pointers = records[n:], pointers[CHUNK:]
             last = not records and not pointers
             msg.truncated = answer.truncated and last
             yield msg

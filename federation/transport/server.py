@@ -29,6 +29,17 @@ HEARTBEAT_S = 10.0
 GROUP = 8  # batches per transaction during catch-up
 
 
+def fit(entries: list[log_tx.StoredEntry], budget: int) -> list[log_tx.StoredEntry]:
+    """The longest prefix within ``budget`` bytes of payload (at least one entry:
+    a single record is far below the message limit)."""
+    total = 0
+    for i, e in enumerate(entries):
+        total += len(e.payload or b"") + 64
+        if total > budget and i:
+            return entries[:i]
+    return entries
+
+
 class Revocation(asyncio.Event):
     """Set when a stream must end, with the status its peer is told."""
 
@@ -128,6 +139,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         batch = federation_pb2.ReplicateBatch()
         new_cursors = dict(cursors)
         room = max_batch
+        # Bytes as well as count: 256 large records could exceed the message size
+        # limit, and a batch that can never be sent would stall the peer forever.
+        budget = self.node.config.limits.max_message_bytes // 2
         for origin, after in sorted(cursors.items()):
             if origin == peer or origin in quarantined:
                 continue
@@ -135,7 +149,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             batch.heads[origin] = head
             if room <= 0 or head <= after:
                 continue
-            entries = log_tx.items_after(conn, origin, after, room)
+            entries = fit(log_tx.items_after(conn, origin, after, room), budget)
+            budget -= sum(len(e.payload or b"") for e in entries)
             items, sent = replication_batch(
                 entries, peer, self.node.center,
                 lambda o, r: fed_tx.last_sent(conn, peer, o, r))
@@ -144,6 +159,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             if entries:
                 new_cursors[origin] = entries[-1].seq
             room -= len(entries)
+            if budget <= 0:
+                room = 0
         return batch, new_cursors
 
     async def _wait_for_change(self, seen: int, revoked: Revocation) -> None:

@@ -22,6 +22,7 @@ from node.home import Home, load_config, resolve_home
 from node.types import FcnodeError, ValidationError
 
 Command = Callable[[argparse.Namespace], int]
+MAX_PUBLISH_BYTES = 15 * 2**20  # the local API accepts 16 MiB messages (node/daemon.py)
 
 
 def _home(args: argparse.Namespace) -> Home:
@@ -141,6 +142,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     for d in drafts:  # fail fast, before talking to the daemon (which validates again)
         parse_draft(d)
+    size = len(json.dumps({"records": drafts}))
+    if size > MAX_PUBLISH_BYTES:
+        raise CliError(f"{len(drafts)} records ({size / 2**20:.1f} MiB) exceed what one publish "
+                       f"sends ({MAX_PUBLISH_BYTES // 2**20} MiB); split the file", EXIT_USAGE)
     results = client_for(args).call("Publish", {"records": drafts})
     for r in results:
         if args.json:

@@ -294,7 +294,7 @@ def current(conn: sqlite3.Connection, record_id: str) -> list[tuple[StoredEntry,
     rows = conn.execute(
         "SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id, r.state "
         "FROM records r JOIN entries e ON e.origin = r.origin AND e.seq = r.seq "
-        "WHERE r.record_id = ?", (record_id,)).fetchall()
+        "WHERE r.record_id = ? AND e.payload IS NOT NULL", (record_id,)).fetchall()
     return [(StoredEntry(*r[:6]), r[6]) for r in rows]
 
 

@@ -160,6 +160,28 @@ def test_removed_peer_is_cut_off(make_node) -> None:
     assert b.cli("peers", "show", "nobody").returncode == 1
 
 
+def test_large_records_replicate_and_answer_within_the_message_limit(make_node,
+                                                                    tmp_path: Path) -> None:
+    a, b = make_node("sierra", start=False), make_node("tango", start=False)
+    for n in (a, b):  # a small message limit: 3 records of 60 KB do not fit in one
+        cfg = n.home / "node.toml"
+        cfg.write_text(cfg.read_text().replace("max_message_bytes = 8388608",
+                                               "max_message_bytes = 150000"))
+        n.start()
+    a.pin(b)
+    b.pin(a)
+    big = [{"kind": "BULLETIN", "title": f"big {i}", "narrative": "x" * 60_000,
+            "policy": {"audience": ["members"]}} for i in range(8)]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(big))
+    a.ok("publish", "--file", str(path))
+    wait_head(b, "sierra", 8)
+    assert len(b.held_record_ids()) == 8
+    lines = b.json_lines("query", "big", "--centers", "sierra")
+    assert lines[-1]["summary"]["sierra"]["status"] == "answered"
+    assert len(lines) - 1 == 8
+
+
 def test_tampered_and_unknown_entries_are_rejected_and_never_stored(make_node,
                                                                    tmp_path: Path) -> None:
     node = make_node("golf")
