@@ -19,13 +19,14 @@ from federation.query_fanout import QueryFanout
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
 from node import logs
-from node.home import HomeError
+from node.home import HomeError, check_group
 from node.identity import parse_card
 from node.keys import load_tls
 from node.localapi import Request
 from node.peers import Peer, all_groups, save_peers
 from node.query import make_params
 from node.service import NodeService, NotFound
+from node.standard_services import add_standard_services
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
 from node.timeutil import iso, now_ms, parse_duration_ms, parse_instant_ms
@@ -53,8 +54,6 @@ class Federation:
         self._stopping: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
-        from node.daemon import add_standard_services  # shared with the local listener
-
         limits = self.node.config.limits
         self.server = grpc.aio.server(options=[
             # gRPC enables SO_REUSEPORT by default: a second node on the same
@@ -202,11 +201,8 @@ class Federation:
         card = parse_card(str(req.get("card") or ""))
         if card.center == self.node.center:
             raise ValidationError("that is this node's own identity card")
-        groups = tuple(req.strings("groups"))
+        groups = tuple(check_group(g) for g in req.strings("groups"))
         peer = Peer(card, groups, bool(req.get("connect", True)))
-        from node.peers import with_groups
-
-        peer = with_groups(peer, groups)
         for other in self.node.peers.values():
             if other.center != card.center and other.card.tls_fingerprint == card.tls_fingerprint:
                 raise ValidationError(f"that certificate is already pinned for {other.center!r}")

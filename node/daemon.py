@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from node import keys, logs
 from node.home import Home, HomeError, load_config
@@ -21,6 +20,7 @@ from node.lifecycle import Lifecycle
 from node.localapi import LocalServicer
 from node.peers import load_peers
 from node.service import NodeService
+from node.standard_services import add_standard_services
 from node.storage.db import Database
 from node.wire import local_pb2, local_pb2_grpc
 
@@ -47,16 +47,6 @@ def acquire_lock(home: Home) -> IO[str]:
     fh.write(str(os.getpid()))
     fh.flush()
     return fh
-
-
-def add_standard_services(server: grpc.aio.Server,
-                          services: list[str]) -> health.aio.HealthServicer:
-    """Health and reflection on every listener, so standard tools work."""
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [*services, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server)
-    return health_servicer
 
 
 async def _start_local(node: NodeService, lifecycle: Lifecycle, socket: Path,

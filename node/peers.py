@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from node.home import HomeError, check_group, toml_str
@@ -103,10 +103,6 @@ def save_peers(path: Path, peers: Iterable[Peer]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def with_groups(peer: Peer, groups: Iterable[str]) -> Peer:
-    return replace(peer, groups=tuple(check_group(g) for g in groups))
 
 
 def all_groups(own_groups: dict[str, tuple[str, ...]],

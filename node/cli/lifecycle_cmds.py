@@ -9,12 +9,11 @@ from typing import Any
 
 from node.cli import output
 from node.cli.client import EXIT_USAGE, CliError, client_for
+from node.cli.drafts import drafts_from_file
 
 
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
     """Only what was given: the rest of the record stays as it is."""
-    from node.cli.main import drafts_from_file
-
     if args.file:
         drafts = drafts_from_file(args.file)
         if len(drafts) != 1:

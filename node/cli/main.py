@@ -13,14 +13,16 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from node.cli import output
 from node.cli.client import EXIT_ERROR, EXIT_USAGE, CliError, client_for
+from node.cli.drafts import drafts_from_file
 from node.home import Home, load_config, resolve_home
 from node.types import FcnodeError, ValidationError
 
+# Commands import what they need when they run: `fcnode status` should not pay
+# for loading the daemon, storage and crypto stacks.
 Command = Callable[[argparse.Namespace], int]
 MAX_PUBLISH_BYTES = 15 * 2**20  # the local API accepts 16 MiB messages (node/daemon.py)
 
@@ -119,21 +121,6 @@ def _draft_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     if args.expires:
         draft["expires"] = args.expires
     return draft
-
-
-def drafts_from_file(path: str) -> list[Any]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{path} is not valid JSON: {exc}", EXIT_USAGE) from None
-    drafts = data if isinstance(data, list) else [data]
-    if not drafts:
-        raise CliError(f"{path} holds no records", EXIT_USAGE)
-    return drafts
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
