@@ -113,9 +113,7 @@ class QueryAnswerer:
         """One transaction: replay check, search under policy, egress log, audit."""
         node = self.node
         now = now_ms()
-        conn.execute("DELETE FROM seen_queries WHERE expires_ms < ?", (now,))
-        if conn.execute("INSERT OR IGNORE INTO seen_queries VALUES (?, ?, ?)",
-                        (body.query_id, peer, body.deadline_ms)).rowcount == 0:
+        if not fed_tx.remember_query(conn, body.query_id, peer, body.deadline_ms, now):
             raise Refused(grpc.StatusCode.ALREADY_EXISTS, "replayed query (id already seen)")
         requester = Requester(peer, body.user, frozenset(body.user_attributes))
         limit = min(body.limit or node.config.limits.max_results, node.config.limits.max_results)

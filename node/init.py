@@ -14,7 +14,7 @@ from node.peers import save_peers
 from node.signing import AUDIT_DOMAIN, raw_public, sign
 from node.storage import audit as audit_tx
 from node.storage import users as users_tx
-from node.storage.db import open_sync
+from node.storage.db import immediate, open_sync
 from node.timeutil import now_ms
 from node.types import check_center_id
 from node.users import new_token
@@ -50,11 +50,11 @@ def init_node(root: Path, center: str, name: str, listen: str) -> InitResult:
         conn = open_sync(home.database, create=True)
         try:
             now = now_ms()
-            conn.execute("BEGIN IMMEDIATE")
-            users_tx.insert(conn, users_tx.UserRow(ADMIN_USER, digest, (), True, now))
-            audit_tx.append(conn, lambda m: sign(signing, AUDIT_DOMAIN, m), now, "fcnode",
-                            "node.init", {"center": center, "name": name, "admin": ADMIN_USER})
-            conn.execute("COMMIT")
+            with immediate(conn):
+                users_tx.insert(conn, users_tx.UserRow(ADMIN_USER, digest, (), True, now))
+                audit_tx.append(conn, lambda m: sign(signing, AUDIT_DOMAIN, m), now, "fcnode",
+                                "node.init",
+                                {"center": center, "name": name, "admin": ADMIN_USER})
         finally:
             conn.close()
         save_peers(home.peers, [])

@@ -39,6 +39,14 @@ def disseminations(conn: sqlite3.Connection, record_id: str | None,
     return conn.execute(sql, args).fetchall()
 
 
+def remember_query(conn: sqlite3.Connection, query_id: str, center: str, deadline_ms: int,
+                   now_ms: int) -> bool:
+    """Note a query id until its deadline; False if it was seen (a replay)."""
+    conn.execute("DELETE FROM seen_queries WHERE expires_ms < ?", (now_ms,))
+    return conn.execute("INSERT OR IGNORE INTO seen_queries VALUES (?, ?, ?)",
+                        (query_id, center, deadline_ms)).rowcount == 1
+
+
 def cursors(conn: sqlite3.Connection, peer: str) -> dict[str, int]:
     return dict(conn.execute("SELECT origin, seq FROM cursors WHERE peer = ?", (peer,)))
 
