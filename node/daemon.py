@@ -52,6 +52,7 @@ def acquire_lock(home: Home) -> IO[str]:
 async def _start_local(node: NodeService, lifecycle: Lifecycle, socket: Path,
                        extensions: dict[str, Any]) -> grpc.aio.Server:
     socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    node.home.socket_dir_is_private()
     with contextlib.suppress(FileNotFoundError):
         socket.unlink()  # stale from a killed daemon: we hold the lock, so it is ours
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0),

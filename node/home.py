@@ -76,6 +76,20 @@ class Home:
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
         return Path(f"/tmp/fcnode-{os.getuid()}") / f"{digest}.sock"
 
+    def socket_dir_is_private(self) -> None:
+        """The socket's directory must be ours and closed to others: a directory
+        someone else made under /tmp could hold a fake socket that collects
+        credentials."""
+        parent = self.socket.parent
+        try:
+            st = parent.stat()
+        except FileNotFoundError:
+            return
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise HomeError(f"{parent} is not private to this user (owner uid {st.st_uid}, "
+                            f"mode {st.st_mode & 0o777:04o}); remove it or fix it "
+                            "(chmod 700) before using this node")
+
     def require(self) -> None:
         if not self.config.exists():
             raise HomeError(f"no fcnode node at {self.root} (run fcnode init, or set "

@@ -48,6 +48,7 @@ def client_for(args: Any) -> Client:
 class Client:
     def __init__(self, home: Home, token: str | None, timeout: float = 30.0) -> None:
         home.require()
+        home.socket_dir_is_private()
         self.home = home
         self.token = token
         self.timeout = timeout

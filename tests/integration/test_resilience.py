@@ -5,6 +5,7 @@ local socket works from a home too deep for a Unix socket path."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from node.devnet import Node
+from node.home import Home
 from tests.integration.rogue import Rogue
 
 
@@ -130,5 +132,13 @@ def test_home_too_deep_for_a_unix_socket_still_works(tmp_path: Path) -> None:
         assert len(str(node.home / "fcnode.sock")) > 107
         assert node.json("status")["center"] == "deep"
         assert not (node.home / "fcnode.sock").exists()
+        # The short runtime directory must stay private: opened up, it is refused.
+        runtime = Home(node.home).socket.parent
+        os.chmod(runtime, 0o777)
+        try:
+            r = node.cli("status")
+            assert r.returncode != 0 and "is not private" in r.stderr
+        finally:
+            os.chmod(runtime, 0o700)
     finally:
         node.stop()
