@@ -298,22 +298,34 @@ def current(conn: sqlite3.Connection, record_id: str) -> list[tuple[StoredEntry,
     return [(StoredEntry(*r[:6]), r[6]) for r in rows]
 
 
+BROAD = 2000  # text matches beyond which walking newest-first beats sorting them
+
+
+def _broad(conn: sqlite3.Connection, params: SearchParams, match: str) -> bool:
+    """Whether the filters may match much of the store. Then records are walked
+    newest-first by index, stopping at the limit, instead of sorting every match;
+    entity keys and rare words are selective: the planner starts from their index."""
+    if params.entity_keys:
+        return False
+    if not match:
+        return True
+    hits = conn.execute("SELECT count(*) FROM (SELECT 1 FROM records_fts WHERE records_fts "
+                        "MATCH ? LIMIT ?)", (match, BROAD)).fetchone()[0]
+    return hits >= BROAD
+
+
 def search(
     conn: sqlite3.Connection, params: SearchParams, now_ms: int,
     accept: Callable[[StoredEntry], bool],
 ) -> list[StoredEntry]:
     """Active, unexpired records matching ``params``, newest first, that ``accept``
     lets through, up to the limit (the policy decision runs per row, here)."""
-    # Without an entity key the filters (words, kind, label, date) may match most
-    # of the store: walk records newest-first by index and stop at the limit,
-    # rather than sorting every match. Entity keys are selective: let the planner
-    # start from the entity index.
-    walk = "" if params.entity_keys else " INDEXED BY records_created"
+    match = params.fts_match()
+    walk = " INDEXED BY records_created" if _broad(conn, params, match) else ""
     sql = ["SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id "
            f"FROM records r{walk} JOIN entries e ON e.origin = r.origin AND e.seq = r.seq"]
     where = ["r.state = 'active'", "r.expires_ms > ?"]
     args: list[object] = [now_ms]
-    match = params.fts_match()
     if match:
         where.append("r.id IN (SELECT rowid FROM records_fts WHERE records_fts MATCH ?)")
         args.append(match)
