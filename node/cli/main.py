@@ -48,6 +48,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_identity(args: argparse.Namespace) -> int:
+    from node.identity import b64e
     from node.init import own_card
 
     home = _home(args)
@@ -55,7 +56,7 @@ def cmd_identity(args: argparse.Namespace) -> int:
     card = own_card(home, cfg.center, cfg.name, cfg.listen)
     if args.json:
         output.emit_json({"center": card.center, "name": card.name, "address": card.address,
-                          "signing_key": card.line().split("/")[3],
+                          "signing_key": b64e(card.signing_key),
                           "tls_fingerprint": card.tls_fingerprint, "card": card.line()})
     else:
         print(card.line())
