@@ -49,8 +49,13 @@ def _refusal(verdict: Verdict, prior: tuple[int, int, str] | None,
         return ""
     if prior[2] == "purged":
         return "record was purged"  # a tombstone is final, whoever replays what
+    if body.version < prior[1] or (prior[2] in ("recalled", "expired") and (
+            body.version <= prior[1])):
+        # Newest version wins: a superseded or recalled version never comes back,
+        # however a peer that is behind (or malicious) replays it.
+        return "superseded version"
     if verdict is Verdict.APPEND and prior[1] >= body.version:
-        # A new log position carrying a version we already have superseded.
+        # A new log position carrying a version we already have.
         return "replayed older version"
     return ""
 
@@ -65,7 +70,8 @@ def _recall(conn: sqlite3.Connection, peer: str, item: federation_pb2.LogItem, n
         fed_tx.reject(conn, now_ms, peer, item.origin, item.seq, "recall from a non-source")
         result.rejected["recall from a non-source"] += 1
         return
-    if log_tx.purge_locally(conn, item.origin, item.recall_record_id, "recalled"):
+    if log_tx.purge_locally(conn, item.origin, item.recall_record_id, "recalled",
+                            item.recall_version):
         result.purged = True
         notices_tx.add(conn, now_ms, "recall", item.origin, item.recall_record_id,
                        {"version": item.recall_version, "via": peer,
@@ -175,7 +181,8 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             flush()
             stored_signed = _store(conn, peer, c, outcome.verdict, now_ms, result)
             states.pop(key, None)  # the record may exist now
-        if outcome.verdict is Verdict.APPEND:
+        if outcome.verdict is Verdict.APPEND or (outcome.verdict is Verdict.REPLACE
+                                                 and seq == head):
             tips[origin] = (seq, Held(c.item.hash, stored_signed))
         result.changed = result.changed or outcome.verdict is not Verdict.DUPLICATE
         cursors[origin] = seq
@@ -207,7 +214,9 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
         result.duplicates += 1
         return True
     if c.body is None:
-        log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
+        log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms,
+                                  c.item.recall_record_id or None,
+                                  c.item.recall_version or None)
         result.stored += 1
         if c.item.recall_record_id:
             _recall(conn, peer, c.item, now_ms, result)
@@ -218,11 +227,14 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
         # Never stored; the chain keeps only this entry's hash and goes on.
         if verdict is Verdict.APPEND:
             log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
-        fed_tx.reject(conn, now_ms, peer, origin, seq, refusal)
-        result.rejected[refusal] += 1
+        if refusal != "superseded version":  # a peer that is behind: not an attack
+            fed_tx.reject(conn, now_ms, peer, origin, seq, refusal)
+            result.rejected[refusal] += 1
         return False
     if verdict is Verdict.UPGRADE:
         log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)
+    elif verdict is Verdict.REPLACE:
+        log_tx.replace_placeholder(conn, c.item.envelope, c.body, c.item.hash, peer, now_ms)
     else:
         log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms)
     result.stored += 1

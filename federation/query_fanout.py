@@ -28,7 +28,7 @@ from node.signing import BadSignature, open_record, seal_query
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.timeutil import iso, now_ms
-from node.types import Decision, ValidationError
+from node.types import Decision, Requester, ValidationError
 from node.users import User
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 
@@ -211,7 +211,8 @@ class QueryFanout:
                                                                      b.record_id)
                         for b in map(parse_unverified, a.records) if b is not None})
                 known = lambda o, r, s=states: s.get((o, r))  # noqa: E731
-                for result in self._remote_results(center, item, summary[center], known):
+                for result in self._remote_results(center, item, summary[center], known,
+                                                   self.node.requester(user)):
                     if merger.admit(result):
                         shown.append([result["origin"], result["record_id"],
                                       result.get("version", 0), result["access"]])
@@ -234,16 +235,23 @@ class QueryFanout:
         return {**v.summary(), "from": self.node.center}
 
     def _remote_results(self, center: str, answer: federation_pb2.QueryAnswer,
-                        outcome: Outcome, known: Known) -> list[dict[str, Any]]:
+                        outcome: Outcome, known: Known, requester: Requester
+                        ) -> list[dict[str, Any]]:
         out = []
         for env in answer.records:
             body = self.verify(env)
             if body is None or body.kind not in log_tx.CONTENT:
                 outcome.dropped += 1
                 continue
+            # The record's own signed policy is judged here too: a buggy or hostile
+            # answering node cannot hand content to a user it does not allow.
+            if self.node.decide(body, requester) is not Decision.FULL:
+                outcome.dropped += 1
+                continue
             held = known(body.origin, body.record_id)
-            if held is not None and held[2] != "active" and held[1] >= body.version:
-                continue  # we know it was retracted, purged or recalled since
+            if held is not None and (held[1] > body.version
+                                     or (held[2] != "active" and held[1] >= body.version)):
+                continue  # we hold a newer version, or know it was withdrawn since
             outcome.results += 1
             out.append(full_result(body, center))
         for p in answer.pointers:

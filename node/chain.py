@@ -17,6 +17,8 @@ from dataclasses import dataclass
 class Verdict(enum.Enum):
     APPEND = "append"        # next in the chain: store it
     UPGRADE = "upgrade"      # the signed entry for a placeholder we hold
+    REPLACE = "replace"      # a signed entry contradicting an unsigned placeholder: the
+    #                          placeholder came from a peer, the signature from the origin
     DUPLICATE = "duplicate"  # we hold exactly this already
     FORK = "fork"            # two signed entries at one position: evidence
     REJECT = "reject"
@@ -57,6 +59,8 @@ def classify(item: Incoming, head: int, at_seq: Held | None, before: Held | None
             return Outcome(Verdict.DUPLICATE)
         if item.signed and at_seq.signed:
             return Outcome(Verdict.FORK, f"two signed entries at seq {item.seq}")
+        if item.signed:
+            return _link(item, before, Verdict.REPLACE)
         return Outcome(Verdict.REJECT, f"entry at seq {item.seq} contradicts the one held")
     if item.seq != head + 1:
         return Outcome(Verdict.REJECT, f"gap: got seq {item.seq}, next expected {head + 1}")

@@ -37,36 +37,46 @@ def parse(entry: StoredEntry) -> records_pb2.RecordBody:
 
 
 SentBefore = Callable[[str, str], int | None]
+CurrentVersion = Callable[[str, str], int | None]
 
 
 def replication_batch(
     entries: Iterable[StoredEntry], peer: str, evaluator: str,
     sent_before: SentBefore = lambda origin, record_id: None,
+    current_version: CurrentVersion = lambda origin, record_id: None,
 ) -> tuple[list[federation_pb2.LogItem], list[Dissemination]]:
-    """Log items for ``peer``: the signed entry where the decision for that
-    center is FULL, else a placeholder (seq and hash only). A placeholder for a
-    record this node sent the peer before carries a recall (record id and
+    """Log items for ``peer``: the signed entry where it is the record's newest
+    version here and the decision for that center is FULL, else a placeholder
+    (seq and hash only). Where the newest version is withheld from a peer this
+    node sent the record before, the placeholder carries a recall (record id and
     version, no content): the peer must drop its copy."""
     items: list[federation_pb2.LogItem] = []
     sent: list[Dissemination] = []
     requester = Requester(peer)
     for e in entries:
         item = federation_pb2.LogItem(origin=e.origin, seq=e.seq, hash=e.hash)
+        items.append(item)
+        body = None
         if e.payload is not None:
             try:
                 body = parse(e)
             except DecodeError:  # a corrupt stored entry never leaves; the hash still links
-                items.append(item)
                 continue
-            decision = policy.decide(body_policy(body), body.origin, evaluator, requester)
-            if decision is Decision.FULL:
-                item.envelope.CopyFrom(e.envelope())
-                sent.append(Dissemination(peer, None, body.origin, body.record_id,
-                                          body.version, body.seq, "replication", "FULL"))
-            elif sent_before(body.origin, body.record_id) is not None:
-                item.recall_record_id = body.record_id
-                item.recall_version = body.version
-                sent.append(Dissemination(peer, None, body.origin, body.record_id,
-                                          body.version, body.seq, "replication", "RECALL"))
-        items.append(item)
+        record_id = body.record_id if body is not None else e.record_id
+        version = body.version if body is not None else e.version
+        if not record_id or version is None:
+            continue  # a placeholder we know nothing about: pass the hash on
+        newest = current_version(e.origin, record_id)
+        if newest is not None and version < newest:
+            continue  # superseded: only the newest version ever leaves
+        if body is not None and policy.decide(body_policy(body), body.origin, evaluator,
+                                              requester) is Decision.FULL:
+            item.envelope.CopyFrom(e.envelope())
+            sent.append(Dissemination(peer, None, body.origin, record_id, version, e.seq,
+                                      "replication", "FULL"))
+        elif sent_before(e.origin, record_id) is not None:
+            item.recall_record_id = record_id
+            item.recall_version = version
+            sent.append(Dissemination(peer, None, e.origin, record_id, version, e.seq,
+                                      "replication", "RECALL"))
     return items, sent

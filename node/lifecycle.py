@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import sqlite3
 from typing import Any
 
@@ -94,6 +95,9 @@ class Lifecycle:
 
         def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
             body, version = self._current(conn, user, record_id)
+            if "policy" in changes and not (user.admin or user.name == body.author):
+                raise AccessDenied("only the record's author or an admin may change its "
+                                   "access policy")
             draft = record.parse_draft(merge(draft_of(body), changes))
             # Centers already in the audience stay valid even if since unpinned.
             known = node.known_centers() | set(body.policy.audience)
@@ -170,11 +174,24 @@ class Lifecycle:
         return out
 
     async def notices(self, user: User, since_ms: int, limit: int) -> list[dict[str, Any]]:
-        import json
+        """Notices about records: an admin sees them all; an analyst only those on
+        records they may read in full now (a notice names people and searches)."""
+        node = self.node
+        requester = node.requester(user)
 
-        rows = await self.node.db.read(lambda c: notices_tx.listing(c, since_ms, limit))
-        return [{"time": iso(r[0]), "kind": r[1], "origin": r[2], "record_id": r[3],
-                 **json.loads(r[4])} for r in rows]
+        def tx(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            out = []
+            for ts, kind, origin, record_id, detail in notices_tx.listing(conn, since_ms, limit):
+                if not user.admin:
+                    held = [parse_entry(e) for e, _ in log_tx.current(conn, record_id)]
+                    if not any(b.origin == origin and node.decide(b, requester)
+                               is Decision.FULL for b in held):
+                        continue
+                out.append({"time": iso(ts), "kind": kind, "origin": origin,
+                            "record_id": record_id, **json.loads(detail)})
+            return out
+
+        return await node.db.read(tx)
 
     # -- retention sweep ----------------------------------------------------------
     def start(self) -> None:

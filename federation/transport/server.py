@@ -151,9 +151,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 continue
             entries = fit(log_tx.items_after(conn, origin, after, room), budget)
             budget -= sum(len(e.payload or b"") for e in entries)
+            states = log_tx.record_states(conn, origin, {e.record_id for e in entries
+                                                         if e.record_id})
             items, sent = replication_batch(
                 entries, peer, self.node.center,
-                lambda o, r: fed_tx.last_sent(conn, peer, o, r))
+                lambda o, r: fed_tx.last_sent(conn, peer, o, r),
+                lambda o, r, s=states: s[r][1] if r in s else None)
             fed_tx.log_disseminations(conn, sent, now_ms())
             batch.items.extend(items)
             if entries:

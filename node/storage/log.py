@@ -25,6 +25,8 @@ class StoredEntry:
     payload: bytes | None
     signature: bytes | None
     key_id: str | None
+    record_id: str | None = None  # known for signed entries, erased ones and recalls
+    version: int | None = None
 
     def envelope(self) -> records_pb2.Envelope | None:
         if self.payload is None:
@@ -116,10 +118,21 @@ def record_states(conn: sqlite3.Connection, origin: str,
 
 
 def insert_placeholder(conn: sqlite3.Connection, origin: str, seq: int, digest: bytes,
-                       source: str, now_ms: int) -> None:
+                       source: str, now_ms: int, record_id: str | None = None,
+                       version: int | None = None) -> None:
+    """``record_id``/``version``: known for a recall, so it can be passed on."""
     conn.execute(
-        "INSERT INTO entries (origin, seq, hash, source, received_ms) VALUES (?, ?, ?, ?, ?)",
-        (origin, seq, digest, source, now_ms))
+        "INSERT INTO entries (origin, seq, hash, source, received_ms, record_id, version) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)", (origin, seq, digest, source, now_ms, record_id, version))
+
+
+def replace_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
+                        body: records_pb2.RecordBody, digest: bytes, source: str,
+                        now_ms: int) -> None:
+    """A signed entry takes the place of a contradicting unsigned placeholder."""
+    conn.execute("DELETE FROM entries WHERE origin = ? AND seq = ? AND payload IS NULL",
+                 (body.origin, body.seq))
+    insert_entries(conn, [(env, body)], source, now_ms)
 
 
 def upgrade_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
@@ -199,19 +212,19 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
         if b.kind in CONTENT:
             rec = _upsert(conn, b, "active", existing)
             if existing is not None:
-                unindex(conn, rec)
+                # Newest version wins everywhere: superseded versions keep only
+                # their hash, so no node can serve or show them again.
+                erase_content(conn, b.origin, b.record_id, rec, keep_seq=b.seq)
             ents = " ".join(e.value for e in b.entities)
             fts_rows[rec] = (rec, b.title, b.narrative, " ".join(b.labels), ents)
             key_rows[rec] = [(k, rec) for e in b.entities for k in e.keys]
         else:
             state = "retracted" if b.kind == records_pb2.RETRACTION else "purged"
             rec = _upsert(conn, b, state, existing)
-            unindex(conn, rec)
             fts_rows.pop(rec, None)
             key_rows.pop(rec, None)
-            if b.kind == records_pb2.PURGE:
-                erase_content(conn, b.origin, b.record_id, rec, keep_seq=b.seq)
-                purged = True
+            erase_content(conn, b.origin, b.record_id, rec, keep_seq=b.seq)
+            purged = purged or b.kind == records_pb2.PURGE
         seen[key] = (rec, b.version, state)
         results.append("applied")
     conn.executemany(
@@ -240,12 +253,15 @@ def compact_index(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO records_fts (records_fts) VALUES ('optimize')")
 
 
-def purge_locally(conn: sqlite3.Connection, origin: str, record_id: str, state: str) -> bool:
-    """Drop a copy without a signed purge (recall, or expiry at a holder)."""
+def purge_locally(conn: sqlite3.Connection, origin: str, record_id: str, state: str,
+                  version: int = 0) -> bool:
+    """Drop a copy without a signed purge (recall, or expiry at a holder).
+    ``version``: the version that caused it; older ones can never be applied again."""
     existing = record_state(conn, origin, record_id)
     if existing is None or existing[2] == "purged":
         return False
-    conn.execute("UPDATE records SET state = ? WHERE id = ?", (state, existing[0]))
+    conn.execute("UPDATE records SET state = ?, version = max(version, ?) WHERE id = ?",
+                 (state, version, existing[0]))
     erase_content(conn, origin, record_id, existing[0])
     compact_index(conn)
     return True
@@ -267,12 +283,12 @@ def review_due(conn: sqlite3.Connection, origin: str, before_ms: int) -> list[St
 
 def latest_content(conn: sqlite3.Connection, origin: str, record_id: str
                    ) -> tuple[StoredEntry, str] | None:
-    """The newest content version held of a record (what an update starts from)."""
+    """The newest signed entry held of a record (what a change starts from)."""
     row = conn.execute(
         "SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id, r.state "
         "FROM records r JOIN entries e ON e.origin = r.origin AND e.record_id = r.record_id "
         "WHERE r.origin = ? AND r.record_id = ? AND e.payload IS NOT NULL "
-        "AND e.kind NOT IN ('RETRACTION', 'PURGE') ORDER BY e.seq DESC LIMIT 1",
+        "ORDER BY e.seq DESC LIMIT 1",
         (origin, record_id)).fetchone()
     return (StoredEntry(*row[:6]), row[6]) if row else None
 
@@ -360,9 +376,10 @@ def search(
     return out
 
 
-def items_after(conn: sqlite3.Connection, origin: str, after: int, limit: int) -> list[StoredEntry]:
+def items_after(conn: sqlite3.Connection, origin: str, after: int,
+                limit: int) -> list[StoredEntry]:
     return [StoredEntry(*r) for r in conn.execute(
-        "SELECT origin, seq, hash, payload, signature, key_id FROM entries "
+        "SELECT origin, seq, hash, payload, signature, key_id, record_id, version FROM entries "
         "WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?", (origin, after, limit))]
 
 

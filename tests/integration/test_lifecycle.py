@@ -62,7 +62,7 @@ def test_narrowed_policy_recalls_copies_and_newest_version_wins(make_node) -> No
                       "--title", SECRET_TITLE + " (corrected)", "--reason", "shared in error")
     assert upd["version"] == 2
     wait_state(hub, rid, 2, "active")
-    wait_state(spoke, rid, 1, "recalled")
+    wait_state(spoke, rid, 2, "recalled")  # it knows version 2 exists, not its content
     wait_erased(spoke, SECRET_NARRATIVE.encode(), b"Quixotic")
     assert spoke.json_lines("search", "harbour") == []
     notices = spoke.json_lines("notices")

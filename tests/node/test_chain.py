@@ -94,9 +94,15 @@ def test_placeholder_contradicting_held_rejected():
         out = classify(Incoming(2, B2, False), 2, Held(A2, held_signed), Held(A1, True))
         assert out.verdict is Verdict.REJECT
         assert "contradicts" in out.reason
-    # A signed entry against a different placeholder is not proof of a fork.
+    # A signed entry against a different placeholder is not proof of a fork: the
+    # placeholder came from a peer, the signature from the origin, so the signed
+    # entry replaces it (a malicious peer's fake placeholder must not block the
+    # origin's real entry forever).
     out = classify(Incoming(2, B2, True, prev=A1), 2, Held(A2, False), Held(A1, True))
-    assert out.verdict is Verdict.REJECT
+    assert out.verdict is Verdict.REPLACE
+    # ...but only if it links to the signed entry held before it.
+    out = classify(Incoming(2, B2, True, prev=B2), 2, Held(A2, False), Held(A1, True))
+    assert out.verdict is Verdict.FORK
 
 
 def test_malformed_items_rejected():
