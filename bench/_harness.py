@@ -10,6 +10,7 @@ benchmark process itself dies (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import datetime as dt
@@ -46,6 +47,28 @@ _PR_SET_PDEATHSIG = 1
 
 
 # -- output -----------------------------------------------------------------------
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph as the description."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def save_json(path: str | None, out: dict[str, Any]) -> None:
+    """--json FILE: the figures as JSON, beside what was printed."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(out, fh, indent=2)
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a benchmark; Ctrl-C exits 130 (its daemons were stopped on the way out)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
 def section(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 

@@ -19,7 +19,6 @@ keeps it); the daemon is stopped on exit, also on an error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -33,8 +32,7 @@ TARGET_IDLE_RSS_MB = 100.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = h.arg_parser(__doc__)
     p.add_argument("--records", type=int, default=100_000,
                    help="records in the node for the search test (default 100000)")
     p.add_argument("--single", type=int, default=500,
@@ -239,15 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         bench_status(node, count, out)
         bench_rss(node, args, out)
         cluster.check_alive()
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    h.save_json(args.json, out)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # the daemons were stopped on the way out
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    h.run_main(main)

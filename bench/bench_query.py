@@ -54,8 +54,7 @@ KINDS = ("phone", "plate", "person")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = h.arg_parser(__doc__)
     p.add_argument("--peers", type=int, default=20, help="peers (default 20)")
     p.add_argument("--records", type=int, default=100_000,
                    help="records held by each peer (default 100000)")
@@ -565,15 +564,9 @@ def main(argv: list[str] | None = None) -> int:
         bench_resources(cluster, requester, peers, out)
         cluster.check_alive()
     print(f"\n   total {time.perf_counter() - began:.0f} s", flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    h.save_json(args.json, out)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # the daemons were stopped on the way out
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    h.run_main(main)

@@ -41,8 +41,7 @@ TARGET_FANOUT_P99_S = 1.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = h.arg_parser(__doc__)
     p.add_argument("--records", type=int, default=20_000,
                    help="records A publishes for the ingest test (default 20000)")
     p.add_argument("--batch", type=int, default=2000,
@@ -320,15 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_fanout:
         bench_fanout(args, out)
     print(f"\n   total {time.perf_counter() - started:.0f} s", flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    h.save_json(args.json, out)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # the daemons were stopped on the way out
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    h.run_main(main)

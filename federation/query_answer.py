@@ -24,7 +24,7 @@ from node import logs
 from node.egress import Dissemination
 from node.query import SearchParams
 from node.record import kind_name
-from node.service import NodeService, parse_entry
+from node.service import NodeService
 from node.signing import BadSignature, open_query
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
@@ -122,7 +122,7 @@ class QueryAnswerer:
         restricted: list[records_pb2.RecordBody] = []
 
         def accept(entry: log_tx.StoredEntry) -> bool:
-            b = parse_entry(entry)
+            b = entry.body()
             decision = node.decide(b, requester)
             if decision is Decision.NOTIFY_ONLY and b.origin == node.center:
                 restricted.append(b)

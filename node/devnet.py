@@ -95,6 +95,14 @@ class Node:
     def log_tail(self, n: int = 3000) -> str:
         return self.log_path.read_text()[-n:] if self.log_path.exists() else ""
 
+    def edit_config(self, old: str, new: str) -> None:
+        """Change node.toml by text (the daemon reads it at start and on SIGHUP)."""
+        path = self.home / "node.toml"
+        text = path.read_text()
+        if old not in text:
+            raise DevnetError(f"{self.center}: {old!r} is not in {path}")
+        path.write_text(text.replace(old, new))
+
     # -- CLI -------------------------------------------------------------------
     def cli(self, *args: str, user: str = "admin", stdin: str | None = None
             ) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from node import policy
 from node.record import body_policy
 from node.storage.log import StoredEntry
 from node.types import Decision, Requester
-from node.wire import federation_pb2, records_pb2
+from node.wire import federation_pb2
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,6 @@ class Dissemination:
     seq: int
     channel: str
     decision: str
-
-
-def parse(entry: StoredEntry) -> records_pb2.RecordBody:
-    body = records_pb2.RecordBody()
-    body.ParseFromString(entry.payload or b"")
-    return body
 
 
 SentBefore = Callable[[str, str], int | None]
@@ -59,7 +53,7 @@ def replication_batch(
         body = None
         if e.payload is not None:
             try:
-                body = parse(e)
+                body = e.body()
             except DecodeError:  # a corrupt stored entry never leaves; the hash still links
                 continue
         record_id = body.record_id if body is not None else e.record_id

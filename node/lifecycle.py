@@ -18,7 +18,7 @@ from typing import Any
 
 from node import logs, record
 from node.record import RETENTION_MS, body_policy, body_to_dict, kind_name
-from node.service import NodeService, NotFound, parse_entry, published
+from node.service import NodeService, NotFound, published
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
 from node.timeutil import iso, now_ms
@@ -80,7 +80,7 @@ class Lifecycle:
         found = log_tx.latest_content(conn, node.center, record_id)
         if found is None:
             raise NotFound(f"no content held for record {record_id!r}")
-        body = parse_entry(found[0])
+        body = found[0].body()
         if blind_ok and (user.admin or user.name == body.author):
             return body, state[1]
         if node.decide(body, node.requester(user)) is not Decision.FULL:
@@ -140,7 +140,7 @@ class Lifecycle:
                 found = log_tx.latest_content(conn, node.center, record_id)
                 if state is None or found is None or state[2] == "purged":
                     raise NotFound(record_id)
-                body, version = parse_entry(found[0]), state[1]
+                body, version = found[0].body(), state[1]
             else:
                 # A retracted record can still be purged.
                 body, version = self._current(conn, user, record_id, ("active", "retracted"),
@@ -164,7 +164,7 @@ class Lifecycle:
         entries = await node.db.read(lambda c: log_tx.review_due(c, node.center, before))
         out = []
         for e in entries:
-            b = parse_entry(e)
+            b = e.body()
             if node.decide(b, node.requester(user)) is not Decision.FULL:
                 continue
             out.append({"record_id": b.record_id, "kind": kind_name(b), "title": b.title,
@@ -183,7 +183,7 @@ class Lifecycle:
             out = []
             for ts, kind, origin, record_id, detail in notices_tx.listing(conn, since_ms, limit):
                 if not user.admin:
-                    held = [parse_entry(e) for e, _ in log_tx.current(conn, record_id)]
+                    held = [e.body() for e, _ in log_tx.current(conn, record_id)]
                     if not any(b.origin == origin and node.decide(b, requester)
                                is Decision.FULL for b in held):
                         continue

@@ -88,12 +88,6 @@ class Visible:
                 "access": "POINTER", "contact": b.contact}
 
 
-def parse_entry(entry: log_tx.StoredEntry) -> records_pb2.RecordBody:
-    body = records_pb2.RecordBody()
-    body.ParseFromString(entry.payload or b"")
-    return body
-
-
 class NodeService:
     def __init__(self, home: Home, config: NodeConfig, signing_key: Ed25519PrivateKey,
                  db: Database, peers: dict[str, Peer]) -> None:
@@ -290,7 +284,7 @@ class NodeService:
         found: list[Visible] = []
 
         def accept(entry: log_tx.StoredEntry) -> bool:
-            body = parse_entry(entry)
+            body = entry.body()
             decision = self.decide(body, requester)
             if decision >= Decision.POINTER:
                 found.append(Visible(decision, body, entry))
@@ -323,7 +317,7 @@ class NodeService:
         def tx(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             shown = []
             for entry, state in log_tx.current(conn, record_id):
-                body = parse_entry(entry)
+                body = entry.body()
                 decision = self.decide(body, requester)
                 if decision < Decision.POINTER:
                     continue

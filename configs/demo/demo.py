@@ -75,9 +75,7 @@ def run(scratch: Path) -> None:
         ncric.pin(ffc, "--no-connect", "--groups", "region:east")
         print("  ncric <-> nysic <-> ffc   (ffc and ncric pin each other's keys, no link)")
         # ffc's own node is in region:east too, for its own audience expansion.
-        config = ffc.home / "node.toml"
-        config.write_text(config.read_text().replace('[groups]', '[groups]\n"region:east" = '
-                                                     '["ffc", "nysic"]'))
+        ffc.edit_config("[groups]", '[groups]\n"region:east" = ["ffc", "nysic"]')
         ffc.proc.send_signal(1)  # SIGHUP: reload node.toml
         time.sleep(0.5)
 

@@ -28,6 +28,12 @@ class StoredEntry:
     record_id: str | None = None  # known for signed entries, erased ones and recalls
     version: int | None = None
 
+    def body(self) -> records_pb2.RecordBody:
+        """The stored payload, parsed (it was verified when it was stored)."""
+        body = records_pb2.RecordBody()
+        body.ParseFromString(self.payload or b"")
+        return body
+
     def envelope(self) -> records_pb2.Envelope | None:
         if self.payload is None:
             return None

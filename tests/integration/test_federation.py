@@ -166,9 +166,7 @@ def test_large_records_replicate_and_answer_within_the_message_limit(make_node,
                                                                     tmp_path: Path) -> None:
     a, b = make_node("sierra", start=False), make_node("tango", start=False)
     for n in (a, b):  # a small message limit: 3 records of 60 KB do not fit in one
-        cfg = n.home / "node.toml"
-        cfg.write_text(cfg.read_text().replace("max_message_bytes = 8388608",
-                                               "max_message_bytes = 150000"))
+        n.edit_config("max_message_bytes = 8388608", "max_message_bytes = 150000")
         n.start()
     a.pin(b)
     b.pin(a)

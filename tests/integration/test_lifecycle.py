@@ -157,9 +157,7 @@ def test_purge_erases_content_everywhere_even_for_a_spoke_offline_during_it(
 def test_review_validate_and_automatic_purge_on_expiry(make_node) -> None:
     hub = make_node("hub")
     origin = make_node("origin", start=False)
-    config = origin.home / "node.toml"
-    config.write_text(config.read_text().replace("retention_sweep_s = 60.0",
-                                                 "retention_sweep_s = 0.5"))
+    origin.edit_config("retention_sweep_s = 60.0", "retention_sweep_s = 0.5")
     origin.start()
     hub.pin(origin)
     origin.pin(hub)

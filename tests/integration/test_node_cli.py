@@ -62,8 +62,7 @@ def test_sighup_reloads_groups(make_node) -> None:
     node = make_node("ffc")
     bad = node.cli("publish", "--kind", "BULLETIN", "--title", "t", "--audience", "region:se")
     assert bad.returncode != 0 and "unknown group 'region:se'" in bad.stderr
-    config = node.home / "node.toml"
-    config.write_text(config.read_text().replace("[groups]", '[groups]\n"region:se" = ["ffc"]'))
+    node.edit_config("[groups]", '[groups]\n"region:se" = ["ffc"]')
     node.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while node.cli("publish", "--kind", "BULLETIN", "--title", "t",

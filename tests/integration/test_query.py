@@ -201,9 +201,7 @@ def _envelope(node: Node, record_id: str) -> records_pb2.Envelope:
 def test_unsigned_replayed_oversized_and_excess_queries_are_refused(make_node,
                                                                    tmp_path: Path) -> None:
     node = make_node("delta", start=False)
-    config = node.home / "node.toml"
-    config.write_text(config.read_text().replace("query_rate_per_minute = 600",
-                                                 "query_rate_per_minute = 3"))
+    node.edit_config("query_rate_per_minute = 600", "query_rate_per_minute = 3")
     node.start()
     rogue = Rogue(tmp_path, "echo")
     node.ok("peers", "add", rogue.card.line())
@@ -235,8 +233,7 @@ def test_unsigned_replayed_oversized_and_excess_queries_are_refused(make_node,
     # The rate limit (3 a minute) is now spent: a clear RESOURCE_EXHAUSTED, no crash.
     assert ask(signed(query_id="ef" * 16)) == grpc.StatusCode.RESOURCE_EXHAUSTED
     node.stop()
-    config.write_text(config.read_text().replace("query_rate_per_minute = 3",
-                                                 "query_rate_per_minute = 600"))
+    node.edit_config("query_rate_per_minute = 3", "query_rate_per_minute = 600")
     node.start()
     big = signed(query_id="12" * 16, text="word " * 5000)
     assert ask(big) == grpc.StatusCode.RESOURCE_EXHAUSTED

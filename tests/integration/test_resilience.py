@@ -75,8 +75,7 @@ def test_a_silent_peer_blocks_neither_publishing_nor_search_nor_other_peers(
 def test_a_second_node_on_a_taken_federation_address_refuses_to_start(make_node) -> None:
     first = make_node("alpha")
     second = make_node("bravo", start=False)
-    config = second.home / "node.toml"
-    config.write_text(config.read_text().replace(second.listen, first.listen))
+    second.edit_config(second.listen, first.listen)
     r = second.cli("serve")
     assert r.returncode != 0 and f"cannot listen on {first.listen}" in r.stderr
     assert first.json("status")["center"] == "alpha"
