@@ -46,6 +46,11 @@ def draft_of(body: records_pb2.RecordBody) -> dict[str, Any]:
     }
 
 
+def unseen(record_id: str) -> str:
+    """The one answer for a record that is absent or that the user may not see."""
+    return f"no record {record_id!r} that you may see and change at this center"
+
+
 def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """Changes override the current content; policy and part23 merge per field."""
     out = copy.deepcopy(base)
@@ -65,26 +70,31 @@ class Lifecycle:
     def _current(self, conn: sqlite3.Connection, user: User, record_id: str,
                  states: tuple[str, ...] = ("active",), blind_ok: bool = False
                  ) -> tuple[records_pb2.RecordBody, int]:
-        """``blind_ok``: an admin or the author may end a record without reading it
-        (retention, or a record found unreliable), never change its content."""
-        """The origin's newest content version of a record, and its current version."""
+        """The origin's newest content version of a record, and its current version.
+
+        "Absent" and "not yours to see" get one answer, as ``get`` gives: a user
+        must not learn from a refused change that a record exists, whose it is or
+        what state it is in. ``blind_ok``: an admin or the record's author may end
+        a record without reading it (retention, or a record found unreliable),
+        never change its content."""
         node = self.node
+        requester = node.requester(user)
         state = log_tx.record_state(conn, node.center, record_id)
-        if state is None:
-            if log_tx.current(conn, record_id):
+        found = log_tx.latest_content(conn, node.center, record_id) if state else None
+        if state is None or found is None:
+            # Another center's copy the user may read anyway: say why, it reveals
+            # nothing more. Otherwise, the one answer for "no such record".
+            if any(node.decide(e.body(), requester) is Decision.FULL
+                   for e, _ in log_tx.current(conn, record_id)):
                 raise AccessDenied(f"record {record_id} belongs to another center: only its "
                                    "origin can change it")
-            raise NotFound(f"no record {record_id!r} at this center")
+            raise NotFound(unseen(record_id))
+        body = found[0].body()
+        blind = blind_ok and (user.admin or user.name == body.author)
+        if not blind and node.decide(body, requester) is not Decision.FULL:
+            raise NotFound(unseen(record_id))
         if state[2] not in states:
             raise ValidationError(f"record {record_id} is {state[2]}; it cannot change")
-        found = log_tx.latest_content(conn, node.center, record_id)
-        if found is None:
-            raise NotFound(f"no content held for record {record_id!r}")
-        body = found[0].body()
-        if blind_ok and (user.admin or user.name == body.author):
-            return body, state[1]
-        if node.decide(body, node.requester(user)) is not Decision.FULL:
-            raise AccessDenied(f"you may not see record {record_id}, so you may not change it")
         return body, state[1]
 
     async def update(self, user: User, record_id: str, changes: dict[str, Any],
@@ -95,17 +105,22 @@ class Lifecycle:
 
         def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
             body, version = self._current(conn, user, record_id)
-            if "policy" in changes and not (user.admin or user.name == body.author):
-                raise AccessDenied("only the record's author or an admin may change its "
-                                   "access policy")
             draft = record.parse_draft(merge(draft_of(body), changes))
             # Centers already in the audience stay valid even if since unpinned.
             known = node.known_centers() | set(body.policy.audience)
             audience = record.expand_audience(draft.audience, groups, known)
+            # The author is the first version's, whoever edits: authorship decides
+            # who may change the policy and end the record blind.
             new = record.build_body(
                 draft, origin=node.center, seq=seq, prev=prev, record_id=record_id,
-                version=version + 1, created_ms=now, audience=audience, author=user.name,
+                version=version + 1, created_ms=now, audience=audience, author=body.author,
                 contact=draft.contact or body.contact)
+            # Judged on the result, not on the request: any change to the signed
+            # policy, however it was asked for (flags, --file), needs the author.
+            if new.policy != body.policy and not (user.admin or user.name == body.author):
+                raise AccessDenied("only the record's author or an admin may change its "
+                                   "access policy")
+            new.editor = user.name
             new.reason = reason
             return new
 
@@ -148,8 +163,8 @@ class Lifecycle:
             return records_pb2.RecordBody(
                 origin=node.center, seq=seq, prev=prev, record_id=record_id,
                 version=version + 1, created_ms=now, expires_ms=body.expires_ms, kind=kind,
-                policy=body.policy, author=user.name, contact=body.contact,
-                reason=reason.strip())
+                policy=body.policy, author=body.author, editor=user.name,
+                contact=body.contact, reason=reason.strip())
 
         bodies = await node.db.run(lambda conn: node.append_own(
             conn, [build], user.name, action, now, {"reason": reason.strip()}))

@@ -300,5 +300,6 @@ def body_to_dict(body: records_pb2.RecordBody) -> dict[str, Any]:
         "source_reliability": body.part23.source_reliability,
         "content_validity": body.part23.content_validity,
         "review_due": iso(body.part23.review_due_ms), "author": body.author,
-        "contact": body.contact,
+        # Who made this version; a first version (no editor) was made by its author.
+        "editor": body.editor or body.author, "contact": body.contact,
     }

@@ -25,7 +25,7 @@ def lifecycle_notice(conn: sqlite3.Connection, ts_ms: int, body: records_pb2.Rec
     kind = {records_pb2.RETRACTION: "retraction", records_pb2.PURGE: "purge"}.get(
         body.kind, "correction")
     add(conn, ts_ms, kind, body.origin, body.record_id, {
-        "version": body.version, "replaces_version": held_version, "by": body.author,
+        "version": body.version, "replaces_version": held_version, "by": body.editor or body.author,
         "reason": body.reason, "entry": kind_name(body)})
 
 

@@ -104,7 +104,7 @@ def test_retraction_reaches_every_holder(make_node) -> None:
     secret = origin.publish("--kind", "BOLO", "--title", "eyes only", "--require", "sworn_le",
                             user="ana")["record_id"]
     denied = origin.cli("purge", secret, "--reason", "tidy", user="clerk")
-    assert denied.returncode == 1 and "may not see" in denied.stderr
+    assert denied.returncode == 1 and "that you may see" in denied.stderr
     assert origin.cli("update", secret, "--title", "x").returncode == 1  # admin cannot read it
     assert origin.json("purge", secret, "--reason", "retention review")["kind"] == "PURGE"
     assert "record.retract" in {e["action"] for e in origin.json_lines("audit")}
@@ -181,3 +181,70 @@ def test_review_validate_and_automatic_purge_on_expiry(make_node) -> None:
     assert "record.validate" in actions and "record.purge" in actions
     assert origin.json("audit", "verify")["ok"]
     assert record_row(hub, keep["record_id"]) == (2, "active")
+
+
+def test_authorship_is_stable_and_only_the_author_changes_the_policy(make_node) -> None:
+    """Issue 8 item 10: editing a record's title does not make the editor its author,
+    so a reader cannot edit their way into widening its access policy."""
+    node = make_node("kilo")
+    node.add_user("alice", "sworn_le")
+    node.add_user("bob", "sworn_le")
+    rid = node.publish("--kind", "BOLO", "--title", "Grey van", "--require", "sworn_le",
+                       user="alice")["record_id"]
+    node.ok("update", rid, "--title", "Grey van, dented", user="bob")
+    # The attack: having edited the title, bob widens the policy to everyone.
+    widen = node.cli("update", rid, "--tlp", "CLEAR", "--audience", "members", user="bob")
+    assert widen.returncode == 1 and "author or an admin" in widen.stderr
+    view = node.json("get", rid, user="bob")
+    assert (view["version"], view["author"], view.get("editor")) == (2, "alice", "bob")
+    first_version_view = node.json("publish", "--kind", "TIP", "--title", "t",
+                                   "--justification", "walk-in", user="bob")
+    first = node.json("get", first_version_view["record_id"], user="bob")
+    assert (first["author"], first.get("editor")) == ("bob", "bob")
+    view = node.json("get", rid, user="alice")
+    assert (view["version"], view["tlp"], view["audience"]) == (2, "AMBER", [])
+    # Content edits by a reader stay allowed; the author changes the policy.
+    node.ok("validate", rid, "--reason", "still an open case", user="bob")
+    node.ok("update", rid, "--tlp", "GREEN", user="alice")
+    view = node.json("get", rid, user="bob")
+    assert (view["version"], view["tlp"], view["author"], view["editor"]) == (
+        4, "GREEN", "alice", "alice")
+    node.ok("retract", rid, "--reason", "vehicle found", user="bob")
+    gone = node.json("get", rid, user="alice")
+    assert (gone["kind"], gone["author"], gone["editor"]) == ("RETRACTION", "alice", "bob")
+
+
+def test_lifecycle_answers_absent_and_not_yours_alike(make_node) -> None:
+    """Issue 8 item 11: update, retract, validate and purge give one answer for a
+    record that does not exist and one the user may not see (here or elsewhere), as
+    ``get`` does; an admin or the author may still end a record blind."""
+    a, b = make_node("lima"), make_node("mike")
+    a.pin(b)
+    b.pin(a)
+    for node in (a, b):
+        node.add_user("ana", "sworn_le")
+        node.add_user("clerk")
+    mine = a.publish("--kind", "BOLO", "--title", "Sealed case", "--require", "sworn_le",
+                     user="ana")["record_id"]
+    done = a.publish("--kind", "BOLO", "--title", "Closed case", "--require", "sworn_le",
+                     user="ana")["record_id"]
+    a.ok("retract", done, "--reason", "closed", user="ana")
+    theirs = b.publish("--kind", "BOLO", "--title", "Their case", "--require", "sworn_le",
+                       "--audience", "members", user="ana")["record_id"]
+    a.wait_for(lambda: theirs in a.held_record_ids(), 20, "mike's record at lima")
+    absent = "0" * 32
+    for op in (["update", "--title", "x"], ["retract", "--reason", "r"],
+               ["validate", "--reason", "r"], ["purge", "--reason", "r"]):
+        answers = set()
+        for rid in (absent, mine, done, theirs):
+            r = a.cli(op[0], rid, *op[1:], user="clerk")
+            assert r.returncode == 1, (op, r.stderr)
+            answers.add(r.stderr.replace(rid, "ID"))
+        assert len(answers) == 1, (op, answers)
+        assert "no record 'ID' that you may see" in answers.pop()
+    # A user who may see the other center's record is told whose it is.
+    other = a.cli("retract", theirs, "--reason", "r", user="ana")
+    assert other.returncode == 1 and "only its origin" in other.stderr
+    # The author and an admin still end records they may not read.
+    assert a.json("retract", mine, "--reason", "unreliable")["kind"] == "RETRACTION"
+    assert a.json("purge", done, "--reason", "unreliable")["kind"] == "PURGE"
