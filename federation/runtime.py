@@ -23,7 +23,7 @@ from node.home import HomeError, check_group
 from node.identity import parse_card
 from node.keys import load_tls
 from node.localapi import Request
-from node.peers import Peer, all_groups, save_peers
+from node.peers import Peer, all_groups, pin_conflict, save_peers
 from node.query import make_params
 from node.service import NodeService, NotFound
 from node.standard_services import add_standard_services
@@ -142,6 +142,12 @@ class Federation:
         return self.fanout.run(user, params, timeout, req.strings("centers") or None)
 
     async def status(self, user: User, req: Request) -> dict[str, Any]:
+        """Cursors, rejections, quarantine and peer details for admins; anyone
+        else learns only which centers this node is connected to."""
+        if not user.admin:
+            return {"connected": sorted(c for c, link in self.links.items()
+                                        if link.state.state == "connected")}
+
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:
             return {"cursors": {p: fed_tx.cursors(conn, p) for p in self.node.peers},
                     "quarantined": fed_tx.quarantined(conn),
@@ -172,6 +178,10 @@ class Federation:
 
     async def peers_op(self, user: User, req: Request) -> Any:
         op = req.get("op")
+        # Addresses, groups, fingerprints and link states are network metadata:
+        # need-to-know, like status details.
+        self.node.require_admin(user, f"peers {op}" if op in ("list", "show", "groups")
+                                else "changing peers")
         if op == "list":
             return [self._peer_view(p) for _, p in sorted(self.node.peers.items())]
         if op == "show":
@@ -181,7 +191,6 @@ class Federation:
             return {**self._peer_view(peer), "card": peer.card.line()}
         if op == "groups":
             return all_groups(self.node.config.groups, self.node.peers.values())
-        self.node.require_admin(user, "changing peers")
         async with self._lock:  # one writer of peers.toml at a time
             if op == "add":
                 return await self._add(user, req)
@@ -203,9 +212,9 @@ class Federation:
             raise ValidationError("that is this node's own identity card")
         groups = tuple(check_group(g) for g in req.strings("groups"))
         peer = Peer(card, groups, bool(req.get("connect", True)))
-        for other in self.node.peers.values():
-            if other.center != card.center and other.card.tls_fingerprint == card.tls_fingerprint:
-                raise ValidationError(f"that certificate is already pinned for {other.center!r}")
+        conflict = pin_conflict(card, self.node.peers.values(), self.node.own_public_key)
+        if conflict:
+            raise ValidationError(f"cannot pin {card.center!r}: {conflict}")
         peers = {**self.node.peers, card.center: peer}
         await self._commit(user, peers, "peer.add", {
             "peer": card.center, "address": card.address, "groups": list(groups),

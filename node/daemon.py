@@ -20,6 +20,7 @@ from node.lifecycle import Lifecycle
 from node.localapi import LocalServicer
 from node.peers import load_peers
 from node.service import NodeService
+from node.signing import raw_public
 from node.standard_services import add_standard_services
 from node.storage.db import Database
 from node.wire import local_pb2, local_pb2_grpc
@@ -74,7 +75,7 @@ async def serve(home: Home) -> None:
     config = load_config(home)
     signing = keys.load_signing_key(home.signing_key)
     keys.load_tls(home.tls_key, home.tls_cert)  # fail now on a bad TLS key file, not later
-    peers = load_peers(home.peers, config.center)
+    peers = load_peers(home.peers, config.center, raw_public(signing.public_key()))
     lock = acquire_lock(home)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(lock.close)
@@ -111,8 +112,12 @@ async def _run_until_signalled(home: Home, node: NodeService, federation: Any) -
 
     def reload() -> None:
         try:
-            node.config = load_config(home)
-            federation.apply_peers(load_peers(home.peers, node.center))
+            # Both files are read before either applies: a refused peers.toml
+            # keeps the whole running configuration, node.toml included.
+            config = load_config(home)
+            peers = load_peers(home.peers, node.center, node.own_public_key)
+            node.config = config
+            federation.apply_peers(peers)
             log.info("reloaded configuration", extra={"peers": sorted(node.peers)})
         except HomeError as exc:
             log.error("reload refused; keeping the running configuration",

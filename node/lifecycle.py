@@ -23,7 +23,7 @@ from node.storage import log as log_tx
 from node.storage import notices as notices_tx
 from node.timeutil import iso, now_ms
 from node.types import AccessDenied, Decision, ValidationError
-from node.users import User
+from node.users import SYSTEM_USER, User
 from node.wire import records_pb2
 
 log = logs.get("fcnode.lifecycle")
@@ -233,7 +233,7 @@ class Lifecycle:
         node = self.node
         now = now_ms()
         due = await node.db.read(lambda c: log_tx.expired(c, now))
-        system = User("fcnode", frozenset(), True)
+        system = User(SYSTEM_USER, frozenset(), True)
         for origin, record_id in due:
             if origin == node.center:
                 with contextlib.suppress(NotFound, ValidationError):

@@ -119,7 +119,7 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
 
     @unary
     async def Status(self, user: User, req: Request) -> Any:
-        status = await self.node.status()
+        status = await self.node.status(user)
         if "status" in self.extensions:
             status.update(await self.extensions["status"](user, req))
         return status

@@ -40,13 +40,32 @@ class Peer:
         return self.card.address
 
 
-def parse_peers(text: str, where: str, own_center: str) -> dict[str, Peer]:
+def pin_conflict(card: IdentityCard, pinned: Iterable[Peer], own_key: bytes = b"") -> str | None:
+    """Why ``card`` cannot be pinned beside ``pinned`` (None: it can).
+
+    A key names one center: the same signing key under two center ids would let
+    whoever holds it sign as either (the node maps a key id to one center), and
+    the same certificate under two ids would let one TLS peer speak for both.
+    ``own_key``: this node's raw public signing key, never anyone else's."""
+    if own_key and card.signing_key == own_key:
+        return "the card carries this node's own signing key"
+    for other in pinned:
+        if other.center == card.center:
+            continue  # re-pinning a center replaces its card
+        if other.card.signing_key == card.signing_key:
+            return f"its signing key is already pinned for {other.center!r}"
+        if other.card.tls_fingerprint == card.tls_fingerprint:
+            return f"its TLS certificate is already pinned for {other.center!r}"
+    return None
+
+
+def parse_peers(text: str, where: str, own_center: str, own_key: bytes = b""
+                ) -> dict[str, Peer]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise HomeError(f"{where}: not valid TOML ({exc})") from None
     out: dict[str, Peer] = {}
-    fingerprints: dict[str, str] = {}
     for i, entry in enumerate(data.get("peer") or [], start=1):
         label = f"{where}: peer #{i}"
         try:
@@ -66,18 +85,17 @@ def parse_peers(text: str, where: str, own_center: str) -> dict[str, Peer]:
             raise HomeError(f"{label}: {card.center!r} is this node itself")
         if card.center in out:
             raise HomeError(f"{label}: {card.center!r} is listed twice")
-        if card.tls_fingerprint in fingerprints:
-            raise HomeError(f"{label}: same TLS certificate as "
-                            f"{fingerprints[card.tls_fingerprint]!r}")
-        fingerprints[card.tls_fingerprint] = card.center
+        conflict = pin_conflict(card, out.values(), own_key)
+        if conflict:
+            raise HomeError(f"{label} ({card.center!r}): {conflict}")
         out[card.center] = Peer(card, groups, connect)
     return out
 
 
-def load_peers(path: Path, own_center: str) -> dict[str, Peer]:
+def load_peers(path: Path, own_center: str, own_key: bytes = b"") -> dict[str, Peer]:
     if not path.exists():
         return {}
-    return parse_peers(path.read_text(), str(path), own_center)
+    return parse_peers(path.read_text(), str(path), own_center, own_key)
 
 
 def render_peers(peers: Iterable[Peer]) -> str:

@@ -31,6 +31,7 @@ from node.signing import (
     BadSignature,
     key_id,
     open_record,
+    raw_public,
     sign,
     verify,
 )
@@ -40,7 +41,14 @@ from node.storage import users as users_tx
 from node.storage.db import Database
 from node.timeutil import iso, now_ms
 from node.types import AccessDenied, Decision, FcnodeError, Requester, ValidationError
-from node.users import User, check_user_name, new_token, split_token, token_matches
+from node.users import (
+    SYSTEM_USER,
+    User,
+    check_user_name,
+    new_token,
+    split_token,
+    token_matches,
+)
 from node.wire import records_pb2
 
 
@@ -97,6 +105,7 @@ class NodeService:
         self.db = db
         self._own_keys = {key_id(signing_key.public_key()): signing_key.public_key()}
         self.own_key_id = key_id(signing_key.public_key())
+        self.own_public_key = raw_public(signing_key.public_key())
         self.peers = peers
         self.started = time.monotonic()
         self.changes = ChangeFeed()
@@ -165,6 +174,9 @@ class NodeService:
                        admin: bool) -> dict[str, Any]:
         self.require_admin(actor, "adding users")
         check_user_name(name)
+        if name == SYSTEM_USER:
+            raise ValidationError(f"user name {name!r} is reserved for the node itself "
+                                  "(its retention sweep edits records under it)")
         attrs = sorted({record.check_attribute(a) for a in attributes})
         if any(a.startswith(policy.USER_ATTR_PREFIX) for a in attrs):
             raise ValidationError("user:… attributes are derived from the user's name; "
@@ -175,6 +187,12 @@ class NodeService:
         def tx(conn: sqlite3.Connection) -> None:
             if users_tx.find(conn, name):
                 raise ValidationError(f"user {name!r} already exists")
+            removed = users_tx.was_removed(conn, name)
+            if removed is not None:
+                # A new person under an old name would read what was shared
+                # with user:CENTER/NAME and be taken for its records' author.
+                raise ValidationError(f"user name {name!r} was removed on {iso(removed)} and is "
+                                      "never issued again; choose another name")
             users_tx.insert(conn, users_tx.UserRow(name, digest, tuple(attrs), admin, now))
             audit_tx.append(conn, self.sign_audit, now, actor.name, "user.add",
                             {"user": name, "attributes": attrs, "admin": admin})
@@ -192,7 +210,7 @@ class NodeService:
                 raise NotFound(f"no user {name!r}")
             if row.admin and users_tx.admin_count(conn) == 1:
                 raise ValidationError(f"{name!r} is the last admin; add another admin first")
-            users_tx.delete(conn, name)
+            users_tx.delete(conn, name, now)
             audit_tx.append(conn, self.sign_audit, now, actor.name, "user.remove",
                             {"user": name})
 
@@ -382,14 +400,20 @@ class NodeService:
         return verify_audit(conn, self.key.public_key())
 
     # -- status -----------------------------------------------------------
-    async def status(self) -> dict[str, Any]:
+    async def status(self, user: User) -> dict[str, Any]:
+        """Record counts per origin and state, heads and paths are metadata about
+        what this center holds (need-to-know): admins only. Anyone else sees
+        which node this is and how long it has run."""
+        out: dict[str, Any] = {"center": self.center, "name": self.config.name,
+                               "uptime_s": round(time.monotonic() - self.started, 1)}
+        if not user.admin:
+            return out
+
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:
             return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn)}
 
         data = await self.db.read(tx)
-        return {"center": self.center, "name": self.config.name,
-                "uptime_s": round(time.monotonic() - self.started, 1),
-                "storage": str(self.db.path), "home": str(self.home.root), **data}
+        return {**out, "storage": str(self.db.path), "home": str(self.home.root), **data}
 
 
 def published(b: records_pb2.RecordBody) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from node.types import ValidationError
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+SYSTEM_USER = "fcnode"  # the node's own actions (retention sweep); never a person
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"center   {status['center']} ({status['name']})")
     print(f"uptime   {status['uptime_s']} s")
+    if "records" not in status:  # what a user without the admin role is shown
+        print(f"connected  {', '.join(status.get('connected', [])) or 'none'}")
+        return 0
     print(f"storage  {status['storage']}")
     for origin, states in sorted(status["records"].items()):
         print(f"records  {origin:<12} " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))

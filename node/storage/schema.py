@@ -141,4 +141,19 @@ MIGRATIONS: list[str] = [
         expires_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # Issue 8 item 12: a removed user's name is never issued again. RED named
+    # readers (user:CENTER/NAME) and record authorship go by name: a new user
+    # under an old name would inherit both. Names removed before this migration
+    # are recovered from the audit log (unless the name is in use again now).
+    """
+    CREATE TABLE removed_users (
+        name TEXT PRIMARY KEY,
+        removed_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO removed_users (name, removed_ms)
+        SELECT json_extract(detail, '$.user'), max(ts_ms) FROM audit
+        WHERE action = 'user.remove' AND json_extract(detail, '$.user') IS NOT NULL
+          AND json_extract(detail, '$.user') NOT IN (SELECT name FROM users)
+        GROUP BY json_extract(detail, '$.user');
+    """,
 ]

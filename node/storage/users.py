@@ -37,8 +37,21 @@ def all_users(conn: sqlite3.Connection) -> list[UserRow]:
     return [_row(r) for r in conn.execute("SELECT * FROM users ORDER BY name")]
 
 
-def delete(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
+def delete(conn: sqlite3.Connection, name: str, now_ms: int) -> bool:
+    """Remove a user and retire the name for good (see was_removed)."""
+    if conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+        return False
+    conn.execute("INSERT OR IGNORE INTO removed_users (name, removed_ms) VALUES (?, ?)",
+                 (name, now_ms))
+    return True
+
+
+def was_removed(conn: sqlite3.Connection, name: str) -> int | None:
+    """When the name's user was removed, if it ever was: such a name is never
+    reissued, since named-reader access and authorship go by name."""
+    row = conn.execute("SELECT removed_ms FROM removed_users WHERE name = ?",
+                       (name,)).fetchone()
+    return row[0] if row else None
 
 
 def admin_count(conn: sqlite3.Connection) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -195,3 +196,67 @@ def test_audit_records_actions_and_verify_detects_tampering(make_node) -> None:
     node.start()
     r = node.cli("audit", "verify")
     assert r.returncode == 1 and f"entries {seq - 1}..{seq - 1} are missing" in r.stdout
+
+
+def test_status_and_peer_details_are_for_admins_only(make_node) -> None:
+    """Issue 8 item 11: record counts, heads, cursors, rejections, quarantine and
+    peer details are metadata for admins; an analyst learns which centers are up."""
+    a, b = make_node("oscar"), make_node("papa")
+    a.pin(b)
+    b.pin(a)
+    a.add_user("ana", "sworn_le")
+    a.publish("--kind", "BOLO", "--title", "Counted record")
+    a.wait_for(lambda: any(p["state"] == "connected" for p in a.json("status")["peers"]),
+               20, "papa connected")
+    full = a.json("status")
+    assert {"records", "heads", "peers", "rejected", "quarantined"} <= set(full)
+    seen = a.json("status", user="ana")
+    assert set(seen) == {"center", "name", "uptime_s", "connected"}
+    assert (seen["center"], seen["connected"]) == ("oscar", ["papa"])
+    text = a.ok("status", user="ana")
+    assert "papa" in text and "records" not in text and "storage" not in text
+    for args in (["peers", "list"], ["peers", "show", "papa"], ["peers", "groups"]):
+        r = a.cli(*args, user="ana")
+        assert r.returncode == 1 and "needs the admin role" in r.stderr, (args, r.stderr)
+        assert a.cli(*args).returncode == 0
+
+
+def test_a_signing_key_is_pinned_for_one_center_only(make_node) -> None:
+    """Issue 8 item 12: a card that carries a key already pinned for another center
+    id is refused, by `peers add` and on a peers.toml reload."""
+    a, b = make_node("quebec"), make_node("romeo")
+    c = make_node("sierra", start=False)
+    a.pin(b)
+    stolen = dataclasses.replace(parse_card(c.card()),
+                                 signing_key=parse_card(b.card()).signing_key)
+    r = a.cli("peers", "add", stolen.line())
+    assert r.returncode == 2 and "signing key is already pinned for 'romeo'" in r.stderr
+    own = dataclasses.replace(parse_card(c.card()), signing_key=parse_card(a.card()).signing_key)
+    r = a.cli("peers", "add", own.line())
+    assert r.returncode == 2 and "this node's own signing key" in r.stderr
+    assert [p["center"] for p in a.json_lines("peers", "list")] == ["romeo"]
+    peers_file = a.home / "peers.toml"
+    peers_file.write_text(peers_file.read_text() + f'\n[[peer]]\ncard = "{stolen.line()}"\n')
+    a.proc.send_signal(signal.SIGHUP)
+    a.wait_for(lambda: "reload refused" in a.log_tail(), 10, "reload refusal in the log")
+    assert "signing key is already pinned for 'romeo'" in a.log_tail()
+    assert [p["center"] for p in a.json_lines("peers", "list")] == ["romeo"]
+
+
+def test_a_removed_users_name_is_never_reissued(make_node) -> None:
+    """Issue 8 item 12: RED named readers and authorship go by name, so a new user
+    must never inherit a removed user's name (and with it their records)."""
+    node = make_node("tango")
+    node.add_user("ana", "sworn_le")
+    node.publish("--kind", "BOLO", "--title", "Named reader only", "--tlp", "RED",
+                 "--require", "user:tango/ana", user="ana")
+    node.ok("users", "remove", "ana")
+    again = node.cli("users", "add", "ana", "--attr", "sworn_le")
+    assert again.returncode == 2 and "was removed" in again.stderr
+    assert {u["user"] for u in node.json_lines("users", "list")} == {"admin"}
+    reserved = node.cli("users", "add", "fcnode")
+    assert reserved.returncode == 2 and "reserved" in reserved.stderr
+    node.stop()
+    node.start()  # the removed name survives a restart (it is in the database)
+    assert node.cli("users", "add", "ana").returncode == 2
+    assert node.json("audit", "verify")["ok"]
