@@ -19,6 +19,7 @@ from typing import Any
 from node import logs, record
 from node.record import RETENTION_MS, body_policy, body_to_dict, kind_name
 from node.service import NodeService, NotFound, published
+from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
 from node.timeutil import iso, now_ms
@@ -124,10 +125,25 @@ class Lifecycle:
             new.reason = reason
             return new
 
-        bodies = await node.db.run(lambda conn: node.append_own(
-            conn, [build], user.name, action, now, {"reason": reason} if reason else None))
+        bodies = await self._append(user, record_id, action, now, build,
+                                    {"reason": reason} if reason else None)
         node.changes.bump()
         return published(bodies[0])
+
+    async def _append(self, user: User, record_id: str, action: str, now: int,
+                      build: NodeService.Builder, detail: dict[str, Any] | None
+                      ) -> list[records_pb2.RecordBody]:
+        """Append one change; a refusal for access is audited, as get audits a view
+        that showed nothing (an analyst probing record ids leaves a trace)."""
+        node = self.node
+        try:
+            return await node.db.run(lambda conn: node.append_own(
+                conn, [build], user.name, action, now, detail))
+        except (NotFound, AccessDenied):
+            await node.db.run(lambda conn: audit_tx.append(
+                conn, node.sign_audit, now, user.name, action,
+                {"record_id": record_id, "refused": True}))
+            raise
 
     async def validate(self, user: User, record_id: str, reason: str) -> dict[str, Any]:
         """28 CFR 23.20(h): a reviewed record is kept another retention period."""
@@ -166,8 +182,8 @@ class Lifecycle:
                 policy=body.policy, author=body.author, editor=user.name,
                 contact=body.contact, reason=reason.strip())
 
-        bodies = await node.db.run(lambda conn: node.append_own(
-            conn, [build], user.name, action, now, {"reason": reason.strip()}))
+        bodies = await self._append(user, record_id, action, now, build,
+                                    {"reason": reason.strip()})
         if kind == records_pb2.PURGE:
             await node.db.checkpoint()
         node.changes.bump()

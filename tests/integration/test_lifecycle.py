@@ -245,6 +245,8 @@ def test_lifecycle_answers_absent_and_not_yours_alike(make_node) -> None:
     # A user who may see the other center's record is told whose it is.
     other = a.cli("retract", theirs, "--reason", "r", user="ana")
     assert other.returncode == 1 and "only its origin" in other.stderr
+    refused = [e for e in a.json_lines("audit") if e["detail"].get("refused")]
+    assert len(refused) == 4 * 4 + 1 and refused[-1]["actor"] == "ana"
     # The author and an admin still end records they may not read.
     assert a.json("retract", mine, "--reason", "unreliable")["kind"] == "RETRACTION"
     assert a.json("purge", done, "--reason", "unreliable")["kind"] == "PURGE"
