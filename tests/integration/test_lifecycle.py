@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import time
 from pathlib import Path
 
@@ -203,12 +204,18 @@ def test_authorship_is_stable_and_only_the_author_changes_the_policy(make_node) 
     assert (first["author"], first.get("editor")) == ("bob", "bob")
     view = node.json("get", rid, user="alice")
     assert (view["version"], view["tlp"], view["audience"]) == (2, "AMBER", [])
-    # Content edits by a reader stay allowed; the author changes the policy.
+    # Content edits by a reader stay allowed, even when they restate the policy
+    # unchanged (a whole record in --file); the author changes the policy.
+    same = json.dumps({"title": "Grey van, dented, CA plate",
+                       "policy": {"tlp": "AMBER", "audience": [], "require": ["sworn_le"]}})
+    node.ok("update", rid, "--file", "-", user="bob", stdin=same)
+    sneaky = json.dumps({"policy": {"require": []}})
+    assert node.cli("update", rid, "--file", "-", user="bob", stdin=sneaky).returncode == 1
     node.ok("validate", rid, "--reason", "still an open case", user="bob")
     node.ok("update", rid, "--tlp", "GREEN", user="alice")
     view = node.json("get", rid, user="bob")
     assert (view["version"], view["tlp"], view["author"], view["editor"]) == (
-        4, "GREEN", "alice", "alice")
+        5, "GREEN", "alice", "alice")
     node.ok("retract", rid, "--reason", "vehicle found", user="bob")
     gone = node.json("get", rid, user="alice")
     assert (gone["kind"], gone["author"], gone["editor"]) == ("RETRACTION", "alice", "bob")
