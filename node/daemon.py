@@ -93,6 +93,14 @@ async def serve(home: Home) -> None:
         stack.push_async_callback(_stop_local, local, home.socket)
         await federation.start()
         lifecycle.start()
+        if config.metrics_listen:
+            from node.metrics import MetricsServer, NodeCollector
+
+            metrics = MetricsServer(config.metrics_listen, NodeCollector(
+                home.database, home.tls_cert, federation.peer_views))
+            metrics.start()
+            stack.callback(metrics.stop)
+            log.info("metrics listening", extra={"metrics": config.metrics_listen})
         await _run_until_signalled(home, node, federation)
     log.info("stopped", extra={"center": config.center})
 

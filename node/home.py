@@ -114,6 +114,7 @@ class NodeConfig:
     contact: str
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     limits: Limits = Limits()
+    metrics_listen: str = ""  # [metrics] listen: Prometheus page; "" = off
 
 
 def check_listen(value: str) -> str:
@@ -141,11 +142,20 @@ def parse_config(data: dict[str, Any], where: str) -> NodeConfig:
             for g, members in (data.get("groups") or {}).items()
         }
         limits = Limits(**(data.get("limits") or {}))
+        metrics_listen = parse_metrics(data.get("metrics") or {})
     except KeyError as exc:
         raise HomeError(f"{where}: missing setting {exc.args[0]!r}") from None
     except (TypeError, ValidationError) as exc:
         raise HomeError(f"{where}: {exc}") from None
-    return NodeConfig(center, name, listen, contact, groups, limits)
+    return NodeConfig(center, name, listen, contact, groups, limits, metrics_listen)
+
+
+def parse_metrics(section: dict[str, Any]) -> str:
+    unknown = sorted(set(section) - {"listen"})
+    if unknown:
+        raise ValidationError(f"[metrics]: unknown setting {unknown[0]!r} (only listen)")
+    listen = str(section.get("listen") or "")
+    return check_listen(listen) if listen else ""
 
 
 def load_config(home: Home) -> NodeConfig:
@@ -182,4 +192,9 @@ def render_config(cfg: NodeConfig) -> str:
     lim = cfg.limits
     for key in lim.__dataclass_fields__:
         lines.append(f"{key} = {getattr(lim, key)}")
+    lines += ["", "# Prometheus metrics on their own HTTP listener (off unless set; no",
+              "# authentication: keep it on loopback or a monitoring network). Restart to apply.",
+              "[metrics]"]
+    lines.append(f"listen = {toml_str(cfg.metrics_listen)}" if cfg.metrics_listen
+                 else '# listen = "127.0.0.1:9464"')
     return "\n".join(lines) + "\n"
