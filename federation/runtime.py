@@ -24,6 +24,7 @@ from node.home import HomeError, check_group
 from node.identity import parse_card
 from node.keys import load_tls
 from node.localapi import Request
+from node.peer_edits import with_peer
 from node.peers import Peer, all_groups, save_peers
 from node.query import make_params
 from node.service import NodeService, NotFound
@@ -226,14 +227,9 @@ class Federation:
 
     async def _add(self, user: User, req: Request) -> dict[str, Any]:
         card = parse_card(str(req.get("card") or ""))
-        if card.center == self.node.center:
-            raise ValidationError("that is this node's own identity card")
         groups = tuple(check_group(g) for g in req.strings("groups"))
         peer = Peer(card, groups, bool(req.get("connect", True)))
-        for other in self.node.peers.values():
-            if other.center != card.center and other.card.tls_fingerprint == card.tls_fingerprint:
-                raise ValidationError(f"that certificate is already pinned for {other.center!r}")
-        peers = {**self.node.peers, card.center: peer}
+        peers = with_peer(self.node.peers, peer, self.node.center)
         await self._commit(user, peers, "peer.add", {
             "peer": card.center, "address": card.address, "groups": list(groups),
             "connect": peer.connect, "tls_fingerprint": card.tls_fingerprint})

@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from node.types import FcnodeError, ValidationError, check_center_id
 
@@ -94,6 +97,44 @@ class Home:
         if not self.config.exists():
             raise HomeError(f"no fcnode node at {self.root} (run fcnode init, or set "
                             "--home / FCNODE_HOME)")
+
+
+class AlreadyRunning(HomeError):
+    pass
+
+
+def acquire_lock(home: Home) -> IO[str]:
+    """One daemon per home: an advisory lock the kernel drops if we die."""
+    fh = open(home.lock, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise AlreadyRunning(f"another fcnode serve (pid {pid}) is already running on "
+                             f"{home.root}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+@contextlib.contextmanager
+def lock_if_stopped(home: Home) -> Iterator[bool]:
+    """True when no daemon runs on this home, holding its lock meanwhile (so none
+    starts in the middle of an offline edit); False when a daemon runs (or the
+    lock cannot be opened by this user: then only the daemon can act)."""
+    try:
+        fh = acquire_lock(home)
+    except (AlreadyRunning, PermissionError):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        fh.close()
 
 
 @dataclass(frozen=True)
