@@ -3,13 +3,17 @@ and checked against what the nodes did."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.devnet import Node, free_port, mesh
+from node.wire import federation_pb2
+from tests.integration.rogue import Rogue
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -108,3 +112,44 @@ def test_metrics_off_by_default_and_bad_address_refused(make_node) -> None:
     node.edit_config('listen = "nowhere"', '# listen = "127.0.0.1:9464"')
     node.start()
     assert "metrics listening" not in node.log_tail()
+
+
+class RoguePastItsHeads(Rogue):
+    """A peer announcing a head beyond what it sends: the lag the node sees."""
+
+    announced = 5
+
+    async def Replicate(self, request, context):  # type: ignore[no-untyped-def]
+        cursors = dict(request.cursors)
+        yield federation_pb2.ReplicateBatch(
+            items=[i for i in self.items if i.seq > cursors.get(i.origin, 0)],
+            heads={self.center: self.announced})
+        await asyncio.sleep(3600)
+
+
+def test_rejections_and_lag_from_a_hostile_peer(make_node, tmp_path: Path) -> None:
+    node = make_node("golf", start=False)
+    url = with_metrics(node)
+    node.start()
+    rogue = RoguePastItsHeads(tmp_path, "hotel")
+    items = rogue.chain(["one", "two", "three"])
+    tampered = federation_pb2.LogItem()
+    tampered.CopyFrom(items[2])
+    tampered.envelope.payload = tampered.envelope.payload.replace(b"three", b"THREE")
+    stranger = Rogue(tmp_path, "india")  # not pinned at golf: unknown origin
+    rogue.items = [items[0], items[1], tampered, *stranger.chain(["alien"])]
+    rogue.serve(node.card())
+    try:
+        node.ok("peers", "add", rogue.card.line())
+        eventually(lambda: value(scrape(url)[1], "fcnode_entries_rejected_total", peer="hotel",
+                                 reason="unknown_origin") == 1, "the rejections")
+        text, m = scrape(url)
+    finally:
+        rogue.stop()
+    assert value(m, "fcnode_entries_ingested_total", peer="hotel") == 2
+    assert value(m, "fcnode_entries_rejected_total", peer="hotel", reason="bad_signature") == 1
+    assert value(m, "fcnode_records_held", origin="hotel", state="active") == 2
+    # hotel says it holds 5 of its own; golf has 2 of them.
+    assert value(m, "fcnode_replication_lag_entries", peer="hotel", origin="hotel") == 3
+    assert value(m, "fcnode_peer_state", peer="hotel", state="connected") == 1
+    assert "THREE" not in text and "alien" not in text
