@@ -37,6 +37,11 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from node import logs
+from node.types import FcnodeError
+
+log = logs.get("fcnode.metrics")
+
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -165,7 +170,15 @@ class PeerView:
     cert_der: bytes = b""
 
 
-Snapshot = Callable[[sqlite3.Connection], Any]
+@dataclass(frozen=True)
+class _Empty:
+    records: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    heads: Mapping[str, int] = field(default_factory=dict)
+    cursors: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    quarantined: frozenset[str] = frozenset()
+
+
+EMPTY = _Empty()
 
 
 def _cert_expiry(der: bytes | None = None, pem: bytes | None = None) -> float | None:
@@ -198,16 +211,30 @@ class NodeCollector(Collector):
                 self._conn = None
 
     def _snapshot(self) -> Any:
+        """The database figures, or None when they cannot be read now (the other
+        gauges are still served; the next scrape opens a fresh connection)."""
         from node.storage import stats
 
         with self._lock:
-            if self._conn is None:
-                self._conn = stats.open_reader(self.database)
-            return stats.snapshot(self._conn)
+            try:
+                if self._conn is None:
+                    self._conn = stats.open_reader(self.database)
+                return stats.snapshot(self._conn)
+            except (sqlite3.Error, FcnodeError) as exc:
+                log.warning("metrics: database not readable", extra={"reason": str(exc)})
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                return None
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
         peers = self.peers()
+        yield GaugeMetricFamily("fcnode_metrics_database_up", "1 if this scrape could read the "
+                                "database (else the record gauges are absent)",
+                                value=0 if snap is None else 1)
+        if snap is None:
+            snap = EMPTY
 
         records = GaugeMetricFamily("fcnode_records_held", "Records this node holds, by origin "
                                     "and state", labels=["origin", "state"])
@@ -235,7 +262,7 @@ class NodeCollector(Collector):
                                    labels=["peer"])
         for p in sorted(peers, key=lambda p: p.center):
             cursors = snap.cursors.get(p.center, {})
-            for origin, head in sorted(p.heads.items()):
+            for origin, head in sorted(p.heads.items() if snap is not EMPTY else ()):
                 lag.add_metric([p.center, origin], max(0, head - cursors.get(origin, 0)))
             current = slug(p.state, PEER_STATES)
             for s in PEER_STATES:

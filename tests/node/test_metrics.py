@@ -42,3 +42,17 @@ def test_free_text_never_becomes_a_label_value() -> None:
     before = DISSEMINATIONS.labels("other", "FULL")._value.get()
     count_disseminations([Row()])
     assert DISSEMINATIONS.labels("other", "FULL")._value.get() == before + 1
+
+
+def test_an_unreadable_database_leaves_the_rest_of_the_page(tmp_path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from node.metrics import NodeCollector, PeerView
+
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(tmp_path / "missing.db", tmp_path / "missing.crt",
+                                    lambda: [PeerView("nysic", "backing off", {"nysic": 4})]))
+    page = generate_latest(registry).decode()
+    assert "fcnode_metrics_database_up 0.0" in page
+    assert 'fcnode_peer_state{peer="nysic",state="backing_off"} 1.0' in page
+    assert "fcnode_replication_lag_entries{" not in page  # no cursors: no made-up lag
