@@ -19,7 +19,7 @@ from federation.backoff import Backoff
 from federation.ingest import Checked, check_items, store_batch
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
-from node import logs
+from node import logs, metrics
 from node.peers import Peer
 from node.service import NodeService
 from node.storage import federation as fed_tx
@@ -176,6 +176,8 @@ class PeerLink:
         result = await self.node.db.run(
             lambda c: store_batch(c, center, checked, now_ms(), own))
         self.state.received += result.stored
+        metrics.ENTRIES_INGESTED.labels(center).inc(result.stored)
+        metrics.count_rejections(center, result.rejected)
         if result.rejected:
             log.warning("rejected entries", extra={"peer": center,
                                                    "reasons": dict(result.rejected)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,12 +19,13 @@ from federation.query_answer import QueryAnswerer
 from federation.query_fanout import QueryFanout
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
-from node import logs
+from node import logs, metrics
 from node.home import HomeError, check_group
 from node.identity import parse_card
 from node.keys import load_tls
 from node.localapi import Request
-from node.peers import Peer, all_groups, pin_conflict, save_peers
+from node.peer_edits import with_peer
+from node.peers import Peer, all_groups, save_peers
 from node.query import make_params
 from node.service import NodeService, NotFound
 from node.standard_services import add_standard_services
@@ -123,6 +125,19 @@ class Federation:
                 self._start_link(peer)
         self.node.changes.bump()  # streams re-evaluate what each peer may receive
 
+    def peer_views(self) -> list[metrics.PeerView]:
+        """Each pinned peer's link state, for the metrics page (no I/O)."""
+        out = []
+        for center, peer in list(self.node.peers.items()):
+            link = self.links.get(center)
+            if link is None:
+                state, heads, contact = ("not dialled" if not peer.connect else "stopped"), {}, 0
+            else:
+                state, heads = link.state.state, dict(link.state.heads)
+                contact = link.state.last_contact_ms
+            out.append(metrics.PeerView(center, state, heads, contact, peer.card.tls_cert_der))
+        return out
+
     # -- local API extensions ------------------------------------------------
     def local_extensions(self) -> dict[str, Extension]:
         return {"status": self.status, "peers": self.peers_op,
@@ -139,7 +154,20 @@ class Federation:
                 or params.since_ms):
             raise ValidationError("a query needs text, --entity, --kind, --label or --since")
         timeout = parse_duration_ms(str(req.get("timeout") or "5s"))
-        return self.fanout.run(user, params, timeout, req.strings("centers") or None)
+        return self._counted(self.fanout.run(user, params, timeout,
+                                             req.strings("centers") or None))
+
+    async def _counted(self, results: AsyncIterator[dict[str, Any]]
+                       ) -> AsyncIterator[dict[str, Any]]:
+        """Metrics for a federated query: one ask, its duration, and each peer's
+        outcome as its summary reports it."""
+        started = time.monotonic()
+        metrics.QUERIES_ASKED.inc()
+        async for item in results:
+            if "summary" in item:
+                metrics.QUERY_ASK_SECONDS.observe(time.monotonic() - started)
+                metrics.count_query_summary(item["summary"], self.node.center)
+            yield item
 
     async def status(self, user: User, req: Request) -> dict[str, Any]:
         """Cursors, rejections, quarantine and peer details for admins; anyone
@@ -208,14 +236,9 @@ class Federation:
 
     async def _add(self, user: User, req: Request) -> dict[str, Any]:
         card = parse_card(str(req.get("card") or ""))
-        if card.center == self.node.center:
-            raise ValidationError("that is this node's own identity card")
         groups = tuple(check_group(g) for g in req.strings("groups"))
         peer = Peer(card, groups, bool(req.get("connect", True)))
-        conflict = pin_conflict(card, self.node.peers.values(), self.node.own_public_key)
-        if conflict:
-            raise ValidationError(f"cannot pin {card.center!r}: {conflict}")
-        peers = {**self.node.peers, card.center: peer}
+        peers = with_peer(self.node.peers, peer, self.node.center, self.node.own_public_key)
         await self._commit(user, peers, "peer.add", {
             "peer": card.center, "address": card.address, "groups": list(groups),
             "connect": peer.connect, "tls_fingerprint": card.tls_fingerprint})

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import signal
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from node import keys, logs
-from node.home import Home, HomeError, load_config
+from node.home import AlreadyRunning, Home, HomeError, acquire_lock, load_config
 from node.lifecycle import Lifecycle
 from node.localapi import LocalServicer
 from node.peers import load_peers
@@ -26,28 +25,7 @@ from node.storage.db import Database
 from node.wire import local_pb2, local_pb2_grpc
 
 log = logs.get("fcnode.daemon")
-
-
-class AlreadyRunning(HomeError):
-    pass
-
-
-def acquire_lock(home: Home) -> IO[str]:
-    """One daemon per home: an advisory lock the kernel drops if we die."""
-    fh = open(home.lock, "a+")  # noqa: SIM115 - held for the daemon's lifetime
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        pid = fh.read().strip() or "?"
-        fh.close()
-        raise AlreadyRunning(f"another fcnode serve (pid {pid}) is already running on "
-                             f"{home.root}") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    return fh
+__all__ = ["AlreadyRunning", "acquire_lock", "serve"]
 
 
 async def _start_local(node: NodeService, lifecycle: Lifecycle, socket: Path,
@@ -94,6 +72,14 @@ async def serve(home: Home) -> None:
         stack.push_async_callback(_stop_local, local, home.socket)
         await federation.start()
         lifecycle.start()
+        if config.metrics_listen:
+            from node.metrics import MetricsServer, NodeCollector
+
+            metrics = MetricsServer(config.metrics_listen, NodeCollector(
+                home.database, home.tls_cert, federation.peer_views))
+            metrics.start()
+            stack.callback(metrics.stop)
+            log.info("metrics listening", extra={"metrics": config.metrics_listen})
         await _run_until_signalled(home, node, federation)
     log.info("stopped", extra={"center": config.center})
 

@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from node.types import FcnodeError, ValidationError, check_center_id
 
@@ -96,6 +99,44 @@ class Home:
                             "--home / FCNODE_HOME)")
 
 
+class AlreadyRunning(HomeError):
+    pass
+
+
+def acquire_lock(home: Home) -> IO[str]:
+    """One daemon per home: an advisory lock the kernel drops if we die."""
+    fh = open(home.lock, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise AlreadyRunning(f"another fcnode serve (pid {pid}) is already running on "
+                             f"{home.root}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+@contextlib.contextmanager
+def lock_if_stopped(home: Home) -> Iterator[bool]:
+    """True when no daemon runs on this home, holding its lock meanwhile (so none
+    starts in the middle of an offline edit); False when a daemon runs (or the
+    lock cannot be opened by this user: then only the daemon can act)."""
+    try:
+        fh = acquire_lock(home)
+    except (AlreadyRunning, PermissionError):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        fh.close()
+
+
 @dataclass(frozen=True)
 class Limits:
     max_message_bytes: int = 8 * 1024 * 1024
@@ -114,6 +155,7 @@ class NodeConfig:
     contact: str
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     limits: Limits = Limits()
+    metrics_listen: str = ""  # [metrics] listen: Prometheus page; "" = off
 
 
 def check_listen(value: str) -> str:
@@ -141,11 +183,20 @@ def parse_config(data: dict[str, Any], where: str) -> NodeConfig:
             for g, members in (data.get("groups") or {}).items()
         }
         limits = Limits(**(data.get("limits") or {}))
+        metrics_listen = parse_metrics(data.get("metrics") or {})
     except KeyError as exc:
         raise HomeError(f"{where}: missing setting {exc.args[0]!r}") from None
     except (TypeError, ValidationError) as exc:
         raise HomeError(f"{where}: {exc}") from None
-    return NodeConfig(center, name, listen, contact, groups, limits)
+    return NodeConfig(center, name, listen, contact, groups, limits, metrics_listen)
+
+
+def parse_metrics(section: dict[str, Any]) -> str:
+    unknown = sorted(set(section) - {"listen"})
+    if unknown:
+        raise ValidationError(f"[metrics]: unknown setting {unknown[0]!r} (only listen)")
+    listen = str(section.get("listen") or "")
+    return check_listen(listen) if listen else ""
 
 
 def load_config(home: Home) -> NodeConfig:
@@ -182,4 +233,9 @@ def render_config(cfg: NodeConfig) -> str:
     lim = cfg.limits
     for key in lim.__dataclass_fields__:
         lines.append(f"{key} = {getattr(lim, key)}")
+    lines += ["", "# Prometheus metrics on their own HTTP listener (off unless set; no",
+              "# authentication: keep it on loopback or a monitoring network). Restart to apply.",
+              "[metrics]"]
+    lines.append(f"listen = {toml_str(cfg.metrics_listen)}" if cfg.metrics_listen
+                 else '# listen = "127.0.0.1:9464"')
     return "\n".join(lines) + "\n"

@@ -3,20 +3,24 @@ NodeService. Credentials arrive as metadata ``authorization: Bearer TOKEN``."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from node import logs
+from node.backup import make_backup
 from node.lifecycle import Lifecycle
 from node.query import make_params
 from node.record import parse_draft
 from node.service import NodeService, NotFound
+from node.storage import audit as audit_tx
 from node.storage.db import StorageError
-from node.timeutil import parse_duration_ms, parse_instant_ms
+from node.timeutil import now_ms, parse_duration_ms, parse_instant_ms
 from node.types import AccessDenied, FcnodeError, ValidationError
 from node.users import User
 from node.wire import local_pb2, local_pb2_grpc, records_pb2
@@ -212,3 +216,20 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
     async def Review(self, user: User, req: Request) -> list[Any]:
         return await self.lifecycle.review(user, parse_duration_ms(str(req.get("within")
                                                                        or "90d")))
+
+    @unary
+    async def Backup(self, user: User, req: Request) -> Any:
+        """A consistent copy while the daemon runs (admin only): made on its own
+        read-only connection in a worker thread, so publishing and replication
+        go on meanwhile."""
+        self.node.require_admin(user, "backing up the node")
+        target = req.get("path")
+        if not isinstance(target, str) or not target:
+            raise ValidationError("backup needs a file path")
+        result = await asyncio.to_thread(
+            make_backup, self.node.home, self.node.center, Path(target),
+            bool(req.get("include_keys")), bool(req.get("force")))
+        await self.node.db.run(lambda c: audit_tx.append(
+            c, self.node.sign_audit, now_ms(), user.name, "node.backup", result.audit_detail()))
+        log.info("backup written", extra={"file": str(result.path), "keys": result.format == "tar"})
+        return result.as_dict()

@@ -116,7 +116,9 @@ def render_peers(peers: Iterable[Peer]) -> str:
 def save_peers(path: Path, peers: Iterable[Peer]) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half."""
     tmp = path.with_suffix(".toml.tmp")
-    with open(tmp, "w") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # 0600 whatever the daemon's umask or a leftover temp file
+    with os.fdopen(fd, "w") as fh:
         fh.write(render_peers(peers))
         fh.flush()
         os.fsync(fh.fileno())

@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from node import policy, record
+from node import metrics, policy, record
 from node.audit import AuditEntry, head_message, verify_chain
 from node.home import Home, NodeConfig
 from node.peers import Peer, all_groups
@@ -255,6 +255,7 @@ class NodeService:
                              "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
                              "audience": sorted(b.policy.audience), **(detail or {})})
             for _, b in sealed])
+        metrics.ENTRIES_PUBLISHED.inc(len(sealed))
         return [b for _, b in sealed]
 
     def _sign_all(self, payloads: list[bytes]) -> list[records_pb2.Envelope]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from federation.tls import PinnedTls, peer_pem
-from node import logs
+from node import logs, metrics
 from node.egress import replication_batch
 from node.service import NodeService
 from node.storage import federation as fed_tx
@@ -181,5 +182,14 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         peer = await self.authenticate(context)
         if self.query_handler is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "queries are not served here")
-        async for answer in self.query_handler(peer, request, context):  # type: ignore[misc]
-            yield answer
+        started, result = time.monotonic(), "refused"  # an abort leaves it 'refused'
+        try:
+            async for answer in self.query_handler(peer, request, context):  # type: ignore[misc]
+                yield answer
+            result = "answered"
+            metrics.QUERY_ANSWER_SECONDS.observe(time.monotonic() - started)
+        except (asyncio.CancelledError, GeneratorExit):
+            result = "cancelled"
+            raise
+        finally:
+            metrics.QUERIES_ANSWERED.labels(peer, result).inc()

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import output
-from node.cli.client import client_for
+from node.cli.client import EXIT_NO_DAEMON, CliError, client_for
+from node.home import Home, lock_if_stopped, resolve_home
 
 
 def _card_text(value: str) -> str:
@@ -21,19 +22,64 @@ def _card_text(value: str) -> str:
     return value
 
 
+def _groups(args: argparse.Namespace) -> list[str]:
+    return [g.strip() for g in (args.groups or "").split(",") if g.strip()]
+
+
+def _print_pinned(r: dict[str, Any]) -> None:
+    print(f"pinned {r['center']} ({r['name']}) at {r['address']}, TLS fingerprint "
+          f"{r['tls_fingerprint'][:16]}…" + ("" if r["connect"] else "; keys only, not dialled"))
+
+
+def _peers_offline(args: argparse.Namespace, home: Home) -> int:
+    """The daemon is stopped (we hold its lock): edit peers.toml directly."""
+    from node import offline
+
+    op = args.peers_cmd
+    if op == "add":
+        r = offline.add_peer(home, _card_text(args.card), _groups(args), not args.no_connect)
+        output.emit_json(r) if args.json else _print_pinned(r)
+        if not args.json:
+            print("the daemon is stopped: it connects when it starts")
+        return 0
+    if op == "remove":
+        r = offline.remove_peer(home, args.center)
+        output.emit_json(r) if args.json else print(f"removed peer {r['removed']}")
+        return 0
+    if op == "show":
+        r = offline.show_peer(home, args.center)
+        output.emit_json(r) if args.json else output.kv(r)
+        return 0
+    if op == "list":
+        _print_peer_rows(args, offline.list_peers(home))
+        return 0
+    raise CliError(f"peers {op} needs the running daemon (start it with: fcnode serve)",
+                   EXIT_NO_DAEMON)
+
+
+def _print_peer_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    if args.json:
+        for r in rows:
+            output.emit_json(r)
+        return
+    shown = [{**r, "groups": ",".join(r["groups"]) or "-",
+              "fingerprint": r["tls_fingerprint"][:16]} for r in rows]
+    if not output.table(shown, ["center", "address", "state", "groups", "fingerprint"]):
+        print("no peers pinned (add one with: fcnode peers add CARD)")
+
+
 def cmd_peers(args: argparse.Namespace) -> int:
+    home = Home(resolve_home(args.home))
+    home.require()
+    with lock_if_stopped(home) as stopped:
+        if stopped:
+            return _peers_offline(args, home)
     client = client_for(args)
     op = args.peers_cmd
     if op == "add":
-        groups = [g.strip() for g in (args.groups or "").split(",") if g.strip()]
-        r = client.call("Peers", {"op": "add", "card": _card_text(args.card), "groups": groups,
-                                  "connect": not args.no_connect})
-        if args.json:
-            output.emit_json(r)
-        else:
-            print(f"pinned {r['center']} ({r['name']}) at {r['address']}, TLS fingerprint "
-                  f"{r['tls_fingerprint'][:16]}…"
-                  + ("" if r["connect"] else "; keys only, not dialled"))
+        r = client.call("Peers", {"op": "add", "card": _card_text(args.card),
+                                  "groups": _groups(args), "connect": not args.no_connect})
+        output.emit_json(r) if args.json else _print_pinned(r)
         return 0
     if op == "remove":
         r = client.call("Peers", {"op": "remove", "center": args.center})
@@ -51,15 +97,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
             for g, members in r.items():
                 print(f"{g:<20} {', '.join(members)}")
         return 0
-    rows = client.call("Peers", {"op": "list"})
-    if args.json:
-        for r in rows:
-            output.emit_json(r)
-    else:
-        shown = [{**r, "groups": ",".join(r["groups"]) or "-",
-                  "fingerprint": r["tls_fingerprint"][:16]} for r in rows]
-        if not output.table(shown, ["center", "address", "state", "groups", "fingerprint"]):
-            print("no peers pinned (add one with: fcnode peers add CARD)")
+    _print_peer_rows(args, client.call("Peers", {"op": "list"}))
     return 0
 
 
@@ -148,7 +186,8 @@ def cmd_deconflict(args: argparse.Namespace) -> int:
 
 def register(add: Callable[..., argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
-    p = add("peers", cmd_peers, "pin, list and remove peer centers")
+    p = add("peers", cmd_peers, "pin, list and remove peer centers (add, remove, list and "
+            "show also work while the daemon is stopped)")
     ps = p.add_subparsers(dest="peers_cmd", required=True,
                           metavar="add|list|show|remove|groups")
     pa = ps.add_parser("add", parents=[common], help="pin a center from its identity card")

@@ -106,6 +106,20 @@ def open_sync(path: Path, create: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection of its own (metrics, backups): it cannot write,
+    and in WAL mode it neither blocks the writer nor waits for it."""
+    if not path.exists():
+        raise StorageError(f"database {path} does not exist (run fcnode init)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 2000")
+    except sqlite3.Error as exc:
+        raise explain(path, exc) from None
+    return conn
+
+
 class Database:
     """One connection on one thread; every transaction is a single hop to it."""
 

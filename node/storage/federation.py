@@ -5,11 +5,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+from node import metrics
 from node.egress import Dissemination
 
 
 def log_disseminations(conn: sqlite3.Connection, rows: Iterable[Dissemination],
                        ts_ms: int) -> None:
+    rows = list(rows)
+    metrics.count_disseminations(rows)  # every release passes here: one counting point
     conn.executemany(
         "INSERT INTO disseminations (ts_ms, center, user, origin, record_id, version, seq, "
         "channel, decision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

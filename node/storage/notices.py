@@ -8,12 +8,14 @@ import json
 import sqlite3
 from typing import Any
 
+from node import metrics
 from node.record import kind_name
 from node.wire import records_pb2
 
 
 def add(conn: sqlite3.Connection, ts_ms: int, kind: str, origin: str, record_id: str,
         detail: dict[str, Any]) -> None:
+    metrics.count_notice(kind)  # every notice passes here: one counting point
     conn.execute("INSERT INTO notices (ts_ms, kind, origin, record_id, detail) "
                  "VALUES (?, ?, ?, ?, ?)", (ts_ms, kind, origin, record_id,
                                             json.dumps(detail, sort_keys=True)))

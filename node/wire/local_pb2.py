@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x63node/v1/local.proto\x12\tfcnode.v1\"\x1b\n\x0bJsonRequest\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x19\n\tJsonReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xf6\x05\n\x05Local\x12\x36\n\x06Status\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x37\n\x07Publish\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x33\n\x03Get\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x38\n\x06Search\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12\x35\n\x05Users\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x37\n\x05\x41udit\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12;\n\x0b\x41uditVerify\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x35\n\x05Peers\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12@\n\x0e\x44isseminations\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12\x37\n\x05Query\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12\x39\n\x07Notices\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12\x39\n\tLifecycle\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x38\n\x06Review\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x63node/v1/local.proto\x12\tfcnode.v1\"\x1b\n\x0bJsonRequest\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x19\n\tJsonReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xae\x06\n\x05Local\x12\x36\n\x06Status\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x37\n\x07Publish\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x33\n\x03Get\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x38\n\x06Search\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12\x35\n\x05Users\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x37\n\x05\x41udit\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12;\n\x0b\x41uditVerify\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x35\n\x05Peers\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12@\n\x0e\x44isseminations\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12\x37\n\x05Query\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12\x39\n\x07Notices\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12\x39\n\tLifecycle\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply\x12\x38\n\x06Review\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReply0\x01\x12\x36\n\x06\x42\x61\x63kup\x12\x16.fcnode.v1.JsonRequest\x1a\x14.fcnode.v1.JsonReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,5 +36,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JSONREPLY']._serialized_start=65
   _globals['_JSONREPLY']._serialized_end=90
   _globals['_LOCAL']._serialized_start=93
-  _globals['_LOCAL']._serialized_end=851
+  _globals['_LOCAL']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,99 @@
+"""What an administrator can do to a node whose daemon is stopped: provision
+peers before the first start, take a backup. Each operation holds the
+daemon's lock (so no daemon starts half-way), writes atomically and leaves an
+audit entry, attributed to the Unix account that ran it (no daemon, no
+credential: whoever can write the home can act as its administrator)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import Any
+
+from node import keys
+from node.backup import BackupResult, make_backup
+from node.home import Home, check_group, load_config
+from node.identity import parse_card
+from node.peer_edits import with_peer
+from node.peers import Peer, load_peers, save_peers
+from node.signing import AUDIT_DOMAIN, raw_public, sign
+from node.storage import audit as audit_tx
+from node.storage.db import immediate, open_sync
+from node.timeutil import now_ms
+from node.types import FcnodeError
+
+STOPPED = "daemon stopped"
+
+
+class PeerNotFound(FcnodeError):
+    pass
+
+
+def actor() -> str:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (containers)
+        name = f"uid{os.getuid()}"
+    return f"offline:{name}"
+
+
+def audit(home: Home, action: str, detail: dict[str, Any]) -> None:
+    signing = keys.load_signing_key(home.signing_key)
+    conn = open_sync(home.database)
+    try:
+        with immediate(conn):
+            audit_tx.append(conn, lambda m: sign(signing, AUDIT_DOMAIN, m), now_ms(), actor(),
+                            action, detail)
+    finally:
+        conn.close()
+
+
+def peer_view(p: Peer) -> dict[str, Any]:
+    return {"center": p.center, "name": p.card.name, "address": p.address,
+            "groups": list(p.groups), "connect": p.connect,
+            "tls_fingerprint": p.card.tls_fingerprint, "state": STOPPED}
+
+
+def list_peers(home: Home) -> list[dict[str, Any]]:
+    cfg = load_config(home)
+    return [peer_view(p) for _, p in sorted(load_peers(home.peers, cfg.center).items())]
+
+
+def show_peer(home: Home, center: str) -> dict[str, Any]:
+    cfg = load_config(home)
+    peer = load_peers(home.peers, cfg.center).get(center)
+    if peer is None:
+        raise PeerNotFound(f"no pinned peer {center!r}")
+    return {**peer_view(peer), "card": peer.card.line()}
+
+
+def add_peer(home: Home, card_text: str, groups: list[str], connect: bool) -> dict[str, Any]:
+    """Validated as the daemon validates (and peers.toml is re-validated at start)."""
+    cfg = load_config(home)
+    card = parse_card(card_text)
+    peer = Peer(card, tuple(check_group(g) for g in groups), connect)
+    own_key = raw_public(keys.load_signing_key(home.signing_key).public_key())
+    peers = with_peer(load_peers(home.peers, cfg.center, own_key), peer, cfg.center, own_key)
+    save_peers(home.peers, list(peers.values()))
+    audit(home, "peer.add", {"peer": card.center, "address": card.address,
+                             "groups": list(peer.groups), "connect": connect,
+                             "tls_fingerprint": card.tls_fingerprint})
+    return peer_view(peer)
+
+
+def remove_peer(home: Home, center: str) -> dict[str, Any]:
+    cfg = load_config(home)
+    peers = load_peers(home.peers, cfg.center)
+    if center not in peers:
+        raise PeerNotFound(f"no pinned peer {center!r}")
+    save_peers(home.peers, [p for c, p in peers.items() if c != center])
+    audit(home, "peer.remove", {"peer": center})
+    return {"removed": center}
+
+
+def backup(home: Home, target: Path, include_keys: bool, force: bool) -> BackupResult:
+    cfg = load_config(home)
+    result = make_backup(home, cfg.center, target, include_keys, force)
+    audit(home, "node.backup", result.audit_detail())
+    return result
