@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node.chain import Held, Incoming, Verdict, classify
-from node.signing import BadSignature, entry_hash, open_record
+from node.signing import BadSignature, entry_hash, open_record, open_stub, stub_mismatch
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
@@ -30,6 +30,13 @@ class Checked:
     item: federation_pb2.LogItem
     body: records_pb2.RecordBody | None  # None: a placeholder
     error: str = ""
+    # The origin's stub of this position, verified against the origin's key and
+    # checked to name this (origin, seq, hash) and agree with the body; else None.
+    stub: records_pb2.EntryStub | None = None
+
+    @property
+    def signed_stub(self) -> records_pb2.SignedStub | None:
+        return self.item.stub if self.stub is not None else None
 
 
 @dataclass
@@ -86,20 +93,31 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
         if not keys:
             out.append(Checked(item, None, "unknown origin (no pinned key)"))
             continue
-        if not item.HasField("envelope"):
-            out.append(Checked(item, None))
-            continue
-        try:
-            body = open_record(item.envelope, keys)
-        except BadSignature as exc:
-            out.append(Checked(item, None, f"bad signature: {exc}"))
-            continue
-        if body.origin != item.origin or body.seq != item.seq:
-            out.append(Checked(item, None, "signed origin/seq differ from the log position"))
-        elif entry_hash(item.envelope.payload) != item.hash:
-            out.append(Checked(item, None, "entry hash does not match the payload"))
-        else:
-            out.append(Checked(item, body))
+        body = None
+        if item.HasField("envelope"):
+            try:
+                body = open_record(item.envelope, keys)
+            except BadSignature as exc:
+                out.append(Checked(item, None, f"bad signature: {exc}"))
+                continue
+            if body.origin != item.origin or body.seq != item.seq:
+                out.append(Checked(item, None, "signed origin/seq differ from the log position"))
+                continue
+            if entry_hash(item.envelope.payload) != item.hash:
+                out.append(Checked(item, None, "entry hash does not match the payload"))
+                continue
+        stub = None
+        if item.HasField("stub"):
+            try:
+                stub = open_stub(item.stub, keys)
+            except BadSignature as exc:
+                out.append(Checked(item, None, f"bad stub: {exc}"))
+                continue
+            wrong = stub_mismatch(stub, item.origin, item.seq, item.hash, body)
+            if wrong:
+                out.append(Checked(item, None, f"bad stub: {wrong}"))
+                continue
+        out.append(Checked(item, body, stub=stub))
     return out
 
 
@@ -117,13 +135,15 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
     # stored in bulk; anything else flushes them first, so order is kept.
     states = _prefetch_states(conn, checked)
     fresh: list[tuple[records_pb2.Envelope, records_pb2.RecordBody]] = []
+    fresh_stubs: list[records_pb2.SignedStub | None] = []
     fresh_ids: set[tuple[str, str]] = set()
 
     def flush() -> None:
-        log_tx.insert_new_records(conn, fresh, peer, now_ms)
+        log_tx.insert_new_records(conn, fresh, peer, now_ms, fresh_stubs)
         for key in fresh_ids:
             states.pop(key, None)  # stale now: look it up again if touched
         fresh.clear()
+        fresh_stubs.clear()
         fresh_ids.clear()
 
     def reject(c: Checked, reason: str) -> None:
@@ -174,6 +194,7 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
                 and body.kind in log_tx.CONTENT and key in states and states[key] is None
                 and key not in fresh_ids):
             fresh.append((c.item.envelope, body))
+            fresh_stubs.append(c.signed_stub)
             fresh_ids.add(key)
             result.stored += 1
             stored_signed = True
@@ -210,13 +231,16 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
            result: IngestResult) -> bool:
     """Store one placed item; True if its signed envelope is now held."""
     origin, seq = c.item.origin, c.item.seq
+    stub = c.signed_stub
     if verdict is Verdict.DUPLICATE:
+        if stub is not None:
+            log_tx.set_stub(conn, origin, seq, stub)
         result.duplicates += 1
         return True
     if c.body is None:
         log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms,
                                   c.item.recall_record_id or None,
-                                  c.item.recall_version or None)
+                                  c.item.recall_version or None, stub)
         result.stored += 1
         if c.item.recall_record_id:
             _recall(conn, peer, c.item, now_ms, result)
@@ -226,17 +250,21 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
     if refusal:
         # Never stored; the chain keeps only this entry's hash and goes on.
         if verdict is Verdict.APPEND:
-            log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
+            log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms,
+                                      stub=stub)
         if refusal != "superseded version":  # a peer that is behind: not an attack
             fed_tx.reject(conn, now_ms, peer, origin, seq, refusal)
             result.rejected[refusal] += 1
         return False
     if verdict is Verdict.UPGRADE:
         log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)
+        if stub is not None:
+            log_tx.set_stub(conn, origin, seq, stub)
     elif verdict is Verdict.REPLACE:
-        log_tx.replace_placeholder(conn, c.item.envelope, c.body, c.item.hash, peer, now_ms)
+        log_tx.replace_placeholder(conn, c.item.envelope, c.body, c.item.hash, peer, now_ms,
+                                   stub)
     else:
-        log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms)
+        log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms, [stub])
     result.stored += 1
     # An upgrade may fill in a version older than the current one: kept in the
     # log, not applied ('stale').

@@ -63,12 +63,20 @@ def replication_batch(
         newest = current_version(e.origin, record_id)
         if newest is not None and version < newest:
             continue  # superseded: only the newest version ever leaves
+        stub = e.signed_stub()
         if body is not None and policy.decide(body_policy(body), body.origin, evaluator,
                                               requester) is Decision.FULL:
             item.envelope.CopyFrom(e.envelope())
+            if stub is not None and version > 1:
+                # A later version may have to be recalled from a center further on,
+                # which only the origin's stub can justify: a hub must hold it to
+                # forward it. First versions (most of a catch-up) never need one.
+                item.stub.CopyFrom(stub)
             sent.append(Dissemination(peer, None, body.origin, record_id, version, e.seq,
                                       "replication", "FULL"))
         elif sent_before(e.origin, record_id) is not None:
+            if stub is not None:
+                item.stub.CopyFrom(stub)  # the origin's, forwarded unchanged
             item.recall_record_id = record_id
             item.recall_version = version
             sent.append(Dissemination(peer, None, e.origin, record_id, version, e.seq,

@@ -27,6 +27,17 @@ class StoredEntry:
     key_id: str | None
     record_id: str | None = None  # known for signed entries, erased ones and recalls
     version: int | None = None
+    # The origin's signed, content-free stub of this position (verified when it was
+    # stored); None for entries of older databases and bare placeholders.
+    stub: bytes | None = None
+    stub_signature: bytes | None = None
+    stub_key_id: str | None = None
+
+    def signed_stub(self) -> records_pb2.SignedStub | None:
+        if self.stub is None or self.stub_signature is None:
+            return None
+        return records_pb2.SignedStub(stub=self.stub, signature=self.stub_signature,
+                                      key_id=self.stub_key_id or "")
 
     def body(self) -> records_pb2.RecordBody:
         """The stored payload, parsed (it was verified when it was stored)."""
@@ -39,6 +50,13 @@ class StoredEntry:
             return None
         return records_pb2.Envelope(payload=self.payload, signature=self.signature,
                                     key_id=self.key_id)
+
+
+# Every column of a StoredEntry, in order (``e.`` prefixed for joins).
+COLUMNS = ("origin, seq, hash, payload, signature, key_id, record_id, version, stub, "
+           "stub_signature, stub_key_id")
+E_COLUMNS = ", ".join("e." + c.strip() for c in COLUMNS.split(","))
+NCOL = len(COLUMNS.split(","))
 
 
 def head(conn: sqlite3.Connection, origin: str) -> tuple[int, bytes]:
@@ -71,27 +89,42 @@ def held(conn: sqlite3.Connection, origin: str, seq: int) -> Held | None:
 
 def entry(conn: sqlite3.Connection, origin: str, seq: int) -> StoredEntry | None:
     row = conn.execute(
-        "SELECT origin, seq, hash, payload, signature, key_id FROM entries "
-        "WHERE origin = ? AND seq = ?", (origin, seq)).fetchone()
+        f"SELECT {COLUMNS} FROM entries WHERE origin = ? AND seq = ?",
+        (origin, seq)).fetchone()
     return StoredEntry(*row) if row else None
 
 
+Stubs = list[records_pb2.SignedStub | None] | None
+
+
+def _stub_cols(stub: records_pb2.SignedStub | None) -> tuple[bytes | None, bytes | None,
+                                                             str | None]:
+    return (stub.stub, stub.signature, stub.key_id) if stub is not None else (None, None, None)
+
+
 def insert_entries(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envelope,
-                   records_pb2.RecordBody]], source: str, now_ms: int) -> None:
+                   records_pb2.RecordBody]], source: str, now_ms: int,
+                   stubs: Stubs = None) -> None:
+    """``stubs``: the origin's signed stub per item (verified by the caller), or None."""
+    stubs = stubs or [None] * len(items)
     conn.executemany(
-        "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO entries (origin, seq, hash, payload, signature, key_id, record_id, "
+        "version, kind, source, received_ms, stub, stub_signature, stub_key_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(b.origin, b.seq, entry_hash(e.payload), e.payload, e.signature, e.key_id,
-          b.record_id, b.version, kind_name(b), source, now_ms) for e, b in items],
+          b.record_id, b.version, kind_name(b), source, now_ms, *_stub_cols(st))
+         for (e, b), st in zip(items, stubs, strict=True)],
     )
 
 
 def insert_new_records(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envelope,
-                       records_pb2.RecordBody]], source: str, now_ms: int) -> None:
+                       records_pb2.RecordBody]], source: str, now_ms: int,
+                       stubs: Stubs = None) -> None:
     """Bulk path for first versions of records not held yet (publish, catch-up):
     the entries, the record rows, text and entity indexes, each one executemany."""
     if not items:
         return
-    insert_entries(conn, items, source, now_ms)
+    insert_entries(conn, items, source, now_ms, stubs)
     first = (conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]) + 1
     rows, fts, keys = [], [], []
     for rec, (_, b) in enumerate(items, start=first):
@@ -125,20 +158,31 @@ def record_states(conn: sqlite3.Connection, origin: str,
 
 def insert_placeholder(conn: sqlite3.Connection, origin: str, seq: int, digest: bytes,
                        source: str, now_ms: int, record_id: str | None = None,
-                       version: int | None = None) -> None:
-    """``record_id``/``version``: known for a recall, so it can be passed on."""
+                       version: int | None = None,
+                       stub: records_pb2.SignedStub | None = None) -> None:
+    """``record_id``/``version``: known from a verified stub (``stub``), so a recall
+    can be passed on unchanged."""
     conn.execute(
-        "INSERT INTO entries (origin, seq, hash, source, received_ms, record_id, version) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)", (origin, seq, digest, source, now_ms, record_id, version))
+        "INSERT INTO entries (origin, seq, hash, source, received_ms, record_id, version, "
+        "stub, stub_signature, stub_key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (origin, seq, digest, source, now_ms, record_id, version, *_stub_cols(stub)))
+
+
+def set_stub(conn: sqlite3.Connection, origin: str, seq: int,
+             stub: records_pb2.SignedStub) -> None:
+    """Keep a verified stub for a position held without one (the first one kept)."""
+    conn.execute("UPDATE entries SET stub = ?, stub_signature = ?, stub_key_id = ? "
+                 "WHERE origin = ? AND seq = ? AND stub IS NULL",
+                 (*_stub_cols(stub), origin, seq))
 
 
 def replace_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
                         body: records_pb2.RecordBody, digest: bytes, source: str,
-                        now_ms: int) -> None:
+                        now_ms: int, stub: records_pb2.SignedStub | None = None) -> None:
     """A signed entry takes the place of a contradicting unsigned placeholder."""
     conn.execute("DELETE FROM entries WHERE origin = ? AND seq = ? AND payload IS NULL",
                  (body.origin, body.seq))
-    insert_entries(conn, [(env, body)], source, now_ms)
+    insert_entries(conn, [(env, body)], source, now_ms, [stub])
 
 
 def upgrade_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
@@ -314,10 +358,10 @@ def record_source(conn: sqlite3.Connection, origin: str, record_id: str) -> str 
 def current(conn: sqlite3.Connection, record_id: str) -> list[tuple[StoredEntry, str]]:
     """The newest held entry of a record (any origin) and its state."""
     rows = conn.execute(
-        "SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id, r.state "
+        f"SELECT {E_COLUMNS}, r.state "
         "FROM records r JOIN entries e ON e.origin = r.origin AND e.seq = r.seq "
         "WHERE r.record_id = ? AND e.payload IS NOT NULL", (record_id,)).fetchall()
-    return [(StoredEntry(*r[:6]), r[6]) for r in rows]
+    return [(StoredEntry(*r[:NCOL]), r[NCOL]) for r in rows]
 
 
 BROAD = 2000  # text matches beyond which walking newest-first beats sorting them
@@ -344,7 +388,7 @@ def search(
     lets through, up to the limit (the policy decision runs per row, here)."""
     match = params.fts_match()
     walk = " INDEXED BY records_created" if _broad(conn, params, match) else ""
-    sql = ["SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id "
+    sql = [f"SELECT {E_COLUMNS} "
            f"FROM records r{walk} JOIN entries e ON e.origin = r.origin AND e.seq = r.seq"]
     where = ["r.state = 'active'", "r.expires_ms > ?"]
     args: list[object] = [now_ms]
@@ -385,7 +429,7 @@ def search(
 def items_after(conn: sqlite3.Connection, origin: str, after: int,
                 limit: int) -> list[StoredEntry]:
     return [StoredEntry(*r) for r in conn.execute(
-        "SELECT origin, seq, hash, payload, signature, key_id, record_id, version FROM entries "
+        f"SELECT {COLUMNS} FROM entries "
         "WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?", (origin, after, limit))]
 
 

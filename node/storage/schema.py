@@ -141,4 +141,11 @@ MIGRATIONS: list[str] = [
         expires_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: origin-signed entry stubs (content-free; proof of a recall, carried by pointers).
+    # NULL for entries of older databases and for placeholders received without one.
+    """
+    ALTER TABLE entries ADD COLUMN stub BLOB;
+    ALTER TABLE entries ADD COLUMN stub_signature BLOB;
+    ALTER TABLE entries ADD COLUMN stub_key_id TEXT;
+    """,
 ]
