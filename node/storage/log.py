@@ -81,10 +81,53 @@ def heads(conn: sqlite3.Connection) -> dict[str, int]:
     return {origin: head(conn, origin)[0] for (origin,) in conn.execute(_ORIGINS).fetchall()}
 
 
+_EVIDENCE = "(signature IS NOT NULL OR stub IS NOT NULL)"
+
+
 def held(conn: sqlite3.Connection, origin: str, seq: int) -> Held | None:
-    row = conn.execute("SELECT hash, payload IS NOT NULL FROM entries WHERE origin = ? AND seq = ?",
-                       (origin, seq)).fetchone()
-    return Held(row[0], bool(row[1])) if row else None
+    """What is held at a position: its hash, whether the origin's signature (or
+    verified stub) backs that hash, and whether the content is still there."""
+    row = conn.execute(f"SELECT hash, {_EVIDENCE}, payload IS NOT NULL FROM entries "
+                       "WHERE origin = ? AND seq = ?", (origin, seq)).fetchone()
+    return Held(row[0], bool(row[1]), bool(row[2])) if row else None
+
+
+def last_signed_before(conn: sqlite3.Connection, origin: str, seq: int) -> int:
+    """The highest position below ``seq`` backed by origin-signed evidence (0: none)."""
+    row = conn.execute(f"SELECT max(seq) FROM entries WHERE origin = ? AND seq < ? AND "
+                       f"{_EVIDENCE}", (origin, seq)).fetchone()
+    return row[0] or 0
+
+
+def drop_hints(conn: sqlite3.Connection, origin: str, after: int,
+               upto: int = 2**62) -> int:
+    """Forget the unsigned placeholders of an origin in (``after``, ``upto``]:
+    hints a hop gave that the origin's own entry contradicted."""
+    return conn.execute(f"DELETE FROM entries WHERE origin = ? AND seq > ? AND seq <= ? "
+                        f"AND payload IS NULL AND NOT {_EVIDENCE}",
+                        (origin, after, upto)).rowcount
+
+
+def insert_evidence(conn: sqlite3.Connection, env: records_pb2.Envelope,
+                    body: records_pb2.RecordBody, source: str, now_ms: int,
+                    stub: records_pb2.SignedStub | None = None) -> None:
+    """A verified entry whose content this node must not keep (not entitled to
+    it, or superseded): the position, its record and version, and the origin's
+    signature as evidence (a later different entry there is a fork), no payload.
+    Replaces an unsigned placeholder held at that position."""
+    conn.execute("DELETE FROM entries WHERE origin = ? AND seq = ? AND payload IS NULL "
+                 f"AND NOT {_EVIDENCE}", (body.origin, body.seq))
+    conn.execute(
+        "INSERT INTO entries (origin, seq, hash, payload, signature, key_id, record_id, "
+        "version, kind, source, received_ms, stub, stub_signature, stub_key_id) "
+        "VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (origin, seq) DO UPDATE SET signature = coalesce(signature, "
+        "excluded.signature), key_id = coalesce(key_id, excluded.key_id), "
+        "record_id = excluded.record_id, version = excluded.version, kind = excluded.kind, "
+        "stub = coalesce(stub, excluded.stub), stub_signature = coalesce(stub_signature, "
+        "excluded.stub_signature), stub_key_id = coalesce(stub_key_id, excluded.stub_key_id)",
+        (body.origin, body.seq, entry_hash(env.payload), env.signature, env.key_id,
+         body.record_id, body.version, kind_name(body), source, now_ms, *_stub_cols(stub)))
 
 
 def entry(conn: sqlite3.Connection, origin: str, seq: int) -> StoredEntry | None:
@@ -170,10 +213,14 @@ def insert_placeholder(conn: sqlite3.Connection, origin: str, seq: int, digest: 
 
 def set_stub(conn: sqlite3.Connection, origin: str, seq: int,
              stub: records_pb2.SignedStub) -> None:
-    """Keep a verified stub for a position held without one (the first one kept)."""
-    conn.execute("UPDATE entries SET stub = ?, stub_signature = ?, stub_key_id = ? "
+    """Keep a verified stub for a position held without one (the first one kept);
+    the stub names the record and version a bare placeholder did not."""
+    parsed = records_pb2.EntryStub()
+    parsed.ParseFromString(stub.stub)
+    conn.execute("UPDATE entries SET stub = ?, stub_signature = ?, stub_key_id = ?, "
+                 "record_id = coalesce(record_id, ?), version = coalesce(version, ?) "
                  "WHERE origin = ? AND seq = ? AND stub IS NULL",
-                 (*_stub_cols(stub), origin, seq))
+                 (*_stub_cols(stub), parsed.record_id, parsed.version, origin, seq))
 
 
 def replace_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
@@ -255,7 +302,10 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
         if existing is not None and existing[2] == "purged":
             results.append("tombstoned")
             continue
-        if existing is not None and existing[1] >= b.version:
+        if existing is not None and (existing[1] > b.version or (
+                existing[1] == b.version and existing[2] != "recalled")):
+            # (A record recalled at version V by the origin's stub takes the real
+            # entry of V when it arrives: the stub said V exists, not what it holds.)
             results.append("stale")
             continue
         state = "active"
@@ -289,12 +339,14 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
 
 def erase_content(conn: sqlite3.Connection, origin: str, record_id: str, rec: int,
                   keep_seq: int = 0) -> int:
-    """Delete a record's content: its versions become placeholders (the hash
-    keeps the chain verifiable), and it leaves the text and entity indexes.
-    With secure_delete on, the freed bytes are zeroed in the file."""
+    """Delete a record's content: only the payload goes. The hash keeps the chain
+    verifiable and the signature stays as evidence, so a second signed entry at
+    that position is still a fork, never a silent replacement. The record leaves
+    the text and entity indexes. With secure_delete on, the freed bytes are
+    zeroed in the file."""
     unindex(conn, rec)
     return conn.execute(
-        "UPDATE entries SET payload = NULL, signature = NULL WHERE origin = ? AND record_id = ? "
+        "UPDATE entries SET payload = NULL WHERE origin = ? AND record_id = ? "
         "AND seq != ? AND payload IS NOT NULL", (origin, record_id, keep_seq)).rowcount
 
 
@@ -346,6 +398,13 @@ def latest_content(conn: sqlite3.Connection, origin: str, record_id: str
 def unindex(conn: sqlite3.Connection, rec: int) -> None:
     conn.execute("DELETE FROM records_fts WHERE rowid = ?", (rec,))
     conn.execute("DELETE FROM entity_keys WHERE rec = ?", (rec,))
+
+
+def entry_source(conn: sqlite3.Connection, origin: str, seq: int) -> str | None:
+    """The peer a held position came from."""
+    row = conn.execute("SELECT source FROM entries WHERE origin = ? AND seq = ?",
+                       (origin, seq)).fetchone()
+    return row[0] if row else None
 
 
 def record_source(conn: sqlite3.Connection, origin: str, record_id: str) -> str | None:

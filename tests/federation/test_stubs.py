@@ -56,7 +56,7 @@ def conn() -> Iterator[sqlite3.Connection]:
 def deliver(conn: sqlite3.Connection, items: list[federation_pb2.LogItem]):
     checked = check_items(items, lambda o: KEYS if o == X else {})
     with immediate(conn):
-        return store_batch(conn, "peer", checked, 1)
+        return store_batch(conn, "peer", checked, 1, "node")
 
 
 def test_a_verified_stub_is_stored_with_its_entry_and_with_a_placeholder(conn) -> None:
