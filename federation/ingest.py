@@ -53,6 +53,22 @@ class IngestResult:
     # Origins whose false hints were dropped and cursors moved back: every link
     # must subscribe again from its cursors to fetch those positions anew.
     rewound: set[str] = field(default_factory=set)
+    # Origin -> lowest seq whose held hint was replaced or dropped: what this node
+    # served there before may have been false, so its own streams serve it again.
+    corrected: dict[str, int] = field(default_factory=dict)
+
+    def correct(self, origin: str, seq: int) -> None:
+        self.corrected[origin] = min(seq, self.corrected.get(origin, seq))
+
+
+def _contradicted(conn: sqlite3.Connection, origin: str, seq: int, now_ms: int,
+                  result: IngestResult) -> None:
+    """The origin's signed entry (or stub) contradicts the unsigned hint held at
+    ``seq``: log it against the peer that gave the hint (see MAX_REWINDS)."""
+    hint = log_tx.entry_source(conn, origin, seq) or ""
+    fed_tx.reject(conn, now_ms, hint, origin, seq, CONTRADICTED)
+    result.rejected[CONTRADICTED] += 1
+    result.correct(origin, seq)
 
 
 def _refusal(verdict: Verdict, prior: log_tx.RecordState | None,
@@ -143,9 +159,14 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
     return out
 
 
-MAX_REWINDS = 4             # per (peer that gave the hint, origin) ...
-REWIND_WINDOW_MS = 3_600_000  # ... per hour: a hostile hop cannot make a node loop
+# A peer whose placeholders for an origin the origin's entries contradicted this
+# many times within the window sends no more placeholders for that origin until
+# the window has passed (its signed entries are still taken): every rewind needs
+# a new false hint, so a hostile hop cannot make a node loop.
+MAX_REWINDS = 4
+REWIND_WINDOW_MS = 3_600_000
 CONTRADICTED = "placeholder contradicted by the origin's entry"
+LIAR = "placeholders refused: this peer's were contradicted by the origin"
 
 
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
@@ -180,6 +201,14 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         result.rejected[reason.split(":")[0]] += 1
         stopped.add(c.item.origin)
 
+    hints_ok: dict[str, bool] = {}
+
+    def may_hint(origin: str) -> bool:
+        if origin not in hints_ok:
+            hints_ok[origin] = fed_tx.rejections_since(
+                conn, peer, origin, CONTRADICTED, now_ms - REWIND_WINDOW_MS) < MAX_REWINDS
+        return hints_ok[origin]
+
     for c in checked:
         origin, seq = c.item.origin, c.item.seq
         if origin in stopped:
@@ -192,6 +221,9 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             continue
         if c.error:
             reject(c, c.error)
+            continue
+        if c.body is None and c.stub is None and origin != peer and not may_hint(origin):
+            reject(c, LIAR)
             continue
         if origin not in tips:
             top = log_tx.head(conn, origin)[0]
@@ -211,7 +243,7 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             continue
         if outcome.verdict is Verdict.REWIND:
             flush()
-            _rewind(conn, c, now_ms, result, reject)
+            _rewind(conn, c, now_ms, result)
             stopped.add(origin)
             tips.pop(origin, None)
             cursors.pop(origin, None)
@@ -254,25 +286,18 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
     return result
 
 
-def _rewind(conn: sqlite3.Connection, c: Checked, now_ms: int, result: IngestResult,
-            reject: Callable[[Checked, str], None]) -> None:
+def _rewind(conn: sqlite3.Connection, c: Checked, now_ms: int, result: IngestResult) -> None:
     """The origin's entry contradicts an unsigned placeholder we hold: that hint
     was false. Drop the unsigned placeholders back to the last origin-signed
     position, move every peer's cursor for the origin back there, and let the
-    links fetch again. Bounded per (hop that gave the hint, origin): past the
-    bound the entry is refused as before, and the chain waits."""
+    links fetch again. The hint's source is charged with it (see MAX_REWINDS)."""
     origin, seq = c.item.origin, c.item.seq
-    hint = log_tx.entry_source(conn, origin, seq - 1) or ""
-    if fed_tx.rejections_since(conn, hint, origin, CONTRADICTED,
-                               now_ms - REWIND_WINDOW_MS) >= MAX_REWINDS:
-        reject(c, f"wrong chain link at seq {seq} (rewinds from {hint} exhausted)")
-        return
-    fed_tx.reject(conn, now_ms, hint, origin, seq - 1, CONTRADICTED)
-    result.rejected[CONTRADICTED] += 1
+    _contradicted(conn, origin, seq - 1, now_ms, result)
     back = log_tx.last_signed_before(conn, origin, seq)
     log_tx.drop_hints(conn, origin, back)
     fed_tx.rewind_cursors(conn, origin, back)
     result.rewound.add(origin)
+    result.correct(origin, back + 1)
 
 
 def _prefetch_states(conn: sqlite3.Connection, checked: Sequence[Checked]
@@ -306,7 +331,17 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
             log_tx.set_stub(conn, origin, seq, stub)  # type: ignore[arg-type]
         else:
             if verdict is Verdict.REPLACE:
+                if c.stub is None and log_tx.entry_source(conn, origin, seq) == origin:
+                    # A hint the origin itself gave (over its own authenticated
+                    # link) is not displaced by another peer's.
+                    fed_tx.reject(conn, now_ms, peer, origin, seq,
+                                  "placeholder contradicts the origin's own")
+                    result.rejected["placeholder contradicts the origin's own"] += 1
+                    return
+                if c.stub is not None:
+                    _contradicted(conn, origin, seq, now_ms, result)
                 log_tx.drop_hints(conn, origin, seq - 1, upto=seq)
+                result.correct(origin, seq)
             log_tx.insert_placeholder(
                 conn, origin, seq, c.item.hash, peer, now_ms,
                 c.stub.record_id if c.stub else None, c.stub.version if c.stub else None,
@@ -322,6 +357,8 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
     if refusal or not entitled(body, own_center):
         # Content never kept; the position keeps the hash and the origin's
         # signature as evidence, and the chain goes on.
+        if verdict is Verdict.REPLACE:
+            _contradicted(conn, origin, seq, now_ms, result)
         log_tx.insert_evidence(conn, c.item.envelope, body, peer, now_ms, stub)
         if refusal:
             if refusal != "superseded version":  # a peer that is behind: not an attack
@@ -338,6 +375,7 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
         if stub is not None:
             log_tx.set_stub(conn, origin, seq, stub)
     elif verdict is Verdict.REPLACE:
+        _contradicted(conn, origin, seq, now_ms, result)
         log_tx.replace_placeholder(conn, c.item.envelope, c.body, c.item.hash, peer, now_ms,
                                    stub)
     else:

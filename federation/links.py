@@ -60,13 +60,15 @@ def classify_error(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
 class PeerLink:
     def __init__(self, node: NodeService, tls: PinnedTls, peer: Peer, pool: Executor,
                  on_change: Callable[[], None],
-                 on_rewind: Callable[[], None] = lambda: None) -> None:
+                 on_rewind: Callable[[], None] = lambda: None,
+                 on_corrected: Callable[[dict[str, int]], None] = lambda c: None) -> None:
         self.node = node
         self.tls = tls
         self.peer = peer
         self.pool = pool
         self.on_change = on_change
         self.on_rewind = on_rewind
+        self.on_corrected = on_corrected
         self._session_task: asyncio.Task[None] | None = None
         self._resubscribe = False
         self.state = LinkState(peer.center)
@@ -205,6 +207,8 @@ class PeerLink:
             await self.node.db.checkpoint()
         if result.changed:
             self.on_change()
+        if result.corrected:
+            self.on_corrected(result.corrected)
         if result.rewound:
             log.warning("false placeholders dropped: links fetch again from their cursors",
                         extra={"peer": center, "origins": sorted(result.rewound)})

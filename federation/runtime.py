@@ -92,7 +92,7 @@ class Federation:
         if not peer.connect:
             return
         link = PeerLink(self.node, self.tls, peer, self.pool, self.node.changes.bump,
-                        self._resubscribe_all)
+                        self._resubscribe_all, self._serve_again)
         self.links[peer.center] = link
         link.start()
 
@@ -101,6 +101,12 @@ class Federation:
         link, not only the one that saw the contradiction, fetches again."""
         for link in self.links.values():
             link.resubscribe()
+
+    def _serve_again(self, corrected: dict[str, int]) -> None:
+        """Positions whose hint this node replaced or dropped: it may have relayed
+        the false one, so its open streams send those positions again."""
+        self.servicer.streams.rewind(corrected)
+        self.node.changes.bump()
 
     def _stop_link(self, center: str) -> None:
         link = self.links.pop(center, None)

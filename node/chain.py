@@ -74,6 +74,10 @@ def classify(item: Incoming, head: int, at_seq: Held | None, before: Held | None
             return Outcome(Verdict.FORK, f"two signed entries at seq {item.seq}")
         if item.signed:
             return _link(item, before, Verdict.REPLACE)
+        if not at_seq.signed:
+            # Hint against hint: neither is authority; the newer one is kept (a hub
+            # that corrected a false hint it relayed must be able to correct ours).
+            return Outcome(Verdict.REPLACE, "a newer placeholder")
         return Outcome(Verdict.REJECT, f"entry at seq {item.seq} contradicts the one held")
     if item.seq != head + 1:
         return Outcome(Verdict.REJECT, f"gap: got seq {item.seq}, next expected {head + 1}")

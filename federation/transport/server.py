@@ -46,6 +46,11 @@ class Revocation(asyncio.Event):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "peer was removed"
 
+    def __init__(self) -> None:
+        super().__init__()
+        # origin -> seq: send again from there (a hint held there was corrected).
+        self.rewinds: dict[str, int] = {}
+
     def revoke(self, code: grpc.StatusCode, reason: str) -> None:
         self.code, self.reason = code, reason
         self.set()
@@ -72,6 +77,13 @@ class StreamRegistry:
         for r in streams:
             r.revoke(code, reason)
         return len(streams)
+
+    def rewind(self, positions: dict[str, int]) -> None:
+        """Every open stream sends these positions (origin -> seq) again."""
+        for streams in self._streams.values():
+            for r in streams:
+                for origin, seq in positions.items():
+                    r.rewinds[origin] = min(seq, r.rewinds.get(origin, seq))
 
     def revoke_all(self, code: grpc.StatusCode, reason: str) -> None:
         for center in list(self._streams):
@@ -110,6 +122,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         with self.streams.open(peer) as revoked:
             while not revoked.is_set():
                 seen = self.node.changes.generation
+                for origin, seq in revoked.rewinds.items():
+                    if origin in cursors:
+                        cursors[origin] = min(cursors[origin], seq - 1)
+                revoked.rewinds.clear()
                 batches, cursors = await self.node.db.run(
                     lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch))
                 for batch in batches:

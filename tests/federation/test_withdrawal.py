@@ -138,7 +138,8 @@ def test_a_fake_placeholder_does_not_block_the_real_entry(db) -> None:
     fake = federation_pb2.LogItem(origin=X, seq=2, hash=b"\x00" * 32)
     deliver(node, "mallory", [fake], own="nysic")
     result = deliver(node, X, [v2], own="nysic")
-    assert not result.rejected
+    assert dict(result.rejected) == {"placeholder contradicted by the origin's entry": 1}
+    assert node.execute("SELECT peer, seq FROM rejections").fetchall() == [("mallory", 2)]
     with contextlib.closing(node.cursor()) as cur:
         held = cur.execute("SELECT hash, payload IS NOT NULL FROM entries WHERE seq = 2"
                            ).fetchone()
@@ -224,3 +225,62 @@ def test_an_erased_position_is_still_a_fork_witness(db) -> None:
     result = deliver(node, "peer", [equivocation])
     assert result.forks
     assert b"rewritten" not in payloads(node)
+
+
+def members_chain(n: int) -> list[federation_pb2.LogItem]:
+    out, prev = [], b""
+    for seq in range(1, n + 1):
+        body = records_pb2.RecordBody(
+            origin=X, seq=seq, prev=prev, record_id=f"r{seq}", version=1, created_ms=seq,
+            expires_ms=4_000_000_000_000, kind=records_pb2.BOLO, title=f"entry {seq}",
+            policy=records_pb2.AccessPolicy(tlp=2, audience=["members"], discoverability=2,
+                                            relay=True))
+        env = seal_record(KEY, body)
+        prev = entry_hash(env.payload)
+        out.append(federation_pb2.LogItem(origin=X, seq=seq, hash=prev, envelope=env))
+    return out
+
+
+def test_a_contradicted_hint_rewinds_the_chain_and_every_cursor(db) -> None:
+    """Item 2 at a spoke: it holds a false placeholder (relayed by an honest hub)
+    and its cursor moved past it. The origin's next entry contradicts it: the
+    hint goes, every peer's cursor for the origin moves back to the last signed
+    position, and the real entries are then taken (it used to be 'wrong chain
+    link', for good)."""
+    one, two, three = members_chain(3)
+    node = db("node")
+    deliver(node, "hub", [one])
+    deliver(node, "hub", [federation_pb2.LogItem(origin=X, seq=2, hash=b"\x01" * 32)])
+    deliver(node, "other", [one])
+    fed_tx.set_cursor(node, "other", X, 2)
+    result = deliver(node, "hub", [three])
+    assert result.rewound == {X}
+    assert node.execute("SELECT seq FROM entries").fetchall() == [(1,)]
+    assert fed_tx.cursors(node, "hub") == {X: 1} and fed_tx.cursors(node, "other") == {X: 1}
+    result = deliver(node, "hub", [two, three])
+    assert not result.rejected and result.stored == 2
+    assert node.execute("SELECT count(*) FROM entries WHERE payload IS NOT NULL"
+                        ).fetchone()[0] == 3
+
+
+def test_a_peer_whose_hints_keep_failing_cannot_make_a_node_loop(db) -> None:
+    """Each rewind needs a new false hint; after MAX_REWINDS within the window the
+    liar's placeholders for that origin are refused, and the origin's entries
+    still go through."""
+    from federation.ingest import LIAR, MAX_REWINDS
+    one, two, three = members_chain(3)
+    node = db("node")
+    deliver(node, X, [one])
+    rewinds = 0
+    for i in range(MAX_REWINDS + 3):
+        fake = federation_pb2.LogItem(origin=X, seq=2, hash=bytes([i + 1]) * 32)
+        deliver(node, "mallory", [fake])
+        rewinds += len(deliver(node, X, [three]).rewound)
+    assert rewinds == MAX_REWINDS
+    refused = node.execute("SELECT count(*) FROM rejections WHERE peer = 'mallory' AND "
+                           "reason = ?", (LIAR,)).fetchone()[0]
+    assert refused == 3
+    result = deliver(node, X, [two, three])
+    assert not result.rejected
+    assert node.execute("SELECT count(*) FROM entries WHERE payload IS NOT NULL"
+                        ).fetchone()[0] == 3

@@ -114,10 +114,12 @@ def test_an_origin_stub_counts_as_signed_without_a_link():
 
 
 def test_placeholder_contradicting_held_rejected():
-    for held_signed in (True, False):
-        out = classify(Incoming(2, B2, False), 2, Held(A2, held_signed), Held(A1, True))
-        assert out.verdict is Verdict.REJECT
-        assert "contradicts" in out.reason
+    out = classify(Incoming(2, B2, False), 2, Held(A2, True), Held(A1, True))
+    assert out.verdict is Verdict.REJECT
+    assert "contradicts" in out.reason
+    # Hint against hint: the newer one is kept (neither is authority).
+    out = classify(Incoming(2, B2, False), 2, Held(A2, False), Held(A1, True))
+    assert out.verdict is Verdict.REPLACE
     # A signed entry against a different placeholder is not proof of a fork: the
     # placeholder came from a peer, the signature from the origin, so the signed
     # entry replaces it (a malicious peer's fake placeholder must not block the
