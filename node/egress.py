@@ -73,8 +73,12 @@ def replication_batch(
                 # which only the origin's stub can justify: a hub must hold it to
                 # forward it. First versions (most of a catch-up) never need one.
                 item.stub.CopyFrom(stub)
-            sent.append(Dissemination(peer, None, body.origin, record_id, version, e.seq,
-                                      "replication", "FULL"))
+            before = sent_before(e.origin, record_id)
+            if before is None or before < version:
+                # Re-sending a version the peer already got (a restart, a rewind)
+                # is not a new dissemination: no new row.
+                sent.append(Dissemination(peer, None, body.origin, record_id, version, e.seq,
+                                          "replication", "FULL"))
         elif stub is not None and sent_before(e.origin, record_id) is not None:
             # A recall is the origin's signed stub of the withheld version,
             # forwarded unchanged: no hop can assert one (none without a stub).

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from federation.ratelimit import RateLimits
 from federation.tls import PinnedTls, peer_pem
 from node import logs
 from node.egress import replication_batch
@@ -101,6 +103,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self.tls = tls
         self.streams = StreamRegistry()
         self.query_handler = query_handler
+        # Per peer: Replicate requests that start some origin over from seq 0 (a
+        # full resend costs this node a read and a dissemination check per entry).
+        self.restarts = RateLimits(node.config.limits.restarts_per_minute)
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> str:
         pem = peer_pem(context)
@@ -118,6 +123,22 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         limits = self.node.config.limits
         max_batch = min(request.max_batch or limits.max_batch, limits.max_batch)
         cursors = dict(request.cursors)
+        if self.streams.count(peer) >= limits.max_streams_per_peer:
+            log.warning("replication stream refused: too many open",
+                        extra={"peer": peer, "limit": limits.max_streams_per_peer})
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many replication streams open from {peer} "
+                                f"(limit {limits.max_streams_per_peer})")
+        if any(after == 0 for after in cursors.values()):
+            heads = await self.node.db.read(
+                lambda c: {o: log_tx.head(c, o)[0] for o, a in cursors.items() if a == 0})
+            self.restarts.per_minute = limits.restarts_per_minute
+            if any(heads.values()) and not self.restarts.allow(peer, time.monotonic()):
+                log.warning("replication restart from seq 0 refused: rate limit",
+                            extra={"peer": peer, "limit": limits.restarts_per_minute})
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"too many replication restarts from seq 0 by {peer} "
+                                    f"(limit {limits.restarts_per_minute} per minute)")
         log.info("replication stream opened", extra={"peer": peer, "origins": len(cursors)})
         with self.streams.open(peer) as revoked:
             while not revoked.is_set():

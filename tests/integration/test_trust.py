@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 from node.devnet import Node
@@ -104,3 +105,54 @@ def test_a_fake_placeholder_at_a_hub_does_not_cut_off_its_spokes(make_node,
         charged = conn.execute("SELECT peer, seq, reason FROM rejections").fetchall()
     assert ("mallory", 2, "placeholder contradicted by the origin's entry") in charged
     rogue.stop()
+
+
+def test_replication_limits_per_peer(make_node, tmp_path: Path) -> None:
+    """Item 9: a bounded number of concurrent streams per peer, restarts from seq
+    0 rate-limited, and re-sending a version the peer already got writes no new
+    dissemination row."""
+    import grpc
+
+    from node.wire import federation_pb2_grpc
+
+    node = make_node("limitz")
+    node.edit_config("max_streams_per_peer = 4", "max_streams_per_peer = 2")
+    node.edit_config("restarts_per_minute = 6", "restarts_per_minute = 3")
+    node.stop()
+    node.start()
+    node.publish("--kind", "BULLETIN", "--title", "one", "--audience", "members")
+    peer = Rogue(tmp_path, "greedy")
+    node.ok("peers", "add", peer.card.line(), "--no-connect")
+    node.ok("peers", "remove", "greedy")
+    node.ok("peers", "add", peer.card.line())
+    with peer.channel(node.listen, node.card()) as ch:
+        fed = federation_pb2_grpc.FederationStub(ch)
+
+        def subscribe(after: int):
+            stream = fed.Replicate(federation_pb2.ReplicateRequest(cursors={"limitz": after}),
+                                   timeout=10)
+            return stream, next(stream)
+
+        open_ = [subscribe(1) for _ in range(2)]
+        try:
+            subscribe(1)
+            raise AssertionError("a third stream was accepted")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too many replication streams" in exc.details()
+        for stream, _ in open_:
+            stream.cancel()
+        time.sleep(0.5)
+        firsts, refused = [], ""
+        for _ in range(5):  # each one starts over from seq 0: a full resend
+            try:
+                stream, batch = subscribe(0)
+                firsts.append(len(batch.items))
+                stream.cancel()
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                refused = exc.details()
+                break
+        assert firsts == [1, 1, 1] and "restarts from seq 0" in refused
+    sent = [d for d in node.json_lines("disseminations") if d["center"] == "greedy"]
+    assert len(sent) == 1  # sent three times in full, disseminated once
