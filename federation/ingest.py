@@ -102,17 +102,24 @@ def entitled(body: records_pb2.RecordBody, own_center: str) -> bool:
 _ENDED = {records_pb2.RETRACTION: "retracted", records_pb2.PURGE: "purged"}
 
 
-def _recall(conn: sqlite3.Connection, peer: str, origin: str, record_id: str, version: int,
-            kind: int, now_ms: int, result: IngestResult) -> None:
+def _recall(conn: sqlite3.Connection, peer: str, origin: str, seq: int,
+            proof: records_pb2.EntryStub | records_pb2.RecordBody, now_ms: int,
+            result: IngestResult) -> None:
     """The origin signed that ``version`` of a record exists (its stub, or the
     entry itself that this node may not keep): our older content goes, whichever
     peer brought the proof. A retraction or purge ends the record; any other
     version we may not read leaves it 'recalled' at that version, and its real
     entry is still taken if it arrives and this node may hold it."""
+    record_id, version = proof.record_id, proof.version
+    state = _ENDED.get(proof.kind, "recalled")
     prior = log_tx.record_state(conn, origin, record_id)
-    if prior is None or prior[2] == "purged" or prior[1] >= version:
+    if prior is None:
+        if version > 1:  # nothing held, but an older version could be replayed to us
+            log_tx.mark_unheld(conn, origin, record_id, version, seq,
+                               records_pb2.Kind.Name(proof.kind), proof.expires_ms, state)
         return
-    state = _ENDED.get(kind, "recalled")
+    if prior[2] == "purged" or prior[1] >= version:
+        return
     if log_tx.purge_locally(conn, origin, record_id, state, version):
         result.purged = True
         result.changed = True
@@ -260,7 +267,8 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             stopped.add(origin)
             continue
         body = c.body
-        key = (origin, body.record_id) if body is not None else ("", "")
+        key = ((origin, body.record_id) if body is not None else
+               (origin, c.stub.record_id) if c.stub is not None else ("", ""))
         if (outcome.verdict is Verdict.APPEND and body is not None
                 and body.kind in log_tx.CONTENT and key in states and states[key] is None
                 and key not in fresh_ids and entitled(body, own_center)):
@@ -348,8 +356,7 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
                 stub)
         result.stored += 1
         if c.stub is not None:
-            _recall(conn, peer, origin, c.stub.record_id, c.stub.version, c.stub.kind, now_ms,
-                    result)
+            _recall(conn, peer, origin, seq, c.stub, now_ms, result)
         return
     body = c.body
     prior = log_tx.record_state(conn, origin, body.record_id)
@@ -367,8 +374,7 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
         else:
             # The origin signed this newer version: whatever older content we
             # hold of the record goes, even though we may not keep this one.
-            _recall(conn, peer, origin, body.record_id, body.version, body.kind, now_ms,
-                    result)
+            _recall(conn, peer, origin, seq, body, now_ms, result)
         return
     if verdict is Verdict.UPGRADE:
         log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)

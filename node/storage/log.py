@@ -355,6 +355,17 @@ def compact_index(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO records_fts (records_fts) VALUES ('optimize')")
 
 
+def mark_unheld(conn: sqlite3.Connection, origin: str, record_id: str, version: int, seq: int,
+                kind: str, expires_ms: int, state: str) -> None:
+    """A record this node holds no content of, known (from the origin's signature)
+    to be at ``version`` in ``state``: kept so newest-wins refuses an older version
+    replayed later (a purge or recall must not be undone by a stale peer)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO records (origin, record_id, version, seq, kind, created_ms, "
+        "expires_ms, review_due_ms, labels, state) VALUES (?, ?, ?, ?, ?, 0, ?, 0, '  ', ?)",
+        (origin, record_id, version, seq, kind, expires_ms, state))
+
+
 def purge_locally(conn: sqlite3.Connection, origin: str, record_id: str, state: str,
                   version: int = 0) -> bool:
     """Drop a copy without a signed purge (recall, or expiry at a holder).

@@ -284,3 +284,16 @@ def test_a_peer_whose_hints_keep_failing_cannot_make_a_node_loop(db) -> None:
     assert not result.rejected
     assert node.execute("SELECT count(*) FROM entries WHERE payload IS NOT NULL"
                         ).fetchone()[0] == 3
+
+
+def test_a_version_never_held_is_not_revived_by_a_replay_after_its_recall(db) -> None:
+    """The node got version 1's position only as a hint, then the origin's stub of
+    version 2 (narrowed away from it): a stale peer replaying version 1 later must
+    not make the node hold what the origin has since withdrawn."""
+    v1, v2 = log_with_narrowing()
+    node = db("node")
+    deliver(node, "hub", [federation_pb2.LogItem(origin=X, seq=1, hash=v1.hash), withheld(v2)])
+    assert node.execute("SELECT version, state FROM records").fetchone() == (2, "recalled")
+    deliver(node, "stale", [v1])
+    assert b"secret" not in payloads(node)
+    assert node.execute("SELECT version, state FROM records").fetchone() == (2, "recalled")
