@@ -1,5 +1,13 @@
 """Replication ingest: verify every envelope, then store a batch in one transaction.
 
+The trust rule: a record's state at this node changes only through bytes its
+origin signed; the peer that forwarded them can delay, never alter, withdraw or
+speak for the origin. So: a recall is the origin's verified stub (or its signed
+newer version), honoured from any peer; unsigned recall fields are ignored; a
+placeholder is a hint that the origin's entry replaces or rewinds; content is
+kept only where this node's own policy decision for itself is FULL; an erased
+position keeps its signature, so a second signed entry there is a fork.
+
 Verification (Ed25519, CPU-bound, releases the GIL) runs in a thread pool off
 the event loop; chain placement (node.chain.classify) and storage run in the
 database thread. A failure stores nothing for that entry and stops that

@@ -2,6 +2,10 @@
 here. It takes the one policy decision, builds what may be sent, and returns the
 dissemination rows that the caller writes in the same transaction as the read
 (28 CFR 23.20(f): who received which record, when, why).
+
+A hop never speaks for an origin: what leaves is the origin's signed entry, a
+bare placeholder, or a placeholder with the origin's own signed stub (a recall),
+forwarded unchanged.
 """
 
 from __future__ import annotations
