@@ -156,3 +156,37 @@ def test_replication_limits_per_peer(make_node, tmp_path: Path) -> None:
         assert firsts == [1, 1, 1] and "restarts from seq 0" in refused
     sent = [d for d in node.json_lines("disseminations") if d["center"] == "greedy"]
     assert len(sent) == 1  # sent three times in full, disseminated once
+
+
+def test_a_spoke_that_missed_the_correction_rewinds_and_fetches_again(make_node,
+                                                                      tmp_path: Path) -> None:
+    """The spoke was offline when the hub replaced the fake: it comes back with its
+    cursor past the position, and the origin's next entry contradicts the fake it
+    holds. It drops the fake, moves its cursors back, subscribes again and takes
+    the real entries (before: 'wrong chain link', cut off for good)."""
+    origin, hub, spoke = make_node("yorigin"), make_node("yhub"), make_node("yspoke")
+    origin.pin(hub)
+    hub.pin(origin)
+    hub.pin(spoke)
+    spoke.pin(hub)
+    spoke.pin(origin, "--no-connect")
+    origin.publish("--kind", "BULLETIN", "--title", "first", "--audience", "members")
+    spoke.wait_for(lambda: head(spoke, "yorigin") == 1, 20, "seq 1 at the spoke")
+    rogue = Rogue(tmp_path, "mallory")
+    rogue.items = [federation_pb2.LogItem(origin="yorigin", seq=2, hash=os.urandom(32))]
+    rogue.serve(hub.card())
+    hub.ok("peers", "add", rogue.card.line())
+    spoke.wait_for(lambda: head(spoke, "yorigin") == 2, 20, "the fake relayed to the spoke")
+    spoke.stop()
+    second = origin.publish("--kind", "BULLETIN", "--title", "second", "--audience", "members")
+    third = origin.publish("--kind", "BULLETIN", "--title", "third", "--audience", "members")
+    hub.wait_for(lambda: record_row(hub, third["record_id"]) == (1, "active"), 20,
+                 "the real entries at the hub")
+    spoke.start()
+    for rec in (second, third):
+        spoke.wait_for(lambda r=rec: record_row(spoke, r["record_id"]) == (1, "active"), 20,
+                       f"{rec['record_id'][:8]} at the spoke")
+    with contextlib.closing(spoke.db()) as conn:
+        charged = conn.execute("SELECT peer, seq, reason FROM rejections").fetchall()
+    assert ("yhub", 2, "placeholder contradicted by the origin's entry") in charged
+    rogue.stop()
