@@ -42,6 +42,7 @@ def replication_batch(
     entries: Iterable[StoredEntry], peer: str, evaluator: str,
     sent_before: SentBefore = lambda origin, record_id: None,
     current_version: CurrentVersion = lambda origin, record_id: None,
+    recalled_before: SentBefore = lambda origin, record_id: None,
 ) -> tuple[list[federation_pb2.LogItem], list[Dissemination]]:
     """Log items for ``peer``: the signed entry where it is the record's newest
     version here and the decision for that center is FULL, else a placeholder
@@ -87,6 +88,8 @@ def replication_batch(
             # A recall is the origin's signed stub of the withheld version,
             # forwarded unchanged: no hop can assert one (none without a stub).
             item.stub.CopyFrom(stub)
-            sent.append(Dissemination(peer, None, e.origin, record_id, version, e.seq,
-                                      "replication", "RECALL"))
+            recalled = recalled_before(e.origin, record_id)
+            if recalled is None or recalled < version:
+                sent.append(Dissemination(peer, None, e.origin, record_id, version, e.seq,
+                                          "replication", "RECALL"))
     return items, sent

@@ -193,7 +193,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             items, sent = replication_batch(
                 entries, peer, self.node.center,
                 lambda o, r: fed_tx.last_sent(conn, peer, o, r),
-                lambda o, r, s=states: s[r][1] if r in s else None)
+                lambda o, r, s=states: s[r][1] if r in s else None,
+                lambda o, r: fed_tx.last_sent(conn, peer, o, r, "RECALL"))
             fed_tx.log_disseminations(conn, sent, now_ms())
             batch.items.extend(items)
             if entries:

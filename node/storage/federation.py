@@ -18,11 +18,12 @@ def log_disseminations(conn: sqlite3.Connection, rows: Iterable[Dissemination],
 
 
 def last_sent(conn: sqlite3.Connection, center: str, origin: str,
-              record_id: str) -> int | None:
-    """The newest version of a record this node sent a center in full, if any."""
+              record_id: str, decision: str = "FULL") -> int | None:
+    """The newest version of a record this node sent a center in full (or, with
+    ``decision='RECALL'``, recalled from it), if any."""
     row = conn.execute(
         "SELECT max(version) FROM disseminations WHERE center = ? AND origin = ? "
-        "AND record_id = ? AND decision = 'FULL'", (center, origin, record_id)).fetchone()
+        "AND record_id = ? AND decision = ?", (center, origin, record_id, decision)).fetchone()
     return row[0] if row else None
 
 

@@ -145,6 +145,9 @@ def test_a_recall_is_the_origins_stub_and_never_a_hop_assertion():
         narrowed.stub_signature)
     assert not items[0].recall_record_id and not items[0].recall_version  # deprecated
     assert [(r.decision, r.version) for r in rows] == [("RECALL", 2)]
+    again, rows = replication_batch([narrowed], "nysic", "hub", lambda o, r: 1,
+                                    recalled_before=lambda o, r: 2)
+    assert again[0].HasField("stub") and rows == []  # re-sent, not a new dissemination
     # Without the origin's stub (an older database) there is no recall at all.
     bare = StoredEntry(*[getattr(narrowed, f) for f in ("origin", "seq", "hash", "payload",
                                                           "signature", "key_id")])
