@@ -2,6 +2,10 @@
 here. It takes the one policy decision, builds what may be sent, and returns the
 dissemination rows that the caller writes in the same transaction as the read
 (28 CFR 23.20(f): who received which record, when, why).
+
+A hop never speaks for an origin: what leaves is the origin's signed entry, a
+bare placeholder, or a placeholder with the origin's own signed stub (a recall),
+forwarded unchanged.
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ def replication_batch(
     entries: Iterable[StoredEntry], peer: str, evaluator: str,
     sent_before: SentBefore = lambda origin, record_id: None,
     current_version: CurrentVersion = lambda origin, record_id: None,
+    recalled_before: SentBefore = lambda origin, record_id: None,
 ) -> tuple[list[federation_pb2.LogItem], list[Dissemination]]:
     """Log items for ``peer``: the signed entry where it is the record's newest
     version here and the decision for that center is FULL, else a placeholder
     (seq and hash only). Where the newest version is withheld from a peer this
-    node sent the record before, the placeholder carries a recall (record id and
-    version, no content): the peer must drop its copy."""
+    node sent the record before, the placeholder carries the origin's signed stub
+    of that version (content-free): the peer's older copy must go. A hop never
+    speaks for the origin: without the origin's stub there is no recall."""
     items: list[federation_pb2.LogItem] = []
     sent: list[Dissemination] = []
     requester = Requester(peer)
@@ -63,14 +69,27 @@ def replication_batch(
         newest = current_version(e.origin, record_id)
         if newest is not None and version < newest:
             continue  # superseded: only the newest version ever leaves
+        stub = e.signed_stub()
         if body is not None and policy.decide(body_policy(body), body.origin, evaluator,
                                               requester) is Decision.FULL:
             item.envelope.CopyFrom(e.envelope())
-            sent.append(Dissemination(peer, None, body.origin, record_id, version, e.seq,
-                                      "replication", "FULL"))
-        elif sent_before(e.origin, record_id) is not None:
-            item.recall_record_id = record_id
-            item.recall_version = version
-            sent.append(Dissemination(peer, None, e.origin, record_id, version, e.seq,
-                                      "replication", "RECALL"))
+            if stub is not None and version > 1:
+                # A later version may have to be recalled from a center further on,
+                # which only the origin's stub can justify: a hub must hold it to
+                # forward it. First versions (most of a catch-up) never need one.
+                item.stub.CopyFrom(stub)
+            before = sent_before(e.origin, record_id)
+            if before is None or before < version:
+                # Re-sending a version the peer already got (a restart, a rewind)
+                # is not a new dissemination: no new row.
+                sent.append(Dissemination(peer, None, body.origin, record_id, version, e.seq,
+                                          "replication", "FULL"))
+        elif stub is not None and sent_before(e.origin, record_id) is not None:
+            # A recall is the origin's signed stub of the withheld version,
+            # forwarded unchanged: no hop can assert one (none without a stub).
+            item.stub.CopyFrom(stub)
+            recalled = recalled_before(e.origin, record_id)
+            if recalled is None or recalled < version:
+                sent.append(Dissemination(peer, None, e.origin, record_id, version, e.seq,
+                                          "replication", "RECALL"))
     return items, sent

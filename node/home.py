@@ -145,6 +145,8 @@ class Limits:
     query_rate_per_minute: int = 600
     max_query_bytes: int = 16 * 1024
     retention_sweep_s: float = 60.0  # how often expired records are purged
+    max_streams_per_peer: int = 4  # concurrent Replicate streams one peer may hold open
+    restarts_per_minute: int = 6   # Replicate requests per peer that start an origin over
 
 
 @dataclass(frozen=True)

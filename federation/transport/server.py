@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from federation.ratelimit import RateLimits
 from federation.tls import PinnedTls, peer_pem
 from node import logs, metrics
 from node.egress import replication_batch
@@ -47,6 +48,11 @@ class Revocation(asyncio.Event):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "peer was removed"
 
+    def __init__(self) -> None:
+        super().__init__()
+        # origin -> seq: send again from there (a hint held there was corrected).
+        self.rewinds: dict[str, int] = {}
+
     def revoke(self, code: grpc.StatusCode, reason: str) -> None:
         self.code, self.reason = code, reason
         self.set()
@@ -74,6 +80,13 @@ class StreamRegistry:
             r.revoke(code, reason)
         return len(streams)
 
+    def rewind(self, positions: dict[str, int]) -> None:
+        """Every open stream sends these positions (origin -> seq) again."""
+        for streams in self._streams.values():
+            for r in streams:
+                for origin, seq in positions.items():
+                    r.rewinds[origin] = min(seq, r.rewinds.get(origin, seq))
+
     def revoke_all(self, code: grpc.StatusCode, reason: str) -> None:
         for center in list(self._streams):
             self.revoke(center, code, reason)
@@ -90,6 +103,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self.tls = tls
         self.streams = StreamRegistry()
         self.query_handler = query_handler
+        # Per peer: Replicate requests that start some origin over from seq 0 (a
+        # full resend costs this node a read and a dissemination check per entry).
+        self.restarts = RateLimits(node.config.limits.restarts_per_minute)
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> str:
         pem = peer_pem(context)
@@ -107,10 +123,30 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         limits = self.node.config.limits
         max_batch = min(request.max_batch or limits.max_batch, limits.max_batch)
         cursors = dict(request.cursors)
+        if self.streams.count(peer) >= limits.max_streams_per_peer:
+            log.warning("replication stream refused: too many open",
+                        extra={"peer": peer, "limit": limits.max_streams_per_peer})
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many replication streams open from {peer} "
+                                f"(limit {limits.max_streams_per_peer})")
+        if any(after == 0 for after in cursors.values()):
+            heads = await self.node.db.read(
+                lambda c: {o: log_tx.head(c, o)[0] for o, a in cursors.items() if a == 0})
+            self.restarts.per_minute = limits.restarts_per_minute
+            if any(heads.values()) and not self.restarts.allow(peer, time.monotonic()):
+                log.warning("replication restart from seq 0 refused: rate limit",
+                            extra={"peer": peer, "limit": limits.restarts_per_minute})
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"too many replication restarts from seq 0 by {peer} "
+                                    f"(limit {limits.restarts_per_minute} per minute)")
         log.info("replication stream opened", extra={"peer": peer, "origins": len(cursors)})
         with self.streams.open(peer) as revoked:
             while not revoked.is_set():
                 seen = self.node.changes.generation
+                for origin, seq in revoked.rewinds.items():
+                    if origin in cursors:
+                        cursors[origin] = min(cursors[origin], seq - 1)
+                revoked.rewinds.clear()
                 batches, cursors = await self.node.db.run(
                     lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch))
                 for batch in batches:
@@ -157,7 +193,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             items, sent = replication_batch(
                 entries, peer, self.node.center,
                 lambda o, r: fed_tx.last_sent(conn, peer, o, r),
-                lambda o, r, s=states: s[r][1] if r in s else None)
+                lambda o, r, s=states: s[r][1] if r in s else None,
+                lambda o, r: fed_tx.last_sent(conn, peer, o, r, "RECALL"))
             fed_tx.log_disseminations(conn, sent, now_ms())
             batch.items.extend(items)
             if entries:

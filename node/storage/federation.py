@@ -21,11 +21,12 @@ def log_disseminations(conn: sqlite3.Connection, rows: Iterable[Dissemination],
 
 
 def last_sent(conn: sqlite3.Connection, center: str, origin: str,
-              record_id: str) -> int | None:
-    """The newest version of a record this node sent a center in full, if any."""
+              record_id: str, decision: str = "FULL") -> int | None:
+    """The newest version of a record this node sent a center in full (or, with
+    ``decision='RECALL'``, recalled from it), if any."""
     row = conn.execute(
         "SELECT max(version) FROM disseminations WHERE center = ? AND origin = ? "
-        "AND record_id = ? AND decision = 'FULL'", (center, origin, record_id)).fetchone()
+        "AND record_id = ? AND decision = ?", (center, origin, record_id, decision)).fetchone()
     return row[0] if row else None
 
 
@@ -58,6 +59,20 @@ def set_cursor(conn: sqlite3.Connection, peer: str, origin: str, seq: int) -> No
     conn.execute(
         "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (peer, origin) "
         "DO UPDATE SET seq = max(seq, excluded.seq)", (peer, origin, seq))
+
+
+def rewind_cursors(conn: sqlite3.Connection, origin: str, to: int) -> int:
+    """Every peer's cursor for ``origin`` goes back to ``to`` at most: the
+    positions beyond are fetched again (from whichever peer has them right)."""
+    return conn.execute("UPDATE cursors SET seq = ? WHERE origin = ? AND seq > ?",
+                        (to, origin, to)).rowcount
+
+
+def rejections_since(conn: sqlite3.Connection, peer: str, origin: str, reason: str,
+                     since_ms: int) -> int:
+    return conn.execute("SELECT count(*) FROM rejections WHERE peer = ? AND origin = ? AND "
+                        "reason = ? AND ts_ms >= ?", (peer, origin, reason, since_ms)
+                        ).fetchone()[0]
 
 
 def reject(conn: sqlite3.Connection, ts_ms: int, peer: str, origin: str, seq: int,

@@ -141,7 +141,7 @@ MIGRATIONS: list[str] = [
         expires_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
-    # Issue 8 item 12: a removed user's name is never issued again. RED named
+    # 2: (issue 8 item 12) a removed user's name is never issued again. RED named
     # readers (user:CENTER/NAME) and record authorship go by name: a new user
     # under an old name would inherit both. Names removed before this migration
     # are recovered from the audit log (unless the name is in use again now).
@@ -155,5 +155,12 @@ MIGRATIONS: list[str] = [
         WHERE action = 'user.remove' AND json_extract(detail, '$.user') IS NOT NULL
           AND json_extract(detail, '$.user') NOT IN (SELECT name FROM users)
         GROUP BY json_extract(detail, '$.user');
+    """,
+    # 3: origin-signed entry stubs (content-free; proof of a recall, carried by pointers).
+    # NULL for entries of older databases and for placeholders received without one.
+    """
+    ALTER TABLE entries ADD COLUMN stub BLOB;
+    ALTER TABLE entries ADD COLUMN stub_signature BLOB;
+    ALTER TABLE entries ADD COLUMN stub_key_id TEXT;
     """,
 ]

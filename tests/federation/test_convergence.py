@@ -66,7 +66,7 @@ def placeholder(item: federation_pb2.LogItem) -> federation_pb2.LogItem:
 def deliver(conn: sqlite3.Connection, peer: str, items: list[federation_pb2.LogItem]) -> None:
     checked = check_items(items, lambda o: KEYS if o == ORIGIN else {})
     conn.execute("BEGIN IMMEDIATE")
-    store_batch(conn, peer, checked, 1)
+    store_batch(conn, peer, checked, 1, "node")
     conn.execute("COMMIT")
 
 
@@ -126,3 +126,166 @@ def test_every_delivery_order_converges(ops, replica_plans) -> None:
                 assert got[1] == want[1], "content held differs"
                 assert got[2:] == want[2:], "text or entity index differs"
         reference.close()
+
+
+# ---------------------------------------------------------------------------
+# Issue 8, items 3 and 4: whatever a peer without the origin's key sends (fake,
+# replayed or recall-carrying placeholders, forged envelopes and stubs, replays
+# of real entries), what a node holds is a function of the origin-signed
+# entries alone: it ends exactly where the origin's stream alone takes it, and
+# keeps content only of versions its own policy lets it hold.
+
+from federation.ingest import entitled  # noqa: E402
+from node.signing import seal_stub, stub_of  # noqa: E402
+
+MALLORY = Ed25519PrivateKey.generate()
+ME = "node"
+
+
+def build_scoped_log(ops: list[tuple[str, int, bool]]) -> list[tuple[federation_pb2.LogItem,
+                                                                       records_pb2.RecordBody]]:
+    """Like build_log, with each version's audience either every member or a
+    center other than this node (a narrowed version this node may not hold)."""
+    out, prev, seq = [], b"", 0
+    state: dict[int, tuple[int, str]] = {}
+    for op, r, mine in ops:
+        version, st_ = state.get(r, (0, "none"))
+        if (op == "publish") != (st_ == "none") or (op in ("update", "retract")
+                                                    and st_ != "active"):
+            continue
+        if op == "purge" and st_ == "purged":
+            continue
+        seq += 1
+        kind = {"publish": records_pb2.BOLO, "update": records_pb2.BOLO,
+                "retract": records_pb2.RETRACTION, "purge": records_pb2.PURGE}[op]
+        body = records_pb2.RecordBody(
+            origin=ORIGIN, seq=seq, prev=prev, record_id=f"rec{r}", version=version + 1,
+            created_ms=seq, expires_ms=4_000_000_000_000, kind=kind,
+            title=f"title {r} v{version + 1}" if kind == records_pb2.BOLO else "",
+            contact="desk",
+            policy=records_pb2.AccessPolicy(tlp=2, audience=["members"] if mine else ["other"],
+                                            discoverability=2, relay=True))
+        env = seal_record(KEY, body)
+        prev = entry_hash(env.payload)
+        out.append((federation_pb2.LogItem(origin=ORIGIN, seq=seq, hash=prev, envelope=env),
+                    body))
+        state[r] = (version + 1, {"publish": "active", "update": "active",
+                                  "retract": "retracted", "purge": "purged"}[op])
+    return out
+
+
+def origin_stream(log: list[tuple[federation_pb2.LogItem, records_pb2.RecordBody]]
+                  ) -> list[federation_pb2.LogItem]:
+    """What the origin sends this node: the entry where it may hold it, else a
+    placeholder with the origin's signed stub."""
+    out = []
+    for item, body in log:
+        stub = seal_stub(KEY, stub_of(body, item.hash))
+        if entitled(body, ME):
+            sent = federation_pb2.LogItem()
+            sent.CopyFrom(item)
+            if body.version > 1:
+                sent.stub.CopyFrom(stub)
+        else:
+            sent = federation_pb2.LogItem(origin=ORIGIN, seq=item.seq, hash=item.hash, stub=stub)
+        out.append(sent)
+    return out
+
+
+def hostile(draw: st.DrawFn, log: list[tuple[federation_pb2.LogItem,
+                                             records_pb2.RecordBody]]
+            ) -> federation_pb2.LogItem:
+    n = len(log)
+    seq = draw(st.integers(1, n + 1))
+    what = draw(st.sampled_from(["fake", "recall", "replay", "bare", "stub", "forged",
+                                 "forged-stub"]))
+    real = log[seq - 1] if seq <= n else None
+    fake_hash = bytes([draw(st.integers(0, 3))]) * 32
+    if what == "fake" or real is None:
+        return federation_pb2.LogItem(origin=ORIGIN, seq=seq, hash=fake_hash)
+    item, body = real
+    if what == "recall":
+        return federation_pb2.LogItem(
+            origin=ORIGIN, seq=seq, hash=draw(st.sampled_from([fake_hash, item.hash])),
+            recall_record_id=f"rec{draw(st.integers(0, 2))}",
+            recall_version=draw(st.sampled_from([2, 9, 4294967295])))
+    if what == "replay":
+        return item
+    if what == "bare":
+        return federation_pb2.LogItem(origin=ORIGIN, seq=seq, hash=item.hash)
+    if what == "stub":
+        return federation_pb2.LogItem(origin=ORIGIN, seq=seq, hash=item.hash,
+                                      stub=seal_stub(KEY, stub_of(body, item.hash)))
+    lie = records_pb2.RecordBody()
+    lie.CopyFrom(body)
+    lie.version = 4294967295
+    lie.kind = records_pb2.PURGE
+    if what == "forged":
+        env = seal_record(MALLORY, lie)
+        env.key_id = key_id(KEY.public_key())
+        return federation_pb2.LogItem(origin=ORIGIN, seq=seq, hash=entry_hash(env.payload),
+                                      envelope=env)
+    forged = seal_stub(MALLORY, stub_of(lie, item.hash))
+    forged.key_id = key_id(KEY.public_key())
+    return federation_pb2.LogItem(origin=ORIGIN, seq=seq, hash=item.hash, stub=forged)
+
+
+def deliver_as(conn: sqlite3.Connection, peer: str, items: list[federation_pb2.LogItem]):
+    checked = check_items(items, lambda o: KEYS if o == ORIGIN else {})
+    conn.execute("BEGIN IMMEDIATE")
+    result = store_batch(conn, peer, checked, 1, ME)
+    conn.execute("COMMIT")
+    return result
+
+
+def held_state(conn: sqlite3.Connection, n: int) -> tuple:
+    records = sorted(conn.execute("SELECT record_id, version, state FROM records"))
+    content = sorted(conn.execute("SELECT seq, payload FROM entries WHERE payload IS NOT NULL"))
+    hashes = conn.execute("SELECT seq, hash FROM entries WHERE seq <= ? ORDER BY seq",
+                          (n,)).fetchall()
+    indexed = conn.execute("SELECT count(*) FROM records_fts").fetchone()[0]
+    keys = conn.execute("SELECT count(*) FROM entity_keys").fetchone()[0]
+    quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    return records, content, hashes, indexed, keys, quarantined
+
+
+SCOPED_OPS = st.lists(st.tuples(st.sampled_from(["publish", "update", "retract", "purge"]),
+                                st.integers(0, 2), st.booleans()), min_size=1, max_size=10)
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(SCOPED_OPS, st.data())
+def test_what_a_node_holds_is_a_function_of_origin_signed_entries(ops, data) -> None:
+    log = build_scoped_log(ops)
+    if not log:
+        return
+    stream = origin_stream(log)
+    with tempfile.TemporaryDirectory() as tmp:
+        with contextlib.closing(open_sync(Path(tmp) / "ref.db", create=True)) as ref:
+            deliver_as(ref, ORIGIN, stream)
+            want = held_state(ref, len(log))
+        # Content held only where this node's own policy says FULL.
+        for seq, payload in want[1]:
+            body = records_pb2.RecordBody.FromString(payload)
+            assert entitled(body, ME), f"content of seq {seq} held without entitlement"
+        with contextlib.closing(open_sync(Path(tmp) / "n.db", create=True)) as conn:
+            pos = 0
+            for _ in range(data.draw(st.integers(0, 8))):
+                if data.draw(st.booleans()) and pos < len(stream):
+                    k = data.draw(st.integers(1, 3))
+                    deliver_as(conn, ORIGIN, stream[pos:pos + k])
+                    pos += k
+                else:
+                    batch = [hostile(data.draw, log) for _ in range(data.draw(st.integers(1, 3)))]
+                    deliver_as(conn, "mallory", batch)
+            # The origin's stream reaches the node (links fetch again after a rewind).
+            for _ in range(6):
+                if not deliver_as(conn, ORIGIN, stream).rewound:
+                    break
+            got = held_state(conn, len(log))
+        assert got[5] == 0, "a peer without the origin's key got the origin quarantined"
+        assert got[0] == want[0], "records (version, state) differ"
+        assert got[1] == want[1], "content held differs"
+        assert got[2] == want[2], "log positions differ"
+        assert got[3:5] == want[3:5], "text or entity index differs"

@@ -260,3 +260,25 @@ def test_a_removed_users_name_is_never_reissued(make_node) -> None:
     node.start()  # the removed name survives a restart (it is in the database)
     assert node.cli("users", "add", "ana").returncode == 2
     assert node.json("audit", "verify")["ok"]
+def test_every_own_entry_is_published_with_an_origin_signed_stub(make_node) -> None:
+    """The stub (content-free, signed at publish) is what proves a recall and what a
+    POINTER carries: the origin signs one for each entry, lifecycle entries included."""
+    from node import keys
+    from node.home import Home
+    from node.signing import key_id, open_stub
+
+    node = make_node("stubc")
+    rec = node.publish("--kind", "BULLETIN", "--title", "Secret title", "--audience",
+                       "members")
+    node.ok("retract", rec["record_id"], "--reason", "wrong")
+    public = keys.load_signing_key(Home(node.home).signing_key).public_key()
+    rows = node.db().execute("SELECT seq, hash, record_id, version, stub, stub_signature, "
+                             "stub_key_id FROM entries ORDER BY seq").fetchall()
+    assert len(rows) == 2
+    from node.wire import records_pb2
+    for seq, digest, rid, version, stub, sig, kid in rows:
+        opened = open_stub(records_pb2.SignedStub(stub=stub, signature=sig, key_id=kid),
+                           {key_id(public): public})
+        assert (opened.origin, opened.seq, opened.hash, opened.record_id, opened.version) == (
+            "stubc", seq, digest, rid, version)
+        assert b"Secret" not in stub

@@ -123,3 +123,41 @@ def test_prop_nothing_leaves_unless_full(kws, origin, peer, evaluator):
         assert it.HasField("envelope") is full
         assert (e.seq in row_seqs) is full
     assert all(r.center == peer and r.user is None and r.origin == origin for r in rows)
+
+
+def _with_stub(seq: int, version: int, audience) -> StoredEntry:
+    from node.signing import seal_stub, stub_of
+    body = records_pb2.RecordBody(
+        origin="ncric", seq=seq, record_id="rec", version=version, kind=records_pb2.SAR,
+        title="secret", policy=records_pb2.AccessPolicy(tlp=3, audience=list(audience),
+                                                         discoverability=2, relay=True))
+    env = seal_record(KEY, body)
+    stub = seal_stub(KEY, stub_of(body, entry_hash(env.payload)))
+    return StoredEntry("ncric", seq, entry_hash(env.payload), env.payload, env.signature,
+                       env.key_id, "rec", version, stub.stub, stub.signature, stub.key_id)
+
+
+def test_a_recall_is_the_origins_stub_and_never_a_hop_assertion():
+    narrowed = _with_stub(2, 2, ["ffc"])  # nysic was sent version 1 before
+    items, rows = replication_batch([narrowed], "nysic", "hub", lambda o, r: 1)
+    assert not items[0].HasField("envelope")
+    assert items[0].stub.stub == narrowed.stub and items[0].stub.signature == (
+        narrowed.stub_signature)
+    assert not items[0].recall_record_id and not items[0].recall_version  # deprecated
+    assert [(r.decision, r.version) for r in rows] == [("RECALL", 2)]
+    again, rows = replication_batch([narrowed], "nysic", "hub", lambda o, r: 1,
+                                    recalled_before=lambda o, r: 2)
+    assert again[0].HasField("stub") and rows == []  # re-sent, not a new dissemination
+    # Without the origin's stub (an older database) there is no recall at all.
+    bare = StoredEntry(*[getattr(narrowed, f) for f in ("origin", "seq", "hash", "payload",
+                                                          "signature", "key_id")])
+    items, rows = replication_batch([bare], "nysic", "hub", lambda o, r: 1)
+    assert not items[0].HasField("stub") and rows == []
+
+
+def test_a_version_the_peer_already_got_is_resent_without_a_new_row():
+    v2 = _with_stub(2, 2, ["nysic"])
+    items, rows = replication_batch([v2], "nysic", "hub", lambda o, r: 2)
+    assert items[0].HasField("envelope") and items[0].HasField("stub") and rows == []
+    items, rows = replication_batch([v2], "nysic", "hub", lambda o, r: 1)
+    assert [(r.decision, r.version) for r in rows] == [("FULL", 2)]
