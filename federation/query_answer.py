@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,7 +23,7 @@ from google.protobuf.message import DecodeError
 from federation.ratelimit import RateLimits
 from node import logs
 from node.egress import Dissemination
-from node.query import SearchParams
+from node.query import SearchParams, discovered
 from node.record import kind_name
 from node.service import NodeService
 from node.signing import BadSignature, open_query
@@ -38,6 +39,12 @@ log = logs.get("fcnode.federation.query")
 CHUNK = 64
 MAX_SKEW_MS = 30_000
 MAX_WINDOW_MS = 5 * 60_000
+# What one deconfliction notice keeps of the query that caused it: every write a
+# peer's request causes is bounded (a notice is at most a few KiB).
+NOTICE_RECORDS = 50
+NOTICE_ENTITIES = 16
+NOTICE_TEXT = 256
+NOTICE_NAME = 128
 
 
 class Refused(Exception):
@@ -52,6 +59,19 @@ class Answer:
     records: list[records_pb2.Envelope] = field(default_factory=list)
     pointers: list[federation_pb2.Pointer] = field(default_factory=list)
     truncated: bool = False
+
+
+def deconfliction_notice(peer: str, body: federation_pb2.QueryBody,
+                         record_ids: list[str]) -> dict[str, Any]:
+    """The one notice a query leaves at the origin for its restricted matches:
+    who asked and on what, bounded whatever the query held (NOTICE_* caps)."""
+    return {"searched_by": f"{peer}/{body.user[:NOTICE_NAME]}",
+            "query_id": body.query_id[:NOTICE_NAME],
+            "records": record_ids[:NOTICE_RECORDS], "matched": len(record_ids),
+            "entities": [k[:NOTICE_NAME] for k in body.entity_keys[:NOTICE_ENTITIES]],
+            "text": body.text[:NOTICE_TEXT],
+            "why": "restricted records matched another center's query; they were told "
+                   "nothing"}
 
 
 def params_of(body: federation_pb2.QueryBody, max_results: int) -> SearchParams:
@@ -110,27 +130,36 @@ class QueryAnswerer:
 
     def answer(self, conn: sqlite3.Connection, peer: str,
                body: federation_pb2.QueryBody) -> Answer:
-        """One transaction: replay check, search under policy, egress log, audit."""
+        """One transaction: replay check, search under policy and the discovery
+        rule, egress log, at most one deconfliction notice, audit."""
         node = self.node
         now = now_ms()
+        limits = node.config.limits
         if not fed_tx.remember_query(conn, body.query_id, peer, body.deadline_ms, now):
             raise Refused(grpc.StatusCode.ALREADY_EXISTS, "replayed query (id already seen)")
         requester = Requester(peer, body.user, frozenset(body.user_attributes))
-        limit = min(body.limit or node.config.limits.max_results, node.config.limits.max_results)
+        limit = min(body.limit or limits.max_results, limits.max_results)
+        params = params_of(body, limit)
         answer = Answer()
         released: list[Dissemination] = []
-        restricted: list[records_pb2.RecordBody] = []
-
-        def accept(entry: log_tx.StoredEntry) -> bool:
+        restricted: list[str] = []  # this center's restricted records that matched
+        unseen = 0  # restricted matches, this center's or copies of others'
+        for entry, content_match in log_tx.matches(conn, params, now):
             b = entry.body()
-            decision = node.decide(b, requester)
-            if decision is Decision.NOTIFY_ONLY and b.origin == node.center:
-                restricted.append(b)
-            if decision < Decision.POINTER:
-                return False
-            if len(answer.records) + len(answer.pointers) >= limit:
+            decision = discovered(node.decide(b, requester), params, content_match)
+            if decision is Decision.DENY:
+                continue
+            # The work limit counts restricted matches too, so a query on a common
+            # entity cannot make this node walk (and note) without end. Stopping
+            # early sets `truncated`: it says "there was more", never what.
+            if len(released) >= limit or len(released) + unseen >= limits.max_results:
                 answer.truncated = True
-                return True
+                break
+            if decision is Decision.NOTIFY_ONLY:
+                unseen += 1
+                if b.origin == node.center:  # a hub's copy: its origin notes its own
+                    restricted.append(b.record_id)
+                continue
             if decision is Decision.FULL:
                 answer.records.append(entry.envelope())  # type: ignore[arg-type]
             else:
@@ -139,16 +168,10 @@ class QueryAnswerer:
                     contact=b.contact))
             released.append(Dissemination(peer, body.user, b.origin, b.record_id, b.version,
                                           b.seq, "query", decision.name))
-            return True
-
-        log_tx.search(conn, params_of(body, limit), now, accept)
         fed_tx.log_disseminations(conn, released, now)
-        for b in restricted:
-            notices_tx.add(conn, now, "deconfliction", b.origin, b.record_id, {
-                "searched_by": f"{peer}/{body.user}", "query_id": body.query_id,
-                "entities": list(body.entity_keys), "text": body.text,
-                "why": "a restricted record matched another center's query; they were "
-                       "told nothing"})
+        if restricted:
+            notices_tx.deconfliction(conn, now, node.center, deconfliction_notice(
+                peer, body, restricted), limits.max_notices)
         audit_tx.append(conn, node.sign_audit, now, f"{peer}/{body.user}", "query.answer", {
             "center": peer, "user": body.user, "query_id": body.query_id,
             "attributes": sorted(body.user_attributes), "text": body.text,

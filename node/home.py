@@ -104,6 +104,8 @@ class Limits:
     query_rate_per_minute: int = 600
     max_query_bytes: int = 16 * 1024
     retention_sweep_s: float = 60.0  # how often expired records are purged
+    max_notices: int = 10_000  # notices kept per kind; the oldest are dropped
+    max_answer_bytes: int = 32 * 1024 * 1024  # taken from one peer's answer to a query
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from node import policy, record
 from node.audit import AuditEntry, head_message, verify_chain
 from node.home import Home, NodeConfig
 from node.peers import Peer, all_groups
-from node.query import SearchParams
+from node.query import SearchParams, discovered
 from node.record import Draft, body_policy, body_to_dict, kind_name
 from node.signing import (
     AUDIT_DOMAIN,
@@ -280,12 +280,13 @@ class NodeService:
     def visible(self, conn: sqlite3.Connection, params: SearchParams, requester: Requester,
                 now: int) -> list[Visible]:
         """What ``requester`` may see of the records matching ``params`` (FULL or
-        POINTER), judged record by record by the policy function."""
+        POINTER), judged record by record by the policy function and the
+        discovery rule (node.query: a POINTER only from an entity-key match)."""
         found: list[Visible] = []
 
-        def accept(entry: log_tx.StoredEntry) -> bool:
+        def accept(entry: log_tx.StoredEntry, content_match: bool) -> bool:
             body = entry.body()
-            decision = self.decide(body, requester)
+            decision = discovered(self.decide(body, requester), params, content_match)
             if decision >= Decision.POINTER:
                 found.append(Visible(decision, body, entry))
                 return True
