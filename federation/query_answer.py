@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from federation.ratelimit import RateLimits
 from node import logs
 from node.egress import Dissemination
-from node.query import SearchParams, discovered
+from node.query import MAX_ENTITY_KEYS, MAX_TEXT, SearchParams, discovered
 from node.record import kind_name
 from node.service import NodeService
 from node.signing import BadSignature, open_query
@@ -124,6 +124,14 @@ class QueryAnswerer:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"limit {body.limit} exceeds this node's max_results "
                           f"({limits.max_results})")
+        # What this node's own requester never sends: refused, not cut, so the
+        # audit holds the query as it was asked.
+        if len(body.text) > MAX_TEXT:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"query text is longer than {MAX_TEXT} characters")
+        if len(body.entity_keys) > MAX_ENTITY_KEYS:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"query has more than {MAX_ENTITY_KEYS} entity keys")
         if not (body.text or body.entity_keys or body.kinds or body.labels or body.since_ms):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "query has no search terms")
         return body

@@ -25,6 +25,7 @@ from node.types import Decision, ValidationError, check_center_id
 MAX_LIMIT = 1000
 MAX_TEXT = 512
 MAX_TERMS = 32
+MAX_ENTITY_KEYS = 64
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def make_params(
 ) -> SearchParams:
     if len(text) > MAX_TEXT:
         raise ValidationError(f"search text is longer than {MAX_TEXT} characters")
+    if len(entity_pairs or []) > MAX_ENTITY_KEYS:
+        raise ValidationError(f"more than {MAX_ENTITY_KEYS} entities in one search")
     keys: list[str] = []
     for pair in entity_pairs or []:
         etype, value = entities.parse_pair(pair)

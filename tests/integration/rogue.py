@@ -5,7 +5,9 @@ replayed) to a real node over real mutual TLS."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import grpc
 from node import keys
 from node.devnet import free_port
 from node.identity import IdentityCard, parse_card
-from node.signing import entry_hash, raw_public, seal_record
+from node.signing import entry_hash, raw_public, seal_query, seal_record
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 
 
@@ -104,6 +106,31 @@ class Rogue(federation_pb2_grpc.FederationServicer):
             asyncio.run_coroutine_threadsafe(self._server.stop(None), self._loop).result(10)
         if self._thread:
             self._thread.join(10)
+
+    def signed_query(self, **fields: object) -> federation_pb2.SignedQuery:
+        """A query signed with this rogue's key: fresh, a random id, ``fields`` set."""
+        now = int(time.time() * 1000)
+        body = federation_pb2.QueryBody(center=self.center, user="u",
+                                        query_id=secrets.token_hex(16), issued_ms=now,
+                                        deadline_ms=now + 10_000)
+        for k, v in fields.items():
+            if isinstance(v, (list, tuple)):
+                getattr(body, k).extend(v)
+            else:
+                setattr(body, k, v)
+        raw = body.SerializeToString()
+        sig, kid = seal_query(self.signing, raw)
+        return federation_pb2.SignedQuery(body=raw, signature=sig, key_id=kid)
+
+    def ask(self, node_listen: str, node_card: str, query: federation_pb2.SignedQuery
+            ) -> tuple[grpc.StatusCode, list[federation_pb2.QueryAnswer]]:
+        """Send a query to a real node over mutual TLS: its status and answers."""
+        with self.channel(node_listen, node_card) as ch:
+            try:
+                answers = list(federation_pb2_grpc.FederationStub(ch).Query(query, timeout=10))
+                return grpc.StatusCode.OK, answers
+            except grpc.RpcError as exc:
+                return exc.code(), []
 
     def channel(self, target: str, server_card: str) -> grpc.Channel:
         """A client channel presenting this rogue's certificate."""
