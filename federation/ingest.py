@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from node import policy
 from node.chain import Held, Incoming, Verdict, classify
-from node.signing import BadSignature, entry_hash, open_record
+from node.record import body_policy
+from node.signing import BadSignature, entry_hash, open_record, open_stub, stub_mismatch
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
+from node.types import Decision, Requester
 from node.wire import federation_pb2, records_pb2
 
 KeysOf = Callable[[str], Mapping[str, Ed25519PublicKey]]
@@ -30,6 +33,13 @@ class Checked:
     item: federation_pb2.LogItem
     body: records_pb2.RecordBody | None  # None: a placeholder
     error: str = ""
+    # The origin's stub of this position, verified against the origin's key and
+    # checked to name this (origin, seq, hash) and agree with the body; else None.
+    stub: records_pb2.EntryStub | None = None
+
+    @property
+    def signed_stub(self) -> records_pb2.SignedStub | None:
+        return self.item.stub if self.stub is not None else None
 
 
 @dataclass
@@ -40,42 +50,61 @@ class IngestResult:
     forks: list[str] = field(default_factory=list)
     changed: bool = False
     purged: bool = False  # content was deleted: the WAL must be checkpointed
+    # Origins whose false hints were dropped and cursors moved back: every link
+    # must subscribe again from its cursors to fetch those positions anew.
+    rewound: set[str] = field(default_factory=set)
 
 
-def _refusal(verdict: Verdict, prior: tuple[int, int, str] | None,
+def _refusal(verdict: Verdict, prior: log_tx.RecordState | None,
              body: records_pb2.RecordBody) -> str:
-    """Why a validly signed entry must not be stored, or ''."""
+    """Why the content of a validly signed entry must not be kept, or ''."""
     if prior is None:
         return ""
     if prior[2] == "purged":
+        if body.kind == records_pb2.PURGE and body.version == prior[1]:
+            return ""  # the signed tombstone itself, after its stub: kept as evidence
         return "record was purged"  # a tombstone is final, whoever replays what
-    if body.version < prior[1] or (prior[2] in ("recalled", "expired") and (
-            body.version <= prior[1])):
-        # Newest version wins: a superseded or recalled version never comes back,
-        # however a peer that is behind (or malicious) replays it.
+    if body.version < prior[1] or (prior[2] == "expired" and body.version <= prior[1]):
+        # Newest version wins: a superseded version never comes back, however a
+        # peer that is behind (or malicious) replays it. A record recalled at V by
+        # the origin's stub still takes the real V (the stub does not pin it).
         return "superseded version"
-    if verdict is Verdict.APPEND and prior[1] >= body.version:
+    if verdict is Verdict.APPEND and prior[1] >= body.version and not (
+            prior[2] == "recalled" and prior[1] == body.version):
         # A new log position carrying a version we already have.
         return "replayed older version"
     return ""
 
 
-def _recall(conn: sqlite3.Connection, peer: str, item: federation_pb2.LogItem, now_ms: int,
-            result: IngestResult) -> None:
-    """A content-free notice that our copy must go (a narrowed audience, or a
-    retraction or purge we may not read). Honoured only from the origin or from
-    the peer that gave us the record, so no third node can delete our copies."""
-    source = log_tx.record_source(conn, item.origin, item.recall_record_id)
-    if peer != item.origin and peer != source:
-        fed_tx.reject(conn, now_ms, peer, item.origin, item.seq, "recall from a non-source")
-        result.rejected["recall from a non-source"] += 1
+def entitled(body: records_pb2.RecordBody, own_center: str) -> bool:
+    """Whether this node may keep the content: its own policy decision for itself
+    (never the forwarding hop's) is FULL."""
+    return bool(own_center) and policy.decide(
+        body_policy(body), body.origin, own_center, Requester(own_center)) is Decision.FULL
+
+
+_ENDED = {records_pb2.RETRACTION: "retracted", records_pb2.PURGE: "purged"}
+
+
+def _recall(conn: sqlite3.Connection, peer: str, origin: str, record_id: str, version: int,
+            kind: int, now_ms: int, result: IngestResult) -> None:
+    """The origin signed that ``version`` of a record exists (its stub, or the
+    entry itself that this node may not keep): our older content goes, whichever
+    peer brought the proof. A retraction or purge ends the record; any other
+    version we may not read leaves it 'recalled' at that version, and its real
+    entry is still taken if it arrives and this node may hold it."""
+    prior = log_tx.record_state(conn, origin, record_id)
+    if prior is None or prior[2] == "purged" or prior[1] >= version:
         return
-    if log_tx.purge_locally(conn, item.origin, item.recall_record_id, "recalled",
-                            item.recall_version):
+    state = _ENDED.get(kind, "recalled")
+    if log_tx.purge_locally(conn, origin, record_id, state, version):
         result.purged = True
-        notices_tx.add(conn, now_ms, "recall", item.origin, item.recall_record_id,
-                       {"version": item.recall_version, "via": peer,
-                        "why": "the origin no longer shares this record with this center"})
+        result.changed = True
+        why = {"recalled": "the origin no longer shares this record with this center",
+               "retracted": "the origin retracted this record",
+               "purged": "the origin purged this record"}[state]
+        notices_tx.add(conn, now_ms, "recall", origin, record_id,
+                       {"version": version, "via": peer, "why": why})
 
 
 def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> list[Checked]:
@@ -86,26 +115,44 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
         if not keys:
             out.append(Checked(item, None, "unknown origin (no pinned key)"))
             continue
-        if not item.HasField("envelope"):
-            out.append(Checked(item, None))
-            continue
-        try:
-            body = open_record(item.envelope, keys)
-        except BadSignature as exc:
-            out.append(Checked(item, None, f"bad signature: {exc}"))
-            continue
-        if body.origin != item.origin or body.seq != item.seq:
-            out.append(Checked(item, None, "signed origin/seq differ from the log position"))
-        elif entry_hash(item.envelope.payload) != item.hash:
-            out.append(Checked(item, None, "entry hash does not match the payload"))
-        else:
-            out.append(Checked(item, body))
+        body = None
+        if item.HasField("envelope"):
+            try:
+                body = open_record(item.envelope, keys)
+            except BadSignature as exc:
+                out.append(Checked(item, None, f"bad signature: {exc}"))
+                continue
+            if body.origin != item.origin or body.seq != item.seq:
+                out.append(Checked(item, None, "signed origin/seq differ from the log position"))
+                continue
+            if entry_hash(item.envelope.payload) != item.hash:
+                out.append(Checked(item, None, "entry hash does not match the payload"))
+                continue
+        stub = None
+        if item.HasField("stub"):
+            try:
+                stub = open_stub(item.stub, keys)
+            except BadSignature as exc:
+                out.append(Checked(item, None, f"bad stub: {exc}"))
+                continue
+            wrong = stub_mismatch(stub, item.origin, item.seq, item.hash, body)
+            if wrong:
+                out.append(Checked(item, None, f"bad stub: {wrong}"))
+                continue
+        out.append(Checked(item, body, stub=stub))
     return out
 
 
+MAX_REWINDS = 4             # per (peer that gave the hint, origin) ...
+REWIND_WINDOW_MS = 3_600_000  # ... per hour: a hostile hop cannot make a node loop
+CONTRADICTED = "placeholder contradicted by the origin's entry"
+
+
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
-                now_ms: int, own_center: str = "") -> IngestResult:
-    """Place and store verified items, in order, in the caller's transaction."""
+                now_ms: int, own_center: str) -> IngestResult:
+    """Place and store verified items, in order, in the caller's transaction.
+    ``own_center``: this node; content is kept only where its own policy
+    decision for itself is FULL, whichever peer forwarded the entry."""
     result = IngestResult()
     quarantined = fed_tx.quarantined(conn)
     stopped: set[str] = set()
@@ -117,13 +164,15 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
     # stored in bulk; anything else flushes them first, so order is kept.
     states = _prefetch_states(conn, checked)
     fresh: list[tuple[records_pb2.Envelope, records_pb2.RecordBody]] = []
+    fresh_stubs: list[records_pb2.SignedStub | None] = []
     fresh_ids: set[tuple[str, str]] = set()
 
     def flush() -> None:
-        log_tx.insert_new_records(conn, fresh, peer, now_ms)
+        log_tx.insert_new_records(conn, fresh, peer, now_ms, fresh_stubs)
         for key in fresh_ids:
             states.pop(key, None)  # stale now: look it up again if touched
         fresh.clear()
+        fresh_stubs.clear()
         fresh_ids.clear()
 
     def reject(c: Checked, reason: str) -> None:
@@ -154,17 +203,27 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             flush()
             at_seq = log_tx.held(conn, origin, seq)
             before = log_tx.held(conn, origin, seq - 1) if seq > 1 else None
-        outcome = classify(Incoming(seq, c.item.hash, c.body is not None,
-                                    c.body.prev if c.body else b""), head, at_seq, before)
+        signed = c.body is not None or c.stub is not None
+        prev = c.body.prev if c.body is not None else (None if signed else b"")
+        outcome = classify(Incoming(seq, c.item.hash, signed, prev), head, at_seq, before)
         if outcome.verdict is Verdict.REJECT:
             reject(c, outcome.reason)
             continue
+        if outcome.verdict is Verdict.REWIND:
+            flush()
+            _rewind(conn, c, now_ms, result, reject)
+            stopped.add(origin)
+            tips.pop(origin, None)
+            cursors.pop(origin, None)
+            continue
         if outcome.verdict is Verdict.FORK:
+            flush()
             held = log_tx.entry(conn, origin, seq)
+            other = (c.item.envelope.payload, c.item.envelope.signature) if c.body else (
+                c.item.stub.stub, c.item.stub.signature)
             fed_tx.record_fork(conn, origin, seq,
-                               (held.payload, held.signature) if held else None,
-                               (c.item.envelope.payload, c.item.envelope.signature),
-                               peer, now_ms, outcome.reason)
+                               (held.payload, held.signature or held.stub_signature)
+                               if held else None, other, peer, now_ms, outcome.reason)
             result.forks.append(f"{origin}: {outcome.reason}")
             stopped.add(origin)
             continue
@@ -172,24 +231,48 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         key = (origin, body.record_id) if body is not None else ("", "")
         if (outcome.verdict is Verdict.APPEND and body is not None
                 and body.kind in log_tx.CONTENT and key in states and states[key] is None
-                and key not in fresh_ids):
+                and key not in fresh_ids and entitled(body, own_center)):
             fresh.append((c.item.envelope, body))
+            fresh_stubs.append(c.signed_stub)
             fresh_ids.add(key)
             result.stored += 1
-            stored_signed = True
+            now_held = Held(c.item.hash, True, True)
         else:
             flush()
-            stored_signed = _store(conn, peer, c, outcome.verdict, now_ms, result)
+            _store(conn, peer, c, outcome.verdict, now_ms, result, own_center)
             states.pop(key, None)  # the record may exist now
-        if outcome.verdict is Verdict.APPEND or (outcome.verdict is Verdict.REPLACE
-                                                 and seq == head):
-            tips[origin] = (seq, Held(c.item.hash, stored_signed))
+            now_held = log_tx.held(conn, origin, seq)
+        if seq > head:
+            tips[origin] = (seq, now_held)
+        elif seq == head:
+            tips[origin] = (head, now_held)
         result.changed = result.changed or outcome.verdict is not Verdict.DUPLICATE
         cursors[origin] = seq
     flush()
     for origin, seq in cursors.items():
         fed_tx.set_cursor(conn, peer, origin, seq)
     return result
+
+
+def _rewind(conn: sqlite3.Connection, c: Checked, now_ms: int, result: IngestResult,
+            reject: Callable[[Checked, str], None]) -> None:
+    """The origin's entry contradicts an unsigned placeholder we hold: that hint
+    was false. Drop the unsigned placeholders back to the last origin-signed
+    position, move every peer's cursor for the origin back there, and let the
+    links fetch again. Bounded per (hop that gave the hint, origin): past the
+    bound the entry is refused as before, and the chain waits."""
+    origin, seq = c.item.origin, c.item.seq
+    hint = log_tx.entry_source(conn, origin, seq - 1) or ""
+    if fed_tx.rejections_since(conn, hint, origin, CONTRADICTED,
+                               now_ms - REWIND_WINDOW_MS) >= MAX_REWINDS:
+        reject(c, f"wrong chain link at seq {seq} (rewinds from {hint} exhausted)")
+        return
+    fed_tx.reject(conn, now_ms, hint, origin, seq - 1, CONTRADICTED)
+    result.rejected[CONTRADICTED] += 1
+    back = log_tx.last_signed_before(conn, origin, seq)
+    log_tx.drop_hints(conn, origin, back)
+    fed_tx.rewind_cursors(conn, origin, back)
+    result.rewound.add(origin)
 
 
 def _prefetch_states(conn: sqlite3.Connection, checked: Sequence[Checked]
@@ -207,36 +290,58 @@ def _prefetch_states(conn: sqlite3.Connection, checked: Sequence[Checked]
 
 
 def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, now_ms: int,
-           result: IngestResult) -> bool:
-    """Store one placed item; True if its signed envelope is now held."""
+           result: IngestResult, own_center: str) -> None:
+    """Store one placed item."""
     origin, seq = c.item.origin, c.item.seq
+    stub = c.signed_stub
     if verdict is Verdict.DUPLICATE:
+        if stub is not None:
+            log_tx.set_stub(conn, origin, seq, stub)
         result.duplicates += 1
-        return True
+        return
     if c.body is None:
-        log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms,
-                                  c.item.recall_record_id or None,
-                                  c.item.recall_version or None)
+        # A placeholder. Its unsigned recall fields (deprecated) are ignored: only
+        # the origin's stub names the record and version, and proves a recall.
+        if verdict is Verdict.UPGRADE:
+            log_tx.set_stub(conn, origin, seq, stub)  # type: ignore[arg-type]
+        else:
+            if verdict is Verdict.REPLACE:
+                log_tx.drop_hints(conn, origin, seq - 1, upto=seq)
+            log_tx.insert_placeholder(
+                conn, origin, seq, c.item.hash, peer, now_ms,
+                c.stub.record_id if c.stub else None, c.stub.version if c.stub else None,
+                stub)
         result.stored += 1
-        if c.item.recall_record_id:
-            _recall(conn, peer, c.item, now_ms, result)
-        return False
-    prior = log_tx.record_state(conn, origin, c.body.record_id)
-    refusal = _refusal(verdict, prior, c.body)
-    if refusal:
-        # Never stored; the chain keeps only this entry's hash and goes on.
-        if verdict is Verdict.APPEND:
-            log_tx.insert_placeholder(conn, origin, seq, c.item.hash, peer, now_ms)
-        if refusal != "superseded version":  # a peer that is behind: not an attack
-            fed_tx.reject(conn, now_ms, peer, origin, seq, refusal)
-            result.rejected[refusal] += 1
-        return False
+        if c.stub is not None:
+            _recall(conn, peer, origin, c.stub.record_id, c.stub.version, c.stub.kind, now_ms,
+                    result)
+        return
+    body = c.body
+    prior = log_tx.record_state(conn, origin, body.record_id)
+    refusal = _refusal(verdict, prior, body)
+    if refusal or not entitled(body, own_center):
+        # Content never kept; the position keeps the hash and the origin's
+        # signature as evidence, and the chain goes on.
+        log_tx.insert_evidence(conn, c.item.envelope, body, peer, now_ms, stub)
+        if refusal:
+            if refusal != "superseded version":  # a peer that is behind: not an attack
+                fed_tx.reject(conn, now_ms, peer, origin, seq, refusal)
+                result.rejected[refusal] += 1
+        else:
+            # The origin signed this newer version: whatever older content we
+            # hold of the record goes, even though we may not keep this one.
+            _recall(conn, peer, origin, body.record_id, body.version, body.kind, now_ms,
+                    result)
+        return
     if verdict is Verdict.UPGRADE:
         log_tx.upgrade_placeholder(conn, c.item.envelope, c.body, peer, now_ms)
+        if stub is not None:
+            log_tx.set_stub(conn, origin, seq, stub)
     elif verdict is Verdict.REPLACE:
-        log_tx.replace_placeholder(conn, c.item.envelope, c.body, c.item.hash, peer, now_ms)
+        log_tx.replace_placeholder(conn, c.item.envelope, c.body, c.item.hash, peer, now_ms,
+                                   stub)
     else:
-        log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms)
+        log_tx.insert_entries(conn, [(c.item.envelope, c.body)], peer, now_ms, [stub])
     result.stored += 1
     # An upgrade may fill in a version older than the current one: kept in the
     # log, not applied ('stale').
@@ -244,4 +349,3 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
         result.purged = result.purged or c.body.kind == records_pb2.PURGE
         if prior is not None and prior[2] != "recalled":
             notices_tx.lifecycle_notice(conn, now_ms, c.body, prior[1])
-    return True

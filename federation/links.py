@@ -59,12 +59,16 @@ def classify_error(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
 
 class PeerLink:
     def __init__(self, node: NodeService, tls: PinnedTls, peer: Peer, pool: Executor,
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None],
+                 on_rewind: Callable[[], None] = lambda: None) -> None:
         self.node = node
         self.tls = tls
         self.peer = peer
         self.pool = pool
         self.on_change = on_change
+        self.on_rewind = on_rewind
+        self._session_task: asyncio.Task[None] | None = None
+        self._resubscribe = False
         self.state = LinkState(peer.center)
         self.backoff = Backoff()
         self._task: asyncio.Task[None] | None = None
@@ -84,11 +88,27 @@ class PeerLink:
     def wanted_origins(self) -> list[str]:
         return sorted(c for c in self.node.peers if c != self.node.center)
 
+    def resubscribe(self) -> None:
+        """End the current stream and subscribe again from the stored cursors, now.
+        The serving side keeps a stream's cursors in memory: after this node moved
+        its cursors back (a false placeholder was dropped), only a new stream makes
+        the peer send those positions again."""
+        if self._session_task is not None and not self._session_task.done():
+            self._resubscribe = True
+            self._session_task.cancel()
+
     async def _run(self) -> None:
         while True:
             try:
-                await self._session()
+                self._session_task = asyncio.create_task(self._session())
+                await self._session_task
             except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if self._resubscribe and not (me is not None and me.cancelling()):
+                    self._resubscribe = False
+                    log.info("replication link resubscribes from its cursors",
+                             extra={"peer": self.peer.center})
+                    continue
                 raise
             except grpc.aio.AioRpcError as exc:
                 self.state.state, self.state.error = classify_error(exc)
@@ -185,3 +205,7 @@ class PeerLink:
             await self.node.db.checkpoint()
         if result.changed:
             self.on_change()
+        if result.rewound:
+            log.warning("false placeholders dropped: links fetch again from their cursors",
+                        extra={"peer": center, "origins": sorted(result.rewound)})
+            self.on_rewind()

@@ -91,9 +91,16 @@ class Federation:
     def _start_link(self, peer: Peer) -> None:
         if not peer.connect:
             return
-        link = PeerLink(self.node, self.tls, peer, self.pool, self.node.changes.bump)
+        link = PeerLink(self.node, self.tls, peer, self.pool, self.node.changes.bump,
+                        self._resubscribe_all)
         self.links[peer.center] = link
         link.start()
+
+    def _resubscribe_all(self) -> None:
+        """Cursors for an origin moved back (ingest dropped false hints): every
+        link, not only the one that saw the contradiction, fetches again."""
+        for link in self.links.values():
+            link.resubscribe()
 
     def _stop_link(self, center: str) -> None:
         link = self.links.pop(center, None)

@@ -5,7 +5,15 @@ SHA-256 of the previous entry's payload). A node holds, for each origin, a
 contiguous prefix of that chain: signed entries, or placeholders (hash only) for
 entries withheld from it. ``classify`` decides what one incoming item does to
 that prefix; it never reads storage and never verifies signatures (the caller
-has verified the envelope before asking).
+has verified the envelope, or the origin's stub, before asking).
+
+The trust rule: a record's state changes only through bytes its origin signed.
+"Signed" here means the node holds origin-signed evidence of the hash at that
+position: the signature of the entry (kept when its content is erased) or the
+origin's verified stub. Two different signed hashes at one position are a fork.
+An unsigned placeholder is a hint from a hop: the origin's signed entry replaces
+it, and one whose ``prev`` contradicts it sends the chain back to the last
+signed position (REWIND) instead of breaking it for good.
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ from dataclasses import dataclass
 
 class Verdict(enum.Enum):
     APPEND = "append"        # next in the chain: store it
-    UPGRADE = "upgrade"      # the signed entry for a placeholder we hold
+    UPGRADE = "upgrade"      # the signed entry for a position held without its content
     REPLACE = "replace"      # a signed entry contradicting an unsigned placeholder: the
     #                          placeholder came from a peer, the signature from the origin
     DUPLICATE = "duplicate"  # we hold exactly this already
     FORK = "fork"            # two signed entries at one position: evidence
+    REWIND = "rewind"        # the origin's entry contradicts an unsigned placeholder at
+    #                          seq-1: drop placeholders back to the last signed position
     REJECT = "reject"
 
 
@@ -29,15 +39,16 @@ class Held:
     """What this node holds at one (origin, seq)."""
 
     hash: bytes
-    signed: bool
+    signed: bool          # origin-signed evidence of ``hash`` (signature or stub)
+    content: bool = True  # the payload is held (only with ``signed``; False once erased)
 
 
 @dataclass(frozen=True)
 class Incoming:
     seq: int
     hash: bytes
-    signed: bool
-    prev: bytes = b""  # from the signed body; unknown for a placeholder
+    signed: bool       # an envelope, or a placeholder with the origin's verified stub
+    prev: bytes | None = b""  # from the signed body; None: unknown (a stub has no prev)
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,9 @@ def classify(item: Incoming, head: int, at_seq: Held | None, before: Held | None
         return Outcome(Verdict.REJECT, "entry hash must be 32 bytes")
     if at_seq is not None:
         if at_seq.hash == item.hash:
-            if item.signed and not at_seq.signed:
+            if item.signed and not (at_seq.signed and at_seq.content):
+                # New evidence (or content) for a position held without it; whether
+                # content is kept is the caller's decision (newest wins, entitlement).
                 return _link(item, before, Verdict.UPGRADE)
             return Outcome(Verdict.DUPLICATE)
         if item.signed and at_seq.signed:
@@ -70,6 +83,10 @@ def classify(item: Incoming, head: int, at_seq: Held | None, before: Held | None
 
 
 def _link(item: Incoming, before: Held | None, verdict: Verdict) -> Outcome:
+    if item.prev is None:
+        # The origin's stub proves the hash at this position, not its link; the
+        # link is checked when the entry itself (or the next one) arrives.
+        return Outcome(verdict)
     if item.seq == 1:
         if item.prev:
             return Outcome(Verdict.REJECT, "seq 1 must not link to a previous entry")
@@ -82,4 +99,6 @@ def _link(item: Incoming, before: Held | None, verdict: Verdict) -> Outcome:
         # The origin signed this entry on top of a different seq-1 than the one
         # it signed before: it equivocated (or its key leaked).
         return Outcome(Verdict.FORK, f"seq {item.seq} links to a different seq {item.seq - 1}")
-    return Outcome(Verdict.REJECT, f"wrong chain link at seq {item.seq}")
+    # What we hold at seq-1 is a hop's unsigned placeholder the origin contradicts.
+    return Outcome(Verdict.REWIND, f"placeholder at seq {item.seq - 1} contradicted by the "
+                                   f"origin's entry at seq {item.seq}")

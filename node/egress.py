@@ -42,8 +42,9 @@ def replication_batch(
     """Log items for ``peer``: the signed entry where it is the record's newest
     version here and the decision for that center is FULL, else a placeholder
     (seq and hash only). Where the newest version is withheld from a peer this
-    node sent the record before, the placeholder carries a recall (record id and
-    version, no content): the peer must drop its copy."""
+    node sent the record before, the placeholder carries the origin's signed stub
+    of that version (content-free): the peer's older copy must go. A hop never
+    speaks for the origin: without the origin's stub there is no recall."""
     items: list[federation_pb2.LogItem] = []
     sent: list[Dissemination] = []
     requester = Requester(peer)
@@ -63,14 +64,21 @@ def replication_batch(
         newest = current_version(e.origin, record_id)
         if newest is not None and version < newest:
             continue  # superseded: only the newest version ever leaves
+        stub = e.signed_stub()
         if body is not None and policy.decide(body_policy(body), body.origin, evaluator,
                                               requester) is Decision.FULL:
             item.envelope.CopyFrom(e.envelope())
+            if stub is not None and version > 1:
+                # A later version may have to be recalled from a center further on,
+                # which only the origin's stub can justify: a hub must hold it to
+                # forward it. First versions (most of a catch-up) never need one.
+                item.stub.CopyFrom(stub)
             sent.append(Dissemination(peer, None, body.origin, record_id, version, e.seq,
                                       "replication", "FULL"))
-        elif sent_before(e.origin, record_id) is not None:
-            item.recall_record_id = record_id
-            item.recall_version = version
+        elif stub is not None and sent_before(e.origin, record_id) is not None:
+            # A recall is the origin's signed stub of the withheld version,
+            # forwarded unchanged: no hop can assert one (none without a stub).
+            item.stub.CopyFrom(stub)
             sent.append(Dissemination(peer, None, e.origin, record_id, version, e.seq,
                                       "replication", "RECALL"))
     return items, sent

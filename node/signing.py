@@ -21,6 +21,7 @@ from node.wire import records_pb2
 RECORD_DOMAIN = b"fcnode/record/v1\x00"
 QUERY_DOMAIN = b"fcnode/query/v1\x00"
 AUDIT_DOMAIN = b"fcnode/audit/v1\x00"
+STUB_DOMAIN = b"fcnode/stub/v1\x00"
 
 
 class BadSignature(FcnodeError):
@@ -94,3 +95,48 @@ def open_record(
     except DecodeError:
         raise BadSignature("signed payload is not a record body") from None
     return body
+
+
+def stub_of(body: records_pb2.RecordBody, payload_hash: bytes) -> records_pb2.EntryStub:
+    """The content-free summary of an entry: position, record, version, kind,
+    contact, expiry. Nothing of the title, narrative, labels or entities."""
+    return records_pb2.EntryStub(
+        origin=body.origin, seq=body.seq, hash=payload_hash, record_id=body.record_id,
+        version=body.version, kind=body.kind, contact=body.contact,
+        expires_ms=body.expires_ms)
+
+
+def seal_stub(key: Ed25519PrivateKey, stub: records_pb2.EntryStub,
+              signer_key_id: str | None = None) -> records_pb2.SignedStub:
+    data = stub.SerializeToString(deterministic=True)
+    return records_pb2.SignedStub(stub=data, signature=sign(key, STUB_DOMAIN, data),
+                                  key_id=signer_key_id or key_id(key.public_key()))
+
+
+def open_stub(signed: records_pb2.SignedStub,
+              keys: Mapping[str, Ed25519PublicKey]) -> records_pb2.EntryStub:
+    """Verify a signed stub against its origin's known keys, then parse it. The
+    caller checks that the stub's (origin, seq, hash) is the position it came with."""
+    public = keys.get(signed.key_id)
+    if public is None:
+        raise BadSignature(f"stub signed by an unknown key {signed.key_id[:16]}")
+    verify(public, STUB_DOMAIN, signed.stub, signed.signature)
+    stub = records_pb2.EntryStub()
+    try:
+        stub.ParseFromString(signed.stub)
+    except DecodeError:
+        raise BadSignature("signed stub is not an entry stub") from None
+    if len(stub.hash) != 32 or stub.seq < 1 or not stub.origin:
+        raise BadSignature("signed stub names no log position")
+    return stub
+
+
+def stub_mismatch(stub: records_pb2.EntryStub, origin: str, seq: int, digest: bytes,
+                  body: records_pb2.RecordBody | None = None) -> str:
+    """Why a verified stub does not describe this position (and body), or ''."""
+    if (stub.origin, stub.seq, stub.hash) != (origin, seq, digest):
+        return "stub names another log position"
+    if body is not None and (stub.record_id, stub.version, stub.kind, stub.contact) != (
+            body.record_id, body.version, body.kind, body.contact):
+        return "stub disagrees with the signed entry"
+    return ""

@@ -60,6 +60,20 @@ def set_cursor(conn: sqlite3.Connection, peer: str, origin: str, seq: int) -> No
         "DO UPDATE SET seq = max(seq, excluded.seq)", (peer, origin, seq))
 
 
+def rewind_cursors(conn: sqlite3.Connection, origin: str, to: int) -> int:
+    """Every peer's cursor for ``origin`` goes back to ``to`` at most: the
+    positions beyond are fetched again (from whichever peer has them right)."""
+    return conn.execute("UPDATE cursors SET seq = ? WHERE origin = ? AND seq > ?",
+                        (to, origin, to)).rowcount
+
+
+def rejections_since(conn: sqlite3.Connection, peer: str, origin: str, reason: str,
+                     since_ms: int) -> int:
+    return conn.execute("SELECT count(*) FROM rejections WHERE peer = ? AND origin = ? AND "
+                        "reason = ? AND ts_ms >= ?", (peer, origin, reason, since_ms)
+                        ).fetchone()[0]
+
+
 def reject(conn: sqlite3.Connection, ts_ms: int, peer: str, origin: str, seq: int,
            reason: str) -> None:
     conn.execute("INSERT INTO rejections (ts_ms, peer, origin, seq, reason) VALUES (?, ?, ?, ?, ?)",

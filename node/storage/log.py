@@ -27,6 +27,17 @@ class StoredEntry:
     key_id: str | None
     record_id: str | None = None  # known for signed entries, erased ones and recalls
     version: int | None = None
+    # The origin's signed, content-free stub of this position (verified when it was
+    # stored); None for entries of older databases and bare placeholders.
+    stub: bytes | None = None
+    stub_signature: bytes | None = None
+    stub_key_id: str | None = None
+
+    def signed_stub(self) -> records_pb2.SignedStub | None:
+        if self.stub is None or self.stub_signature is None:
+            return None
+        return records_pb2.SignedStub(stub=self.stub, signature=self.stub_signature,
+                                      key_id=self.stub_key_id or "")
 
     def body(self) -> records_pb2.RecordBody:
         """The stored payload, parsed (it was verified when it was stored)."""
@@ -39,6 +50,13 @@ class StoredEntry:
             return None
         return records_pb2.Envelope(payload=self.payload, signature=self.signature,
                                     key_id=self.key_id)
+
+
+# Every column of a StoredEntry, in order (``e.`` prefixed for joins).
+COLUMNS = ("origin, seq, hash, payload, signature, key_id, record_id, version, stub, "
+           "stub_signature, stub_key_id")
+E_COLUMNS = ", ".join("e." + c.strip() for c in COLUMNS.split(","))
+NCOL = len(COLUMNS.split(","))
 
 
 def head(conn: sqlite3.Connection, origin: str) -> tuple[int, bytes]:
@@ -63,35 +81,93 @@ def heads(conn: sqlite3.Connection) -> dict[str, int]:
     return {origin: head(conn, origin)[0] for (origin,) in conn.execute(_ORIGINS).fetchall()}
 
 
+_EVIDENCE = "(signature IS NOT NULL OR stub IS NOT NULL)"
+
+
 def held(conn: sqlite3.Connection, origin: str, seq: int) -> Held | None:
-    row = conn.execute("SELECT hash, payload IS NOT NULL FROM entries WHERE origin = ? AND seq = ?",
-                       (origin, seq)).fetchone()
-    return Held(row[0], bool(row[1])) if row else None
+    """What is held at a position: its hash, whether the origin's signature (or
+    verified stub) backs that hash, and whether the content is still there."""
+    row = conn.execute(f"SELECT hash, {_EVIDENCE}, payload IS NOT NULL FROM entries "
+                       "WHERE origin = ? AND seq = ?", (origin, seq)).fetchone()
+    return Held(row[0], bool(row[1]), bool(row[2])) if row else None
+
+
+def last_signed_before(conn: sqlite3.Connection, origin: str, seq: int) -> int:
+    """The highest position below ``seq`` backed by origin-signed evidence (0: none)."""
+    row = conn.execute(f"SELECT max(seq) FROM entries WHERE origin = ? AND seq < ? AND "
+                       f"{_EVIDENCE}", (origin, seq)).fetchone()
+    return row[0] or 0
+
+
+def drop_hints(conn: sqlite3.Connection, origin: str, after: int,
+               upto: int = 2**62) -> int:
+    """Forget the unsigned placeholders of an origin in (``after``, ``upto``]:
+    hints a hop gave that the origin's own entry contradicted."""
+    return conn.execute(f"DELETE FROM entries WHERE origin = ? AND seq > ? AND seq <= ? "
+                        f"AND payload IS NULL AND NOT {_EVIDENCE}",
+                        (origin, after, upto)).rowcount
+
+
+def insert_evidence(conn: sqlite3.Connection, env: records_pb2.Envelope,
+                    body: records_pb2.RecordBody, source: str, now_ms: int,
+                    stub: records_pb2.SignedStub | None = None) -> None:
+    """A verified entry whose content this node must not keep (not entitled to
+    it, or superseded): the position, its record and version, and the origin's
+    signature as evidence (a later different entry there is a fork), no payload.
+    Replaces an unsigned placeholder held at that position."""
+    conn.execute("DELETE FROM entries WHERE origin = ? AND seq = ? AND payload IS NULL "
+                 f"AND NOT {_EVIDENCE}", (body.origin, body.seq))
+    conn.execute(
+        "INSERT INTO entries (origin, seq, hash, payload, signature, key_id, record_id, "
+        "version, kind, source, received_ms, stub, stub_signature, stub_key_id) "
+        "VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (origin, seq) DO UPDATE SET signature = coalesce(signature, "
+        "excluded.signature), key_id = coalesce(key_id, excluded.key_id), "
+        "record_id = excluded.record_id, version = excluded.version, kind = excluded.kind, "
+        "stub = coalesce(stub, excluded.stub), stub_signature = coalesce(stub_signature, "
+        "excluded.stub_signature), stub_key_id = coalesce(stub_key_id, excluded.stub_key_id)",
+        (body.origin, body.seq, entry_hash(env.payload), env.signature, env.key_id,
+         body.record_id, body.version, kind_name(body), source, now_ms, *_stub_cols(stub)))
 
 
 def entry(conn: sqlite3.Connection, origin: str, seq: int) -> StoredEntry | None:
     row = conn.execute(
-        "SELECT origin, seq, hash, payload, signature, key_id FROM entries "
-        "WHERE origin = ? AND seq = ?", (origin, seq)).fetchone()
+        f"SELECT {COLUMNS} FROM entries WHERE origin = ? AND seq = ?",
+        (origin, seq)).fetchone()
     return StoredEntry(*row) if row else None
 
 
+Stubs = list[records_pb2.SignedStub | None] | None
+
+
+def _stub_cols(stub: records_pb2.SignedStub | None) -> tuple[bytes | None, bytes | None,
+                                                             str | None]:
+    return (stub.stub, stub.signature, stub.key_id) if stub is not None else (None, None, None)
+
+
 def insert_entries(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envelope,
-                   records_pb2.RecordBody]], source: str, now_ms: int) -> None:
+                   records_pb2.RecordBody]], source: str, now_ms: int,
+                   stubs: Stubs = None) -> None:
+    """``stubs``: the origin's signed stub per item (verified by the caller), or None."""
+    stubs = stubs or [None] * len(items)
     conn.executemany(
-        "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO entries (origin, seq, hash, payload, signature, key_id, record_id, "
+        "version, kind, source, received_ms, stub, stub_signature, stub_key_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(b.origin, b.seq, entry_hash(e.payload), e.payload, e.signature, e.key_id,
-          b.record_id, b.version, kind_name(b), source, now_ms) for e, b in items],
+          b.record_id, b.version, kind_name(b), source, now_ms, *_stub_cols(st))
+         for (e, b), st in zip(items, stubs, strict=True)],
     )
 
 
 def insert_new_records(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envelope,
-                       records_pb2.RecordBody]], source: str, now_ms: int) -> None:
+                       records_pb2.RecordBody]], source: str, now_ms: int,
+                       stubs: Stubs = None) -> None:
     """Bulk path for first versions of records not held yet (publish, catch-up):
     the entries, the record rows, text and entity indexes, each one executemany."""
     if not items:
         return
-    insert_entries(conn, items, source, now_ms)
+    insert_entries(conn, items, source, now_ms, stubs)
     first = (conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]) + 1
     rows, fts, keys = [], [], []
     for rec, (_, b) in enumerate(items, start=first):
@@ -125,20 +201,35 @@ def record_states(conn: sqlite3.Connection, origin: str,
 
 def insert_placeholder(conn: sqlite3.Connection, origin: str, seq: int, digest: bytes,
                        source: str, now_ms: int, record_id: str | None = None,
-                       version: int | None = None) -> None:
-    """``record_id``/``version``: known for a recall, so it can be passed on."""
+                       version: int | None = None,
+                       stub: records_pb2.SignedStub | None = None) -> None:
+    """``record_id``/``version``: known from a verified stub (``stub``), so a recall
+    can be passed on unchanged."""
     conn.execute(
-        "INSERT INTO entries (origin, seq, hash, source, received_ms, record_id, version) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)", (origin, seq, digest, source, now_ms, record_id, version))
+        "INSERT INTO entries (origin, seq, hash, source, received_ms, record_id, version, "
+        "stub, stub_signature, stub_key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (origin, seq, digest, source, now_ms, record_id, version, *_stub_cols(stub)))
+
+
+def set_stub(conn: sqlite3.Connection, origin: str, seq: int,
+             stub: records_pb2.SignedStub) -> None:
+    """Keep a verified stub for a position held without one (the first one kept);
+    the stub names the record and version a bare placeholder did not."""
+    parsed = records_pb2.EntryStub()
+    parsed.ParseFromString(stub.stub)
+    conn.execute("UPDATE entries SET stub = ?, stub_signature = ?, stub_key_id = ?, "
+                 "record_id = coalesce(record_id, ?), version = coalesce(version, ?) "
+                 "WHERE origin = ? AND seq = ? AND stub IS NULL",
+                 (*_stub_cols(stub), parsed.record_id, parsed.version, origin, seq))
 
 
 def replace_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
                         body: records_pb2.RecordBody, digest: bytes, source: str,
-                        now_ms: int) -> None:
+                        now_ms: int, stub: records_pb2.SignedStub | None = None) -> None:
     """A signed entry takes the place of a contradicting unsigned placeholder."""
     conn.execute("DELETE FROM entries WHERE origin = ? AND seq = ? AND payload IS NULL",
                  (body.origin, body.seq))
-    insert_entries(conn, [(env, body)], source, now_ms)
+    insert_entries(conn, [(env, body)], source, now_ms, [stub])
 
 
 def upgrade_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
@@ -211,7 +302,10 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
         if existing is not None and existing[2] == "purged":
             results.append("tombstoned")
             continue
-        if existing is not None and existing[1] >= b.version:
+        if existing is not None and (existing[1] > b.version or (
+                existing[1] == b.version and existing[2] != "recalled")):
+            # (A record recalled at version V by the origin's stub takes the real
+            # entry of V when it arrives: the stub said V exists, not what it holds.)
             results.append("stale")
             continue
         state = "active"
@@ -245,12 +339,14 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
 
 def erase_content(conn: sqlite3.Connection, origin: str, record_id: str, rec: int,
                   keep_seq: int = 0) -> int:
-    """Delete a record's content: its versions become placeholders (the hash
-    keeps the chain verifiable), and it leaves the text and entity indexes.
-    With secure_delete on, the freed bytes are zeroed in the file."""
+    """Delete a record's content: only the payload goes. The hash keeps the chain
+    verifiable and the signature stays as evidence, so a second signed entry at
+    that position is still a fork, never a silent replacement. The record leaves
+    the text and entity indexes. With secure_delete on, the freed bytes are
+    zeroed in the file."""
     unindex(conn, rec)
     return conn.execute(
-        "UPDATE entries SET payload = NULL, signature = NULL WHERE origin = ? AND record_id = ? "
+        "UPDATE entries SET payload = NULL WHERE origin = ? AND record_id = ? "
         "AND seq != ? AND payload IS NOT NULL", (origin, record_id, keep_seq)).rowcount
 
 
@@ -304,6 +400,13 @@ def unindex(conn: sqlite3.Connection, rec: int) -> None:
     conn.execute("DELETE FROM entity_keys WHERE rec = ?", (rec,))
 
 
+def entry_source(conn: sqlite3.Connection, origin: str, seq: int) -> str | None:
+    """The peer a held position came from."""
+    row = conn.execute("SELECT source FROM entries WHERE origin = ? AND seq = ?",
+                       (origin, seq)).fetchone()
+    return row[0] if row else None
+
+
 def record_source(conn: sqlite3.Connection, origin: str, record_id: str) -> str | None:
     """The peer the newest held version of a record came from ('local' at the origin)."""
     row = conn.execute("SELECT source FROM entries WHERE origin = ? AND record_id = ? "
@@ -314,10 +417,10 @@ def record_source(conn: sqlite3.Connection, origin: str, record_id: str) -> str 
 def current(conn: sqlite3.Connection, record_id: str) -> list[tuple[StoredEntry, str]]:
     """The newest held entry of a record (any origin) and its state."""
     rows = conn.execute(
-        "SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id, r.state "
+        f"SELECT {E_COLUMNS}, r.state "
         "FROM records r JOIN entries e ON e.origin = r.origin AND e.seq = r.seq "
         "WHERE r.record_id = ? AND e.payload IS NOT NULL", (record_id,)).fetchall()
-    return [(StoredEntry(*r[:6]), r[6]) for r in rows]
+    return [(StoredEntry(*r[:NCOL]), r[NCOL]) for r in rows]
 
 
 BROAD = 2000  # text matches beyond which walking newest-first beats sorting them
@@ -388,12 +491,12 @@ def matches(conn: sqlite3.Connection, params: SearchParams,
             content[0] = "r.id IN (SELECT rowid FROM records_fts WHERE records_fts MATCH ?)"
         where.extend(content)
         args.extend(content_args)
-    sql = ("SELECT e.origin, e.seq, e.hash, e.payload, e.signature, e.key_id, "
+    sql = (f"SELECT {E_COLUMNS}, "
            f"{flag} FROM records r{walk} JOIN entries e ON e.origin = r.origin "
            f"AND e.seq = r.seq WHERE {' AND '.join(where)} "
            "ORDER BY r.created_ms DESC, r.id DESC")
     for row in conn.execute(sql, args):
-        yield StoredEntry(*row[:6]), bool(row[6])
+        yield StoredEntry(*row[:NCOL]), bool(row[NCOL])
 
 
 def search(
@@ -414,7 +517,7 @@ def search(
 def items_after(conn: sqlite3.Connection, origin: str, after: int,
                 limit: int) -> list[StoredEntry]:
     return [StoredEntry(*r) for r in conn.execute(
-        "SELECT origin, seq, hash, payload, signature, key_id, record_id, version FROM entries "
+        f"SELECT {COLUMNS} FROM entries "
         "WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?", (origin, after, limit))]
 
 

@@ -141,7 +141,14 @@ MIGRATIONS: list[str] = [
         expires_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
-    # Query ids are unique per requesting center: the replay memory is keyed by
+    # 2: origin-signed entry stubs (content-free; proof of a recall, carried by pointers).
+    # NULL for entries of older databases and for placeholders received without one.
+    """
+    ALTER TABLE entries ADD COLUMN stub BLOB;
+    ALTER TABLE entries ADD COLUMN stub_signature BLOB;
+    ALTER TABLE entries ADD COLUMN stub_key_id TEXT;
+    """,
+    # 3: query ids are unique per requesting center: the replay memory is keyed by
     # (center, query id), so a peer that saw another center's id cannot get that
     # center's query refused as a replay. Deconfliction notices are pruned by kind.
     """

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from node.wire import records_pb2 as fcnode_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x63node/v1/federation.proto\x12\tfcnode.v1\x1a\x17\x66\x63node/v1/records.proto\"\x90\x01\n\x10ReplicateRequest\x12\x39\n\x07\x63ursors\x18\x01 \x03(\x0b\x32(.fcnode.v1.ReplicateRequest.CursorsEntry\x12\x11\n\tmax_batch\x18\x02 \x01(\r\x1a.\n\x0c\x43ursorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x8d\x01\n\x07LogItem\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\x12%\n\x08\x65nvelope\x18\x04 \x01(\x0b\x32\x13.fcnode.v1.Envelope\x12\x18\n\x10recall_record_id\x18\x05 \x01(\t\x12\x16\n\x0erecall_version\x18\x06 \x01(\r\"\x96\x01\n\x0eReplicateBatch\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.fcnode.v1.LogItem\x12\x33\n\x05heads\x18\x02 \x03(\x0b\x32$.fcnode.v1.ReplicateBatch.HeadsEntry\x1a,\n\nHeadsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x84\x02\n\tQueryBody\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x17\n\x0fuser_attributes\x18\x03 \x03(\t\x12\x10\n\x08query_id\x18\x04 \x01(\t\x12\x11\n\tissued_ms\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x08 \x03(\t\x12\r\n\x05kinds\x18\t \x03(\t\x12\x10\n\x08since_ms\x18\n \x01(\x03\x12\x0e\n\x06labels\x18\x0b \x03(\t\x12\r\n\x05limit\x18\x0c \x01(\r\x12\x0f\n\x07origins\x18\r \x03(\t\x12\x12\n\nany_entity\x18\x0e \x01(\x08\">\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"K\n\x07Pointer\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x04 \x01(\t\"l\n\x0bQueryAnswer\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.fcnode.v1.Envelope\x12$\n\x08pointers\x18\x02 \x03(\x0b\x32\x12.fcnode.v1.Pointer\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x32\x8e\x01\n\nFederation\x12\x45\n\tReplicate\x12\x1b.fcnode.v1.ReplicateRequest\x1a\x19.fcnode.v1.ReplicateBatch0\x01\x12\x39\n\x05Query\x12\x16.fcnode.v1.SignedQuery\x1a\x16.fcnode.v1.QueryAnswer0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x63node/v1/federation.proto\x12\tfcnode.v1\x1a\x17\x66\x63node/v1/records.proto\"\x90\x01\n\x10ReplicateRequest\x12\x39\n\x07\x63ursors\x18\x01 \x03(\x0b\x32(.fcnode.v1.ReplicateRequest.CursorsEntry\x12\x11\n\tmax_batch\x18\x02 \x01(\r\x1a.\n\x0c\x43ursorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xba\x01\n\x07LogItem\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\x12%\n\x08\x65nvelope\x18\x04 \x01(\x0b\x32\x13.fcnode.v1.Envelope\x12\x1c\n\x10recall_record_id\x18\x05 \x01(\tB\x02\x18\x01\x12\x1a\n\x0erecall_version\x18\x06 \x01(\rB\x02\x18\x01\x12#\n\x04stub\x18\x07 \x01(\x0b\x32\x15.fcnode.v1.SignedStub\"\x96\x01\n\x0eReplicateBatch\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.fcnode.v1.LogItem\x12\x33\n\x05heads\x18\x02 \x03(\x0b\x32$.fcnode.v1.ReplicateBatch.HeadsEntry\x1a,\n\nHeadsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x84\x02\n\tQueryBody\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x17\n\x0fuser_attributes\x18\x03 \x03(\t\x12\x10\n\x08query_id\x18\x04 \x01(\t\x12\x11\n\tissued_ms\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x08 \x03(\t\x12\r\n\x05kinds\x18\t \x03(\t\x12\x10\n\x08since_ms\x18\n \x01(\x03\x12\x0e\n\x06labels\x18\x0b \x03(\t\x12\r\n\x05limit\x18\x0c \x01(\r\x12\x0f\n\x07origins\x18\r \x03(\t\x12\x12\n\nany_entity\x18\x0e \x01(\x08\">\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"p\n\x07Pointer\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x04 \x01(\t\x12#\n\x04stub\x18\x05 \x01(\x0b\x32\x15.fcnode.v1.SignedStub\"l\n\x0bQueryAnswer\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.fcnode.v1.Envelope\x12$\n\x08pointers\x18\x02 \x03(\x0b\x32\x12.fcnode.v1.Pointer\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x32\x8e\x01\n\nFederation\x12\x45\n\tReplicate\x12\x1b.fcnode.v1.ReplicateRequest\x1a\x19.fcnode.v1.ReplicateBatch0\x01\x12\x39\n\x05Query\x12\x16.fcnode.v1.SignedQuery\x1a\x16.fcnode.v1.QueryAnswer0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REPLICATEREQUEST_CURSORSENTRY']._loaded_options = None
   _globals['_REPLICATEREQUEST_CURSORSENTRY']._serialized_options = b'8\001'
+  _globals['_LOGITEM'].fields_by_name['recall_record_id']._loaded_options = None
+  _globals['_LOGITEM'].fields_by_name['recall_record_id']._serialized_options = b'\030\001'
+  _globals['_LOGITEM'].fields_by_name['recall_version']._loaded_options = None
+  _globals['_LOGITEM'].fields_by_name['recall_version']._serialized_options = b'\030\001'
   _globals['_REPLICATEBATCH_HEADSENTRY']._loaded_options = None
   _globals['_REPLICATEBATCH_HEADSENTRY']._serialized_options = b'8\001'
   _globals['_REPLICATEREQUEST']._serialized_start=67
@@ -41,19 +45,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICATEREQUEST_CURSORSENTRY']._serialized_start=165
   _globals['_REPLICATEREQUEST_CURSORSENTRY']._serialized_end=211
   _globals['_LOGITEM']._serialized_start=214
-  _globals['_LOGITEM']._serialized_end=355
-  _globals['_REPLICATEBATCH']._serialized_start=358
-  _globals['_REPLICATEBATCH']._serialized_end=508
-  _globals['_REPLICATEBATCH_HEADSENTRY']._serialized_start=464
-  _globals['_REPLICATEBATCH_HEADSENTRY']._serialized_end=508
-  _globals['_QUERYBODY']._serialized_start=511
-  _globals['_QUERYBODY']._serialized_end=771
-  _globals['_SIGNEDQUERY']._serialized_start=773
-  _globals['_SIGNEDQUERY']._serialized_end=835
-  _globals['_POINTER']._serialized_start=837
-  _globals['_POINTER']._serialized_end=912
-  _globals['_QUERYANSWER']._serialized_start=914
-  _globals['_QUERYANSWER']._serialized_end=1022
-  _globals['_FEDERATION']._serialized_start=1025
-  _globals['_FEDERATION']._serialized_end=1167
+  _globals['_LOGITEM']._serialized_end=400
+  _globals['_REPLICATEBATCH']._serialized_start=403
+  _globals['_REPLICATEBATCH']._serialized_end=553
+  _globals['_REPLICATEBATCH_HEADSENTRY']._serialized_start=509
+  _globals['_REPLICATEBATCH_HEADSENTRY']._serialized_end=553
+  _globals['_QUERYBODY']._serialized_start=556
+  _globals['_QUERYBODY']._serialized_end=816
+  _globals['_SIGNEDQUERY']._serialized_start=818
+  _globals['_SIGNEDQUERY']._serialized_end=880
+  _globals['_POINTER']._serialized_start=882
+  _globals['_POINTER']._serialized_end=994
+  _globals['_QUERYANSWER']._serialized_start=996
+  _globals['_QUERYANSWER']._serialized_end=1104
+  _globals['_FEDERATION']._serialized_start=1107
+  _globals['_FEDERATION']._serialized_end=1249
 # @@protoc_insertion_point(module_scope)

@@ -66,7 +66,7 @@ def placeholder(item: federation_pb2.LogItem) -> federation_pb2.LogItem:
 def deliver(conn: sqlite3.Connection, peer: str, items: list[federation_pb2.LogItem]) -> None:
     checked = check_items(items, lambda o: KEYS if o == ORIGIN else {})
     conn.execute("BEGIN IMMEDIATE")
-    store_batch(conn, peer, checked, 1)
+    store_batch(conn, peer, checked, 1, "node")
     conn.execute("COMMIT")
 
 

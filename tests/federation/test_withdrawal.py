@@ -1,6 +1,8 @@
 """Withdrawn content stays withdrawn: only a record's newest version leaves a
-node, recalls reach copies relayed by a hub, a recalled copy is not revived by a
-replay, and a peer's fake placeholder cannot block the origin's real entry."""
+node, recalls (the origin's signed stub, forwarded unchanged) reach copies
+relayed by a hub, a recalled copy is not revived by a replay, and a peer's fake
+placeholder or unsigned recall can neither erase a record nor block the
+origin's real entry (only the origin withdraws)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.ingest import check_items, store_batch
 from node.egress import replication_batch
-from node.signing import entry_hash, key_id, seal_record
+from node.signing import entry_hash, key_id, seal_record, seal_stub, stub_of
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.storage.db import immediate, open_sync
@@ -34,8 +36,18 @@ def entry(seq: int, prev: bytes, version: int, audience: list[str],
         policy=records_pb2.AccessPolicy(tlp=2, audience=audience, discoverability=2,
                                         relay=True))
     env = seal_record(KEY, body)
-    return federation_pb2.LogItem(origin=X, seq=seq, hash=entry_hash(env.payload),
-                                  envelope=env)
+    digest = entry_hash(env.payload)
+    item = federation_pb2.LogItem(origin=X, seq=seq, hash=digest, envelope=env)
+    if version > 1:  # as the origin's egress sends later versions: with its stub
+        item.stub.CopyFrom(seal_stub(KEY, stub_of(body, digest)))
+    return item
+
+
+def withheld(item: federation_pb2.LogItem) -> federation_pb2.LogItem:
+    """The placeholder the origin sends a center it recalls: hash and signed stub."""
+    body = records_pb2.RecordBody.FromString(item.envelope.payload)
+    return federation_pb2.LogItem(origin=X, seq=item.seq, hash=item.hash,
+                                  stub=seal_stub(KEY, stub_of(body, item.hash)))
 
 
 def log_with_narrowing() -> list[federation_pb2.LogItem]:
@@ -59,10 +71,11 @@ def db() -> Iterator[callable]:
             c.close()
 
 
-def deliver(conn: sqlite3.Connection, peer: str, items: list[federation_pb2.LogItem]):
+def deliver(conn: sqlite3.Connection, peer: str, items: list[federation_pb2.LogItem],
+            own: str = "node"):
     checked = check_items(items, lambda o: KEYS if o == X else {})
     with immediate(conn):
-        return store_batch(conn, peer, checked, 1)
+        return store_batch(conn, peer, checked, 1, own)
 
 
 def serve(conn: sqlite3.Connection, peer: str, evaluator: str) -> list[federation_pb2.LogItem]:
@@ -87,7 +100,7 @@ def test_a_late_peer_gets_no_superseded_version(db) -> None:
     deliver(hub, X, log_with_narrowing())
     items = serve(hub, "late", "hub")
     assert [i.HasField("envelope") for i in items] == [False, False]
-    assert not any(i.recall_record_id for i in items)  # never sent: nothing to recall
+    assert not any(i.HasField("stub") for i in items)  # never sent: nothing to recall
 
 
 def test_recall_reaches_a_copy_relayed_by_a_hub(db) -> None:
@@ -97,12 +110,11 @@ def test_recall_reaches_a_copy_relayed_by_a_hub(db) -> None:
     deliver(spoke, "hub", serve(hub, "spoke", "hub"))
     assert b"secret" in payloads(spoke)
     # The origin narrows to nysic: the hub is recalled, and must recall the spoke.
-    withheld = federation_pb2.LogItem(origin=X, seq=2, hash=v2.hash, recall_record_id="rec",
-                                      recall_version=2)
-    deliver(hub, X, [withheld])
+    deliver(hub, X, [withheld(v2)])
     assert b"secret" not in payloads(hub)
     onward = serve(hub, "spoke", "hub")
-    assert [i.recall_record_id for i in onward] == ["", "rec"]  # the newest carries it
+    assert [i.HasField("stub") for i in onward] == [False, True]  # the newest carries it
+    assert onward[1].stub == withheld(v2).stub or onward[1].stub.stub == withheld(v2).stub.stub
     deliver(spoke, "hub", onward)
     assert b"secret" not in payloads(spoke)
     assert spoke.execute("SELECT state FROM records").fetchone()[0] == "recalled"
@@ -112,8 +124,7 @@ def test_a_recalled_copy_is_not_revived_by_a_replay(db) -> None:
     v1, v2 = log_with_narrowing()
     node = db("node")
     deliver(node, X, [v1])
-    recall = federation_pb2.LogItem(origin=X, seq=2, hash=v2.hash, recall_record_id="rec",
-                                    recall_version=2)
+    recall = withheld(v2)
     deliver(node, X, [recall])
     deliver(node, "behind", [v1, recall])  # a peer that is behind replays version 1
     assert b"secret" not in payloads(node)
@@ -125,10 +136,91 @@ def test_a_fake_placeholder_does_not_block_the_real_entry(db) -> None:
     node = db("node")
     deliver(node, X, [v1])
     fake = federation_pb2.LogItem(origin=X, seq=2, hash=b"\x00" * 32)
-    deliver(node, "mallory", [fake])
-    result = deliver(node, X, [v2])
+    deliver(node, "mallory", [fake], own="nysic")
+    result = deliver(node, X, [v2], own="nysic")
     assert not result.rejected
     with contextlib.closing(node.cursor()) as cur:
         held = cur.execute("SELECT hash, payload IS NOT NULL FROM entries WHERE seq = 2"
                            ).fetchone()
     assert held == (v2.hash, 1)
+
+
+def test_an_unsigned_recall_from_any_peer_erases_nothing(db) -> None:
+    """Attack 1 at the unit level: a placeholder at the origin's next seq carrying
+    the deprecated unsigned recall fields, even from the peer the record came
+    from, neither erases the record nor pins its version; the origin's real
+    next entry is still taken."""
+    v1, _ = log_with_narrowing()
+    v2_open = entry(2, v1.hash, 2, ["members"], "secret words, corrected")
+    node = db("node")
+    deliver(node, "hub", [v1])
+    fake = federation_pb2.LogItem(origin=X, seq=2, hash=b"\x00" * 32, recall_record_id="rec",
+                                  recall_version=4294967295)
+    deliver(node, "hub", [fake])
+    assert node.execute("SELECT version, state FROM records").fetchone() == (1, "active")
+    assert b"secret words" in payloads(node)
+    deliver(node, X, [v2_open])
+    assert node.execute("SELECT version, state FROM records").fetchone() == (2, "active")
+    assert b"corrected" in payloads(node)
+
+
+def test_a_stub_recall_is_honoured_from_any_peer_and_never_blocks(db) -> None:
+    """The origin's stub proves version 2 exists: the older copy goes whoever
+    brought it; when the real version 2 arrives and this node may hold it, it is
+    stored and applied (a recall does not pin the version)."""
+    v1 = entry(1, b"", 1, ["members"], "secret words")
+    v2 = entry(2, v1.hash, 2, ["members"], "new words")
+    node = db("node")
+    deliver(node, "hub", [v1])
+    deliver(node, "stranger", [withheld(v2)])
+    assert b"secret" not in payloads(node)
+    assert node.execute("SELECT version, state FROM records").fetchone() == (2, "recalled")
+    deliver(node, X, [v2])
+    assert node.execute("SELECT version, state FROM records").fetchone() == (2, "active")
+    assert b"new words" in payloads(node)
+
+
+def test_a_forged_stub_recall_is_refused(db) -> None:
+    v1, v2 = log_with_narrowing()
+    node = db("node")
+    deliver(node, "hub", [v1])
+    mallory = Ed25519PrivateKey.generate()
+    body = records_pb2.RecordBody.FromString(v2.envelope.payload)
+    forged = federation_pb2.LogItem(origin=X, seq=2, hash=v2.hash,
+                                    stub=seal_stub(mallory, stub_of(body, v2.hash)))
+    forged.stub.key_id = key_id(KEY.public_key())
+    result = deliver(node, "mallory", [forged])
+    assert result.rejected["bad stub"] == 1
+    assert node.execute("SELECT version, state FROM records").fetchone() == (1, "active")
+
+
+def test_content_is_kept_only_where_this_node_is_entitled(db) -> None:
+    """Item 4: a hop forwarding an envelope this node's own policy does not allow
+    leaves the position (hash, signature as evidence) and no content."""
+    v1 = entry(1, b"", 1, ["nysic"], "secret words")
+    node = db("node")
+    deliver(node, "careless-hub", [v1], own="ffc")
+    assert payloads(node) == b""
+    row = node.execute("SELECT hash, signature IS NOT NULL, record_id, version FROM entries"
+                       ).fetchone()
+    assert row == (v1.hash, 1, "rec", 1)
+    assert node.execute("SELECT count(*) FROM records").fetchone()[0] == 0
+    # Another signed entry at that position is a fork, not a replacement.
+    other = entry(1, b"", 1, ["nysic"], "other words")
+    result = deliver(node, X, [other], own="ffc")
+    assert result.forks and node.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 1
+
+
+def test_an_erased_position_is_still_a_fork_witness(db) -> None:
+    """Item 3: after supersede erased version 1's content, a different signed
+    entry at seq 1 is detected as a fork and quarantined, never applied."""
+    v1 = entry(1, b"", 1, ["members"], "secret words")
+    v2 = entry(2, v1.hash, 2, ["members"], "new words")
+    node = db("node")
+    deliver(node, X, [v1, v2])
+    assert node.execute("SELECT payload IS NULL, signature IS NOT NULL FROM entries "
+                        "WHERE seq = 1").fetchone() == (1, 1)
+    equivocation = entry(1, b"", 1, ["members"], "rewritten history")
+    result = deliver(node, "peer", [equivocation])
+    assert result.forks
+    assert b"rewritten" not in payloads(node)

@@ -195,3 +195,27 @@ def test_audit_records_actions_and_verify_detects_tampering(make_node) -> None:
     node.start()
     r = node.cli("audit", "verify")
     assert r.returncode == 1 and f"entries {seq - 1}..{seq - 1} are missing" in r.stdout
+
+
+def test_every_own_entry_is_published_with_an_origin_signed_stub(make_node) -> None:
+    """The stub (content-free, signed at publish) is what proves a recall and what a
+    POINTER carries: the origin signs one for each entry, lifecycle entries included."""
+    from node import keys
+    from node.home import Home
+    from node.signing import key_id, open_stub
+
+    node = make_node("stubc")
+    rec = node.publish("--kind", "BULLETIN", "--title", "Secret title", "--audience",
+                       "members")
+    node.ok("retract", rec["record_id"], "--reason", "wrong")
+    public = keys.load_signing_key(Home(node.home).signing_key).public_key()
+    rows = node.db().execute("SELECT seq, hash, record_id, version, stub, stub_signature, "
+                             "stub_key_id FROM entries ORDER BY seq").fetchall()
+    assert len(rows) == 2
+    from node.wire import records_pb2
+    for seq, digest, rid, version, stub, sig, kid in rows:
+        opened = open_stub(records_pb2.SignedStub(stub=stub, signature=sig, key_id=kid),
+                           {key_id(public): public})
+        assert (opened.origin, opened.seq, opened.hash, opened.record_id, opened.version) == (
+            "stubc", seq, digest, rid, version)
+        assert b"Secret" not in stub

@@ -57,7 +57,7 @@ def test_signed_entry_for_held_placeholder_upgrades():
 
 def test_upgrade_with_wrong_link_is_refused():
     out = classify(Incoming(2, A2, True, prev=B2), 3, Held(A2, False), Held(A1, False))
-    assert out.verdict is Verdict.REJECT
+    assert out.verdict is Verdict.REWIND  # the unsigned seq 1 was a hop's fake
     fork = classify(Incoming(2, A2, True, prev=B2), 3, Held(A2, False), Held(A1, True))
     assert fork.verdict is Verdict.FORK
 
@@ -83,10 +83,34 @@ def test_gap_rejected():
     assert placeholder.verdict is Verdict.REJECT
 
 
-def test_wrong_link_after_placeholder_rejected():
+def test_wrong_link_after_placeholder_rewinds():
+    """A placeholder is a hint: the origin's entry contradicting it never breaks
+    the chain for good (it used to be rejected, forever)."""
     out = classify(Incoming(3, A3, True, prev=B2), 2, None, Held(A2, False))
-    assert out.verdict is Verdict.REJECT
-    assert "wrong chain link" in out.reason
+    assert out.verdict is Verdict.REWIND
+    assert "placeholder at seq 2 contradicted" in out.reason
+
+
+def test_an_erased_position_keeps_its_evidence():
+    """Content erased (superseded, recalled, purged) keeps the signature: another
+    signed entry there is a fork, never a replacement; the same one is no news
+    (or content to fill in, which the caller may refuse)."""
+    erased = Held(A2, True, content=False)
+    other = classify(Incoming(2, B2, True, prev=A1), 2, erased, Held(A1, True))
+    assert other.verdict is Verdict.FORK
+    same = classify(Incoming(2, A2, True, prev=A1), 2, erased, Held(A1, True))
+    assert same.verdict is Verdict.UPGRADE
+    assert classify(Incoming(2, A2, False), 2, erased, Held(A1, True)).verdict is (
+        Verdict.DUPLICATE)
+    # After an erased position the chain still links (a fork if it does not).
+    assert classify(Incoming(3, A3, True, prev=B2), 2, None, erased).verdict is Verdict.FORK
+
+
+def test_an_origin_stub_counts_as_signed_without_a_link():
+    stub = Incoming(2, A2, True, prev=None)
+    assert classify(stub, 2, Held(B2, False), Held(A1, True)).verdict is Verdict.REPLACE
+    assert classify(stub, 2, Held(B2, True), Held(A1, True)).verdict is Verdict.FORK
+    assert classify(stub, 1, None, Held(A1, False)).verdict is Verdict.APPEND
 
 
 def test_placeholder_contradicting_held_rejected():

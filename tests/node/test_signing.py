@@ -135,3 +135,37 @@ def test_prop_any_bit_flip_is_refused(data):
 def test_prop_round_trip(seq, title):
     b = body(seq, title)
     assert open_record(seal_record(KEY, b), KEYS) == b
+
+
+def test_stub_round_trip_is_content_free():
+    from node.signing import STUB_DOMAIN, open_stub, seal_stub, stub_of
+    b = body()
+    b.contact = "ncric watch desk"
+    env = seal_record(KEY, b)
+    stub = stub_of(b, entry_hash(env.payload))
+    signed = seal_stub(KEY, stub)
+    assert open_stub(signed, KEYS) == stub
+    assert (stub.origin, stub.seq, stub.record_id, stub.contact) == (
+        "ncric", 1, "r1", "ncric watch desk")
+    for secret in (b"grey van", b"Seen near", b"vehicle"):
+        assert secret not in signed.stub
+    # A stub signature is not a record signature (domain separation), and back.
+    with pytest.raises(BadSignature):
+        verify(KEY.public_key(), RECORD_DOMAIN, signed.stub, signed.signature)
+    verify(KEY.public_key(), STUB_DOMAIN, signed.stub, signed.signature)
+
+
+def test_stub_with_unknown_key_or_bad_bytes_refused():
+    from node.signing import open_stub, seal_stub, stub_of
+    signed = seal_stub(KEY, stub_of(body(), b"\x01" * 32))
+    with pytest.raises(BadSignature, match="unknown key"):
+        open_stub(signed, {})
+    forged = seal_stub(OTHER, stub_of(body(), b"\x01" * 32))
+    forged.key_id = signed.key_id
+    with pytest.raises(BadSignature):
+        open_stub(forged, KEYS)
+    bad = records_pb2.SignedStub(stub=b"\xff\xff", signature=sign(KEY, b"fcnode/stub/v1\x00",
+                                                                   b"\xff\xff"),
+                                 key_id=signed.key_id)
+    with pytest.raises(BadSignature):
+        open_stub(bad, KEYS)

@@ -1,0 +1,107 @@
+"""Origin-signed entry stubs: stored only when they verify against the origin's
+key and describe the position (and body) they came with; absent stubs (older
+databases, bare placeholders) are handled everywhere."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from federation.ingest import check_items, store_batch
+from node.signing import entry_hash, key_id, open_stub, seal_record, seal_stub, stub_of
+from node.storage import log as log_tx
+from node.storage.db import immediate, open_sync
+from node.wire import federation_pb2, records_pb2
+
+KEY = Ed25519PrivateKey.generate()
+MALLORY = Ed25519PrivateKey.generate()
+KEYS = {key_id(KEY.public_key()): KEY.public_key()}
+X = "xorigin"
+
+
+def body(seq: int, prev: bytes, version: int = 1) -> records_pb2.RecordBody:
+    return records_pb2.RecordBody(
+        origin=X, seq=seq, prev=prev, record_id=f"r{seq}", version=version, created_ms=seq,
+        expires_ms=4_000_000_000_000, kind=records_pb2.BOLO, title="grey van",
+        contact="desk", policy=records_pb2.AccessPolicy(tlp=2, audience=["members"],
+                                                       discoverability=2, relay=True))
+
+
+def item(b: records_pb2.RecordBody, *, envelope: bool = True, stub: bool = True,
+         key: Ed25519PrivateKey = KEY) -> federation_pb2.LogItem:
+    env = seal_record(KEY, b)
+    out = federation_pb2.LogItem(origin=X, seq=b.seq, hash=entry_hash(env.payload))
+    if envelope:
+        out.envelope.CopyFrom(env)
+    if stub:
+        signed = seal_stub(key, stub_of(b, out.hash))
+        signed.key_id = key_id(KEY.public_key())
+        out.stub.CopyFrom(signed)
+    return out
+
+
+@pytest.fixture
+def conn() -> Iterator[sqlite3.Connection]:
+    with tempfile.TemporaryDirectory() as tmp:
+        c = open_sync(Path(tmp) / "n.db", create=True)
+        yield c
+        c.close()
+
+
+def deliver(conn: sqlite3.Connection, items: list[federation_pb2.LogItem]):
+    checked = check_items(items, lambda o: KEYS if o == X else {})
+    with immediate(conn):
+        return store_batch(conn, "peer", checked, 1, "node")
+
+
+def test_a_verified_stub_is_stored_with_its_entry_and_with_a_placeholder(conn) -> None:
+    one = item(body(1, b""))
+    two = item(body(2, one.hash), envelope=False)
+    three = item(body(3, two.hash), stub=False)
+    result = deliver(conn, [one, two, three])
+    assert not result.rejected and result.stored == 3
+    s1 = log_tx.entry(conn, X, 1).signed_stub()
+    assert s1 == one.stub and open_stub(s1, KEYS).record_id == "r1"
+    assert log_tx.entry(conn, X, 2).signed_stub() == two.stub
+    assert log_tx.entry(conn, X, 3).signed_stub() is None  # none came: none held
+
+
+def test_a_stub_is_kept_for_a_position_held_without_one(conn) -> None:
+    one = item(body(1, b""), stub=False)
+    deliver(conn, [one])
+    assert log_tx.entry(conn, X, 1).signed_stub() is None
+    deliver(conn, [item(body(1, b""))])
+    assert log_tx.entry(conn, X, 1).signed_stub() is not None
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    ("key", "bad stub: signature does not verify"),
+    ("position", "bad stub: stub names another log position"),
+    ("body", "bad stub: stub disagrees with the signed entry"),
+])
+def test_a_stub_that_does_not_verify_or_match_stores_nothing(conn, tamper, reason) -> None:
+    b = body(1, b"")
+    good = item(b)
+    if tamper == "key":
+        bad = item(b, key=MALLORY)
+    elif tamper == "position":
+        other = body(1, b"")
+        other.seq = 1
+        signed = seal_stub(KEY, stub_of(other, b"\x07" * 32))
+        bad = federation_pb2.LogItem(origin=X, seq=1, hash=good.hash, envelope=good.envelope,
+                                     stub=signed)
+    else:
+        other = body(1, b"")
+        other.contact = "subject is clear"
+        signed = seal_stub(KEY, stub_of(other, good.hash))
+        bad = federation_pb2.LogItem(origin=X, seq=1, hash=good.hash, envelope=good.envelope,
+                                     stub=signed)
+    result = deliver(conn, [bad])
+    assert sum(result.rejected.values()) == 1
+    assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+    assert conn.execute("SELECT reason FROM rejections").fetchone()[0] == reason
