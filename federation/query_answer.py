@@ -2,11 +2,18 @@
 
 The peer is the center whose pinned certificate the handshake verified. Its
 query must be signed by that center's key, fresh (deadline ahead, issued not in
-the future), new (query ids are remembered until their deadline: a replay is
-refused), within the size and rate limits. Each matching record is judged by the
-one policy function for that center and that user; FULL records go back as their
-signed envelopes, POINTER hits as origin, id, kind and contact; restricted hits
-go back as nothing and leave a deconfliction notice here, at the origin.
+the future), new (query ids are remembered per requesting center until their
+deadline: a replay is refused, another center's id is not a replay), within the
+size and rate limits. Each matching record is judged by the one policy function
+for that center and that user, then by the discovery rule (node.query): FULL
+records match every filter and go back as their signed envelopes; a record the
+asker may not read is found only by an exact entity-key match, and goes back as
+a POINTER carrying the origin's signed stub (no stub held: no pointer, it could
+not be verified); restricted hits go back as nothing and leave, at the origin,
+at most one deconfliction notice per query (record ids and text capped, kept
+within [limits] max_notices). Restricted matches count against max_results, so
+one query's work is bounded. A hub answers for the copies it holds by the same
+rules (its own notices only for its own records).
 """
 
 from __future__ import annotations
@@ -171,9 +178,13 @@ class QueryAnswerer:
             if decision is Decision.FULL:
                 answer.records.append(entry.envelope())  # type: ignore[arg-type]
             else:
+                stub = entry.signed_stub()
+                if stub is None:
+                    unseen += 1  # it was work all the same
+                    continue  # nothing the origin signed to show: it could not be verified
                 answer.pointers.append(federation_pb2.Pointer(
                     origin=b.origin, record_id=b.record_id, kind=kind_name(b),
-                    contact=b.contact))
+                    contact=b.contact, stub=stub))
             released.append(Dissemination(peer, body.user, b.origin, b.record_id, b.version,
                                           b.seq, "query", decision.name))
         fed_tx.log_disseminations(conn, released, now)

@@ -32,6 +32,8 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.items: list[federation_pb2.LogItem] = []
         self.requests: list[object] = []
         self.answers: list[records_pb2.Envelope] = []
+        self.pointers: list[federation_pb2.Pointer] = []  # sent with `answers`
+        self.flood: tuple[federation_pb2.QueryAnswer, int] | None = None  # (message, times)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -75,7 +77,12 @@ class Rogue(federation_pb2_grpc.FederationServicer):
 
     async def Query(self, request, context):
         self.requests.append(request)
-        yield federation_pb2.QueryAnswer(records=self.answers)
+        if self.flood is not None:
+            message, times = self.flood
+            for _ in range(times):
+                yield message
+            return
+        yield federation_pb2.QueryAnswer(records=self.answers, pointers=self.pointers)
 
     def serve(self, trusted_card_line: str) -> Rogue:
         trusted = parse_card(trusted_card_line)

@@ -9,6 +9,8 @@ and hubs answering for copies all follow it.
 
 from __future__ import annotations
 
+import contextlib
+
 from node.devnet import Node, mesh
 
 PHONE = "phone=(555) 010-7777"
@@ -96,7 +98,16 @@ def test_hub_answers_for_copies_by_the_same_rule(make_node) -> None:
     rec = origin.publish("--kind", "BOLO", "--title", "Grey van seen at depot",
                          "--entity", PHONE, "--label", "depot", "--tlp", "AMBER",
                          "--audience", "hub", "--discoverability", "pointer")
-    origin.wait_for(lambda: rec["record_id"] in hub.held_record_ids(), 20, "replication")
+    # A hub can show a pointer only with the origin's signed stub, and replication
+    # passes stubs on with later versions only: the hub is sent version 2.
+    origin.ok("update", rec["record_id"], "--title", "Grey van seen at the depot",
+              "--reason", "wording")
+
+    def hub_has_v2() -> bool:
+        with contextlib.closing(hub.db()) as conn:
+            return conn.execute("SELECT 1 FROM entries WHERE record_id = ? AND version = 2 "
+                                "AND stub IS NOT NULL", (rec["record_id"],)).fetchone()
+    origin.wait_for(hub_has_v2, 20, "replication of version 2 with its stub")
 
     def ask(*args: str) -> list[dict]:
         lines = asker.json_lines("query", *args, "--timeout", "5s", user="ana")
@@ -106,5 +117,5 @@ def test_hub_answers_for_copies_by_the_same_rule(make_node) -> None:
     assert ask("grey", "van") == []  # before the fix: a POINTER from the hub
     assert ask("--label", "depot") == []
     got = ask("--entity", PHONE, "--label", "other")
-    assert [(r["record_id"], r["access"], r["from"]) for r in got] == [
-        (rec["record_id"], "POINTER", "hub")]
+    assert [(r["record_id"], r["access"], r["version"], r["from"]) for r in got] == [
+        (rec["record_id"], "POINTER", 2, "hub")]
