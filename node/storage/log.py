@@ -223,6 +223,15 @@ def set_stub(conn: sqlite3.Connection, origin: str, seq: int,
                  (*_stub_cols(stub), parsed.record_id, parsed.version, origin, seq))
 
 
+def own_without_stub(conn: sqlite3.Connection, origin: str, after_seq: int,
+                     limit: int) -> list[StoredEntry]:
+    """Signed entries of ``origin`` held without a stub (appended before stubs
+    existed), in seq order after ``after_seq``."""
+    return [StoredEntry(*r) for r in conn.execute(
+        f"SELECT {COLUMNS} FROM entries WHERE origin = ? AND seq > ? AND stub IS NULL "
+        "AND payload IS NOT NULL ORDER BY seq LIMIT ?", (origin, after_seq, limit))]
+
+
 def replace_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
                         body: records_pb2.RecordBody, digest: bytes, source: str,
                         now_ms: int, stub: records_pb2.SignedStub | None = None) -> None:

@@ -10,6 +10,7 @@ and hubs answering for copies all follow it.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 
 from node.devnet import Node, mesh
 
@@ -119,3 +120,23 @@ def test_hub_answers_for_copies_by_the_same_rule(make_node) -> None:
     got = ask("--entity", PHONE, "--label", "other")
     assert [(r["record_id"], r["access"], r["version"], r["from"]) for r in got] == [
         (rec["record_id"], "POINTER", 2, "hub")]
+
+
+def test_records_from_before_stubs_still_give_verifiable_pointers(make_node) -> None:
+    """An upgraded origin signs stubs for its older entries at start: a pointer
+    needs one, and entries appended before stubs existed have none."""
+    a, b = make_node("alpha"), make_node("bravo")
+    mesh(a, b)
+    a.add_user("ana")
+    sar, _ = _publish_unreadable(b)
+    b.stop()
+    with contextlib.closing(sqlite3.connect(b.home / "node.db")) as conn, conn:
+        conn.execute("UPDATE entries SET stub = NULL, stub_signature = NULL, "
+                     "stub_key_id = NULL")  # as a database from before migration 2
+    b.start()
+    lines = a.json_lines("query", "--entity", PHONE, "--timeout", "5s", user="ana")
+    assert lines[-1]["summary"]["bravo"]["status"] == "answered", lines[-1]
+    assert [(r["record_id"], r["access"], r["version"]) for r in lines[:-1]] == [
+        (sar["record_id"], "POINTER", 1)]
+    with contextlib.closing(b.db()) as conn:
+        assert conn.execute("SELECT count(*) FROM entries WHERE stub IS NULL").fetchone()[0] == 0
