@@ -52,6 +52,7 @@ NOTICE_RECORDS = 50
 NOTICE_ENTITIES = 16
 NOTICE_TEXT = 256
 NOTICE_NAME = 128
+SCAN_FACTOR = 20  # rows one answer may examine: this many times max_results
 
 
 class Refused(Exception):
@@ -85,8 +86,7 @@ def params_of(body: federation_pb2.QueryBody, max_results: int) -> SearchParams:
     return SearchParams(text=body.text, entity_keys=tuple(body.entity_keys),
                         kinds=tuple(body.kinds), since_ms=body.since_ms,
                         labels=tuple(body.labels), origins=tuple(body.origins),
-                        # one more than allowed tells us the answer was cut
-                        limit=max_results + 1, any_entity=body.any_entity)
+                        limit=max_results, any_entity=body.any_entity)
 
 
 class QueryAnswerer:
@@ -159,7 +159,12 @@ class QueryAnswerer:
         released: list[Dissemination] = []
         restricted: list[str] = []  # this center's restricted records that matched
         unseen = 0  # restricted matches, this center's or copies of others'
-        for entry, content_match in log_tx.matches(conn, params, now):
+        for examined, (entry, content_match) in enumerate(log_tx.matches(conn, params, now)):
+            if examined >= SCAN_FACTOR * limits.max_results:
+                # Rows that yield nothing (e.g. readable ones failing the text) cost
+                # work too: one answer's walk is bounded whatever the store holds.
+                answer.truncated = True
+                break
             b = entry.body()
             decision = discovered(node.decide(b, requester), params, content_match)
             if decision is Decision.DENY:
