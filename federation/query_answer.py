@@ -2,11 +2,18 @@
 
 The peer is the center whose pinned certificate the handshake verified. Its
 query must be signed by that center's key, fresh (deadline ahead, issued not in
-the future), new (query ids are remembered until their deadline: a replay is
-refused), within the size and rate limits. Each matching record is judged by the
-one policy function for that center and that user; FULL records go back as their
-signed envelopes, POINTER hits as origin, id, kind and contact; restricted hits
-go back as nothing and leave a deconfliction notice here, at the origin.
+the future), new (query ids are remembered per requesting center until their
+deadline: a replay is refused, another center's id is not a replay), within the
+size and rate limits. Each matching record is judged by the one policy function
+for that center and that user, then by the discovery rule (node.query): FULL
+records match every filter and go back as their signed envelopes; a record the
+asker may not read is found only by an exact entity-key match, and goes back as
+a POINTER carrying the origin's signed stub (no stub held: no pointer, it could
+not be verified); restricted hits go back as nothing and leave, at the origin,
+at most one deconfliction notice per query (record ids and text capped, kept
+within [limits] max_notices). Restricted matches count against max_results, so
+one query's work is bounded. A hub answers for the copies it holds by the same
+rules (its own notices only for its own records).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,7 +30,7 @@ from google.protobuf.message import DecodeError
 from federation.ratelimit import RateLimits
 from node import logs
 from node.egress import Dissemination
-from node.query import SearchParams
+from node.query import MAX_ENTITY_KEYS, MAX_TEXT, SearchParams, discovered
 from node.record import kind_name
 from node.service import NodeService
 from node.signing import BadSignature, open_query
@@ -38,6 +46,13 @@ log = logs.get("fcnode.federation.query")
 CHUNK = 64
 MAX_SKEW_MS = 30_000
 MAX_WINDOW_MS = 5 * 60_000
+# What one deconfliction notice keeps of the query that caused it: every write a
+# peer's request causes is bounded (a notice is at most a few KiB).
+NOTICE_RECORDS = 50
+NOTICE_ENTITIES = 16
+NOTICE_TEXT = 256
+NOTICE_NAME = 128
+SCAN_FACTOR = 20  # rows one answer may examine: this many times max_results
 
 
 class Refused(Exception):
@@ -54,12 +69,24 @@ class Answer:
     truncated: bool = False
 
 
+def deconfliction_notice(peer: str, body: federation_pb2.QueryBody,
+                         record_ids: list[str]) -> dict[str, Any]:
+    """The one notice a query leaves at the origin for its restricted matches:
+    who asked and on what, bounded whatever the query held (NOTICE_* caps)."""
+    return {"searched_by": f"{peer}/{body.user[:NOTICE_NAME]}",
+            "query_id": body.query_id[:NOTICE_NAME],
+            "records": record_ids[:NOTICE_RECORDS], "matched": len(record_ids),
+            "entities": [k[:NOTICE_NAME] for k in body.entity_keys[:NOTICE_ENTITIES]],
+            "text": body.text[:NOTICE_TEXT],
+            "why": "restricted records matched another center's query; they were told "
+                   "nothing"}
+
+
 def params_of(body: federation_pb2.QueryBody, max_results: int) -> SearchParams:
     return SearchParams(text=body.text, entity_keys=tuple(body.entity_keys),
                         kinds=tuple(body.kinds), since_ms=body.since_ms,
                         labels=tuple(body.labels), origins=tuple(body.origins),
-                        # one more than allowed tells us the answer was cut
-                        limit=max_results + 1, any_entity=body.any_entity)
+                        limit=max_results, any_entity=body.any_entity)
 
 
 class QueryAnswerer:
@@ -104,51 +131,71 @@ class QueryAnswerer:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"limit {body.limit} exceeds this node's max_results "
                           f"({limits.max_results})")
+        # What this node's own requester never sends: refused, not cut, so the
+        # audit holds the query as it was asked.
+        if len(body.text) > MAX_TEXT:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"query text is longer than {MAX_TEXT} characters")
+        if len(body.entity_keys) > MAX_ENTITY_KEYS:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"query has more than {MAX_ENTITY_KEYS} entity keys")
         if not (body.text or body.entity_keys or body.kinds or body.labels or body.since_ms):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "query has no search terms")
         return body
 
     def answer(self, conn: sqlite3.Connection, peer: str,
                body: federation_pb2.QueryBody) -> Answer:
-        """One transaction: replay check, search under policy, egress log, audit."""
+        """One transaction: replay check, search under policy and the discovery
+        rule, egress log, at most one deconfliction notice, audit."""
         node = self.node
         now = now_ms()
+        limits = node.config.limits
         if not fed_tx.remember_query(conn, body.query_id, peer, body.deadline_ms, now):
             raise Refused(grpc.StatusCode.ALREADY_EXISTS, "replayed query (id already seen)")
         requester = Requester(peer, body.user, frozenset(body.user_attributes))
-        limit = min(body.limit or node.config.limits.max_results, node.config.limits.max_results)
+        limit = min(body.limit or limits.max_results, limits.max_results)
+        params = params_of(body, limit)
         answer = Answer()
         released: list[Dissemination] = []
-        restricted: list[records_pb2.RecordBody] = []
-
-        def accept(entry: log_tx.StoredEntry) -> bool:
-            b = entry.body()
-            decision = node.decide(b, requester)
-            if decision is Decision.NOTIFY_ONLY and b.origin == node.center:
-                restricted.append(b)
-            if decision < Decision.POINTER:
-                return False
-            if len(answer.records) + len(answer.pointers) >= limit:
+        restricted: list[str] = []  # this center's restricted records that matched
+        unseen = 0  # restricted matches, this center's or copies of others'
+        for examined, (entry, content_match) in enumerate(log_tx.matches(conn, params, now)):
+            if examined >= SCAN_FACTOR * limits.max_results:
+                # Rows that yield nothing (e.g. readable ones failing the text) cost
+                # work too: one answer's walk is bounded whatever the store holds.
                 answer.truncated = True
-                return True
+                break
+            b = entry.body()
+            decision = discovered(node.decide(b, requester), params, content_match)
+            if decision is Decision.DENY:
+                continue
+            # The work limit counts restricted matches too, so a query on a common
+            # entity cannot make this node walk (and note) without end. Stopping
+            # early sets `truncated`: it says "there was more", never what.
+            if len(released) >= limit or len(released) + unseen >= limits.max_results:
+                answer.truncated = True
+                break
+            if decision is Decision.NOTIFY_ONLY:
+                unseen += 1
+                if b.origin == node.center:  # a hub's copy: its origin notes its own
+                    restricted.append(b.record_id)
+                continue
             if decision is Decision.FULL:
                 answer.records.append(entry.envelope())  # type: ignore[arg-type]
             else:
+                stub = entry.signed_stub()
+                if stub is None:
+                    unseen += 1  # it was work all the same
+                    continue  # nothing the origin signed to show: it could not be verified
                 answer.pointers.append(federation_pb2.Pointer(
                     origin=b.origin, record_id=b.record_id, kind=kind_name(b),
-                    contact=b.contact))
+                    contact=b.contact, stub=stub))
             released.append(Dissemination(peer, body.user, b.origin, b.record_id, b.version,
                                           b.seq, "query", decision.name))
-            return True
-
-        log_tx.search(conn, params_of(body, limit), now, accept)
         fed_tx.log_disseminations(conn, released, now)
-        for b in restricted:
-            notices_tx.add(conn, now, "deconfliction", b.origin, b.record_id, {
-                "searched_by": f"{peer}/{body.user}", "query_id": body.query_id,
-                "entities": list(body.entity_keys), "text": body.text,
-                "why": "a restricted record matched another center's query; they were "
-                       "told nothing"})
+        if restricted:
+            notices_tx.deconfliction(conn, now, node.center, deconfliction_notice(
+                peer, body, restricted), limits.max_notices)
         audit_tx.append(conn, node.sign_audit, now, f"{peer}/{body.user}", "query.answer", {
             "center": peer, "user": body.user, "query_id": body.query_id,
             "attributes": sorted(body.user_attributes), "text": body.text,

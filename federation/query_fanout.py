@@ -2,11 +2,27 @@
 
 The node signs the query (center, user, the user's attributes as this center
 asserts them, a random id, a deadline), searches its own store and asks every
-dialled peer at once. Results stream back as they arrive: every FULL record is
-verified against its origin's pinned key before it is shown (a bad one is
-dropped and counted), results are deduplicated by (origin, record id), newest
-version wins, and the last item is a per-center summary (answered, timed out,
-refused, unreachable) so partial results never hide who did not answer.
+dialled peer at once. Results stream back as they arrive, and the last item is
+a per-center summary (answered, timed out, refused, unreachable, with `dropped`
+and `truncated`) so partial results never hide who did not answer.
+
+Nothing an answering peer says is shown on its word:
+- every FULL record is verified against its origin's pinned key, and judged by
+  its own signed policy for this user;
+- every POINTER must carry the origin's signed, content-free stub: it is
+  verified like a record and only the stub's fields are shown (origin, record
+  id, version, kind, contact). A pointer without a valid stub, or whose kind is
+  not a content kind, is dropped and counted;
+- results are deduplicated by (origin, record id): the newest version wins, and
+  FULL beats a POINTER of the same or an older version, so a lying peer cannot
+  displace the origin's real pointer with its own.
+
+A hostile answer cannot freeze the asker: the envelopes and stubs of each
+message are verified in one batch on a small thread pool, never on the event
+loop, and what one peer may send for one query is capped (records and pointers:
+the asked limit; bytes: [limits] max_answer_bytes; messages: the limit + 1).
+The excess is dropped and counted, the call is cancelled, and the summary says
+`truncated`.
 """
 
 from __future__ import annotations
@@ -15,16 +31,16 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from node.query import SearchParams
 from node.record import body_policy, kind_name
 from node.service import NodeService, Visible
-from node.signing import BadSignature, open_record, seal_query
+from node.signing import BadSignature, open_record, open_stub, seal_query
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.timeutil import iso, now_ms
@@ -34,6 +50,7 @@ from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 
 T = TypeVar("T")
 MIN_TIMEOUT_MS, MAX_TIMEOUT_MS = 100, 60_000
+QUEUED_MESSAGES = 64  # answer messages waiting to be verified, all peers together
 ChannelFor = Callable[[str], grpc.aio.Channel]
 Known = Callable[[str, str], tuple[int, int, str] | None]
 
@@ -42,16 +59,6 @@ def timed(fn: Callable[[], T]) -> tuple[T, int]:
     started = time.monotonic()
     out = fn()
     return out, int((time.monotonic() - started) * 1000)
-
-
-def parse_unverified(env: records_pb2.Envelope) -> records_pb2.RecordBody | None:
-    """Only to look up local state before verifying; never shown."""
-    body = records_pb2.RecordBody()
-    try:
-        body.ParseFromString(env.payload)
-    except DecodeError:
-        return None
-    return body
 
 
 @dataclass
@@ -84,25 +91,77 @@ def full_result(body: records_pb2.RecordBody, via: str) -> dict[str, Any]:
             "from": via}
 
 
-def pointer_result(p: federation_pb2.Pointer, via: str) -> dict[str, Any]:
-    return {"record_id": p.record_id, "origin": p.origin, "kind": p.kind,
-            "access": "POINTER", "contact": p.contact, "from": via}
+def pointer_result(stub: records_pb2.EntryStub, via: str) -> dict[str, Any]:
+    """A POINTER as shown: only what its origin signed in the stub."""
+    return {"record_id": stub.record_id, "origin": stub.origin,
+            "kind": records_pb2.Kind.Name(stub.kind), "version": stub.version,
+            "access": "POINTER", "contact": stub.contact, "from": via}
 
 
 @dataclass
 class Merger:
-    """Deduplication by (origin, record id): newest version wins; a POINTER is
-    shown only for a record not already shown in full."""
+    """Deduplication by (origin, record id): the newest version wins, and FULL
+    beats a POINTER of the same version (so also of an older one)."""
 
-    shown: dict[tuple[str, str], int] = field(default_factory=dict)  # version, 0 = pointer
+    shown: dict[tuple[str, str], tuple[int, bool]] = field(default_factory=dict)
 
     def admit(self, result: dict[str, Any]) -> bool:
         key = (result["origin"], result["record_id"])
-        version = result.get("version", 0) if result["access"] == "FULL" else 0
-        if key in self.shown and self.shown[key] >= version:
+        rank = (int(result.get("version", 0)), result["access"] == "FULL")
+        if key in self.shown and self.shown[key] >= rank:
             return False
-        self.shown[key] = version
+        self.shown[key] = rank
         return True
+
+
+@dataclass
+class AnswerCap:
+    """What one peer may send for one query (pure): ``take`` returns the part of
+    a message to keep (None: none of it) and notes what was cut."""
+
+    items: int  # records and pointers still allowed (the asked limit)
+    bytes_left: int
+    messages_left: int
+    dropped: int = 0
+    reason: str = ""
+
+    @property
+    def cut(self) -> bool:
+        return bool(self.reason)
+
+    def take(self, answer: federation_pb2.QueryAnswer) -> federation_pb2.QueryAnswer | None:
+        n = len(answer.records) + len(answer.pointers)
+        if self.messages_left <= 0:
+            return self._cut(n, "more answer messages than the limit needs")
+        size = answer.ByteSize()
+        if size > self.bytes_left:
+            return self._cut(n, "answer larger than max_answer_bytes")
+        self.messages_left -= 1
+        self.bytes_left -= size
+        if n <= self.items:
+            self.items -= n
+            return answer
+        records = list(answer.records[:self.items])
+        pointers = list(answer.pointers[:self.items - len(records)])
+        self._cut(n - self.items, "more results than the limit asked")
+        self.items = 0
+        return federation_pb2.QueryAnswer(records=records, pointers=pointers,
+                                          truncated=answer.truncated)
+
+    def _cut(self, n: int, reason: str) -> None:
+        self.dropped += n
+        self.reason = self.reason or reason
+        return None
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One answer message after verification: per record its verified body, per
+    pointer its verified stub (None where verification failed)."""
+
+    records: list[records_pb2.RecordBody | None]
+    stubs: list[records_pb2.EntryStub | None]
+    truncated: bool
 
 
 class QueryFanout:
@@ -111,6 +170,8 @@ class QueryFanout:
         self.node = node
         self.channel_for = channel_for
         self.dialled = dialled
+        # Ed25519 verification releases the GIL: two threads, off the event loop.
+        self._verifier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="query-verify")
 
     def sign(self, user: User, params: SearchParams, timeout_ms: int
              ) -> tuple[federation_pb2.SignedQuery, federation_pb2.QueryBody]:
@@ -137,15 +198,40 @@ class QueryFanout:
             return None
         return body if body.origin == origin else None
 
+    def verify_stub(self, pointer: federation_pb2.Pointer) -> records_pb2.EntryStub | None:
+        """The pointer's stub, verified against its origin's pinned key; None if
+        it has none, or it fails."""
+        if not pointer.HasField("stub"):
+            return None
+        origin = self.node.signer_of(pointer.stub.key_id)
+        if origin is None:
+            return None
+        try:
+            stub = open_stub(pointer.stub, self.node.keys_of(origin))
+        except BadSignature:
+            return None
+        return stub if stub.origin == origin else None
+
+    def check(self, answer: federation_pb2.QueryAnswer) -> Checked:
+        """Verify one message in a batch (runs on the verifier threads)."""
+        return Checked([self.verify(env) for env in answer.records],
+                       [self.verify_stub(p) for p in answer.pointers], answer.truncated)
+
     async def _ask(self, center: str, signed: federation_pb2.SignedQuery, timeout_s: float,
-                   queue: asyncio.Queue[tuple[str, Any]]) -> None:
+                   limit: int, queue: asyncio.Queue[tuple[str, Any]]) -> None:
         started = time.monotonic()
         outcome = Outcome()
+        cap = AnswerCap(limit, self.node.config.limits.max_answer_bytes, limit + 1)
         try:
             call = federation_pb2_grpc.FederationStub(self.channel_for(center)).Query(
                 signed, timeout=timeout_s)
             async for answer in call:
-                await queue.put((center, answer))
+                kept = cap.take(answer)
+                if kept is not None:
+                    await queue.put((center, kept))
+                if cap.cut:
+                    call.cancel()  # the rest is not read: this peer has sent its share
+                    break
             outcome.status = "answered"
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
@@ -156,6 +242,9 @@ class QueryFanout:
             else:
                 outcome.status, outcome.reason = "refused", f"{code.name}: {details[:160]}"
         outcome.ms = int((time.monotonic() - started) * 1000)
+        outcome.dropped, outcome.truncated = cap.dropped, cap.cut
+        if cap.cut:
+            outcome.reason = f"answer cut: {cap.reason}"
         await queue.put((center, outcome))
 
     async def run(self, user: User, params: SearchParams, timeout_ms: int,
@@ -173,9 +262,10 @@ class QueryFanout:
             asked = sorted(c for c in centers if c != self.node.center)
             include_local = self.node.center in centers
         signed, body = self.sign(user, params, timeout_ms)
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        tasks = [asyncio.create_task(self._ask(c, signed, timeout_ms / 1000, queue))
-                 for c in asked]
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(QUEUED_MESSAGES)
+        tasks = [asyncio.create_task(self._ask(c, signed, timeout_ms / 1000, params.limit,
+                                               queue)) for c in asked]
+        loop = asyncio.get_running_loop()
         merger = Merger()
         summary: dict[str, Outcome] = {c: Outcome() for c in asked}
         shown: list[list[Any]] = []
@@ -202,16 +292,18 @@ class QueryFanout:
                     pending -= 1
                     done = summary[center]
                     item.results, item.pointers = done.results, done.pointers
-                    item.dropped, item.truncated = done.dropped, done.truncated
+                    item.dropped += done.dropped
+                    item.truncated = item.truncated or done.truncated
                     summary[center] = item
                     continue
-                states = {} if not item.records else await self.node.db.read(
-                    lambda conn, a=item: {
-                        (b.origin, b.record_id): log_tx.record_state(conn, b.origin,
-                                                                     b.record_id)
-                        for b in map(parse_unverified, a.records) if b is not None})
+                checked = await loop.run_in_executor(self._verifier, self.check, item)
+                ids = {(x.origin, x.record_id) for x in (*checked.records, *checked.stubs)
+                       if x is not None}
+                states = {} if not ids else await self.node.db.read(
+                    lambda conn, ids=ids: {(o, r): log_tx.record_state(conn, o, r)
+                                           for o, r in ids})
                 known = lambda o, r, s=states: s.get((o, r))  # noqa: E731
-                for result in self._remote_results(center, item, summary[center], known,
+                for result in self._remote_results(center, checked, summary[center], known,
                                                    self.node.requester(user)):
                     if merger.admit(result):
                         shown.append([result["origin"], result["record_id"],
@@ -232,14 +324,13 @@ class QueryFanout:
     def _local_result(self, v: Visible) -> dict[str, Any]:
         if v.decision is Decision.FULL:
             return full_result(v.body, self.node.center)
-        return {**v.summary(), "from": self.node.center}
+        return {**v.summary(), "version": v.body.version, "from": self.node.center}
 
-    def _remote_results(self, center: str, answer: federation_pb2.QueryAnswer,
-                        outcome: Outcome, known: Known, requester: Requester
-                        ) -> list[dict[str, Any]]:
+    def _remote_results(self, center: str, answer: Checked, outcome: Outcome, known: Known,
+                        requester: Requester) -> list[dict[str, Any]]:
         out = []
-        for env in answer.records:
-            body = self.verify(env)
+        now = now_ms()
+        for body in answer.records:
             if body is None or body.kind not in log_tx.CONTENT:
                 outcome.dropped += 1
                 continue
@@ -248,14 +339,25 @@ class QueryFanout:
             if self.node.decide(body, requester) is not Decision.FULL:
                 outcome.dropped += 1
                 continue
-            held = known(body.origin, body.record_id)
-            if held is not None and (held[1] > body.version
-                                     or (held[2] != "active" and held[1] >= body.version)):
-                continue  # we hold a newer version, or know it was withdrawn since
+            if self._stale(known, body.origin, body.record_id, body.version):
+                continue
             outcome.results += 1
             out.append(full_result(body, center))
-        for p in answer.pointers:
+        for stub in answer.stubs:
+            if stub is None or stub.kind not in log_tx.CONTENT:
+                outcome.dropped += 1  # unsigned, forged, or not a record
+                continue
+            if stub.expires_ms <= now or self._stale(known, stub.origin, stub.record_id,
+                                                      stub.version):
+                continue
             outcome.pointers += 1
-            out.append(pointer_result(p, center))
+            out.append(pointer_result(stub, center))
         outcome.truncated = outcome.truncated or answer.truncated
         return out
+
+    @staticmethod
+    def _stale(known: Known, origin: str, record_id: str, version: int) -> bool:
+        """We hold a newer version, or know it was withdrawn since."""
+        held = known(origin, record_id)
+        return held is not None and (held[1] > version
+                                     or (held[2] != "active" and held[1] >= version))

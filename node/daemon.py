@@ -61,6 +61,9 @@ async def serve(home: Home) -> None:
         await db.open()
         stack.push_async_callback(db.close)
         node = NodeService(home, config, signing, db, peers)
+        stubbed = await node.sign_missing_stubs()  # entries from before stubs existed
+        if stubbed:
+            log.info("signed stubs for older entries", extra={"entries": stubbed})
 
         from federation.runtime import Federation  # daemon composes; node/ core never does
 

@@ -73,10 +73,13 @@ def replication_batch(
         if body is not None and policy.decide(body_policy(body), body.origin, evaluator,
                                               requester) is Decision.FULL:
             item.envelope.CopyFrom(e.envelope())
-            if stub is not None and version > 1:
+            if stub is not None and (version > 1 or policy.pointer_possible(
+                    body_policy(body))):
                 # A later version may have to be recalled from a center further on,
                 # which only the origin's stub can justify: a hub must hold it to
-                # forward it. First versions (most of a catch-up) never need one.
+                # forward it. A hub also answers POINTERs for its copies, and a
+                # pointer must carry the origin's stub. First versions of records
+                # everyone may read (most of a catch-up) never need one.
                 item.stub.CopyFrom(stub)
             before = sent_before(e.origin, record_id)
             if before is None or before < version:

@@ -147,6 +147,8 @@ class Limits:
     retention_sweep_s: float = 60.0  # how often expired records are purged
     max_streams_per_peer: int = 4  # concurrent Replicate streams one peer may hold open
     restarts_per_minute: int = 6   # Replicate requests per peer that start an origin over
+    max_notices: int = 10_000  # notices kept per kind; the oldest are dropped
+    max_answer_bytes: int = 32 * 1024 * 1024  # taken from one peer's answer to a query
 
 
 @dataclass(frozen=True)

@@ -212,14 +212,26 @@ class Lifecycle:
 
         def tx(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             out = []
+            def readable(record_id: str, origin: str) -> bool:
+                return user.admin or any(
+                    e.origin == origin and node.decide(e.body(), requester) is Decision.FULL
+                    for e, _ in log_tx.current(conn, record_id))
+
             for ts, kind, origin, record_id, detail in notices_tx.listing(conn, since_ms, limit):
-                if not user.admin:
-                    held = [e.body() for e, _ in log_tx.current(conn, record_id)]
-                    if not any(b.origin == origin and node.decide(b, requester)
-                               is Decision.FULL for b in held):
+                fields = json.loads(detail)
+                if kind == "deconfliction" and "records" in fields:
+                    # One notice per query, naming every matched record: an analyst
+                    # sees it naming only the records they may read in full.
+                    fields["records"] = [r for r in fields["records"] if readable(r, origin)]
+                    if not fields["records"]:
                         continue
+                    if not user.admin:
+                        fields.pop("matched", None)  # counts records they may not read
+                    record_id = fields["records"][0]
+                elif not readable(record_id, origin):
+                    continue
                 out.append({"time": iso(ts), "kind": kind, "origin": origin,
-                            "record_id": record_id, **json.loads(detail)})
+                            "record_id": record_id, **fields})
             return out
 
         return await node.db.read(tx)
@@ -248,6 +260,8 @@ class Lifecycle:
         purge follows when it can reach us)."""
         node = self.node
         now = now_ms()
+        keep = node.config.limits.max_notices
+        await node.db.run(lambda c: [notices_tx.prune(c, k, keep) for k in notices_tx.kinds(c)])
         due = await node.db.read(lambda c: log_tx.expired(c, now))
         system = User(SYSTEM_USER, frozenset(), True)
         for origin, record_id in due:

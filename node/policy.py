@@ -39,6 +39,14 @@ def relayable(policy: Policy) -> bool:
     return policy.relay and policy.tlp not in _NO_RELAY
 
 
+def pointer_possible(policy: Policy) -> bool:
+    """Whether a node holding a copy could ever answer someone a POINTER (or a
+    notice) for this record: always, unless every center and user may read it
+    and it may be passed on. Such a node needs the origin's signed stub."""
+    return not (MEMBERS in policy.audience and not policy.required_attributes
+                and relayable(policy))
+
+
 def center_eligible(policy: Policy, origin: str, center: str) -> bool:
     return center == origin or MEMBERS in policy.audience or center in policy.audience
 

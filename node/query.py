@@ -1,4 +1,17 @@
-"""Search parameters, shared by local search and federated query (pure)."""
+"""Search parameters and the discovery rule, shared by local search and
+federated query (pure).
+
+Discovery reveals no content. A record the asker may read in full (FULL) is a
+result when it matches every filter. A record the asker may not read (POINTER,
+or NOTIFY_ONLY: a restricted record whose origin is told of the hit) is
+discovered only through an exact entity-key match: for it, only the entity
+keys, kinds and origins of the query decide, because kind and origin are shown
+in a pointer anyway. Text, labels and ``since`` are never evaluated against
+content the asker may not read: they can neither produce nor exclude a
+pointer, or a pointer would be an oracle for the words, case numbers and
+timestamps of that content. A query without an entity key returns FULL records
+only and never notifies an origin.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +20,12 @@ from dataclasses import dataclass
 
 from node import entities
 from node.record import CONTENT_KINDS
-from node.types import ValidationError, check_center_id
+from node.types import Decision, ValidationError, check_center_id
 
 MAX_LIMIT = 1000
 MAX_TEXT = 512
 MAX_TERMS = 32
+MAX_ENTITY_KEYS = 64
 
 
 @dataclass(frozen=True)
@@ -25,10 +39,28 @@ class SearchParams:
     limit: int = 50
     any_entity: bool = False  # deconfliction: a record on any of the entities matches
 
+    @property
+    def filters_content(self) -> bool:
+        """Whether the query filters on content (text, labels, time)."""
+        return bool(self.text or self.labels or self.since_ms)
+
     def fts_match(self) -> str:
         """User text as an FTS5 query: every word must occur (quoted: no syntax)."""
         words = re.findall(r"\w+", self.text.lower())[:MAX_TERMS]
         return " ".join(f'"{w}"' for w in words)
+
+
+def discovered(decision: Decision, params: SearchParams, content_match: bool) -> Decision:
+    """What one record yields to a query under the discovery rule (module doc).
+
+    ``decision``: the policy decision for the asker; ``content_match``: whether
+    the record also matched the query's text, labels and since (it matched its
+    entity keys, kinds and origins, or it would not be here). DENY: nothing."""
+    if decision is Decision.FULL:
+        return Decision.FULL if content_match else Decision.DENY
+    if decision < Decision.NOTIFY_ONLY or not params.entity_keys:
+        return Decision.DENY
+    return decision
 
 
 def make_params(
@@ -38,6 +70,8 @@ def make_params(
 ) -> SearchParams:
     if len(text) > MAX_TEXT:
         raise ValidationError(f"search text is longer than {MAX_TEXT} characters")
+    if len(entity_pairs or []) > MAX_ENTITY_KEYS:
+        raise ValidationError(f"more than {MAX_ENTITY_KEYS} entities in one search")
     keys: list[str] = []
     for pair in entity_pairs or []:
         etype, value = entities.parse_pair(pair)

@@ -23,7 +23,7 @@ from node import metrics, policy, record
 from node.audit import AuditEntry, head_message, verify_chain
 from node.home import Home, NodeConfig
 from node.peers import Peer, all_groups
-from node.query import SearchParams
+from node.query import SearchParams, discovered
 from node.record import Draft, body_policy, body_to_dict, kind_name
 from node.signing import (
     AUDIT_DOMAIN,
@@ -286,6 +286,24 @@ class NodeService:
         rest = seal(pairs[half:])
         return first.result() + rest
 
+    async def sign_missing_stubs(self, batch: int = 2000) -> int:
+        """Give this center's entries appended before stubs existed their stub
+        (content-free, signed with the current key), so that a POINTER to them can
+        be verified by the requester: without one, no pointer is answered at all.
+        Runs at start; a no-op once done."""
+        done, after = 0, 0
+        while True:
+            entries = await self.db.read(
+                lambda c, a=after: log_tx.own_without_stub(c, self.center, a, batch))
+            if not entries:
+                return done
+            stubs = await asyncio.to_thread(lambda es=entries: [
+                (e.seq, seal_stub(self.key, stub_of(e.body(), e.hash), self.own_key_id))
+                for e in es])
+            await self.db.run(lambda c, st=stubs: [log_tx.set_stub(c, self.center, seq, s)
+                                                    for seq, s in st])
+            done, after = done + len(entries), entries[-1].seq
+
     async def publish(self, user: User, drafts: list[Draft]) -> list[dict[str, Any]]:
         """Validate, sign and append every draft in one transaction: all or none."""
         if not drafts:
@@ -314,12 +332,13 @@ class NodeService:
     def visible(self, conn: sqlite3.Connection, params: SearchParams, requester: Requester,
                 now: int) -> list[Visible]:
         """What ``requester`` may see of the records matching ``params`` (FULL or
-        POINTER), judged record by record by the policy function."""
+        POINTER), judged record by record by the policy function and the
+        discovery rule (node.query: a POINTER only from an entity-key match)."""
         found: list[Visible] = []
 
-        def accept(entry: log_tx.StoredEntry) -> bool:
+        def accept(entry: log_tx.StoredEntry, content_match: bool) -> bool:
             body = entry.body()
-            decision = self.decide(body, requester)
+            decision = discovered(self.decide(body, requester), params, content_match)
             if decision >= Decision.POINTER:
                 found.append(Visible(decision, body, entry))
                 return True

@@ -45,10 +45,13 @@ def disseminations(conn: sqlite3.Connection, record_id: str | None,
 
 def remember_query(conn: sqlite3.Connection, query_id: str, center: str, deadline_ms: int,
                    now_ms: int) -> bool:
-    """Note a query id until its deadline; False if it was seen (a replay)."""
+    """Note a query id until its deadline; False if this center sent it before
+    (a replay). Ids are unique per requesting center: another center's query
+    with the same id is not a replay (a peer that saw an id cannot use it to
+    get the real requester's query refused)."""
     conn.execute("DELETE FROM seen_queries WHERE expires_ms < ?", (now_ms,))
-    return conn.execute("INSERT OR IGNORE INTO seen_queries VALUES (?, ?, ?)",
-                        (query_id, center, deadline_ms)).rowcount == 1
+    return conn.execute("INSERT OR IGNORE INTO seen_queries (center, query_id, expires_ms) "
+                        "VALUES (?, ?, ?)", (center, query_id, deadline_ms)).rowcount == 1
 
 
 def cursors(conn: sqlite3.Connection, peer: str) -> dict[str, int]:

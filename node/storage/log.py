@@ -4,7 +4,7 @@ index (records, full text, entities), and reads for search and replication."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from node.chain import Held
@@ -221,6 +221,15 @@ def set_stub(conn: sqlite3.Connection, origin: str, seq: int,
                  "record_id = coalesce(record_id, ?), version = coalesce(version, ?) "
                  "WHERE origin = ? AND seq = ? AND stub IS NULL",
                  (*_stub_cols(stub), parsed.record_id, parsed.version, origin, seq))
+
+
+def own_without_stub(conn: sqlite3.Connection, origin: str, after_seq: int,
+                     limit: int) -> list[StoredEntry]:
+    """Signed entries of ``origin`` held without a stub (appended before stubs
+    existed), in seq order after ``after_seq``."""
+    return [StoredEntry(*r) for r in conn.execute(
+        f"SELECT {COLUMNS} FROM entries WHERE origin = ? AND seq > ? AND stub IS NULL "
+        "AND payload IS NOT NULL ORDER BY seq LIMIT ?", (origin, after_seq, limit))]
 
 
 def replace_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
@@ -450,21 +459,31 @@ def _broad(conn: sqlite3.Connection, params: SearchParams, match: str) -> bool:
     return hits >= BROAD
 
 
-def search(
-    conn: sqlite3.Connection, params: SearchParams, now_ms: int,
-    accept: Callable[[StoredEntry], bool],
-) -> list[StoredEntry]:
-    """Active, unexpired records matching ``params``, newest first, that ``accept``
-    lets through, up to the limit (the policy decision runs per row, here)."""
+def matches(conn: sqlite3.Connection, params: SearchParams,
+            now_ms: int) -> Iterator[tuple[StoredEntry, bool]]:
+    """Active, unexpired records matching ``params``, newest first, read lazily
+    (the caller stops when it has enough), each with ``content_match``.
+
+    With entity keys, every record matching the keys, kinds and origins comes,
+    and ``content_match`` tells whether it also matched the text, labels and
+    since (node.query.discovered decides what that allows); without entity
+    keys, only records matching everything (``content_match`` is True)."""
     match = params.fts_match()
-    walk = " INDEXED BY records_created" if _broad(conn, params, match) else ""
-    sql = [f"SELECT {E_COLUMNS} "
-           f"FROM records r{walk} JOIN entries e ON e.origin = r.origin AND e.seq = r.seq"]
+    content: list[str] = []
+    content_args: list[object] = []
+    if match:
+        # Correlated: FTS5 seeks by rowid, so no set of every match is built.
+        content.append("EXISTS (SELECT 1 FROM records_fts WHERE records_fts MATCH ? "
+                       "AND rowid = r.id)")
+        content_args.append(match)
+    if params.since_ms:
+        content.append("r.created_ms >= ?")
+        content_args.append(params.since_ms)
+    for label in params.labels:
+        content.append("instr(r.labels, ?) > 0")
+        content_args.append(f" {label} ")
     where = ["r.state = 'active'", "r.expires_ms > ?"]
     args: list[object] = [now_ms]
-    if match:
-        where.append("r.id IN (SELECT rowid FROM records_fts WHERE records_fts MATCH ?)")
-        args.append(match)
     if params.any_entity and params.entity_keys:
         marks = ",".join("?" * len(params.entity_keys))
         where.append(f"r.id IN (SELECT rec FROM entity_keys WHERE key IN ({marks}))")
@@ -479,17 +498,36 @@ def search(
     if params.origins:
         where.append(f"r.origin IN ({','.join('?' * len(params.origins))})")
         args.extend(params.origins)
-    if params.since_ms:
-        where.append("r.created_ms >= ?")
-        args.append(params.since_ms)
-    for label in params.labels:
-        where.append("instr(r.labels, ?) > 0")
-        args.append(f" {label} ")
-    sql.append("WHERE " + " AND ".join(where) + " ORDER BY r.created_ms DESC, r.id DESC")
+    if params.entity_keys:
+        # Content filters only mark rows: records the asker may not read are
+        # found (or not) by their entity keys, kinds and origins alone.
+        walk = ""
+        flag = f"({' AND '.join(content)})" if content else "1"
+        args = content_args + args
+    else:
+        walk = " INDEXED BY records_created" if _broad(conn, params, match) else ""
+        flag = "1"
+        if match:  # the set form here: the planner may start from a rare word
+            content[0] = "r.id IN (SELECT rowid FROM records_fts WHERE records_fts MATCH ?)"
+        where.extend(content)
+        args.extend(content_args)
+    sql = (f"SELECT {E_COLUMNS}, "
+           f"{flag} FROM records r{walk} JOIN entries e ON e.origin = r.origin "
+           f"AND e.seq = r.seq WHERE {' AND '.join(where)} "
+           "ORDER BY r.created_ms DESC, r.id DESC")
+    for row in conn.execute(sql, args):
+        yield StoredEntry(*row[:NCOL]), bool(row[NCOL])
+
+
+def search(
+    conn: sqlite3.Connection, params: SearchParams, now_ms: int,
+    accept: Callable[[StoredEntry, bool], bool],
+) -> list[StoredEntry]:
+    """The matches (above) that ``accept(entry, content_match)`` lets through,
+    up to the limit (the policy decision runs per row, there)."""
     out: list[StoredEntry] = []
-    for row in conn.execute(" ".join(sql), args):
-        item = StoredEntry(*row)
-        if accept(item):
+    for item, content_match in matches(conn, params, now_ms):
+        if accept(item, content_match):
             out.append(item)
             if len(out) >= params.limit:
                 break

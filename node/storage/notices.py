@@ -21,6 +21,29 @@ def add(conn: sqlite3.Connection, ts_ms: int, kind: str, origin: str, record_id:
                                             json.dumps(detail, sort_keys=True)))
 
 
+def deconfliction(conn: sqlite3.Connection, ts_ms: int, origin: str,
+                  detail: dict[str, Any], keep: int) -> None:
+    """The one notice a query leaves for its restricted matches on this center's
+    records (``detail["records"]``, non-empty). Another center's queries cause
+    it, so deconfliction notices are kept within ``keep``: the oldest go."""
+    add(conn, ts_ms, "deconfliction", origin, detail["records"][0], detail)
+    prune(conn, "deconfliction", keep)
+
+
+def prune(conn: sqlite3.Connection, kind: str, keep: int) -> int:
+    """Drop the oldest notices of one kind beyond the newest ``keep``."""
+    row = conn.execute("SELECT id FROM notices WHERE kind = ? ORDER BY id DESC "
+                       "LIMIT 1 OFFSET ?", (kind, max(keep, 0))).fetchone()
+    if row is None:
+        return 0
+    return conn.execute("DELETE FROM notices WHERE kind = ? AND id <= ?",
+                        (kind, row[0])).rowcount
+
+
+def kinds(conn: sqlite3.Connection) -> list[str]:
+    return [k for (k,) in conn.execute("SELECT DISTINCT kind FROM notices")]
+
+
 def lifecycle_notice(conn: sqlite3.Connection, ts_ms: int, body: records_pb2.RecordBody,
                      held_version: int) -> None:
     """Tell this center's analysts that a record they hold changed at its origin."""

@@ -163,4 +163,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE entries ADD COLUMN stub_signature BLOB;
     ALTER TABLE entries ADD COLUMN stub_key_id TEXT;
     """,
+    # 4: query ids are unique per requesting center: the replay memory is keyed by
+    # (center, query id), so a peer that saw another center's id cannot get that
+    # center's query refused as a replay. Deconfliction notices are pruned by kind.
+    """
+    CREATE TABLE seen_queries_by_center (
+        center TEXT NOT NULL,
+        query_id TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (center, query_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO seen_queries_by_center
+        SELECT center, query_id, expires_ms FROM seen_queries;
+    DROP TABLE seen_queries;
+    ALTER TABLE seen_queries_by_center RENAME TO seen_queries;
+    CREATE INDEX seen_queries_expiry ON seen_queries (expires_ms);
+    CREATE INDEX notices_kind ON notices (kind, id);
+    """,
 ]

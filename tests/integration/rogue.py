@@ -5,7 +5,9 @@ replayed) to a real node over real mutual TLS."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import grpc
 from node import keys
 from node.devnet import free_port
 from node.identity import IdentityCard, parse_card
-from node.signing import entry_hash, raw_public, seal_record
+from node.signing import entry_hash, raw_public, seal_query, seal_record
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 
 
@@ -30,6 +32,8 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.items: list[federation_pb2.LogItem] = []
         self.requests: list[object] = []
         self.answers: list[records_pb2.Envelope] = []
+        self.pointers: list[federation_pb2.Pointer] = []  # sent with `answers`
+        self.flood: tuple[federation_pb2.QueryAnswer, int] | None = None  # (message, times)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -73,7 +77,12 @@ class Rogue(federation_pb2_grpc.FederationServicer):
 
     async def Query(self, request, context):
         self.requests.append(request)
-        yield federation_pb2.QueryAnswer(records=self.answers)
+        if self.flood is not None:
+            message, times = self.flood
+            for _ in range(times):
+                yield message
+            return
+        yield federation_pb2.QueryAnswer(records=self.answers, pointers=self.pointers)
 
     def serve(self, trusted_card_line: str) -> Rogue:
         trusted = parse_card(trusted_card_line)
@@ -104,6 +113,31 @@ class Rogue(federation_pb2_grpc.FederationServicer):
             asyncio.run_coroutine_threadsafe(self._server.stop(None), self._loop).result(10)
         if self._thread:
             self._thread.join(10)
+
+    def signed_query(self, **fields: object) -> federation_pb2.SignedQuery:
+        """A query signed with this rogue's key: fresh, a random id, ``fields`` set."""
+        now = int(time.time() * 1000)
+        body = federation_pb2.QueryBody(center=self.center, user="u",
+                                        query_id=secrets.token_hex(16), issued_ms=now,
+                                        deadline_ms=now + 10_000)
+        for k, v in fields.items():
+            if isinstance(v, (list, tuple)):
+                getattr(body, k).extend(v)
+            else:
+                setattr(body, k, v)
+        raw = body.SerializeToString()
+        sig, kid = seal_query(self.signing, raw)
+        return federation_pb2.SignedQuery(body=raw, signature=sig, key_id=kid)
+
+    def ask(self, node_listen: str, node_card: str, query: federation_pb2.SignedQuery
+            ) -> tuple[grpc.StatusCode, list[federation_pb2.QueryAnswer]]:
+        """Send a query to a real node over mutual TLS: its status and answers."""
+        with self.channel(node_listen, node_card) as ch:
+            try:
+                answers = list(federation_pb2_grpc.FederationStub(ch).Query(query, timeout=10))
+                return grpc.StatusCode.OK, answers
+            except grpc.RpcError as exc:
+                return exc.code(), []
 
     def channel(self, target: str, server_card: str) -> grpc.Channel:
         """A client channel presenting this rogue's certificate."""

@@ -107,8 +107,11 @@ def test_every_center_and_user_gets_exactly_what_the_policy_allows(make_node,
     # Restricted hits leave a deconfliction notice at their origin, naming who asked.
     for origin in ("c1", "c2"):
         notices = nodes[origin].json_lines("notices")
-        noticed = {(n["record_id"], n["searched_by"]) for n in notices
-                   if n["kind"] == "deconfliction"}
+        noticed = {(rid, n["searched_by"]) for n in notices
+                   if n["kind"] == "deconfliction" for rid in n["records"]}
+        # One notice per query that hit restricted records, naming them all.
+        assert len([n for n in notices if n["kind"] == "deconfliction"]) == len(
+            {s for _, s in noticed})
         want = {(rid, f"{c}/{u}") for rid, (o, p) in published.items() if o == origin
                 for c, users in USERS.items() if c != origin for u in users
                 if oracle(p, origin, origin, Requester(c, u, frozenset(USERS[c][u])))

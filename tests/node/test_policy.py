@@ -12,7 +12,14 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from node.policy import center_eligible, decide, relayable, user_attribute, user_qualifies
+from node.policy import (
+    center_eligible,
+    decide,
+    pointer_possible,
+    relayable,
+    user_attribute,
+    user_qualifies,
+)
 from node.types import MEMBERS, Decision, Discoverability, Policy, Requester, Tlp
 
 CENTERS = ("ncric", "nysic", "ffc", "mcac", "wsic")
@@ -339,3 +346,13 @@ def test_prop_decide_matches_oracle(p, origin, evaluator, req):
 
 def test_oracle_table_is_complete():
     assert set(OUTSIDE) == {(d, s, q) for d in D for s in (False, True) for q in (False, True)}
+
+
+@settings(max_examples=400, deadline=None)
+@given(policies, centers, centers, user_requesters)
+def test_prop_no_stub_needed_only_where_every_user_reads_in_full(policy, origin, holder,
+                                                                 who):
+    """pointer_possible is False only for records every center's every user may
+    read in full from any holder: a hub without the stub loses no pointer."""
+    if not pointer_possible(policy):
+        assert decide(policy, origin, holder, who) is Decision.FULL

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.query import MAX_LIMIT, MAX_TERMS, MAX_TEXT, SearchParams, make_params
-from node.types import ValidationError
+from node.query import MAX_LIMIT, MAX_TERMS, MAX_TEXT, SearchParams, discovered, make_params
+from node.types import Decision, ValidationError
 
 
 def test_defaults():
@@ -43,6 +43,7 @@ def test_kinds_labels_origins_normalized():
     ({"text": "!!! ??"}, "no words"),
     ({"entity_pairs": ["phone=12"]}, "not a valid phone"),
     ({"entity_pairs": ["phone"]}, "TYPE=VALUE"),
+    ({"entity_pairs": ["phone=5550100000"] * 65}, "more than 64 entities"),
 ])
 def test_bad_params_rejected(kwargs, needle):
     with pytest.raises(ValidationError, match=needle):
@@ -67,3 +68,19 @@ def test_prop_fts_match_is_only_quoted_words(text):
     assert len(tokens) <= MAX_TERMS
     for t in tokens:
         assert re.fullmatch(r'"\w+"', t), t
+
+
+@pytest.mark.parametrize("decision", list(Decision))
+@pytest.mark.parametrize("entity", [False, True])
+@pytest.mark.parametrize("content_match", [False, True])
+def test_discovery_rule(decision, entity, content_match):
+    """FULL needs every filter; a pointer or a notice needs an entity key and
+    never depends on the content filters; no entity key: FULL only."""
+    params = SearchParams(text="stash", entity_keys=("phone:5550107777",) if entity else ())
+    got = discovered(decision, params, content_match)
+    if decision is Decision.FULL:
+        assert got is (Decision.FULL if content_match else Decision.DENY)
+    elif decision is Decision.DENY or not entity:
+        assert got is Decision.DENY
+    else:
+        assert got is decision
