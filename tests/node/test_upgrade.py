@@ -144,7 +144,8 @@ def held_active(up: Upgraded, labels: set[str]) -> set[str]:
 
 
 def search(up: Upgraded, params: SearchParams) -> set[str]:
-    return {e.body().record_id for e in log_tx.search(up.conn, params, AS_OF_MS, lambda e: True)}
+    found = log_tx.search(up.conn, params, AS_OF_MS, lambda e, content_match: content_match)
+    return {e.body().record_id for e in found}
 
 
 def test_the_fixture_is_an_older_schema_with_no_secrets() -> None:
