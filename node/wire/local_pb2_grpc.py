@@ -104,6 +104,16 @@ class LocalStub:
                 request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
                 response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
                 _registered_method=True)
+        self.Export = channel.unary_unary(
+                '/fcnode.v1.Local/Export',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.Import = channel.unary_unary(
+                '/fcnode.v1.Local/Import',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                _registered_method=True)
 
 
 class LocalServicer:
@@ -193,6 +203,19 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Export(self, request, context):
+        """STIX 2.1 bundles out and in (README "STIX 2.1").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Import(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +286,16 @@ def add_LocalServicer_to_server(servicer, server):
             ),
             'Backup': grpc.unary_unary_rpc_method_handler(
                     servicer.Backup,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            ),
+            'Export': grpc.unary_unary_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            ),
+            'Import': grpc.unary_unary_rpc_method_handler(
+                    servicer.Import,
                     request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
                     response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
             ),
@@ -643,6 +676,60 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Backup',
+            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/Export',
+            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/Import',
             fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
             fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
             options,
