@@ -12,10 +12,10 @@ from typing import Any
 
 import grpc
 
-from node import logs
+from node import exchange, logs
 from node.backup import make_backup
 from node.lifecycle import Lifecycle
-from node.query import make_params
+from node.query import SearchParams, make_params
 from node.record import parse_draft
 from node.service import NodeService, NotFound
 from node.storage import audit as audit_tx
@@ -112,6 +112,16 @@ def streaming(method: Callable[..., Awaitable[Any]]) -> Handler:
     return wrapper
 
 
+def search_params(req: Request) -> SearchParams:
+    """The search filters of a request: one place for search and export."""
+    since = req.get("since")
+    return make_params(
+        text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
+        kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
+        labels=req.strings("labels"), origins=req.strings("origins"),
+        limit=int(req.get("limit") or 50))
+
+
 class LocalServicer(local_pb2_grpc.LocalServicer):
     def __init__(self, node: NodeService, lifecycle: Lifecycle,
                  extensions: dict[str, Handler] | None = None) -> None:
@@ -141,13 +151,23 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
 
     @streaming
     async def Search(self, user: User, req: Request) -> list[Any]:
-        since = req.get("since")
-        params = make_params(
-            text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
-            kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
-            labels=req.strings("labels"), origins=req.strings("origins"),
-            limit=int(req.get("limit") or 50))
-        return await self.node.search(user, params)
+        return await self.node.search(user, search_params(req))
+
+    @unary
+    async def Export(self, user: User, req: Request) -> Any:
+        if req.get("format") != "stix2.1":
+            raise ValidationError(f"unknown export format {req.get('format')!r}: use stix2.1")
+        return await exchange.export_stix(self.node, user, search_params(req))
+
+    @unary
+    async def Import(self, user: User, req: Request) -> Any:
+        if req.get("format") != "stix2.1":
+            raise ValidationError(f"unknown import format {req.get('format')!r}: use stix2.1")
+        bundle = req.get("bundle")
+        if not isinstance(bundle, str):
+            raise ValidationError("import needs the bundle text")
+        return await exchange.import_stix(self.node, user, bundle, req.get("tlp"),
+                                          req.strings("audience"), bool(req.get("dry_run")))
 
     @unary
     async def Users(self, user: User, req: Request) -> Any:

@@ -304,8 +304,10 @@ class NodeService:
                                                     for seq, s in st])
             done, after = done + len(entries), entries[-1].seq
 
-    async def publish(self, user: User, drafts: list[Draft]) -> list[dict[str, Any]]:
-        """Validate, sign and append every draft in one transaction: all or none."""
+    async def publish(self, user: User, drafts: list[Draft],
+                      detail: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Validate, sign and append every draft in one transaction: all or none.
+        ``detail`` goes into each record's audit entry (e.g. which import)."""
         if not drafts:
             raise ValidationError("nothing to publish")
         groups = self.groups()
@@ -321,7 +323,7 @@ class NodeService:
 
         builders = [builder(d, a) for d, a in zip(drafts, audiences, strict=True)]
         bodies = await self.db.run(lambda conn: self.append_own(
-            conn, builders, user.name, "record.publish", now, new_records=True))
+            conn, builders, user.name, "record.publish", now, detail, new_records=True))
         self.changes.bump()
         return [published(b) for b in bodies]
 

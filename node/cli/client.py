@@ -56,7 +56,9 @@ class Client:
         if not socket.exists():
             raise CliError(f"no fcnode daemon is running for {home.root} "
                            f"(start it with: fcnode serve --home {home.root})", EXIT_NO_DAEMON)
-        self.channel = grpc.insecure_channel(f"unix:{socket}")
+        # Replies up to the 16 MiB the daemon accepts (a STIX export can be large).
+        self.channel = grpc.insecure_channel(
+            f"unix:{socket}", options=[("grpc.max_receive_message_length", 16 * 2**20)])
         self.stub = local_pb2_grpc.LocalStub(self.channel)
 
     def _metadata(self) -> list[tuple[str, str]]:

@@ -303,10 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="date or age, e.g. 7d")
     p.add_argument("--limit", type=int, default=0, help="newest N entries")
 
-    from node.cli import federation_cmds, lifecycle_cmds
+    from node.cli import federation_cmds, lifecycle_cmds, stix_cmds
 
     federation_cmds.register(add, common)
     lifecycle_cmds.register(add, _record_flags)
+    stix_cmds.register(add, _search_flags)
     return parser
 
 

@@ -51,7 +51,6 @@ from node.stix.common import (
 from node.types import Tlp
 from node.wire import records_pb2
 
-
 # STIX 2.1 section 2.9: the namespace of deterministic observable ids.
 SCO_NAMESPACE = uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7")
 

@@ -103,14 +103,17 @@ def check_bundle(data: Any) -> dict[str, dict[str, Any]]:
         if obj.get("spec_version", "2.1") != "2.1":
             raise _fail(f"{oid} is STIX {obj.get('spec_version')}; only 2.1 is accepted")
         try:
-            stix2.parse(obj, allow_custom=True, version="2.1")
+            # Marking definitions are judged by _Markings (stix2 refuses the TLP
+            # definitions other tools write under their own ids).
+            if obj["type"] != "marking-definition":
+                stix2.parse(obj, allow_custom=True, version="2.1")
         except (STIXError, ValueError, TypeError, KeyError) as exc:
             reason = " ".join(str(exc).split())[:300]
             raise _fail(f"{oid} is not valid STIX 2.1: {reason}") from None
-        if oid in by_id and by_id[oid] != obj:
-            # Two versions of one object: the newest (modified) wins, as in STIX.
-            if str(obj.get("modified", "")) <= str(by_id[oid].get("modified", "")):
-                continue
+        # Two versions of one object: the newest (modified) wins, as in STIX.
+        if oid in by_id and by_id[oid] != obj and \
+                str(obj.get("modified", "")) <= str(by_id[oid].get("modified", "")):
+            continue
         by_id[oid] = obj
     return by_id
 
@@ -334,7 +337,10 @@ def _convert(obj: dict[str, Any], by_id: dict[str, dict[str, Any]], markings: _M
             skipped.append(Skipped(oid, f"entity dropped: {exc}"))
             continue
         good.append({"type": etype, "value": value})
-    strictest = max((t for t in tlps if t is not None), default=None)
+    # An fcnode record's TLP is its own marking, as its author published it (an
+    # observable it shares with a stricter record carries that record's marking too);
+    # anything else takes the strictest of what is folded into it.
+    strictest = max((t for t in (tlps[:1] if ext else tlps) if t is not None), default=None)
     tlp = strictest if strictest is not None else default_tlp
     title = _title(obj, by_id)
     if len(title) > MAX_TITLE:
