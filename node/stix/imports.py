@@ -172,8 +172,8 @@ def _refs(obj: dict[str, Any]) -> list[str]:
     if t in CONTAINERS or t == "observed-data":
         return list(obj.get("object_refs") or [])
     if t == "sighting":
-        return [obj.get("sighting_of_ref", ""), *(obj.get("observed_data_refs") or []),
-                *(obj.get("where_sighted_refs") or [])]
+        # where_sighted_refs name who saw it, not what it is about: not entities.
+        return [obj.get("sighting_of_ref", ""), *(obj.get("observed_data_refs") or [])]
     return []
 
 
