@@ -137,7 +137,7 @@ def count_disseminations(rows: Iterable[Any]) -> None:
     """Rows with .channel and .decision (node.egress.Dissemination)."""
     counts: dict[tuple[str, str], int] = {}
     for d in rows:
-        key = (slug(d.channel, ("replication", "query", "recall")),
+        key = (slug(d.channel, ("replication", "query", "recall", "export")),
                slug(d.decision, ("full", "pointer", "recall")).upper())
         counts[key] = counts.get(key, 0) + 1
     for (channel, decision), n in counts.items():
