@@ -233,7 +233,7 @@ def test_incident_sighting_and_standalone_indicator_become_records() -> None:
     incident = stix2.v21.Incident(name="Shots fired", description="at the depot")
     bundle = json.loads(stix2.v21.Bundle(ind, lone, sighting, incident,
                                          allow_custom=True).serialize())
-    plan = imports.plan(bundle, default_tlp=Tlp.RED.__class__.GREEN)
+    plan = imports.plan(bundle, default_tlp=Tlp.GREEN)
     by = {c.stix_id: c.draft for c in plan.records}
     assert set(by) == {lone.id, sighting.id, incident.id}  # ind is folded into the sighting
     assert by[sighting.id]["entities"] == [{"type": "plate", "value": "7ABC123"}]
@@ -290,3 +290,26 @@ def test_too_many_objects_are_refused() -> None:
               "objects": [email] * (common.MAX_OBJECTS + 1)}
     with pytest.raises(ValidationError, match="at most"):
         imports.plan(bundle)
+
+
+@pytest.mark.parametrize("marking, tlp", [
+    (stix2.v21.TLP_WHITE, "CLEAR"), (stix2.v21.TLP_GREEN, "GREEN"),
+    (stix2.v21.TLP_AMBER, "AMBER"), (stix2.v21.TLP_RED, "RED"),
+    *[(export.tlp_marking(t), t.label) for t in Tlp],
+])
+def test_tlp_1_and_2_markings_map_to_tlp(marking: Any, tlp: str) -> None:
+    report = stix2.v21.Report(name="r", published="2026-01-01T00:00:00Z",
+                              object_refs=[stix2.v21.EmailAddress(value="a@b.org").id],
+                              object_marking_refs=[marking.id])
+    # Only the id counts: the bundle need not even hold the definition.
+    plan = imports.plan(json.loads(stix2.v21.Bundle(report).serialize()), Tlp.GREEN)
+    assert plan.records[0].draft["policy"]["tlp"] == tlp
+
+
+def test_granular_markings_are_refused() -> None:
+    report = stix2.v21.Report(
+        name="r", published="2026-01-01T00:00:00Z",
+        object_refs=[stix2.v21.EmailAddress(value="a@b.org").id],
+        granular_markings=[{"marking_ref": stix2.v21.TLP_RED.id, "selectors": ["name"]}])
+    with pytest.raises(ValidationError, match="granular markings"):
+        imports.plan(json.loads(stix2.v21.Bundle(report).serialize()))
