@@ -274,11 +274,12 @@ def plan(data: Any, default_tlp: Tlp = Tlp.AMBER,
     if len(records) > MAX_IMPORT_RECORDS:
         raise _fail(f"{len(records)} records; at most {MAX_IMPORT_RECORDS} in one import "
                     "(split the bundle)")
+    authors = {o.get("created_by_ref") for o in by_id.values()}
     for obj in by_id.values():
         oid, t = obj["id"], obj["type"]
         if oid in used or t in _SILENT or oid in folded_into:
             continue
-        if t == "identity" and any(o.get("created_by_ref") == oid for o in by_id.values()):
+        if t == "identity" and oid in authors:
             continue  # an author, not content
         if t == "relationship":
             skipped.append(Skipped(oid, "relationships have no fcnode counterpart"))
@@ -298,6 +299,7 @@ def _convert(obj: dict[str, Any], by_id: dict[str, dict[str, Any]], markings: _M
     patterns: list[str] = []
     tlps = [markings.tlp(obj)]
     folded: list[str] = []
+    seen: set[str] = set()  # folded, as a set: a container may refer to 20,000 objects
 
     def visit(o: dict[str, Any], depth: int) -> None:
         if o["type"] == "indicator":
@@ -311,12 +313,13 @@ def _convert(obj: dict[str, Any], by_id: dict[str, dict[str, Any]], markings: _M
             if target is None:
                 skipped.append(Skipped(ref, f"referred to by {o['id']} but not in the bundle"))
                 continue
-            if ref == oid or ref in folded or target["type"] in _SILENT:
+            if ref == oid or ref in seen or target["type"] in _SILENT:
                 continue
             if target.get("id") == obj.get("created_by_ref") and target["type"] == "identity" \
                     and not (target.get("extensions") or {}).get(EXTENSION_ID):
                 continue  # the author's identity (an fcnode record with no entities)
             folded.append(ref)
+            seen.add(ref)
             tlps.append(markings.tlp(target))
             if target["type"] in RECORD_TYPES:
                 if depth < 3:
