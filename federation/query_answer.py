@@ -172,14 +172,20 @@ class QueryAnswerer:
             # The work limit counts restricted matches too, so a query on a common
             # entity cannot make this node walk (and note) without end. Stopping
             # early sets `truncated`: it says "there was more", never what.
-            if len(released) >= limit or len(released) + unseen >= limits.max_results:
+            if len(released) + unseen >= limits.max_results:
                 answer.truncated = True
                 break
             if decision is Decision.NOTIFY_ONLY:
+                # Noted whatever the asker's limit: were the answer cut here for
+                # it, `truncated` would tell the asker that a restricted record
+                # matched, and its origin would never learn of the hit.
                 unseen += 1
                 if b.origin == node.center:  # a hub's copy: its origin notes its own
                     restricted.append(b.record_id)
                 continue
+            if len(released) >= limit:
+                answer.truncated = True  # a record the asker may see was left out
+                break
             if decision is Decision.FULL:
                 answer.records.append(entry.envelope())  # type: ignore[arg-type]
             else:
