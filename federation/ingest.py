@@ -70,13 +70,24 @@ class IngestResult:
 
 
 def _contradicted(conn: sqlite3.Connection, origin: str, seq: int, now_ms: int,
-                  result: IngestResult) -> None:
+                  result: IngestResult, replaced_by: str | None = None) -> None:
     """The origin's signed entry (or stub) contradicts the unsigned hint held at
-    ``seq``: log it against the peer that gave the hint (see MAX_REWINDS)."""
+    ``seq``: log it against the peer that gave the hint (see MAX_REWINDS).
+
+    ``replaced_by``: the peer whose signed item now replaces the hint at ``seq``
+    itself. When that is the peer that gave the hint, it corrected its own relay
+    (an honest hub that had passed on a rogue's fake and then got the origin's
+    entry): not charged, or a rogue behind a hub would make every spoke refuse
+    that hub's placeholders and cut the spokes off the origin. No loop follows
+    from it: the position now holds the origin's signed entry, which no hint
+    displaces. A rewind (the hint at seq-1 contradicted by the entry at seq) is
+    always charged: the same peer could replay it forever."""
     hint = log_tx.entry_source(conn, origin, seq) or ""
+    result.correct(origin, seq)
+    if replaced_by is not None and hint == replaced_by:
+        return
     fed_tx.reject(conn, now_ms, hint, origin, seq, CONTRADICTED)
     result.rejected[CONTRADICTED] += 1
-    result.correct(origin, seq)
 
 
 def _refusal(verdict: Verdict, prior: log_tx.RecordState | None,
@@ -355,7 +366,7 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
                     result.rejected["placeholder contradicts the origin's own"] += 1
                     return
                 if c.stub is not None:
-                    _contradicted(conn, origin, seq, now_ms, result)
+                    _contradicted(conn, origin, seq, now_ms, result, peer)
                 log_tx.drop_hints(conn, origin, seq - 1, upto=seq)
                 result.correct(origin, seq)
             log_tx.insert_placeholder(
@@ -373,7 +384,7 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
         # Content never kept; the position keeps the hash and the origin's
         # signature as evidence, and the chain goes on.
         if verdict is Verdict.REPLACE:
-            _contradicted(conn, origin, seq, now_ms, result)
+            _contradicted(conn, origin, seq, now_ms, result, peer)
         log_tx.insert_evidence(conn, c.item.envelope, body, peer, now_ms, stub)
         if refusal:
             if refusal != "superseded version":  # a peer that is behind: not an attack
@@ -389,7 +400,7 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
         if stub is not None:
             log_tx.set_stub(conn, origin, seq, stub)
     elif verdict is Verdict.REPLACE:
-        _contradicted(conn, origin, seq, now_ms, result)
+        _contradicted(conn, origin, seq, now_ms, result, peer)
         log_tx.replace_placeholder(conn, c.item.envelope, c.body, c.item.hash, peer, now_ms,
                                    stub)
     else:

@@ -169,20 +169,35 @@ class QueryAnswerer:
             decision = discovered(node.decide(b, requester), params, content_match)
             if decision is Decision.DENY:
                 continue
-            # The work limit counts restricted matches too, so a query on a common
-            # entity cannot make this node walk (and note) without end. Stopping
-            # early sets `truncated`: it says "there was more", never what.
-            if len(released) >= limit or len(released) + unseen >= limits.max_results:
-                answer.truncated = True
-                break
             if decision is Decision.NOTIFY_ONLY:
+                # Restricted matches have their own work limit, so a query on a
+                # common entity cannot make this node walk (and note) without
+                # end; what is released is bounded by the asker's limit below.
+                # Stopping early sets `truncated`: "there was more", never what.
+                if unseen >= limits.max_results:
+                    answer.truncated = True
+                    break
+                # Noted whatever the asker's limit: were the answer cut here for
+                # it, `truncated` would tell the asker that a restricted record
+                # matched, and its origin would never learn of the hit.
                 unseen += 1
                 if b.origin == node.center:  # a hub's copy: its origin notes its own
                     restricted.append(b.record_id)
                 continue
+            # FULL records and POINTERs each get the limit: one cut for both, in
+            # time order, would tell by which made it when a record the asker
+            # may not read was created (node.service.NodeService.visible).
             if decision is Decision.FULL:
+                if len(answer.records) >= limit:
+                    answer.truncated = True  # a record the asker may see was left out
+                    if not params.entity_keys:
+                        break  # no pointer or restricted match can follow
+                    continue
                 answer.records.append(entry.envelope())  # type: ignore[arg-type]
             else:
+                if len(answer.pointers) >= limit:
+                    answer.truncated = True
+                    continue
                 stub = entry.signed_stub()
                 if stub is None:
                     unseen += 1  # it was work all the same
@@ -192,6 +207,8 @@ class QueryAnswerer:
                     contact=b.contact, stub=stub))
             released.append(Dissemination(peer, body.user, b.origin, b.record_id, b.version,
                                           b.seq, "query", decision.name))
+        # Not in time order: where a pointer sits would date it (see above).
+        answer.pointers.sort(key=lambda p: (p.origin, p.record_id))
         fed_tx.log_disseminations(conn, released, now)
         if restricted:
             notices_tx.deconfliction(conn, now, node.center, deconfliction_notice(

@@ -12,7 +12,8 @@ Nothing an answering peer says is shown on its word:
 - every POINTER must carry the origin's signed, content-free stub: it is
   verified like a record and only the stub's fields are shown (origin, record
   id, version, kind, contact). A pointer without a valid stub, or whose kind is
-  not a content kind, is dropped and counted;
+  not a content kind, or that answers a query with no entity key (pointers come
+  only from entity matches), is dropped and counted;
 - results are deduplicated by (origin, record id): the newest version wins, and
   FULL beats a POINTER of the same or an older version, so a lying peer cannot
   displace the origin's real pointer with its own.
@@ -304,7 +305,8 @@ class QueryFanout:
                                            for o, r in ids})
                 known = lambda o, r, s=states: s.get((o, r))  # noqa: E731
                 for result in self._remote_results(center, checked, summary[center], known,
-                                                   self.node.requester(user)):
+                                                   self.node.requester(user),
+                                                   bool(params.entity_keys)):
                     if merger.admit(result):
                         shown.append([result["origin"], result["record_id"],
                                       result.get("version", 0), result["access"]])
@@ -327,7 +329,7 @@ class QueryFanout:
         return {**v.summary(), "version": v.body.version, "from": self.node.center}
 
     def _remote_results(self, center: str, answer: Checked, outcome: Outcome, known: Known,
-                        requester: Requester) -> list[dict[str, Any]]:
+                        requester: Requester, pointers_asked: bool) -> list[dict[str, Any]]:
         out = []
         now = now_ms()
         for body in answer.records:
@@ -344,8 +346,11 @@ class QueryFanout:
             outcome.results += 1
             out.append(full_result(body, center))
         for stub in answer.stubs:
-            if stub is None or stub.kind not in log_tx.CONTENT:
-                outcome.dropped += 1  # unsigned, forged, or not a record
+            if stub is None or stub.kind not in log_tx.CONTENT or not pointers_asked:
+                # Unsigned, forged, or not a record; or the query had no entity key,
+                # so no honest node answers it with a pointer: a real stub relayed
+                # by a hostile peer must not turn words into "the origin holds one".
+                outcome.dropped += 1
                 continue
             if stub.expires_ms <= now or self._stale(known, stub.origin, stub.record_id,
                                                       stub.version):

@@ -335,19 +335,26 @@ class NodeService:
                 now: int) -> list[Visible]:
         """What ``requester`` may see of the records matching ``params`` (FULL or
         POINTER), judged record by record by the policy function and the
-        discovery rule (node.query: a POINTER only from an entity-key match)."""
-        found: list[Visible] = []
+        discovery rule (node.query: a POINTER only from an entity-key match).
 
-        def accept(entry: log_tx.StoredEntry, content_match: bool) -> bool:
+        Readable records and POINTERs each get the limit, and the POINTERs come
+        after, in (origin, record id) order: in one newest-first list cut at one
+        limit, where a pointer fell among records whose times the asker knows, or
+        whether the limit kept it, would date a record it may not read."""
+        full: list[Visible] = []
+        pointers: list[Visible] = []
+        for entry, content_match in log_tx.matches(conn, params, now):
             body = entry.body()
             decision = discovered(self.decide(body, requester), params, content_match)
-            if decision >= Decision.POINTER:
-                found.append(Visible(decision, body, entry))
-                return True
-            return False
-
-        log_tx.search(conn, params, now, accept)
-        return found
+            if decision is Decision.FULL and len(full) < params.limit:
+                full.append(Visible(decision, body, entry))
+            elif decision is Decision.POINTER and len(pointers) < params.limit:
+                pointers.append(Visible(decision, body, entry))
+            if len(full) >= params.limit and (len(pointers) >= params.limit
+                                              or not params.entity_keys):
+                break
+        pointers.sort(key=lambda v: (v.body.origin, v.body.record_id))
+        return full + pointers
 
     async def search(self, user: User, params: SearchParams) -> list[dict[str, Any]]:
         requester = self.requester(user)

@@ -129,15 +129,20 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"too many replication streams open from {peer} "
                                 f"(limit {limits.max_streams_per_peer})")
-        if any(after == 0 for after in cursors.values()):
-            heads = await self.node.db.read(
-                lambda c: {o: log_tx.head(c, o)[0] for o, a in cursors.items() if a == 0})
+        if cursors:
+            # A restart is any request that would re-serve more than one batch of an
+            # origin, not only one from seq 0: from seq 1 it costs the same, and a
+            # peer asking that again and again made this node resend its whole log.
+            heads = await self.node.db.read(log_tx.heads)  # origins held: bounded
+            restart = any(h > 0 and (cursors[o] == 0 or h - cursors[o] > limits.max_batch)
+                          for o, h in heads.items() if o in cursors)
             self.restarts.per_minute = limits.restarts_per_minute
-            if any(heads.values()) and not self.restarts.allow(peer, time.monotonic()):
-                log.warning("replication restart from seq 0 refused: rate limit",
+            if restart and not self.restarts.allow(peer, time.monotonic()):
+                log.warning("replication restart refused: rate limit",
                             extra={"peer": peer, "limit": limits.restarts_per_minute})
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"too many replication restarts from seq 0 by {peer} "
+                                    f"too many replication restarts from seq 0 (or more "
+                                    f"than a batch behind) by {peer} "
                                     f"(limit {limits.restarts_per_minute} per minute)")
         log.info("replication stream opened", extra={"peer": peer, "origins": len(cursors)})
         with self.streams.open(peer) as revoked:

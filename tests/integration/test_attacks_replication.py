@@ -1,0 +1,51 @@
+"""Red team, issue 8 item 9: the restart rate limit must not be bypassed by
+asking from seq 1 instead of 0.
+
+Before the fix only a cursor of exactly 0 counted as a restart, so a peer that
+subscribed again and again with cursor 1 made the node read and send its whole
+log every time, without limit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+
+from node.wire import federation_pb2, federation_pb2_grpc
+from tests.integration.rogue import Rogue
+
+
+def test_restarts_from_seq_1_are_rate_limited_too(make_node, tmp_path: Path) -> None:
+    node = make_node("limitz", start=False)
+    node.edit_config("max_batch = 256", "max_batch = 8")
+    node.edit_config("restarts_per_minute = 6", "restarts_per_minute = 3")
+    node.start()
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps([{"kind": "BULLETIN", "title": f"n{i}",
+                                 "policy": {"tlp": "GREEN", "audience": ["members"]}}
+                                for i in range(40)]))
+    node.ok("publish", "--file", str(path))
+    peer = Rogue(tmp_path, "greedy")
+    node.ok("peers", "add", peer.card.line())
+    with peer.channel(node.listen, node.card()) as ch:
+        fed = federation_pb2_grpc.FederationStub(ch)
+        firsts, refused = [], ""
+        for _ in range(6):  # each one asks the whole log again, from seq 1
+            try:
+                stream = fed.Replicate(federation_pb2.ReplicateRequest(
+                    cursors={"limitz": 1}), timeout=10)
+                firsts.append(len(next(stream).items))
+                stream.cancel()
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                refused = exc.details()
+                break
+        assert firsts == [8, 8, 8] and "restarts" in refused, (firsts, refused)
+        # A peer that is only a batch behind is no restart.
+        for _ in range(5):
+            stream = fed.Replicate(federation_pb2.ReplicateRequest(
+                cursors={"limitz": 40 - 8}), timeout=10)
+            assert len(next(stream).items) == 8
+            stream.cancel()
