@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ from node.wire import federation_pb2
 
 log = logs.get("fcnode.federation.link")
 PIPELINE_DEPTH = 8  # verified batches waiting for storage (256 items each)
+# Verified batches stored in one write transaction, at most. Grouping saves
+# fsyncs, but a long transaction holds the writer, and a search's audit entry
+# (or any other write) waits for it: a bound on the writer wait for readers.
+STORE_GROUP = int(os.environ.get("FCNODE_STORE_GROUP", "2"))
 
 
 @dataclass
@@ -149,7 +154,9 @@ class PeerLink:
                 if isinstance(first, BaseException):
                     raise first
                 group, finished = list(first), False
-                while not verified.empty():
+                batches = 1
+                while batches < STORE_GROUP and not verified.empty():
+                    batches += 1
                     nxt = verified.get_nowait()
                     if nxt is None:
                         finished = True
