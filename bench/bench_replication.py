@@ -8,6 +8,10 @@
    shows all of them from A (polled every 50 ms). Every record is verified
    (Ed25519) and committed (SQLite, synchronous=FULL) by B. Prints records/s and
    the ratio to one core's Ed25519 verify rate, measured in the same run.
+   Meanwhile a second client asks B, back to back, for `status` and for an
+   entity `search` (each search also commits an audit entry): their latency
+   p50/p99 while B ingests shows whether reads wait behind the catch-up's
+   write transactions (target: p99 <= 50 ms).
 2. Hub fan-out: a hub and --spokes spokes; each spoke pins only the hub, the
    hub pins every spoke. The hub publishes --fanout records one at a time
    (audience members); for each, the time until every spoke holds it, observed
@@ -27,6 +31,7 @@ import argparse
 import json
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ from node.wire import local_pb2
 TARGET_INGEST_RATE = 6_000  # records/s
 TARGET_VERIFY_RATIO = 0.75
 TARGET_FANOUT_P99_S = 1.0
+TARGET_READ_P99_MS = 50.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,7 +95,9 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
         cpu_a0, cpu_b0 = a.cpu_seconds(), b.cpu_seconds()
         start = time.perf_counter()
         start_ms = time.time_ns() // 1_000_000
+        prober = ReadProber(b, corpus)
         b.pin(a)
+        prober.start()
         first_seen = None
         last_poll = 0
         done = None
@@ -107,6 +115,7 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
                 break
             cluster.check_alive()
             time.sleep(args.ingest_poll)
+        prober.stop()
         cpu_a, cpu_b = a.cpu_seconds() - cpu_a0, b.cpu_seconds() - cpu_b0
         status = b.status()
         if done is None:
@@ -137,6 +146,7 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
         h.figure(f"B's Status polls ({len(polls)}), mean / max",
                  f"{sum(polls) / len(polls) * 1e3:.1f} / {max(polls) * 1e3:.1f} ms",
                  note=f"({sum(polls) / elapsed:.0%} of the wall time in Status)")
+        reads = prober.report()
         if status.get("rejected"):
             h.info(f"B rejected entries: {status['rejected']}")
         cluster.stop()
@@ -155,7 +165,62 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
                          "cpu_b_s": cpu_b, "cpu_a_s": cpu_a,
                          "stored_seconds": stored_s,
                          "stored_rec_per_s": args.records / stored_s,
-                         "publish_rec_per_s": args.records / pub_s}
+                         "publish_rec_per_s": args.records / pub_s,
+                         "reads_during_catch_up": reads}
+
+
+class ReadProber:
+    """A second client that asks B, back to back, for `status` and for an
+    entity `search` while B catches up, timing each answer (its own channel,
+    so it never queues behind the main loop's Status polls)."""
+
+    def __init__(self, node: h.Node, corpus: h.Corpus) -> None:
+        self.client = h.Client(h.Home(node.home), node.token, timeout=120.0)
+        self.corpus = corpus
+        self.times: dict[str, list[float]] = {"status": [], "search": []}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self.client.close()
+
+    def _loop(self) -> None:
+        i = 0
+        try:
+            while not self.done.is_set():
+                t = time.perf_counter()
+                self.client.call("Status")
+                self.times["status"].append(time.perf_counter() - t)
+                # An entity held by several records, not all replicated yet.
+                entity = f"person={self.corpus.person(i)}"
+                t = time.perf_counter()
+                list(self.client.stream("Search", {"entities": [entity], "limit": 50}))
+                self.times["search"].append(time.perf_counter() - t)
+                i += 7
+        except BaseException as exc:  # reported, not raised in a daemon thread
+            self.error = exc
+
+    def report(self) -> dict[str, Any]:
+        if self.error is not None:
+            h.info(f"read prober failed: {self.error!r}")
+        out: dict[str, Any] = {}
+        for name, values in self.times.items():
+            if not values:
+                continue
+            p50, p99 = (h.percentile(values, q) * 1e3 for q in (50, 99))
+            h.figure(f"B's {name} during the catch-up ({len(values)}): p50 / p99",
+                     f"{p50:.1f} / {p99:.1f} ms", f"p99 <= {TARGET_READ_P99_MS:.0f} ms",
+                     h.verdict(p99 <= TARGET_READ_P99_MS),
+                     note=f"(max {max(values) * 1e3:.1f} ms)")
+            out[name] = {"count": len(values), "p50_ms": p50, "p99_ms": p99,
+                         "max_ms": max(values) * 1e3}
+        return out
 
 
 def _received_span(node: h.Node, origin: str) -> tuple[int, int]:

@@ -67,6 +67,9 @@ class Answer:
     records: list[records_pb2.Envelope] = field(default_factory=list)
     pointers: list[federation_pb2.Pointer] = field(default_factory=list)
     truncated: bool = False
+    # What committing the answer writes (disseminations, notice, audit).
+    released: list[Dissemination] = field(default_factory=list)
+    restricted: list[str] = field(default_factory=list)
 
 
 def deconfliction_notice(peer: str, body: federation_pb2.QueryBody,
@@ -145,19 +148,18 @@ class QueryAnswerer:
 
     def answer(self, conn: sqlite3.Connection, peer: str,
                body: federation_pb2.QueryBody) -> Answer:
-        """One transaction: replay check, search under policy and the discovery
-        rule, egress log, at most one deconfliction notice, audit."""
+        """The search under policy and the discovery rule (a read: it runs on a
+        reader connection, never waiting behind ingest); ``commit`` then writes
+        what it released."""
         node = self.node
         now = now_ms()
         limits = node.config.limits
-        if not fed_tx.remember_query(conn, body.query_id, peer, body.deadline_ms, now):
-            raise Refused(grpc.StatusCode.ALREADY_EXISTS, "replayed query (id already seen)")
         requester = Requester(peer, body.user, frozenset(body.user_attributes))
         limit = min(body.limit or limits.max_results, limits.max_results)
         params = params_of(body, limit)
         answer = Answer()
-        released: list[Dissemination] = []
-        restricted: list[str] = []  # this center's restricted records that matched
+        released = answer.released
+        restricted = answer.restricted  # this center's restricted records that matched
         unseen = 0  # restricted matches, this center's or copies of others'
         for examined, (entry, content_match) in enumerate(log_tx.matches(conn, params, now)):
             if examined >= SCAN_FACTOR * limits.max_results:
@@ -209,6 +211,20 @@ class QueryAnswerer:
                                           b.seq, "query", decision.name))
         # Not in time order: where a pointer sits would date it (see above).
         answer.pointers.sort(key=lambda p: (p.origin, p.record_id))
+        return answer
+
+    def commit(self, conn: sqlite3.Connection, peer: str, body: federation_pb2.QueryBody,
+               answer: Answer) -> None:
+        """One short write transaction, committed before anything is sent:
+        replay check (here, in the writer, so two copies of one query cannot
+        both pass), egress log, at most one deconfliction notice, audit. A
+        replay raises and writes nothing."""
+        node = self.node
+        now = now_ms()
+        limits = node.config.limits
+        if not fed_tx.remember_query(conn, body.query_id, peer, body.deadline_ms, now):
+            raise Refused(grpc.StatusCode.ALREADY_EXISTS, "replayed query (id already seen)")
+        released, restricted = answer.released, answer.restricted
         fed_tx.log_disseminations(conn, released, now)
         if restricted:
             notices_tx.deconfliction(conn, now, node.center, deconfliction_notice(
@@ -219,14 +235,16 @@ class QueryAnswerer:
             "entities": list(body.entity_keys), "kinds": list(body.kinds),
             "released": [[d.origin, d.record_id, d.version, d.decision] for d in released],
             "restricted_hits": len(restricted), "truncated": answer.truncated})
-        return answer
 
     async def handle(self, peer: str, request: federation_pb2.SignedQuery,
                      context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[federation_pb2.QueryAnswer]:
         try:
             body = self.check(peer, request)
-            answer = await self.node.db.run(lambda conn: self.answer(conn, peer, body))
+            # A replay is refused only in the write: one search's work, bounded
+            # (SCAN_FACTOR), and the replayed query still gets nothing.
+            answer = await self.node.db.read(lambda conn: self.answer(conn, peer, body))
+            await self.node.db.run(lambda conn: self.commit(conn, peer, body, answer))
         except Refused as exc:
             log.warning("query refused", extra={"peer": peer, "reason": exc.reason})
             await context.abort(exc.code, exc.reason)

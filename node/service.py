@@ -359,24 +359,24 @@ class NodeService:
     async def search(self, user: User, params: SearchParams) -> list[dict[str, Any]]:
         requester = self.requester(user)
         now = now_ms()
-
-        def tx(conn: sqlite3.Connection) -> list[Visible]:
-            found = self.visible(conn, params, requester, now)
-            audit_tx.append(conn, self.sign_audit, now, user.name, "search", {
+        # The search runs on a reader (it never waits behind ingest); its audit
+        # entry is one short write after, committed before the caller sees a
+        # result (28 CFR 23.20(f)).
+        found = await self.db.read(lambda conn: self.visible(conn, params, requester, now))
+        await self.db.run(lambda conn: audit_tx.append(
+            conn, self.sign_audit, now, user.name, "search", {
                 "text": params.text, "entities": list(params.entity_keys),
                 "kinds": list(params.kinds), "labels": list(params.labels),
                 "origins": list(params.origins), "since": iso(params.since_ms),
                 "results": [[v.body.origin, v.body.record_id, v.body.version,
-                             v.decision.name] for v in found]})
-            return found
-
-        return [v.summary() for v in await self.db.run(tx)]
+                             v.decision.name] for v in found]}))
+        return [v.summary() for v in found]
 
     async def get(self, user: User, record_id: str) -> dict[str, Any]:
         requester = self.requester(user)
         now = now_ms()
 
-        def tx(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[dict[str, Any], dict[str, Any]]]:
             shown = []
             for entry, state in log_tx.current(conn, record_id):
                 body = entry.body()
@@ -384,20 +384,20 @@ class NodeService:
                 if decision < Decision.POINTER:
                     continue
                 view = self._view(conn, entry, body, decision, state)
-                shown.append(view)
-                audit_tx.append(conn, self.sign_audit, now, user.name, "record.view",
-                                {"record_id": record_id, "origin": body.origin,
-                                 "version": body.version, "access": decision.name})
-            if not shown:
-                # Same answer for "absent" and "not yours to see": no existence leak.
-                audit_tx.append(conn, self.sign_audit, now, user.name, "record.view",
-                                {"record_id": record_id, "access": "NONE"})
+                shown.append((view, {"record_id": record_id, "origin": body.origin,
+                                     "version": body.version, "access": decision.name}))
             return shown
 
-        shown = await self.db.run(tx)
+        # Read on a reader, then the audit entries in one short write, committed
+        # before the view is returned (as search).
+        shown = await self.db.read(read)
+        # Same audit for "absent" and "not yours to see": no existence leak.
+        details = [d for _, d in shown] or [{"record_id": record_id, "access": "NONE"}]
+        await self.db.run(lambda conn: [audit_tx.append(
+            conn, self.sign_audit, now, user.name, "record.view", d) for d in details])
         if not shown:
             raise NotFound(f"no record {record_id!r} that you may see")
-        return shown[0]
+        return shown[0][0]
 
     def _view(self, conn: sqlite3.Connection, entry: log_tx.StoredEntry,
               body: records_pb2.RecordBody, decision: Decision, state: str) -> dict[str, Any]:

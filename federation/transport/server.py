@@ -19,7 +19,7 @@ import grpc
 from federation.ratelimit import RateLimits
 from federation.tls import PinnedTls, peer_pem
 from node import logs, metrics
-from node.egress import replication_batch
+from node.egress import Dissemination, replication_batch
 from node.service import NodeService
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
@@ -152,8 +152,13 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                     if origin in cursors:
                         cursors[origin] = min(cursors[origin], seq - 1)
                 revoked.rewinds.clear()
-                batches, cursors = await self.node.db.run(
+                # Read on a reader (never behind ingest); the dissemination rows
+                # in one short write, committed before any batch is sent.
+                batches, cursors, sent = await self.node.db.read(
                     lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch))
+                if sent:
+                    await self.node.db.run(
+                        lambda conn, s=sent: fed_tx.log_disseminations(conn, s, now_ms()))
                 for batch in batches:
                     yield batch  # an empty one is a heartbeat: heads, and "caught up"
                 if not batches[-1].items:
@@ -163,20 +168,26 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
 
     def _next_batches(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
                       max_batch: int) -> tuple[list[federation_pb2.ReplicateBatch],
-                                                dict[str, int]]:
-        """Up to GROUP batches read and logged in one transaction: the
-        dissemination log is durable, and one fsync per 256 records was the
-        sender's limit during catch-up."""
-        batches = []
+                                                dict[str, int], list[Dissemination]]:
+        """Up to GROUP batches read in one read transaction, with the
+        dissemination rows the caller logs in one write: the log is durable,
+        and one fsync per 256 records was the sender's limit during catch-up.
+        Rows of earlier batches of the group count as sent for later ones, as
+        when they were written in the same transaction."""
+        batches: list[federation_pb2.ReplicateBatch] = []
+        sent: list[Dissemination] = []
+        pending: dict[tuple[str, str, str], int] = {}  # newest version in `sent`
         for _ in range(GROUP):
-            batch, cursors = self._next_batch(conn, peer, cursors, max_batch)
+            batch, cursors = self._next_batch(conn, peer, cursors, max_batch, sent, pending)
             batches.append(batch)
             if len(batch.items) < max_batch:
                 break
-        return batches, cursors
+        return batches, cursors, sent
 
     def _next_batch(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
-                    max_batch: int) -> tuple[federation_pb2.ReplicateBatch, dict[str, int]]:
+                    max_batch: int, sent: list[Dissemination],
+                    pending: dict[tuple[str, str, str], int]
+                    ) -> tuple[federation_pb2.ReplicateBatch, dict[str, int]]:
         quarantined = fed_tx.quarantined(conn)
         batch = federation_pb2.ReplicateBatch()
         new_cursors = dict(cursors)
@@ -195,12 +206,17 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             budget -= sum(len(e.payload or b"") for e in entries)
             states = log_tx.record_states(conn, origin, {e.record_id for e in entries
                                                          if e.record_id})
-            items, sent = replication_batch(
+            items, rows = replication_batch(
                 entries, peer, self.node.center,
-                lambda o, r: fed_tx.last_sent(conn, peer, o, r),
+                lambda o, r: _newest(fed_tx.last_sent(conn, peer, o, r),
+                                     pending.get((o, r, "FULL"))),
                 lambda o, r, s=states: s[r][1] if r in s else None,
-                lambda o, r: fed_tx.last_sent(conn, peer, o, r, "RECALL"))
-            fed_tx.log_disseminations(conn, sent, now_ms())
+                lambda o, r: _newest(fed_tx.last_sent(conn, peer, o, r, "RECALL"),
+                                     pending.get((o, r, "RECALL"))))
+            sent.extend(rows)
+            for d in rows:
+                key = (d.origin, d.record_id, d.decision)
+                pending[key] = max(pending.get(key, d.version), d.version)
             batch.items.extend(items)
             if entries:
                 new_cursors[origin] = entries[-1].seq
@@ -235,3 +251,11 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             raise
         finally:
             metrics.QUERIES_ANSWERED.labels(peer, result).inc()
+
+
+
+def _newest(logged: int | None, pending: int | None) -> int | None:
+    """The newest version sent (or recalled): the logged one, or one in this
+    group's rows not yet written."""
+    known = [v for v in (logged, pending) if v is not None]
+    return max(known) if known else None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,6 +16,10 @@ from node.storage.schema import MIGRATIONS
 from node.types import FcnodeError
 
 T = TypeVar("T")
+
+# Read connections beside the one writer. Two: a status and a search (or a
+# replication read) at once on a 2-core machine; more would only contend.
+READERS = 2
 
 
 class StorageError(FcnodeError):
@@ -120,12 +126,41 @@ def open_reader(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class Database:
-    """One connection on one thread; every transaction is a single hop to it."""
+class _Reader:
+    """One read-only connection on its own thread (a one-worker executor), so
+    every read transaction is a single hop and the connection is never shared
+    by two threads at once."""
 
     def __init__(self, path: Path) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnode-reader")
+        self.conn: sqlite3.Connection | None = None
+        self.path = path
+
+    def open(self) -> None:  # runs on the reader's thread
+        self.conn = open_reader(self.path)
+
+    def close(self) -> None:  # runs on the reader's thread
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.close()
+
+
+class Database:
+    """One writer connection on one thread, and a few read connections on
+    their own threads; every transaction is a single hop to one of them.
+
+    Writes stay serialized on the writer. Reads run on the readers: in WAL mode
+    each read transaction sees the last committed state (whatever ``run``
+    returned from has been committed) and neither waits for the writer nor
+    delays it, so a status or a search answers while a catch-up is ingesting.
+    """
+
+    def __init__(self, path: Path, readers: int = READERS) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._readers_wanted = readers
+        self._readers: list[_Reader] = []
+        self._idle: asyncio.Queue[_Reader] | None = None
 
     async def open(self) -> None:
         if not self.path.exists():
@@ -136,16 +171,33 @@ class Database:
             await self._db
             await self.run(lambda conn: (_configure(conn), _check(conn), _migrate(conn)),
                            transaction=False)
+            # Readers open after the writer switched to WAL and migrated: a
+            # read-only connection can do neither.
+            await self._open_readers()
         except (sqlite3.Error, StorageError) as exc:
             # Close, or aiosqlite's connection thread keeps the process alive.
             await self.close()
             raise exc if isinstance(exc, StorageError) else explain(path, exc) from None
 
+    async def _open_readers(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle = asyncio.Queue()
+        for _ in range(self._readers_wanted):
+            reader = _Reader(self.path)
+            self._readers.append(reader)
+            await loop.run_in_executor(reader.executor, reader.open)
+            self._idle.put_nowait(reader)
+
     async def close(self) -> None:
+        readers, self._readers, self._idle = self._readers, [], None
+        loop = asyncio.get_running_loop()
+        for reader in readers:
+            with contextlib.suppress(sqlite3.Error):
+                await loop.run_in_executor(reader.executor, reader.close)
+            reader.executor.shutdown(wait=False)
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
-
     async def run(self, fn: Callable[[sqlite3.Connection], T], transaction: bool = True) -> T:
         """Run ``fn(conn)`` on the connection thread, in one IMMEDIATE transaction.
 
@@ -182,13 +234,19 @@ class Database:
                        transaction=False)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only function (a deferred transaction: a consistent snapshot)."""
-        if self._db is None:
+        """Run a read-only function on a reader connection, in a deferred
+        transaction: a consistent snapshot of the last committed state, taken
+        without waiting for a write transaction in progress. ``fn`` must not
+        write (the connection is read-only: a write raises)."""
+        idle = self._idle
+        if self._db is None or idle is None:
             raise StorageError("database is closed")
-        db = self._db
+        reader = await idle.get()
 
         def call() -> T:
-            conn = db._conn
+            conn = reader.conn
+            if conn is None:
+                raise StorageError("database is closed")
             conn.execute("BEGIN")
             try:
                 return fn(conn)
@@ -196,6 +254,10 @@ class Database:
                 conn.execute("ROLLBACK")
 
         try:
-            return await db._execute(call)
+            return await asyncio.get_running_loop().run_in_executor(reader.executor, call)
         except sqlite3.Error as exc:
             raise explain(self.path, exc) from None
+        finally:
+            # Back even if the caller was cancelled: the one-worker executor
+            # runs the next call only after this one finished on the connection.
+            idle.put_nowait(reader)
