@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from federation.query_forward import Forwarder
 from federation.ratelimit import RateLimits
 from node import logs
 from node.egress import Dissemination
 from node.query import MAX_ENTITY_KEYS, MAX_TEXT, SearchParams, discovered
 from node.record import kind_name
+from node.sealing import seal_answer
 from node.service import NodeService
 from node.signing import BadSignature, open_query
 from node.storage import audit as audit_tx
@@ -93,11 +95,17 @@ def params_of(body: federation_pb2.QueryBody, max_results: int) -> SearchParams:
 
 
 class QueryAnswerer:
-    def __init__(self, node: NodeService) -> None:
+    def __init__(self, node: NodeService, forwarder: Forwarder | None = None) -> None:
         self.node = node
+        self.forwarder = forwarder
         self.rates = RateLimits(node.config.limits.query_rate_per_minute)
 
     def check(self, peer: str, request: federation_pb2.SignedQuery) -> federation_pb2.QueryBody:
+        """The query's body, checked: signed by its requester (the TLS peer, or a
+        center beyond it whose key is pinned or introduced here), fresh, in
+        bounds. The rate limit is per TLS peer, checked first (a hub that forwards
+        is charged for what it forwards: [limits] query_rate_per_minute sizes a
+        hub's budget too)."""
         limits = self.node.config.limits
         if request.ByteSize() > limits.max_query_bytes:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -110,18 +118,31 @@ class QueryAnswerer:
                           "minute from one center")
         if not request.body or not request.signature:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, "query is not signed")
-        try:
-            open_query(request.body, request.signature, request.key_id, self.node.keys_of(peer))
-        except BadSignature as exc:
-            raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"query signature: {exc}") from None
         body = federation_pb2.QueryBody()
         try:
             body.ParseFromString(request.body)
         except DecodeError:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "query body is malformed") from None
-        if body.center != peer:
+        requester = body.center
+        if requester == self.node.center:
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
-                          "query names a center other than the one that sent it")
+                          "query names this node as its requester (a loop, or a forgery)")
+        keys = self.node.keys_of(requester)
+        if requester != peer and not keys:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                          f"forwarded query from {requester[:64]!r}, whose key is neither "
+                          "pinned nor introduced here")
+        try:
+            open_query(request.body, request.signature, request.key_id, keys)
+        except BadSignature as exc:
+            if requester != peer:  # a hop may pass a query on, never speak for its requester
+                raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                              f"forwarded query is not signed by {requester!r}: {exc}") from None
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"query signature: {exc}") from None
+        if requester != peer and not self.seal_key(requester):
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"no seal key for {requester!r} (its card predates sealed "
+                          "answers): a forwarded answer cannot be sealed to it")
         now = now_ms()
         if body.deadline_ms <= now:
             raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "query has expired")
@@ -214,7 +235,7 @@ class QueryAnswerer:
         return answer
 
     def commit(self, conn: sqlite3.Connection, peer: str, body: federation_pb2.QueryBody,
-               answer: Answer) -> None:
+               answer: Answer, via: str = "") -> None:
         """One short write transaction, committed before anything is sent:
         replay check (here, in the writer, so two copies of one query cannot
         both pass), egress log, at most one deconfliction notice, audit. A
@@ -234,23 +255,59 @@ class QueryAnswerer:
             "attributes": sorted(body.user_attributes), "text": body.text,
             "entities": list(body.entity_keys), "kinds": list(body.kinds),
             "released": [[d.origin, d.record_id, d.version, d.decision] for d in released],
-            "restricted_hits": len(restricted), "truncated": answer.truncated})
+            "restricted_hits": len(restricted), "truncated": answer.truncated,
+            **({"via": via} if via and via != peer else {})})
+
+    def seal_key(self, center: str) -> bytes:
+        peer = self.node.peers.get(center)
+        return peer.card.seal_key if peer is not None else b""
 
     async def handle(self, peer: str, request: federation_pb2.SignedQuery,
                      context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[federation_pb2.QueryAnswer]:
         try:
             body = self.check(peer, request)
+            requester = body.center
             # A replay is refused only in the write: one search's work, bounded
-            # (SCAN_FACTOR), and the replayed query still gets nothing.
-            answer = await self.node.db.read(lambda conn: self.answer(conn, peer, body))
-            await self.node.db.run(lambda conn: self.commit(conn, peer, body, answer))
+            # (SCAN_FACTOR), and the replayed query still gets nothing. The same
+            # query reaching this node over a second path is such a replay: a
+            # center answers once, and forwards once.
+            answer = await self.node.db.read(lambda conn: self.answer(conn, requester, body))
+            await self.node.db.run(lambda conn: self.commit(conn, requester, body, answer,
+                                                            peer))
         except Refused as exc:
             log.warning("query refused", extra={"peer": peer, "reason": exc.reason})
             await context.abort(exc.code, exc.reason)
             return
-        log.info("query answered", extra={"peer": peer, "records": len(answer.records),
+        log.info("query answered", extra={"peer": peer, "requester": requester,
+                                          "records": len(answer.records),
                                           "pointers": len(answer.pointers)})
+        relay = self.forwarder.start(peer, request, body) if self.forwarder else None
+        try:
+            for part, msg in enumerate(self.chunks(answer)):
+                if requester == peer:
+                    yield msg  # straight to the requester over its own TLS session
+                else:
+                    yield federation_pb2.QueryAnswer(relayed=[self.seal(requester, body, part,
+                                                                        msg)])
+            if relay is not None:
+                async for sealed in relay:
+                    yield federation_pb2.QueryAnswer(relayed=[sealed])
+        finally:
+            if relay is not None:
+                await relay.aclose()
+
+    def seal(self, requester: str, body: federation_pb2.QueryBody, part: int,
+             msg: federation_pb2.QueryAnswer) -> federation_pb2.SealedAnswer:
+        """One part of this node's answer, sealed to the requester and signed:
+        the hubs it crosses see ciphertext, and cannot forge or alter it."""
+        sealed, signature, kid = seal_answer(
+            self.node.key, self.seal_key(requester), requester, body.query_id,
+            self.node.center, part, msg.SerializeToString())
+        return federation_pb2.SealedAnswer(center=self.node.center, part=part, sealed=sealed,
+                                           signature=signature, key_id=kid)
+
+    def chunks(self, answer: Answer) -> Iterator[federation_pb2.QueryAnswer]:
         records, pointers = answer.records, answer.pointers
         budget = self.node.config.limits.max_message_bytes // 2
         while True:

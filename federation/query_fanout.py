@@ -37,9 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from google.protobuf.message import DecodeError
 
+from federation.query_forward import DEFAULT_HOPS, MAX_HOPS
+from node import logs
 from node.query import SearchParams
 from node.record import body_policy, kind_name
+from node.sealing import open_answer
 from node.service import NodeService, Visible
 from node.signing import BadSignature, open_record, open_stub, seal_query
 from node.storage import audit as audit_tx
@@ -49,6 +54,7 @@ from node.types import Decision, Requester, ValidationError
 from node.users import User
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 
+log = logs.get("fcnode.federation.fanout")
 T = TypeVar("T")
 MIN_TIMEOUT_MS, MAX_TIMEOUT_MS = 100, 60_000
 QUEUED_MESSAGES = 64  # answer messages waiting to be verified, all peers together
@@ -71,10 +77,16 @@ class Outcome:
     ms: int = 0
     reason: str = ""
     truncated: bool = False
+    via: list[str] = field(default_factory=list)  # hops a relayed answer came through
+    tampered: int = 0  # sealed answers relayed by this peer that failed to verify
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "results": self.results,
                                "pointers": self.pointers, "ms": self.ms}
+        if self.via:
+            out["via"] = self.via
+        if self.tampered:
+            out["tampered"] = self.tampered
         if self.dropped:
             out["dropped"] = self.dropped
         if self.reason:
@@ -165,16 +177,28 @@ class Checked:
     truncated: bool
 
 
+@dataclass
+class Relayed:
+    """A center beyond the direct peers, as its sealed parts arrive: the first
+    path it answered through is the only one taken (a center answers once)."""
+
+    via: tuple[str, ...]
+    cap: AnswerCap
+    outcome: Outcome
+
+
 class QueryFanout:
     def __init__(self, node: NodeService, channel_for: ChannelFor,
-                 dialled: Callable[[], list[str]]) -> None:
+                 dialled: Callable[[], list[str]],
+                 seal_private: X25519PrivateKey | None = None) -> None:
         self.node = node
+        self.seal_private = seal_private
         self.channel_for = channel_for
         self.dialled = dialled
         # Ed25519 verification releases the GIL: two threads, off the event loop.
         self._verifier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="query-verify")
 
-    def sign(self, user: User, params: SearchParams, timeout_ms: int
+    def sign(self, user: User, params: SearchParams, timeout_ms: int, hops: int = DEFAULT_HOPS
              ) -> tuple[federation_pb2.SignedQuery, federation_pb2.QueryBody]:
         now = now_ms()
         body = federation_pb2.QueryBody(
@@ -183,10 +207,30 @@ class QueryFanout:
             issued_ms=now, deadline_ms=now + timeout_ms, text=params.text,
             entity_keys=list(params.entity_keys), kinds=list(params.kinds),
             since_ms=params.since_ms, labels=list(params.labels), limit=params.limit,
-            origins=list(params.origins), any_entity=params.any_entity)
+            origins=list(params.origins), any_entity=params.any_entity, max_hops=hops)
         raw = body.SerializeToString(deterministic=True)
         signature, kid = seal_query(self.node.key, raw)
-        return federation_pb2.SignedQuery(body=raw, signature=signature, key_id=kid), body
+        return federation_pb2.SignedQuery(body=raw, signature=signature, key_id=kid,
+                                          hops_left=hops - 1, path=[self.node.center]), body
+
+    def open_relayed(self, body: federation_pb2.QueryBody,
+                     sealed: federation_pb2.SealedAnswer) -> federation_pb2.QueryAnswer | None:
+        """A sealed part: the answering center's signature checked against its
+        pinned or introduced key, then opened with this node's key (runs on the
+        verifier threads). None: a hop altered it, or it is not for this query."""
+        if self.seal_private is None:
+            return None
+        try:
+            plain = open_answer(sealed.sealed, sealed.signature, sealed.key_id,
+                                self.node.keys_of(sealed.center), self.seal_private,
+                                self.node.center, body.query_id, sealed.center, sealed.part)
+            answer = federation_pb2.QueryAnswer()
+            answer.ParseFromString(plain)
+        except (BadSignature, DecodeError):
+            return None
+        if answer.relayed:
+            return None  # a center's own answer holds no relayed parts
+        return answer
 
     def verify(self, env: records_pb2.Envelope) -> records_pb2.RecordBody | None:
         """Verify against the signer's pinned key, then parse; None if it fails."""
@@ -223,10 +267,24 @@ class QueryFanout:
         started = time.monotonic()
         outcome = Outcome()
         cap = AnswerCap(limit, self.node.config.limits.max_answer_bytes, limit + 1)
+        # Everything relayed through this peer shares one budget (bytes, messages).
+        relay = AnswerCap(0, self.node.config.limits.max_answer_bytes,
+                          (limit + 1) * max(1, len(self.node.peers)))
         try:
             call = federation_pb2_grpc.FederationStub(self.channel_for(center)).Query(
                 signed, timeout=timeout_s)
             async for answer in call:
+                if answer.relayed:
+                    relayed = list(answer.relayed)
+                    del answer.relayed[:]
+                    if relay.take(federation_pb2.QueryAnswer(relayed=relayed)) is None:
+                        call.cancel()
+                        cap.reason = cap.reason or f"relayed answers: {relay.reason}"
+                        break
+                    for part in relayed:
+                        await queue.put((center, part))
+                    if not (answer.records or answer.pointers or answer.truncated):
+                        continue
                 kept = cap.take(answer)
                 if kept is not None:
                     await queue.put((center, kept))
@@ -249,9 +307,12 @@ class QueryFanout:
         await queue.put((center, outcome))
 
     async def run(self, user: User, params: SearchParams, timeout_ms: int,
-                  centers: list[str] | None) -> AsyncIterator[dict[str, Any]]:
+                  centers: list[str] | None, hops: int = DEFAULT_HOPS
+                  ) -> AsyncIterator[dict[str, Any]]:
         if not MIN_TIMEOUT_MS <= timeout_ms <= MAX_TIMEOUT_MS:
             raise ValidationError("timeout must be between 100ms and 60s")
+        if not 1 <= hops <= MAX_HOPS:
+            raise ValidationError(f"hops must be between 1 and {MAX_HOPS}")
         dialled = self.dialled()
         asked = sorted(dialled)
         include_local = True
@@ -262,7 +323,10 @@ class QueryFanout:
                                       "(see fcnode peers list)")
             asked = sorted(c for c in centers if c != self.node.center)
             include_local = self.node.center in centers
-        signed, body = self.sign(user, params, timeout_ms)
+        signed, body = self.sign(user, params, timeout_ms, hops)
+        relayed: dict[str, Relayed] = {}
+        direct: set[str] = set()  # peers that sent an answer of their own
+        started = time.monotonic()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(QUEUED_MESSAGES)
         tasks = [asyncio.create_task(self._ask(c, signed, timeout_ms / 1000, params.limit,
                                                queue)) for c in asked]
@@ -294,9 +358,19 @@ class QueryFanout:
                     done = summary[center]
                     item.results, item.pointers = done.results, done.pointers
                     item.dropped += done.dropped
+                    item.tampered = done.tampered
                     item.truncated = item.truncated or done.truncated
                     summary[center] = item
                     continue
+                if isinstance(item, federation_pb2.SealedAnswer):
+                    opened = await self._relayed_part(center, item, body, relayed, direct,
+                                                      summary, params.limit, started, loop)
+                    if opened is None:
+                        continue
+                    hop, (center, item) = center, opened
+                else:
+                    direct.add(center)
+                    hop = ""
                 checked = await loop.run_in_executor(self._verifier, self.check, item)
                 ids = {(x.origin, x.record_id) for x in (*checked.records, *checked.stubs)
                        if x is not None}
@@ -304,9 +378,12 @@ class QueryFanout:
                     lambda conn, ids=ids: {(o, r): log_tx.record_state(conn, o, r)
                                            for o, r in ids})
                 known = lambda o, r, s=states: s.get((o, r))  # noqa: E731
-                for result in self._remote_results(center, checked, summary[center], known,
+                outcome = relayed[center].outcome if hop else summary[center]
+                for result in self._remote_results(center, checked, outcome, known,
                                                    self.node.requester(user),
                                                    bool(params.entity_keys)):
+                    if hop:
+                        result["via"] = list(relayed[center].via)
                     if merger.admit(result):
                         shown.append([result["origin"], result["record_id"],
                                       result.get("version", 0), result["access"]])
@@ -314,14 +391,52 @@ class QueryFanout:
         finally:
             for t in tasks:
                 t.cancel()
+        for c, r in relayed.items():
+            if c not in summary or summary[c].status != "answered":
+                summary[c] = r.outcome  # e.g. a direct call refused as the duplicate
+        answered = {c for c, o in summary.items() if o.status == "answered"}
+        not_answered = sorted(set(self.node.peers) - answered)
         report = {c: o.as_dict() for c, o in sorted(summary.items())}
         await self.node.db.run(lambda conn: audit_tx.append(
             conn, self.node.sign_audit, now_ms(), user.name, "query", {
                 "query_id": body.query_id, "text": body.text,
                 "entities": list(body.entity_keys), "kinds": list(body.kinds),
-                "centers": asked, "results": shown,
+                "centers": asked, "results": shown, "hops": hops,
                 "summary": {c: o["status"] for c, o in report.items()}}))
-        yield {"summary": report, "query_id": body.query_id}
+        yield {"summary": report, "not_answered": not_answered, "query_id": body.query_id}
+
+    async def _relayed_part(self, hop: str, sealed: federation_pb2.SealedAnswer,
+                            body: federation_pb2.QueryBody, relayed: dict[str, Relayed],
+                            direct: set[str], summary: dict[str, Outcome], limit: int,
+                            started: float, loop: asyncio.AbstractEventLoop
+                            ) -> tuple[str, federation_pb2.QueryAnswer] | None:
+        """One sealed part relayed by ``hop``: (answering center, its opened
+        answer), or None when it is dropped. A part that does not verify is
+        counted against the hop that delivered it (a hop that tampers is seen)."""
+        center = sealed.center
+        if center == self.node.center or center in direct:
+            return None  # a center answers once: directly here, so not again
+        via = (*sealed.via, ) or (hop,)
+        known = relayed.get(center)
+        if known is not None and known.via != via:
+            return None  # the same center over a second path: its first answer stands
+        opened = await loop.run_in_executor(self._verifier, self.open_relayed, body, sealed)
+        if opened is None:
+            summary[hop].dropped += 1
+            summary[hop].tampered += 1
+            log.warning("relayed answer failed verification",
+                        extra={"peer": hop, "center": center[:64]})
+            return None
+        if known is None:
+            known = relayed[center] = Relayed(via, AnswerCap(
+                limit, self.node.config.limits.max_answer_bytes, limit + 1),
+                Outcome("answered", via=list(via)))
+            known.outcome.ms = int((time.monotonic() - started) * 1000)
+        kept = known.cap.take(opened)
+        known.outcome.dropped, known.outcome.truncated = known.cap.dropped, known.cap.cut
+        if kept is None:
+            return None
+        return center, kept
 
     def _local_result(self, v: Visible) -> dict[str, Any]:
         if v.decision is Decision.FULL:

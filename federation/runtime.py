@@ -17,11 +17,13 @@ from grpc_health.v1 import health_pb2
 from federation.links import PeerLink
 from federation.query_answer import QueryAnswerer
 from federation.query_fanout import QueryFanout
+from federation.query_forward import DEFAULT_HOPS, Forwarder
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
 from node import logs, metrics
 from node.home import HomeError, check_group
 from node.identity import parse_card
+from node.keys import encryption_key as load_encryption_key
 from node.keys import load_tls
 from node.localapi import Request
 from node.peer_edits import with_peer
@@ -45,10 +47,12 @@ class Federation:
         self.node = node
         self.tls = PinnedTls(load_tls(node.home.tls_key, node.home.tls_cert),
                              node.peers.values())
-        self.answerer = QueryAnswerer(node)
+        self.answerer = QueryAnswerer(node, Forwarder(
+            node, lambda c: self.links[c].channel(), lambda: sorted(self.links)))
         self.servicer = FederationServicer(node, self.tls, self.answerer.handle)
         self.fanout = QueryFanout(node, lambda c: self.links[c].channel(),
-                                  lambda: sorted(self.links))
+                                  lambda: sorted(self.links),
+                                  load_encryption_key(node.home.encryption_key))
         self.links: dict[str, PeerLink] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self.server: grpc.aio.Server | None = None
@@ -168,7 +172,8 @@ class Federation:
             raise ValidationError("a query needs text, --entity, --kind, --label or --since")
         timeout = parse_duration_ms(str(req.get("timeout") or "5s"))
         return self._counted(self.fanout.run(user, params, timeout,
-                                             req.strings("centers") or None))
+                                             req.strings("centers") or None,
+                                             int(req.get("hops") or DEFAULT_HOPS)))
 
     async def _counted(self, results: AsyncIterator[dict[str, Any]]
                        ) -> AsyncIterator[dict[str, Any]]:

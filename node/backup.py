@@ -65,7 +65,8 @@ def check_target(home: Home, target: Path, force: bool) -> Path:
     if target.is_dir():
         raise ValidationError(f"{target} is a directory; name the backup file")
     own = {home.database, Path(f"{home.database}-wal"), Path(f"{home.database}-shm"),
-           home.signing_key, home.tls_key, home.tls_cert, home.config, home.peers, home.lock}
+           home.signing_key, home.encryption_key, home.tls_key, home.tls_cert, home.config,
+           home.peers, home.lock}
     if target.resolve() in {p.resolve() for p in own}:
         raise ValidationError(f"{target} is one of the node's own files; choose another name")
     if target.exists() and not force:

@@ -54,6 +54,11 @@ class Home:
         return self.root / "signing.key"
 
     @property
+    def encryption_key(self) -> Path:
+        """X25519 key: answers sealed to this center (HPKE) cross hubs as ciphertext."""
+        return self.root / "encryption.key"
+
+    @property
     def tls_key(self) -> Path:
         return self.root / "tls.key"
 

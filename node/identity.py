@@ -1,11 +1,13 @@
 """Identity cards: the one printable line an administrator hands to another.
 
-    fcnode1/CENTER/HOST:PORT/SIGNING_KEY/TLS_SHA256/NAME/TLS_CERT
+    fcnode1/CENTER/HOST:PORT/SIGNING_KEY/TLS_SHA256/NAME/TLS_CERT[/SEAL_KEY]
 
 SIGNING_KEY is the raw Ed25519 public key and TLS_CERT the DER certificate, both
 base64url without padding; TLS_SHA256 is the certificate's fingerprint in hex
 (what two administrators read to each other to confirm a card); NAME is
-percent-encoded. No field contains '/', spaces or shell metacharacters.
+percent-encoded. SEAL_KEY (optional: cards made before it existed still parse)
+is the raw X25519 public key that query answers crossing hubs are sealed to
+(HPKE). No field contains '/', spaces or shell metacharacters.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ class IdentityCard:
     tls_fingerprint: str
     name: str
     tls_cert_der: bytes
+    seal_key: bytes = b""  # raw X25519 public key, 32 bytes (b"": an older card)
 
     def line(self) -> str:
-        return "/".join([PREFIX, self.center, self.address, b64e(self.signing_key),
-                         self.tls_fingerprint, quote(self.name, safe=""),
-                         b64e(self.tls_cert_der)])
+        parts = [PREFIX, self.center, self.address, b64e(self.signing_key),
+                 self.tls_fingerprint, quote(self.name, safe=""), b64e(self.tls_cert_der)]
+        return "/".join(parts + ([b64e(self.seal_key)] if self.seal_key else []))
 
     @property
     def tls_cert_pem(self) -> bytes:
@@ -59,10 +62,13 @@ class IdentityCard:
 
 def parse_card(text: str) -> IdentityCard:
     parts = text.strip().split("/")
-    if len(parts) != 7 or parts[0] != PREFIX:
+    if len(parts) not in (7, 8) or parts[0] != PREFIX:
         raise ValidationError("not an fcnode identity card (expected fcnode1/CENTER/ADDRESS/"
                               "KEY/FINGERPRINT/NAME/CERT; print one with fcnode identity)")
-    _, center, address, key, fingerprint, name, cert = parts
+    _, center, address, key, fingerprint, name, cert = parts[:7]
+    seal = b64d(parts[7], "seal key") if len(parts) == 8 else b""
+    if len(parts) == 8 and len(seal) != 32:
+        raise ValidationError("identity card: the seal key must be 32 bytes (X25519)")
     check_center_id(center)
     check_listen(address)
     raw_key = b64d(key, "signing key")
@@ -76,4 +82,5 @@ def parse_card(text: str) -> IdentityCard:
         der_to_pem(der)
     except ValueError:
         raise ValidationError("identity card: the certificate is not valid DER") from None
-    return IdentityCard(center, address, raw_key, fingerprint.lower(), unquote(name), der)
+    return IdentityCard(center, address, raw_key, fingerprint.lower(), unquote(name), der,
+                        seal)

@@ -7,6 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from node import keys
 from node.home import Home, HomeError, NodeConfig, check_listen, render_config
 from node.identity import IdentityCard
@@ -46,6 +48,7 @@ def init_node(root: Path, center: str, name: str, listen: str) -> InitResult:
         root.chmod(0o700)
         signing = keys.generate_signing_key(home.signing_key)
         keys.generate_tls(home.tls_key, home.tls_cert, center)
+        keys.encryption_key(home.encryption_key)
         token, digest = new_token(ADMIN_USER)
         conn = open_sync(home.database, create=True)
         try:
@@ -81,5 +84,7 @@ def init_node(root: Path, center: str, name: str, listen: str) -> InitResult:
 def own_card(home: Home, center: str, name: str, listen: str) -> IdentityCard:
     signing = keys.load_signing_key(home.signing_key)
     cert_pem = home.tls_cert.read_bytes()
+    sealing = keys.encryption_key(home.encryption_key).public_key()
     return IdentityCard(center, listen, raw_public(signing.public_key()),
-                        keys.cert_fingerprint(cert_pem), name, keys.cert_der(cert_pem))
+                        keys.cert_fingerprint(cert_pem), name, keys.cert_der(cert_pem),
+                        sealing.public_bytes(Encoding.Raw, PublicFormat.Raw))

@@ -7,6 +7,7 @@ whose SAN is the center id (gRPC's TLS refuses Ed25519 certificates).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -18,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from node.types import FcnodeError
@@ -68,6 +70,29 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(read_private(path), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path} does not hold an Ed25519 key")
+    return key
+
+
+def encryption_key(path: Path) -> X25519PrivateKey:
+    """The node's X25519 key for answers sealed to it (HPKE), made on first use:
+    homes made before sealed answers existed get one at their next start."""
+    if not path.exists():
+        key = X25519PrivateKey.generate()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        write_private(tmp, key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        try:
+            # Whole or absent, never half-written: a concurrent caller (the CLI
+            # beside the daemon) that made it first wins, and both read theirs.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = serialization.load_pem_private_key(read_private(path), password=None)
+    if not isinstance(key, X25519PrivateKey):
+        raise KeyFileError(f"{path} does not hold an X25519 key")
     return key
 
 

@@ -142,14 +142,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
                   "unreachable": o.get("reason", "")}.get(o["status"], "")
         extra = (f"; {o['dropped']} dropped (failed verification)" if o.get("dropped") else "")
         extra += "; TRUNCATED at its max_results" if o.get("truncated") else ""
+        extra += f"; via {' <- '.join(o['via'])}" if o.get("via") else ""
+        extra += (f"; {o['tampered']} relayed answers failed verification (tampered)"
+                  if o.get("tampered") else "")
         print(f"  {center:<12} {o['status']:<12} {detail}{extra}")
+    if summary.get("not_answered"):
+        print(f"  known centers that did not answer: {', '.join(summary['not_answered'])}")
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     req: dict[str, Any] = {
         "text": " ".join(args.text), "entities": args.entity or [], "kinds": args.kind or [],
         "since": args.since, "labels": args.label or [], "limit": args.limit,
-        "timeout": args.timeout,
+        "timeout": args.timeout, "hops": args.hops,
         "centers": [c.strip() for c in (args.centers or "").split(",") if c.strip()]}
     _, summary = _run_query(args, req)
     if summary is not None:
@@ -160,7 +165,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_deconflict(args: argparse.Namespace) -> int:
     args.quiet_results = True
     results, summary = _run_query(args, {"entities": args.entities, "timeout": args.timeout,
-                                         "limit": args.limit, "any_entity": True})
+                                         "limit": args.limit, "any_entity": True,
+                                         "hops": args.hops})
     by_origin: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_origin.setdefault(r["origin"], []).append(r)
@@ -210,12 +216,16 @@ def register(add: Callable[..., argparse.ArgumentParser],
     p.add_argument("--centers", help="only these centers, e.g. nysic,ffc")
     p.add_argument("--timeout", default="5s", help="per center (default 5s)")
     p.add_argument("--limit", type=int, default=100, help="per center (default 100)")
+    p.add_argument("--hops", type=int, default=3,
+                   help="how far the query travels through forwarding centers (default 3; "
+                        "1: direct peers only)")
 
     p = add("deconflict", cmd_deconflict,
             "which centers hold records on these entities, and whom to call")
     p.add_argument("entities", nargs="+", metavar="TYPE=VALUE")
     p.add_argument("--timeout", default="5s")
     p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--hops", type=int, default=3, help="forwarding hops (default 3)")
 
     p = add("disseminations", cmd_disseminations,
             "who received which record (28 CFR 23.20(f)) (admin)")

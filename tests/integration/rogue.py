@@ -8,7 +8,7 @@ import asyncio
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
@@ -34,6 +34,11 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.answers: list[records_pb2.Envelope] = []
         self.pointers: list[federation_pb2.Pointer] = []  # sent with `answers`
         self.flood: tuple[federation_pb2.QueryAnswer, int] | None = None  # (message, times)
+        # A forwarding hop: (listen, card) of the node it passes queries on to, and
+        # what it does to each sealed answer on the way back.
+        self.relay_to: tuple[str, str] | None = None
+        self.tamper: Callable[[federation_pb2.SealedAnswer], None] | None = None
+        self.relayed_bytes: list[bytes] = []  # every answer it passed back, as it saw it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -77,6 +82,10 @@ class Rogue(federation_pb2_grpc.FederationServicer):
 
     async def Query(self, request, context):
         self.requests.append(request)
+        if self.relay_to is not None:
+            for answer in await asyncio.to_thread(self._forward, request):
+                yield answer
+            return
         if self.flood is not None:
             message, times = self.flood
             for _ in range(times):
@@ -113,6 +122,22 @@ class Rogue(federation_pb2_grpc.FederationServicer):
             asyncio.run_coroutine_threadsafe(self._server.stop(None), self._loop).result(10)
         if self._thread:
             self._thread.join(10)
+
+    def _forward(self, request: federation_pb2.SignedQuery
+                 ) -> list[federation_pb2.QueryAnswer]:
+        assert self.relay_to is not None
+        onward = federation_pb2.SignedQuery()
+        onward.CopyFrom(request)
+        onward.hops_left = max(0, request.hops_left - 1)
+        onward.path.append(self.center)
+        _, answers = self.ask(*self.relay_to, onward)
+        self.relayed_bytes += [a.SerializeToString() for a in answers]
+        for a in answers:
+            for sealed in a.relayed:
+                if self.tamper is not None:
+                    self.tamper(sealed)
+                sealed.via.append(self.center)
+        return answers
 
     def signed_query(self, **fields: object) -> federation_pb2.SignedQuery:
         """A query signed with this rogue's key: fresh, a random id, ``fields`` set."""
