@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
 from federation.links import PeerLink
@@ -23,6 +24,7 @@ from federation.transport.server import FederationServicer
 from node import logs, metrics
 from node.home import HomeError, check_group
 from node.identity import parse_card
+from node.introductions import Offer, adopt
 from node.keys import encryption_key as load_encryption_key
 from node.keys import load_tls
 from node.localapi import Request
@@ -30,16 +32,18 @@ from node.peer_edits import with_peer
 from node.peers import Peer, all_groups, save_peers
 from node.query import make_params
 from node.service import NodeService, NotFound
+from node.signing import INTRODUCTIONS_DOMAIN, BadSignature, verify
 from node.standard_services import add_standard_services
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
 from node.timeutil import iso, now_ms, parse_duration_ms, parse_instant_ms
-from node.types import ValidationError
-from node.users import User
+from node.types import ValidationError, check_center_id
+from node.users import SYSTEM_USER, User
 from node.wire import federation_pb2, federation_pb2_grpc
 
 log = logs.get("fcnode.federation")
 Extension = Callable[[User, Request], Awaitable[Any]]
+MAX_INTRODUCED = 10_000  # cards taken from one introducer's view
 
 
 class Federation:
@@ -58,6 +62,10 @@ class Federation:
         self.server: grpc.aio.Server | None = None
         self._lock = asyncio.Lock()
         self._stopping: set[asyncio.Future[None]] = set()
+        self._introductions: asyncio.Task[None] | None = None
+        # center -> why: offers of another key for a center pinned directly (the
+        # pin stands) and refused introductions, as last seen; shown by status.
+        self.conflicts: dict[str, str] = {}
 
     async def start(self) -> None:
         limits = self.node.config.limits
@@ -82,8 +90,67 @@ class Federation:
         await hs.set("", health_pb2.HealthCheckResponse.SERVING)
         for peer in self.node.peers.values():
             self._start_link(peer)
+        self._introductions = asyncio.create_task(self._introductions_loop())
+
+    # -- introductions ----------------------------------------------------------
+    async def _introductions_loop(self) -> None:
+        """Fetch every introducer's signed view, one after the other, forever: a
+        snapshot (not a log of changes), so a card the introducer removed is
+        simply absent, and a missed poll costs nothing but time."""
+        await asyncio.sleep(0.2)
+        while True:
+            for center, peer in list(self.node.peers.items()):
+                if peer.introducer and center in self.links:
+                    try:
+                        await self.poll_introducer(center)
+                    except grpc.aio.AioRpcError as exc:
+                        log.info("introducer not reached", extra={
+                            "peer": center, "code": exc.code().name})
+                    except (BadSignature, ValidationError, DecodeError) as exc:
+                        log.warning("introductions refused", extra={
+                            "peer": center, "reason": str(exc)[:200]})
+            await asyncio.sleep(self.node.config.limits.introduction_poll_s)
+
+    async def poll_introducer(self, center: str) -> None:
+        stub = federation_pb2_grpc.FederationStub(self.links[center].channel())
+        signed = await stub.Introductions(federation_pb2.IntroductionsRequest(), timeout=10)
+        public = self.node.keys_of(center).get(signed.key_id)
+        if public is None:
+            raise BadSignature("introductions signed by a key not pinned for the introducer")
+        verify(public, INTRODUCTIONS_DOMAIN, signed.body, signed.signature)
+        body = federation_pb2.IntroductionList.FromString(signed.body)
+        if body.center != center:
+            raise ValidationError(f"introductions name {body.center[:64]!r}, not {center!r}")
+        offers = []
+        for item in body.cards[:MAX_INTRODUCED]:
+            try:
+                offers.append(Offer(parse_card(item.card), tuple(
+                    check_center_id(v, "via") for v in item.via)))
+            except ValidationError as exc:
+                log.warning("introduced card refused", extra={"peer": center,
+                                                              "reason": str(exc)[:200]})
+        async with self._lock:
+            if not self.node.peers.get(center, None) or not self.node.peers[center].introducer:
+                return  # unpinned or demoted while we asked
+            result = adopt(self.node.center, self.node.own_public_key, self.node.peers,
+                           center, offers)
+            for c, why in (*result.conflicts, *result.refused):
+                if self.conflicts.get(c) != why:
+                    log.warning("introduction conflict", extra={"peer": center, "center": c,
+                                                                "reason": why})
+                self.conflicts[c] = why
+            if result.changed:
+                await self._commit(SYSTEM_USER, result.peers, "peer.introduced", {
+                    "introducer": center, "adopted": list(result.adopted),
+                    "updated": list(result.updated), "removed": list(result.removed),
+                    "conflicts": list(result.new_conflicts)})
+                log.info("introductions applied", extra={
+                    "peer": center, "adopted": len(result.adopted),
+                    "removed": len(result.removed), "conflicts": len(result.new_conflicts)})
 
     async def stop(self) -> None:
+        if self._introductions is not None:
+            self._introductions.cancel()
         for link in list(self.links.values()):
             await link.stop()
         self.links.clear()
@@ -208,7 +275,10 @@ class Federation:
                               else "stopped", "last_contact": "", "behind": {}})
             else:
                 peers.append(link.state.as_dict(data["cursors"].get(center, {})))
+        conflicts = {**self.conflicts, **{c: p.conflict for c, p in self.node.peers.items()
+                                           if p.conflict}}
         return {"listen": self.node.config.listen, "peers": peers,
+                "key_conflicts": [{"center": c, "why": w} for c, w in sorted(conflicts.items())],
                 "quarantined": [{"origin": o, "reason": r, "since": iso(t)}
                                 for o, (r, t) in sorted(data["quarantined"].items())],
                 "rejected": data["rejected"]}
@@ -247,7 +317,8 @@ class Federation:
     def _peer_view(self, p: Peer) -> dict[str, Any]:
         link = self.links.get(p.center)
         return {"center": p.center, "name": p.card.name, "address": p.address,
-                "groups": list(p.groups), "connect": p.connect,
+                "groups": list(p.groups), "connect": p.connect, "introducer": p.introducer,
+                "introduced_by": p.introduced_by, "conflict": p.conflict,
                 "tls_fingerprint": p.card.tls_fingerprint,
                 "state": link.state.state if link else ("not dialled" if not p.connect
                                                           else "stopped")}
@@ -255,25 +326,31 @@ class Federation:
     async def _add(self, user: User, req: Request) -> dict[str, Any]:
         card = parse_card(str(req.get("card") or ""))
         groups = tuple(check_group(g) for g in req.strings("groups"))
-        peer = Peer(card, groups, bool(req.get("connect", True)))
+        peer = Peer(card, groups, bool(req.get("connect", True)),
+                    introducer=bool(req.get("introducer")))
+        if peer.introducer and not peer.connect:
+            raise ValidationError("an introducer must be dialled (drop --no-connect)")
+        self.conflicts.pop(card.center, None)  # an administrator decided
         peers = with_peer(self.node.peers, peer, self.node.center, self.node.own_public_key)
-        await self._commit(user, peers, "peer.add", {
+        await self._commit(user.name, peers, "peer.add", {
             "peer": card.center, "address": card.address, "groups": list(groups),
-            "connect": peer.connect, "tls_fingerprint": card.tls_fingerprint})
+            "connect": peer.connect, "introducer": peer.introducer,
+            "tls_fingerprint": card.tls_fingerprint})
         return self._peer_view(peer)
 
     async def _remove(self, user: User, center: str) -> dict[str, Any]:
         if center not in self.node.peers:
             raise NotFound(f"no pinned peer {center!r}")
         peers = {c: p for c, p in self.node.peers.items() if c != center}
-        await self._commit(user, peers, "peer.remove", {"peer": center})
+        self.conflicts.pop(center, None)
+        await self._commit(user.name, peers, "peer.remove", {"peer": center})
         return {"removed": center}
 
-    async def _commit(self, user: User, peers: dict[str, Peer], action: str,
+    async def _commit(self, actor: str, peers: dict[str, Peer], action: str,
                       detail: dict[str, Any]) -> None:
         path = self.node.home.peers
         await asyncio.get_running_loop().run_in_executor(
             None, save_peers, path, list(peers.values()))
         await self.node.db.run(lambda c: audit_tx.append(
-            c, self.node.sign_audit, now_ms(), user.name, action, detail))
+            c, self.node.sign_audit, now_ms(), actor, action, detail))
         self.apply_peers(peers)

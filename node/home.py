@@ -154,6 +154,7 @@ class Limits:
     restarts_per_minute: int = 6   # Replicate requests per peer that start an origin over
     max_notices: int = 10_000  # notices kept per kind; the oldest are dropped
     max_answer_bytes: int = 32 * 1024 * 1024  # taken from one peer's answer to a query
+    introduction_poll_s: float = 30.0  # how often each introducer's cards are fetched
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from node.signing import AUDIT_DOMAIN, raw_public, sign
 from node.storage import audit as audit_tx
 from node.storage.db import immediate, open_sync
 from node.timeutil import now_ms
-from node.types import FcnodeError
+from node.types import FcnodeError, ValidationError
 
 STOPPED = "daemon stopped"
 
@@ -51,7 +51,8 @@ def audit(home: Home, action: str, detail: dict[str, Any]) -> None:
 
 def peer_view(p: Peer) -> dict[str, Any]:
     return {"center": p.center, "name": p.card.name, "address": p.address,
-            "groups": list(p.groups), "connect": p.connect,
+            "groups": list(p.groups), "connect": p.connect, "introducer": p.introducer,
+            "introduced_by": p.introduced_by, "conflict": p.conflict,
             "tls_fingerprint": p.card.tls_fingerprint, "state": STOPPED}
 
 
@@ -68,11 +69,14 @@ def show_peer(home: Home, center: str) -> dict[str, Any]:
     return {**peer_view(peer), "card": peer.card.line()}
 
 
-def add_peer(home: Home, card_text: str, groups: list[str], connect: bool) -> dict[str, Any]:
+def add_peer(home: Home, card_text: str, groups: list[str], connect: bool,
+             introducer: bool = False) -> dict[str, Any]:
     """Validated as the daemon validates (and peers.toml is re-validated at start)."""
     cfg = load_config(home)
     card = parse_card(card_text)
-    peer = Peer(card, tuple(check_group(g) for g in groups), connect)
+    if introducer and not connect:
+        raise ValidationError("an introducer must be dialled (drop --no-connect)")
+    peer = Peer(card, tuple(check_group(g) for g in groups), connect, introducer)
     own_key = raw_public(keys.load_signing_key(home.signing_key).public_key())
     peers = with_peer(load_peers(home.peers, cfg.center, own_key), peer, cfg.center, own_key)
     save_peers(home.peers, list(peers.values()))

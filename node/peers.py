@@ -7,6 +7,10 @@
     card = "fcnode1/nysic/..."    # the identity card as received: keys and cert
     groups = ["region:east"]
     connect = true                # false: pin keys only, never dial (reached via hubs)
+    introducer = false            # true: adopt the cards this peer has pinned
+    introduced_by = ""            # set on cards adopted from an introducer
+    via = []                      # the introducers before it, nearest the card's pinner first
+    conflict = ""                 # another key was offered for this center: not trusted
 
 The card holds the pinned Ed25519 key and TLS certificate; every other field is
 derived from it or set by the administrator.
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from node.home import HomeError, check_group, toml_str
 from node.identity import IdentityCard, parse_card
-from node.types import ValidationError
+from node.types import ValidationError, check_center_id
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,17 @@ class Peer:
     card: IdentityCard
     groups: tuple[str, ...] = ()
     connect: bool = True
+    introducer: bool = False
+    introduced_by: str = ""  # "" : pinned directly by an administrator
+    via: tuple[str, ...] = ()
+    conflict: str = ""
+
+    @property
+    def trusted(self) -> bool:
+        """Its keys verify signatures here. A direct pin always does (an
+        administrator decided); an introduced card in conflict with another
+        introduced key does not, until an administrator decides."""
+        return not (self.introduced_by and self.conflict)
 
     @property
     def center(self) -> str:
@@ -75,8 +90,16 @@ def parse_peers(text: str, where: str, own_center: str, own_key: bytes = b""
                                       f"({card.center!r})")
             groups = tuple(check_group(str(g)) for g in entry.get("groups") or [])
             connect = entry.get("connect", True)
-            if not isinstance(connect, bool):
-                raise ValidationError("connect must be true or false")
+            introducer = entry.get("introducer", False)
+            if not isinstance(connect, bool) or not isinstance(introducer, bool):
+                raise ValidationError("connect and introducer must be true or false")
+            introduced_by = str(entry.get("introduced_by") or "")
+            if introduced_by:
+                check_center_id(introduced_by, "introduced_by")
+            via = tuple(check_center_id(str(c), "via") for c in entry.get("via") or [])
+            conflict = str(entry.get("conflict") or "")
+            if introducer and not connect:
+                raise ValidationError("an introducer must be dialled (connect = true)")
         except KeyError as exc:
             raise HomeError(f"{label}: missing {exc.args[0]!r}") from None
         except ValidationError as exc:
@@ -88,7 +111,7 @@ def parse_peers(text: str, where: str, own_center: str, own_key: bytes = b""
         conflict = pin_conflict(card, out.values(), own_key)
         if conflict:
             raise HomeError(f"{label} ({card.center!r}): {conflict}")
-        out[card.center] = Peer(card, groups, connect)
+        out[card.center] = Peer(card, groups, connect, introducer, introduced_by, via, conflict)
     return out
 
 
@@ -108,8 +131,15 @@ def render_peers(peers: Iterable[Peer]) -> str:
             f"address = {toml_str(p.address)}",
             f"groups = [{', '.join(toml_str(g) for g in p.groups)}]",
             f"connect = {'true' if p.connect else 'false'}",
-            f"card = {toml_str(p.card.line())}",
         ]
+        if p.introducer:
+            lines.append("introducer = true")
+        if p.introduced_by:
+            lines += [f"introduced_by = {toml_str(p.introduced_by)}",
+                      f"via = [{', '.join(toml_str(c) for c in p.via)}]"]
+        if p.conflict:
+            lines.append(f"conflict = {toml_str(p.conflict)}")
+        lines.append(f"card = {toml_str(p.card.line())}")
     return "\n".join(lines) + "\n"
 
 

@@ -128,6 +128,8 @@ class NodeService:
         """Pin a new set; the public keys are decoded once here, not per envelope."""
         keys = {}
         for center, peer in peers.items():
+            if not peer.trusted:
+                continue  # an introduced key in conflict verifies nothing until decided
             pub = peer.card.public_key()
             keys[center] = {key_id(pub): pub}
         self._peers, self._peer_keys = peers, keys

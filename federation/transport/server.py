@@ -20,7 +20,9 @@ from federation.ratelimit import RateLimits
 from federation.tls import PinnedTls, peer_pem
 from node import logs, metrics
 from node.egress import Dissemination, replication_batch
+from node.introductions import served
 from node.service import NodeService
+from node.signing import INTRODUCTIONS_DOMAIN, sign
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.timeutil import now_ms
@@ -252,6 +254,21 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         finally:
             metrics.QUERIES_ANSWERED.labels(peer, result).inc()
 
+
+    async def Introductions(self, request: federation_pb2.IntroductionsRequest,
+                            context: grpc.aio.ServicerContext
+                            ) -> federation_pb2.SignedIntroductions:
+        """This node's trusted cards, signed: what a peer that pinned it as an
+        introducer adopts for verification (node.introductions)."""
+        peer = await self.authenticate(context)
+        body = federation_pb2.IntroductionList(center=self.node.center, issued_ms=now_ms(),
+                                               cards=[federation_pb2.IntroducedCard(
+                                                   card=o.card.line(), via=list(o.via))
+                                                   for o in served(self.node.peers, peer)])
+        raw = body.SerializeToString(deterministic=True)
+        return federation_pb2.SignedIntroductions(
+            body=raw, signature=sign(self.node.key, INTRODUCTIONS_DOMAIN, raw),
+            key_id=self.node.own_key_id)
 
 
 def _newest(logged: int | None, pending: int | None) -> int | None:

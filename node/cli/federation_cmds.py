@@ -37,7 +37,8 @@ def _peers_offline(args: argparse.Namespace, home: Home) -> int:
 
     op = args.peers_cmd
     if op == "add":
-        r = offline.add_peer(home, _card_text(args.card), _groups(args), not args.no_connect)
+        r = offline.add_peer(home, _card_text(args.card), _groups(args), not args.no_connect,
+                             args.introducer)
         output.emit_json(r) if args.json else _print_pinned(r)
         if not args.json:
             print("the daemon is stopped: it connects when it starts")
@@ -63,8 +64,12 @@ def _print_peer_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> No
             output.emit_json(r)
         return
     shown = [{**r, "groups": ",".join(r["groups"]) or "-",
-              "fingerprint": r["tls_fingerprint"][:16]} for r in rows]
-    if not output.table(shown, ["center", "address", "state", "groups", "fingerprint"]):
+              "fingerprint": r["tls_fingerprint"][:16],
+              "pinned": ("CONFLICT" if r.get("conflict") else
+                         f"by {r['introduced_by']}" if r.get("introduced_by") else
+                         "introducer" if r.get("introducer") else "direct")} for r in rows]
+    if not output.table(shown, ["center", "address", "state", "pinned", "groups",
+                                "fingerprint"]):
         print("no peers pinned (add one with: fcnode peers add CARD)")
 
 
@@ -78,7 +83,8 @@ def cmd_peers(args: argparse.Namespace) -> int:
     op = args.peers_cmd
     if op == "add":
         r = client.call("Peers", {"op": "add", "card": _card_text(args.card),
-                                  "groups": _groups(args), "connect": not args.no_connect})
+                                  "groups": _groups(args), "connect": not args.no_connect,
+                                  "introducer": args.introducer})
         output.emit_json(r) if args.json else _print_pinned(r)
         return 0
     if op == "remove":
@@ -201,6 +207,9 @@ def register(add: Callable[..., argparse.ArgumentParser],
     pa.add_argument("--groups", help="comma-separated groups, e.g. region:west,hidta")
     pa.add_argument("--no-connect", action="store_true",
                     help="pin its keys but never dial it (reached through hubs)")
+    pa.add_argument("--introducer", action="store_true",
+                    help="adopt the cards this peer has pinned, for verification only "
+                         "(never dialled); they follow its view")
     ps.add_parser("list", parents=[common])
     for name in ("show", "remove"):
         sp = ps.add_parser(name, parents=[common])

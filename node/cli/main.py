@@ -100,6 +100,9 @@ def cmd_status(args: argparse.Namespace) -> int:
               + (f"  ({peer['error']})" if peer.get("error") else ""))
     for q in status.get("quarantined", []):
         print(f"QUARANTINED  {q['origin']}: {q['reason']} since {q['since']}")
+    for k in status.get("key_conflicts", []):
+        print(f"KEY CONFLICT  {k['center']}: {k['why']} (decide: fcnode peers add CARD, "
+              "or peers remove)")
     if status.get("rejected"):
         print("rejected envelopes: " + ", ".join(
             f"{k}: {v}" for k, v in sorted(status["rejected"].items())))

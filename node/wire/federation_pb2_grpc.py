@@ -44,6 +44,11 @@ class FederationStub:
                 request_serializer=fcnode_dot_v1_dot_federation__pb2.SignedQuery.SerializeToString,
                 response_deserializer=fcnode_dot_v1_dot_federation__pb2.QueryAnswer.FromString,
                 _registered_method=True)
+        self.Introductions = channel.unary_unary(
+                '/fcnode.v1.Federation/Introductions',
+                request_serializer=fcnode_dot_v1_dot_federation__pb2.IntroductionsRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_federation__pb2.SignedIntroductions.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -61,6 +66,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Introductions(self, request, context):
+        """The cards this node has pinned, for peers that pinned it as an introducer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=fcnode_dot_v1_dot_federation__pb2.SignedQuery.FromString,
                     response_serializer=fcnode_dot_v1_dot_federation__pb2.QueryAnswer.SerializeToString,
+            ),
+            'Introductions': grpc.unary_unary_rpc_method_handler(
+                    servicer.Introductions,
+                    request_deserializer=fcnode_dot_v1_dot_federation__pb2.IntroductionsRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_federation__pb2.SignedIntroductions.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class Federation:
             '/fcnode.v1.Federation/Query',
             fcnode_dot_v1_dot_federation__pb2.SignedQuery.SerializeToString,
             fcnode_dot_v1_dot_federation__pb2.QueryAnswer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Introductions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Federation/Introductions',
+            fcnode_dot_v1_dot_federation__pb2.IntroductionsRequest.SerializeToString,
+            fcnode_dot_v1_dot_federation__pb2.SignedIntroductions.FromString,
             options,
             channel_credentials,
             insecure,

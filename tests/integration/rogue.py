@@ -16,7 +16,15 @@ import grpc
 from node import keys
 from node.devnet import free_port
 from node.identity import IdentityCard, parse_card
-from node.signing import entry_hash, raw_public, seal_query, seal_record
+from node.signing import (
+    INTRODUCTIONS_DOMAIN,
+    entry_hash,
+    key_id,
+    raw_public,
+    seal_query,
+    seal_record,
+    sign,
+)
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 
 
@@ -39,6 +47,7 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.relay_to: tuple[str, str] | None = None
         self.tamper: Callable[[federation_pb2.SealedAnswer], None] | None = None
         self.relayed_bytes: list[bytes] = []  # every answer it passed back, as it saw it
+        self.introduces: list[tuple[str, list[str]]] = []  # (card line, via) it serves
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -122,6 +131,15 @@ class Rogue(federation_pb2_grpc.FederationServicer):
             asyncio.run_coroutine_threadsafe(self._server.stop(None), self._loop).result(10)
         if self._thread:
             self._thread.join(10)
+
+    async def Introductions(self, request, context):
+        body = federation_pb2.IntroductionList(
+            center=self.center, issued_ms=int(time.time() * 1000),
+            cards=[federation_pb2.IntroducedCard(card=c, via=v) for c, v in self.introduces])
+        raw = body.SerializeToString()
+        return federation_pb2.SignedIntroductions(
+            body=raw, signature=sign(self.signing, INTRODUCTIONS_DOMAIN, raw),
+            key_id=key_id(self.signing.public_key()))
 
     def _forward(self, request: federation_pb2.SignedQuery
                  ) -> list[federation_pb2.QueryAnswer]:
