@@ -109,6 +109,15 @@ class Federation:
                     except (BadSignature, ValidationError, DecodeError) as exc:
                         log.warning("introductions refused", extra={
                             "peer": center, "reason": str(exc)[:200]})
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise  # the daemon is stopping
+                        # The link (and its channel) was restarted under the call:
+                        # the next round asks again.
+                        log.info("introducer call cancelled", extra={"peer": center})
+                    except Exception:  # one bad round must not end introductions for good
+                        log.exception("introductions round failed", extra={"peer": center})
             await asyncio.sleep(self.node.config.limits.introduction_poll_s)
 
     async def poll_introducer(self, center: str) -> None:
