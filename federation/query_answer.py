@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from federation.query_forward import Forwarder
+from federation.query_forward import Forwarder, hops_left
 from federation.ratelimit import RateLimits
 from node import logs
 from node.egress import Dissemination
@@ -54,6 +54,7 @@ NOTICE_RECORDS = 50
 NOTICE_ENTITIES = 16
 NOTICE_TEXT = 256
 NOTICE_NAME = 128
+FORWARD_MEMORY = 10_000  # queries whose forwarding reach is remembered (until their deadline)
 SCAN_FACTOR = 20  # rows one answer may examine: this many times max_results
 
 
@@ -98,6 +99,7 @@ class QueryAnswerer:
     def __init__(self, node: NodeService, forwarder: Forwarder | None = None) -> None:
         self.node = node
         self.forwarder = forwarder
+        self.forwarded: dict[tuple[str, str], tuple[int, int]] = {}  # -> (hops left, deadline)
         self.rates = RateLimits(node.config.limits.query_rate_per_minute)
 
     def check(self, peer: str, request: federation_pb2.SignedQuery) -> federation_pb2.QueryBody:
@@ -265,20 +267,34 @@ class QueryAnswerer:
     async def handle(self, peer: str, request: federation_pb2.SignedQuery,
                      context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[federation_pb2.QueryAnswer]:
+        body: federation_pb2.QueryBody | None = None
         try:
             body = self.check(peer, request)
             requester = body.center
             # A replay is refused only in the write: one search's work, bounded
             # (SCAN_FACTOR), and the replayed query still gets nothing. The same
             # query reaching this node over a second path is such a replay: a
-            # center answers once, and forwards once.
+            # center answers once.
             answer = await self.node.db.read(lambda conn: self.answer(conn, requester, body))
             await self.node.db.run(lambda conn: self.commit(conn, requester, body, answer,
                                                             peer))
         except Refused as exc:
+            if (body is not None and exc.code == grpc.StatusCode.ALREADY_EXISTS
+                    and self.reach_further(body, request)):
+                # It arrived first over a longer path, with fewer hops left: this
+                # copy may reach centers that one could not. Forward only.
+                relay = self.forwarder.start(peer, request, body) if self.forwarder else None
+                if relay is not None:
+                    try:
+                        async for sealed in relay:
+                            yield federation_pb2.QueryAnswer(relayed=[sealed])
+                    finally:
+                        await relay.aclose()
+                return
             log.warning("query refused", extra={"peer": peer, "reason": exc.reason})
             await context.abort(exc.code, exc.reason)
             return
+        self.reach_further(body, request)
         log.info("query answered", extra={"peer": peer, "requester": requester,
                                           "records": len(answer.records),
                                           "pointers": len(answer.pointers)})
@@ -296,6 +312,28 @@ class QueryAnswerer:
         finally:
             if relay is not None:
                 await relay.aclose()
+
+    def reach_further(self, body: federation_pb2.QueryBody,
+                      request: federation_pb2.SignedQuery) -> bool:
+        """Note how many hops this query may still travel from here; True when
+        that is more than any earlier copy of it allowed. A query flooded
+        through a mesh of hubs often arrives first over the longest path (with
+        the fewest hops left): without this the copy that could still reach a
+        hub's spokes would be refused as a replay, and they never asked. Each
+        re-forward needs strictly more hops left, so a query is forwarded at
+        most MAX_HOPS times by one node. Bounded: entries live until the query's
+        deadline, at most FORWARD_MEMORY of them."""
+        now = now_ms()
+        if len(self.forwarded) >= FORWARD_MEMORY:
+            self.forwarded = {k: v for k, v in self.forwarded.items() if v[1] > now}
+        key = (body.center, body.query_id)
+        hops = hops_left(request, body)
+        before = self.forwarded.get(key)
+        if before is not None and before[0] >= hops:
+            return False
+        if len(self.forwarded) < FORWARD_MEMORY:
+            self.forwarded[key] = (hops, body.deadline_ms)
+        return before is not None
 
     def seal(self, requester: str, body: federation_pb2.QueryBody, part: int,
              msg: federation_pb2.QueryAnswer) -> federation_pb2.SealedAnswer:

@@ -392,8 +392,10 @@ class QueryFanout:
             for t in tasks:
                 t.cancel()
         for c, r in relayed.items():
-            if c not in summary or summary[c].status != "answered":
-                summary[c] = r.outcome  # e.g. a direct call refused as the duplicate
+            if c not in direct:
+                # Its answer came through others (the direct call was refused as
+                # the duplicate, or only forwarded): say so.
+                summary[c] = r.outcome
         answered = {c for c, o in summary.items() if o.status == "answered"}
         not_answered = sorted(set(self.node.peers) - answered)
         report = {c: o.as_dict() for c, o in sorted(summary.items())}
