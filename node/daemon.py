@@ -61,6 +61,7 @@ async def serve(home: Home) -> None:
         await db.open()
         stack.push_async_callback(db.close)
         node = NodeService(home, config, signing, db, peers)
+        await node.load_key_history()  # learned rotations; finishes an interrupted swap
         stubbed = await node.sign_missing_stubs()  # entries from before stubs existed
         if stubbed:
             log.info("signed stubs for older entries", extra={"entries": stubbed})

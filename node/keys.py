@@ -25,7 +25,10 @@ from node.types import FcnodeError
 SIGNING_KEY = "signing.key"
 TLS_KEY = "tls.key"
 TLS_CERT = "tls.crt"
-CERT_DAYS = 825
+# Certificates this node makes are valid a year and renewed automatically 30 days
+# before they expire ([tls] in node.toml): short enough that a lost key does not
+# stay trusted for long, long enough that a node down for weeks still comes back.
+CERT_DAYS = 365.0
 
 
 class KeyFileError(FcnodeError):
@@ -54,13 +57,16 @@ def read_private(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def generate_signing_key(path: Path) -> Ed25519PrivateKey:
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
+def signing_key_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_private(path, pem)
+
+
+def generate_signing_key(path: Path) -> Ed25519PrivateKey:
+    key = Ed25519PrivateKey.generate()
+    write_private(path, signing_key_pem(key))
     return key
 
 
@@ -71,7 +77,8 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def generate_tls(key_path: Path, cert_path: Path, center: str, days: int = CERT_DAYS) -> bytes:
+def generate_tls(key_path: Path, cert_path: Path, center: str,
+                 days: float = CERT_DAYS) -> bytes:
     """ECDSA P-256 key and a self-signed certificate with SAN = center id."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -108,6 +115,11 @@ def cert_der(pem: bytes) -> bytes:
 def cert_fingerprint(pem: bytes) -> str:
     """SHA-256 of the DER certificate, lower-case hex."""
     return hashlib.sha256(cert_der(pem)).hexdigest()
+
+
+def cert_expiry_ms(pem: bytes) -> int:
+    cert = x509.load_pem_x509_certificate(pem)
+    return int(cert.not_valid_after_utc.timestamp() * 1000)
 
 
 def der_to_pem(der: bytes) -> bytes:
