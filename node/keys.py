@@ -84,7 +84,12 @@ def generate_tls(key_path: Path, cert_path: Path, center: str,
     now = dt.datetime.now(dt.UTC)
     end = now + dt.timedelta(days=days)
     start = min(now - dt.timedelta(minutes=5), end - dt.timedelta(days=1))  # days<0: expired
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, center)])
+    # A unique subject per certificate: after a renewal a peer trusts two
+    # self-signed certificates of one center at once, and TLS libraries pick an
+    # issuer by subject name (measured: with two roots named CN=center, gRPC's
+    # handshake verified the new certificate against the old one and failed).
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, center),
+                      x509.NameAttribute(NameOID.SERIAL_NUMBER, os.urandom(8).hex())])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -135,3 +135,98 @@ def test_signing_key_rotation_reaches_a_spoke_through_the_hub(make_node, tmp_pat
     assert json.loads(origin.ok("identity", "--json"))["card"] == new_card.line()
     assert origin.publish("--kind", "BULLETIN", "--title", "after restart", *GREEN)
     assert keys.load_signing_key(origin.home / "signing.key")
+
+
+def fast_tls(node: Node, **settings: float) -> None:
+    """Shorten the [tls] timings of a node that is not running yet."""
+    for key, value in {"check_interval_s": 0.5, **settings}.items():
+        text = (node.home / "node.toml").read_text()
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"{key} = "))
+        node.edit_config(line, f"{key} = {value}")
+
+
+def fingerprint(node: Node) -> str:
+    return node.json("status")["tls"]["fingerprint"]
+
+
+def pinned_certs(node: Node, center: str) -> list[str]:
+    return [c["fingerprint"] for c in node.json("peers", "show", center)["certificates"]]
+
+
+def test_tls_renewal_needs_no_admin_at_any_peer(make_node) -> None:
+    origin = make_node("origin", start=False)
+    fast_tls(origin, switch_after_days=10 / 86400)  # present it 10 s after announcing
+    origin.start()
+    hub, spoke = make_node("hub"), make_node("spoke")
+    origin.pin(hub)
+    hub.pin(origin)
+    hub.pin(spoke)
+    spoke.pin(hub)
+    spoke.pin(origin, "--no-connect")
+    origin.pin(spoke, "--no-connect")
+    first = origin.publish("--kind", "BULLETIN", "--title", "before renewal", *GREEN)
+    wait_held(spoke, first["record_id"])
+    old_fp = fingerprint(origin)
+
+    renewed = origin.json("keys", "rotate", "--tls")
+    new_fp = renewed["new_fingerprint"]
+    assert new_fp != old_fp
+    assert origin.json("status")["tls"]["next"]["fingerprint"] == new_fp
+    # Both peers pin the announced certificate beside the card's, the spoke
+    # through the hub; nobody ran a command there.
+    for peer in (hub, spoke):
+        peer.wait_for(lambda p=peer: new_fp in pinned_certs(p, "origin"), 30,
+                      "the announced certificate pinned")
+    origin.wait_for(lambda: fingerprint(origin) == new_fp, 40, "the renewed certificate used")
+    assert parse_card(origin.card()).tls_fingerprint == new_fp
+    # New handshakes both ways with the new certificate: restart the hub.
+    hub.stop()
+    hub.start()
+    second = origin.publish("--kind", "BULLETIN", "--title", "after renewal", *GREEN)
+    wait_held(hub, second["record_id"])
+    wait_held(spoke, second["record_id"])
+    assert query_ids(origin, "renewal", "--centers", "hub") == {
+        first["record_id"]: "FULL", second["record_id"]: "FULL"}
+    hub.wait_for(lambda: query_ids(hub, "renewal", "--centers", "origin") == {
+        first["record_id"]: "FULL", second["record_id"]: "FULL"}, 30, "origin answers the hub")
+    assert query_ids(spoke, "renewal") == {first["record_id"]: "FULL",
+                                           second["record_id"]: "FULL"}
+
+
+def test_certificate_about_to_expire_is_renewed_automatically(make_node) -> None:
+    origin = make_node("origin", start=False)
+    # A certificate that expires two minutes from now, made before the card is
+    # handed out; renewal 90 s before expiry, presented 10 s after announcing.
+    (origin.home / "tls.key").unlink()
+    (origin.home / "tls.crt").unlink()
+    keys.generate_tls(origin.home / "tls.key", origin.home / "tls.crt", "origin",
+                      days=2 / 1440)
+    expires = keys.cert_expiry_ms((origin.home / "tls.crt").read_bytes()) / 1000
+    fast_tls(origin, lifetime_days=1.0, renew_before_days=90 / 86400,
+             switch_after_days=10 / 86400)
+    origin.start()
+    hub, spoke = make_node("hub"), make_node("spoke")
+    origin.pin(hub)
+    hub.pin(origin)
+    hub.pin(spoke)
+    spoke.pin(hub)
+    spoke.pin(origin, "--no-connect")
+    origin.pin(spoke, "--no-connect")
+    old_fp = fingerprint(origin)
+    first = origin.publish("--kind", "BULLETIN", "--title", "short lived one", *GREEN)
+    wait_held(spoke, first["record_id"])
+    assert "TLS certificate expires soon" in origin.log_tail(100_000)
+
+    origin.wait_for(lambda: fingerprint(origin) != old_fp, 90, "automatic renewal")
+    new_fp = fingerprint(origin)
+    assert new_fp in pinned_certs(hub, "origin")
+    spoke.wait_for(lambda: new_fp in pinned_certs(spoke, "origin"), 30, "spoke pins it")
+    # Past the old certificate's expiry: fresh handshakes only work with the new one.
+    time.sleep(max(0.0, expires - time.time() + 2))
+    hub.stop()
+    hub.start()
+    second = origin.publish("--kind", "BULLETIN", "--title", "short lived two", *GREEN)
+    wait_held(spoke, second["record_id"], 60)
+    assert {first["record_id"], second["record_id"]} <= spoke.held_record_ids()
+    assert query_ids(hub, "short", "--centers", "origin") == {
+        first["record_id"]: "FULL", second["record_id"]: "FULL"}
