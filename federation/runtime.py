@@ -28,7 +28,7 @@ from node.identity import b64e, parse_card
 from node.keyhistory import AnnouncedCert, Rotation
 from node.keys import cert_der, cert_expiry_ms, cert_fingerprint, generate_tls, load_tls
 from node.localapi import Request
-from node.peer_edits import with_peer
+from node.peer_edits import updated_peer, with_peer
 from node.peers import Peer, all_groups, save_peers
 from node.query import make_params
 from node.service import NodeService, NotFound
@@ -386,6 +386,8 @@ class Federation:
                 return await self._add(user, req)
             if op == "remove":
                 return await self._remove(user, str(req.get("center")))
+            if op == "update":
+                return await self._update(user, req)
         raise ValidationError(f"unknown peers operation {op!r}")
 
     async def _key_view(self, peer: Peer) -> dict[str, Any]:
@@ -426,6 +428,30 @@ class Federation:
             "peer": card.center, "address": card.address, "groups": list(groups),
             "connect": peer.connect, "tls_fingerprint": card.tls_fingerprint})
         return self._peer_view(peer)
+
+    async def _update(self, user: User, req: Request) -> dict[str, Any]:
+        """A center's new card after a compromise or a lost key (see the runbook)."""
+        card = parse_card(str(req.get("card") or ""))
+        old = self.node.peers.get(card.center)
+        if old is None:
+            raise NotFound(f"no pinned peer {card.center!r} (pin it with: fcnode peers add)")
+        raw = req.get("distrust_after")
+        distrust = None if raw is None else int(raw)
+        held = await self.node.db.read(lambda c: keys_tx.held_head(c, card.center))
+        peer = updated_peer(old, card, distrust, held)
+        peers = with_peer(self.node.peers, peer, self.node.center, self.node.own_public_key)
+        await self._commit(user, peers, "peer.update", {
+            "peer": card.center, "address": card.address, "tls_fingerprint":
+            card.tls_fingerprint, "signing_key": b64e(card.signing_key),
+            "distrust_after": peer.distrust_after})
+        moved = await self.node.apply_distrust(card.center)
+        if moved:
+            log.warning("entries signed by a distrusted key moved out of the log for review",
+                        extra={"peer": card.center, "entries": moved,
+                               "after_seq": peer.distrust_after})
+            self._resubscribe_all()
+        return {**self._peer_view(peer), "distrust_after": peer.distrust_after,
+                "quarantined_for_review": moved}
 
     async def _remove(self, user: User, center: str) -> dict[str, Any]:
         if center not in self.node.peers:

@@ -15,10 +15,11 @@ from node import keys
 from node.backup import BackupResult, make_backup
 from node.home import Home, check_group, load_config
 from node.identity import parse_card
-from node.peer_edits import with_peer
+from node.peer_edits import updated_peer, with_peer
 from node.peers import Peer, load_peers, save_peers
 from node.signing import AUDIT_DOMAIN, raw_public, sign
 from node.storage import audit as audit_tx
+from node.storage import keys as keys_tx
 from node.storage.db import immediate, open_sync
 from node.timeutil import now_ms
 from node.types import FcnodeError
@@ -45,6 +46,14 @@ def audit(home: Home, action: str, detail: dict[str, Any]) -> None:
         with immediate(conn):
             audit_tx.append(conn, lambda m: sign(signing, AUDIT_DOMAIN, m), now_ms(), actor(),
                             action, detail)
+    finally:
+        conn.close()
+
+
+def held_head(home: Home, origin: str) -> int:
+    conn = open_sync(home.database)
+    try:
+        return keys_tx.held_head(conn, origin)
     finally:
         conn.close()
 
@@ -80,6 +89,26 @@ def add_peer(home: Home, card_text: str, groups: list[str], connect: bool) -> di
                              "groups": list(peer.groups), "connect": connect,
                              "tls_fingerprint": card.tls_fingerprint})
     return peer_view(peer)
+
+
+def update_peer(home: Home, card_text: str, distrust_after: int | None) -> dict[str, Any]:
+    """The daemon moves held entries the distrusted key signed after the seq out of
+    its log when it starts (NodeService.load_key_history)."""
+    cfg = load_config(home)
+    card = parse_card(card_text)
+    own_key = raw_public(keys.load_signing_key(home.signing_key).public_key())
+    pinned = load_peers(home.peers, cfg.center, own_key)
+    old = pinned.get(card.center)
+    if old is None:
+        raise PeerNotFound(f"no pinned peer {card.center!r} (pin it with: fcnode peers add)")
+    held = held_head(home, card.center) if distrust_after is None else 0
+    peer = updated_peer(old, card, distrust_after, held)
+    peers = with_peer(pinned, peer, cfg.center, own_key)
+    save_peers(home.peers, list(peers.values()))
+    audit(home, "peer.update", {"peer": card.center, "address": card.address,
+                                "tls_fingerprint": card.tls_fingerprint,
+                                "distrust_after": peer.distrust_after})
+    return {**peer_view(peer), "distrust_after": peer.distrust_after}
 
 
 def remove_peer(home: Home, center: str) -> dict[str, Any]:

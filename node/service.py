@@ -190,6 +190,25 @@ class NodeService:
             self.peers = self._peers
         return changed
 
+    def distrusted_key_ids(self, center: str) -> set[str]:
+        """Every key learned from the key a ``peers update --distrust-after`` replaced."""
+        peer = self.peers.get(center)
+        if peer is None or peer.distrust_after is None or not peer.distrusted_key:
+            return set()
+        old = build_history(peer.distrusted_key, self._rotations.get(center, ()))
+        return {s.key_id for s in old.spans} - {key_id(peer.card.signing_key)}
+
+    async def apply_distrust(self, center: str) -> int:
+        """Move held entries a distrusted key signed after the named seq out of the
+        log, for review (idempotent; at start and at peers update)."""
+        peer = self.peers.get(center)
+        ids = self.distrusted_key_ids(center)
+        if peer is None or peer.distrust_after is None or not ids:
+            return 0
+        after = peer.distrust_after
+        return await self.db.run(
+            lambda c: keys_tx.distrust_held(c, center, after, ids, now_ms()))
+
     def learn_certs(self, certs: Iterable[AnnouncedCert]) -> bool:
         """Certificates origins announced (verified with their signing keys): pinned
         beside the card's until they expire. True if anything is new."""
@@ -248,6 +267,8 @@ class NodeService:
         self.learn_certs(AnnouncedCert(o, f, der, na, seq) for o, f, der, na, seq, _ in rows)
         self._cert_announced_ms.update({f: learned for o, f, _, _, _, learned in rows
                                         if o == self.center})
+        for center in self.peers:
+            await self.apply_distrust(center)  # a peers update made while stopped
         nxt = self._next_key_path()
         if nxt.exists():
             pending = keys.load_signing_key(nxt)
