@@ -185,6 +185,9 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
                 continue
             if history is not None:
                 why = history.signs(item.envelope.key_id, body.seq)
+                if why and _pinned_rotation(body, item.envelope.key_id, history):
+                    out.append(Checked(item, body))  # the rotation to the re-pinned key
+                    continue
                 if why:
                     out.append(Checked(item, None, f"{WRONG_KEY}: {why}"))
                     continue
@@ -224,6 +227,19 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
                 continue
         out.append(Checked(item, body, stub=stub, rotation=rotation, cert=cert))
     return out
+
+
+def _pinned_rotation(body: records_pb2.RecordBody, signer_key_id: str,
+                     history: KeyHistory) -> bool:
+    """After ``peers update --distrust-after SEQ`` the new key is valid from SEQ+1,
+    and the center's own rotation to it sits at SEQ+1, signed (the envelope) by the
+    old key. It is taken when the new key, pinned out of band, vouches for it: it
+    names that key, at that position, and the new key's signature verifies."""
+    cur = history.current
+    span = history.span_of(signer_key_id)
+    return (body.kind == records_pb2.KEY_ROTATION and span is not None
+            and body.new_key == cur.key and body.seq == cur.from_seq
+            and check_rotation(body, span.key) == "")
 
 
 # The reason for an entry signed by a key of its origin that was not valid at its

@@ -232,3 +232,55 @@ def test_certificate_about_to_expire_is_renewed_automatically(make_node) -> None
     assert {first["record_id"], second["record_id"]} <= spoke.held_record_ids()
     assert query_ids(hub, "short", "--centers", "origin") == {
         first["record_id"]: "FULL", second["record_id"]: "FULL"}
+
+
+def test_peers_update_distrusts_a_stolen_key_after_a_seq(make_node, tmp_path: Path) -> None:
+    victim, receiver = make_node("victim"), make_node("receiver")
+    victim.pin(receiver)
+    receiver.pin(victim)
+    first = victim.publish("--kind", "BULLETIN", "--title", "genuine one", *GREEN)
+    wait_held(receiver, first["record_id"])
+    stolen = (victim.home / "signing.key").read_bytes()
+
+    # The thief signs seq 2 with the stolen key and gets it to the receiver
+    # through a peer of its own: the key is still trusted there, so it is taken.
+    seq, prev = head(receiver, "victim")
+    assert seq == 1
+    rogue = Rogue(tmp_path, "mallory")
+    rogue.items = [forged("victim", 2, prev, stolen, "signed by the thief")]
+    rogue.serve(receiver.card())
+    receiver.ok("peers", "add", rogue.card.line())
+    wait_held(receiver, "forged2")
+
+    # Runbook: the victim rotates (its rotation is seq 2: a fork at the receiver,
+    # which quarantines the victim) and hands its new card over out of band with
+    # "distrust after 1"; the receiver's administrator runs peers update.
+    rotated = victim.json("keys", "rotate", "--signing")
+    assert rotated["seq"] == 2
+    receiver.wait_for(lambda: any(q["origin"] == "victim" for q in
+                                  receiver.json("status")["quarantined"]), 30, "the fork")
+    updated = receiver.json("peers", "update", victim.card(), "--distrust-after", "1")
+    assert updated["distrust_after"] == 1 and updated["quarantined_for_review"] == 1
+    assert not held(receiver, "forged2")
+    # The victim's real seq 2 (its rotation, vouched for by the new key) and what it
+    # signs with the new key arrive; the thief's replay is refused and kept for review.
+    second = victim.publish("--kind", "BULLETIN", "--title", "genuine two", *GREEN)
+    wait_held(receiver, second["record_id"])
+    assert not held(receiver, "forged2")
+    assert not receiver.json("status")["quarantined"]
+    shown = receiver.json("peers", "show", "victim")
+    assert [(k["from_seq"], k["until_seq"]) for k in shown["keys"]] == [(1, 1), (2, None)]
+    assert [e["seq"] for e in shown["distrusted_entries"]] == [2]
+    receiver.wait_for(lambda: any("not valid at this position" in r for s, r in
+                                  rejections(receiver, "victim") if s == 2), 30,
+                      "the thief's replay refused")
+    assert query_ids(victim, "genuine", "--centers", "receiver") == {
+        first["record_id"]: "FULL", second["record_id"]: "FULL"}
+    rogue.stop()
+    # peers.toml keeps the decision; it holds over a restart.
+    receiver.stop()
+    receiver.start()
+    assert receiver.json("peers", "show", "victim")["distrust_after"] == 1
+    third = victim.publish("--kind", "BULLETIN", "--title", "genuine three", *GREEN)
+    wait_held(receiver, third["record_id"])
+    assert not held(receiver, "forged2")
