@@ -223,8 +223,15 @@ class NodeService:
     def announced_certs(self, origin: str | None = None) -> dict[str, list[AnnouncedCert]]:
         """Unexpired announced certificates per origin (peers only), oldest first."""
         now = now_ms()
-        return {o: sorted((a for a in certs.values() if a.not_after_ms > now),
-                          key=lambda a: a.seq)
+
+        def after(o: str) -> int:
+            # After peers update the card's certificate is what the administrator
+            # pinned: only certificates announced after the distrusted seq count.
+            peer = self.peers.get(o)
+            return peer.distrust_after or 0 if peer is not None else 0
+
+        return {o: sorted((a for a in certs.values()
+                           if a.not_after_ms > now and a.seq > after(o)), key=lambda a: a.seq)
                 for o, certs in self._certs.items()
                 if o != self.center and (origin is None or o == origin)}
 

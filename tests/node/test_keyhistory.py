@@ -118,3 +118,43 @@ def test_check_items_refuses_a_rotation_the_new_key_did_not_sign() -> None:
     body.new_key = R3  # announces R3 with R2's signature
     [checked] = check_items(_items([(body, K1)]), lambda o: KeyHistory.pinned(R1))
     assert "does not verify" in checked.error and checked.rotation is None
+
+
+def _card(center: str, key: bytes):  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from node.identity import IdentityCard
+    der = TEST_DER
+    return IdentityCard(center, "127.0.0.1:7000", key, hashlib.sha256(der).hexdigest(),
+                        center.upper(), der)
+
+
+def _der() -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from node import keys
+    with tempfile.TemporaryDirectory() as d:
+        pem = keys.generate_tls(Path(d) / "k", Path(d) / "c", "orig", days=1)
+    return keys.cert_der(pem)
+
+
+TEST_DER = _der()
+
+
+def test_updated_peer_distrusts_the_replaced_key_and_peers_toml_keeps_it() -> None:
+    from node.peer_edits import updated_peer
+    from node.peers import Peer, parse_peers, render_peers
+    from node.types import ValidationError
+
+    old = Peer(_card("orig", R1), ("region:west",), False)
+    new = updated_peer(old, _card("orig", R2), 7, held_head=40)
+    assert (new.distrust_after, new.distrusted_key, new.groups, new.connect) == (
+        7, R1, ("region:west",), False)
+    assert updated_peer(old, _card("orig", R2), None, held_head=40).distrust_after == 40
+    with pytest.raises(ValidationError):
+        updated_peer(old, _card("orig", R1), 7, held_head=40)  # no new key: nothing to distrust
+    with pytest.raises(ValidationError):
+        updated_peer(old, _card("other", R2), 7, held_head=40)
+    parsed = parse_peers(render_peers([new]), "peers.toml", "me")["orig"]
+    assert parsed == new
