@@ -284,3 +284,21 @@ def test_peers_update_distrusts_a_stolen_key_after_a_seq(make_node, tmp_path: Pa
     third = victim.publish("--kind", "BULLETIN", "--title", "genuine three", *GREEN)
     wait_held(receiver, third["record_id"])
     assert not held(receiver, "forged2")
+
+
+def test_peers_update_works_with_the_daemon_stopped(make_node) -> None:
+    alpha, bravo = make_node("alpha"), make_node("bravo", start=False)
+    bravo.pin(alpha)  # offline
+    alpha.ok("keys", "rotate", "--signing")
+    card = alpha.card()
+    r = bravo.cli("peers", "update", card.replace("alpha", "nobody", 1))
+    assert r.returncode != 0 and "no pinned peer 'nobody'" in r.stderr
+    before = (bravo.home / "peers.toml").read_text()
+    r = bravo.cli("peers", "update", card, "--distrust-after", "-1")
+    assert r.returncode != 0 and (bravo.home / "peers.toml").read_text() == before
+    assert bravo.json("peers", "update", card, "--distrust-after", "3")["distrust_after"] == 3
+    assert "distrust_after = 3" in (bravo.home / "peers.toml").read_text()
+    bravo.start()
+    shown = bravo.json("peers", "show", "alpha")
+    assert shown["card"] == card and shown["distrust_after"] == 3
+    assert shown["keys"][-1]["key_id"] and shown["keys"][-1]["until_seq"] is None
