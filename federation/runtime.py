@@ -26,7 +26,14 @@ from node import logs, metrics
 from node.home import HomeError, check_group
 from node.identity import b64e, parse_card
 from node.keyhistory import AnnouncedCert, Rotation
-from node.keys import cert_der, cert_expiry_ms, cert_fingerprint, generate_tls, load_tls
+from node.keys import (
+    cert_der,
+    cert_expiry_ms,
+    cert_fingerprint,
+    der_to_pem,
+    generate_tls,
+    load_tls,
+)
 from node.localapi import Request
 from node.peer_edits import updated_peer, with_peer
 from node.peers import Peer, all_groups, save_peers
@@ -176,7 +183,12 @@ class Federation:
             else:
                 state, heads = link.state.state, dict(link.state.heads)
                 contact = link.state.last_contact_ms
-            out.append(metrics.PeerView(center, state, heads, contact, peer.card.tls_cert_der))
+            # The certificate pinned for the peer that expires last: the card's, or
+            # one it announced since (a renewal moves the gauge with no admin action).
+            announced = self.node.announced_certs(center).get(center, [])
+            der = max([peer.card.tls_cert_der, *(a.der for a in announced)],
+                      key=lambda d: cert_expiry_ms(der_to_pem(d)))
+            out.append(metrics.PeerView(center, state, heads, contact, der))
         return out
 
     # -- own TLS certificate: renewal, announcement, switch ---------------------
