@@ -209,7 +209,8 @@ class PeerLink:
             history = self.node.history_of(origin)
             for r in rotations:
                 if history is not None and r.origin == origin:
-                    history = history.rotate(r.seq, r.new)
+                    with contextlib.suppress(ValueError):  # learned meanwhile
+                        history = history.rotate(r.seq, r.new)
             return history
         return history_of
 
