@@ -18,6 +18,7 @@ from node.identity import parse_card
 from node.signing import entry_hash, seal_record
 from node.wire import federation_pb2, records_pb2
 from tests.integration.rogue import Rogue
+from tests.integration.test_metrics import scrape, value, with_metrics
 
 GREEN = ("--tlp", "GREEN", "--audience", "members")
 
@@ -140,10 +141,10 @@ def test_signing_key_rotation_reaches_a_spoke_through_the_hub(make_node, tmp_pat
 
 def fast_tls(node: Node, **settings: float) -> None:
     """Shorten the [tls] timings of a node that is not running yet."""
-    for key, value in {"check_interval_s": 0.5, **settings}.items():
+    for key, setting in {"check_interval_s": 0.5, **settings}.items():
         text = (node.home / "node.toml").read_text()
         line = next(ln for ln in text.splitlines() if ln.startswith(f"{key} = "))
-        node.edit_config(line, f"{key} = {value}")
+        node.edit_config(line, f"{key} = {setting}")
 
 
 def fingerprint(node: Node) -> str:
@@ -157,8 +158,12 @@ def pinned_certs(node: Node, center: str) -> list[str]:
 def test_tls_renewal_needs_no_admin_at_any_peer(make_node) -> None:
     origin = make_node("origin", start=False)
     fast_tls(origin, switch_after_days=10 / 86400)  # present it 10 s after announcing
+    metrics_url = with_metrics(origin)
     origin.start()
-    hub, spoke = make_node("hub"), make_node("spoke")
+    hub = make_node("hub", start=False)
+    hub_metrics = with_metrics(hub)
+    hub.start()
+    spoke = make_node("spoke")
     origin.pin(hub)
     hub.pin(origin)
     hub.pin(spoke)
@@ -180,6 +185,12 @@ def test_tls_renewal_needs_no_admin_at_any_peer(make_node) -> None:
                       "the announced certificate pinned")
     origin.wait_for(lambda: fingerprint(origin) == new_fp, 40, "the renewed certificate used")
     assert parse_card(origin.card()).tls_fingerprint == new_fp
+    # The expiry gauges follow the renewal: the origin's own, and the hub's for it.
+    new_expiry = keys.cert_expiry_ms((origin.home / "tls.crt").read_bytes()) / 1000
+    assert value(scrape(metrics_url)[1], "fcnode_tls_cert_expiry_timestamp_seconds") == \
+        new_expiry
+    assert value(scrape(hub_metrics)[1], "fcnode_peer_tls_cert_expiry_timestamp_seconds",
+                 peer="origin") == new_expiry
     # New handshakes both ways with the new certificate: restart the hub.
     hub.stop()
     hub.start()
