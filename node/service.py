@@ -644,7 +644,9 @@ class NodeService:
         return await self.db.read(self._audit_verify)
 
     def _audit_verify(self, conn: sqlite3.Connection) -> dict[str, Any]:
-        return verify_audit(conn, self.key.public_key())
+        # The head is re-signed at every append with the key current then: right
+        # after a rotation it is still the old key's (kept in the own history).
+        return verify_audit(conn, self.key.public_key(), list(self._own_keys.values()))
 
     # -- status -----------------------------------------------------------
     async def status(self, user: User) -> dict[str, Any]:
@@ -668,15 +670,22 @@ def published(b: records_pb2.RecordBody) -> dict[str, Any]:
             "kind": kind_name(b)}
 
 
-def verify_audit(conn: sqlite3.Connection, public: Ed25519PublicKey) -> dict[str, Any]:
+def verify_audit(conn: sqlite3.Connection, public: Ed25519PublicKey,
+                 earlier: Iterable[Ed25519PublicKey] = ()) -> dict[str, Any]:
+    """``earlier``: this center's retired signing keys (the head may be the last
+    one's signature, right after a key rotation)."""
     entries: list[AuditEntry] = list(audit_tx.entries(conn))
     head_seq, head_hash, signature = audit_tx.head(conn)
     problems = verify_chain(entries, head_seq, head_hash)
-    try:
-        if head_seq:
-            verify(public, AUDIT_DOMAIN, head_message(head_seq, head_hash), signature)
-    except BadSignature:
-        problems.append("the signed head does not verify (audit_head was edited)")
+    if head_seq:
+        for key in (public, *earlier):
+            try:
+                verify(key, AUDIT_DOMAIN, head_message(head_seq, head_hash), signature)
+                break
+            except BadSignature:
+                continue
+        else:
+            problems.append("the signed head does not verify (audit_head was edited)")
     return {"entries": len(entries), "head": head_seq, "ok": not problems,
             "problems": problems}
 
