@@ -14,7 +14,8 @@ from typing import Any
 from node import keys
 from node.backup import BackupResult, make_backup
 from node.home import Home, check_group, load_config
-from node.identity import parse_card
+from node.identity import b64e, parse_card
+from node.keyhistory import build_history
 from node.peer_edits import updated_peer, with_peer
 from node.peers import Peer, load_peers, save_peers
 from node.signing import AUDIT_DOMAIN, raw_public, sign
@@ -74,7 +75,20 @@ def show_peer(home: Home, center: str) -> dict[str, Any]:
     peer = load_peers(home.peers, cfg.center).get(center)
     if peer is None:
         raise PeerNotFound(f"no pinned peer {center!r}")
-    return {**peer_view(peer), "card": peer.card.line()}
+    conn = open_sync(home.database)
+    try:
+        rotations = [r for r in keys_tx.rotations(conn) if r.origin == center]
+    finally:
+        conn.close()
+    history = build_history(peer.card.signing_key, rotations, peer.distrust_after,
+                            peer.distrusted_key)
+    out = {**peer_view(peer), "card": peer.card.line(),
+           "keys": [{"key_id": s.key_id, "key": b64e(s.key), "from_seq": s.from_seq,
+                     "until_seq": s.until_seq, "current": s.until_seq is None}
+                    for s in history.spans]}
+    if peer.distrust_after is not None:
+        out["distrust_after"] = peer.distrust_after
+    return out
 
 
 def add_peer(home: Home, card_text: str, groups: list[str], connect: bool) -> dict[str, Any]:
