@@ -142,3 +142,15 @@ def load_tls(key_path: Path, cert_path: Path) -> TlsMaterial:
     key_pem = read_private(key_path)
     cert_pem = cert_path.read_bytes()
     return TlsMaterial(key_pem, cert_pem, cert_fingerprint(cert_pem))
+
+
+def finish_tls_switch(key_path: Path, cert_path: Path) -> bool:
+    """A renewed pair is installed key first, then certificate (federation/runtime.py
+    _switch_tls): a crash in between leaves tls.next.crt without tls.next.key and a
+    new key beside the old certificate. Finish the switch (at start). True if it did."""
+    next_key = key_path.with_name("tls.next.key")
+    next_crt = cert_path.with_name("tls.next.crt")
+    if next_crt.exists() and not next_key.exists():
+        os.replace(next_crt, cert_path)
+        return True
+    return False

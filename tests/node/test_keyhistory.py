@@ -158,3 +158,16 @@ def test_updated_peer_distrusts_the_replaced_key_and_peers_toml_keeps_it() -> No
         updated_peer(old, _card("other", R2), 7, held_head=40)
     parsed = parse_peers(render_peers([new]), "peers.toml", "me")["orig"]
     assert parsed == new
+
+
+def test_an_interrupted_tls_switch_is_finished_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from node import keys
+
+    keys.generate_tls(tmp_path / "tls.key", tmp_path / "tls.crt", "orig", days=1)
+    keys.generate_tls(tmp_path / "tls.next.key", tmp_path / "tls.next.crt", "orig", days=2)
+    assert not keys.finish_tls_switch(tmp_path / "tls.key", tmp_path / "tls.crt")  # pending
+    new_crt = (tmp_path / "tls.next.crt").read_bytes()
+    (tmp_path / "tls.next.key").replace(tmp_path / "tls.key")  # the crash: key moved only
+    assert keys.finish_tls_switch(tmp_path / "tls.key", tmp_path / "tls.crt")
+    assert (tmp_path / "tls.crt").read_bytes() == new_crt
+    keys.load_tls(tmp_path / "tls.key", tmp_path / "tls.crt")
