@@ -20,6 +20,7 @@ from federation.ingest import Checked, check_items, store_batch
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
 from node import logs, metrics
+from node.keyhistory import AnnouncedCert, KeyHistory, Rotation
 from node.peers import Peer
 from node.service import NodeService
 from node.storage import federation as fed_tx
@@ -70,7 +71,9 @@ class PeerLink:
     def __init__(self, node: NodeService, tls: PinnedTls, peer: Peer, pool: Executor,
                  on_change: Callable[[], None],
                  on_rewind: Callable[[], None] = lambda: None,
-                 on_corrected: Callable[[dict[str, int]], None] = lambda c: None) -> None:
+                 on_corrected: Callable[[dict[str, int]], None] = lambda c: None,
+                 on_keys: Callable[[list[Rotation], list[AnnouncedCert]], None]
+                 = lambda r, c: None) -> None:
         self.node = node
         self.tls = tls
         self.peer = peer
@@ -78,6 +81,7 @@ class PeerLink:
         self.on_change = on_change
         self.on_rewind = on_rewind
         self.on_corrected = on_corrected
+        self.on_keys = on_keys
         self._session_task: asyncio.Task[None] | None = None
         self._resubscribe = False
         self.state = LinkState(peer.center)
@@ -200,15 +204,34 @@ class PeerLink:
         half = (len(items) + 1) // 2
         # Ed25519 verification releases the GIL: two threads, two halves.
         parts = await asyncio.gather(*(
-            loop.run_in_executor(self.pool, check_items, chunk, self.node.keys_of)
+            loop.run_in_executor(self.pool, check_items, chunk, self.node.history_of)
             for chunk in (items[:half], items[half:]) if chunk))
+        rotated = [c.rotation for c in parts[0] if c.rotation is not None]
+        if rotated and len(parts) > 1:
+            # The second half was checked without the first half's key rotation
+            # (it may be signed with the new key): check it again after it.
+            parts[1] = await loop.run_in_executor(
+                self.pool, check_items, items[half:], self._histories_after(rotated))
         return [c for part in parts for c in part]
+
+    def _histories_after(self, rotations: list[Rotation]
+                         ) -> Callable[[str], KeyHistory | None]:
+        def history_of(origin: str) -> KeyHistory | None:
+            history = self.node.history_of(origin)
+            for r in rotations:
+                if history is not None and r.origin == origin:
+                    with contextlib.suppress(ValueError):  # learned meanwhile
+                        history = history.rotate(r.seq, r.new)
+            return history
+        return history_of
 
     async def _store(self, checked: list[Checked]) -> None:
         center, own = self.peer.center, self.node.center
         result = await self.node.db.run(
             lambda c: store_batch(c, center, checked, now_ms(), own))
         self.state.received += result.stored
+        if result.rotations or result.certs:
+            self.on_keys(result.rotations, result.certs)
         metrics.ENTRIES_INGESTED.labels(center).inc(result.stored)
         metrics.count_rejections(center, result.rejected)
         if result.rejected:

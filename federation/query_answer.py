@@ -111,7 +111,10 @@ class QueryAnswerer:
         if not request.body or not request.signature:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, "query is not signed")
         try:
-            open_query(request.body, request.signature, request.key_id, self.node.keys_of(peer))
+            # Queries are signed now: only the center's current key (a retired one
+            # signs nothing new).
+            open_query(request.body, request.signature, request.key_id,
+                       self.node.current_keys_of(peer))
         except BadSignature as exc:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"query signature: {exc}") from None
         body = federation_pb2.QueryBody()

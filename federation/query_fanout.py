@@ -197,6 +197,9 @@ class QueryFanout:
             body = open_record(env, self.node.keys_of(origin))
         except BadSignature:
             return None
+        history = self.node.history_of(origin)
+        if history is None or history.signs(env.key_id, body.seq):
+            return None  # a key retired (or distrusted) before this position
         return body if body.origin == origin else None
 
     def verify_stub(self, pointer: federation_pb2.Pointer) -> records_pb2.EntryStub | None:
@@ -210,6 +213,9 @@ class QueryFanout:
         try:
             stub = open_stub(pointer.stub, self.node.keys_of(origin))
         except BadSignature:
+            return None
+        history = self.node.history_of(origin)
+        if history is None or history.stub_signs(pointer.stub.key_id, stub.seq):
             return None
         return stub if stub.origin == origin else None
 

@@ -52,6 +52,8 @@ async def _start_local(node: NodeService, lifecycle: Lifecycle, socket: Path,
 async def serve(home: Home) -> None:
     config = load_config(home)
     signing = keys.load_signing_key(home.signing_key)
+    if keys.finish_tls_switch(home.tls_key, home.tls_cert):
+        log.warning("finished installing the renewed TLS certificate (interrupted before)")
     keys.load_tls(home.tls_key, home.tls_cert)  # fail now on a bad TLS key file, not later
     peers = load_peers(home.peers, config.center, raw_public(signing.public_key()))
     lock = acquire_lock(home)
@@ -61,6 +63,7 @@ async def serve(home: Home) -> None:
         await db.open()
         stack.push_async_callback(db.close)
         node = NodeService(home, config, signing, db, peers)
+        await node.load_key_history()  # learned rotations; finishes an interrupted swap
         stubbed = await node.sign_missing_stubs()  # entries from before stubs existed
         if stubbed:
             log.info("signed stubs for older entries", extra={"entries": stubbed})

@@ -152,6 +152,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """[tls] in node.toml. Days may be fractions (tests use minutes).
+
+    A renewed certificate is announced in this center's log at once and presented
+    only ``switch_after_days`` later (at the latest half-way to the old one's
+    expiry): peers pin it when they verify the announcement, so by the time the node
+    presents it they already trust it, with no administrator involved."""
+    lifetime_days: float = 365.0      # validity of certificates this node makes
+    renew_before_days: float = 30.0   # renew automatically this long before expiry
+    switch_after_days: float = 2.0    # present the new certificate this long after announcing
+    warn_before_days: float = 30.0    # log a warning this long before expiry
+    check_interval_s: float = 3600.0  # how often the daemon looks at its certificate
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     center: str
     name: str
@@ -160,6 +175,7 @@ class NodeConfig:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     limits: Limits = Limits()
     metrics_listen: str = ""  # [metrics] listen: Prometheus page; "" = off
+    tls: TlsSettings = TlsSettings()
 
 
 def check_listen(value: str) -> str:
@@ -188,11 +204,27 @@ def parse_config(data: dict[str, Any], where: str) -> NodeConfig:
         }
         limits = Limits(**(data.get("limits") or {}))
         metrics_listen = parse_metrics(data.get("metrics") or {})
+        tls = parse_tls(data.get("tls") or {})
     except KeyError as exc:
         raise HomeError(f"{where}: missing setting {exc.args[0]!r}") from None
     except (TypeError, ValidationError) as exc:
         raise HomeError(f"{where}: {exc}") from None
-    return NodeConfig(center, name, listen, contact, groups, limits, metrics_listen)
+    return NodeConfig(center, name, listen, contact, groups, limits, metrics_listen, tls)
+
+
+def parse_tls(section: dict[str, Any]) -> TlsSettings:
+    known = set(TlsSettings.__dataclass_fields__)
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValidationError(f"[tls]: unknown setting {unknown[0]!r} (known: "
+                              f"{', '.join(sorted(known))})")
+    for key, value in section.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ValidationError(f"[tls]: {key} must be a positive number")
+    tls = TlsSettings(**{k: float(v) for k, v in section.items()})
+    if tls.renew_before_days >= tls.lifetime_days:
+        raise ValidationError("[tls]: renew_before_days must be less than lifetime_days")
+    return tls
 
 
 def parse_metrics(section: dict[str, Any]) -> str:
@@ -242,4 +274,9 @@ def render_config(cfg: NodeConfig) -> str:
               "[metrics]"]
     lines.append(f"listen = {toml_str(cfg.metrics_listen)}" if cfg.metrics_listen
                  else '# listen = "127.0.0.1:9464"')
+    lines += ["", "# TLS certificate renewal: automatic, announced to peers in this center's",
+              "# log; no administrator at any peer acts (see README, Operating a node).",
+              "[tls]"]
+    for key in TlsSettings.__dataclass_fields__:
+        lines.append(f"{key} = {getattr(cfg.tls, key)}")
     return "\n".join(lines) + "\n"

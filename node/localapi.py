@@ -198,6 +198,10 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
         return await handler(user, req)
 
     @unary
+    async def Keys(self, user: User, req: Request) -> Any:
+        return await self._extension("keys", user, req)
+
+    @unary
     async def Peers(self, user: User, req: Request) -> Any:
         return await self._extension("peers", user, req)
 

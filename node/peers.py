@@ -7,6 +7,9 @@
     card = "fcnode1/nysic/..."    # the identity card as received: keys and cert
     groups = ["region:east"]
     connect = true                # false: pin keys only, never dial (reached via hubs)
+    distrust_after = 41           # optional, set by `peers update --distrust-after`:
+    distrusted_key = "..."        # the replaced (possibly stolen) signing key signs
+                                  # nothing of this center after seq 41
 
 The card holds the pinned Ed25519 key and TLS certificate; every other field is
 derived from it or set by the administrator.
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.home import HomeError, check_group, toml_str
-from node.identity import IdentityCard, parse_card
+from node.identity import IdentityCard, b64d, b64e, parse_card
 from node.types import ValidationError
 
 
@@ -30,6 +33,10 @@ class Peer:
     card: IdentityCard
     groups: tuple[str, ...] = ()
     connect: bool = True
+    # `peers update --distrust-after SEQ`: the previously pinned signing key (raw)
+    # and what was learned from it sign nothing of this center after SEQ.
+    distrust_after: int | None = None
+    distrusted_key: bytes = b""
 
     @property
     def center(self) -> str:
@@ -77,6 +84,15 @@ def parse_peers(text: str, where: str, own_center: str, own_key: bytes = b""
             connect = entry.get("connect", True)
             if not isinstance(connect, bool):
                 raise ValidationError("connect must be true or false")
+            distrust_after = entry.get("distrust_after")
+            distrusted = b""
+            if distrust_after is not None:
+                if not isinstance(distrust_after, int) or distrust_after < 0:
+                    raise ValidationError("distrust_after must be a log position (0 or more)")
+                distrusted = b64d(str(entry.get("distrusted_key") or ""), "distrusted_key")
+                if len(distrusted) != 32:
+                    raise ValidationError("distrust_after needs distrusted_key (the replaced "
+                                          "Ed25519 key, base64url)")
         except KeyError as exc:
             raise HomeError(f"{label}: missing {exc.args[0]!r}") from None
         except ValidationError as exc:
@@ -88,7 +104,7 @@ def parse_peers(text: str, where: str, own_center: str, own_key: bytes = b""
         conflict = pin_conflict(card, out.values(), own_key)
         if conflict:
             raise HomeError(f"{label} ({card.center!r}): {conflict}")
-        out[card.center] = Peer(card, groups, connect)
+        out[card.center] = Peer(card, groups, connect, distrust_after, distrusted)
     return out
 
 
@@ -110,6 +126,9 @@ def render_peers(peers: Iterable[Peer]) -> str:
             f"connect = {'true' if p.connect else 'false'}",
             f"card = {toml_str(p.card.line())}",
         ]
+        if p.distrust_after is not None:
+            lines += [f"distrust_after = {p.distrust_after}",
+                      f"distrusted_key = {toml_str(b64e(p.distrusted_key))}"]
     return "\n".join(lines) + "\n"
 
 

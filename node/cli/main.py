@@ -63,6 +63,29 @@ def cmd_identity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """keys rotate --signing | --tls: through the running daemon (admin), which
+    announces the new key in this center's own log so that peers learn it."""
+    if not (args.signing or args.tls):
+        raise CliError("keys rotate needs --signing or --tls", EXIT_USAGE)
+    results = []
+    client = client_for(args)
+    for which in ("signing", "tls"):
+        if getattr(args, which):
+            results.append(client.call("Keys", {"op": "rotate", "which": which}))
+    for r in results:
+        if args.json:
+            output.emit_json(r)
+        elif r["rotated"] == "signing":
+            print(f"signing key rotated at seq {r['seq']}: {r['old_key_id'][:16]} -> "
+                  f"{r['new_key_id'][:16]} (print the new card with: fcnode identity)")
+        else:
+            print(f"TLS certificate renewed, announced at seq {r['seq']}: "
+                  f"{r['new_fingerprint'][:16]} valid until {r['not_after']}; "
+                  f"presented from {r['switch_at']}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from node import logs
     from node.daemon import serve
@@ -90,6 +113,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"connected  {', '.join(status.get('connected', [])) or 'none'}")
         return 0
     print(f"storage  {status['storage']}")
+    if "tls" in status:
+        tls = status["tls"]
+        print(f"tls      certificate {tls['fingerprint'][:16]} expires {tls['expires']}")
+        if "next" in tls:
+            print(f"tls      renewed {tls['next']['fingerprint'][:16]} (expires "
+                  f"{tls['next']['expires']}) announced, presented from "
+                  f"{tls['next']['presented_from']}")
     for origin, states in sorted(status["records"].items()):
         print(f"records  {origin:<12} " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     for peer in status.get("peers", []):
@@ -269,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, help="federation address HOST:PORT")
 
     add("identity", cmd_identity, "print this node's identity card")
+    p = add("keys", cmd_keys, "rotate this node's signing key or renew its TLS certificate "
+            "(admin; peers learn the new key from this center's log)")
+    ks = p.add_subparsers(dest="keys_cmd", required=True, metavar="rotate")
+    kr = ks.add_parser("rotate", parents=[common])
+    kr.add_argument("--signing", action="store_true", help="a new Ed25519 signing key")
+    kr.add_argument("--tls", action="store_true", help="a new TLS key and certificate")
     p = add("serve", cmd_serve, "run the daemon in the foreground")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add("status", cmd_status, "the running daemon's state")

@@ -13,6 +13,8 @@ from node.record import kind_name
 from node.signing import entry_hash
 from node.wire import records_pb2
 
+# Key announcements (public keys only): stored in the log, never a record.
+KEY_KINDS = {records_pb2.KEY_ROTATION, records_pb2.CERT_RENEWAL}
 CONTENT = {records_pb2.SAR, records_pb2.BOLO, records_pb2.BULLETIN, records_pb2.TIP,
            records_pb2.DECONFLICTION}
 
@@ -308,6 +310,9 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
             existing = prior
         else:
             existing = record_state(conn, b.origin, b.record_id)
+        if b.kind in KEY_KINDS:
+            results.append("key")  # the key history is kept by node/storage/keys.py
+            continue
         if existing is not None and existing[2] == "purged":
             results.append("tombstoned")
             continue

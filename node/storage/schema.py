@@ -180,4 +180,38 @@ MIGRATIONS: list[str] = [
     CREATE INDEX seen_queries_expiry ON seen_queries (expires_ms);
     CREATE INDEX notices_kind ON notices (kind, id);
     """,
+    # 5: (issue 9 items 1-3) key history learned from origins' own logs: verified
+    # KEY_ROTATION entries (the old key signed the entry at seq, the new key signs
+    # after it) and TLS certificates announced in CERT_RENEWAL entries. peers.toml
+    # stays the administrator's file; these rows only extend what it pins.
+    """
+    CREATE TABLE key_rotations (
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        old_key BLOB NOT NULL,
+        new_key BLOB NOT NULL,
+        learned_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE tls_certs (
+        origin TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        der BLOB NOT NULL,
+        not_after_ms INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        learned_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, fingerprint)
+    ) WITHOUT ROWID;
+    CREATE TABLE distrusted_entries (
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        payload BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        key_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, seq, hash)
+    ) WITHOUT ROWID;
+    """,
 ]
