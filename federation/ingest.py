@@ -184,11 +184,19 @@ CONTRADICTED = "placeholder contradicted by the origin's entry"
 LIAR = "placeholders refused: this peer's were contradicted by the origin"
 
 
+OWN_LOG = "entries of this node's own log come only from itself"
+OWN_UNSIGNED = "own log: a position without this node's signature or stub"
+
+
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
-                now_ms: int, own_center: str) -> IngestResult:
+                now_ms: int, own_center: str, recover_own: bool = False) -> IngestResult:
     """Place and store verified items, in order, in the caller's transaction.
     ``own_center``: this node; content is kept only where its own policy
-    decision for itself is FULL, whichever peer forwarded the entry."""
+    decision for itself is FULL, whichever peer forwarded the entry.
+    ``recover_own``: this node is recovering its own log (node.recovery): entries
+    of its own origin are taken, only with this node's own signature (envelope or
+    stub, verified against its own keys by check_items) and chain-linked, never
+    over what is held: a different signed entry at a held position is a fork."""
     result = IngestResult()
     quarantined = fed_tx.quarantined(conn)
     stopped: set[str] = set()
@@ -228,8 +236,12 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         origin, seq = c.item.origin, c.item.seq
         if origin in stopped:
             continue
-        if origin == own_center:
-            reject(c, "entries of this node's own log come only from itself")
+        if origin == own_center and not recover_own:
+            reject(c, OWN_LOG)
+            continue
+        if origin == own_center and not c.error and c.body is None and c.stub is None:
+            # A bare hash would let a hop choose what this node signs on top of.
+            reject(c, OWN_UNSIGNED)
             continue
         if origin in quarantined:
             reject(c, "origin quarantined")

@@ -25,6 +25,7 @@ from node.home import Home, NodeConfig
 from node.peers import Peer, all_groups
 from node.query import SearchParams, discovered
 from node.record import Draft, body_policy, body_to_dict, kind_name
+from node.recovery import OwnLogRecovery
 from node.signing import (
     AUDIT_DOMAIN,
     RECORD_DOMAIN,
@@ -39,7 +40,9 @@ from node.signing import (
     verify,
 )
 from node.storage import audit as audit_tx
+from node.storage import federation as fed_tx
 from node.storage import log as log_tx
+from node.storage import recovery as recovery_tx
 from node.storage import users as users_tx
 from node.storage.db import Database
 from node.timeutil import iso, now_ms
@@ -57,6 +60,10 @@ from node.wire import records_pb2
 
 class NotFound(FcnodeError):
     pass
+
+
+class OwnLogBlocked(FcnodeError):
+    """This node may not append to its own log now (recovering it, or forked)."""
 
 
 class ChangeFeed:
@@ -112,6 +119,8 @@ class NodeService:
         self.peers = peers
         self.started = time.monotonic()
         self.changes = ChangeFeed()
+        self.recovery = OwnLogRecovery(started=time.monotonic())
+        self._settled = asyncio.Event()
         self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
 
     # -- identity and keys ------------------------------------------------
@@ -232,12 +241,66 @@ class NodeService:
 
     Builder = Callable[[sqlite3.Connection, int, bytes], records_pb2.RecordBody]
 
+    # -- own-log recovery (node.recovery) ------------------------------------
+    def own_log_refusal(self, conn: sqlite3.Connection) -> str:
+        """Why appending to this center's log would be wrong now, or ''."""
+        quarantined = fed_tx.quarantined(conn).get(self.center)
+        if quarantined is not None:
+            return (f"this center's own log has forked ({quarantined[0]}): a peer holds a "
+                    "different entry signed by this node. Nothing more is signed; see "
+                    "fcnode status and the README (Operating a node / Restore)")
+        return self.recovery.refusal(log_tx.head(conn, self.center)[0], time.monotonic())
+
+    def note_settled(self) -> None:
+        if self.recovery.settled(time.monotonic()):
+            self._settled.set()
+
+    async def may_append_own(self) -> None:
+        """Before a publish or change: wait (bounded) for the peers' heads of the
+        own log that every start asks for, then refuse while recovering."""
+        if not self._settled.is_set():
+            left = self.recovery.settle_s - (time.monotonic() - self.recovery.started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), max(0.0, left) + 0.1)
+        refusal = await self.db.read(self.own_log_refusal)
+        if refusal:
+            raise OwnLogBlocked(refusal)
+
+    async def load_recovery(self) -> None:
+        found = await self.db.read(recovery_tx.marker)
+        if found is not None:
+            self.recovery.begin(found[0])
+
+    async def finish_recovery(self, user: User) -> dict[str, Any]:
+        """The admin ends the wait: no peer holds newer entries of this log."""
+        self.require_admin(user, "ending own-log recovery")
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+            head = log_tx.head(conn, self.center)[0]
+            was = recovery_tx.marker(conn)
+            recovery_tx.finish(conn)
+            detail = {"own_head_seq": head, "was_recovering": was is not None,
+                      "reason": was[0] if was else "",
+                      "peers_reported_ahead": self.recovery.behind(head)}
+            audit_tx.append(conn, self.sign_audit, now, user.name, "recovery.finish", detail)
+            return detail
+
+        detail = await self.db.run(tx)
+        self.recovery.end()
+        self.recovery.settle_s = 0.0  # the admin decided: no more waiting at start
+        self._settled.set()
+        return detail
+
     def append_own(self, conn: sqlite3.Connection, builders: list[Builder], actor: str,
                    action: str, now: int, detail: dict[str, Any] | None = None,
                    new_records: bool = False) -> list[records_pb2.RecordBody]:
         """Sign and append entries to this center's log, inside the caller's
         transaction: each builder gets (conn, seq, prev) and returns the body.
         ``new_records``: every entry is the first version of a new record."""
+        refusal = self.own_log_refusal(conn)
+        if refusal:  # checked again in the write transaction: no race with ingest
+            raise OwnLogBlocked(refusal)
         seq, prev = log_tx.head(conn, self.center)
         bodies, payloads = [], []
         for build in builders:
@@ -308,6 +371,7 @@ class NodeService:
         """Validate, sign and append every draft in one transaction: all or none."""
         if not drafts:
             raise ValidationError("nothing to publish")
+        await self.may_append_own()
         groups = self.groups()
         known = self.known_centers()
         audiences = [record.expand_audience(d.audience, groups, known) for d in drafts]
@@ -445,7 +509,13 @@ class NodeService:
             return out
 
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:
-            return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn)}
+            head = log_tx.head(conn, self.center)[0]
+            own: dict[str, Any] = {"head": head, "recovering": self.recovery.active,
+                                   "behind": self.recovery.behind(head),
+                                   "reason": self.recovery.reason,
+                                   "blocked": self.own_log_refusal(conn)}
+            return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn),
+                    "own_log": own}
 
         data = await self.db.read(tx)
         return {**out, "storage": str(self.db.path), "home": str(self.home.root), **data}

@@ -180,7 +180,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         # limit, and a batch that can never be sent would stall the peer forever.
         budget = self.node.config.limits.max_message_bytes // 2
         for origin, after in sorted(cursors.items()):
-            if origin == peer or origin in quarantined:
+            # The peer's own origin is served too: a node restored from a backup
+            # takes its own entries back (and learns its head here) before it signs
+            # again; an up-to-date node asks from its head and gets only the head.
+            if origin in quarantined:
                 continue
             head = log_tx.head(conn, origin)[0]
             batch.heads[origin] = head

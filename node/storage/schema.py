@@ -180,4 +180,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX seen_queries_expiry ON seen_queries (expires_ms);
     CREATE INDEX notices_kind ON notices (kind, id);
     """,
+    # 5: (issue 9 item 5) own-log recovery: set by `fcnode restore` or when a peer
+    # reports this center's own log beyond the head held here; while set, the node
+    # takes its own entries back from peers and refuses to append to its log.
+    """
+    CREATE TABLE own_recovery (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        reason TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    );
+    """,
 ]

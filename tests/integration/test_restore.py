@@ -1,0 +1,204 @@
+"""Restore without forking (issue 9 item 5): a node restored from last night's
+backup takes its own later entries back from its peers before it signs again.
+Real daemons over mutual TLS; every assertion reads the nodes' databases."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import sqlite3
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from node.devnet import Node, mesh
+
+GREEN = ("--tlp", "GREEN", "--audience", "members")
+
+
+def _q(node: Node, sql: str, *args: object) -> list[tuple]:
+    with contextlib.closing(node.db()) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def _own(node: Node, origin: str) -> dict[int, tuple]:
+    """seq -> (hash, has payload, has signature or stub, record_id, version)."""
+    return {r[0]: r[1:] for r in _q(
+        node, "SELECT seq, hash, payload IS NOT NULL, (signature IS NOT NULL OR stub IS NOT "
+        "NULL), record_id, version FROM entries WHERE origin = ? ORDER BY seq", origin)}
+
+
+def _head(node: Node, origin: str) -> int:
+    return _q(node, "SELECT coalesce(max(seq), 0) FROM entries WHERE origin = ?", origin)[0][0]
+
+
+def _states(node: Node, origin: str) -> dict[str, tuple[int, str]]:
+    return {r[0]: (r[1], r[2]) for r in _q(
+        node, "SELECT record_id, version, state FROM records WHERE origin = ?", origin)}
+
+
+def _forks(node: Node) -> list[tuple]:
+    return _q(node, "SELECT origin, reason FROM quarantine") + _q(
+        node, "SELECT origin, seq, source FROM forks")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _publish(node: Node, title: str, *extra: str) -> str:
+    return node.publish("--kind", "BULLETIN", "--title", title, *GREEN, *extra)["record_id"]
+
+
+@pytest.mark.parametrize("how", ["restore", "hand-copy"])
+def test_restored_node_recovers_its_own_log_and_never_forks(make_node, tmp_path: Path,
+                                                             how: str) -> None:
+    a, b, c = make_node("ncric"), make_node("nysic"), make_node("ffc")
+    mesh(a, b, c)
+    kept, updated, retracted, purged_old = (_publish(a, f"before {i}") for i in range(4))
+    backup = tmp_path / "ncric.db"
+    taken = a.json("backup", str(backup))
+    assert taken["own_head"]["seq"] == 4
+    # After the backup: publishes, an update, a retraction, purges (one of a record
+    # published after the backup), and a record only nysic may read.
+    later = _publish(a, "after the backup")
+    purged_new = _publish(a, "secret published and purged after the backup")
+    only_nysic = a.publish("--kind", "TIP", "--title", "for nysic only", "--tlp", "AMBER",
+                           "--audience", "nysic")["record_id"]
+    a.ok("update", updated, "--title", "updated after the backup")
+    a.ok("retract", retracted, "--reason", "source recanted")
+    a.ok("purge", purged_old, "--reason", "found unreliable")
+    a.ok("purge", purged_new, "--reason", "found unreliable")
+    head = _head(a, "ncric")
+    assert head == 11
+    for peer in (b, c):
+        peer.wait_for(lambda p=peer: _head(p, "ncric") == head, what="ncric's log")
+    truth = _own(a, "ncric")
+    truth_states = _states(a, "ncric")
+
+    a.stop()
+    if how == "restore":
+        out = a.json("restore", str(backup))
+        assert out["own_head"]["seq"] == 4 and out["recovering"]
+        assert Path(out["replaced"]).exists()  # the replaced database is kept aside
+    else:  # what an administrator might do by hand: a file copy over node.db
+        for side in ("node.db-wal", "node.db-shm"):
+            (a.home / side).unlink(missing_ok=True)
+        shutil.copyfile(backup, a.home / "node.db")
+    assert _head(a, "ncric") == 4
+    a.start()
+    a.wait_for(lambda: _head(a, "ncric") == head, timeout=30, what="own entries back")
+    a.wait_for(lambda: not a.json("status")["own_log"]["blocked"], timeout=30,
+               what="recovery to end")
+
+    # Every position is back with the same hash and the origin's evidence.
+    got = _own(a, "ncric")
+    assert {s: v[0] for s, v in got.items()} == {s: v[0] for s, v in truth.items()}
+    assert all(v[2] for v in got.values())
+    # Record states as at the origin before the restore: purged stays purged.
+    assert _states(a, "ncric") == truth_states
+    assert truth_states[purged_old][1] == truth_states[purged_new][1] == "purged"
+    assert truth_states[retracted][1] == "retracted"
+    assert truth_states[updated] == (2, "active")
+    held = a.held_record_ids()
+    assert purged_old not in held and purged_new not in held
+    assert {kept, later, only_nysic, updated} <= held
+    assert not _q(a, "SELECT 1 FROM records_fts WHERE records_fts MATCH 'secret'")
+
+    # The next publish is accepted by every peer; nobody quarantines anyone.
+    after = _publish(a, "first after the restore")
+    assert a.json("get", after)["seq"] == head + 1
+    for peer in (b, c):
+        peer.wait_for(lambda p=peer: after in p.held_record_ids(), what="the new record")
+        assert _head(peer, "ncric") == head + 1
+    for node in (a, b, c):
+        assert _forks(node) == [], node.center
+        assert not node.json("status")["quarantined"]
+    actions = [e["action"] for e in a.json_lines("audit")]
+    assert "recovery.begin" in actions or "node.restore" in actions
+    assert "recovery.finish" in actions
+    assert a.json("audit", "verify")["ok"]
+
+
+def test_publish_refused_while_recovering_until_finished(make_node, tmp_path: Path) -> None:
+    a = make_node("ncric")
+    b = make_node("nysic", start=False)
+    a.pin(b)  # a dialled peer that is down: it cannot confirm anything
+    _publish(a, "one")
+    backup = tmp_path / "bundle.tar"
+    a.json("backup", str(backup), "--include-keys")
+    _publish(a, "two")
+    a.stop()
+    restored = a.json("restore", str(backup))
+    assert restored["format"] == "tar" and restored["installed"] == []
+    a.start()
+    refused = a.cli("publish", "--kind", "BULLETIN", "--title", "too early")
+    assert refused.returncode == 1, refused.stderr
+    assert "recovering own log" in refused.stderr and "recovery finish" in refused.stderr
+    assert _head(a, "ncric") == 1
+    status = a.ok("status")
+    assert "RECOVERING own log: 0 entries" in status
+    denied_user = a.add_user("ortiz", "sworn_le")
+    assert denied_user
+    assert a.cli("recovery", "finish", user="ortiz").returncode == 1  # admins only
+    done = a.json("recovery", "finish")
+    assert done["was_recovering"] and done["own_head_seq"] == 1
+    assert a.publish("--kind", "BULLETIN", "--title", "now")["seq"] == 2
+    finish = [e for e in a.json_lines("audit") if e["action"] == "recovery.finish"]
+    assert finish and finish[-1]["actor"] == "admin"
+    # A restart does not bring the wait back (the marker is gone).
+    a.stop()
+    a.start()
+    assert a.publish("--kind", "BULLETIN", "--title", "after restart")["seq"] == 3
+
+
+def test_bad_restores_change_nothing(make_node, tmp_path: Path) -> None:
+    a = make_node("ncric")
+    other = make_node("nysic")
+    _publish(a, "one")
+    good = tmp_path / "good.tar"
+    a.json("backup", str(good), "--include-keys")
+    foreign = tmp_path / "nysic.db"
+    other.json("backup", str(foreign))
+
+    # With the daemon running: refused.
+    running = a.cli("restore", str(good))
+    assert running.returncode == 1 and "stop it first" in running.stderr
+    a.stop()
+    before = _sha(a.home / "node.db")
+    names = sorted(p.name for p in a.home.iterdir())
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a backup\n")
+    corrupt = tmp_path / "corrupt.db"
+    data = bytearray(Path(a.home / "node.db").read_bytes())
+    data[4096:8192] = b"\xff" * 4096  # a damaged page
+    corrupt.write_bytes(bytes(data))
+    plain = tmp_path / "plain.db"
+    with contextlib.closing(sqlite3.connect(plain)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+    altered = tmp_path / "altered.tar"
+    with tarfile.open(good) as src, tarfile.open(altered, "w") as dst:
+        for m in src.getmembers():
+            blob = src.extractfile(m).read()  # type: ignore[union-attr]
+            if m.name == "node.toml":
+                blob += b"\n# edited\n"
+                m.size = len(blob)
+            dst.addfile(m, io.BytesIO(blob))
+    cases = {text: "not an fcnode backup", corrupt: "corrupt",
+             plain: "not an fcnode database", altered: "SHA-256",
+             foreign: "does not verify with this center's key",
+             tmp_path / "missing.db": "does not exist"}
+    for path, why in cases.items():
+        r = a.cli("restore", str(path))
+        assert r.returncode in (1, 2) and why in r.stderr, (path.name, r.stderr)
+        assert _sha(a.home / "node.db") == before, path.name
+        assert sorted(p.name for p in a.home.iterdir()) == names, path.name
+    a.start()
+    assert a.json("status")["own_log"]["blocked"] == ""
+    assert json.loads(a.ok("audit", "verify", "--json"))["ok"]
