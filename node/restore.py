@@ -191,7 +191,8 @@ def check_database(path: Path, center: str, public: Ed25519PublicKey) -> tuple[i
                             f"{center}'s key: a backup of another center?") from None
             records = recovery_tx.record_count(conn)
         except sqlite3.Error as exc:
-            raise RestoreRefused(f"the backup is not a readable database ({exc})") from None
+            raise RestoreRefused(f"the backup's database is corrupt or unreadable ({exc})"
+                                 ) from None
     return head, records
 
 
@@ -215,7 +216,10 @@ def restore(home: Home, source: Path, actor: str) -> RestoreResult:
         if not stopped:
             raise RestoreRefused(f"the daemon is running on {home.root}: stop it first "
                                  "(e.g. systemctl stop fcnode), then restore")
-        return _restore_locked(home, source, kind, actor)
+        try:
+            return _restore_locked(home, source, kind, actor)
+        except (RestoreRefused, StorageError) as exc:
+            raise RestoreRefused(f"{exc}; nothing was changed in {home.root}") from None
 
 
 def _restore_locked(home: Home, source: Path, kind: str, actor: str) -> RestoreResult:
