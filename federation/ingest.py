@@ -185,7 +185,6 @@ LIAR = "placeholders refused: this peer's were contradicted by the origin"
 
 
 OWN_LOG = "entries of this node's own log come only from itself"
-OWN_UNSIGNED = "own log: a position without this node's signature or stub"
 
 
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
@@ -194,9 +193,12 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
     ``own_center``: this node; content is kept only where its own policy
     decision for itself is FULL, whichever peer forwarded the entry.
     ``recover_own``: this node is recovering its own log (node.recovery): entries
-    of its own origin are taken, only with this node's own signature (envelope or
-    stub, verified against its own keys by check_items) and chain-linked, never
-    over what is held: a different signed entry at a held position is a fork."""
+    of its own origin are taken, signed by this node's own keys (envelope or stub,
+    verified by check_items) and chain-linked, never over what is held: a
+    different signed entry at a held position is a fork. A position a peer holds
+    erased and without a stub comes as its hash only: a hint, as for any origin
+    (the next signed entry's link proves it or rewinds it), and the node never
+    signs on top of a hint (NodeService.own_log_refusal)."""
     result = IngestResult()
     quarantined = fed_tx.quarantined(conn)
     stopped: set[str] = set()
@@ -237,11 +239,11 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         if origin in stopped:
             continue
         if origin == own_center and not recover_own:
+            mine = log_tx.held(conn, origin, seq)
+            if mine is not None and mine.hash == c.item.hash:
+                result.duplicates += 1  # our own entry, echoed by a peer: nothing to do
+                continue
             reject(c, OWN_LOG)
-            continue
-        if origin == own_center and not c.error and c.body is None and c.stub is None:
-            # A bare hash would let a hop choose what this node signs on top of.
-            reject(c, OWN_UNSIGNED)
             continue
         if origin in quarantined:
             reject(c, "origin quarantined")

@@ -273,6 +273,9 @@ class PeerLink:
         confirmed = sorted(recovery.confirmed)
 
         def tx(c: sqlite3.Connection) -> bool:
+            top = log_tx.held(c, self.node.center, ours) if ours else None
+            if top is not None and not top.signed:
+                return False  # a hint at the head: wait for the signed entry
             if not recovery_tx.finish(c):
                 return False
             audit_tx.append(c, self.node.sign_audit, now_ms(), "fcnode", "recovery.finish",
@@ -282,4 +285,4 @@ class PeerLink:
         if await self.node.db.run(tx):
             log.info("own log recovered: publishing again",
                      extra={"own_head": ours, "confirmed_by": confirmed})
-        recovery.end()
+            recovery.end()

@@ -249,7 +249,13 @@ class NodeService:
             return (f"this center's own log has forked ({quarantined[0]}): a peer holds a "
                     "different entry signed by this node. Nothing more is signed; see "
                     "fcnode status and the README (Operating a node / Restore)")
-        return self.recovery.refusal(log_tx.head(conn, self.center)[0], time.monotonic())
+        head = log_tx.head(conn, self.center)[0]
+        top = log_tx.held(conn, self.center, head) if head else None
+        if top is not None and not top.signed:
+            return (f"recovering own log: the entry at seq {head} is known only by its hash "
+                    "from a peer; waiting for a peer to send it signed (or: fcnode recovery "
+                    "finish, which drops such unsigned positions)")
+        return self.recovery.refusal(head, time.monotonic())
 
     def note_settled(self) -> None:
         if self.recovery.settled(time.monotonic()):
@@ -280,7 +286,13 @@ class NodeService:
             head = log_tx.head(conn, self.center)[0]
             was = recovery_tx.marker(conn)
             recovery_tx.finish(conn)
+            # Never sign on top of a peer's unsigned hint: positions beyond the
+            # last one this node's signature backs are fetched again later.
+            last = log_tx.last_signed_before(conn, self.center, head + 1)
+            dropped = log_tx.drop_hints(conn, self.center, last)
+            head = log_tx.head(conn, self.center)[0]
             detail = {"own_head_seq": head, "was_recovering": was is not None,
+                      "unsigned_dropped": dropped,
                       "reason": was[0] if was else "",
                       "peers_reported_ahead": self.recovery.behind(head)}
             audit_tx.append(conn, self.sign_audit, now, user.name, "recovery.finish", detail)

@@ -139,6 +139,11 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     f"too many replication restarts from seq 0 by {peer} "
                                     f"(limit {limits.restarts_per_minute} per minute)")
+        # The peer's own log is served up to what this node held when the stream
+        # opened (what a restored peer must take back); later entries of it can only
+        # be the peer's own new ones, which it needs no echo of: heads only.
+        own_cap = (await self.node.db.read(lambda c: log_tx.head(c, peer)[0])
+                   if peer in cursors else 0)
         log.info("replication stream opened", extra={"peer": peer, "origins": len(cursors)})
         with self.streams.open(peer) as revoked:
             while not revoked.is_set():
@@ -148,7 +153,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                         cursors[origin] = min(cursors[origin], seq - 1)
                 revoked.rewinds.clear()
                 batches, cursors = await self.node.db.run(
-                    lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch))
+                    lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch,
+                                                               own_cap))
                 for batch in batches:
                     yield batch  # an empty one is a heartbeat: heads, and "caught up"
                 if not batches[-1].items:
@@ -157,21 +163,22 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             await context.abort(revoked.code, revoked.reason)
 
     def _next_batches(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
-                      max_batch: int) -> tuple[list[federation_pb2.ReplicateBatch],
-                                                dict[str, int]]:
+                      max_batch: int, own_cap: int = 0
+                      ) -> tuple[list[federation_pb2.ReplicateBatch], dict[str, int]]:
         """Up to GROUP batches read and logged in one transaction: the
         dissemination log is durable, and one fsync per 256 records was the
         sender's limit during catch-up."""
         batches = []
         for _ in range(GROUP):
-            batch, cursors = self._next_batch(conn, peer, cursors, max_batch)
+            batch, cursors = self._next_batch(conn, peer, cursors, max_batch, own_cap)
             batches.append(batch)
             if len(batch.items) < max_batch:
                 break
         return batches, cursors
 
     def _next_batch(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
-                    max_batch: int) -> tuple[federation_pb2.ReplicateBatch, dict[str, int]]:
+                    max_batch: int, own_cap: int = 0
+                    ) -> tuple[federation_pb2.ReplicateBatch, dict[str, int]]:
         quarantined = fed_tx.quarantined(conn)
         batch = federation_pb2.ReplicateBatch()
         new_cursors = dict(cursors)
@@ -187,9 +194,11 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 continue
             head = log_tx.head(conn, origin)[0]
             batch.heads[origin] = head
-            if room <= 0 or head <= after:
+            upto = min(head, own_cap) if origin == peer else head
+            if room <= 0 or upto <= after:
                 continue
-            entries = fit(log_tx.items_after(conn, origin, after, room), budget)
+            entries = fit(log_tx.items_after(conn, origin, after, min(room, upto - after)),
+                          budget)
             budget -= sum(len(e.payload or b"") for e in entries)
             states = log_tx.record_states(conn, origin, {e.record_id for e in entries
                                                          if e.record_id})
