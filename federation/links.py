@@ -141,8 +141,16 @@ class PeerLink:
     async def _session(self) -> None:
         center = self.peer.center
         own = self.node.center
-        cursors, own_head = await self.node.db.read(
-            lambda c: (fed_tx.cursors(c, center), log_tx.head(c, own)[0]))
+        recovering = self.node.recovery.active
+
+        def read(c: sqlite3.Connection) -> tuple[dict[str, int], int]:
+            head = log_tx.head(c, own)[0]
+            hint = log_tx.first_hint(c, own) if recovering else None
+            # Recovering: from below the first position held only by its hash, so
+            # a peer that holds it signed (or its content) sends it.
+            return fed_tx.cursors(c, center), head if hint is None else min(head, hint - 1)
+
+        cursors, own_head = await self.node.db.read(read)
         wanted = {o: cursors.get(o, 0) for o in self.wanted_origins()}
         # This node's own origin too, from its own head: the peer reports its head
         # of our log (a restored node learns it is behind before it signs again)
