@@ -232,7 +232,12 @@ class PeerLink:
             now = now_ms()
             ours = log_tx.head(c, own)[0]
             began = False
-            if reported is not None and reported > ours and not recovery.active:
+            # A reported head is a hint; what starts recovery is proof: an entry
+            # beyond our head that this node's own key signed (envelope or stub).
+            # (A peer cannot make a node stop publishing by claiming a higher head.)
+            proof = any(ch.item.origin == own and ch.item.seq > ours and not ch.error
+                        and (ch.body is not None or ch.stub is not None) for ch in checked)
+            if proof and not recovery.active:
                 # A peer holds entries of this log beyond ours: a restore, or a
                 # hand copy of node.db. Take them back before signing anything.
                 reason = (f"peer {center} holds this center's own log up to seq "
@@ -249,7 +254,9 @@ class PeerLink:
             log.warning("own log behind a peer: recovering it before publishing",
                         extra={"peer": center, "peer_head": reported})
         if recovery.heard(center, reported, ours) and not recovery.active:
-            recovery.begin(f"peer {center} holds this center's own log up to seq {reported}")
+            log.warning("a peer reports this center's own log beyond ours without sending "
+                        "a signed entry of it", extra={"peer": center, "peer_head": reported,
+                                                       "own_head": ours})
         self.node.note_settled()
         if recovery.active and recovery.caught_up(ours):
             await self._finish_recovery(ours)

@@ -222,3 +222,39 @@ def test_bad_restores_change_nothing(make_node, tmp_path: Path) -> None:
     a.start()
     assert a.json("status")["own_log"]["blocked"] == ""
     assert json.loads(a.ok("audit", "verify", "--json"))["ok"]
+
+
+def test_a_peer_cannot_start_recovery_or_write_the_own_log(make_node, tmp_path: Path) -> None:
+    """A pinned peer claiming a higher head of this node's log, sending a bare hash
+    and an entry of this origin signed with its own key: the node neither stops
+    publishing nor stores any of it."""
+    from node.signing import entry_hash, seal_record
+    from tests.integration.rogue import Rogue
+
+    a = make_node("ncric")
+    rogue = Rogue(tmp_path, "mallory")
+    forged = rogue.body(1, b"", "forged entry of ncric")
+    forged.origin = "ncric"
+    env = seal_record(rogue.signing, forged)
+    from node.wire import federation_pb2
+
+    rogue.items = [
+        federation_pb2.LogItem(origin="ncric", seq=1, hash=entry_hash(env.payload)),
+        federation_pb2.LogItem(origin="ncric", seq=1, hash=entry_hash(env.payload),
+                               envelope=env)]
+    rogue.heads = {"ncric": 50}
+    rogue.serve(a.card())
+    try:
+        a.ok("peers", "add", rogue.card.line())
+        a.wait_for(lambda: _q(a, "SELECT count(*) FROM rejections WHERE peer = 'mallory'")
+                   [0][0] >= 1, what="the rogue's batch")
+        status = a.json("status")
+        assert not status["own_log"]["recovering"] and not status["own_log"]["blocked"]
+        assert a.publish("--kind", "BULLETIN", "--title", "still mine")["seq"] == 1
+        own = _own(a, "ncric")
+        assert list(own) == [1] and own[1][1] and own[1][0] != entry_hash(env.payload)
+        reasons = {r[0] for r in _q(a, "SELECT reason FROM rejections WHERE peer = 'mallory'")}
+        assert reasons == {"entries of this node's own log come only from itself"}, reasons
+        assert _forks(a) == []
+    finally:
+        rogue.stop()
