@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devnet import Node, mesh
+from node.devnet import Node, mesh, run_cli
 
 GREEN = ("--tlp", "GREEN", "--audience", "members")
 
@@ -222,6 +222,21 @@ def test_bad_restores_change_nothing(make_node, tmp_path: Path) -> None:
     a.start()
     assert a.json("status")["own_log"]["blocked"] == ""
     assert json.loads(a.ok("audit", "verify", "--json"))["ok"]
+
+    # A rebuilt machine: the bundle fills an empty home (keys and config too).
+    rebuilt = tmp_path / "rebuilt"
+    rebuilt.mkdir()
+    r = run_cli("restore", str(good), "--home", str(rebuilt), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert sorted(out["installed"]) == ["node.toml", "peers.toml", "signing.key", "tls.crt",
+                                        "tls.key"]
+    assert out["replaced"] is None
+    for name in ("signing.key", "tls.key", "node.toml"):
+        assert (rebuilt / name).read_bytes() == (a.home / name).read_bytes()
+        assert (rebuilt / name).stat().st_mode & 0o777 == 0o600
+    with contextlib.closing(sqlite3.connect(rebuilt / "node.db")) as conn:
+        assert conn.execute("SELECT reason FROM own_recovery").fetchone()
 
 
 def test_a_peer_cannot_start_recovery_or_write_the_own_log(make_node, tmp_path: Path) -> None:
