@@ -125,7 +125,6 @@ class PeerLink:
                 log.exception("replication link failed", extra={"peer": self.peer.center})
                 self.state.state, self.state.error = "backing off", type(exc).__name__
             self.node.recovery.down(self.peer.center)
-            self.node.note_settled()
             delay = self.backoff.next_delay()
             log.info("replication link down", extra={
                 "peer": self.peer.center, "state": self.state.state,
@@ -257,7 +256,6 @@ class PeerLink:
             log.warning("a peer reports this center's own log beyond ours without sending "
                         "a signed entry of it", extra={"peer": center, "peer_head": reported,
                                                        "own_head": ours})
-        self.node.note_settled()
         if recovery.active and recovery.caught_up(ours):
             await self._finish_recovery(ours)
         self.state.received += result.stored

@@ -83,7 +83,6 @@ class Federation:
     def _dialled_changed(self) -> None:
         """Own-log recovery waits on the dialled peers (node.recovery)."""
         self.node.recovery.set_dialled({c for c, p in self.node.peers.items() if p.connect})
-        self.node.note_settled()
 
     async def stop(self) -> None:
         for link in list(self.links.values()):

@@ -120,7 +120,6 @@ class NodeService:
         self.started = time.monotonic()
         self.changes = ChangeFeed()
         self.recovery = OwnLogRecovery(started=time.monotonic())
-        self._settled = asyncio.Event()
         self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
 
     # -- identity and keys ------------------------------------------------
@@ -257,17 +256,13 @@ class NodeService:
                     "finish, which drops such unsigned positions)")
         return self.recovery.refusal(head, time.monotonic())
 
-    def note_settled(self) -> None:
-        if self.recovery.settled(time.monotonic()):
-            self._settled.set()
-
     async def may_append_own(self) -> None:
         """Before a publish or change: wait (bounded) for the peers' heads of the
         own log that every start asks for, then refuse while recovering."""
-        if not self._settled.is_set():
-            left = self.recovery.settle_s - (time.monotonic() - self.recovery.started)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), max(0.0, left) + 0.1)
+        # Polled, not signalled: peers can be pinned meanwhile, and the wait is
+        # bounded by settle_s after the start whatever happens.
+        while not self.recovery.settled(time.monotonic()):
+            await asyncio.sleep(0.05)
         refusal = await self.db.read(self.own_log_refusal)
         if refusal:
             raise OwnLogBlocked(refusal)
@@ -301,7 +296,6 @@ class NodeService:
         detail = await self.db.run(tx)
         self.recovery.end()
         self.recovery.settle_s = 0.0  # the admin decided: no more waiting at start
-        self._settled.set()
         return detail
 
     def append_own(self, conn: sqlite3.Connection, builders: list[Builder], actor: str,
