@@ -268,11 +268,21 @@ CONTRADICTED = "placeholder contradicted by the origin's entry"
 LIAR = "placeholders refused: this peer's were contradicted by the origin"
 
 
+OWN_LOG = "entries of this node's own log come only from itself"
+
+
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
-                now_ms: int, own_center: str) -> IngestResult:
+                now_ms: int, own_center: str, recover_own: bool = False) -> IngestResult:
     """Place and store verified items, in order, in the caller's transaction.
     ``own_center``: this node; content is kept only where its own policy
-    decision for itself is FULL, whichever peer forwarded the entry."""
+    decision for itself is FULL, whichever peer forwarded the entry.
+    ``recover_own``: this node is recovering its own log (node.recovery): entries
+    of its own origin are taken, signed by this node's own keys (envelope or stub,
+    verified by check_items) and chain-linked, never over what is held: a
+    different signed entry at a held position is a fork. A position a peer holds
+    erased and without a stub comes as its hash only: a hint, as for any origin
+    (the next signed entry's link proves it or rewinds it), and the node never
+    signs on top of a hint (NodeService.own_log_refusal)."""
     result = IngestResult()
     quarantined = fed_tx.quarantined(conn)
     stopped: set[str] = set()
@@ -312,8 +322,12 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         origin, seq = c.item.origin, c.item.seq
         if origin in stopped:
             continue
-        if origin == own_center:
-            reject(c, "entries of this node's own log come only from itself")
+        if origin == own_center and not recover_own:
+            mine = log_tx.held(conn, origin, seq)
+            if mine is not None and mine.hash == c.item.hash:
+                result.duplicates += 1  # our own entry, echoed by a peer: nothing to do
+                continue
+            reject(c, OWN_LOG)
             continue
         if origin in quarantined:
             reject(c, "origin quarantined")

@@ -92,9 +92,14 @@ class Federation:
             raise HomeError(f"cannot listen on {listen} (address in use?)")
         await self.server.start()
         await hs.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._dialled_changed()
         for peer in self.node.peers.values():
             self._start_link(peer)
         self._tls_task = asyncio.create_task(self._tls_watch(), name="tls-watch")
+
+    def _dialled_changed(self) -> None:
+        """Own-log recovery waits on the dialled peers (node.recovery)."""
+        self.node.recovery.set_dialled({c for c, p in self.node.peers.items() if p.connect})
 
     async def stop(self) -> None:
         if self._tls_task is not None:
@@ -171,6 +176,7 @@ class Federation:
         for center, peer in peers.items():
             if center not in self.links:
                 self._start_link(peer)
+        self._dialled_changed()
         self.node.changes.bump()  # streams re-evaluate what each peer may receive
 
     def peer_views(self) -> list[metrics.PeerView]:

@@ -64,6 +64,10 @@ async def serve(home: Home) -> None:
         stack.push_async_callback(db.close)
         node = NodeService(home, config, signing, db, peers)
         await node.load_key_history()  # learned rotations; finishes an interrupted swap
+        await node.load_recovery()  # a restore (or a peer seen ahead) left it recovering
+        if node.recovery.active:
+            log.warning("recovering own log from peers before publishing",
+                        extra={"reason": node.recovery.reason})
         stubbed = await node.sign_missing_stubs()  # entries from before stubs existed
         if stubbed:
             log.info("signed stubs for older entries", extra={"entries": stubbed})

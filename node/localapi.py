@@ -242,6 +242,17 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
                                                                        or "90d")))
 
     @unary
+    async def Recovery(self, user: User, req: Request) -> Any:
+        """`fcnode recovery finish`: the admin ends the own-log recovery wait
+        (no peer holds newer entries of this center's log). Audited."""
+        if req.get("op") != "finish":
+            raise ValidationError(f"unknown recovery operation {req.get('op')!r}")
+        detail = await self.node.finish_recovery(user)
+        log.warning("own-log recovery ended by an administrator",
+                    extra={"user": user.name, "own_head": detail["own_head_seq"]})
+        return detail
+
+    @unary
     async def Backup(self, user: User, req: Request) -> Any:
         """A consistent copy while the daemon runs (admin only): made on its own
         read-only connection in a worker thread, so publishing and replication

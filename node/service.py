@@ -36,6 +36,7 @@ from node.keyhistory import (
 from node.peers import Peer, all_groups
 from node.query import SearchParams, discovered
 from node.record import Draft, body_policy, body_to_dict, kind_name
+from node.recovery import OwnLogRecovery
 from node.signing import (
     AUDIT_DOMAIN,
     RECORD_DOMAIN,
@@ -50,8 +51,10 @@ from node.signing import (
     verify,
 )
 from node.storage import audit as audit_tx
+from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
 from node.storage import log as log_tx
+from node.storage import recovery as recovery_tx
 from node.storage import users as users_tx
 from node.storage.db import Database
 from node.timeutil import iso, now_ms
@@ -69,6 +72,10 @@ from node.wire import records_pb2
 
 class NotFound(FcnodeError):
     pass
+
+
+class OwnLogBlocked(FcnodeError):
+    """This node may not append to its own log now (recovering it, or forked)."""
 
 
 class ChangeFeed:
@@ -131,6 +138,7 @@ class NodeService:
         self.started = time.monotonic()
         self.changes = ChangeFeed()
         self._rotating = asyncio.Lock()
+        self.recovery = OwnLogRecovery(started=time.monotonic())
         self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
 
     # -- identity and keys ------------------------------------------------
@@ -444,12 +452,73 @@ class NodeService:
 
     Builder = Callable[[sqlite3.Connection, int, bytes], records_pb2.RecordBody]
 
+    # -- own-log recovery (node.recovery) ------------------------------------
+    def own_log_refusal(self, conn: sqlite3.Connection) -> str:
+        """Why appending to this center's log would be wrong now, or ''."""
+        quarantined = fed_tx.quarantined(conn).get(self.center)
+        if quarantined is not None:
+            return (f"this center's own log has forked ({quarantined[0]}): a peer holds a "
+                    "different entry signed by this node. Nothing more is signed; see "
+                    "fcnode status and the README (Operating a node / Restore)")
+        head = log_tx.head(conn, self.center)[0]
+        top = log_tx.held(conn, self.center, head) if head else None
+        if top is not None and not top.signed:
+            return (f"recovering own log: the entry at seq {head} is known only by its hash "
+                    "from a peer; waiting for a peer to send it signed (or: fcnode recovery "
+                    "finish, which drops such unsigned positions)")
+        return self.recovery.refusal(head, time.monotonic())
+
+    async def may_append_own(self) -> None:
+        """Before a publish or change: wait (bounded) for the peers' heads of the
+        own log that every start asks for, then refuse while recovering."""
+        # Polled, not signalled: peers can be pinned meanwhile, and the wait is
+        # bounded by settle_s after the start whatever happens.
+        while not self.recovery.settled(time.monotonic()):
+            await asyncio.sleep(0.05)
+        refusal = await self.db.read(self.own_log_refusal)
+        if refusal:
+            raise OwnLogBlocked(refusal)
+
+    async def load_recovery(self) -> None:
+        found = await self.db.read(recovery_tx.marker)
+        if found is not None:
+            self.recovery.begin(found[0])
+
+    async def finish_recovery(self, user: User) -> dict[str, Any]:
+        """The admin ends the wait: no peer holds newer entries of this log."""
+        self.require_admin(user, "ending own-log recovery")
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+            head = log_tx.head(conn, self.center)[0]
+            was = recovery_tx.marker(conn)
+            recovery_tx.finish(conn)
+            # Never sign on top of a peer's unsigned hint: positions beyond the
+            # last one this node's signature backs are fetched again later.
+            last = log_tx.last_signed_before(conn, self.center, head + 1)
+            dropped = log_tx.drop_hints(conn, self.center, last)
+            head = log_tx.head(conn, self.center)[0]
+            detail = {"own_head_seq": head, "was_recovering": was is not None,
+                      "unsigned_dropped": dropped,
+                      "reason": was[0] if was else "",
+                      "peers_reported_ahead": self.recovery.behind(head)}
+            audit_tx.append(conn, self.sign_audit, now, user.name, "recovery.finish", detail)
+            return detail
+
+        detail = await self.db.run(tx)
+        self.recovery.end()
+        self.recovery.settle_s = 0.0  # the admin decided: no more waiting at start
+        return detail
+
     def append_own(self, conn: sqlite3.Connection, builders: list[Builder], actor: str,
                    action: str, now: int, detail: dict[str, Any] | None = None,
                    new_records: bool = False) -> list[records_pb2.RecordBody]:
         """Sign and append entries to this center's log, inside the caller's
         transaction: each builder gets (conn, seq, prev) and returns the body.
         ``new_records``: every entry is the first version of a new record."""
+        refusal = self.own_log_refusal(conn)
+        if refusal:  # checked again in the write transaction: no race with ingest
+            raise OwnLogBlocked(refusal)
         seq, prev = log_tx.head(conn, self.center)
         bodies, payloads = [], []
         for build in builders:
@@ -522,6 +591,7 @@ class NodeService:
         ``detail`` goes into each record's audit entry (e.g. which import)."""
         if not drafts:
             raise ValidationError("nothing to publish")
+        await self.may_append_own()
         groups = self.groups()
         known = self.known_centers()
         audiences = [record.expand_audience(d.audience, groups, known) for d in drafts]
@@ -668,7 +738,13 @@ class NodeService:
             return out
 
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:
-            return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn)}
+            head = log_tx.head(conn, self.center)[0]
+            own: dict[str, Any] = {"head": head, "recovering": self.recovery.active,
+                                   "behind": self.recovery.behind(head),
+                                   "reason": self.recovery.reason,
+                                   "blocked": self.own_log_refusal(conn)}
+            return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn),
+                    "own_log": own}
 
         data = await self.db.read(tx)
         return {**out, "storage": str(self.db.path), "home": str(self.home.root), **data}

@@ -144,6 +144,11 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                                     f"too many replication restarts from seq 0 (or more "
                                     f"than a batch behind) by {peer} "
                                     f"(limit {limits.restarts_per_minute} per minute)")
+        # The peer's own log is served up to what this node held when the stream
+        # opened (what a restored peer must take back); later entries of it can only
+        # be the peer's own new ones, which it needs no echo of: heads only.
+        own_cap = (await self.node.db.read(lambda c: log_tx.head(c, peer)[0])
+                   if peer in cursors else 0)
         log.info("replication stream opened", extra={"peer": peer, "origins": len(cursors)})
         with self.streams.open(peer) as revoked:
             while not revoked.is_set():
@@ -155,7 +160,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 # Read on a reader (never behind ingest); the dissemination rows
                 # in one short write, committed before any batch is sent.
                 batches, cursors, sent = await self.node.db.read(
-                    lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch))
+                    lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch,
+                                                               own_cap))
                 if sent:
                     await self.node.db.run(
                         lambda conn, s=sent: fed_tx.log_disseminations(conn, s, now_ms()))
@@ -167,8 +173,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             await context.abort(revoked.code, revoked.reason)
 
     def _next_batches(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
-                      max_batch: int) -> tuple[list[federation_pb2.ReplicateBatch],
-                                                dict[str, int], list[Dissemination]]:
+                      max_batch: int, own_cap: int = 0
+                      ) -> tuple[list[federation_pb2.ReplicateBatch], dict[str, int],
+                                 list[Dissemination]]:
         """Up to GROUP batches read in one read transaction, with the
         dissemination rows the caller logs in one write: the log is durable,
         and one fsync per 256 records was the sender's limit during catch-up.
@@ -178,7 +185,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         sent: list[Dissemination] = []
         pending: dict[tuple[str, str, str], int] = {}  # newest version in `sent`
         for _ in range(GROUP):
-            batch, cursors = self._next_batch(conn, peer, cursors, max_batch, sent, pending)
+            batch, cursors = self._next_batch(conn, peer, cursors, max_batch, sent, pending,
+                                              own_cap)
             batches.append(batch)
             if len(batch.items) < max_batch:
                 break
@@ -186,7 +194,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
 
     def _next_batch(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
                     max_batch: int, sent: list[Dissemination],
-                    pending: dict[tuple[str, str, str], int]
+                    pending: dict[tuple[str, str, str], int], own_cap: int = 0
                     ) -> tuple[federation_pb2.ReplicateBatch, dict[str, int]]:
         quarantined = fed_tx.quarantined(conn)
         batch = federation_pb2.ReplicateBatch()
@@ -196,13 +204,18 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         # limit, and a batch that can never be sent would stall the peer forever.
         budget = self.node.config.limits.max_message_bytes // 2
         for origin, after in sorted(cursors.items()):
-            if origin == peer or origin in quarantined:
+            # The peer's own origin is served too: a node restored from a backup
+            # takes its own entries back (and learns its head here) before it signs
+            # again; an up-to-date node asks from its head and gets only the head.
+            if origin in quarantined:
                 continue
             head = log_tx.head(conn, origin)[0]
             batch.heads[origin] = head
-            if room <= 0 or head <= after:
+            upto = min(head, own_cap) if origin == peer else head
+            if room <= 0 or upto <= after:
                 continue
-            entries = fit(log_tx.items_after(conn, origin, after, room), budget)
+            entries = fit(log_tx.items_after(conn, origin, after, min(room, upto - after)),
+                          budget)
             budget -= sum(len(e.payload or b"") for e in entries)
             states = log_tx.record_states(conn, origin, {e.record_id for e in entries
                                                          if e.record_id})

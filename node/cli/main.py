@@ -120,6 +120,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"tls      renewed {tls['next']['fingerprint'][:16]} (expires "
                   f"{tls['next']['expires']}) announced, presented from "
                   f"{tls['next']['presented_from']}")
+    own = status.get("own_log") or {}
+    if own.get("recovering"):
+        print(f"RECOVERING own log: {own['behind']} entries ({own['reason']}); "
+              "publishing waits until every reachable peer confirmed, or: fcnode recovery finish")
+    elif own.get("blocked"):
+        print(f"own log  {own['blocked']}")
     for origin, states in sorted(status["records"].items()):
         print(f"records  {origin:<12} " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     for peer in status.get("peers", []):
@@ -163,6 +169,41 @@ def cmd_backup(args: argparse.Namespace) -> int:
         print(f"size     {result['size']} bytes, {result['records']} records")
         print(f"own log  head seq {result['own_head']['seq']} "
               f"hash {result['own_head']['hash'] or '-'}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Only with the daemon stopped: straight on the home's files."""
+    from pathlib import Path
+
+    from node.offline import actor
+    from node.restore import restore
+
+    result = restore(Home(resolve_home(args.home)), Path(args.file), actor()).as_dict()
+    if args.json:
+        output.emit_json(result)
+        return 0
+    print(f"restored {result['file']} ({result['format']}, sha256 {result['sha256']})")
+    print(f"own log  head seq {result['own_head']['seq']}, {result['records']} records")
+    if result["replaced"]:
+        print(f"kept     the replaced database as {result['replaced']}")
+    if result["installed"]:
+        print(f"installed from the bundle: {', '.join(result['installed'])}")
+    print("next     start the daemon: it takes this center's own entries beyond seq "
+          f"{result['own_head']['seq']} back from its peers and refuses to publish until "
+          "then (fcnode status shows 'recovering own log')")
+    return 0
+
+
+def cmd_recovery(args: argparse.Namespace) -> int:
+    r = client_for(args).call("Recovery", {"op": args.recovery_cmd})
+    if args.json:
+        output.emit_json(r)
+    else:
+        print(f"own-log recovery ended at seq {r['own_head_seq']}"
+              + ("" if r["was_recovering"] else " (it was not recovering)")
+              + (f"; peers had reported {r['peers_reported_ahead']} entries beyond it"
+                 if r["peers_reported_ahead"] else ""))
     return 0
 
 
@@ -314,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-keys", action="store_true",
                    help="write a tar bundle with the keys and config too")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
+    p = add("restore", cmd_restore, "install a backup (daemon stopped): checked, put in "
+            "place atomically; the node then recovers its own log from its peers")
+    p.add_argument("file", help="a file written by fcnode backup (database or --include-keys tar)")
+    p = add("recovery", cmd_recovery, "own-log recovery after a restore (admin)")
+    p.add_argument("recovery_cmd", choices=["finish"],
+                   help="finish: end the wait (no peer holds newer entries of this log)")
 
     p = add("publish", cmd_publish, "sign and publish a record")
     _record_flags(p)

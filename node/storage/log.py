@@ -553,3 +553,11 @@ def counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
         out.setdefault(origin, {})[state] = n
     return out
 
+
+
+def first_hint(conn: sqlite3.Connection, origin: str) -> int | None:
+    """The lowest position of ``origin`` held as a bare hash (no signature, no
+    stub), if any."""
+    row = conn.execute(f"SELECT min(seq) FROM entries WHERE origin = ? AND NOT {_EVIDENCE}",
+                       (origin,)).fetchone()
+    return row[0]

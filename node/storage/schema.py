@@ -214,4 +214,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (origin, seq, hash)
     ) WITHOUT ROWID;
     """,
+    # 6: (issue 9 item 5) own-log recovery: set by `fcnode restore` or when a peer
+    # reports this center's own log beyond the head held here; while set, the node
+    # takes its own entries back from peers and refuses to append to its log.
+    """
+    CREATE TABLE own_recovery (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        reason TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    );
+    """,
 ]
