@@ -162,10 +162,12 @@ class Federation:
             text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
             kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
             labels=req.strings("labels"), origins=req.strings("origins"),
-            limit=int(req.get("limit") or 100), any_entity=bool(req.get("any_entity")))
+            limit=int(req.get("limit") or 100), any_entity=bool(req.get("any_entity")),
+            behaviors=req.strings("behaviors"))
         if not (params.fts_match() or params.entity_keys or params.kinds or params.labels
-                or params.since_ms):
-            raise ValidationError("a query needs text, --entity, --kind, --label or --since")
+                or params.since_ms or params.behaviors):
+            raise ValidationError("a query needs text, --entity, --kind, --label, --behavior "
+                                  "or --since")
         timeout = parse_duration_ms(str(req.get("timeout") or "5s"))
         return self._counted(self.fanout.run(user, params, timeout,
                                              req.strings("centers") or None))

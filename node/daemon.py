@@ -54,6 +54,7 @@ async def serve(home: Home) -> None:
     signing = keys.load_signing_key(home.signing_key)
     keys.load_tls(home.tls_key, home.tls_cert)  # fail now on a bad TLS key file, not later
     peers = load_peers(home.peers, config.center, raw_public(signing.public_key()))
+    config.check_routing(set(peers))
     lock = acquire_lock(home)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(lock.close)
@@ -105,6 +106,7 @@ async def _run_until_signalled(home: Home, node: NodeService, federation: Any) -
             # keeps the whole running configuration, node.toml included.
             config = load_config(home)
             peers = load_peers(home.peers, node.center, node.own_public_key)
+            config.check_routing(set(peers))
             node.config = config
             federation.apply_peers(peers)
             log.info("reloaded configuration", extra={"peers": sorted(node.peers)})

@@ -36,6 +36,7 @@ def draft_of(body: records_pb2.RecordBody) -> dict[str, Any]:
     return {
         "kind": full["kind"], "title": full["title"], "narrative": full["narrative"],
         "labels": full["labels"], "entities": full["entities"],
+        "behaviors": full["behaviors"],
         "policy": {"tlp": full["tlp"], "audience": full["audience"],
                    "require": full["require"], "discoverability": full["discoverability"],
                    "relay": full["relay"]},

@@ -146,7 +146,7 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
             text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
             kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
             labels=req.strings("labels"), origins=req.strings("origins"),
-            limit=int(req.get("limit") or 50))
+            limit=int(req.get("limit") or 50), behaviors=req.strings("behaviors"))
         return await self.node.search(user, params)
 
     @unary

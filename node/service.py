@@ -25,6 +25,7 @@ from node.home import Home, NodeConfig
 from node.peers import Peer, all_groups
 from node.query import SearchParams, discovered
 from node.record import Draft, body_policy, body_to_dict, kind_name
+from node.routing import route
 from node.signing import (
     AUDIT_DOMAIN,
     RECORD_DOMAIN,
@@ -234,10 +235,12 @@ class NodeService:
 
     def append_own(self, conn: sqlite3.Connection, builders: list[Builder], actor: str,
                    action: str, now: int, detail: dict[str, Any] | None = None,
-                   new_records: bool = False) -> list[records_pb2.RecordBody]:
+                   new_records: bool = False,
+                   per_entry: list[dict[str, Any]] | None = None) -> list[records_pb2.RecordBody]:
         """Sign and append entries to this center's log, inside the caller's
         transaction: each builder gets (conn, seq, prev) and returns the body.
-        ``new_records``: every entry is the first version of a new record."""
+        ``new_records``: every entry is the first version of a new record;
+        ``per_entry``: audit detail for each entry (e.g. the routing rules applied)."""
         seq, prev = log_tx.head(conn, self.center)
         bodies, payloads = [], []
         for build in builders:
@@ -258,8 +261,9 @@ class NodeService:
         audit_tx.append_many(conn, self.sign_audit, now, [
             (actor, action, {"record_id": b.record_id, "seq": b.seq, "version": b.version,
                              "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
-                             "audience": sorted(b.policy.audience), **(detail or {})})
-            for _, b in sealed])
+                             "audience": sorted(b.policy.audience), **(detail or {}),
+                             **(per_entry[i] if per_entry else {})})
+            for i, (_, b) in enumerate(sealed)])
         metrics.ENTRIES_PUBLISHED.inc(len(sealed))
         return [b for _, b in sealed]
 
@@ -310,7 +314,11 @@ class NodeService:
             raise ValidationError("nothing to publish")
         groups = self.groups()
         known = self.known_centers()
+        # Routing rules widen the audience before anything is signed (node/routing.py).
+        routed = [route(self.config.routing, d) for d in drafts]
+        drafts = [d for d, _ in routed]
         audiences = [record.expand_audience(d.audience, groups, known) for d in drafts]
+        per_entry = [{"routing": list(names)} if names else {} for _, names in routed]
         now = now_ms()
 
         def builder(draft: Draft, audience: frozenset[str]) -> NodeService.Builder:
@@ -321,9 +329,12 @@ class NodeService:
 
         builders = [builder(d, a) for d, a in zip(drafts, audiences, strict=True)]
         bodies = await self.db.run(lambda conn: self.append_own(
-            conn, builders, user.name, "record.publish", now, new_records=True))
+            conn, builders, user.name, "record.publish", now, new_records=True,
+            per_entry=per_entry))
         self.changes.bump()
-        return [published(b) for b in bodies]
+        return [{**published(b), **extra, **({"audience": sorted(b.policy.audience)} if extra
+                                               else {})}
+                for b, extra in zip(bodies, per_entry, strict=True)]
 
     # -- reading ----------------------------------------------------------
     def decide(self, body: records_pb2.RecordBody, requester: Requester) -> Decision:
@@ -357,6 +368,7 @@ class NodeService:
                 "text": params.text, "entities": list(params.entity_keys),
                 "kinds": list(params.kinds), "labels": list(params.labels),
                 "origins": list(params.origins), "since": iso(params.since_ms),
+                "behaviors": list(params.behaviors),
                 "results": [[v.body.origin, v.body.record_id, v.body.version,
                              v.decision.name] for v in found]})
             return found

@@ -148,6 +148,7 @@ def _draft_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     draft: dict[str, Any] = {
         "kind": args.kind, "title": args.title, "narrative": args.narrative or "",
         "labels": args.label or [], "entities": args.entity or [], "policy": policy,
+        "behaviors": args.behavior or [],
         "part23": {"justification": args.justification or "",
                    "source_reliability": args.reliability or "X",
                    "content_validity": args.validity or "4"},
@@ -174,6 +175,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         else:
             print(f"published {r['record_id']} (origin {r['origin']}, seq {r['seq']}, "
                   f"version {r['version']})")
+            if r.get("routing"):
+                print(f"  routed by rule(s) {', '.join(r['routing'])}: audience "
+                      f"{', '.join(r.get('audience') or [])}")
     return 0
 
 
@@ -189,7 +193,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     req = {"text": " ".join(args.text), "entities": args.entity or [], "kinds": args.kind or [],
            "since": args.since, "labels": args.label or [], "origins": args.origin or [],
-           "limit": args.limit}
+           "limit": args.limit, "behaviors": args.behavior or []}
     n = 0
     for r in client_for(args).stream("Search", req):
         n += 1
@@ -326,6 +330,8 @@ def _record_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--narrative")
     p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
     p.add_argument("--label", action="append")
+    p.add_argument("--behavior", action="append", metavar="CODE",
+                   help="ISE-SAR behaviour category, e.g. SURVL (repeatable)")
     p.add_argument("--tlp", help="CLEAR, GREEN, AMBER (default), AMBER+STRICT or RED")
     p.add_argument("--audience", action="append", metavar="CENTER_OR_GROUP",
                    help="center id, group or 'members' (default: this center only)")
@@ -344,6 +350,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", action="append")
     p.add_argument("--since", help="date or age, e.g. 30d")
     p.add_argument("--label", action="append")
+    p.add_argument("--behavior", action="append", metavar="CODE",
+                   help="ISE-SAR behaviour category (repeatable: all must be present)")
     p.add_argument("--origin", action="append", metavar="CENTER")
     p.add_argument("--limit", type=int, default=50)
 

@@ -180,4 +180,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX seen_queries_expiry ON seen_queries (expires_ms);
     CREATE INDEX notices_kind ON notices (kind, id);
     """,
+    # 5: (issue 12) ISE-SAR behaviour codes of a record's current version, matched
+    # like labels (' CODE CODE '). Records from before carry none.
+    """
+    ALTER TABLE records ADD COLUMN behaviors TEXT NOT NULL DEFAULT ' ';
+    """,
 ]
