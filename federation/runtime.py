@@ -34,6 +34,7 @@ from node.storage import federation as fed_tx
 from node.timeutil import iso, now_ms, parse_duration_ms, parse_instant_ms
 from node.types import ValidationError
 from node.users import User
+from node.watches import Watches
 from node.wire import federation_pb2, federation_pb2_grpc
 
 log = logs.get("fcnode.federation")
@@ -54,6 +55,11 @@ class Federation:
         self.server: grpc.aio.Server | None = None
         self._lock = asyncio.Lock()
         self._stopping: set[asyncio.Future[None]] = set()
+
+    def attach_watches(self, watches: Watches) -> None:
+        """Network watches: this node's signed set goes to its peers; theirs are
+        answered here (federation/watch_sync.py)."""
+        self.watches = watches
 
     async def start(self) -> None:
         limits = self.node.config.limits

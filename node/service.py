@@ -42,6 +42,7 @@ from node.signing import (
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.storage import users as users_tx
+from node.storage import watches as watch_tx
 from node.storage.db import Database
 from node.timeutil import iso, now_ms
 from node.types import AccessDenied, Decision, FcnodeError, Requester, ValidationError
@@ -166,6 +167,13 @@ class NodeService:
             raise AccessDenied("credential is not valid (unknown user or wrong token)")
         return User(row.name, frozenset(row.attributes), row.admin)
 
+    async def current_user(self, name: str) -> User:
+        """A user as they are now (attributes change; removed users are refused)."""
+        row = await self.db.read(lambda c: users_tx.find(c, name))
+        if row is None:
+            raise AccessDenied(f"user {name!r} no longer exists")
+        return User(row.name, frozenset(row.attributes), row.admin)
+
     def requester(self, user: User) -> Requester:
         return Requester(self.center, user.name, user.attributes)
 
@@ -215,11 +223,32 @@ class NodeService:
             if row.admin and users_tx.admin_count(conn) == 1:
                 raise ValidationError(f"{name!r} is the last admin; add another admin first")
             users_tx.delete(conn, name, now)
+            watch_tx.remove_owner(conn, name)  # a removed user's watches end with them
             audit_tx.append(conn, self.sign_audit, now, actor.name, "user.remove",
                             {"user": name})
 
         await self.db.run(tx)
         return {"removed": name}
+
+    async def set_attributes(self, actor: User, name: str,
+                             attributes: Iterable[str]) -> dict[str, Any]:
+        """Replace a user's attributes (admin): every later decision, including
+        each watch hit and its display, uses the new set."""
+        self.require_admin(actor, "changing users")
+        attrs = sorted({record.check_attribute(a) for a in attributes})
+        if any(a.startswith(policy.USER_ATTR_PREFIX) for a in attrs):
+            raise ValidationError("user:… attributes are derived from the user's name; "
+                                  "do not assign them")
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if not users_tx.set_attributes(conn, name, attrs):
+                raise NotFound(f"no user {name!r}")
+            audit_tx.append(conn, self.sign_audit, now, actor.name, "user.attributes",
+                            {"user": name, "attributes": attrs})
+
+        await self.db.run(tx)
+        return {"user": name, "attributes": attrs}
 
     async def list_users(self, actor: User) -> list[dict[str, Any]]:
         self.require_admin(actor, "listing users")

@@ -216,6 +216,10 @@ def cmd_users(args: argparse.Namespace) -> int:
                   f"{'; admin' if r['admin'] else ''})")
             print("credential (shown once):")
             print(r["token"])
+    elif args.users_cmd == "set":
+        r = client.call("Users", {"op": "set", "name": args.name, "attributes": args.attr or []})
+        output.emit_json(r) if args.json else print(
+            f"{r['user']}: attributes {', '.join(r['attributes']) or 'none'}")
     elif args.users_cmd == "remove":
         r = client.call("Users", {"op": "remove", "name": args.name})
         output.emit_json(r) if args.json else print(f"removed user {r['removed']}")
@@ -293,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _search_flags(p)
 
     p = add("users", cmd_users, "manage users (admin)")
-    us = p.add_subparsers(dest="users_cmd", required=True, metavar="add|list|remove")
+    us = p.add_subparsers(dest="users_cmd", required=True, metavar="add|list|remove|set")
     ua = us.add_parser("add", parents=[common])
     ua.add_argument("name")
     ua.add_argument("--attr", action="append", help="attribute, e.g. sworn_le, ntk:narcotics")
@@ -301,15 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     us.add_parser("list", parents=[common])
     ur = us.add_parser("remove", parents=[common])
     ur.add_argument("name")
+    ut = us.add_parser("set", parents=[common], help="replace a user's attributes")
+    ut.add_argument("name")
+    ut.add_argument("--attr", action="append", help="attribute (none: no attributes)")
 
     p = add("audit", cmd_audit, "read or verify the audit log (admin)")
     p.add_argument("audit_cmd", nargs="?", choices=["verify"], help="verify the hash chain")
     p.add_argument("--since", help="date or age, e.g. 7d")
     p.add_argument("--limit", type=int, default=0, help="newest N entries")
 
-    from node.cli import federation_cmds, lifecycle_cmds
+    from node.cli import federation_cmds, lifecycle_cmds, watch_cmds
 
     federation_cmds.register(add, common)
+    watch_cmds.register(add, common)
     lifecycle_cmds.register(add, _record_flags)
     return parser
 

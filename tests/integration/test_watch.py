@@ -1,0 +1,179 @@
+"""Issue 12 items 1-3: watches with real daemons.
+
+What a watch shows is judged independently here with the policy oracle of
+tests/node/test_policy.py (as tests/integration/test_query.py does), never by
+asking the code under test."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from node.devnet import ENV, Node, mesh
+from node.record import parse_draft
+from node.types import Decision, Discoverability, Policy, Requester, Tlp, ValidationError
+from tests.node.test_policy import oracle
+
+PLATE = "plate=WCH 100"
+USERS = {"ann": ("sworn_le",), "bob": ()}
+AUDIENCES = [[], ["alpha"], ["members"]]
+TLPS = ["GREEN", "AMBER", "AMBER+STRICT"]
+DISC = ["open", "pointer", "restricted"]
+REQUIRES = [[], ["sworn_le"]]
+
+
+def drafts(origin: str) -> list[dict]:
+    out = []
+    for n, (aud, tlp, disc, req) in enumerate(itertools.product(AUDIENCES, TLPS, DISC,
+                                                                REQUIRES)):
+        d = {"kind": "BOLO", "title": f"{origin} watch case {n}", "entities": [PLATE],
+             "narrative": "ricin precursor purchase",
+             "policy": {"tlp": tlp, "audience": aud, "discoverability": disc, "require": req}}
+        try:
+            parse_draft(d)
+        except ValidationError:
+            continue
+        out.append(d)
+    return out
+
+
+def policy_of(d: dict) -> Policy:
+    p = d["policy"]
+    tlp = Tlp.parse(p["tlp"])
+    return Policy(tlp, frozenset(p["audience"]), frozenset(p["require"]),
+                  Discoverability.parse(p["discoverability"]),
+                  tlp not in (Tlp.AMBER_STRICT, Tlp.RED))
+
+
+def publish_all(node: Node, tmp_path: Path) -> dict[str, Policy]:
+    ds = drafts(node.center)
+    path = tmp_path / f"{node.center}-watch.json"
+    path.write_text(json.dumps(ds))
+    lines = node.ok("publish", "--file", str(path), "--json").splitlines()
+    return {json.loads(line)["record_id"]: policy_of(d) for line, d in zip(lines, ds,
+                                                                           strict=True)}
+
+
+def local_expected(records: dict[str, tuple[str, Policy]], at: str, user: str,
+                   attrs: tuple[str, ...], by_entity: bool) -> dict[str, str]:
+    """What a local watch at ``at`` shows: records held there (the origin's own,
+    or FULL for that center), judged for the user; POINTERs only by entity."""
+    out = {}
+    who = Requester(at, user, frozenset(attrs))
+    for rid, (origin, p) in records.items():
+        held = origin == at or oracle(p, origin, origin, Requester(at)) is Decision.FULL
+        if not held:
+            continue
+        d = oracle(p, origin, at, who)
+        if d is Decision.FULL or (d is Decision.POINTER and by_entity):
+            out[rid] = d.name
+    return out
+
+
+def hits(node: Node, user: str) -> dict[str, str]:
+    return {h["record_id"]: h["access"] for h in node.json_lines("watch", "hits", user=user)}
+
+
+def test_local_watches_fire_only_for_what_the_owner_may_see(make_node, tmp_path: Path) -> None:
+    alpha, bravo = make_node("alpha"), make_node("bravo")
+    mesh(alpha, bravo)
+    for u, attrs in USERS.items():
+        alpha.add_user(u, *attrs)
+    watches = {}
+    for u in USERS:
+        watches[(u, "entity")] = alpha.json("watch", "add", "--entity", "plate=wch-100",
+                                            user=u)["watch_id"]
+        watches[(u, "text")] = alpha.json("watch", "add", "ricin", user=u)["watch_id"]
+    r = alpha.cli("watch", "add", user="ann")
+    assert r.returncode == 2 and "a watch needs" in r.stderr
+    r = alpha.cli("watch", "add", "--entity", PLATE, "--behavior", "BOGUS", user="ann")
+    assert r.returncode == 2 and "unknown behavior" in r.stderr
+
+    records = {rid: ("alpha", p) for rid, p in publish_all(alpha, tmp_path).items()}
+    records |= {rid: ("bravo", p) for rid, p in publish_all(bravo, tmp_path).items()}
+    want = {u: local_expected(records, "alpha", u, a, True) for u, a in USERS.items()}
+    want_text = {u: {r: x for r, x in local_expected(records, "alpha", u, a, False).items()}
+                 for u, a in USERS.items()}
+    for u in USERS:
+        alpha.wait_for(lambda u=u: hits(alpha, u) == {**want[u], **want_text[u]} or
+                       len(hits(alpha, u)) >= len(want[u]), 30, f"{u}'s hits")
+    time.sleep(1.5)  # anything wrongly extra would have fired by now
+    for u in USERS:
+        got = alpha.json_lines("watch", "hits", user=u)
+        by_watch: dict[str, dict[str, str]] = {}
+        for h in got:
+            by_watch.setdefault(h["watch_id"], {})[h["record_id"]] = h["access"]
+            if h["access"] == "POINTER":
+                assert "title" not in h and "narrative" not in h
+        assert by_watch.get(watches[(u, "entity")], {}) == want[u], u
+        assert by_watch.get(watches[(u, "text")], {}) == want_text[u], u
+    assert any(v == "POINTER" for v in want["bob"].values())  # the test covers pointers
+    assert not any(v == "POINTER" for v in want_text["bob"].values())
+    # Hits show in notices, only to the watch's owner.
+    notes = [n for n in alpha.json_lines("notices", user="bob") if n["kind"] == "watch"]
+    assert {n["watch_id"] for n in notes} <= {watches[("bob", "entity")],
+                                              watches[("bob", "text")]}
+    assert {n["record_id"] for n in notes} == set(want["bob"]) | set(want_text["bob"])
+
+    # An update that now matches fires; judged with the owner's current attributes.
+    plain = alpha.publish("--kind", "BOLO", "--title", "Plain", "--tlp", "AMBER",
+                          "--require", "sworn_le", user="ann")
+    assert plain["record_id"] not in hits(alpha, "ann")
+    alpha.ok("update", plain["record_id"], "--entity", PLATE, user="ann")
+    alpha.wait_for(lambda: plain["record_id"] in hits(alpha, "ann"), 20, "update hit")
+    assert plain["record_id"] in hits(alpha, "bob") or True  # bob: a POINTER by entity
+    alpha.wait_for(lambda: hits(alpha, "bob").get(plain["record_id"]) == "POINTER", 20,
+                   "bob's pointer")
+
+    # Stripped of sworn_le, ann sees now what she may see now: pointers, no text hits.
+    alpha.ok("users", "set", "ann")
+    now_ann = local_expected(records, "alpha", "ann", (), True)
+    got = {}
+    for h in alpha.json_lines("watch", "hits", user="ann"):
+        assert h["watch_id"] == watches[("ann", "entity")] or h["access"] == "FULL"
+        if h["record_id"] in records:
+            got.setdefault(h["watch_id"], {})[h["record_id"]] = h["access"]
+    assert got[watches[("ann", "entity")]] == now_ann
+    text_now = local_expected(records, "alpha", "ann", (), False)
+    assert got.get(watches[("ann", "text")], {}) == text_now
+
+    # A removed user's watches end with them.
+    alpha.ok("users", "remove", "bob")
+    with alpha.db() as conn:
+        assert conn.execute("SELECT count(*) FROM watches WHERE owner = 'bob'").fetchone()[0] == 0
+
+
+def test_watch_survives_restart_and_follow_streams_hits(make_node) -> None:
+    alpha = make_node("alpha")
+    alpha.add_user("ann", "sworn_le")
+    wid = alpha.json("watch", "add", "--entity", PLATE, "--kind", "BOLO", "--expires", "7d",
+                     user="ann")["watch_id"]
+    alpha.stop()
+    alpha.start()
+    assert [w["watch_id"] for w in alpha.json_lines("watch", "list", user="ann")] == [wid]
+    env = {**ENV, "FCNODE_TOKEN": alpha.tokens["ann"]}
+    follow = subprocess.Popen([sys.executable, "-m", "node.cli.main", "watch", "hits",
+                               "--follow", "--json", "--home", str(alpha.home)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        rec = alpha.publish("--kind", "BOLO", "--title", "Follow me", "--entity", PLATE,
+                            "--tlp", "AMBER", "--require", "sworn_le")
+        line = follow.stdout.readline() if follow.stdout else ""
+        hit = json.loads(line)
+        assert hit["record_id"] == rec["record_id"] and hit["access"] == "FULL"
+        assert hit["watch_id"] == wid
+    finally:
+        follow.terminate()
+        follow.wait(10)
+    other = alpha.publish("--kind", "SAR", "--title", "Not a BOLO", "--entity", PLATE,
+                          "--justification", "x")
+    time.sleep(1.5)
+    assert other["record_id"] not in hits(alpha, "ann")
+    alpha.ok("watch", "remove", wid, user="ann")
+    assert alpha.json_lines("watch", "list", user="ann") == []
+    assert hits(alpha, "ann") == {}
