@@ -19,6 +19,7 @@ from federation.query_answer import QueryAnswerer
 from federation.query_fanout import QueryFanout
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
+from federation.watch_sync import StandingServer, WatchClient
 from node import logs, metrics
 from node.home import HomeError, check_group
 from node.identity import parse_card
@@ -31,6 +32,7 @@ from node.service import NodeService, NotFound
 from node.standard_services import add_standard_services
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
+from node.storage import watches as watch_tx
 from node.timeutil import iso, now_ms, parse_duration_ms, parse_instant_ms
 from node.types import ValidationError
 from node.users import User
@@ -51,6 +53,8 @@ class Federation:
         self.fanout = QueryFanout(node, lambda c: self.links[c].channel(),
                                   lambda: sorted(self.links))
         self.links: dict[str, PeerLink] = {}
+        self.watches: Watches | None = None
+        self.watch_clients: dict[str, WatchClient] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self.server: grpc.aio.Server | None = None
         self._lock = asyncio.Lock()
@@ -60,6 +64,13 @@ class Federation:
         """Network watches: this node's signed set goes to its peers; theirs are
         answered here (federation/watch_sync.py)."""
         self.watches = watches
+        self.servicer.standing = StandingServer(self.node, watches)
+        watches.network_changed.append(self._watches_changed)
+        self.node.users_changed.append(self._watches_changed)
+
+    def _watches_changed(self) -> None:
+        for client in self.watch_clients.values():
+            client.changed.set()
 
     async def start(self) -> None:
         limits = self.node.config.limits
@@ -86,6 +97,9 @@ class Federation:
             self._start_link(peer)
 
     async def stop(self) -> None:
+        for client in list(self.watch_clients.values()):
+            await client.stop()
+        self.watch_clients.clear()
         for link in list(self.links.values()):
             await link.stop()
         self.links.clear()
@@ -103,6 +117,10 @@ class Federation:
                         self._resubscribe_all, self._serve_again)
         self.links[peer.center] = link
         link.start()
+        if self.watches is not None:
+            client = WatchClient(self.node, self.watches, peer.center, link.channel)
+            self.watch_clients[peer.center] = client
+            client.start()
 
     def _resubscribe_all(self) -> None:
         """Cursors for an origin moved back (ingest dropped false hints): every
@@ -117,6 +135,9 @@ class Federation:
         self.node.changes.bump()
 
     def _stop_link(self, center: str) -> None:
+        client = self.watch_clients.pop(center, None)
+        if client is not None:
+            self._stopping.add(asyncio.ensure_future(client.stop()))
         link = self.links.pop(center, None)
         if link is not None:
             self._stopping = {t for t in self._stopping if not t.done()}
@@ -129,6 +150,10 @@ class Federation:
         self.tls.update(peers.values())
         for center, before in old.items():
             after = peers.get(center)
+            if after is None:
+                # An unpinned center's standing queries (and their outbox) go.
+                self._stopping.add(asyncio.ensure_future(self.node.db.run(
+                    lambda c, x=center: watch_tx.drop_center(c, x))))
             if after is None or after.card != before.card or after.connect != before.connect:
                 closed = self.servicer.streams.revoke(center)
                 self._stop_link(center)

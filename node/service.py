@@ -114,6 +114,9 @@ class NodeService:
         self.peers = peers
         self.started = time.monotonic()
         self.changes = ChangeFeed()
+        # Called after a user is removed or their attributes change (network
+        # watches re-send the attributes their standing queries carry).
+        self.users_changed: list[Callable[[], None]] = []
         self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
 
     # -- identity and keys ------------------------------------------------
@@ -228,6 +231,8 @@ class NodeService:
                             {"user": name})
 
         await self.db.run(tx)
+        for callback in self.users_changed:
+            callback()
         return {"removed": name}
 
     async def set_attributes(self, actor: User, name: str,
@@ -248,6 +253,8 @@ class NodeService:
                             {"user": name, "attributes": attrs})
 
         await self.db.run(tx)
+        for callback in self.users_changed:
+            callback()
         return {"user": name, "attributes": attrs}
 
     async def list_users(self, actor: User) -> list[dict[str, Any]]:

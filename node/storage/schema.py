@@ -201,7 +201,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX watches_owner ON watches (owner);
     CREATE TABLE watch_hits (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: followers hold a cursor
         watch_id TEXT NOT NULL,
         owner TEXT NOT NULL,
         ts_ms INTEGER NOT NULL,
@@ -231,7 +231,7 @@ MIGRATIONS: list[str] = [
         issued_ms INTEGER NOT NULL  -- the newest signed set taken: older ones are replays
     );
     CREATE TABLE watch_outbox (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the watcher holds a cursor
         center TEXT NOT NULL,
         watch_id TEXT NOT NULL,
         ts_ms INTEGER NOT NULL,

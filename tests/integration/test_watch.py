@@ -20,16 +20,17 @@ from tests.node.test_policy import oracle
 
 PLATE = "plate=WCH 100"
 USERS = {"ann": ("sworn_le",), "bob": ()}
-AUDIENCES = [[], ["alpha"], ["members"]]
+AUDIENCES = [[], ["TARGET"], ["members"]]
 TLPS = ["GREEN", "AMBER", "AMBER+STRICT"]
 DISC = ["open", "pointer", "restricted"]
 REQUIRES = [[], ["sworn_le"]]
 
 
-def drafts(origin: str) -> list[dict]:
+def drafts(origin: str, target: str) -> list[dict]:
     out = []
     for n, (aud, tlp, disc, req) in enumerate(itertools.product(AUDIENCES, TLPS, DISC,
                                                                 REQUIRES)):
+        aud = [target if a == "TARGET" else a for a in aud]
         d = {"kind": "BOLO", "title": f"{origin} watch case {n}", "entities": [PLATE],
              "narrative": "ricin precursor purchase",
              "policy": {"tlp": tlp, "audience": aud, "discoverability": disc, "require": req}}
@@ -49,8 +50,8 @@ def policy_of(d: dict) -> Policy:
                   tlp not in (Tlp.AMBER_STRICT, Tlp.RED))
 
 
-def publish_all(node: Node, tmp_path: Path) -> dict[str, Policy]:
-    ds = drafts(node.center)
+def publish_all(node: Node, tmp_path: Path, target: str) -> dict[str, Policy]:
+    ds = drafts(node.center, target)
     path = tmp_path / f"{node.center}-watch.json"
     path.write_text(json.dumps(ds))
     lines = node.ok("publish", "--file", str(path), "--json").splitlines()
@@ -93,8 +94,8 @@ def test_local_watches_fire_only_for_what_the_owner_may_see(make_node, tmp_path:
     r = alpha.cli("watch", "add", "--entity", PLATE, "--behavior", "BOGUS", user="ann")
     assert r.returncode == 2 and "unknown behavior" in r.stderr
 
-    records = {rid: ("alpha", p) for rid, p in publish_all(alpha, tmp_path).items()}
-    records |= {rid: ("bravo", p) for rid, p in publish_all(bravo, tmp_path).items()}
+    records = {rid: ("alpha", p) for rid, p in publish_all(alpha, tmp_path, "alpha").items()}
+    records |= {rid: ("bravo", p) for rid, p in publish_all(bravo, tmp_path, "alpha").items()}
     want = {u: local_expected(records, "alpha", u, a, True) for u, a in USERS.items()}
     want_text = {u: {r: x for r, x in local_expected(records, "alpha", u, a, False).items()}
                  for u, a in USERS.items()}
@@ -125,7 +126,6 @@ def test_local_watches_fire_only_for_what_the_owner_may_see(make_node, tmp_path:
     assert plain["record_id"] not in hits(alpha, "ann")
     alpha.ok("update", plain["record_id"], "--entity", PLATE, user="ann")
     alpha.wait_for(lambda: plain["record_id"] in hits(alpha, "ann"), 20, "update hit")
-    assert plain["record_id"] in hits(alpha, "bob") or True  # bob: a POINTER by entity
     alpha.wait_for(lambda: hits(alpha, "bob").get(plain["record_id"]) == "POINTER", 20,
                    "bob's pointer")
 
@@ -177,3 +177,102 @@ def test_watch_survives_restart_and_follow_streams_hits(make_node) -> None:
     alpha.ok("watch", "remove", wid, user="ann")
     assert alpha.json_lines("watch", "list", user="ann") == []
     assert hits(alpha, "ann") == {}
+
+
+def network_expected(records: dict[str, tuple[str, Policy]], at: str, user: str,
+                     attrs: tuple[str, ...]) -> dict[str, str]:
+    """A network watch by entity: the best of what this node holds (judged here)
+    and what each origin answers for this user (judged at the origin)."""
+    out = {}
+    who = Requester(at, user, frozenset(attrs))
+    for rid, (origin, p) in records.items():
+        best = oracle(p, origin, origin, who)
+        if oracle(p, origin, origin, Requester(at)) is Decision.FULL:
+            best = max(best, oracle(p, origin, at, who))
+        if best >= Decision.POINTER:
+            out[rid] = best.name
+    return out
+
+
+def test_network_watches_answer_by_the_origin_policy(make_node, tmp_path: Path) -> None:
+    w, o = make_node("watcher"), make_node("origin")
+    mesh(w, o)
+    for u, attrs in USERS.items():
+        w.add_user(u, *attrs)
+    ids = {u: w.json("watch", "add", "--network", "--entity", PLATE, user=u)["watch_id"]
+           for u in USERS}
+    r = w.cli("watch", "add", "--network", "ricin", user="ann")
+    assert r.returncode == 2 and "--network watch needs at least one --entity" in r.stderr
+    o.wait_for(lambda: {x["watch_id"] for x in o.json_lines("watch", "list", "--remote")}
+               == set(ids.values()), 20, "standing queries registered")
+    remote = o.json_lines("watch", "list", "--remote")
+    assert {x["center"] for x in remote} == {"watcher"}
+    assert o.cli("watch", "list", "--remote", user="admin").returncode == 0
+    o.add_user("plain")
+    assert o.cli("watch", "list", "--remote", user="plain").returncode != 0  # admin only
+
+    records = {rid: ("origin", p) for rid, p in publish_all(o, tmp_path, "watcher").items()}
+    for u, attrs in USERS.items():
+        want = network_expected(records, "watcher", u, attrs)
+        w.wait_for(lambda u=u, want=want: hits(w, u) == want, 30, f"{u}'s network hits")
+    time.sleep(1.5)
+    for u, attrs in USERS.items():
+        got = w.json_lines("watch", "hits", user=u)
+        assert {h["record_id"]: h["access"] for h in got} == network_expected(
+            records, "watcher", u, attrs)
+        for h in got:
+            assert h["watch_id"] == ids[u]
+            if h["access"] == "POINTER":
+                assert "title" not in h and "narrative" not in h
+    want_bob = network_expected(records, "watcher", "bob", ())
+    held = w.held_record_ids()
+    # The test covers hits on records the watcher does not hold (network only).
+    assert any(rid not in held for rid in want_bob)
+    # Restricted records matched: their origin is told who watched, once per record.
+    notices = [n for n in o.json_lines("notices") if n["kind"] == "deconfliction"
+               and n.get("watch_id")]
+    want_notify = {(rid, f"watcher/{u}") for rid, (_, p) in records.items()
+                   for u, attrs in USERS.items()
+                   if oracle(p, "origin", "origin", Requester("watcher", u, frozenset(attrs)))
+                   is Decision.NOTIFY_ONLY}
+    assert want_notify
+    got_notify = [(n["records"][0], n["searched_by"]) for n in notices]
+    assert sorted(got_notify) == sorted(want_notify)
+    # The dissemination log at the origin names what each standing query received.
+    sent = {(d["record_id"], d["user"], d["decision"]) for d in o.json_lines("disseminations")
+            if d["channel"] == "watch"}
+    assert {(rid, "bob", a) for rid, a in want_bob.items() if rid not in held} <= sent
+    # FULL hits travel too (the origin's envelope, verified at the watcher).
+    assert any(u == "ann" and d == "FULL" for _, u, d in sent)
+    assert not {rid for rid, _, _ in sent} - set(records)
+
+    # The watcher is offline when a record matches: the hit arrives when it is back.
+    w.stop()
+    late = o.publish("--kind", "BOLO", "--title", "While you were out", "--entity", PLATE,
+                     "--tlp", "AMBER", "--discoverability", "pointer")
+    w.start()
+    w.wait_for(lambda: hits(w, "bob").get(late["record_id"]) == "POINTER", 30, "late hit")
+    # The answering node restarts: the standing query is still there.
+    o.stop()
+    o.start()
+    again = o.publish("--kind", "BOLO", "--title", "After restart", "--entity", PLATE,
+                      "--tlp", "AMBER")
+    w.wait_for(lambda: hits(w, "ann").get(again["record_id"]) == "POINTER", 30,
+               "hit after the origin restarted")
+
+    # Removal withdraws the standing query at the peer; no more hits from it.
+    w.ok("watch", "remove", ids["bob"], user="bob")
+    o.wait_for(lambda: {x["watch_id"] for x in o.json_lines("watch", "list", "--remote")}
+               == {ids["ann"]}, 20, "withdrawal")
+    # Expiry: gone at both sides once it passes.
+    short = w.json("watch", "add", "--network", "--entity", "phone=555-123-0000",
+                   "--expires", "3s", user="ann")["watch_id"]
+    o.wait_for(lambda: short in {x["watch_id"] for x in o.json_lines("watch", "list",
+                                                                      "--remote")}, 20, "short")
+    time.sleep(3.5)
+    assert short not in {x["watch_id"] for x in o.json_lines("watch", "list", "--remote")}
+    assert short not in {x["watch_id"] for x in w.json_lines("watch", "list", user="ann")}
+    after = o.publish("--kind", "BOLO", "--title", "Too late", "--entity", "phone=555-123-0000",
+                      "--tlp", "AMBER")
+    time.sleep(2)
+    assert after["record_id"] not in hits(w, "ann")
