@@ -276,3 +276,94 @@ def test_network_watches_answer_by_the_origin_policy(make_node, tmp_path: Path) 
                       "--tlp", "AMBER")
     time.sleep(2)
     assert after["record_id"] not in hits(w, "ann")
+
+
+def _standing(rogue, center: str, issued: int, n: int, key: str, **q: object):  # type: ignore[no-untyped-def]
+    from federation.watch_sync import seal_set  # noqa: F401 - same wire form as the node's
+    from node.signing import STANDING_DOMAIN, key_id, sign
+    from node.wire import federation_pb2
+
+    body = federation_pb2.StandingSet(center=center, issued_ms=issued)
+    for i in range(n):
+        body.queries.add(watch_id=f"w{i}", user="mallory", entity_keys=[key],
+                         expires_ms=issued + 10 * 365 * 86_400_000, **q)
+    raw = body.SerializeToString()
+    return federation_pb2.SignedStandingSet(
+        body=raw, signature=sign(rogue.signing, STANDING_DOMAIN, raw),
+        key_id=key_id(rogue.signing.public_key()))
+
+
+def test_standing_queries_are_verified_and_bounded(make_node, tmp_path: Path) -> None:
+    import grpc
+
+    from node import entities
+    from node.wire import federation_pb2, federation_pb2_grpc
+    from tests.integration.rogue import Rogue
+
+    node = make_node("origin", start=False)
+    node.edit_config("max_watches_per_peer = 100", "max_watches_per_peer = 3")
+    node.edit_config("max_watch_days = 90", "max_watch_days = 2")
+    node.edit_config("max_watch_hits = 1000", "max_watch_hits = 4")
+    node.start()
+    rogue = Rogue(tmp_path, "echo")
+    node.ok("peers", "add", rogue.card.line())
+    key = entities.match_keys("plate", "WCH 100")[0]
+    now = int(time.time() * 1000)
+
+    def call(req):  # type: ignore[no-untyped-def]
+        with rogue.channel(node.listen, node.card()) as ch:
+            try:
+                return grpc.StatusCode.OK, federation_pb2_grpc.FederationStub(ch).SetStanding(
+                    req, timeout=10)
+            except grpc.RpcError as exc:
+                return exc.code(), exc.details()
+
+    # Bounded: ten offered, three kept; expiry capped at max_watch_days.
+    deadline = time.monotonic() + 15
+    while True:  # the new pin applies to the listener within a moment
+        status, reply = call(_standing(rogue, "echo", now, 10, key))
+        if status != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert status == grpc.StatusCode.OK, reply
+    assert (reply.accepted, reply.offered) == (3, 10)
+    remote = node.json_lines("watch", "list", "--remote")
+    assert len(remote) == 3
+    # A replay (not newer than the set taken), another center's name, a bad signature.
+    status, why = call(_standing(rogue, "echo", now, 1, key))
+    assert status == grpc.StatusCode.ALREADY_EXISTS and "replay" in why
+    status, why = call(_standing(rogue, "origin", now + 1, 1, key))
+    assert status == grpc.StatusCode.PERMISSION_DENIED
+    forged = _standing(rogue, "echo", now + 2, 1, key)
+    forged.signature = bytes(64)
+    status, why = call(forged)
+    assert status == grpc.StatusCode.UNAUTHENTICATED
+    status, why = call(_standing(rogue, "echo", now + 3, 1, key, behaviors=["NOPE"]))
+    assert status == grpc.StatusCode.INVALID_ARGUMENT and "unknown behavior" in why
+    assert len(node.json_lines("watch", "list", "--remote")) == 3  # nothing half-taken
+    for r in node.json_lines("watch", "list", "--remote"):
+        exp = time.mktime(time.strptime(r["expires"][:19], "%Y-%m-%dT%H:%M:%S"))
+        assert exp - time.time() < 2 * 86400 + 3600
+
+    # The outbox for one watcher is bounded: the oldest hits go.
+    for i in range(6):
+        node.publish("--kind", "BOLO", "--title", f"t{i}", "--entity", "plate=WCH 100",
+                     "--tlp", "GREEN", "--audience", "members")
+    time.sleep(2)
+    with node.db() as conn:
+        n = conn.execute("SELECT count(*) FROM watch_outbox WHERE center = 'echo'").fetchone()[0]
+        dropped = conn.execute("SELECT dropped FROM watch_dropped WHERE who = 'center:echo'"
+                               ).fetchone()[0]
+    assert n == 4 and dropped == 3 * 6 - 4
+    # What echo pulls: FULL envelopes, one entry per hit, signed by the origin.
+    with rogue.channel(node.listen, node.card()) as ch:
+        stream = federation_pb2_grpc.FederationStub(ch).WatchHits(
+            federation_pb2.WatchHitsRequest(after=0), timeout=5)
+        first = next(iter(stream))
+        stream.cancel()
+    assert len(first.hits) == 4 and all(h.HasField("envelope") for h in first.hits)
+    # An empty set withdraws everything.
+    status, reply = call(_standing(rogue, "echo", now + 10, 0, key))
+    assert status == grpc.StatusCode.OK and node.json_lines("watch", "list", "--remote") == []
+    with node.db() as conn:
+        assert conn.execute("SELECT count(*) FROM watch_outbox").fetchone()[0] == 0
