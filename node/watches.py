@@ -192,9 +192,16 @@ class Watches:
             if not batch:
                 return 0
             local = WatchIndex(watch_tx.watches(conn, None, now))
-            remote = watch_tx.standing(conn, now)
+            # Standing queries are judged against this center's own records only:
+            # a batch of other origins' records (replication ingest) skips them.
+            own = any(e is not None and e.origin == node.center for _, e in batch)
+            remote = watch_tx.standing(conn, now) if own else []
             remote_index = WatchIndex(s.watch for s in remote)
             remote_of = {(s.watch.id, s.watch.owner): s for s in remote}
+            touched: set[str] = set()
+            if not local and not remote_index:  # nothing here can match: just drain
+                watch_tx.dequeue(conn, [rec for rec, _ in batch])
+                return len(batch)
             owners: dict[str, User | None] = {}
             for _, entry in batch:
                 if entry is None:
@@ -218,7 +225,11 @@ class Watches:
                 if body.origin == node.center and remote_index:
                     for w in remote_index.candidates(keys):
                         s = remote_of[(w.id, w.owner)]
-                        counts["outbox"] += self._standing_hit(conn, s, body, entry, keys, now)
+                        if self._standing_hit(conn, s, body, entry, keys, now):
+                            counts["outbox"] += 1
+                            touched.add(s.center)
+            for center in touched:  # once per batch: each prune walks the kept rows
+                watch_tx.prune_outbox(conn, center, node.config.limits.max_watch_hits)
             watch_tx.dequeue(conn, [rec for rec, _ in batch])
             return len(batch)
 
@@ -260,7 +271,7 @@ class Watches:
             return 0
         out = watch_tx.Outgoing(0, s.center, s.watch.id, body.origin, body.seq,
                                 body.record_id, body.version, d.name)
-        return int(watch_tx.add_outgoing(conn, out, now, node.config.limits.max_watch_hits))
+        return int(watch_tx.add_outgoing(conn, out, now))
 
 
 def hit_view(node: NodeService, conn: sqlite3.Connection, user: User,

@@ -249,15 +249,18 @@ class Outgoing:
     access: str
 
 
-def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int, keep: int) -> bool:
+def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int) -> bool:
+    """Queue a hit for a watcher center (call ``prune_outbox`` once per batch)."""
     cur = conn.execute(
         "INSERT OR IGNORE INTO watch_outbox (center, watch_id, ts_ms, origin, seq, record_id, "
         "version, access) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (o.center, o.watch_id, ts_ms, o.origin, o.seq, o.record_id, o.version, o.access))
-    if not cur.rowcount:
-        return False
-    _prune(conn, "watch_outbox", "center", o.center, f"center:{o.center}", keep)
-    return True
+    return bool(cur.rowcount)
+
+
+def prune_outbox(conn: sqlite3.Connection, center: str, keep: int) -> None:
+    """Keep a watcher's newest ``keep`` outbox rows; count the dropped ones."""
+    _prune(conn, "watch_outbox", "center", center, f"center:{center}", keep)
 
 
 def outgoing(conn: sqlite3.Connection, center: str, after_id: int, limit: int) -> list[Outgoing]:
