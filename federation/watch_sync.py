@@ -349,6 +349,12 @@ class WatchClient:
             why = stub_mismatch(stub, body.origin, body.seq, entry_hash(h.envelope.payload), body)
             if why or body.origin != self.center:
                 raise BadSignature(why or "envelope is not the peer's own record")
+            if self.node.decide(body, Requester(self.node.center)) is not Decision.FULL:
+                # Content is kept only where this node's own decision for itself is
+                # FULL, whoever sent it: then the hit is the stub alone.
+                return watch_tx.Hit(0, w.id, w.owner, now, self.center, stub.origin,
+                                    stub.record_id, stub.version, "POINTER", None, None, None,
+                                    h.stub.stub, h.stub.signature, h.stub.key_id)
             return watch_tx.Hit(0, w.id, w.owner, now, self.center, body.origin,
                                 body.record_id, body.version, "FULL", h.envelope.payload,
                                 h.envelope.signature, h.envelope.key_id, h.stub.stub,

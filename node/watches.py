@@ -289,6 +289,9 @@ def view(node: NodeService, conn: sqlite3.Connection, user: User,
     if w is None or w.owner != user.name:
         return None
     requester = node.requester(user)
+    held = log_tx.record_state(conn, hit.origin, hit.record_id)
+    if held is not None and held[2] != "active":
+        return None  # retracted, purged or recalled here since: nothing to show
     base = {"hit": hit.id, "watch_id": hit.watch_id, "time": iso(hit.ts_ms),
             "from": hit.source}
     for entry, state in log_tx.current(conn, hit.record_id):

@@ -265,5 +265,14 @@ MIGRATIONS: list[str] = [
     WHEN NEW.state = 'active' AND (EXISTS (SELECT 1 FROM watches)
                                    OR EXISTS (SELECT 1 FROM standing_queries))
     BEGIN INSERT OR IGNORE INTO watch_queue (rec) VALUES (NEW.id); END;
+    -- A network hit keeps the origin's envelope only while it is the record's current
+    -- version here: a newer version, retraction, purge or recall erases it (newest
+    -- version wins; a purge leaves no content anywhere).
+    CREATE TRIGGER watch_hits_erase AFTER UPDATE OF version, state ON records
+    BEGIN
+        UPDATE watch_hits SET payload = NULL, signature = NULL, key_id = NULL
+        WHERE origin = NEW.origin AND record_id = NEW.record_id AND payload IS NOT NULL
+          AND (NEW.state != 'active' OR version < NEW.version);
+    END;
     """,
 ]
