@@ -82,7 +82,7 @@ async def serve(home: Home) -> None:
         stack.push_async_callback(_stop_local, local, home.socket)
         await federation.start()
         lifecycle.start()
-        watches.start()
+        await watches.start()
         if config.metrics_listen:
             from node.metrics import MetricsServer, NodeCollector
 

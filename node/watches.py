@@ -148,7 +148,8 @@ class Watches:
             user = await self.node.current_user(user.name)
 
     # -- the matcher -----------------------------------------------------------
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.node.db.run(lambda c: watch_tx.set_self(c, self.node.center))
         self._task = asyncio.create_task(self._run(), name="watch-matcher")
 
     async def stop(self) -> None:

@@ -257,13 +257,18 @@ MIGRATIONS: list[str] = [
         peer TEXT PRIMARY KEY,
         after INTEGER NOT NULL      -- the last outbox id taken from that peer
     );
+    -- This center's id (written at start): standing queries are judged against its
+    -- own records only, so other origins' records are queued only for local watches.
+    CREATE TABLE watch_self (center TEXT PRIMARY KEY);
     CREATE TRIGGER watch_queue_new AFTER INSERT ON records
     WHEN NEW.state = 'active' AND (EXISTS (SELECT 1 FROM watches)
-                                   OR EXISTS (SELECT 1 FROM standing_queries))
+         OR (NEW.origin IN (SELECT center FROM watch_self)
+             AND EXISTS (SELECT 1 FROM standing_queries)))
     BEGIN INSERT OR IGNORE INTO watch_queue (rec) VALUES (NEW.id); END;
     CREATE TRIGGER watch_queue_version AFTER UPDATE OF version ON records
     WHEN NEW.state = 'active' AND (EXISTS (SELECT 1 FROM watches)
-                                   OR EXISTS (SELECT 1 FROM standing_queries))
+         OR (NEW.origin IN (SELECT center FROM watch_self)
+             AND EXISTS (SELECT 1 FROM standing_queries)))
     BEGIN INSERT OR IGNORE INTO watch_queue (rec) VALUES (NEW.id); END;
     -- A network hit keeps the origin's envelope only while it is the record's current
     -- version here: a newer version, retraction, purge or recall erases it (newest

@@ -67,6 +67,12 @@ def remove_owner(conn: sqlite3.Connection, owner: str) -> list[str]:
 
 
 # -- the queue of records whose current version changed ------------------------
+def set_self(conn: sqlite3.Connection, center: str) -> None:
+    conn.execute("DELETE FROM watch_self WHERE center != ?", (center,))
+    conn.execute("INSERT OR IGNORE INTO watch_self (center) VALUES (?)", (center,))
+
+
+
 def queued(conn: sqlite3.Connection, limit: int) -> list[tuple[int, StoredEntry | None]]:
     """Up to ``limit`` queued records, each with its current entry if it is still an
     active content version (None: it was retracted, purged or erased since)."""

@@ -139,6 +139,8 @@ def test_triggers_queue_changes_only_while_watched_and_erase_stale_hit_content(
     from node.storage.db import immediate, open_sync
 
     conn = open_sync(tmp_path / "node.db", create=True)
+    with immediate(conn):
+        watch_tx.set_self(conn, "o")
 
     def record(version: int, state: str = "active") -> None:
         with immediate(conn):
