@@ -171,3 +171,23 @@ def test_triggers_queue_changes_only_while_watched_and_erase_stale_hit_content(
     assert conn.execute("SELECT count(*) FROM watch_hits WHERE payload IS NOT NULL"
                         ).fetchone()[0] == 0
     conn.close()
+
+
+def test_standing_queries_queue_only_this_centers_own_records(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from node.storage import watches as watch_tx
+    from node.storage.db import immediate, open_sync
+
+    conn = open_sync(tmp_path / "node.db", create=True)
+    with immediate(conn):
+        watch_tx.set_self(conn, "o")
+        w = Watch("w", "mallory", make_params(entity_pairs=["plate=7ABC123"]), True, 0, 10**15)
+        watch_tx.replace_standing(conn, "peer", 1, [watch_tx.Standing("peer", w, (), 0)])
+        for origin in ("x", "o"):
+            conn.execute(
+                "INSERT INTO records (origin, record_id, version, seq, kind, created_ms, "
+                "expires_ms, review_due_ms, labels) VALUES (?, 'r', 1, 1, 'SAR', 1, 9, 9, ' ')",
+                (origin,))
+    rows = conn.execute("SELECT r.origin FROM watch_queue q JOIN records r ON r.id = q.rec"
+                        ).fetchall()
+    assert rows == [("o",)]
+    conn.close()
