@@ -231,6 +231,7 @@ class WatchClient:
         self.changed = asyncio.Event()
         self.changed.set()
         self.accepted: int | None = None
+        self._issued = 0  # each set is later than the one before (the peer refuses replays)
         self.backoff = Backoff()
         self._task: asyncio.Task[None] | None = None
 
@@ -292,7 +293,8 @@ class WatchClient:
             return out
 
         found = await node.db.read(tx)
-        body = federation_pb2.StandingSet(center=node.center, issued_ms=now)
+        self._issued = max(now, self._issued + 1)
+        body = federation_pb2.StandingSet(center=node.center, issued_ms=self._issued)
         for w, attrs in found:
             body.queries.add(watch_id=w.id, user=w.owner, user_attributes=list(attrs),
                              entity_keys=list(w.params.entity_keys), kinds=list(w.params.kinds),
