@@ -183,7 +183,8 @@ class QueryFanout:
             issued_ms=now, deadline_ms=now + timeout_ms, text=params.text,
             entity_keys=list(params.entity_keys), kinds=list(params.kinds),
             since_ms=params.since_ms, labels=list(params.labels), limit=params.limit,
-            origins=list(params.origins), any_entity=params.any_entity)
+            origins=list(params.origins), any_entity=params.any_entity,
+            behaviors=list(params.behaviors))
         raw = body.SerializeToString(deterministic=True)
         signature, kid = seal_query(self.node.key, raw)
         return federation_pb2.SignedQuery(body=raw, signature=signature, key_id=kid), body

@@ -22,6 +22,7 @@ from federation.query_answer import QueryAnswerer
 from federation.query_fanout import QueryFanout
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
+from federation.watch_sync import StandingServer, WatchClient
 from node import logs, metrics
 from node.home import HomeError, check_group
 from node.identity import b64e, parse_card
@@ -43,9 +44,11 @@ from node.standard_services import add_standard_services
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
+from node.storage import watches as watch_tx
 from node.timeutil import iso, now_ms, parse_duration_ms, parse_instant_ms
 from node.types import ValidationError
 from node.users import User
+from node.watches import Watches
 from node.wire import federation_pb2, federation_pb2_grpc
 
 log = logs.get("fcnode.federation")
@@ -65,11 +68,25 @@ class Federation:
         self.fanout = QueryFanout(node, lambda c: self.links[c].channel(),
                                   lambda: sorted(self.links))
         self.links: dict[str, PeerLink] = {}
+        self.watches: Watches | None = None
+        self.watch_clients: dict[str, WatchClient] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self.server: grpc.aio.Server | None = None
         self._lock = asyncio.Lock()
         self._renewing = asyncio.Lock()
         self._stopping: set[asyncio.Future[None]] = set()
+
+    def attach_watches(self, watches: Watches) -> None:
+        """Network watches: this node's signed set goes to its peers; theirs are
+        answered here (federation/watch_sync.py)."""
+        self.watches = watches
+        self.servicer.standing = StandingServer(self.node, watches)
+        watches.network_changed.append(self._watches_changed)
+        self.node.users_changed.append(self._watches_changed)
+
+    def _watches_changed(self) -> None:
+        for client in self.watch_clients.values():
+            client.changed.set()
 
     async def start(self) -> None:
         limits = self.node.config.limits
@@ -106,6 +123,9 @@ class Federation:
             self._tls_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tls_task
+        for client in list(self.watch_clients.values()):
+            await client.stop()
+        self.watch_clients.clear()
         for link in list(self.links.values()):
             await link.stop()
         self.links.clear()
@@ -123,6 +143,10 @@ class Federation:
                         self._resubscribe_all, self._serve_again, self._keys_learned)
         self.links[peer.center] = link
         link.start()
+        if self.watches is not None:
+            client = WatchClient(self.node, self.watches, peer.center, link.channel)
+            self.watch_clients[peer.center] = client
+            client.start()
 
     def _resubscribe_all(self) -> None:
         """Cursors for an origin moved back (ingest dropped false hints): every
@@ -151,6 +175,9 @@ class Federation:
         self.node.changes.bump()
 
     def _stop_link(self, center: str) -> None:
+        client = self.watch_clients.pop(center, None)
+        if client is not None:
+            self._stopping.add(asyncio.ensure_future(client.stop()))
         link = self.links.pop(center, None)
         if link is not None:
             self._stopping = {t for t in self._stopping if not t.done()}
@@ -163,6 +190,10 @@ class Federation:
         self.tls.update(peers.values(), self.node.announced_certs())
         for center, before in old.items():
             after = peers.get(center)
+            if after is None:
+                # An unpinned center's standing queries (and their outbox) go.
+                self._stopping.add(asyncio.ensure_future(self.node.db.run(
+                    lambda c, x=center: watch_tx.drop_center(c, x))))
             if after is None or after.card != before.card or after.connect != before.connect:
                 closed = self.servicer.streams.revoke(center)
                 self._stop_link(center)
@@ -321,10 +352,12 @@ class Federation:
             text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
             kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
             labels=req.strings("labels"), origins=req.strings("origins"),
-            limit=int(req.get("limit") or 100), any_entity=bool(req.get("any_entity")))
+            limit=int(req.get("limit") or 100), any_entity=bool(req.get("any_entity")),
+            behaviors=req.strings("behaviors"))
         if not (params.fts_match() or params.entity_keys or params.kinds or params.labels
-                or params.since_ms):
-            raise ValidationError("a query needs text, --entity, --kind, --label or --since")
+                or params.since_ms or params.behaviors):
+            raise ValidationError("a query needs text, --entity, --kind, --label, --behavior "
+                                  "or --since")
         timeout = parse_duration_ms(str(req.get("timeout") or "5s"))
         return self._counted(self.fanout.run(user, params, timeout,
                                              req.strings("centers") or None))

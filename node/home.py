@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from node.routing import Rule, check_rules, parse_rules
 from node.types import FcnodeError, ValidationError, check_center_id
 
 DEFAULT_HOME = "fcnode-home"
@@ -149,6 +150,9 @@ class Limits:
     restarts_per_minute: int = 6   # Replicate requests per peer that start an origin over
     max_notices: int = 10_000  # notices kept per kind; the oldest are dropped
     max_answer_bytes: int = 32 * 1024 * 1024  # taken from one peer's answer to a query
+    max_watches_per_peer: int = 100  # standing queries one peer center may hold here
+    max_watch_days: int = 90  # the longest a watch (or another center's standing query) runs
+    max_watch_hits: int = 1000  # hits kept per watcher (oldest dropped, counted)
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,14 @@ class NodeConfig:
     limits: Limits = Limits()
     metrics_listen: str = ""  # [metrics] listen: Prometheus page; "" = off
     tls: TlsSettings = TlsSettings()
+    routing: tuple[Rule, ...] = ()  # [[routing]]: audience widened at publish
+
+    def check_routing(self, known: set[str]) -> None:
+        """Refuse a rule naming a center that is not this one or a pinned peer."""
+        try:
+            check_rules(self.routing, known | {self.center}, self.groups)
+        except ValidationError as exc:
+            raise HomeError(f"node.toml: {exc}") from None
 
 
 def check_listen(value: str) -> str:
@@ -205,11 +217,13 @@ def parse_config(data: dict[str, Any], where: str) -> NodeConfig:
         limits = Limits(**(data.get("limits") or {}))
         metrics_listen = parse_metrics(data.get("metrics") or {})
         tls = parse_tls(data.get("tls") or {})
+        routing = parse_rules(data.get("routing"))
     except KeyError as exc:
         raise HomeError(f"{where}: missing setting {exc.args[0]!r}") from None
     except (TypeError, ValidationError) as exc:
         raise HomeError(f"{where}: {exc}") from None
-    return NodeConfig(center, name, listen, contact, groups, limits, metrics_listen, tls)
+    return NodeConfig(center, name, listen, contact, groups, limits, metrics_listen, tls,
+                      routing)
 
 
 def parse_tls(section: dict[str, Any]) -> TlsSettings:
@@ -279,4 +293,15 @@ def render_config(cfg: NodeConfig) -> str:
               "[tls]"]
     for key in TlsSettings.__dataclass_fields__:
         lines.append(f"{key} = {getattr(cfg.tls, key)}")
+    lines += ["", "# Routing rules: widen a record's audience at publish, before signing (never",
+              "# narrow). Every condition given must match; centers must be pinned peers.",
+              "# [[routing]]",
+              '# name = "terrorism-to-jttf"',
+              '# when = { kind = "TIP", label = "nexus:terrorism" }',
+              '# add_audience = ["jttf-sf"]']
+    for r in cfg.routing:
+        when = ", ".join(f"{k} = {toml_str(v)}" for k, v in
+                         (("kind", r.kind), ("label", r.label), ("behavior", r.behavior)) if v)
+        lines += ["[[routing]]", f"name = {toml_str(r.name)}", f"when = {{ {when} }}",
+                  f"add_audience = [{', '.join(toml_str(a) for a in r.add_audience)}]"]
     return "\n".join(lines) + "\n"

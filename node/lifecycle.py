@@ -25,6 +25,7 @@ from node.storage import notices as notices_tx
 from node.timeutil import iso, now_ms
 from node.types import AccessDenied, Decision, ValidationError
 from node.users import SYSTEM_USER, User
+from node.watches import hit_view as watch_view
 from node.wire import records_pb2
 
 log = logs.get("fcnode.lifecycle")
@@ -36,6 +37,7 @@ def draft_of(body: records_pb2.RecordBody) -> dict[str, Any]:
     return {
         "kind": full["kind"], "title": full["title"], "narrative": full["narrative"],
         "labels": full["labels"], "entities": full["entities"],
+        "behaviors": full["behaviors"],
         "policy": {"tlp": full["tlp"], "audience": full["audience"],
                    "require": full["require"], "discoverability": full["discoverability"],
                    "relay": full["relay"]},
@@ -220,6 +222,18 @@ class Lifecycle:
 
             for ts, kind, origin, record_id, detail in notices_tx.listing(conn, since_ms, limit):
                 fields = json.loads(detail)
+                if kind == "watch":
+                    # A watch's hits are its owner's, judged again now (their
+                    # current attributes): the record, a pointer, or nothing.
+                    if fields.get("owner") != user.name:
+                        continue
+                    shown = watch_view(node, conn, user, fields.get("hit", 0))
+                    if shown is None:
+                        continue
+                    out.append({"time": iso(ts), "kind": kind, "origin": origin,
+                                "record_id": record_id, "watch_id": fields.get("watch_id"),
+                                "access": shown["access"], "version": fields.get("version")})
+                    continue
                 if kind == "deconfliction" and "records" in fields:
                     # One notice per query, naming every matched record: an analyst
                     # sees it naming only the records they may read in full.

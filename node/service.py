@@ -37,6 +37,7 @@ from node.peers import Peer, all_groups
 from node.query import SearchParams, discovered
 from node.record import Draft, body_policy, body_to_dict, kind_name
 from node.recovery import OwnLogRecovery
+from node.routing import route
 from node.signing import (
     AUDIT_DOMAIN,
     RECORD_DOMAIN,
@@ -56,6 +57,7 @@ from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import recovery as recovery_tx
 from node.storage import users as users_tx
+from node.storage import watches as watch_tx
 from node.storage.db import Database
 from node.timeutil import iso, now_ms
 from node.types import AccessDenied, Decision, FcnodeError, Requester, ValidationError
@@ -139,6 +141,9 @@ class NodeService:
         self.changes = ChangeFeed()
         self._rotating = asyncio.Lock()
         self.recovery = OwnLogRecovery(started=time.monotonic())
+        # Called after a user is removed or their attributes change (network
+        # watches re-send the attributes their standing queries carry).
+        self.users_changed: list[Callable[[], None]] = []
         self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
 
     # -- identity and keys ------------------------------------------------
@@ -385,6 +390,13 @@ class NodeService:
             raise AccessDenied("credential is not valid (unknown user or wrong token)")
         return User(row.name, frozenset(row.attributes), row.admin)
 
+    async def current_user(self, name: str) -> User:
+        """A user as they are now (attributes change; removed users are refused)."""
+        row = await self.db.read(lambda c: users_tx.find(c, name))
+        if row is None:
+            raise AccessDenied(f"user {name!r} no longer exists")
+        return User(row.name, frozenset(row.attributes), row.admin)
+
     def requester(self, user: User) -> Requester:
         return Requester(self.center, user.name, user.attributes)
 
@@ -434,11 +446,36 @@ class NodeService:
             if row.admin and users_tx.admin_count(conn) == 1:
                 raise ValidationError(f"{name!r} is the last admin; add another admin first")
             users_tx.delete(conn, name, now)
+            watch_tx.remove_owner(conn, name)  # a removed user's watches end with them
             audit_tx.append(conn, self.sign_audit, now, actor.name, "user.remove",
                             {"user": name})
 
         await self.db.run(tx)
+        for callback in self.users_changed:
+            callback()
         return {"removed": name}
+
+    async def set_attributes(self, actor: User, name: str,
+                             attributes: Iterable[str]) -> dict[str, Any]:
+        """Replace a user's attributes (admin): every later decision, including
+        each watch hit and its display, uses the new set."""
+        self.require_admin(actor, "changing users")
+        attrs = sorted({record.check_attribute(a) for a in attributes})
+        if any(a.startswith(policy.USER_ATTR_PREFIX) for a in attrs):
+            raise ValidationError("user:… attributes are derived from the user's name; "
+                                  "do not assign them")
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if not users_tx.set_attributes(conn, name, attrs):
+                raise NotFound(f"no user {name!r}")
+            audit_tx.append(conn, self.sign_audit, now, actor.name, "user.attributes",
+                            {"user": name, "attributes": attrs})
+
+        await self.db.run(tx)
+        for callback in self.users_changed:
+            callback()
+        return {"user": name, "attributes": attrs}
 
     async def list_users(self, actor: User) -> list[dict[str, Any]]:
         self.require_admin(actor, "listing users")
@@ -512,10 +549,12 @@ class NodeService:
 
     def append_own(self, conn: sqlite3.Connection, builders: list[Builder], actor: str,
                    action: str, now: int, detail: dict[str, Any] | None = None,
-                   new_records: bool = False) -> list[records_pb2.RecordBody]:
+                   new_records: bool = False,
+                   per_entry: list[dict[str, Any]] | None = None) -> list[records_pb2.RecordBody]:
         """Sign and append entries to this center's log, inside the caller's
         transaction: each builder gets (conn, seq, prev) and returns the body.
-        ``new_records``: every entry is the first version of a new record."""
+        ``new_records``: every entry is the first version of a new record;
+        ``per_entry``: audit detail for each entry (e.g. the routing rules applied)."""
         refusal = self.own_log_refusal(conn)
         if refusal:  # checked again in the write transaction: no race with ingest
             raise OwnLogBlocked(refusal)
@@ -539,8 +578,9 @@ class NodeService:
         audit_tx.append_many(conn, self.sign_audit, now, [
             (actor, action, {"record_id": b.record_id, "seq": b.seq, "version": b.version,
                              "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
-                             "audience": sorted(b.policy.audience), **(detail or {})})
-            for _, b in sealed])
+                             "audience": sorted(b.policy.audience), **(detail or {}),
+                             **(per_entry[i] if per_entry else {})})
+            for i, (_, b) in enumerate(sealed)])
         metrics.ENTRIES_PUBLISHED.inc(len(sealed))
         return [b for _, b in sealed]
 
@@ -594,7 +634,11 @@ class NodeService:
         await self.may_append_own()
         groups = self.groups()
         known = self.known_centers()
+        # Routing rules widen the audience before anything is signed (node/routing.py).
+        routed = [route(self.config.routing, d) for d in drafts]
+        drafts = [d for d, _ in routed]
         audiences = [record.expand_audience(d.audience, groups, known) for d in drafts]
+        per_entry = [{"routing": list(names)} if names else {} for _, names in routed]
         now = now_ms()
 
         def builder(draft: Draft, audience: frozenset[str]) -> NodeService.Builder:
@@ -605,9 +649,12 @@ class NodeService:
 
         builders = [builder(d, a) for d, a in zip(drafts, audiences, strict=True)]
         bodies = await self.db.run(lambda conn: self.append_own(
-            conn, builders, user.name, "record.publish", now, detail, new_records=True))
+            conn, builders, user.name, "record.publish", now, detail, new_records=True,
+            per_entry=per_entry))
         self.changes.bump()
-        return [published(b) for b in bodies]
+        return [{**published(b), **extra, **({"audience": sorted(b.policy.audience)} if extra
+                                               else {})}
+                for b, extra in zip(bodies, per_entry, strict=True)]
 
     # -- reading ----------------------------------------------------------
     def decide(self, body: records_pb2.RecordBody, requester: Requester) -> Decision:
@@ -650,6 +697,7 @@ class NodeService:
                 "text": params.text, "entities": list(params.entity_keys),
                 "kinds": list(params.kinds), "labels": list(params.labels),
                 "origins": list(params.origins), "since": iso(params.since_ms),
+                "behaviors": list(params.behaviors),
                 "results": [[v.body.origin, v.body.record_id, v.body.version,
                              v.decision.name] for v in found]}))
         return [v.summary() for v in found]

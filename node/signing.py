@@ -22,6 +22,7 @@ RECORD_DOMAIN = b"fcnode/record/v1\x00"
 QUERY_DOMAIN = b"fcnode/query/v1\x00"
 AUDIT_DOMAIN = b"fcnode/audit/v1\x00"
 STUB_DOMAIN = b"fcnode/stub/v1\x00"
+STANDING_DOMAIN = b"fcnode/standing/v1\x00"
 
 
 class BadSignature(FcnodeError):

@@ -13,11 +13,13 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
 from federation.ratelimit import RateLimits
 from federation.tls import PinnedTls, peer_pem
+from federation.watch_sync import Refused
 from node import logs, metrics
 from node.egress import Dissemination, replication_batch
 from node.service import NodeService
@@ -103,6 +105,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self.tls = tls
         self.streams = StreamRegistry()
         self.query_handler = query_handler
+        self.standing: Any = None  # federation.watch_sync.StandingServer, once attached
         # Per peer: Replicate requests that start some origin over from seq 0 (a
         # full resend costs this node a read and a dissemination check per entry).
         self.restarts = RateLimits(node.config.limits.restarts_per_minute)
@@ -265,6 +268,28 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         finally:
             metrics.QUERIES_ANSWERED.labels(peer, result).inc()
 
+    async def SetStanding(self, request: federation_pb2.SignedStandingSet,
+                          context: grpc.aio.ServicerContext) -> federation_pb2.StandingReply:
+        peer = await self.authenticate(context)
+        if self.standing is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watches are not served here")
+        try:
+            return await self.standing.set_standing(peer, request)
+        except Refused as exc:
+            log.warning("standing set refused", extra={"peer": peer, "reason": str(exc)})
+            await context.abort(exc.code, str(exc))
+        raise AssertionError("unreachable")
+
+    async def WatchHits(self, request: federation_pb2.WatchHitsRequest,
+                        context: grpc.aio.ServicerContext
+                        ) -> AsyncIterator[federation_pb2.WatchHitBatch]:
+        peer = await self.authenticate(context)
+        if self.standing is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watches are not served here")
+        with self.streams.open(peer) as revoked:
+            async for batch in self.standing.hits(peer, request, revoked):
+                yield batch
+            await context.abort(revoked.code, revoked.reason)
 
 
 def _newest(logged: int | None, pending: int | None) -> int | None:

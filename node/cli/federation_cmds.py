@@ -170,6 +170,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     req: dict[str, Any] = {
         "text": " ".join(args.text), "entities": args.entity or [], "kinds": args.kind or [],
         "since": args.since, "labels": args.label or [], "limit": args.limit,
+        "behaviors": args.behavior or [],
         "timeout": args.timeout,
         "centers": [c.strip() for c in (args.centers or "").split(",") if c.strip()]}
     _, summary = _run_query(args, req)
@@ -234,6 +235,8 @@ def register(add: Callable[..., argparse.ArgumentParser],
     p.add_argument("--kind", action="append")
     p.add_argument("--since", help="date or age, e.g. 30d")
     p.add_argument("--label", action="append")
+    p.add_argument("--behavior", action="append", metavar="CODE",
+                   help="ISE-SAR behaviour category, e.g. SURVL (repeatable)")
     p.add_argument("--centers", help="only these centers, e.g. nysic,ffc")
     p.add_argument("--timeout", default="5s", help="per center (default 5s)")
     p.add_argument("--limit", type=int, default=100, help="per center (default 100)")

@@ -18,6 +18,7 @@ from typing import Any
 from node.cli import output
 from node.cli.client import EXIT_ERROR, EXIT_USAGE, CliError, client_for
 from node.cli.drafts import drafts_from_file
+from node.cli.search_args import add_search_flags, search_request
 from node.home import Home, load_config, resolve_home
 from node.types import FcnodeError, ValidationError
 
@@ -219,6 +220,7 @@ def _draft_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     draft: dict[str, Any] = {
         "kind": args.kind, "title": args.title, "narrative": args.narrative or "",
         "labels": args.label or [], "entities": args.entity or [], "policy": policy,
+        "behaviors": args.behavior or [],
         "part23": {"justification": args.justification or "",
                    "source_reliability": args.reliability or "X",
                    "content_validity": args.validity or "4"},
@@ -245,6 +247,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         else:
             print(f"published {r['record_id']} (origin {r['origin']}, seq {r['seq']}, "
                   f"version {r['version']})")
+            if r.get("routing"):
+                print(f"  routed by rule(s) {', '.join(r['routing'])}: audience "
+                      f"{', '.join(r.get('audience') or [])}")
     return 0
 
 
@@ -258,9 +263,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    req = {"text": " ".join(args.text), "entities": args.entity or [], "kinds": args.kind or [],
-           "since": args.since, "labels": args.label or [], "origins": args.origin or [],
-           "limit": args.limit}
+    req = search_request(args)
     n = 0
     for r in client_for(args).stream("Search", req):
         n += 1
@@ -283,6 +286,10 @@ def cmd_users(args: argparse.Namespace) -> int:
                   f"{'; admin' if r['admin'] else ''})")
             print("credential (shown once):")
             print(r["token"])
+    elif args.users_cmd == "set":
+        r = client.call("Users", {"op": "set", "name": args.name, "attributes": args.attr or []})
+        output.emit_json(r) if args.json else print(
+            f"{r['user']}: attributes {', '.join(r['attributes']) or 'none'}")
     elif args.users_cmd == "remove":
         r = client.call("Users", {"op": "remove", "name": args.name})
         output.emit_json(r) if args.json else print(f"removed user {r['removed']}")
@@ -370,10 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("record_id")
 
     p = add("search", cmd_search, "search this node's records")
-    _search_flags(p)
+    add_search_flags(p)
 
     p = add("users", cmd_users, "manage users (admin)")
-    us = p.add_subparsers(dest="users_cmd", required=True, metavar="add|list|remove")
+    us = p.add_subparsers(dest="users_cmd", required=True, metavar="add|list|remove|set")
     ua = us.add_parser("add", parents=[common])
     ua.add_argument("name")
     ua.add_argument("--attr", action="append", help="attribute, e.g. sworn_le, ntk:narcotics")
@@ -381,17 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     us.add_parser("list", parents=[common])
     ur = us.add_parser("remove", parents=[common])
     ur.add_argument("name")
+    ut = us.add_parser("set", parents=[common], help="replace a user's attributes")
+    ut.add_argument("name")
+    ut.add_argument("--attr", action="append", help="attribute (none: no attributes)")
 
     p = add("audit", cmd_audit, "read or verify the audit log (admin)")
     p.add_argument("audit_cmd", nargs="?", choices=["verify"], help="verify the hash chain")
     p.add_argument("--since", help="date or age, e.g. 7d")
     p.add_argument("--limit", type=int, default=0, help="newest N entries")
 
-    from node.cli import federation_cmds, lifecycle_cmds, stix_cmds
+    from node.cli import federation_cmds, lifecycle_cmds, stix_cmds, watch_cmds
 
     federation_cmds.register(add, common)
+    watch_cmds.register(add, common)
     lifecycle_cmds.register(add, _record_flags)
-    stix_cmds.register(add, _search_flags)
+    stix_cmds.register(add)
     return parser
 
 
@@ -411,6 +422,8 @@ def _record_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--narrative")
     p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
     p.add_argument("--label", action="append")
+    p.add_argument("--behavior", action="append", metavar="CODE",
+                   help="ISE-SAR behaviour category, e.g. SURVL (repeatable)")
     p.add_argument("--tlp", help="CLEAR, GREEN, AMBER (default), AMBER+STRICT or RED")
     p.add_argument("--audience", action="append", metavar="CENTER_OR_GROUP",
                    help="center id, group or 'members' (default: this center only)")
@@ -421,16 +434,6 @@ def _record_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reliability", help="source reliability A, B, C or X")
     p.add_argument("--validity", help="content validity 1, 2, 3 or 4")
     p.add_argument("--expires", help="date (default: five years)")
-
-
-def _search_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("text", nargs="*", help="words that must occur")
-    p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
-    p.add_argument("--kind", action="append")
-    p.add_argument("--since", help="date or age, e.g. 30d")
-    p.add_argument("--label", action="append")
-    p.add_argument("--origin", action="append", metavar="CENTER")
-    p.add_argument("--limit", type=int, default=50)
 
 
 def main(argv: list[str] | None = None) -> int:

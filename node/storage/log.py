@@ -174,13 +174,15 @@ def insert_new_records(conn: sqlite3.Connection, items: list[tuple[records_pb2.E
     rows, fts, keys = [], [], []
     for rec, (_, b) in enumerate(items, start=first):
         rows.append((rec, b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
-                     b.expires_ms, b.part23.review_due_ms, " " + " ".join(b.labels) + " "))
+                     b.expires_ms, b.part23.review_due_ms, " " + " ".join(b.labels) + " ",
+                     " " + " ".join(b.behaviors) + " "))
         fts.append((rec, b.title, b.narrative, " ".join(b.labels),
                     " ".join(e.value for e in b.entities)))
         keys.extend((k, rec) for e in b.entities for k in e.keys)
     conn.executemany(
         "INSERT INTO records (id, origin, record_id, version, seq, kind, created_ms, "
-        "expires_ms, review_due_ms, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        "expires_ms, review_due_ms, labels, behaviors) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     conn.executemany("INSERT INTO records_fts (rowid, title, narrative, labels, entities) "
                      "VALUES (?, ?, ?, ?, ?)", fts)
     conn.executemany("INSERT OR IGNORE INTO entity_keys (key, rec) VALUES (?, ?)", keys)
@@ -263,18 +265,20 @@ def record_state(conn: sqlite3.Connection, origin: str,
 def _upsert(conn: sqlite3.Connection, b: records_pb2.RecordBody, state: str,
             existing: tuple[int, int, str] | None) -> int:
     labels = " " + " ".join(b.labels) + " "
+    behaviors = " " + " ".join(b.behaviors) + " "
     if existing is None:
         return conn.execute(
             "INSERT INTO records (origin, record_id, version, seq, kind, created_ms, "
-            "expires_ms, review_due_ms, labels, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "expires_ms, review_due_ms, labels, state, behaviors) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
-             b.expires_ms, b.part23.review_due_ms, labels, state)).lastrowid
+             b.expires_ms, b.part23.review_due_ms, labels, state, behaviors)).lastrowid
     if b.kind in CONTENT:
         conn.execute(
             "UPDATE records SET version = ?, seq = ?, kind = ?, created_ms = ?, expires_ms = ?, "
-            "review_due_ms = ?, labels = ?, state = ? WHERE id = ?",
+            "review_due_ms = ?, labels = ?, state = ?, behaviors = ? WHERE id = ?",
             (b.version, b.seq, kind_name(b), b.created_ms, b.expires_ms,
-             b.part23.review_due_ms, labels, state, existing[0]))
+             b.part23.review_due_ms, labels, state, behaviors, existing[0]))
     else:  # a lifecycle entry keeps the record's kind and dates, moves its state
         conn.execute("UPDATE records SET version = ?, seq = ?, state = ? WHERE id = ?",
                      (b.version, b.seq, state, existing[0]))
@@ -487,6 +491,9 @@ def matches(conn: sqlite3.Connection, params: SearchParams,
     for label in params.labels:
         content.append("instr(r.labels, ?) > 0")
         content_args.append(f" {label} ")
+    for code in params.behaviors:
+        content.append("instr(r.behaviors, ?) > 0")
+        content_args.append(f" {code} ")
     where = ["r.state = 'active'", "r.expires_ms > ?"]
     args: list[object] = [now_ms]
     if params.any_entity and params.entity_keys:

@@ -124,6 +124,11 @@ class LocalStub:
                 request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
                 response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/fcnode.v1.Local/Watch',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                _registered_method=True)
 
 
 class LocalServicer:
@@ -240,6 +245,13 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """op: add | list | remove | hits (with follow: streams hits as they happen)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -330,6 +342,11 @@ def add_LocalServicer_to_server(servicer, server):
             ),
             'Recovery': grpc.unary_unary_rpc_method_handler(
                     servicer.Recovery,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
                     request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
                     response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
             ),
@@ -818,6 +835,33 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Recovery',
+            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fcnode.v1.Local/Watch',
             fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
             fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
             options,
