@@ -25,15 +25,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node import policy
 from node.chain import Held, Incoming, Verdict, classify
+from node.keyhistory import AnnouncedCert, KeyHistory, Rotation, check_cert, check_rotation
 from node.record import body_policy
 from node.signing import BadSignature, entry_hash, open_record, open_stub, stub_mismatch
 from node.storage import federation as fed_tx
+from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
 from node.types import Decision, Requester
 from node.wire import federation_pb2, records_pb2
 
-KeysOf = Callable[[str], Mapping[str, Ed25519PublicKey]]
+# An origin's key history (node/keyhistory.py), or a plain key map (every key
+# valid at every position: tests and benchmarks), or None/{}: not pinned.
+KeysOf = Callable[[str], "Mapping[str, Ed25519PublicKey] | KeyHistory | None"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,10 @@ class Checked:
     # The origin's stub of this position, verified against the origin's key and
     # checked to name this (origin, seq, hash) and agree with the body; else None.
     stub: records_pb2.EntryStub | None = None
+    # A verified KEY_ROTATION (new key signs after this seq), or a verified
+    # CERT_RENEWAL's certificate: stored with the entry.
+    rotation: Rotation | None = None
+    cert: AnnouncedCert | None = None
 
     @property
     def signed_stub(self) -> records_pb2.SignedStub | None:
@@ -64,6 +72,9 @@ class IngestResult:
     # Origin -> lowest seq whose held hint was replaced or dropped: what this node
     # served there before may have been false, so its own streams serve it again.
     corrected: dict[str, int] = field(default_factory=dict)
+    # Key announcements stored in this batch: the node's keyring learns them.
+    rotations: list[Rotation] = field(default_factory=list)
+    certs: list[AnnouncedCert] = field(default_factory=list)
 
     def correct(self, origin: str, seq: int) -> None:
         self.corrected[origin] = min(seq, self.corrected.get(origin, seq))
@@ -150,14 +161,27 @@ def _recall(conn: sqlite3.Connection, peer: str, origin: str, seq: int,
 
 
 def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> list[Checked]:
-    """Verify signatures and self-consistency; pure CPU work."""
+    """Verify signatures and self-consistency; pure CPU work. An envelope must be
+    signed by the key its origin used at that position (old keys stay valid for
+    what they signed before a rotation, never after); a rotation verified here
+    applies to the rest of the batch."""
     out = []
+    histories: dict[str, KeyHistory | None] = {}
+    plain: dict[str, Mapping[str, Ed25519PublicKey]] = {}
     for item in items:
-        keys = keys_of(item.origin)
+        if item.origin not in histories:
+            found = keys_of(item.origin)
+            histories[item.origin] = found if isinstance(found, KeyHistory) else None
+            plain[item.origin] = (found.public_keys() if isinstance(found, KeyHistory)
+                                  else found if isinstance(found, Mapping) else {})
+        history = histories[item.origin]
+        keys = plain[item.origin]
         if not keys:
             out.append(Checked(item, None, "unknown origin (no pinned key)"))
             continue
         body = None
+        rotation = None
+        cert = None
         if item.HasField("envelope"):
             try:
                 body = open_record(item.envelope, keys)
@@ -170,6 +194,35 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
             if entry_hash(item.envelope.payload) != item.hash:
                 out.append(Checked(item, None, "entry hash does not match the payload"))
                 continue
+            if history is not None:
+                why = history.signs(item.envelope.key_id, body.seq)
+                if why and _pinned_rotation(body, item.envelope.key_id, history):
+                    out.append(Checked(item, body))  # the rotation to the re-pinned key
+                    continue
+                if why:
+                    out.append(Checked(item, None, f"{WRONG_KEY}: {why}"))
+                    continue
+            if body.kind == records_pb2.KEY_ROTATION:
+                signer = (history.span_of(item.envelope.key_id).key  # type: ignore[union-attr]
+                          if history is not None else b"")
+                why = check_rotation(body, signer) if history is not None else ""
+                if why:
+                    out.append(Checked(item, None, why))
+                    continue
+                if history is not None:
+                    try:
+                        histories[item.origin] = history.rotate(body.seq, body.new_key)
+                        plain[item.origin] = histories[item.origin].public_keys()  # type: ignore[union-attr]
+                    except ValueError as exc:
+                        out.append(Checked(item, None, f"key rotation: {exc}"))
+                        continue
+                    rotation = Rotation(body.origin, body.seq, signer, body.new_key)
+            elif body.kind == records_pb2.CERT_RENEWAL:
+                announced = check_cert(body)
+                if isinstance(announced, str):
+                    out.append(Checked(item, None, announced))
+                    continue
+                cert = announced
         stub = None
         if item.HasField("stub"):
             try:
@@ -178,11 +231,31 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
                 out.append(Checked(item, None, f"bad stub: {exc}"))
                 continue
             wrong = stub_mismatch(stub, item.origin, item.seq, item.hash, body)
+            if not wrong and history is not None:
+                wrong = history.stub_signs(item.stub.key_id, item.seq)
             if wrong:
                 out.append(Checked(item, None, f"bad stub: {wrong}"))
                 continue
-        out.append(Checked(item, body, stub=stub))
+        out.append(Checked(item, body, stub=stub, rotation=rotation, cert=cert))
     return out
+
+
+def _pinned_rotation(body: records_pb2.RecordBody, signer_key_id: str,
+                     history: KeyHistory) -> bool:
+    """After ``peers update --distrust-after SEQ`` the new key is valid from SEQ+1,
+    and the center's own rotation to it sits at SEQ+1, signed (the envelope) by the
+    old key. It is taken when the new key, pinned out of band, vouches for it: it
+    names that key, at that position, and the new key's signature verifies."""
+    cur = history.current
+    span = history.span_of(signer_key_id)
+    return (body.kind == records_pb2.KEY_ROTATION and span is not None
+            and body.new_key == cur.key and body.seq == cur.from_seq
+            and check_rotation(body, span.key) == "")
+
+
+# The reason for an entry signed by a key of its origin that was not valid at its
+# position (retired by a rotation, or distrusted by the administrator).
+WRONG_KEY = "signed by a key not valid at this position"
 
 
 # A peer whose placeholders for an origin the origin's entries contradicted this
@@ -195,11 +268,21 @@ CONTRADICTED = "placeholder contradicted by the origin's entry"
 LIAR = "placeholders refused: this peer's were contradicted by the origin"
 
 
+OWN_LOG = "entries of this node's own log come only from itself"
+
+
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
-                now_ms: int, own_center: str) -> IngestResult:
+                now_ms: int, own_center: str, recover_own: bool = False) -> IngestResult:
     """Place and store verified items, in order, in the caller's transaction.
     ``own_center``: this node; content is kept only where its own policy
-    decision for itself is FULL, whichever peer forwarded the entry."""
+    decision for itself is FULL, whichever peer forwarded the entry.
+    ``recover_own``: this node is recovering its own log (node.recovery): entries
+    of its own origin are taken, signed by this node's own keys (envelope or stub,
+    verified by check_items) and chain-linked, never over what is held: a
+    different signed entry at a held position is a fork. A position a peer holds
+    erased and without a stub comes as its hash only: a hint, as for any origin
+    (the next signed entry's link proves it or rewinds it), and the node never
+    signs on top of a hint (NodeService.own_log_refusal)."""
     result = IngestResult()
     quarantined = fed_tx.quarantined(conn)
     stopped: set[str] = set()
@@ -239,13 +322,23 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         origin, seq = c.item.origin, c.item.seq
         if origin in stopped:
             continue
-        if origin == own_center:
-            reject(c, "entries of this node's own log come only from itself")
+        if origin == own_center and not recover_own:
+            mine = log_tx.held(conn, origin, seq)
+            if mine is not None and mine.hash == c.item.hash:
+                result.duplicates += 1  # our own entry, echoed by a peer: nothing to do
+                continue
+            reject(c, OWN_LOG)
             continue
         if origin in quarantined:
             reject(c, "origin quarantined")
             continue
         if c.error:
+            if c.error.startswith(WRONG_KEY) and c.item.HasField("envelope"):
+                # Possibly signed with a stolen key: kept (bounded) for the
+                # administrator's review, never in the log.
+                keys_tx.add_distrusted(conn, origin, seq, c.item.hash, c.item.envelope.payload,
+                                       c.item.envelope.signature, c.item.envelope.key_id,
+                                       peer, now_ms)
             reject(c, c.error)
             continue
         if c.body is None and c.stub is None and origin != peer and not may_hint(origin):
@@ -299,6 +392,14 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         else:
             flush()
             _store(conn, peer, c, outcome.verdict, now_ms, result, own_center)
+            if c.rotation is not None:
+                keys_tx.add_rotation(conn, c.rotation, now_ms)
+                result.rotations.append(c.rotation)
+            if c.cert is not None:
+                a = c.cert
+                keys_tx.add_cert(conn, a.origin, a.fingerprint, a.der, a.not_after_ms, a.seq,
+                                 now_ms)
+                result.certs.append(a)
             states.pop(key, None)  # the record may exist now
             now_held = log_tx.held(conn, origin, seq)
         if seq > head:

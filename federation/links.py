@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -16,13 +17,17 @@ from dataclasses import dataclass, field
 import grpc
 
 from federation.backoff import Backoff
-from federation.ingest import Checked, check_items, store_batch
+from federation.ingest import Checked, IngestResult, check_items, store_batch
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
 from node import logs, metrics
+from node.keyhistory import AnnouncedCert, KeyHistory, Rotation
 from node.peers import Peer
 from node.service import NodeService
+from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
+from node.storage import log as log_tx
+from node.storage import recovery as recovery_tx
 from node.timeutil import iso, now_ms
 from node.wire import federation_pb2
 
@@ -37,6 +42,8 @@ PIPELINE_DEPTH = 8  # verified batches waiting for storage (256 items each)
 # ~100-135 ms for ~15-30% of the ingest rate. Under that, status (a pure read
 # that never waits for the writer) is itself at ~50-70 ms p99: CPU and GIL.
 STORE_GROUP = 2
+# A batch's verified items, and the peer's head of this node's own log.
+Verified = tuple[list[Checked], int | None]
 
 
 @dataclass
@@ -47,6 +54,7 @@ class LinkState:
     error: str = ""
     heads: dict[str, int] = field(default_factory=dict)
     received: int = 0
+    own_head: int | None = None  # the peer's head of this node's own log, if reported
 
     def as_dict(self, cursors: dict[str, int]) -> dict[str, object]:
         behind = {o: max(0, h - cursors.get(o, 0)) for o, h in self.heads.items()}
@@ -70,7 +78,9 @@ class PeerLink:
     def __init__(self, node: NodeService, tls: PinnedTls, peer: Peer, pool: Executor,
                  on_change: Callable[[], None],
                  on_rewind: Callable[[], None] = lambda: None,
-                 on_corrected: Callable[[dict[str, int]], None] = lambda c: None) -> None:
+                 on_corrected: Callable[[dict[str, int]], None] = lambda c: None,
+                 on_keys: Callable[[list[Rotation], list[AnnouncedCert]], None]
+                 = lambda r, c: None) -> None:
         self.node = node
         self.tls = tls
         self.peer = peer
@@ -78,6 +88,7 @@ class PeerLink:
         self.on_change = on_change
         self.on_rewind = on_rewind
         self.on_corrected = on_corrected
+        self.on_keys = on_keys
         self._session_task: asyncio.Task[None] | None = None
         self._resubscribe = False
         self.state = LinkState(peer.center)
@@ -126,6 +137,7 @@ class PeerLink:
             except Exception as exc:  # a bug must not kill the link for good
                 log.exception("replication link failed", extra={"peer": self.peer.center})
                 self.state.state, self.state.error = "backing off", type(exc).__name__
+            self.node.recovery.down(self.peer.center)
             delay = self.backoff.next_delay()
             log.info("replication link down", extra={
                 "peer": self.peer.center, "state": self.state.state,
@@ -140,14 +152,28 @@ class PeerLink:
 
     async def _session(self) -> None:
         center = self.peer.center
-        cursors = await self.node.db.read(lambda c: fed_tx.cursors(c, center))
+        own = self.node.center
+        recovering = self.node.recovery.active
+
+        def read(c: sqlite3.Connection) -> tuple[dict[str, int], int]:
+            head = log_tx.head(c, own)[0]
+            hint = log_tx.first_hint(c, own) if recovering else None
+            # Recovering: from below the first position held only by its hash, so
+            # a peer that holds it signed (or its content) sends it.
+            return fed_tx.cursors(c, center), head if hint is None else min(head, hint - 1)
+
+        cursors, own_head = await self.node.db.read(read)
+        wanted = {o: cursors.get(o, 0) for o in self.wanted_origins()}
+        # This node's own origin too, from its own head: the peer reports its head
+        # of our log (a restored node learns it is behind before it signs again)
+        # and sends what lies beyond, which ingest takes only while recovering.
+        wanted[own] = own_head
         request = federation_pb2.ReplicateRequest(
-            cursors={o: cursors.get(o, 0) for o in self.wanted_origins()},
-            max_batch=self.node.config.limits.max_batch)
+            cursors=wanted, max_batch=self.node.config.limits.max_batch)
         stream = stub(self.channel()).Replicate(request)
         # Verification of the next batches overlaps storage of the current one;
         # whatever has queued up by then is stored in one transaction (one fsync).
-        verified: asyncio.Queue[list[Checked] | BaseException | None] = asyncio.Queue(
+        verified: asyncio.Queue[Verified | BaseException | None] = asyncio.Queue(
             maxsize=PIPELINE_DEPTH)
         reader = asyncio.create_task(self._read(stream, verified))
         try:
@@ -157,7 +183,7 @@ class PeerLink:
                     break
                 if isinstance(first, BaseException):
                     raise first
-                group, finished = list(first), False
+                group, own_head, finished = list(first[0]), first[1], False
                 batches = 1
                 while batches < STORE_GROUP and not verified.empty():
                     batches += 1
@@ -166,10 +192,11 @@ class PeerLink:
                         finished = True
                         break
                     if isinstance(nxt, BaseException):
-                        await self._store(group)
+                        await self._store(group, own_head)
                         raise nxt
-                    group.extend(nxt)
-                await self._store(group)
+                    group.extend(nxt[0])
+                    own_head = nxt[1] if nxt[1] is not None else own_head
+                await self._store(group, own_head)
                 if finished:
                     break
         finally:
@@ -180,15 +207,19 @@ class PeerLink:
         self.state.error = "stream ended"
 
     async def _read(self, stream: grpc.aio.UnaryStreamCall,
-                    out: asyncio.Queue[list[Checked] | BaseException | None]) -> None:
+                    out: asyncio.Queue[Verified | BaseException | None]) -> None:
         try:
             async for batch in stream:
                 self.state.state, self.state.error = "connected", ""
                 self.state.last_contact_ms = now_ms()
-                self.state.heads = dict(batch.heads)
+                heads = dict(batch.heads)
+                own = heads.pop(self.node.center, None)
+                self.state.heads = heads
                 self.backoff.reset()  # contact resets backoff (Synapse #17769)
-                if batch.items:
-                    await out.put(await self._verify(list(batch.items)))
+                if batch.items or own is not None:
+                    # (A heartbeat's own head is handled in order with the items.)
+                    checked = await self._verify(list(batch.items)) if batch.items else []
+                    await out.put((checked, own))
             await out.put(None)
         except asyncio.CancelledError:
             raise
@@ -200,15 +231,68 @@ class PeerLink:
         half = (len(items) + 1) // 2
         # Ed25519 verification releases the GIL: two threads, two halves.
         parts = await asyncio.gather(*(
-            loop.run_in_executor(self.pool, check_items, chunk, self.node.keys_of)
+            loop.run_in_executor(self.pool, check_items, chunk, self.node.history_of)
             for chunk in (items[:half], items[half:]) if chunk))
+        rotated = [c.rotation for c in parts[0] if c.rotation is not None]
+        if rotated and len(parts) > 1:
+            # The second half was checked without the first half's key rotation
+            # (it may be signed with the new key): check it again after it.
+            parts[1] = await loop.run_in_executor(
+                self.pool, check_items, items[half:], self._histories_after(rotated))
         return [c for part in parts for c in part]
 
-    async def _store(self, checked: list[Checked]) -> None:
+    def _histories_after(self, rotations: list[Rotation]
+                         ) -> Callable[[str], KeyHistory | None]:
+        def history_of(origin: str) -> KeyHistory | None:
+            history = self.node.history_of(origin)
+            for r in rotations:
+                if history is not None and r.origin == origin:
+                    with contextlib.suppress(ValueError):  # learned meanwhile
+                        history = history.rotate(r.seq, r.new)
+            return history
+        return history_of
+
+    async def _store(self, checked: list[Checked], reported: int | None = None) -> None:
+        """``reported``: the peer's head of this node's own log (None: not reported,
+        e.g. a peer of an older release)."""
         center, own = self.peer.center, self.node.center
-        result = await self.node.db.run(
-            lambda c: store_batch(c, center, checked, now_ms(), own))
+        recovery = self.node.recovery
+        self.state.own_head = reported
+
+        def tx(c: sqlite3.Connection) -> tuple[IngestResult, int, bool]:
+            now = now_ms()
+            ours = log_tx.head(c, own)[0]
+            began = False
+            # A reported head is a hint; what starts recovery is proof: an entry
+            # beyond our head that this node's own key signed (envelope or stub).
+            # (A peer cannot make a node stop publishing by claiming a higher head.)
+            proof = any(ch.item.origin == own and ch.item.seq > ours and not ch.error
+                        and (ch.body is not None or ch.stub is not None) for ch in checked)
+            if proof and not recovery.active:
+                # A peer holds entries of this log beyond ours: a restore, or a
+                # hand copy of node.db. Take them back before signing anything.
+                reason = (f"peer {center} holds this center's own log up to seq "
+                          f"{reported}, this node up to {ours}")
+                began = recovery_tx.begin(c, reason, now)
+                recovery.begin(reason)
+                audit_tx.append(c, self.node.sign_audit, now, "fcnode", "recovery.begin",
+                                {"peer": center, "peer_head": reported, "own_head": ours})
+            result = store_batch(c, center, checked, now, own, recover_own=recovery.active)
+            return result, log_tx.head(c, own)[0], began
+
+        result, ours, began = await self.node.db.run(tx)
+        if began:
+            log.warning("own log behind a peer: recovering it before publishing",
+                        extra={"peer": center, "peer_head": reported})
+        if recovery.heard(center, reported, ours) and not recovery.active:
+            log.warning("a peer reports this center's own log beyond ours without sending "
+                        "a signed entry of it", extra={"peer": center, "peer_head": reported,
+                                                       "own_head": ours})
+        if recovery.active and recovery.caught_up(ours):
+            await self._finish_recovery(ours)
         self.state.received += result.stored
+        if result.rotations or result.certs:
+            self.on_keys(result.rotations, result.certs)
         metrics.ENTRIES_INGESTED.labels(center).inc(result.stored)
         metrics.count_rejections(center, result.rejected)
         if result.rejected:
@@ -216,6 +300,9 @@ class PeerLink:
                                                    "reasons": dict(result.rejected)})
         for fork in result.forks:
             log.error("FORK: origin quarantined", extra={"peer": center, "fork": fork})
+            if fork.startswith(f"{own}:"):
+                log.error("this center's OWN log has forked: nothing more is signed until an "
+                          "administrator resolves it", extra={"peer": center, "fork": fork})
         if result.purged:
             await self.node.db.checkpoint()
         if result.changed:
@@ -226,3 +313,23 @@ class PeerLink:
             log.warning("false placeholders dropped: links fetch again from their cursors",
                         extra={"peer": center, "origins": sorted(result.rewound)})
             self.on_rewind()
+
+    async def _finish_recovery(self, ours: int) -> None:
+        """Every reachable peer reported no own entry beyond ours: recovered."""
+        recovery = self.node.recovery
+        confirmed = sorted(recovery.confirmed)
+
+        def tx(c: sqlite3.Connection) -> bool:
+            top = log_tx.held(c, self.node.center, ours) if ours else None
+            if top is not None and not top.signed:
+                return False  # a hint at the head: wait for the signed entry
+            if not recovery_tx.finish(c):
+                return False
+            audit_tx.append(c, self.node.sign_audit, now_ms(), "fcnode", "recovery.finish",
+                            {"own_head_seq": ours, "confirmed_by": confirmed})
+            return True
+
+        if await self.node.db.run(tx):
+            log.info("own log recovered: publishing again",
+                     extra={"own_head": ours, "confirmed_by": confirmed})
+            recovery.end()

@@ -32,7 +32,7 @@ from federation.ratelimit import RateLimits
 from node import logs
 from node.egress import Dissemination
 from node.query import MAX_ENTITY_KEYS, MAX_TEXT, SearchParams, discovered
-from node.record import kind_name
+from node.record import check_behaviors, kind_name
 from node.sealing import seal_answer
 from node.service import NodeService
 from node.signing import BadSignature, open_query
@@ -41,7 +41,7 @@ from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
 from node.timeutil import now_ms
-from node.types import Decision, Requester
+from node.types import Decision, Requester, ValidationError
 from node.wire import federation_pb2, records_pb2
 
 log = logs.get("fcnode.federation.query")
@@ -92,7 +92,8 @@ def params_of(body: federation_pb2.QueryBody, max_results: int) -> SearchParams:
     return SearchParams(text=body.text, entity_keys=tuple(body.entity_keys),
                         kinds=tuple(body.kinds), since_ms=body.since_ms,
                         labels=tuple(body.labels), origins=tuple(body.origins),
-                        limit=max_results, any_entity=body.any_entity)
+                        limit=max_results, any_entity=body.any_entity,
+                        behaviors=tuple(body.behaviors))
 
 
 class QueryAnswerer:
@@ -135,7 +136,9 @@ class QueryAnswerer:
                           f"forwarded query from {requester[:64]!r}, whose key is neither "
                           "pinned nor introduced here")
         try:
-            open_query(request.body, request.signature, request.key_id, keys)
+            # Only the requester's current key: a retired one signs nothing new.
+            open_query(request.body, request.signature, request.key_id,
+                       self.node.current_keys_of(requester))
         except BadSignature as exc:
             if requester != peer:  # a hop may pass a query on, never speak for its requester
                 raise Refused(grpc.StatusCode.PERMISSION_DENIED,
@@ -165,8 +168,13 @@ class QueryAnswerer:
         if len(body.entity_keys) > MAX_ENTITY_KEYS:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
                           f"query has more than {MAX_ENTITY_KEYS} entity keys")
-        if not (body.text or body.entity_keys or body.kinds or body.labels or body.since_ms):
+        if not (body.text or body.entity_keys or body.kinds or body.labels or body.since_ms
+                or body.behaviors):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "query has no search terms")
+        try:
+            check_behaviors(body.behaviors)
+        except ValidationError as exc:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return body
 
     def answer(self, conn: sqlite3.Connection, peer: str,

@@ -207,7 +207,8 @@ class QueryFanout:
             issued_ms=now, deadline_ms=now + timeout_ms, text=params.text,
             entity_keys=list(params.entity_keys), kinds=list(params.kinds),
             since_ms=params.since_ms, labels=list(params.labels), limit=params.limit,
-            origins=list(params.origins), any_entity=params.any_entity, max_hops=hops)
+            origins=list(params.origins), any_entity=params.any_entity,
+            behaviors=list(params.behaviors), max_hops=hops)
         raw = body.SerializeToString(deterministic=True)
         signature, kid = seal_query(self.node.key, raw)
         return federation_pb2.SignedQuery(body=raw, signature=signature, key_id=kid,
@@ -241,6 +242,9 @@ class QueryFanout:
             body = open_record(env, self.node.keys_of(origin))
         except BadSignature:
             return None
+        history = self.node.history_of(origin)
+        if history is None or history.signs(env.key_id, body.seq):
+            return None  # a key retired (or distrusted) before this position
         return body if body.origin == origin else None
 
     def verify_stub(self, pointer: federation_pb2.Pointer) -> records_pb2.EntryStub | None:
@@ -254,6 +258,9 @@ class QueryFanout:
         try:
             stub = open_stub(pointer.stub, self.node.keys_of(origin))
         except BadSignature:
+            return None
+        history = self.node.history_of(origin)
+        if history is None or history.stub_signs(pointer.stub.key_id, stub.seq):
             return None
         return stub if stub.origin == origin else None
 

@@ -5,10 +5,13 @@ Federation and calls start/stop/apply_peers; node/ never imports this."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,14 +24,23 @@ from federation.query_fanout import QueryFanout
 from federation.query_forward import DEFAULT_HOPS, Forwarder
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
+from federation.watch_sync import StandingServer, WatchClient
 from node import logs, metrics
 from node.home import HomeError, check_group
-from node.identity import parse_card
+from node.identity import b64e, parse_card
 from node.introductions import Offer, adopt
+from node.keyhistory import AnnouncedCert, Rotation
+from node.keys import (
+    cert_der,
+    cert_expiry_ms,
+    cert_fingerprint,
+    der_to_pem,
+    generate_tls,
+    load_tls,
+)
 from node.keys import encryption_key as load_encryption_key
-from node.keys import load_tls
 from node.localapi import Request
-from node.peer_edits import with_peer
+from node.peer_edits import updated_peer, with_peer
 from node.peers import Peer, all_groups, save_peers
 from node.query import make_params
 from node.service import NodeService, NotFound
@@ -36,9 +48,12 @@ from node.signing import INTRODUCTIONS_DOMAIN, BadSignature, verify
 from node.standard_services import add_standard_services
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
+from node.storage import keys as keys_tx
+from node.storage import watches as watch_tx
 from node.timeutil import iso, now_ms, parse_duration_ms, parse_instant_ms
 from node.types import ValidationError, check_center_id
 from node.users import SYSTEM_USER, User
+from node.watches import Watches
 from node.wire import federation_pb2, federation_pb2_grpc
 
 log = logs.get("fcnode.federation")
@@ -51,6 +66,9 @@ class Federation:
         self.node = node
         self.tls = PinnedTls(load_tls(node.home.tls_key, node.home.tls_cert),
                              node.peers.values())
+        self.tls.update(node.peers.values(), node.announced_certs())
+        self._tls_task: asyncio.Task[None] | None = None
+        self._warned_ms = 0
         self.answerer = QueryAnswerer(node, Forwarder(
             node, lambda c: self.links[c].channel(), lambda: sorted(self.links)))
         self.servicer = FederationServicer(node, self.tls, self.answerer.handle)
@@ -58,14 +76,29 @@ class Federation:
                                   lambda: sorted(self.links),
                                   load_encryption_key(node.home.encryption_key))
         self.links: dict[str, PeerLink] = {}
+        self.watches: Watches | None = None
+        self.watch_clients: dict[str, WatchClient] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self.server: grpc.aio.Server | None = None
         self._lock = asyncio.Lock()
+        self._renewing = asyncio.Lock()
         self._stopping: set[asyncio.Future[None]] = set()
         self._introductions: asyncio.Task[None] | None = None
         # center -> why: offers of another key for a center pinned directly (the
         # pin stands) and refused introductions, as last seen; shown by status.
         self.conflicts: dict[str, str] = {}
+
+    def attach_watches(self, watches: Watches) -> None:
+        """Network watches: this node's signed set goes to its peers; theirs are
+        answered here (federation/watch_sync.py)."""
+        self.watches = watches
+        self.servicer.standing = StandingServer(self.node, watches)
+        watches.network_changed.append(self._watches_changed)
+        self.node.users_changed.append(self._watches_changed)
+
+    def _watches_changed(self) -> None:
+        for client in self.watch_clients.values():
+            client.changed.set()
 
     async def start(self) -> None:
         limits = self.node.config.limits
@@ -88,9 +121,16 @@ class Federation:
             raise HomeError(f"cannot listen on {listen} (address in use?)")
         await self.server.start()
         await hs.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._dialled_changed()
         for peer in self.node.peers.values():
             self._start_link(peer)
-        self._introductions = asyncio.create_task(self._introductions_loop())
+        self._tls_task = asyncio.create_task(self._tls_watch(), name="tls-watch")
+        self._introductions = asyncio.create_task(self._introductions_loop(),
+                                                  name="introductions")
+
+    def _dialled_changed(self) -> None:
+        """Own-log recovery waits on the dialled peers (node.recovery)."""
+        self.node.recovery.set_dialled({c for c, p in self.node.peers.items() if p.connect})
 
     # -- introductions ----------------------------------------------------------
     async def _introductions_loop(self) -> None:
@@ -160,6 +200,13 @@ class Federation:
     async def stop(self) -> None:
         if self._introductions is not None:
             self._introductions.cancel()
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_task
+        for client in list(self.watch_clients.values()):
+            await client.stop()
+        self.watch_clients.clear()
         for link in list(self.links.values()):
             await link.stop()
         self.links.clear()
@@ -174,15 +221,33 @@ class Federation:
         if not peer.connect:
             return
         link = PeerLink(self.node, self.tls, peer, self.pool, self.node.changes.bump,
-                        self._resubscribe_all, self._serve_again)
+                        self._resubscribe_all, self._serve_again, self._keys_learned)
         self.links[peer.center] = link
         link.start()
+        if self.watches is not None:
+            client = WatchClient(self.node, self.watches, peer.center, link.channel)
+            self.watch_clients[peer.center] = client
+            client.start()
 
     def _resubscribe_all(self) -> None:
         """Cursors for an origin moved back (ingest dropped false hints): every
         link, not only the one that saw the contradiction, fetches again."""
         for link in self.links.values():
             link.resubscribe()
+
+    def _keys_learned(self, rotations: list[Rotation], certs: list[AnnouncedCert]) -> None:
+        """An origin's verified key announcements were stored: verify with its new
+        signing key from the rotation on, and pin its new certificate."""
+        if rotations and self.node.learn_rotations(rotations):
+            log.info("signing key rotation learned", extra={
+                "origins": sorted({r.origin for r in rotations}),
+                "seqs": [r.seq for r in rotations]})
+        if certs and self.node.learn_certs(certs):
+            self.tls.update(self.node.peers.values(), self.node.announced_certs())
+            log.info("TLS certificate renewal learned", extra={
+                "origins": sorted({a.origin for a in certs}),
+                "fingerprints": [a.fingerprint[:16] for a in certs]})
+        self.node.changes.bump()
 
     def _serve_again(self, corrected: dict[str, int]) -> None:
         """Positions whose hint this node replaced or dropped: it may have relayed
@@ -191,6 +256,9 @@ class Federation:
         self.node.changes.bump()
 
     def _stop_link(self, center: str) -> None:
+        client = self.watch_clients.pop(center, None)
+        if client is not None:
+            self._stopping.add(asyncio.ensure_future(client.stop()))
         link = self.links.pop(center, None)
         if link is not None:
             self._stopping = {t for t in self._stopping if not t.done()}
@@ -200,9 +268,13 @@ class Federation:
         """Make a new pinned set current: TLS roots, open streams, links."""
         old = self.node.peers
         self.node.peers = peers
-        self.tls.update(peers.values())
+        self.tls.update(peers.values(), self.node.announced_certs())
         for center, before in old.items():
             after = peers.get(center)
+            if after is None:
+                # An unpinned center's standing queries (and their outbox) go.
+                self._stopping.add(asyncio.ensure_future(self.node.db.run(
+                    lambda c, x=center: watch_tx.drop_center(c, x))))
             if after is None or after.card != before.card or after.connect != before.connect:
                 closed = self.servicer.streams.revoke(center)
                 self._stop_link(center)
@@ -216,6 +288,7 @@ class Federation:
         for center, peer in peers.items():
             if center not in self.links:
                 self._start_link(peer)
+        self._dialled_changed()
         self.node.changes.bump()  # streams re-evaluate what each peer may receive
 
     def peer_views(self) -> list[metrics.PeerView]:
@@ -228,12 +301,130 @@ class Federation:
             else:
                 state, heads = link.state.state, dict(link.state.heads)
                 contact = link.state.last_contact_ms
-            out.append(metrics.PeerView(center, state, heads, contact, peer.card.tls_cert_der))
+            # The certificate pinned for the peer that expires last: the card's, or
+            # one it announced since (a renewal moves the gauge with no admin action).
+            announced = self.node.announced_certs(center).get(center, [])
+            der = max([peer.card.tls_cert_der, *(a.der for a in announced)],
+                      key=lambda d: cert_expiry_ms(der_to_pem(d)))
+            out.append(metrics.PeerView(center, state, heads, contact, der))
         return out
+
+    # -- own TLS certificate: renewal, announcement, switch ---------------------
+    def _next_tls(self) -> tuple[Path, Path]:
+        root = self.node.home.tls_key.parent
+        return root / "tls.next.key", root / "tls.next.crt"
+
+    def _pending(self) -> AnnouncedCert | None:
+        """The announced certificate not presented yet (tls.next.crt), if any."""
+        _, crt = self._next_tls()
+        if not crt.exists():
+            return None
+        fp = cert_fingerprint(crt.read_bytes())
+        return next((a for a in self.node.own_announced() if a.fingerprint == fp), None)
+
+    def switch_at_ms(self, pending: AnnouncedCert) -> int:
+        """When the node starts presenting an announced certificate: switch_after_days
+        after the announcement (peers learn it meanwhile), at the latest half-way
+        from the announcement to the current certificate's expiry."""
+        tls = self.node.config.tls
+        announced = self.node.announced_at(pending.fingerprint) or now_ms()
+        expiry = cert_expiry_ms(self.tls.own.cert_pem)
+        return announced + int(min(tls.switch_after_days * 86_400_000,
+                                   max(0, expiry - announced) / 2))
+
+    async def renew_tls(self, actor: str) -> dict[str, Any]:
+        """A new TLS key and certificate (tls.next.*), announced in this center's
+        log now and presented from switch_at on."""
+        async with self._renewing:
+            pending = self._pending()
+            if pending is not None:
+                raise ValidationError(
+                    f"a renewed certificate ({pending.fingerprint[:16]}) is already announced "
+                    f"and will be presented from {iso(self.switch_at_ms(pending))}")
+            key, crt = self._next_tls()
+            key.unlink(missing_ok=True)
+            crt.unlink(missing_ok=True)
+            await asyncio.to_thread(generate_tls, key, crt, self.node.center,
+                                    self.node.config.tls.lifetime_days)
+            try:
+                announced = await self.node.announce_cert(actor, cert_der(crt.read_bytes()))
+            except BaseException:
+                key.unlink(missing_ok=True)
+                crt.unlink(missing_ok=True)
+                raise
+        switch = self.switch_at_ms(announced)
+        log.info("TLS certificate renewed and announced", extra={
+            "seq": announced.seq, "fingerprint": announced.fingerprint[:16],
+            "not_after": iso(announced.not_after_ms), "switch_at": iso(switch)})
+        return {"rotated": "tls", "seq": announced.seq,
+                "new_fingerprint": announced.fingerprint,
+                "not_after": iso(announced.not_after_ms), "switch_at": iso(switch)}
+
+    async def _switch_tls(self, pending: AnnouncedCert) -> None:
+        """Present the announced certificate: the old pair is kept as
+        tls.{key,crt}.retired-SEQ, the server's next handshake uses the new one and
+        every link dials again with it."""
+        home = self.node.home
+        key, crt = self._next_tls()
+        for path in (home.tls_key, home.tls_cert):
+            retired = path.with_name(f"{path.name}.retired-{pending.seq}")
+            if path.exists() and not retired.exists():
+                os.link(path, retired)
+        os.replace(key, home.tls_key)
+        os.replace(crt, home.tls_cert)
+        self.tls.set_own(load_tls(home.tls_key, home.tls_cert))
+        for center in list(self.links):
+            self._stop_link(center)
+        for peer in self.node.peers.values():
+            if peer.center not in self.links:
+                self._start_link(peer)
+        log.info("presenting the renewed TLS certificate", extra={
+            "fingerprint": pending.fingerprint[:16], "not_after": iso(pending.not_after_ms)})
+
+    async def tls_tick(self) -> None:
+        """One look at the own certificate: warn before expiry, renew ahead of it,
+        switch to an announced certificate when its time has come."""
+        tls = self.node.config.tls
+        now = now_ms()
+        expiry = cert_expiry_ms(self.tls.own.cert_pem)
+        pending = self._pending()
+        if pending is not None and now >= self.switch_at_ms(pending):
+            await self._switch_tls(pending)
+            return
+        left_days = (expiry - now) / 86_400_000
+        if left_days <= tls.warn_before_days and now - self._warned_ms >= min(
+                86_400_000, tls.check_interval_s * 1000 * 24):
+            self._warned_ms = now
+            log.warning("TLS certificate expires soon", extra={
+                "expires": iso(expiry), "days_left": round(left_days, 3),
+                "renewal": (f"announced, presented from {iso(self.switch_at_ms(pending))}"
+                            if pending else "automatic" if left_days <= tls.renew_before_days
+                            else "at renew_before_days")})
+        if pending is None and left_days <= tls.renew_before_days:
+            await self.renew_tls("fcnode")
+
+    async def _tls_watch(self) -> None:
+        while True:
+            try:
+                await self.tls_tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let the watch die; say why and retry
+                log.error("TLS renewal check failed", extra={"reason": str(exc)})
+            await asyncio.sleep(self.node.config.tls.check_interval_s)
+
+    async def keys_op(self, user: User, req: Request) -> dict[str, Any]:
+        self.node.require_admin(user, "rotating keys")
+        which = req.get("which")
+        if req.get("op") != "rotate" or which not in ("signing", "tls"):
+            raise ValidationError("keys: use rotate --signing or rotate --tls")
+        if which == "signing":
+            return await self.node.rotate_signing(user)
+        return await self.renew_tls(user.name)
 
     # -- local API extensions ------------------------------------------------
     def local_extensions(self) -> dict[str, Extension]:
-        return {"status": self.status, "peers": self.peers_op,
+        return {"status": self.status, "peers": self.peers_op, "keys": self.keys_op,
                 "disseminations": self.disseminations, "query": self.query}
 
     async def query(self, user: User, req: Request) -> AsyncIterator[dict[str, Any]]:
@@ -242,10 +433,12 @@ class Federation:
             text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
             kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
             labels=req.strings("labels"), origins=req.strings("origins"),
-            limit=int(req.get("limit") or 100), any_entity=bool(req.get("any_entity")))
+            limit=int(req.get("limit") or 100), any_entity=bool(req.get("any_entity")),
+            behaviors=req.strings("behaviors"))
         if not (params.fts_match() or params.entity_keys or params.kinds or params.labels
-                or params.since_ms):
-            raise ValidationError("a query needs text, --entity, --kind, --label or --since")
+                or params.since_ms or params.behaviors):
+            raise ValidationError("a query needs text, --entity, --kind, --label, --behavior "
+                                  "or --since")
         timeout = parse_duration_ms(str(req.get("timeout") or "5s"))
         return self._counted(self.fanout.run(user, params, timeout,
                                              req.strings("centers") or None,
@@ -284,9 +477,16 @@ class Federation:
                               else "stopped", "last_contact": "", "behind": {}})
             else:
                 peers.append(link.state.as_dict(data["cursors"].get(center, {})))
+        pending = self._pending()
+        tls = {"fingerprint": self.tls.own.fingerprint,
+               "expires": iso(cert_expiry_ms(self.tls.own.cert_pem))}
+        if pending is not None:
+            tls["next"] = {"fingerprint": pending.fingerprint,
+                           "expires": iso(pending.not_after_ms),
+                           "presented_from": iso(self.switch_at_ms(pending))}
         conflicts = {**self.conflicts, **{c: p.conflict for c, p in self.node.peers.items()
                                            if p.conflict}}
-        return {"listen": self.node.config.listen, "peers": peers,
+        return {"listen": self.node.config.listen, "peers": peers, "tls": tls,
                 "key_conflicts": [{"center": c, "why": w} for c, w in sorted(conflicts.items())],
                 "quarantined": [{"origin": o, "reason": r, "since": iso(t)}
                                 for o, (r, t) in sorted(data["quarantined"].items())],
@@ -313,7 +513,8 @@ class Federation:
             peer = self.node.peers.get(str(req.get("center")))
             if peer is None:
                 raise NotFound(f"no pinned peer {req.get('center')!r}")
-            return {**self._peer_view(peer), "card": peer.card.line()}
+            return {**self._peer_view(peer), "card": peer.card.line(),
+                    **await self._key_view(peer)}
         if op == "groups":
             return all_groups(self.node.config.groups, self.node.peers.values())
         async with self._lock:  # one writer of peers.toml at a time
@@ -321,7 +522,30 @@ class Federation:
                 return await self._add(user, req)
             if op == "remove":
                 return await self._remove(user, str(req.get("center")))
+            if op == "update":
+                return await self._update(user, req)
         raise ValidationError(f"unknown peers operation {op!r}")
+
+    async def _key_view(self, peer: Peer) -> dict[str, Any]:
+        """The peer's signing-key history and the certificates pinned for it."""
+        history = self.node.history_of(peer.center)
+        keys = [{"key_id": s.key_id, "key": b64e(s.key), "from_seq": s.from_seq,
+                 "until_seq": s.until_seq, "current": s.until_seq is None}
+                for s in (history.spans if history else ())]
+        certs = [{"fingerprint": peer.card.tls_fingerprint, "source": "card",
+                  "expires": iso(cert_expiry_ms(peer.card.tls_cert_pem))}]
+        for a in self.node.announced_certs(peer.center).get(peer.center, []):
+            if a.fingerprint != peer.card.tls_fingerprint:
+                certs.append({"fingerprint": a.fingerprint, "source": f"announced at seq {a.seq}",
+                              "expires": iso(a.not_after_ms)})
+        distrusted = await self.node.db.read(lambda c: keys_tx.distrusted(c, peer.center))
+        out: dict[str, Any] = {"keys": keys, "certificates": certs}
+        if peer.distrust_after is not None:
+            out["distrust_after"] = peer.distrust_after
+        if distrusted:
+            out["distrusted_entries"] = [{"seq": q, "key_id": k, "via": v, "received": iso(t)}
+                                         for q, k, v, t in distrusted]
+        return out
 
     def _peer_view(self, p: Peer) -> dict[str, Any]:
         link = self.links.get(p.center)
@@ -346,6 +570,30 @@ class Federation:
             "connect": peer.connect, "introducer": peer.introducer,
             "tls_fingerprint": card.tls_fingerprint})
         return self._peer_view(peer)
+
+    async def _update(self, user: User, req: Request) -> dict[str, Any]:
+        """A center's new card after a compromise or a lost key (see the runbook)."""
+        card = parse_card(str(req.get("card") or ""))
+        old = self.node.peers.get(card.center)
+        if old is None:
+            raise NotFound(f"no pinned peer {card.center!r} (pin it with: fcnode peers add)")
+        raw = req.get("distrust_after")
+        distrust = None if raw is None else int(raw)
+        held = await self.node.db.read(lambda c: keys_tx.held_head(c, card.center))
+        peer = updated_peer(old, card, distrust, held)
+        peers = with_peer(self.node.peers, peer, self.node.center, self.node.own_public_key)
+        await self._commit(user.name, peers, "peer.update", {
+            "peer": card.center, "address": card.address, "tls_fingerprint":
+            card.tls_fingerprint, "signing_key": b64e(card.signing_key),
+            "distrust_after": peer.distrust_after})
+        moved = await self.node.apply_distrust(card.center)
+        if moved:
+            log.warning("entries signed by a distrusted key moved out of the log for review",
+                        extra={"peer": card.center, "entries": moved,
+                               "after_seq": peer.distrust_after})
+            self._resubscribe_all()
+        return {**self._peer_view(peer), "distrust_after": peer.distrust_after,
+                "quarantined_for_review": moved}
 
     async def _remove(self, user: User, center: str) -> dict[str, Any]:
         if center not in self.node.peers:

@@ -22,6 +22,7 @@ from node.service import NodeService
 from node.signing import raw_public
 from node.standard_services import add_standard_services
 from node.storage.db import Database
+from node.watches import Watches
 from node.wire import local_pb2, local_pb2_grpc
 
 log = logs.get("fcnode.daemon")
@@ -29,14 +30,15 @@ __all__ = ["AlreadyRunning", "acquire_lock", "serve"]
 
 
 async def _start_local(node: NodeService, lifecycle: Lifecycle, socket: Path,
-                       extensions: dict[str, Any]) -> grpc.aio.Server:
+                       extensions: dict[str, Any], watches: Watches) -> grpc.aio.Server:
     socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     node.home.socket_dir_is_private()
     with contextlib.suppress(FileNotFoundError):
         socket.unlink()  # stale from a killed daemon: we hold the lock, so it is ours
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
                                       ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
-    local_pb2_grpc.add_LocalServicer_to_server(LocalServicer(node, lifecycle, extensions), server)
+    local_pb2_grpc.add_LocalServicer_to_server(LocalServicer(node, lifecycle, extensions, watches),
+                                              server)
     hs = add_standard_services(server, [local_pb2.DESCRIPTOR.services_by_name["Local"].full_name])
     old_umask = os.umask(0o077)  # the socket is for this node's operators only
     try:
@@ -52,8 +54,11 @@ async def _start_local(node: NodeService, lifecycle: Lifecycle, socket: Path,
 async def serve(home: Home) -> None:
     config = load_config(home)
     signing = keys.load_signing_key(home.signing_key)
+    if keys.finish_tls_switch(home.tls_key, home.tls_cert):
+        log.warning("finished installing the renewed TLS certificate (interrupted before)")
     keys.load_tls(home.tls_key, home.tls_cert)  # fail now on a bad TLS key file, not later
     peers = load_peers(home.peers, config.center, raw_public(signing.public_key()))
+    config.check_routing(set(peers))
     lock = acquire_lock(home)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(lock.close)
@@ -61,6 +66,11 @@ async def serve(home: Home) -> None:
         await db.open()
         stack.push_async_callback(db.close)
         node = NodeService(home, config, signing, db, peers)
+        await node.load_key_history()  # learned rotations; finishes an interrupted swap
+        await node.load_recovery()  # a restore (or a peer seen ahead) left it recovering
+        if node.recovery.active:
+            log.warning("recovering own log from peers before publishing",
+                        extra={"reason": node.recovery.reason})
         stubbed = await node.sign_missing_stubs()  # entries from before stubs existed
         if stubbed:
             log.info("signed stubs for older entries", extra={"entries": stubbed})
@@ -71,10 +81,15 @@ async def serve(home: Home) -> None:
         stack.push_async_callback(federation.stop)
         lifecycle = Lifecycle(node)
         stack.push_async_callback(lifecycle.stop)
-        local = await _start_local(node, lifecycle, home.socket, federation.local_extensions())
+        watches = Watches(node)
+        federation.attach_watches(watches)
+        stack.push_async_callback(watches.stop)
+        local = await _start_local(node, lifecycle, home.socket, federation.local_extensions(),
+                                   watches)
         stack.push_async_callback(_stop_local, local, home.socket)
         await federation.start()
         lifecycle.start()
+        await watches.start()
         if config.metrics_listen:
             from node.metrics import MetricsServer, NodeCollector
 
@@ -105,6 +120,7 @@ async def _run_until_signalled(home: Home, node: NodeService, federation: Any) -
             # keeps the whole running configuration, node.toml included.
             config = load_config(home)
             peers = load_peers(home.peers, node.center, node.own_public_key)
+            config.check_routing(set(peers))
             node.config = config
             federation.apply_peers(peers)
             log.info("reloaded configuration", extra={"peers": sorted(node.peers)})

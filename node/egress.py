@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from node import policy
 from node.record import body_policy
 from node.storage.log import StoredEntry
-from node.types import Decision, Requester
+from node.types import Decision
 from node.wire import federation_pb2
 
 
@@ -52,7 +52,6 @@ def replication_batch(
     speaks for the origin: without the origin's stub there is no recall."""
     items: list[federation_pb2.LogItem] = []
     sent: list[Dissemination] = []
-    requester = Requester(peer)
     for e in entries:
         item = federation_pb2.LogItem(origin=e.origin, seq=e.seq, hash=e.hash)
         items.append(item)
@@ -66,14 +65,20 @@ def replication_batch(
         version = body.version if body is not None else e.version
         if not record_id or version is None:
             continue  # a placeholder we know nothing about: pass the hash on
+        stub = e.signed_stub()
+        if e.origin == peer and stub is not None:
+            # The origin recovering its own log: its own signed stub is the evidence
+            # of every position it may not get the content of (erased here,
+            # superseded); it reveals nothing the origin did not sign.
+            item.stub.CopyFrom(stub)
         newest = current_version(e.origin, record_id)
         if newest is not None and version < newest:
             continue  # superseded: only the newest version ever leaves
-        stub = e.signed_stub()
-        if body is not None and policy.decide(body_policy(body), body.origin, evaluator,
-                                              requester) is Decision.FULL:
+        if body is not None and policy.for_replication(
+                body_policy(body), body.origin, evaluator, peer) is Decision.FULL:
             item.envelope.CopyFrom(e.envelope())
-            if stub is not None and (version > 1 or policy.pointer_possible(
+            if stub is not None and not item.HasField("stub") and (
+                    version > 1 or policy.pointer_possible(
                     body_policy(body))):
                 # A later version may have to be recalled from a center further on,
                 # which only the origin's stub can justify: a hub must hold it to

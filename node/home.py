@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from node.routing import Rule, check_rules, parse_rules
 from node.types import FcnodeError, ValidationError, check_center_id
 
 DEFAULT_HOME = "fcnode-home"
@@ -154,7 +155,25 @@ class Limits:
     restarts_per_minute: int = 6   # Replicate requests per peer that start an origin over
     max_notices: int = 10_000  # notices kept per kind; the oldest are dropped
     max_answer_bytes: int = 32 * 1024 * 1024  # taken from one peer's answer to a query
+    max_watches_per_peer: int = 100  # standing queries one peer center may hold here
+    max_watch_days: int = 90  # the longest a watch (or another center's standing query) runs
+    max_watch_hits: int = 1000  # hits kept per watcher (oldest dropped, counted)
     introduction_poll_s: float = 30.0  # how often each introducer's cards are fetched
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """[tls] in node.toml. Days may be fractions (tests use minutes).
+
+    A renewed certificate is announced in this center's log at once and presented
+    only ``switch_after_days`` later (at the latest half-way to the old one's
+    expiry): peers pin it when they verify the announcement, so by the time the node
+    presents it they already trust it, with no administrator involved."""
+    lifetime_days: float = 365.0      # validity of certificates this node makes
+    renew_before_days: float = 30.0   # renew automatically this long before expiry
+    switch_after_days: float = 2.0    # present the new certificate this long after announcing
+    warn_before_days: float = 30.0    # log a warning this long before expiry
+    check_interval_s: float = 3600.0  # how often the daemon looks at its certificate
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,15 @@ class NodeConfig:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     limits: Limits = Limits()
     metrics_listen: str = ""  # [metrics] listen: Prometheus page; "" = off
+    tls: TlsSettings = TlsSettings()
+    routing: tuple[Rule, ...] = ()  # [[routing]]: audience widened at publish
+
+    def check_routing(self, known: set[str]) -> None:
+        """Refuse a rule naming a center that is not this one or a pinned peer."""
+        try:
+            check_rules(self.routing, known | {self.center}, self.groups)
+        except ValidationError as exc:
+            raise HomeError(f"node.toml: {exc}") from None
 
 
 def check_listen(value: str) -> str:
@@ -194,11 +222,29 @@ def parse_config(data: dict[str, Any], where: str) -> NodeConfig:
         }
         limits = Limits(**(data.get("limits") or {}))
         metrics_listen = parse_metrics(data.get("metrics") or {})
+        tls = parse_tls(data.get("tls") or {})
+        routing = parse_rules(data.get("routing"))
     except KeyError as exc:
         raise HomeError(f"{where}: missing setting {exc.args[0]!r}") from None
     except (TypeError, ValidationError) as exc:
         raise HomeError(f"{where}: {exc}") from None
-    return NodeConfig(center, name, listen, contact, groups, limits, metrics_listen)
+    return NodeConfig(center, name, listen, contact, groups, limits, metrics_listen, tls,
+                      routing)
+
+
+def parse_tls(section: dict[str, Any]) -> TlsSettings:
+    known = set(TlsSettings.__dataclass_fields__)
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValidationError(f"[tls]: unknown setting {unknown[0]!r} (known: "
+                              f"{', '.join(sorted(known))})")
+    for key, value in section.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ValidationError(f"[tls]: {key} must be a positive number")
+    tls = TlsSettings(**{k: float(v) for k, v in section.items()})
+    if tls.renew_before_days >= tls.lifetime_days:
+        raise ValidationError("[tls]: renew_before_days must be less than lifetime_days")
+    return tls
 
 
 def parse_metrics(section: dict[str, Any]) -> str:
@@ -248,4 +294,20 @@ def render_config(cfg: NodeConfig) -> str:
               "[metrics]"]
     lines.append(f"listen = {toml_str(cfg.metrics_listen)}" if cfg.metrics_listen
                  else '# listen = "127.0.0.1:9464"')
+    lines += ["", "# TLS certificate renewal: automatic, announced to peers in this center's",
+              "# log; no administrator at any peer acts (see README, Operating a node).",
+              "[tls]"]
+    for key in TlsSettings.__dataclass_fields__:
+        lines.append(f"{key} = {getattr(cfg.tls, key)}")
+    lines += ["", "# Routing rules: widen a record's audience at publish, before signing (never",
+              "# narrow). Every condition given must match; centers must be pinned peers.",
+              "# [[routing]]",
+              '# name = "terrorism-to-jttf"',
+              '# when = { kind = "TIP", label = "nexus:terrorism" }',
+              '# add_audience = ["jttf-sf"]']
+    for r in cfg.routing:
+        when = ", ".join(f"{k} = {toml_str(v)}" for k, v in
+                         (("kind", r.kind), ("label", r.label), ("behavior", r.behavior)) if v)
+        lines += ["[[routing]]", f"name = {toml_str(r.name)}", f"when = {{ {when} }}",
+                  f"add_audience = [{', '.join(toml_str(a) for a in r.add_audience)}]"]
     return "\n".join(lines) + "\n"

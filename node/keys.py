@@ -27,7 +27,10 @@ from node.types import FcnodeError
 SIGNING_KEY = "signing.key"
 TLS_KEY = "tls.key"
 TLS_CERT = "tls.crt"
-CERT_DAYS = 825
+# Certificates this node makes are valid a year and renewed automatically 30 days
+# before they expire ([tls] in node.toml): short enough that a lost key does not
+# stay trusted for long, long enough that a node down for weeks still comes back.
+CERT_DAYS = 365.0
 
 
 class KeyFileError(FcnodeError):
@@ -56,13 +59,16 @@ def read_private(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def generate_signing_key(path: Path) -> Ed25519PrivateKey:
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
+def signing_key_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_private(path, pem)
+
+
+def generate_signing_key(path: Path) -> Ed25519PrivateKey:
+    key = Ed25519PrivateKey.generate()
+    write_private(path, signing_key_pem(key))
     return key
 
 
@@ -96,13 +102,19 @@ def encryption_key(path: Path) -> X25519PrivateKey:
     return key
 
 
-def generate_tls(key_path: Path, cert_path: Path, center: str, days: int = CERT_DAYS) -> bytes:
+def generate_tls(key_path: Path, cert_path: Path, center: str,
+                 days: float = CERT_DAYS) -> bytes:
     """ECDSA P-256 key and a self-signed certificate with SAN = center id."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     end = now + dt.timedelta(days=days)
     start = min(now - dt.timedelta(minutes=5), end - dt.timedelta(days=1))  # days<0: expired
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, center)])
+    # A unique subject per certificate: after a renewal a peer trusts two
+    # self-signed certificates of one center at once, and TLS libraries pick an
+    # issuer by subject name (measured: with two roots named CN=center, gRPC's
+    # handshake verified the new certificate against the old one and failed).
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, center),
+                      x509.NameAttribute(NameOID.SERIAL_NUMBER, os.urandom(8).hex())])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -135,6 +147,11 @@ def cert_fingerprint(pem: bytes) -> str:
     return hashlib.sha256(cert_der(pem)).hexdigest()
 
 
+def cert_expiry_ms(pem: bytes) -> int:
+    cert = x509.load_pem_x509_certificate(pem)
+    return int(cert.not_valid_after_utc.timestamp() * 1000)
+
+
 def der_to_pem(der: bytes) -> bytes:
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 
@@ -150,3 +167,15 @@ def load_tls(key_path: Path, cert_path: Path) -> TlsMaterial:
     key_pem = read_private(key_path)
     cert_pem = cert_path.read_bytes()
     return TlsMaterial(key_pem, cert_pem, cert_fingerprint(cert_pem))
+
+
+def finish_tls_switch(key_path: Path, cert_path: Path) -> bool:
+    """A renewed pair is installed key first, then certificate (federation/runtime.py
+    _switch_tls): a crash in between leaves tls.next.crt without tls.next.key and a
+    new key beside the old certificate. Finish the switch (at start). True if it did."""
+    next_key = key_path.with_name("tls.next.key")
+    next_crt = cert_path.with_name("tls.next.crt")
+    if next_crt.exists() and not next_key.exists():
+        os.replace(next_crt, cert_path)
+        return True
+    return False

@@ -25,6 +25,7 @@ from node.storage import notices as notices_tx
 from node.timeutil import iso, now_ms
 from node.types import AccessDenied, Decision, ValidationError
 from node.users import SYSTEM_USER, User
+from node.watches import hit_view as watch_view
 from node.wire import records_pb2
 
 log = logs.get("fcnode.lifecycle")
@@ -36,6 +37,7 @@ def draft_of(body: records_pb2.RecordBody) -> dict[str, Any]:
     return {
         "kind": full["kind"], "title": full["title"], "narrative": full["narrative"],
         "labels": full["labels"], "entities": full["entities"],
+        "behaviors": full["behaviors"],
         "policy": {"tlp": full["tlp"], "audience": full["audience"],
                    "require": full["require"], "discoverability": full["discoverability"],
                    "relay": full["relay"]},
@@ -136,6 +138,7 @@ class Lifecycle:
         """Append one change; a refusal for access is audited, as get audits a view
         that showed nothing (an analyst probing record ids leaves a trace)."""
         node = self.node
+        await node.may_append_own()
         try:
             return await node.db.run(lambda conn: node.append_own(
                 conn, [build], user.name, action, now, detail))
@@ -219,6 +222,18 @@ class Lifecycle:
 
             for ts, kind, origin, record_id, detail in notices_tx.listing(conn, since_ms, limit):
                 fields = json.loads(detail)
+                if kind == "watch":
+                    # A watch's hits are its owner's, judged again now (their
+                    # current attributes): the record, a pointer, or nothing.
+                    if fields.get("owner") != user.name:
+                        continue
+                    shown = watch_view(node, conn, user, fields.get("hit", 0))
+                    if shown is None:
+                        continue
+                    out.append({"time": iso(ts), "kind": kind, "origin": origin,
+                                "record_id": record_id, "watch_id": fields.get("watch_id"),
+                                "access": shown["access"], "version": fields.get("version")})
+                    continue
                 if kind == "deconfliction" and "records" in fields:
                     # One notice per query, naming every matched record: an analyst
                     # sees it naming only the records they may read in full.
@@ -264,7 +279,10 @@ class Lifecycle:
         await node.db.run(lambda c: [notices_tx.prune(c, k, keep) for k in notices_tx.kinds(c)])
         due = await node.db.read(lambda c: log_tx.expired(c, now))
         system = User(SYSTEM_USER, frozenset(), True)
+        own_blocked = bool(await node.db.read(node.own_log_refusal))
         for origin, record_id in due:
+            if origin == node.center and own_blocked:
+                continue  # recovering its own log: the purge is signed once it may append
             if origin == node.center:
                 with contextlib.suppress(NotFound, ValidationError):
                     await self.end(system, record_id, "retention period ended (28 CFR 23.20(h))",

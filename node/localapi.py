@@ -23,6 +23,7 @@ from node.storage.db import StorageError
 from node.timeutil import now_ms, parse_duration_ms, parse_instant_ms
 from node.types import AccessDenied, FcnodeError, ValidationError
 from node.users import User
+from node.watches import Watches
 from node.wire import local_pb2, local_pb2_grpc, records_pb2
 
 log = logs.get("fcnode.local")
@@ -119,14 +120,16 @@ def search_params(req: Request) -> SearchParams:
         text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
         kinds=req.strings("kinds"), since_ms=parse_instant_ms(since) if since else 0,
         labels=req.strings("labels"), origins=req.strings("origins"),
-        limit=int(req.get("limit") or 50))
+        limit=int(req.get("limit") or 50), behaviors=req.strings("behaviors"))
 
 
 class LocalServicer(local_pb2_grpc.LocalServicer):
     def __init__(self, node: NodeService, lifecycle: Lifecycle,
-                 extensions: dict[str, Handler] | None = None) -> None:
+                 extensions: dict[str, Handler] | None = None,
+                 watches: Watches | None = None) -> None:
         self.node = node
         self.lifecycle = lifecycle
+        self.watches = watches or Watches(node)
         # Operations that live outside node/ (peers, federated query) plug in here,
         # so node/ never imports federation/.
         self.extensions = extensions or {}
@@ -179,6 +182,9 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
             return await self.node.remove_user(user, str(req.get("name", "")))
         if op == "list":
             return await self.node.list_users(user)
+        if op == "set":
+            return await self.node.set_attributes(user, str(req.get("name", "")),
+                                                  req.strings("attributes"))
         raise ValidationError(f"unknown users operation {op!r}")
 
     @streaming
@@ -196,6 +202,10 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
         if handler is None:
             raise FcnodeError(f"{name} is not available on this node")
         return await handler(user, req)
+
+    @unary
+    async def Keys(self, user: User, req: Request) -> Any:
+        return await self._extension("keys", user, req)
 
     @unary
     async def Peers(self, user: User, req: Request) -> Any:
@@ -236,6 +246,40 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
     async def Review(self, user: User, req: Request) -> list[Any]:
         return await self.lifecycle.review(user, parse_duration_ms(str(req.get("within")
                                                                        or "90d")))
+
+    @streaming
+    async def Watch(self, user: User, req: Request) -> Any:
+        op = req.get("op")
+        if op == "add":
+            expires = req.get("expires")
+            params = make_params(
+                text=str(req.get("text") or ""), entity_pairs=req.strings("entities"),
+                kinds=req.strings("kinds"), labels=req.strings("labels"),
+                behaviors=req.strings("behaviors"))
+            return [await self.watches.add(
+                user, params, bool(req.get("network")),
+                parse_duration_ms(str(expires)) if expires else None)]
+        if op == "list":
+            return await self.watches.list(user, bool(req.get("remote")))
+        if op == "remove":
+            return [await self.watches.remove(user, str(req.get("watch_id") or ""))]
+        if op == "hits":
+            if req.get("follow"):
+                return self.watches.follow(user, int(req.get("after") or 0))
+            return await self.watches.hits(user, int(req.get("after") or 0),
+                                           int(req.get("limit") or 1000))
+        raise ValidationError(f"unknown watch operation {op!r}")
+
+    @unary
+    async def Recovery(self, user: User, req: Request) -> Any:
+        """`fcnode recovery finish`: the admin ends the own-log recovery wait
+        (no peer holds newer entries of this center's log). Audited."""
+        if req.get("op") != "finish":
+            raise ValidationError(f"unknown recovery operation {req.get('op')!r}")
+        detail = await self.node.finish_recovery(user)
+        log.warning("own-log recovery ended by an administrator",
+                    extra={"user": user.name, "own_head": detail["own_head_seq"]})
+        return detail
 
     @unary
     async def Backup(self, user: User, req: Request) -> Any:

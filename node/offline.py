@@ -14,11 +14,13 @@ from typing import Any
 from node import keys
 from node.backup import BackupResult, make_backup
 from node.home import Home, check_group, load_config
-from node.identity import parse_card
-from node.peer_edits import with_peer
+from node.identity import b64e, parse_card
+from node.keyhistory import build_history
+from node.peer_edits import updated_peer, with_peer
 from node.peers import Peer, load_peers, save_peers
 from node.signing import AUDIT_DOMAIN, raw_public, sign
 from node.storage import audit as audit_tx
+from node.storage import keys as keys_tx
 from node.storage.db import immediate, open_sync
 from node.timeutil import now_ms
 from node.types import FcnodeError, ValidationError
@@ -49,6 +51,14 @@ def audit(home: Home, action: str, detail: dict[str, Any]) -> None:
         conn.close()
 
 
+def held_head(home: Home, origin: str) -> int:
+    conn = open_sync(home.database)
+    try:
+        return keys_tx.held_head(conn, origin)
+    finally:
+        conn.close()
+
+
 def peer_view(p: Peer) -> dict[str, Any]:
     return {"center": p.center, "name": p.card.name, "address": p.address,
             "groups": list(p.groups), "connect": p.connect, "introducer": p.introducer,
@@ -66,7 +76,20 @@ def show_peer(home: Home, center: str) -> dict[str, Any]:
     peer = load_peers(home.peers, cfg.center).get(center)
     if peer is None:
         raise PeerNotFound(f"no pinned peer {center!r}")
-    return {**peer_view(peer), "card": peer.card.line()}
+    conn = open_sync(home.database)
+    try:
+        rotations = [r for r in keys_tx.rotations(conn) if r.origin == center]
+    finally:
+        conn.close()
+    history = build_history(peer.card.signing_key, rotations, peer.distrust_after,
+                            peer.distrusted_key)
+    out = {**peer_view(peer), "card": peer.card.line(),
+           "keys": [{"key_id": s.key_id, "key": b64e(s.key), "from_seq": s.from_seq,
+                     "until_seq": s.until_seq, "current": s.until_seq is None}
+                    for s in history.spans]}
+    if peer.distrust_after is not None:
+        out["distrust_after"] = peer.distrust_after
+    return out
 
 
 def add_peer(home: Home, card_text: str, groups: list[str], connect: bool,
@@ -76,7 +99,7 @@ def add_peer(home: Home, card_text: str, groups: list[str], connect: bool,
     card = parse_card(card_text)
     if introducer and not connect:
         raise ValidationError("an introducer must be dialled (drop --no-connect)")
-    peer = Peer(card, tuple(check_group(g) for g in groups), connect, introducer)
+    peer = Peer(card, tuple(check_group(g) for g in groups), connect, introducer=introducer)
     own_key = raw_public(keys.load_signing_key(home.signing_key).public_key())
     peers = with_peer(load_peers(home.peers, cfg.center, own_key), peer, cfg.center, own_key)
     save_peers(home.peers, list(peers.values()))
@@ -84,6 +107,26 @@ def add_peer(home: Home, card_text: str, groups: list[str], connect: bool,
                              "groups": list(peer.groups), "connect": connect,
                              "tls_fingerprint": card.tls_fingerprint})
     return peer_view(peer)
+
+
+def update_peer(home: Home, card_text: str, distrust_after: int | None) -> dict[str, Any]:
+    """The daemon moves held entries the distrusted key signed after the seq out of
+    its log when it starts (NodeService.load_key_history)."""
+    cfg = load_config(home)
+    card = parse_card(card_text)
+    own_key = raw_public(keys.load_signing_key(home.signing_key).public_key())
+    pinned = load_peers(home.peers, cfg.center, own_key)
+    old = pinned.get(card.center)
+    if old is None:
+        raise PeerNotFound(f"no pinned peer {card.center!r} (pin it with: fcnode peers add)")
+    held = held_head(home, card.center) if distrust_after is None else 0
+    peer = updated_peer(old, card, distrust_after, held)
+    peers = with_peer(pinned, peer, cfg.center, own_key)
+    save_peers(home.peers, list(peers.values()))
+    audit(home, "peer.update", {"peer": card.center, "address": card.address,
+                                "tls_fingerprint": card.tls_fingerprint,
+                                "distrust_after": peer.distrust_after})
+    return {**peer_view(peer), "distrust_after": peer.distrust_after}
 
 
 def remove_peer(home: Home, center: str) -> dict[str, Any]:

@@ -7,6 +7,9 @@
     card = "fcnode1/nysic/..."    # the identity card as received: keys and cert
     groups = ["region:east"]
     connect = true                # false: pin keys only, never dial (reached via hubs)
+    distrust_after = 41           # optional, set by `peers update --distrust-after`:
+    distrusted_key = "..."        # the replaced (possibly stolen) signing key signs
+                                  # nothing of this center after seq 41
     introducer = false            # true: adopt the cards this peer has pinned
     introduced_by = ""            # set on cards adopted from an introducer
     via = []                      # the introducers before it, nearest the card's pinner first
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.home import HomeError, check_group, toml_str
-from node.identity import IdentityCard, parse_card
+from node.identity import IdentityCard, b64d, b64e, parse_card
 from node.types import ValidationError, check_center_id
 
 
@@ -34,6 +37,10 @@ class Peer:
     card: IdentityCard
     groups: tuple[str, ...] = ()
     connect: bool = True
+    # `peers update --distrust-after SEQ`: the previously pinned signing key (raw)
+    # and what was learned from it sign nothing of this center after SEQ.
+    distrust_after: int | None = None
+    distrusted_key: bytes = b""
     introducer: bool = False
     introduced_by: str = ""  # "" : pinned directly by an administrator
     via: tuple[str, ...] = ()
@@ -97,9 +104,18 @@ def parse_peers(text: str, where: str, own_center: str, own_key: bytes = b""
             if introduced_by:
                 check_center_id(introduced_by, "introduced_by")
             via = tuple(check_center_id(str(c), "via") for c in entry.get("via") or [])
-            conflict = str(entry.get("conflict") or "")
+            disputed = str(entry.get("conflict") or "")
             if introducer and not connect:
                 raise ValidationError("an introducer must be dialled (connect = true)")
+            distrust_after = entry.get("distrust_after")
+            distrusted = b""
+            if distrust_after is not None:
+                if not isinstance(distrust_after, int) or distrust_after < 0:
+                    raise ValidationError("distrust_after must be a log position (0 or more)")
+                distrusted = b64d(str(entry.get("distrusted_key") or ""), "distrusted_key")
+                if len(distrusted) != 32:
+                    raise ValidationError("distrust_after needs distrusted_key (the replaced "
+                                          "Ed25519 key, base64url)")
         except KeyError as exc:
             raise HomeError(f"{label}: missing {exc.args[0]!r}") from None
         except ValidationError as exc:
@@ -111,7 +127,8 @@ def parse_peers(text: str, where: str, own_center: str, own_key: bytes = b""
         conflict = pin_conflict(card, out.values(), own_key)
         if conflict:
             raise HomeError(f"{label} ({card.center!r}): {conflict}")
-        out[card.center] = Peer(card, groups, connect, introducer, introduced_by, via, conflict)
+        out[card.center] = Peer(card, groups, connect, distrust_after, distrusted,
+                                introducer, introduced_by, via, disputed)
     return out
 
 
@@ -132,6 +149,9 @@ def render_peers(peers: Iterable[Peer]) -> str:
             f"groups = [{', '.join(toml_str(g) for g in p.groups)}]",
             f"connect = {'true' if p.connect else 'false'}",
         ]
+        if p.distrust_after is not None:
+            lines += [f"distrust_after = {p.distrust_after}",
+                      f"distrusted_key = {toml_str(b64e(p.distrusted_key))}"]
         if p.introducer:
             lines.append("introducer = true")
         if p.introduced_by:

@@ -87,3 +87,13 @@ def decide(policy: Policy, origin: str, evaluator: str, requester: Requester) ->
     else:
         decision = Decision.NOTIFY_ONLY
     return min(decision, ceiling)
+
+
+def for_replication(policy: Policy, origin: str, evaluator: str, peer: str) -> Decision:
+    """What a replication stream may send ``peer``. An entry going back to the
+    center that signed it (a restored node recovering its own log) is relayed to
+    no one: the origin holds every right over its own records, TLP:RED and
+    AMBER+STRICT included. Any other center: the one decision above."""
+    if peer == origin:
+        return Decision.FULL
+    return decide(policy, origin, evaluator, Requester(peer))

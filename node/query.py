@@ -6,7 +6,7 @@ result when it matches every filter. A record the asker may not read (POINTER,
 or NOTIFY_ONLY: a restricted record whose origin is told of the hit) is
 discovered only through an exact entity-key match: for it, only the entity
 keys, kinds and origins of the query decide, because kind and origin are shown
-in a pointer anyway. Text, labels and ``since`` are never evaluated against
+in a pointer anyway. Text, labels, behaviour codes and ``since`` are never evaluated against
 content the asker may not read: they can neither produce nor exclude a
 pointer, or a pointer would be an oracle for the words, case numbers and
 timestamps of that content. A query without an entity key returns FULL records
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from node import entities
-from node.record import CONTENT_KINDS
+from node.record import CONTENT_KINDS, check_behaviors
 from node.types import Decision, ValidationError, check_center_id
 
 MAX_LIMIT = 1000
@@ -38,11 +38,13 @@ class SearchParams:
     origins: tuple[str, ...] = ()
     limit: int = 50
     any_entity: bool = False  # deconfliction: a record on any of the entities matches
+    # ISE-SAR behaviour codes: content, like labels (never find or hide a pointer).
+    behaviors: tuple[str, ...] = ()
 
     @property
     def filters_content(self) -> bool:
-        """Whether the query filters on content (text, labels, time)."""
-        return bool(self.text or self.labels or self.since_ms)
+        """Whether the query filters on content (text, labels, behaviours, time)."""
+        return bool(self.text or self.labels or self.since_ms or self.behaviors)
 
     def fts_match(self) -> str:
         """User text as an FTS5 query: every word must occur (quoted: no syntax)."""
@@ -66,7 +68,7 @@ def discovered(decision: Decision, params: SearchParams, content_match: bool) ->
 def make_params(
     text: str = "", entity_pairs: list[str] | None = None, kinds: list[str] | None = None,
     since_ms: int = 0, labels: list[str] | None = None, origins: list[str] | None = None,
-    limit: int = 50, any_entity: bool = False,
+    limit: int = 50, any_entity: bool = False, behaviors: list[str] | None = None,
 ) -> SearchParams:
     if len(text) > MAX_TEXT:
         raise ValidationError(f"search text is longer than {MAX_TEXT} characters")
@@ -86,7 +88,7 @@ def make_params(
         raise ValidationError(f"limit must be between 1 and {MAX_LIMIT}")
     params = SearchParams(text.strip(), tuple(keys), tuple(ks), since_ms,
                           tuple(x.lower() for x in labels or []), tuple(origins or []), limit,
-                          any_entity)
+                          any_entity, check_behaviors(behaviors or []))
     if text.strip() and not params.fts_match():
         raise ValidationError(f"search text {text!r} has no words to search for")
     return params

@@ -35,12 +35,29 @@ VALIDITY = ("1", "2", "3", "4")
 ATTRIBUTES = ("sworn_le", "28cfr_certified", "analyst", "supervisor", "privacy_officer",
               "fusion_liaison")
 ATTRIBUTE_PREFIXES = ("ntk:", "user:")
+# The sixteen behaviour categories of the ISE-SAR Functional Standard (v1.5.5):
+# defined criminal activity, then potential criminal or non-criminal activity
+# that needs more information. A code is content: never in a stub or POINTER.
+BEHAVIORS = ("AVIATION", "CYBER", "INTRSN", "MISREP", "SABOT", "THEFT", "THREAT",
+             "ELICIT", "EXPERT", "MATRLS", "PHOTO", "RECRUT", "SECTOR", "SURVL", "TESTSEC",
+             "WPNS")
 _LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_:./-]{0,63}$")
 _ATTR_RE = re.compile(r"^[a-z0-9][a-z0-9_:./-]{0,95}$")
 _DRAFT_KEYS = {"kind", "title", "narrative", "labels", "entities", "policy", "part23",
-               "expires", "contact"}
+               "expires", "contact", "behaviors"}
 _POLICY_KEYS = {"tlp", "audience", "require", "discoverability", "relay"}
 _PART23_KEYS = {"justification", "source_reliability", "content_validity", "review_due"}
+
+
+def check_behaviors(codes: Iterable[str]) -> tuple[str, ...]:
+    """ISE-SAR behaviour codes, upper-cased and de-duplicated; an unknown one is
+    refused with the list."""
+    out = tuple(dict.fromkeys(c.strip().upper() for c in codes))
+    for code in out:
+        if code not in BEHAVIORS:
+            raise ValidationError(f"unknown behavior {code!r}: use one of {', '.join(BEHAVIORS)} "
+                                  "(ISE-SAR Functional Standard)")
+    return out
 
 
 def check_attribute(attr: str) -> str:
@@ -73,6 +90,7 @@ class Draft:
     expires_ms: int | None
     review_due_ms: int | None
     contact: str
+    behaviors: tuple[str, ...] = ()
 
 
 def _strings(value: Any, what: str) -> list[str]:
@@ -139,6 +157,7 @@ def parse_draft(data: Any) -> Draft:
         ents.append((etype, value.strip(), keys))
     if len(ents) > MAX_ENTITIES:
         raise ValidationError(f"more than {MAX_ENTITIES} entities")
+    behaviors = check_behaviors(_strings(data.get("behaviors"), "behaviors"))
 
     pol = data.get("policy") or {}
     if not isinstance(pol, dict):
@@ -190,7 +209,7 @@ def parse_draft(data: Any) -> Draft:
         tlp=tlp, audience=audience, required_attributes=required, discoverability=disc,
         relay=relay, justification=justification, source_reliability=reliability,
         content_validity=validity, expires_ms=expires, review_due_ms=review_due,
-        contact=_text(data, "contact", "contact"),
+        contact=_text(data, "contact", "contact"), behaviors=behaviors,
     )
 
 
@@ -246,7 +265,7 @@ def build_body(
         origin=origin, seq=seq, prev=prev, record_id=record_id, version=version,
         created_ms=created_ms, expires_ms=expires, kind=records_pb2.Kind.Value(draft.kind),
         title=draft.title, narrative=draft.narrative, labels=list(draft.labels),
-        author=author, contact=draft.contact or contact,
+        author=author, contact=draft.contact or contact, behaviors=list(draft.behaviors),
         part23=records_pb2.Part23(
             justification=draft.justification, source_reliability=draft.source_reliability,
             content_validity=draft.content_validity, review_due_ms=min(review_due, expires),
@@ -291,6 +310,7 @@ def body_to_dict(body: records_pb2.RecordBody) -> dict[str, Any]:
         "record_id": body.record_id, "origin": body.origin, "seq": body.seq,
         "version": body.version, "kind": kind_name(body), "title": body.title,
         "narrative": body.narrative, "labels": list(body.labels),
+        "behaviors": list(body.behaviors),
         "entities": [{"type": e.type, "value": e.value} for e in body.entities],
         "created": iso(body.created_ms), "expires": iso(body.expires_ms),
         "tlp": policy.tlp.label, "audience": sorted(policy.audience),

@@ -10,21 +10,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from node import metrics, policy, record
+from node import keys, metrics, policy, record
 from node.audit import AuditEntry, head_message, verify_chain
 from node.home import Home, NodeConfig
+from node.keyhistory import (
+    AnnouncedCert,
+    KeyHistory,
+    Rotation,
+    announcement,
+    build_history,
+    check_cert,
+    rotation_statement,
+)
 from node.peers import Peer, all_groups
 from node.query import SearchParams, discovered
 from node.record import Draft, body_policy, body_to_dict, kind_name
+from node.recovery import OwnLogRecovery
+from node.routing import route
 from node.signing import (
     AUDIT_DOMAIN,
     RECORD_DOMAIN,
@@ -39,8 +52,12 @@ from node.signing import (
     verify,
 )
 from node.storage import audit as audit_tx
+from node.storage import federation as fed_tx
+from node.storage import keys as keys_tx
 from node.storage import log as log_tx
+from node.storage import recovery as recovery_tx
 from node.storage import users as users_tx
+from node.storage import watches as watch_tx
 from node.storage.db import Database
 from node.timeutil import iso, now_ms
 from node.types import AccessDenied, Decision, FcnodeError, Requester, ValidationError
@@ -57,6 +74,10 @@ from node.wire import records_pb2
 
 class NotFound(FcnodeError):
     pass
+
+
+class OwnLogBlocked(FcnodeError):
+    """This node may not append to its own log now (recovering it, or forked)."""
 
 
 class ChangeFeed:
@@ -106,12 +127,23 @@ class NodeService:
         self.config = config
         self.key = signing_key
         self.db = db
-        self._own_keys = {key_id(signing_key.public_key()): signing_key.public_key()}
         self.own_key_id = key_id(signing_key.public_key())
         self.own_public_key = raw_public(signing_key.public_key())
+        # Rotations learned from origins' logs (and this center's own), by origin:
+        # they extend what peers.toml pins (node/keyhistory.py). Loaded at start.
+        self._rotations: dict[str, list[Rotation]] = {}
+        self._own_history = KeyHistory.pinned(self.own_public_key)
+        self._own_keys = self._own_history.public_keys()
+        self._certs: dict[str, dict[str, AnnouncedCert]] = {}
+        self._cert_announced_ms: dict[str, int] = {}
         self.peers = peers
         self.started = time.monotonic()
         self.changes = ChangeFeed()
+        self._rotating = asyncio.Lock()
+        self.recovery = OwnLogRecovery(started=time.monotonic())
+        # Called after a user is removed or their attributes change (network
+        # watches re-send the attributes their standing queries carry).
+        self.users_changed: list[Callable[[], None]] = []
         self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
 
     # -- identity and keys ------------------------------------------------
@@ -126,19 +158,153 @@ class NodeService:
     @peers.setter
     def peers(self, peers: dict[str, Peer]) -> None:
         """Pin a new set; the public keys are decoded once here, not per envelope."""
-        keys = {}
-        for center, peer in peers.items():
-            if not peer.trusted:
-                continue  # an introduced key in conflict verifies nothing until decided
-            pub = peer.card.public_key()
-            keys[center] = {key_id(pub): pub}
-        self._peers, self._peer_keys = peers, keys
+        histories = {
+            center: build_history(peer.card.signing_key, self._rotations.get(center, ()),
+                                  peer.distrust_after, peer.distrusted_key)
+            for center, peer in peers.items()
+            # An introduced key in conflict verifies nothing until an admin decides.
+            if peer.trusted}
+        keys = {center: h.public_keys() for center, h in histories.items()}
+        self._peers, self._peer_keys, self._histories = peers, keys, histories
         self._signers = {kid: c for c, ks in keys.items() for kid in ks}
 
     def keys_of(self, origin: str) -> dict[str, Ed25519PublicKey]:
+        """Every key the origin ever signed with (old ones kept forever); whether a
+        key may sign a given position is ``history_of(origin).signs``."""
         if origin == self.center:
             return self._own_keys
         return self._peer_keys.get(origin, {})
+
+    def current_keys_of(self, origin: str) -> dict[str, Ed25519PublicKey]:
+        """Only the origin's current key: what signs queries now."""
+        history = self.history_of(origin)
+        if history is None:
+            return {}
+        cur = history.current
+        return {cur.key_id: Ed25519PublicKey.from_public_bytes(cur.key)}
+
+    def history_of(self, origin: str) -> KeyHistory | None:
+        if origin == self.center:
+            return self._own_history
+        return self._histories.get(origin)
+
+    def learn_rotations(self, rotations: Iterable[Rotation]) -> bool:
+        """Verified rotations (from ingest or from the database at start): rebuild the
+        key histories. True if anything changed."""
+        changed = False
+        for r in rotations:
+            known = self._rotations.setdefault(r.origin, [])
+            if all(k.seq != r.seq for k in known):
+                known.append(r)
+                changed = True
+        if changed:
+            own = sorted(self._rotations.get(self.center, ()), key=lambda r: r.seq)
+            if own:
+                self._own_history = build_history(own[0].old, own)
+                self._own_keys = self._own_history.public_keys()
+            self.peers = self._peers
+        return changed
+
+    def distrusted_key_ids(self, center: str) -> set[str]:
+        """Every key learned from the key a ``peers update --distrust-after`` replaced."""
+        peer = self.peers.get(center)
+        if peer is None or peer.distrust_after is None or not peer.distrusted_key:
+            return set()
+        old = build_history(peer.distrusted_key, self._rotations.get(center, ()))
+        return {s.key_id for s in old.spans} - {key_id(peer.card.signing_key)}
+
+    async def apply_distrust(self, center: str) -> int:
+        """Move held entries a distrusted key signed after the named seq out of the
+        log, for review (idempotent; at start and at peers update)."""
+        peer = self.peers.get(center)
+        ids = self.distrusted_key_ids(center)
+        if peer is None or peer.distrust_after is None or not ids:
+            return 0
+        after = peer.distrust_after
+        return await self.db.run(
+            lambda c: keys_tx.distrust_held(c, center, after, ids, now_ms()))
+
+    def learn_certs(self, certs: Iterable[AnnouncedCert]) -> bool:
+        """Certificates origins announced (verified with their signing keys): pinned
+        beside the card's until they expire. True if anything is new."""
+        changed = False
+        for a in certs:
+            known = self._certs.setdefault(a.origin, {})
+            if a.fingerprint not in known:
+                known[a.fingerprint] = a
+                changed = True
+        return changed
+
+    def announced_certs(self, origin: str | None = None) -> dict[str, list[AnnouncedCert]]:
+        """Unexpired announced certificates per origin (peers only), oldest first."""
+        now = now_ms()
+
+        def after(o: str) -> int:
+            # After peers update the card's certificate is what the administrator
+            # pinned: only certificates announced after the distrusted seq count.
+            peer = self.peers.get(o)
+            return peer.distrust_after or 0 if peer is not None else 0
+
+        return {o: sorted((a for a in certs.values()
+                           if a.not_after_ms > now and a.seq > after(o)), key=lambda a: a.seq)
+                for o, certs in self._certs.items()
+                if o != self.center and (origin is None or o == origin)}
+
+    def own_announced(self) -> list[AnnouncedCert]:
+        return sorted(self._certs.get(self.center, {}).values(), key=lambda a: a.seq)
+
+    async def announce_cert(self, user: str, der: bytes) -> AnnouncedCert:
+        """A CERT_RENEWAL entry in this center's own log carrying ``der``, signed with
+        the current signing key: peers pin the certificate when they verify it."""
+        now = now_ms()
+
+        def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
+            body = announcement(self.center, seq, prev, record.new_record_id(), now,
+                                user, self.config.contact)
+            body.kind = records_pb2.CERT_RENEWAL
+            body.new_tls_cert = der
+            return body
+
+        def tx(conn: sqlite3.Connection) -> AnnouncedCert:
+            body = self.append_own(conn, [build], user, "key.renew_tls", now)[0]
+            announced = check_cert(body)
+            if isinstance(announced, str):
+                raise ValidationError(announced)
+            keys_tx.add_cert(conn, self.center, announced.fingerprint, der,
+                             announced.not_after_ms, body.seq, now)
+            return announced
+
+        announced = await self.db.run(tx)
+        self.learn_certs([announced])
+        self._cert_announced_ms[announced.fingerprint] = now
+        self.changes.bump()
+        return announced
+
+    def announced_at(self, fingerprint: str) -> int | None:
+        return self._cert_announced_ms.get(fingerprint)
+
+    async def load_key_history(self) -> None:
+        self.learn_rotations(await self.db.read(keys_tx.rotations))
+        rows = await self.db.read(keys_tx.certs)
+        self.learn_certs(AnnouncedCert(o, f, der, na, seq) for o, f, der, na, seq, _ in rows)
+        self._cert_announced_ms.update({f: learned for o, f, _, _, _, learned in rows
+                                        if o == self.center})
+        for center in self.peers:
+            await self.apply_distrust(center)  # a peers update made while stopped
+        nxt = self._next_key_path()
+        if nxt.exists():
+            pending = keys.load_signing_key(nxt)
+            if raw_public(pending.public_key()) == self._own_history.current.key:
+                # The rotation committed but the key swap did not: finish it.
+                own = sorted(self._rotations[self.center], key=lambda r: r.seq)[-1]
+                self._install_key(pending, own.seq, own.old)
+            else:
+                nxt.unlink()  # the rotation never committed: the old key stays
+        if self._own_history.current.key != self.own_public_key:
+            raise FcnodeError(
+                "signing.key is not the key this center's log names as current (a key "
+                "rotation was interrupted or the key file was replaced): restore the "
+                "key that the last KEY_ROTATION entry announced")
 
     def signer_of(self, signing_key_id: str) -> str | None:
         """The pinned center (or this one) whose signing key has this id."""
@@ -151,6 +317,65 @@ class NodeService:
 
     def sign_audit(self, message: bytes) -> bytes:
         return sign(self.key, AUDIT_DOMAIN, message)
+
+    # -- key rotation -----------------------------------------------------
+    def _next_key_path(self) -> Path:
+        return self.home.signing_key.with_name(self.home.signing_key.name + ".next")
+
+    async def rotate_signing(self, user: User) -> dict[str, Any]:
+        """A new Ed25519 key, announced in a KEY_ROTATION entry signed by the old key
+        (the envelope) and the new one (new_key_signature). Crash-safe order: the
+        new key file is written (signing.key.next) before the entry commits, and
+        swapped in after; load_key_history finishes an interrupted swap at start."""
+        self.require_admin(user, "rotating keys")
+        async with self._rotating:
+            new = Ed25519PrivateKey.generate()
+            new_raw = raw_public(new.public_key())
+            old_raw = self.own_public_key
+            nxt = self._next_key_path()
+            nxt.unlink(missing_ok=True)
+            keys.write_private(nxt, keys.signing_key_pem(new))
+            now = now_ms()
+
+            def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
+                body = announcement(self.center, seq, prev, record.new_record_id(), now,
+                                    user.name, self.config.contact)
+                body.kind = records_pb2.KEY_ROTATION
+                body.new_key = new_raw
+                body.new_key_signature = new.sign(
+                    rotation_statement(self.center, seq, old_raw, new_raw))
+                return body
+
+            def tx(conn: sqlite3.Connection) -> records_pb2.RecordBody:
+                body = self.append_own(conn, [build], user.name, "key.rotate_signing", now,
+                                       {"old_key_id": key_id(old_raw),
+                                        "new_key_id": key_id(new_raw)})[0]
+                keys_tx.add_rotation(conn, Rotation(self.center, body.seq, old_raw, new_raw),
+                                     now)
+                return body
+
+            try:
+                body = await self.db.run(tx)
+            except BaseException:
+                nxt.unlink(missing_ok=True)
+                raise
+            self._install_key(new, body.seq, old_raw)
+        self.changes.bump()
+        return {"rotated": "signing", "seq": body.seq, "old_key_id": key_id(old_raw),
+                "new_key_id": key_id(new_raw)}
+
+    def _install_key(self, new: Ed25519PrivateKey, seq: int, old_raw: bytes) -> None:
+        """Swap the key file (the old one kept as signing.key.retired-SEQ) and the
+        in-memory key: from here on everything is signed with the new key."""
+        path = self.home.signing_key
+        retired = path.with_name(f"{path.name}.retired-{seq}")
+        if path.exists() and not retired.exists():
+            os.link(path, retired)  # keep the old private key only as an admin's copy
+        os.replace(self._next_key_path(), path)
+        self.key = new
+        self.own_key_id = key_id(new.public_key())
+        self.own_public_key = raw_public(new.public_key())
+        self.learn_rotations([Rotation(self.center, seq, old_raw, self.own_public_key)])
 
     # -- users ------------------------------------------------------------
     async def authenticate(self, token: str | None) -> User:
@@ -165,6 +390,13 @@ class NodeService:
         stored = row.token_hash if row else b"\x00" * 32
         if not token_matches(secret, stored) or row is None:
             raise AccessDenied("credential is not valid (unknown user or wrong token)")
+        return User(row.name, frozenset(row.attributes), row.admin)
+
+    async def current_user(self, name: str) -> User:
+        """A user as they are now (attributes change; removed users are refused)."""
+        row = await self.db.read(lambda c: users_tx.find(c, name))
+        if row is None:
+            raise AccessDenied(f"user {name!r} no longer exists")
         return User(row.name, frozenset(row.attributes), row.admin)
 
     def requester(self, user: User) -> Requester:
@@ -216,11 +448,36 @@ class NodeService:
             if row.admin and users_tx.admin_count(conn) == 1:
                 raise ValidationError(f"{name!r} is the last admin; add another admin first")
             users_tx.delete(conn, name, now)
+            watch_tx.remove_owner(conn, name)  # a removed user's watches end with them
             audit_tx.append(conn, self.sign_audit, now, actor.name, "user.remove",
                             {"user": name})
 
         await self.db.run(tx)
+        for callback in self.users_changed:
+            callback()
         return {"removed": name}
+
+    async def set_attributes(self, actor: User, name: str,
+                             attributes: Iterable[str]) -> dict[str, Any]:
+        """Replace a user's attributes (admin): every later decision, including
+        each watch hit and its display, uses the new set."""
+        self.require_admin(actor, "changing users")
+        attrs = sorted({record.check_attribute(a) for a in attributes})
+        if any(a.startswith(policy.USER_ATTR_PREFIX) for a in attrs):
+            raise ValidationError("user:… attributes are derived from the user's name; "
+                                  "do not assign them")
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if not users_tx.set_attributes(conn, name, attrs):
+                raise NotFound(f"no user {name!r}")
+            audit_tx.append(conn, self.sign_audit, now, actor.name, "user.attributes",
+                            {"user": name, "attributes": attrs})
+
+        await self.db.run(tx)
+        for callback in self.users_changed:
+            callback()
+        return {"user": name, "attributes": attrs}
 
     async def list_users(self, actor: User) -> list[dict[str, Any]]:
         self.require_admin(actor, "listing users")
@@ -234,12 +491,75 @@ class NodeService:
 
     Builder = Callable[[sqlite3.Connection, int, bytes], records_pb2.RecordBody]
 
+    # -- own-log recovery (node.recovery) ------------------------------------
+    def own_log_refusal(self, conn: sqlite3.Connection) -> str:
+        """Why appending to this center's log would be wrong now, or ''."""
+        quarantined = fed_tx.quarantined(conn).get(self.center)
+        if quarantined is not None:
+            return (f"this center's own log has forked ({quarantined[0]}): a peer holds a "
+                    "different entry signed by this node. Nothing more is signed; see "
+                    "fcnode status and the README (Operating a node / Restore)")
+        head = log_tx.head(conn, self.center)[0]
+        top = log_tx.held(conn, self.center, head) if head else None
+        if top is not None and not top.signed:
+            return (f"recovering own log: the entry at seq {head} is known only by its hash "
+                    "from a peer; waiting for a peer to send it signed (or: fcnode recovery "
+                    "finish, which drops such unsigned positions)")
+        return self.recovery.refusal(head, time.monotonic())
+
+    async def may_append_own(self) -> None:
+        """Before a publish or change: wait (bounded) for the peers' heads of the
+        own log that every start asks for, then refuse while recovering."""
+        # Polled, not signalled: peers can be pinned meanwhile, and the wait is
+        # bounded by settle_s after the start whatever happens.
+        while not self.recovery.settled(time.monotonic()):
+            await asyncio.sleep(0.05)
+        refusal = await self.db.read(self.own_log_refusal)
+        if refusal:
+            raise OwnLogBlocked(refusal)
+
+    async def load_recovery(self) -> None:
+        found = await self.db.read(recovery_tx.marker)
+        if found is not None:
+            self.recovery.begin(found[0])
+
+    async def finish_recovery(self, user: User) -> dict[str, Any]:
+        """The admin ends the wait: no peer holds newer entries of this log."""
+        self.require_admin(user, "ending own-log recovery")
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+            head = log_tx.head(conn, self.center)[0]
+            was = recovery_tx.marker(conn)
+            recovery_tx.finish(conn)
+            # Never sign on top of a peer's unsigned hint: positions beyond the
+            # last one this node's signature backs are fetched again later.
+            last = log_tx.last_signed_before(conn, self.center, head + 1)
+            dropped = log_tx.drop_hints(conn, self.center, last)
+            head = log_tx.head(conn, self.center)[0]
+            detail = {"own_head_seq": head, "was_recovering": was is not None,
+                      "unsigned_dropped": dropped,
+                      "reason": was[0] if was else "",
+                      "peers_reported_ahead": self.recovery.behind(head)}
+            audit_tx.append(conn, self.sign_audit, now, user.name, "recovery.finish", detail)
+            return detail
+
+        detail = await self.db.run(tx)
+        self.recovery.end()
+        self.recovery.settle_s = 0.0  # the admin decided: no more waiting at start
+        return detail
+
     def append_own(self, conn: sqlite3.Connection, builders: list[Builder], actor: str,
                    action: str, now: int, detail: dict[str, Any] | None = None,
-                   new_records: bool = False) -> list[records_pb2.RecordBody]:
+                   new_records: bool = False,
+                   per_entry: list[dict[str, Any]] | None = None) -> list[records_pb2.RecordBody]:
         """Sign and append entries to this center's log, inside the caller's
         transaction: each builder gets (conn, seq, prev) and returns the body.
-        ``new_records``: every entry is the first version of a new record."""
+        ``new_records``: every entry is the first version of a new record;
+        ``per_entry``: audit detail for each entry (e.g. the routing rules applied)."""
+        refusal = self.own_log_refusal(conn)
+        if refusal:  # checked again in the write transaction: no race with ingest
+            raise OwnLogBlocked(refusal)
         seq, prev = log_tx.head(conn, self.center)
         bodies, payloads = [], []
         for build in builders:
@@ -260,8 +580,9 @@ class NodeService:
         audit_tx.append_many(conn, self.sign_audit, now, [
             (actor, action, {"record_id": b.record_id, "seq": b.seq, "version": b.version,
                              "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
-                             "audience": sorted(b.policy.audience), **(detail or {})})
-            for _, b in sealed])
+                             "audience": sorted(b.policy.audience), **(detail or {}),
+                             **(per_entry[i] if per_entry else {})})
+            for i, (_, b) in enumerate(sealed)])
         metrics.ENTRIES_PUBLISHED.inc(len(sealed))
         return [b for _, b in sealed]
 
@@ -312,9 +633,14 @@ class NodeService:
         ``detail`` goes into each record's audit entry (e.g. which import)."""
         if not drafts:
             raise ValidationError("nothing to publish")
+        await self.may_append_own()
         groups = self.groups()
         known = self.known_centers()
+        # Routing rules widen the audience before anything is signed (node/routing.py).
+        routed = [route(self.config.routing, d) for d in drafts]
+        drafts = [d for d, _ in routed]
         audiences = [record.expand_audience(d.audience, groups, known) for d in drafts]
+        per_entry = [{"routing": list(names)} if names else {} for _, names in routed]
         now = now_ms()
 
         def builder(draft: Draft, audience: frozenset[str]) -> NodeService.Builder:
@@ -325,9 +651,12 @@ class NodeService:
 
         builders = [builder(d, a) for d, a in zip(drafts, audiences, strict=True)]
         bodies = await self.db.run(lambda conn: self.append_own(
-            conn, builders, user.name, "record.publish", now, detail, new_records=True))
+            conn, builders, user.name, "record.publish", now, detail, new_records=True,
+            per_entry=per_entry))
         self.changes.bump()
-        return [published(b) for b in bodies]
+        return [{**published(b), **extra, **({"audience": sorted(b.policy.audience)} if extra
+                                               else {})}
+                for b, extra in zip(bodies, per_entry, strict=True)]
 
     # -- reading ----------------------------------------------------------
     def decide(self, body: records_pb2.RecordBody, requester: Requester) -> Decision:
@@ -370,6 +699,7 @@ class NodeService:
                 "text": params.text, "entities": list(params.entity_keys),
                 "kinds": list(params.kinds), "labels": list(params.labels),
                 "origins": list(params.origins), "since": iso(params.since_ms),
+                "behaviors": list(params.behaviors),
                 "results": [[v.body.origin, v.body.record_id, v.body.version,
                              v.decision.name] for v in found]}))
         return [v.summary() for v in found]
@@ -443,7 +773,9 @@ class NodeService:
         return await self.db.read(self._audit_verify)
 
     def _audit_verify(self, conn: sqlite3.Connection) -> dict[str, Any]:
-        return verify_audit(conn, self.key.public_key())
+        # The head is re-signed at every append with the key current then: right
+        # after a rotation it is still the old key's (kept in the own history).
+        return verify_audit(conn, self.key.public_key(), list(self._own_keys.values()))
 
     # -- status -----------------------------------------------------------
     async def status(self, user: User) -> dict[str, Any]:
@@ -456,7 +788,13 @@ class NodeService:
             return out
 
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:
-            return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn)}
+            head = log_tx.head(conn, self.center)[0]
+            own: dict[str, Any] = {"head": head, "recovering": self.recovery.active,
+                                   "behind": self.recovery.behind(head),
+                                   "reason": self.recovery.reason,
+                                   "blocked": self.own_log_refusal(conn)}
+            return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn),
+                    "own_log": own}
 
         data = await self.db.read(tx)
         return {**out, "storage": str(self.db.path), "home": str(self.home.root), **data}
@@ -467,15 +805,22 @@ def published(b: records_pb2.RecordBody) -> dict[str, Any]:
             "kind": kind_name(b)}
 
 
-def verify_audit(conn: sqlite3.Connection, public: Ed25519PublicKey) -> dict[str, Any]:
+def verify_audit(conn: sqlite3.Connection, public: Ed25519PublicKey,
+                 earlier: Iterable[Ed25519PublicKey] = ()) -> dict[str, Any]:
+    """``earlier``: this center's retired signing keys (the head may be the last
+    one's signature, right after a key rotation)."""
     entries: list[AuditEntry] = list(audit_tx.entries(conn))
     head_seq, head_hash, signature = audit_tx.head(conn)
     problems = verify_chain(entries, head_seq, head_hash)
-    try:
-        if head_seq:
-            verify(public, AUDIT_DOMAIN, head_message(head_seq, head_hash), signature)
-    except BadSignature:
-        problems.append("the signed head does not verify (audit_head was edited)")
+    if head_seq:
+        for key in (public, *earlier):
+            try:
+                verify(key, AUDIT_DOMAIN, head_message(head_seq, head_hash), signature)
+                break
+            except BadSignature:
+                continue
+        else:
+            problems.append("the signed head does not verify (audit_head was edited)")
     return {"entries": len(entries), "head": head_seq, "ok": not problems,
             "problems": problems}
 

@@ -23,6 +23,7 @@ QUERY_DOMAIN = b"fcnode/query/v1\x00"
 AUDIT_DOMAIN = b"fcnode/audit/v1\x00"
 STUB_DOMAIN = b"fcnode/stub/v1\x00"
 INTRODUCTIONS_DOMAIN = b"fcnode/introductions/v1\x00"
+STANDING_DOMAIN = b"fcnode/standing/v1\x00"
 
 
 class BadSignature(FcnodeError):

@@ -7,9 +7,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PURE_CORE = ["node/policy.py", "node/chain.py", "node/audit.py", "node/signing.py",
-             "node/entities.py", "node/record.py", "node/query.py", "node/types.py",
-             "node/timeutil.py", "node/stix/common.py", "node/stix/export.py",
-             "node/stix/imports.py", "federation/backoff.py", "federation/ratelimit.py"]
+             "node/keyhistory.py", "node/entities.py", "node/record.py", "node/query.py",
+             "node/types.py", "node/timeutil.py", "node/watch.py", "node/routing.py",
+             "node/stix/common.py", "node/stix/export.py", "node/stix/imports.py",
+             "federation/backoff.py", "federation/ratelimit.py"]
 IO_MODULES = {"sqlite3", "aiosqlite", "grpc", "asyncio", "socket", "subprocess", "os"}
 
 

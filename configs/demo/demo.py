@@ -6,7 +6,9 @@ Creates three centers in a scratch directory, pins them (ncric <-> nysic <->
 ffc; ffc knows ncric's keys but reaches it only through nysic), starts their
 daemons, publishes records with different access policies at each, shows who
 received what (read from each node's database), runs a federated query as
-analysts with different attributes, and stops everything it started.
+analysts with different attributes, shows a standing watch firing at nysic when
+ncric publishes on a watched plate, routes a terrorism tip to a fourth center (a
+JTTF) by a routing rule, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ def run(scratch: Path) -> None:
 
         _federated_query(nodes)
         _lifecycle(nodes, published)
+        _watch(nodes)
+        _jttf(nodes, scratch)
 
         banner("node status at nysic")
         print(nysic.ok("status"))
@@ -160,6 +164,71 @@ def _lifecycle(nodes: dict[str, Node], published: list[tuple[str, str, str]]) ->
         print("  " + n.ok("notices").strip().replace("\n", "\n  "))
     print(f"\n  ffc still holds the BOLO: {bolo in ffc.held_record_ids()}"
           f"   nysic still holds the SAR's content: {sar in nysic.held_record_ids()}")
+
+
+def _watch(nodes: dict[str, Node]) -> None:
+    ncric, nysic = nodes["ncric"], nodes["nysic"]
+    banner("a standing watch: det-ortiz at nysic watches plate 8XYZ999 (network)")
+    wid = nysic.ok("watch", "add", "--network", "--entity", "plate=8XYZ999",
+                   user="det-ortiz").strip()
+    print(f"  fcnode watch add --network --entity plate=8XYZ999   -> watch {wid}")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and wid not in ncric.ok("watch", "list", "--remote"):
+        time.sleep(0.3)
+    print("  ncric holds nysic's signed standing query (fcnode watch list --remote, admin):")
+    print("  " + ncric.ok("watch", "list", "--remote").strip().replace("\n", "\n  "))
+    bolo = ncric.publish("--kind", "BOLO", "--title", "Stolen van used in burglaries",
+                         "--entity", "plate=8 XYZ 999", "--tlp", "GREEN", "--audience", "members")
+    sar = ncric.publish("--kind", "SAR", "--title", "Van seen at substation at night",
+                        "--entity", "plate=8xyz-999", "--tlp", "AMBER", "--behavior", "SURVL",
+                        "--justification", "guard report")
+    print(f"  ncric publishes a GREEN BOLO ({bolo['record_id'][:8]}) and an ncric-only SAR "
+          f"({sar['record_id'][:8]}) on that plate")
+    deadline = time.monotonic() + 15
+    text = ""
+    while time.monotonic() < deadline:
+        text = nysic.ok("watch", "hits", user="det-ortiz")
+        if bolo["record_id"] in text and sar["record_id"] in text:
+            break
+        time.sleep(0.3)
+    print("  fcnode watch hits (det-ortiz at nysic):")
+    print("  " + text.strip().replace("\n", "\n  "))
+    print("  The BOLO is shown in full; the SAR only as a POINTER (ncric's own policy, its")
+    print("  signed stub): no title, no behaviour code, just whom to call.")
+
+
+JTTF_RULE = """
+[[routing]]
+name = "terrorism-to-jttf"
+when = { kind = "TIP", label = "nexus:terrorism" }
+add_audience = ["jttf"]
+"""
+
+
+def _jttf(nodes: dict[str, Node], scratch: Path) -> None:
+    nysic = nodes["nysic"]
+    banner("routing: every terrorism tip at nysic also goes to the JTTF")
+    jttf = Node(scratch, "jttf", "JTTF New York")
+    nodes["jttf"] = jttf  # stopped with the others
+    jttf.start()
+    jttf.pin(nysic)
+    nysic.pin(jttf)
+    nysic.edit_config("[limits]", JTTF_RULE.strip() + "\n\n[limits]")
+    nysic.proc.send_signal(1)  # SIGHUP: reload node.toml (the rule's center is pinned)
+    time.sleep(0.5)
+    print("  nysic's node.toml:" + JTTF_RULE.replace("\n", "\n    "))
+    out = nysic.ok("publish", "--kind", "TIP", "--title", "Caller describes pipe-bomb parts",
+                   "--label", "nexus:terrorism", "--tlp", "AMBER", "--justification",
+                   "caller saw the materials", "--behavior", "MATRLS")
+    print("  fcnode publish --kind TIP --label nexus:terrorism ... (no --audience):")
+    print("  " + out.strip().replace("\n", "\n  "))
+    rid = out.split()[1]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and rid not in jttf.held_record_ids():
+        time.sleep(0.3)
+    print(f"  jttf holds the tip: {rid in jttf.held_record_ids()}")
+    print("  dissemination log at nysic for it:")
+    print("  " + nysic.ok("disseminations", rid).strip().replace("\n", "\n  "))
 
 
 def main() -> int:

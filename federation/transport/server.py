@@ -13,11 +13,13 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
 from federation.ratelimit import RateLimits
 from federation.tls import PinnedTls, peer_pem
+from federation.watch_sync import Refused
 from node import logs, metrics
 from node.egress import Dissemination, replication_batch
 from node.introductions import served
@@ -105,6 +107,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self.tls = tls
         self.streams = StreamRegistry()
         self.query_handler = query_handler
+        self.standing: Any = None  # federation.watch_sync.StandingServer, once attached
         # Per peer: Replicate requests that start some origin over from seq 0 (a
         # full resend costs this node a read and a dissemination check per entry).
         self.restarts = RateLimits(node.config.limits.restarts_per_minute)
@@ -146,6 +149,11 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                                     f"too many replication restarts from seq 0 (or more "
                                     f"than a batch behind) by {peer} "
                                     f"(limit {limits.restarts_per_minute} per minute)")
+        # The peer's own log is served up to what this node held when the stream
+        # opened (what a restored peer must take back); later entries of it can only
+        # be the peer's own new ones, which it needs no echo of: heads only.
+        own_cap = (await self.node.db.read(lambda c: log_tx.head(c, peer)[0])
+                   if peer in cursors else 0)
         log.info("replication stream opened", extra={"peer": peer, "origins": len(cursors)})
         with self.streams.open(peer) as revoked:
             while not revoked.is_set():
@@ -157,7 +165,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 # Read on a reader (never behind ingest); the dissemination rows
                 # in one short write, committed before any batch is sent.
                 batches, cursors, sent = await self.node.db.read(
-                    lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch))
+                    lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch,
+                                                               own_cap))
                 if sent:
                     await self.node.db.run(
                         lambda conn, s=sent: fed_tx.log_disseminations(conn, s, now_ms()))
@@ -169,8 +178,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             await context.abort(revoked.code, revoked.reason)
 
     def _next_batches(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
-                      max_batch: int) -> tuple[list[federation_pb2.ReplicateBatch],
-                                                dict[str, int], list[Dissemination]]:
+                      max_batch: int, own_cap: int = 0
+                      ) -> tuple[list[federation_pb2.ReplicateBatch], dict[str, int],
+                                 list[Dissemination]]:
         """Up to GROUP batches read in one read transaction, with the
         dissemination rows the caller logs in one write: the log is durable,
         and one fsync per 256 records was the sender's limit during catch-up.
@@ -180,7 +190,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         sent: list[Dissemination] = []
         pending: dict[tuple[str, str, str], int] = {}  # newest version in `sent`
         for _ in range(GROUP):
-            batch, cursors = self._next_batch(conn, peer, cursors, max_batch, sent, pending)
+            batch, cursors = self._next_batch(conn, peer, cursors, max_batch, sent, pending,
+                                              own_cap)
             batches.append(batch)
             if len(batch.items) < max_batch:
                 break
@@ -188,7 +199,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
 
     def _next_batch(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
                     max_batch: int, sent: list[Dissemination],
-                    pending: dict[tuple[str, str, str], int]
+                    pending: dict[tuple[str, str, str], int], own_cap: int = 0
                     ) -> tuple[federation_pb2.ReplicateBatch, dict[str, int]]:
         quarantined = fed_tx.quarantined(conn)
         batch = federation_pb2.ReplicateBatch()
@@ -198,13 +209,18 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         # limit, and a batch that can never be sent would stall the peer forever.
         budget = self.node.config.limits.max_message_bytes // 2
         for origin, after in sorted(cursors.items()):
-            if origin == peer or origin in quarantined:
+            # The peer's own origin is served too: a node restored from a backup
+            # takes its own entries back (and learns its head here) before it signs
+            # again; an up-to-date node asks from its head and gets only the head.
+            if origin in quarantined:
                 continue
             head = log_tx.head(conn, origin)[0]
             batch.heads[origin] = head
-            if room <= 0 or head <= after:
+            upto = min(head, own_cap) if origin == peer else head
+            if room <= 0 or upto <= after:
                 continue
-            entries = fit(log_tx.items_after(conn, origin, after, room), budget)
+            entries = fit(log_tx.items_after(conn, origin, after, min(room, upto - after)),
+                          budget)
             budget -= sum(len(e.payload or b"") for e in entries)
             states = log_tx.record_states(conn, origin, {e.record_id for e in entries
                                                          if e.record_id})
@@ -254,6 +270,28 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         finally:
             metrics.QUERIES_ANSWERED.labels(peer, result).inc()
 
+    async def SetStanding(self, request: federation_pb2.SignedStandingSet,
+                          context: grpc.aio.ServicerContext) -> federation_pb2.StandingReply:
+        peer = await self.authenticate(context)
+        if self.standing is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watches are not served here")
+        try:
+            return await self.standing.set_standing(peer, request)
+        except Refused as exc:
+            log.warning("standing set refused", extra={"peer": peer, "reason": str(exc)})
+            await context.abort(exc.code, str(exc))
+        raise AssertionError("unreachable")
+
+    async def WatchHits(self, request: federation_pb2.WatchHitsRequest,
+                        context: grpc.aio.ServicerContext
+                        ) -> AsyncIterator[federation_pb2.WatchHitBatch]:
+        peer = await self.authenticate(context)
+        if self.standing is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watches are not served here")
+        with self.streams.open(peer) as revoked:
+            async for batch in self.standing.hits(peer, request, revoked):
+                yield batch
+            await context.abort(revoked.code, revoked.reason)
 
     async def Introductions(self, request: federation_pb2.IntroductionsRequest,
                             context: grpc.aio.ServicerContext

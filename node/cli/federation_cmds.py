@@ -31,6 +31,16 @@ def _print_pinned(r: dict[str, Any]) -> None:
           f"{r['tls_fingerprint'][:16]}…" + ("" if r["connect"] else "; keys only, not dialled"))
 
 
+def _print_updated(r: dict[str, Any]) -> None:
+    print(f"updated {r['center']}: TLS fingerprint {r['tls_fingerprint'][:16]}…"
+          + (f"; entries signed with its old key after seq {r['distrust_after']} are refused"
+             if r.get("distrust_after") is not None else ""))
+    if r.get("quarantined_for_review"):
+        print(f"{r['quarantined_for_review']} held entries signed with the old key after that "
+              "seq moved out of the log for review (fcnode peers show "
+              f"{r['center']})")
+
+
 def _peers_offline(args: argparse.Namespace, home: Home) -> int:
     """The daemon is stopped (we hold its lock): edit peers.toml directly."""
     from node import offline
@@ -42,6 +52,10 @@ def _peers_offline(args: argparse.Namespace, home: Home) -> int:
         output.emit_json(r) if args.json else _print_pinned(r)
         if not args.json:
             print("the daemon is stopped: it connects when it starts")
+        return 0
+    if op == "update":
+        r = offline.update_peer(home, _card_text(args.card), args.distrust_after)
+        output.emit_json(r) if args.json else _print_updated(r)
         return 0
     if op == "remove":
         r = offline.remove_peer(home, args.center)
@@ -86,6 +100,13 @@ def cmd_peers(args: argparse.Namespace) -> int:
                                   "groups": _groups(args), "connect": not args.no_connect,
                                   "introducer": args.introducer})
         output.emit_json(r) if args.json else _print_pinned(r)
+        return 0
+    if op == "update":
+        req: dict[str, Any] = {"op": "update", "card": _card_text(args.card)}
+        if args.distrust_after is not None:
+            req["distrust_after"] = args.distrust_after
+        r = client.call("Peers", req)
+        output.emit_json(r) if args.json else _print_updated(r)
         return 0
     if op == "remove":
         r = client.call("Peers", {"op": "remove", "center": args.center})
@@ -160,6 +181,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     req: dict[str, Any] = {
         "text": " ".join(args.text), "entities": args.entity or [], "kinds": args.kind or [],
         "since": args.since, "labels": args.label or [], "limit": args.limit,
+        "behaviors": args.behavior or [],
         "timeout": args.timeout, "hops": args.hops,
         "centers": [c.strip() for c in (args.centers or "").split(",") if c.strip()]}
     _, summary = _run_query(args, req)
@@ -198,10 +220,10 @@ def cmd_deconflict(args: argparse.Namespace) -> int:
 
 def register(add: Callable[..., argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
-    p = add("peers", cmd_peers, "pin, list and remove peer centers (add, remove, list and "
-            "show also work while the daemon is stopped)")
+    p = add("peers", cmd_peers, "pin, update, list and remove peer centers (add, update, "
+            "remove, list and show also work while the daemon is stopped)")
     ps = p.add_subparsers(dest="peers_cmd", required=True,
-                          metavar="add|list|show|remove|groups")
+                          metavar="add|update|list|show|remove|groups")
     pa = ps.add_parser("add", parents=[common], help="pin a center from its identity card")
     pa.add_argument("card", help="identity card line, a file holding it, or -")
     pa.add_argument("--groups", help="comma-separated groups, e.g. region:west,hidta")
@@ -210,6 +232,12 @@ def register(add: Callable[..., argparse.ArgumentParser],
     pa.add_argument("--introducer", action="store_true",
                     help="adopt the cards this peer has pinned, for verification only "
                          "(never dialled); they follow its view")
+    pu = ps.add_parser("update", parents=[common],
+                       help="replace a pinned center's keys and certificate with its new card")
+    pu.add_argument("card", help="the center's new identity card (received out of band)")
+    pu.add_argument("--distrust-after", type=int, metavar="SEQ",
+                    help="entries of that center signed with its old key after SEQ are "
+                         "refused and held for review (default: after what this node holds)")
     ps.add_parser("list", parents=[common])
     for name in ("show", "remove"):
         sp = ps.add_parser(name, parents=[common])
@@ -222,6 +250,8 @@ def register(add: Callable[..., argparse.ArgumentParser],
     p.add_argument("--kind", action="append")
     p.add_argument("--since", help="date or age, e.g. 30d")
     p.add_argument("--label", action="append")
+    p.add_argument("--behavior", action="append", metavar="CODE",
+                   help="ISE-SAR behaviour category, e.g. SURVL (repeatable)")
     p.add_argument("--centers", help="only these centers, e.g. nysic,ffc")
     p.add_argument("--timeout", default="5s", help="per center (default 5s)")
     p.add_argument("--limit", type=int, default=100, help="per center (default 100)")

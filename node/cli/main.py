@@ -18,6 +18,7 @@ from typing import Any
 from node.cli import output
 from node.cli.client import EXIT_ERROR, EXIT_USAGE, CliError, client_for
 from node.cli.drafts import drafts_from_file
+from node.cli.search_args import add_search_flags, search_request
 from node.home import Home, load_config, resolve_home
 from node.types import FcnodeError, ValidationError
 
@@ -63,6 +64,29 @@ def cmd_identity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """keys rotate --signing | --tls: through the running daemon (admin), which
+    announces the new key in this center's own log so that peers learn it."""
+    if not (args.signing or args.tls):
+        raise CliError("keys rotate needs --signing or --tls", EXIT_USAGE)
+    results = []
+    client = client_for(args)
+    for which in ("signing", "tls"):
+        if getattr(args, which):
+            results.append(client.call("Keys", {"op": "rotate", "which": which}))
+    for r in results:
+        if args.json:
+            output.emit_json(r)
+        elif r["rotated"] == "signing":
+            print(f"signing key rotated at seq {r['seq']}: {r['old_key_id'][:16]} -> "
+                  f"{r['new_key_id'][:16]} (print the new card with: fcnode identity)")
+        else:
+            print(f"TLS certificate renewed, announced at seq {r['seq']}: "
+                  f"{r['new_fingerprint'][:16]} valid until {r['not_after']}; "
+                  f"presented from {r['switch_at']}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from node import logs
     from node.daemon import serve
@@ -90,6 +114,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"connected  {', '.join(status.get('connected', [])) or 'none'}")
         return 0
     print(f"storage  {status['storage']}")
+    if "tls" in status:
+        tls = status["tls"]
+        print(f"tls      certificate {tls['fingerprint'][:16]} expires {tls['expires']}")
+        if "next" in tls:
+            print(f"tls      renewed {tls['next']['fingerprint'][:16]} (expires "
+                  f"{tls['next']['expires']}) announced, presented from "
+                  f"{tls['next']['presented_from']}")
+    own = status.get("own_log") or {}
+    if own.get("recovering"):
+        print(f"RECOVERING own log: {own['behind']} entries ({own['reason']}); "
+              "publishing waits until every reachable peer confirmed, or: fcnode recovery finish")
+    elif own.get("blocked"):
+        print(f"own log  {own['blocked']}")
     for origin, states in sorted(status["records"].items()):
         print(f"records  {origin:<12} " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     for peer in status.get("peers", []):
@@ -139,6 +176,41 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Only with the daemon stopped: straight on the home's files."""
+    from pathlib import Path
+
+    from node.offline import actor
+    from node.restore import restore
+
+    result = restore(Home(resolve_home(args.home)), Path(args.file), actor()).as_dict()
+    if args.json:
+        output.emit_json(result)
+        return 0
+    print(f"restored {result['file']} ({result['format']}, sha256 {result['sha256']})")
+    print(f"own log  head seq {result['own_head']['seq']}, {result['records']} records")
+    if result["replaced"]:
+        print(f"kept     the replaced database as {result['replaced']}")
+    if result["installed"]:
+        print(f"installed from the bundle: {', '.join(result['installed'])}")
+    print("next     start the daemon: it takes this center's own entries beyond seq "
+          f"{result['own_head']['seq']} back from its peers and refuses to publish until "
+          "then (fcnode status shows 'recovering own log')")
+    return 0
+
+
+def cmd_recovery(args: argparse.Namespace) -> int:
+    r = client_for(args).call("Recovery", {"op": args.recovery_cmd})
+    if args.json:
+        output.emit_json(r)
+    else:
+        print(f"own-log recovery ended at seq {r['own_head_seq']}"
+              + ("" if r["was_recovering"] else " (it was not recovering)")
+              + (f"; peers had reported {r['peers_reported_ahead']} entries beyond it"
+                 if r["peers_reported_ahead"] else ""))
+    return 0
+
+
 # -- records ----------------------------------------------------------------
 def _draft_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     if not args.kind or not args.title:
@@ -151,6 +223,7 @@ def _draft_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     draft: dict[str, Any] = {
         "kind": args.kind, "title": args.title, "narrative": args.narrative or "",
         "labels": args.label or [], "entities": args.entity or [], "policy": policy,
+        "behaviors": args.behavior or [],
         "part23": {"justification": args.justification or "",
                    "source_reliability": args.reliability or "X",
                    "content_validity": args.validity or "4"},
@@ -177,6 +250,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         else:
             print(f"published {r['record_id']} (origin {r['origin']}, seq {r['seq']}, "
                   f"version {r['version']})")
+            if r.get("routing"):
+                print(f"  routed by rule(s) {', '.join(r['routing'])}: audience "
+                      f"{', '.join(r.get('audience') or [])}")
     return 0
 
 
@@ -190,9 +266,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    req = {"text": " ".join(args.text), "entities": args.entity or [], "kinds": args.kind or [],
-           "since": args.since, "labels": args.label or [], "origins": args.origin or [],
-           "limit": args.limit}
+    req = search_request(args)
     n = 0
     for r in client_for(args).stream("Search", req):
         n += 1
@@ -215,6 +289,10 @@ def cmd_users(args: argparse.Namespace) -> int:
                   f"{'; admin' if r['admin'] else ''})")
             print("credential (shown once):")
             print(r["token"])
+    elif args.users_cmd == "set":
+        r = client.call("Users", {"op": "set", "name": args.name, "attributes": args.attr or []})
+        output.emit_json(r) if args.json else print(
+            f"{r['user']}: attributes {', '.join(r['attributes']) or 'none'}")
     elif args.users_cmd == "remove":
         r = client.call("Users", {"op": "remove", "name": args.name})
         output.emit_json(r) if args.json else print(f"removed user {r['removed']}")
@@ -272,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, help="federation address HOST:PORT")
 
     add("identity", cmd_identity, "print this node's identity card")
+    p = add("keys", cmd_keys, "rotate this node's signing key or renew its TLS certificate "
+            "(admin; peers learn the new key from this center's log)")
+    ks = p.add_subparsers(dest="keys_cmd", required=True, metavar="rotate")
+    kr = ks.add_parser("rotate", parents=[common])
+    kr.add_argument("--signing", action="store_true", help="a new Ed25519 signing key")
+    kr.add_argument("--tls", action="store_true", help="a new TLS key and certificate")
     p = add("serve", cmd_serve, "run the daemon in the foreground")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add("status", cmd_status, "the running daemon's state")
@@ -282,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a tar bundle with the keys and config too")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
 
+    p = add("restore", cmd_restore, "install a backup (daemon stopped): checked, put in "
+            "place atomically; the node then recovers its own log from its peers")
+    p.add_argument("file", help="a file written by fcnode backup (database or --include-keys tar)")
+    p = add("recovery", cmd_recovery, "own-log recovery after a restore (admin)")
+    p.add_argument("recovery_cmd", choices=["finish"],
+                   help="finish: end the wait (no peer holds newer entries of this log)")
+
     p = add("publish", cmd_publish, "sign and publish a record")
     _record_flags(p)
 
@@ -289,10 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("record_id")
 
     p = add("search", cmd_search, "search this node's records")
-    _search_flags(p)
+    add_search_flags(p)
 
     p = add("users", cmd_users, "manage users (admin)")
-    us = p.add_subparsers(dest="users_cmd", required=True, metavar="add|list|remove")
+    us = p.add_subparsers(dest="users_cmd", required=True, metavar="add|list|remove|set")
     ua = us.add_parser("add", parents=[common])
     ua.add_argument("name")
     ua.add_argument("--attr", action="append", help="attribute, e.g. sworn_le, ntk:narcotics")
@@ -300,17 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     us.add_parser("list", parents=[common])
     ur = us.add_parser("remove", parents=[common])
     ur.add_argument("name")
+    ut = us.add_parser("set", parents=[common], help="replace a user's attributes")
+    ut.add_argument("name")
+    ut.add_argument("--attr", action="append", help="attribute (none: no attributes)")
 
     p = add("audit", cmd_audit, "read or verify the audit log (admin)")
     p.add_argument("audit_cmd", nargs="?", choices=["verify"], help="verify the hash chain")
     p.add_argument("--since", help="date or age, e.g. 7d")
     p.add_argument("--limit", type=int, default=0, help="newest N entries")
 
-    from node.cli import federation_cmds, lifecycle_cmds, stix_cmds
+    from node.cli import federation_cmds, lifecycle_cmds, stix_cmds, watch_cmds
 
     federation_cmds.register(add, common)
+    watch_cmds.register(add, common)
     lifecycle_cmds.register(add, _record_flags)
-    stix_cmds.register(add, _search_flags)
+    stix_cmds.register(add)
     return parser
 
 
@@ -330,6 +425,8 @@ def _record_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--narrative")
     p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
     p.add_argument("--label", action="append")
+    p.add_argument("--behavior", action="append", metavar="CODE",
+                   help="ISE-SAR behaviour category, e.g. SURVL (repeatable)")
     p.add_argument("--tlp", help="CLEAR, GREEN, AMBER (default), AMBER+STRICT or RED")
     p.add_argument("--audience", action="append", metavar="CENTER_OR_GROUP",
                    help="center id, group or 'members' (default: this center only)")
@@ -340,16 +437,6 @@ def _record_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reliability", help="source reliability A, B, C or X")
     p.add_argument("--validity", help="content validity 1, 2, 3 or 4")
     p.add_argument("--expires", help="date (default: five years)")
-
-
-def _search_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("text", nargs="*", help="words that must occur")
-    p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
-    p.add_argument("--kind", action="append")
-    p.add_argument("--since", help="date or age, e.g. 30d")
-    p.add_argument("--label", action="append")
-    p.add_argument("--origin", action="append", metavar="CENTER")
-    p.add_argument("--limit", type=int, default=50)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,15 +13,14 @@ from pathlib import Path
 
 from node.cli import output
 from node.cli.client import EXIT_USAGE, CliError, client_for
+from node.cli.search_args import add_search_flags, search_request
 from node.stix.common import MAX_BUNDLE_BYTES
 
 FORMATS = ["stix2.1"]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    req = {"format": args.format, "text": " ".join(args.text), "entities": args.entity or [],
-           "kinds": args.kind or [], "since": args.since, "labels": args.label or [],
-           "origins": args.origin or [], "limit": args.limit}
+    req = {"format": args.format, **search_request(args)}
     result = client_for(args).call("Export", req, timeout=300)
     text = json.dumps(result["bundle"], indent=2, ensure_ascii=False) + "\n"
     if args.output and args.output != "-":
@@ -82,10 +81,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(add: Callable[..., argparse.ArgumentParser],
-             search_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("export", cmd_export, "write the records you may read in full as a STIX 2.1 bundle")
-    search_flags(p)
+    add_search_flags(p)
     p.set_defaults(limit=1000)
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("-o", "--output", help="file to write (mode 0600; default standard output)")

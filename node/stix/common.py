@@ -78,17 +78,6 @@ def tlp_word(tlp: Tlp) -> str:
     return tlp.label.lower()
 
 
-# ---- issue 12 plug-in point (behaviour codes) ------------------------------------
-# Behaviour codes are being added to RecordBody/drafts in parallel. These two
-# functions are the only places STIX conversion touches them: once RecordBody has
-# `behaviors` and drafts accept "behaviors", both directions carry them with no
-# other change (the export extension property is `behaviors`).
 def record_behaviors(body: Any) -> list[str]:
-    return sorted(getattr(body, "behaviors", ()) or ())
-
-
-def draft_accepts_behaviors() -> bool:
-    from node import record
-
-    return "behaviors" in getattr(record, "_DRAFT_KEYS", ())
-# -----------------------------------------------------------------------------------
+    """ISE-SAR behaviour codes travel in the fcnode extension (STIX has no such field)."""
+    return list(body.behaviors)

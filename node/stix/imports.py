@@ -39,7 +39,6 @@ from node.stix.common import (
     SCO_ENTITY,
     TLP2_EXTENSION,
     TLP_WORDS,
-    draft_accepts_behaviors,
 )
 from node.types import Tlp, ValidationError
 
@@ -380,8 +379,5 @@ def _convert(obj: dict[str, Any], by_id: dict[str, dict[str, Any]], markings: _M
     if ext.get("contact"):
         draft["contact"] = ext["contact"]
     if ext.get("behaviors"):
-        if draft_accepts_behaviors():
-            draft["behaviors"] = list(ext["behaviors"])
-        else:
-            notes.append("behaviour codes dropped: this node's records do not carry them")
+        draft["behaviors"] = list(ext["behaviors"])
     return Converted(oid, draft, tuple(folded), tuple(notes))

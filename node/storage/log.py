@@ -13,6 +13,8 @@ from node.record import kind_name
 from node.signing import entry_hash
 from node.wire import records_pb2
 
+# Key announcements (public keys only): stored in the log, never a record.
+KEY_KINDS = {records_pb2.KEY_ROTATION, records_pb2.CERT_RENEWAL}
 CONTENT = {records_pb2.SAR, records_pb2.BOLO, records_pb2.BULLETIN, records_pb2.TIP,
            records_pb2.DECONFLICTION}
 
@@ -172,13 +174,15 @@ def insert_new_records(conn: sqlite3.Connection, items: list[tuple[records_pb2.E
     rows, fts, keys = [], [], []
     for rec, (_, b) in enumerate(items, start=first):
         rows.append((rec, b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
-                     b.expires_ms, b.part23.review_due_ms, " " + " ".join(b.labels) + " "))
+                     b.expires_ms, b.part23.review_due_ms, " " + " ".join(b.labels) + " ",
+                     " " + " ".join(b.behaviors) + " "))
         fts.append((rec, b.title, b.narrative, " ".join(b.labels),
                     " ".join(e.value for e in b.entities)))
         keys.extend((k, rec) for e in b.entities for k in e.keys)
     conn.executemany(
         "INSERT INTO records (id, origin, record_id, version, seq, kind, created_ms, "
-        "expires_ms, review_due_ms, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        "expires_ms, review_due_ms, labels, behaviors) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     conn.executemany("INSERT INTO records_fts (rowid, title, narrative, labels, entities) "
                      "VALUES (?, ?, ?, ?, ?)", fts)
     conn.executemany("INSERT OR IGNORE INTO entity_keys (key, rec) VALUES (?, ?)", keys)
@@ -261,18 +265,20 @@ def record_state(conn: sqlite3.Connection, origin: str,
 def _upsert(conn: sqlite3.Connection, b: records_pb2.RecordBody, state: str,
             existing: tuple[int, int, str] | None) -> int:
     labels = " " + " ".join(b.labels) + " "
+    behaviors = " " + " ".join(b.behaviors) + " "
     if existing is None:
         return conn.execute(
             "INSERT INTO records (origin, record_id, version, seq, kind, created_ms, "
-            "expires_ms, review_due_ms, labels, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "expires_ms, review_due_ms, labels, state, behaviors) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
-             b.expires_ms, b.part23.review_due_ms, labels, state)).lastrowid
+             b.expires_ms, b.part23.review_due_ms, labels, state, behaviors)).lastrowid
     if b.kind in CONTENT:
         conn.execute(
             "UPDATE records SET version = ?, seq = ?, kind = ?, created_ms = ?, expires_ms = ?, "
-            "review_due_ms = ?, labels = ?, state = ? WHERE id = ?",
+            "review_due_ms = ?, labels = ?, state = ?, behaviors = ? WHERE id = ?",
             (b.version, b.seq, kind_name(b), b.created_ms, b.expires_ms,
-             b.part23.review_due_ms, labels, state, existing[0]))
+             b.part23.review_due_ms, labels, state, behaviors, existing[0]))
     else:  # a lifecycle entry keeps the record's kind and dates, moves its state
         conn.execute("UPDATE records SET version = ?, seq = ?, state = ? WHERE id = ?",
                      (b.version, b.seq, state, existing[0]))
@@ -308,6 +314,9 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
             existing = prior
         else:
             existing = record_state(conn, b.origin, b.record_id)
+        if b.kind in KEY_KINDS:
+            results.append("key")  # the key history is kept by node/storage/keys.py
+            continue
         if existing is not None and existing[2] == "purged":
             results.append("tombstoned")
             continue
@@ -482,6 +491,9 @@ def matches(conn: sqlite3.Connection, params: SearchParams,
     for label in params.labels:
         content.append("instr(r.labels, ?) > 0")
         content_args.append(f" {label} ")
+    for code in params.behaviors:
+        content.append("instr(r.behaviors, ?) > 0")
+        content_args.append(f" {code} ")
     where = ["r.state = 'active'", "r.expires_ms > ?"]
     args: list[object] = [now_ms]
     if params.any_entity and params.entity_keys:
@@ -548,3 +560,11 @@ def counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
         out.setdefault(origin, {})[state] = n
     return out
 
+
+
+def first_hint(conn: sqlite3.Connection, origin: str) -> int | None:
+    """The lowest position of ``origin`` held as a bare hash (no signature, no
+    stub), if any."""
+    row = conn.execute(f"SELECT min(seq) FROM entries WHERE origin = ? AND NOT {_EVIDENCE}",
+                       (origin,)).fetchone()
+    return row[0]

@@ -180,4 +180,148 @@ MIGRATIONS: list[str] = [
     CREATE INDEX seen_queries_expiry ON seen_queries (expires_ms);
     CREATE INDEX notices_kind ON notices (kind, id);
     """,
+    # 5: (issue 9 items 1-3) key history learned from origins' own logs: verified
+    # KEY_ROTATION entries (the old key signed the entry at seq, the new key signs
+    # after it) and TLS certificates announced in CERT_RENEWAL entries. peers.toml
+    # stays the administrator's file; these rows only extend what it pins.
+    """
+    CREATE TABLE key_rotations (
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        old_key BLOB NOT NULL,
+        new_key BLOB NOT NULL,
+        learned_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE tls_certs (
+        origin TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        der BLOB NOT NULL,
+        not_after_ms INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        learned_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, fingerprint)
+    ) WITHOUT ROWID;
+    CREATE TABLE distrusted_entries (
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        payload BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        key_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, seq, hash)
+    ) WITHOUT ROWID;
+    """,
+    # 6: (issue 9 item 5) own-log recovery: set by `fcnode restore` or when a peer
+    # reports this center's own log beyond the head held here; while set, the node
+    # takes its own entries back from peers and refuses to append to its log.
+    """
+    CREATE TABLE own_recovery (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        reason TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    );
+    """,
+    # 7: (issue 12) ISE-SAR behaviour codes of a record's current version, matched
+    # like labels (' CODE CODE '). Records from before carry none.
+    """
+    ALTER TABLE records ADD COLUMN behaviors TEXT NOT NULL DEFAULT ' ';
+    """,
+    # 8: (issue 12) watches. A local user's watches and their hits; standing queries
+    # other centers registered here, the durable per-center outbox of their hits (pulled
+    # with a cursor) and the one restricted-hit notice per (watch, record); this node's
+    # cursor into each peer's outbox. Triggers queue every record whose current version
+    # changed, only while a watch or standing query exists; the matcher drains the queue.
+    """
+    CREATE TABLE watches (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        params TEXT NOT NULL,       -- JSON: text, entity_keys, kinds, labels, behaviors
+        network INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    CREATE INDEX watches_owner ON watches (owner);
+    CREATE TABLE watch_hits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: followers hold a cursor
+        watch_id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        source TEXT NOT NULL,       -- 'local', or the center whose standing query answered
+        origin TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        access TEXT NOT NULL,       -- FULL | POINTER when it fired
+        payload BLOB, signature BLOB, key_id TEXT,           -- network FULL: origin's envelope
+        stub BLOB, stub_signature BLOB, stub_key_id TEXT,    -- network: origin's signed stub
+        UNIQUE (watch_id, origin, record_id, version)
+    );
+    CREATE INDEX watch_hits_owner ON watch_hits (owner, id);
+    CREATE TABLE watch_queue (rec INTEGER PRIMARY KEY);
+    CREATE TABLE standing_queries (
+        center TEXT NOT NULL,
+        watch_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        attributes TEXT NOT NULL,   -- JSON list, as the watcher's center asserts them
+        params TEXT NOT NULL,       -- JSON: entity_keys, kinds, behaviors
+        registered_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (center, watch_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE standing_sync (
+        center TEXT PRIMARY KEY,
+        issued_ms INTEGER NOT NULL  -- the newest signed set taken: older ones are replays
+    );
+    CREATE TABLE watch_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the watcher holds a cursor
+        center TEXT NOT NULL,
+        watch_id TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        record_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        access TEXT NOT NULL,       -- FULL | POINTER at match time
+        UNIQUE (center, watch_id, origin, record_id, version)
+    );
+    CREATE INDEX watch_outbox_center ON watch_outbox (center, id);
+    CREATE TABLE standing_notified (
+        center TEXT NOT NULL,
+        watch_id TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        PRIMARY KEY (center, watch_id, record_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE watch_dropped (
+        who TEXT PRIMARY KEY,       -- 'user:NAME' (hits) or 'center:ID' (outbox)
+        dropped INTEGER NOT NULL
+    );
+    CREATE TABLE watch_cursors (
+        peer TEXT PRIMARY KEY,
+        after INTEGER NOT NULL      -- the last outbox id taken from that peer
+    );
+    -- This center's id (written at start): standing queries are judged against its
+    -- own records only, so other origins' records are queued only for local watches.
+    CREATE TABLE watch_self (center TEXT PRIMARY KEY);
+    CREATE TRIGGER watch_queue_new AFTER INSERT ON records
+    WHEN NEW.state = 'active' AND (EXISTS (SELECT 1 FROM watches)
+         OR (NEW.origin IN (SELECT center FROM watch_self)
+             AND EXISTS (SELECT 1 FROM standing_queries)))
+    BEGIN INSERT OR IGNORE INTO watch_queue (rec) VALUES (NEW.id); END;
+    CREATE TRIGGER watch_queue_version AFTER UPDATE OF version ON records
+    WHEN NEW.state = 'active' AND (EXISTS (SELECT 1 FROM watches)
+         OR (NEW.origin IN (SELECT center FROM watch_self)
+             AND EXISTS (SELECT 1 FROM standing_queries)))
+    BEGIN INSERT OR IGNORE INTO watch_queue (rec) VALUES (NEW.id); END;
+    -- A network hit keeps the origin's envelope only while it is the record's current
+    -- version here: a newer version, retraction, purge or recall erases it (newest
+    -- version wins; a purge leaves no content anywhere).
+    CREATE TRIGGER watch_hits_erase AFTER UPDATE OF version, state ON records
+    BEGIN
+        UPDATE watch_hits SET payload = NULL, signature = NULL, key_id = NULL
+        WHERE origin = NEW.origin AND record_id = NEW.record_id AND payload IS NOT NULL
+          AND (NEW.state != 'active' OR version < NEW.version);
+    END;
+    """,
 ]

@@ -54,5 +54,10 @@ def was_removed(conn: sqlite3.Connection, name: str) -> int | None:
     return row[0] if row else None
 
 
+def set_attributes(conn: sqlite3.Connection, name: str, attributes: list[str]) -> bool:
+    return bool(conn.execute("UPDATE users SET attributes = ? WHERE name = ?",
+                             (json.dumps(sorted(attributes)), name)).rowcount)
+
+
 def admin_count(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM users WHERE admin = 1").fetchone()[0]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from node.wire import records_pb2 as fcnode_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x63node/v1/federation.proto\x12\tfcnode.v1\x1a\x17\x66\x63node/v1/records.proto\"\x90\x01\n\x10ReplicateRequest\x12\x39\n\x07\x63ursors\x18\x01 \x03(\x0b\x32(.fcnode.v1.ReplicateRequest.CursorsEntry\x12\x11\n\tmax_batch\x18\x02 \x01(\r\x1a.\n\x0c\x43ursorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xba\x01\n\x07LogItem\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\x12%\n\x08\x65nvelope\x18\x04 \x01(\x0b\x32\x13.fcnode.v1.Envelope\x12\x1c\n\x10recall_record_id\x18\x05 \x01(\tB\x02\x18\x01\x12\x1a\n\x0erecall_version\x18\x06 \x01(\rB\x02\x18\x01\x12#\n\x04stub\x18\x07 \x01(\x0b\x32\x15.fcnode.v1.SignedStub\"\x96\x01\n\x0eReplicateBatch\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.fcnode.v1.LogItem\x12\x33\n\x05heads\x18\x02 \x03(\x0b\x32$.fcnode.v1.ReplicateBatch.HeadsEntry\x1a,\n\nHeadsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x96\x02\n\tQueryBody\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x17\n\x0fuser_attributes\x18\x03 \x03(\t\x12\x10\n\x08query_id\x18\x04 \x01(\t\x12\x11\n\tissued_ms\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x08 \x03(\t\x12\r\n\x05kinds\x18\t \x03(\t\x12\x10\n\x08since_ms\x18\n \x01(\x03\x12\x0e\n\x06labels\x18\x0b \x03(\t\x12\r\n\x05limit\x18\x0c \x01(\r\x12\x0f\n\x07origins\x18\r \x03(\t\x12\x12\n\nany_entity\x18\x0e \x01(\x08\x12\x10\n\x08max_hops\x18\x0f \x01(\r\"_\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\thops_left\x18\x04 \x01(\r\x12\x0c\n\x04path\x18\x05 \x03(\t\"l\n\x0cSealedAnswer\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\r\x12\x0e\n\x06sealed\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x0b\n\x03via\x18\x06 \x03(\t\"p\n\x07Pointer\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x04 \x01(\t\x12#\n\x04stub\x18\x05 \x01(\x0b\x32\x15.fcnode.v1.SignedStub\"\x96\x01\n\x0bQueryAnswer\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.fcnode.v1.Envelope\x12$\n\x08pointers\x18\x02 \x03(\x0b\x32\x12.fcnode.v1.Pointer\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12(\n\x07relayed\x18\x04 \x03(\x0b\x32\x17.fcnode.v1.SealedAnswer\"\x16\n\x14IntroductionsRequest\"+\n\x0eIntroducedCard\x12\x0c\n\x04\x63\x61rd\x18\x01 \x01(\t\x12\x0b\n\x03via\x18\x02 \x03(\t\"_\n\x10IntroductionList\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x11\n\tissued_ms\x18\x02 \x01(\x03\x12(\n\x05\x63\x61rds\x18\x03 \x03(\x0b\x32\x19.fcnode.v1.IntroducedCard\"F\n\x13SignedIntroductions\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t2\xe0\x01\n\nFederation\x12\x45\n\tReplicate\x12\x1b.fcnode.v1.ReplicateRequest\x1a\x19.fcnode.v1.ReplicateBatch0\x01\x12\x39\n\x05Query\x12\x16.fcnode.v1.SignedQuery\x1a\x16.fcnode.v1.QueryAnswer0\x01\x12P\n\rIntroductions\x12\x1f.fcnode.v1.IntroductionsRequest\x1a\x1e.fcnode.v1.SignedIntroductionsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x63node/v1/federation.proto\x12\tfcnode.v1\x1a\x17\x66\x63node/v1/records.proto\"\x90\x01\n\x10ReplicateRequest\x12\x39\n\x07\x63ursors\x18\x01 \x03(\x0b\x32(.fcnode.v1.ReplicateRequest.CursorsEntry\x12\x11\n\tmax_batch\x18\x02 \x01(\r\x1a.\n\x0c\x43ursorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xba\x01\n\x07LogItem\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\x12%\n\x08\x65nvelope\x18\x04 \x01(\x0b\x32\x13.fcnode.v1.Envelope\x12\x1c\n\x10recall_record_id\x18\x05 \x01(\tB\x02\x18\x01\x12\x1a\n\x0erecall_version\x18\x06 \x01(\rB\x02\x18\x01\x12#\n\x04stub\x18\x07 \x01(\x0b\x32\x15.fcnode.v1.SignedStub\"\x96\x01\n\x0eReplicateBatch\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.fcnode.v1.LogItem\x12\x33\n\x05heads\x18\x02 \x03(\x0b\x32$.fcnode.v1.ReplicateBatch.HeadsEntry\x1a,\n\nHeadsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa9\x02\n\tQueryBody\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x17\n\x0fuser_attributes\x18\x03 \x03(\t\x12\x10\n\x08query_id\x18\x04 \x01(\t\x12\x11\n\tissued_ms\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x08 \x03(\t\x12\r\n\x05kinds\x18\t \x03(\t\x12\x10\n\x08since_ms\x18\n \x01(\x03\x12\x0e\n\x06labels\x18\x0b \x03(\t\x12\r\n\x05limit\x18\x0c \x01(\r\x12\x0f\n\x07origins\x18\r \x03(\t\x12\x12\n\nany_entity\x18\x0e \x01(\x08\x12\x11\n\tbehaviors\x18\x0f \x03(\t\x12\x10\n\x08max_hops\x18\x10 \x01(\r\"_\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\thops_left\x18\x04 \x01(\r\x12\x0c\n\x04path\x18\x05 \x03(\t\"l\n\x0cSealedAnswer\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\r\x12\x0e\n\x06sealed\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x0b\n\x03via\x18\x06 \x03(\t\"p\n\x07Pointer\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x04 \x01(\t\x12#\n\x04stub\x18\x05 \x01(\x0b\x32\x15.fcnode.v1.SignedStub\"\x96\x01\n\x0bQueryAnswer\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.fcnode.v1.Envelope\x12$\n\x08pointers\x18\x02 \x03(\x0b\x32\x12.fcnode.v1.Pointer\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12(\n\x07relayed\x18\x04 \x03(\x0b\x32\x17.fcnode.v1.SealedAnswer\"\x16\n\x14IntroductionsRequest\"+\n\x0eIntroducedCard\x12\x0c\n\x04\x63\x61rd\x18\x01 \x01(\t\x12\x0b\n\x03via\x18\x02 \x03(\t\"_\n\x10IntroductionList\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x11\n\tissued_ms\x18\x02 \x01(\x03\x12(\n\x05\x63\x61rds\x18\x03 \x03(\x0b\x32\x19.fcnode.v1.IntroducedCard\"F\n\x13SignedIntroductions\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\x93\x01\n\rStandingQuery\x12\x10\n\x08watch_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x17\n\x0fuser_attributes\x18\x03 \x03(\t\x12\x13\n\x0b\x65ntity_keys\x18\x04 \x03(\t\x12\r\n\x05kinds\x18\x05 \x03(\t\x12\x11\n\tbehaviors\x18\x06 \x03(\t\x12\x12\n\nexpires_ms\x18\x07 \x01(\x03\"[\n\x0bStandingSet\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x11\n\tissued_ms\x18\x02 \x01(\x03\x12)\n\x07queries\x18\x03 \x03(\x0b\x32\x18.fcnode.v1.StandingQuery\"D\n\x11SignedStandingSet\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"2\n\rStandingReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07offered\x18\x02 \x01(\r\"!\n\x10WatchHitsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x04\"t\n\x08WatchHit\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08watch_id\x18\x02 \x01(\t\x12%\n\x08\x65nvelope\x18\x03 \x01(\x0b\x32\x13.fcnode.v1.Envelope\x12#\n\x04stub\x18\x04 \x01(\x0b\x32\x15.fcnode.v1.SignedStub\"@\n\rWatchHitBatch\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.fcnode.v1.WatchHit\x12\x0c\n\x04last\x18\x02 \x01(\x04\x32\xed\x02\n\nFederation\x12\x45\n\tReplicate\x12\x1b.fcnode.v1.ReplicateRequest\x1a\x19.fcnode.v1.ReplicateBatch0\x01\x12\x39\n\x05Query\x12\x16.fcnode.v1.SignedQuery\x1a\x16.fcnode.v1.QueryAnswer0\x01\x12P\n\rIntroductions\x12\x1f.fcnode.v1.IntroductionsRequest\x1a\x1e.fcnode.v1.SignedIntroductions\x12\x45\n\x0bSetStanding\x12\x1c.fcnode.v1.SignedStandingSet\x1a\x18.fcnode.v1.StandingReply\x12\x44\n\tWatchHits\x12\x1b.fcnode.v1.WatchHitsRequest\x1a\x18.fcnode.v1.WatchHitBatch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,23 +51,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICATEBATCH_HEADSENTRY']._serialized_start=509
   _globals['_REPLICATEBATCH_HEADSENTRY']._serialized_end=553
   _globals['_QUERYBODY']._serialized_start=556
-  _globals['_QUERYBODY']._serialized_end=834
-  _globals['_SIGNEDQUERY']._serialized_start=836
-  _globals['_SIGNEDQUERY']._serialized_end=931
-  _globals['_SEALEDANSWER']._serialized_start=933
-  _globals['_SEALEDANSWER']._serialized_end=1041
-  _globals['_POINTER']._serialized_start=1043
-  _globals['_POINTER']._serialized_end=1155
-  _globals['_QUERYANSWER']._serialized_start=1158
-  _globals['_QUERYANSWER']._serialized_end=1308
-  _globals['_INTRODUCTIONSREQUEST']._serialized_start=1310
-  _globals['_INTRODUCTIONSREQUEST']._serialized_end=1332
-  _globals['_INTRODUCEDCARD']._serialized_start=1334
-  _globals['_INTRODUCEDCARD']._serialized_end=1377
-  _globals['_INTRODUCTIONLIST']._serialized_start=1379
-  _globals['_INTRODUCTIONLIST']._serialized_end=1474
-  _globals['_SIGNEDINTRODUCTIONS']._serialized_start=1476
-  _globals['_SIGNEDINTRODUCTIONS']._serialized_end=1546
-  _globals['_FEDERATION']._serialized_start=1549
-  _globals['_FEDERATION']._serialized_end=1773
+  _globals['_QUERYBODY']._serialized_end=853
+  _globals['_SIGNEDQUERY']._serialized_start=855
+  _globals['_SIGNEDQUERY']._serialized_end=950
+  _globals['_SEALEDANSWER']._serialized_start=952
+  _globals['_SEALEDANSWER']._serialized_end=1060
+  _globals['_POINTER']._serialized_start=1062
+  _globals['_POINTER']._serialized_end=1174
+  _globals['_QUERYANSWER']._serialized_start=1177
+  _globals['_QUERYANSWER']._serialized_end=1327
+  _globals['_INTRODUCTIONSREQUEST']._serialized_start=1329
+  _globals['_INTRODUCTIONSREQUEST']._serialized_end=1351
+  _globals['_INTRODUCEDCARD']._serialized_start=1353
+  _globals['_INTRODUCEDCARD']._serialized_end=1396
+  _globals['_INTRODUCTIONLIST']._serialized_start=1398
+  _globals['_INTRODUCTIONLIST']._serialized_end=1493
+  _globals['_SIGNEDINTRODUCTIONS']._serialized_start=1495
+  _globals['_SIGNEDINTRODUCTIONS']._serialized_end=1565
+  _globals['_STANDINGQUERY']._serialized_start=1568
+  _globals['_STANDINGQUERY']._serialized_end=1715
+  _globals['_STANDINGSET']._serialized_start=1717
+  _globals['_STANDINGSET']._serialized_end=1808
+  _globals['_SIGNEDSTANDINGSET']._serialized_start=1810
+  _globals['_SIGNEDSTANDINGSET']._serialized_end=1878
+  _globals['_STANDINGREPLY']._serialized_start=1880
+  _globals['_STANDINGREPLY']._serialized_end=1930
+  _globals['_WATCHHITSREQUEST']._serialized_start=1932
+  _globals['_WATCHHITSREQUEST']._serialized_end=1965
+  _globals['_WATCHHIT']._serialized_start=1967
+  _globals['_WATCHHIT']._serialized_end=2083
+  _globals['_WATCHHITBATCH']._serialized_start=2085
+  _globals['_WATCHHITBATCH']._serialized_end=2149
+  _globals['_FEDERATION']._serialized_start=2152
+  _globals['_FEDERATION']._serialized_end=2517
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,16 @@ class FederationStub:
                 request_serializer=fcnode_dot_v1_dot_federation__pb2.IntroductionsRequest.SerializeToString,
                 response_deserializer=fcnode_dot_v1_dot_federation__pb2.SignedIntroductions.FromString,
                 _registered_method=True)
+        self.SetStanding = channel.unary_unary(
+                '/fcnode.v1.Federation/SetStanding',
+                request_serializer=fcnode_dot_v1_dot_federation__pb2.SignedStandingSet.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_federation__pb2.StandingReply.FromString,
+                _registered_method=True)
+        self.WatchHits = channel.unary_stream(
+                '/fcnode.v1.Federation/WatchHits',
+                request_serializer=fcnode_dot_v1_dot_federation__pb2.WatchHitsRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_federation__pb2.WatchHitBatch.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -73,6 +83,18 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetStanding(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchHits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +112,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Introductions,
                     request_deserializer=fcnode_dot_v1_dot_federation__pb2.IntroductionsRequest.FromString,
                     response_serializer=fcnode_dot_v1_dot_federation__pb2.SignedIntroductions.SerializeToString,
+            ),
+            'SetStanding': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetStanding,
+                    request_deserializer=fcnode_dot_v1_dot_federation__pb2.SignedStandingSet.FromString,
+                    response_serializer=fcnode_dot_v1_dot_federation__pb2.StandingReply.SerializeToString,
+            ),
+            'WatchHits': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchHits,
+                    request_deserializer=fcnode_dot_v1_dot_federation__pb2.WatchHitsRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_federation__pb2.WatchHitBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +205,60 @@ class Federation:
             '/fcnode.v1.Federation/Introductions',
             fcnode_dot_v1_dot_federation__pb2.IntroductionsRequest.SerializeToString,
             fcnode_dot_v1_dot_federation__pb2.SignedIntroductions.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetStanding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Federation/SetStanding',
+            fcnode_dot_v1_dot_federation__pb2.SignedStandingSet.SerializeToString,
+            fcnode_dot_v1_dot_federation__pb2.StandingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchHits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fcnode.v1.Federation/WatchHits',
+            fcnode_dot_v1_dot_federation__pb2.WatchHitsRequest.SerializeToString,
+            fcnode_dot_v1_dot_federation__pb2.WatchHitBatch.FromString,
             options,
             channel_credentials,
             insecure,

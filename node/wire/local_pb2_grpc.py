@@ -114,6 +114,21 @@ class LocalStub:
                 request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
                 response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
                 _registered_method=True)
+        self.Keys = channel.unary_unary(
+                '/fcnode.v1.Local/Keys',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.Recovery = channel.unary_unary(
+                '/fcnode.v1.Local/Recovery',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/fcnode.v1.Local/Watch',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                _registered_method=True)
 
 
 class LocalServicer:
@@ -216,6 +231,27 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Keys(self, request, context):
+        """admin: keys rotate --signing / --tls
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recovery(self, request, context):
+        """Own-log recovery after a restore: {"op": "finish"} ends the wait (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """op: add | list | remove | hits (with follow: streams hits as they happen)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +332,21 @@ def add_LocalServicer_to_server(servicer, server):
             ),
             'Import': grpc.unary_unary_rpc_method_handler(
                     servicer.Import,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            ),
+            'Keys': grpc.unary_unary_rpc_method_handler(
+                    servicer.Keys,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            ),
+            'Recovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recovery,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
                     request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
                     response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
             ),
@@ -730,6 +781,87 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Import',
+            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Keys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/Keys',
+            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/Recovery',
+            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fcnode.v1.Local/Watch',
             fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
             fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
             options,

@@ -38,6 +38,7 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.tls = keys.load_tls(d / "tls.key", d / "tls.crt")
         self.port = free_port()
         self.items: list[federation_pb2.LogItem] = []
+        self.heads: dict[str, int] = {}  # reported on the batch (claims, not proof)
         self.requests: list[object] = []
         self.answers: list[records_pb2.Envelope] = []
         self.pointers: list[federation_pb2.Pointer] = []  # sent with `answers`
@@ -85,7 +86,8 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.requests.append(request)
         cursors = dict(request.cursors)
         batch = federation_pb2.ReplicateBatch(
-            items=[i for i in self.items if i.seq > cursors.get(i.origin, 0)])
+            items=[i for i in self.items if i.seq > cursors.get(i.origin, 0)],
+            heads=self.heads)
         yield batch
         await asyncio.sleep(3600)
 

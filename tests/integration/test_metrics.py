@@ -84,11 +84,11 @@ def test_metrics_count_what_the_nodes_did(make_node) -> None:
     assert value(ma, "fcnode_queries_answered_total", peer="nysic", result="answered") == 1
     assert value(ma, "fcnode_query_answer_duration_seconds_count") == 1
     assert value(ma, "fcnode_disseminations_total", channel="query", decision="FULL") == 1
-    # Static facts: build, certificate expiry (init makes ~825 days), database size.
+    # Static facts: build, certificate expiry (init makes 365 days), database size.
     for m in (ma, mb):
         assert value(m, "fcnode_build_info", version=_version()) == 1
         expiry = value(m, "fcnode_tls_cert_expiry_timestamp_seconds")
-        assert expiry is not None and 800 * 86400 < expiry - time.time() < 830 * 86400
+        assert expiry is not None and 360 * 86400 < expiry - time.time() < 366 * 86400
         assert (value(m, "fcnode_database_size_bytes") or 0) > 4096
     peer_expiry = value(mb, "fcnode_peer_tls_cert_expiry_timestamp_seconds", peer="ncric")
     assert peer_expiry == value(ma, "fcnode_tls_cert_expiry_timestamp_seconds")

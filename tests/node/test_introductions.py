@@ -8,12 +8,13 @@ import os
 from node.identity import IdentityCard
 from node.introductions import Offer, adopt, served
 from node.peers import Peer
+from tests.node.test_identity import self_signed_der
 
 OWN_KEY = os.urandom(32)
 
 
 def card(center: str, key: bytes | None = None, address: str = "10.0.0.2:7701") -> IdentityCard:
-    der = os.urandom(40)  # the fingerprint is what pinning compares; the DER is opaque here
+    der = self_signed_der(center)
     return IdentityCard(center, address, key or os.urandom(32), hashlib.sha256(der).hexdigest(),
                         center, der, os.urandom(32))
 
@@ -61,3 +62,12 @@ def test_served_view_names_the_introducers_and_skips_the_asker_and_untrusted() -
     got = adopt("me", OWN_KEY, {"hub": HUB, "hub2": HUB2}, "hub", [Offer(card("xx"), ("h0",))])
     view = {o.card.center: o.via for o in served(got.peers, "hub2")}
     assert view == {"hub": (), "xx": ("h0", "hub")}
+
+
+def test_a_conflict_survives_a_reload_of_peers_toml() -> None:
+    from node.peers import parse_peers, render_peers
+
+    first = adopt("me", OWN_KEY, {"hub": HUB, "hub2": HUB2}, "hub", [Offer(card("yy"), ())])
+    second = adopt("me", OWN_KEY, first.peers, "hub2", [Offer(card("yy"), ())])
+    again = parse_peers(render_peers(second.peers.values()), "peers.toml", "me")
+    assert again == second.peers and not again["yy"].trusted

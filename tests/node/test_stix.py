@@ -60,6 +60,9 @@ def _all_bodies() -> list[Any]:
             bodies.append(_body(_draft(kind, tlp), record_id=f"{i:02d}{j:02d}" * 8))
     bodies.append(_body(_draft("BULLETIN", "AMBER", entities=[], labels=[], narrative=""),
                         record_id="e" * 32))
+    # ISE-SAR behaviour codes have no STIX field: they travel in the fcnode extension.
+    bodies.append(_body(_draft("SAR", "AMBER", behaviors=["SURVL", "PHOTO"]),
+                        record_id="b" * 32))
     return bodies
 
 

@@ -1,0 +1,26 @@
+"""The search filters as command-line flags and as a local-API request: one
+definition for `search`, `export` (and anything else that selects records)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_search_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="*", help="words that must occur")
+    p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
+    p.add_argument("--kind", action="append")
+    p.add_argument("--since", help="date or age, e.g. 30d")
+    p.add_argument("--label", action="append")
+    p.add_argument("--behavior", action="append", metavar="CODE",
+                   help="ISE-SAR behaviour category (repeatable: all must be present)")
+    p.add_argument("--origin", action="append", metavar="CENTER")
+    p.add_argument("--limit", type=int, default=50)
+
+
+def search_request(args: argparse.Namespace) -> dict[str, Any]:
+    return {"text": " ".join(args.text), "entities": args.entity or [],
+            "kinds": args.kind or [], "since": args.since, "labels": args.label or [],
+            "origins": args.origin or [], "limit": args.limit,
+            "behaviors": args.behavior or []}

@@ -1,0 +1,298 @@
+"""Watch transactions: local watches and their hits, standing queries registered
+by other centers, their durable outbox, and the queue of changed records."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from node.storage.log import E_COLUMNS, NCOL, StoredEntry
+from node.watch import Watch
+
+
+def _watch(row: tuple) -> Watch:
+    return Watch(row[0], row[1], Watch.params_from_json(json.loads(row[2])), bool(row[3]),
+                 row[4], row[5])
+
+
+_W = "id, owner, params, network, created_ms, expires_ms"
+
+
+def add_watch(conn: sqlite3.Connection, w: Watch) -> None:
+    conn.execute(f"INSERT INTO watches ({_W}) VALUES (?, ?, ?, ?, ?, ?)",
+                 (w.id, w.owner, json.dumps(w.to_json(), sort_keys=True), int(w.network),
+                  w.created_ms, w.expires_ms))
+
+
+def count_of(conn: sqlite3.Connection, owner: str) -> int:
+    return conn.execute("SELECT count(*) FROM watches WHERE owner = ?", (owner,)).fetchone()[0]
+
+
+def watches(conn: sqlite3.Connection, owner: str | None = None, now_ms: int = 0,
+            network_only: bool = False) -> list[Watch]:
+    sql, args = f"SELECT {_W} FROM watches WHERE expires_ms > ?", [now_ms]
+    if owner is not None:
+        sql += " AND owner = ?"
+        args.append(owner)
+    if network_only:
+        sql += " AND network = 1"
+    return [_watch(r) for r in conn.execute(sql + " ORDER BY created_ms, id", args)]
+
+
+def watch(conn: sqlite3.Connection, watch_id: str) -> Watch | None:
+    row = conn.execute(f"SELECT {_W} FROM watches WHERE id = ?", (watch_id,)).fetchone()
+    return _watch(row) if row else None
+
+
+def remove_watch(conn: sqlite3.Connection, watch_id: str) -> None:
+    conn.execute("DELETE FROM watches WHERE id = ?", (watch_id,))
+    conn.execute("DELETE FROM watch_hits WHERE watch_id = ?", (watch_id,))
+
+
+def expire_watches(conn: sqlite3.Connection, now_ms: int) -> list[str]:
+    ids = [r[0] for r in conn.execute("SELECT id FROM watches WHERE expires_ms <= ?", (now_ms,))]
+    for watch_id in ids:
+        remove_watch(conn, watch_id)
+    return ids
+
+
+def remove_owner(conn: sqlite3.Connection, owner: str) -> list[str]:
+    """A removed user's watches go with them (and their hits)."""
+    ids = [r[0] for r in conn.execute("SELECT id FROM watches WHERE owner = ?", (owner,))]
+    for watch_id in ids:
+        remove_watch(conn, watch_id)
+    return ids
+
+
+# -- the queue of records whose current version changed ------------------------
+def set_self(conn: sqlite3.Connection, center: str) -> None:
+    conn.execute("DELETE FROM watch_self WHERE center != ?", (center,))
+    conn.execute("INSERT OR IGNORE INTO watch_self (center) VALUES (?)", (center,))
+
+
+
+def queued(conn: sqlite3.Connection, limit: int) -> list[tuple[int, StoredEntry | None]]:
+    """Up to ``limit`` queued records, each with its current entry if it is still an
+    active content version (None: it was retracted, purged or erased since)."""
+    rows = conn.execute(
+        f"SELECT q.rec, r.state, {E_COLUMNS} FROM "
+        "(SELECT rec FROM watch_queue ORDER BY rec LIMIT ?) q "
+        "LEFT JOIN records r ON r.id = q.rec "
+        "LEFT JOIN entries e ON e.origin = r.origin AND e.seq = r.seq", (limit,)).fetchall()
+    out: list[tuple[int, StoredEntry | None]] = []
+    for row in rows:
+        entry = StoredEntry(*row[2:2 + NCOL])
+        ok = row[1] == "active" and entry.payload is not None
+        out.append((row[0], entry if ok else None))
+    return out
+
+
+def dequeue(conn: sqlite3.Connection, recs: Iterable[int]) -> None:
+    conn.executemany("DELETE FROM watch_queue WHERE rec = ?", [(r,) for r in recs])
+
+
+# -- hits of this node's watches --------------------------------------------------
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    watch_id: str
+    owner: str
+    ts_ms: int
+    source: str
+    origin: str
+    record_id: str
+    version: int
+    access: str
+    payload: bytes | None = None
+    signature: bytes | None = None
+    key_id: str | None = None
+    stub: bytes | None = None
+    stub_signature: bytes | None = None
+    stub_key_id: str | None = None
+
+
+_H = ("id, watch_id, owner, ts_ms, source, origin, record_id, version, access, payload, "
+      "signature, key_id, stub, stub_signature, stub_key_id")
+
+
+def add_hit(conn: sqlite3.Connection, hit: Hit, keep: int) -> int:
+    """Store one hit (once per watch and record version); keep the owner's newest
+    ``keep`` hits, counting the dropped ones. Its id when it is new, else 0."""
+    cur = conn.execute(
+        f"INSERT OR IGNORE INTO watch_hits ({_H.replace('id, ', '', 1)}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (hit.watch_id, hit.owner, hit.ts_ms, hit.source, hit.origin, hit.record_id,
+         hit.version, hit.access, hit.payload, hit.signature, hit.key_id, hit.stub,
+         hit.stub_signature, hit.stub_key_id))
+    if not cur.rowcount:
+        return 0
+    _prune(conn, "watch_hits", "owner", hit.owner, f"user:{hit.owner}", keep)
+    return int(cur.lastrowid or 0)
+
+
+def _prune(conn: sqlite3.Connection, table: str, column: str, value: str, who: str,
+           keep: int) -> None:
+    row = conn.execute(f"SELECT id FROM {table} WHERE {column} = ? ORDER BY id DESC "
+                       "LIMIT 1 OFFSET ?", (value, max(keep, 0))).fetchone()
+    if row is None:
+        return
+    n = conn.execute(f"DELETE FROM {table} WHERE {column} = ? AND id <= ?",
+                     (value, row[0])).rowcount
+    conn.execute("INSERT INTO watch_dropped (who, dropped) VALUES (?, ?) ON CONFLICT (who) "
+                 "DO UPDATE SET dropped = dropped + excluded.dropped", (who, n))
+
+
+def dropped(conn: sqlite3.Connection, who: str) -> int:
+    row = conn.execute("SELECT dropped FROM watch_dropped WHERE who = ?", (who,)).fetchone()
+    return row[0] if row else 0
+
+
+def hits(conn: sqlite3.Connection, owner: str | None, after_id: int, limit: int) -> list[Hit]:
+    sql, args = f"SELECT {_H} FROM watch_hits WHERE id > ?", [after_id]
+    if owner is not None:
+        sql += " AND owner = ?"
+        args.append(owner)
+    return [Hit(*r) for r in conn.execute(sql + " ORDER BY id LIMIT ?", [*args, limit])]
+
+
+def hit(conn: sqlite3.Connection, hit_id: int) -> Hit | None:
+    row = conn.execute(f"SELECT {_H} FROM watch_hits WHERE id = ?", (hit_id,)).fetchone()
+    return Hit(*row) if row else None
+
+
+def last_hit_id(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(id), 0) FROM watch_hits").fetchone()[0]
+
+
+# -- standing queries of other centers (this node answers them) ------------------
+@dataclass(frozen=True)
+class Standing:
+    center: str
+    watch: Watch          # owner = the remote user
+    attributes: tuple[str, ...]
+    registered_ms: int
+
+
+def standing_issued(conn: sqlite3.Connection, center: str) -> int:
+    row = conn.execute("SELECT issued_ms FROM standing_sync WHERE center = ?",
+                       (center,)).fetchone()
+    return row[0] if row else 0
+
+
+def replace_standing(conn: sqlite3.Connection, center: str, issued_ms: int,
+                     items: list[Standing]) -> tuple[int, int]:
+    """Make ``items`` the whole set of ``center``'s standing queries here (a signed
+    set replaces the previous one: a watch left out is withdrawn). Returns
+    (added, withdrawn)."""
+    before = {r[0] for r in conn.execute(
+        "SELECT watch_id FROM standing_queries WHERE center = ?", (center,))}
+    after = {s.watch.id for s in items}
+    conn.execute("DELETE FROM standing_queries WHERE center = ?", (center,))
+    conn.executemany(
+        "INSERT INTO standing_queries (center, watch_id, user, attributes, params, "
+        "registered_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(center, s.watch.id, s.watch.owner, json.dumps(list(s.attributes)),
+          json.dumps(s.watch.to_json(), sort_keys=True), s.registered_ms, s.watch.expires_ms)
+         for s in items])
+    gone = before - after
+    for watch_id in gone:
+        _forget_standing(conn, center, watch_id)
+    conn.execute("INSERT INTO standing_sync (center, issued_ms) VALUES (?, ?) "
+                 "ON CONFLICT (center) DO UPDATE SET issued_ms = excluded.issued_ms",
+                 (center, issued_ms))
+    return len(after - before), len(gone)
+
+
+def _forget_standing(conn: sqlite3.Connection, center: str, watch_id: str) -> None:
+    conn.execute("DELETE FROM watch_outbox WHERE center = ? AND watch_id = ?", (center, watch_id))
+    conn.execute("DELETE FROM standing_notified WHERE center = ? AND watch_id = ?",
+                 (center, watch_id))
+
+
+def standing(conn: sqlite3.Connection, now_ms: int, center: str | None = None
+             ) -> list[Standing]:
+    sql = ("SELECT center, watch_id, user, attributes, params, registered_ms, expires_ms "
+           "FROM standing_queries WHERE expires_ms > ?")
+    args: list[object] = [now_ms]
+    if center is not None:
+        sql += " AND center = ?"
+        args.append(center)
+    return [Standing(r[0], Watch(r[1], r[2], Watch.params_from_json(json.loads(r[4])), True,
+                                 r[5], r[6]), tuple(json.loads(r[3])), r[5])
+            for r in conn.execute(sql + " ORDER BY center, registered_ms", args)]
+
+
+def expire_standing(conn: sqlite3.Connection, now_ms: int) -> int:
+    rows = conn.execute("SELECT center, watch_id FROM standing_queries WHERE expires_ms <= ?",
+                        (now_ms,)).fetchall()
+    for center, watch_id in rows:
+        conn.execute("DELETE FROM standing_queries WHERE center = ? AND watch_id = ?",
+                     (center, watch_id))
+        _forget_standing(conn, center, watch_id)
+    return len(rows)
+
+
+def drop_center(conn: sqlite3.Connection, center: str) -> None:
+    """A peer unpinned: its standing queries and their outbox go."""
+    for (watch_id,) in conn.execute("SELECT watch_id FROM standing_queries WHERE center = ?",
+                                    (center,)).fetchall():
+        _forget_standing(conn, center, watch_id)
+    conn.execute("DELETE FROM standing_queries WHERE center = ?", (center,))
+    conn.execute("DELETE FROM standing_sync WHERE center = ?", (center,))
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    id: int
+    center: str
+    watch_id: str
+    origin: str
+    seq: int
+    record_id: str
+    version: int
+    access: str
+
+
+def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int) -> bool:
+    """Queue a hit for a watcher center (call ``prune_outbox`` once per batch)."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO watch_outbox (center, watch_id, ts_ms, origin, seq, record_id, "
+        "version, access) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (o.center, o.watch_id, ts_ms, o.origin, o.seq, o.record_id, o.version, o.access))
+    return bool(cur.rowcount)
+
+
+def prune_outbox(conn: sqlite3.Connection, center: str, keep: int) -> None:
+    """Keep a watcher's newest ``keep`` outbox rows; count the dropped ones."""
+    _prune(conn, "watch_outbox", "center", center, f"center:{center}", keep)
+
+
+def outgoing(conn: sqlite3.Connection, center: str, after_id: int, limit: int) -> list[Outgoing]:
+    return [Outgoing(*r) for r in conn.execute(
+        "SELECT id, center, watch_id, origin, seq, record_id, version, access FROM watch_outbox "
+        "WHERE center = ? AND id > ? ORDER BY id LIMIT ?", (center, after_id, limit))]
+
+
+def ack_outgoing(conn: sqlite3.Connection, center: str, upto_id: int) -> None:
+    """The watcher asked for what follows ``upto_id``: it has everything before."""
+    conn.execute("DELETE FROM watch_outbox WHERE center = ? AND id <= ?", (center, upto_id))
+
+
+def notify_once(conn: sqlite3.Connection, center: str, watch_id: str, record_id: str) -> bool:
+    """At most one restricted-hit notice per (watch, record)."""
+    return bool(conn.execute(
+        "INSERT OR IGNORE INTO standing_notified (center, watch_id, record_id) VALUES (?, ?, ?)",
+        (center, watch_id, record_id)).rowcount)
+
+
+# -- this node's cursors into its peers' outboxes ----------------------------------
+def cursor(conn: sqlite3.Connection, peer: str) -> int:
+    row = conn.execute("SELECT after FROM watch_cursors WHERE peer = ?", (peer,)).fetchone()
+    return row[0] if row else 0
+
+
+def set_cursor(conn: sqlite3.Connection, peer: str, after: int) -> None:
+    conn.execute("INSERT INTO watch_cursors (peer, after) VALUES (?, ?) ON CONFLICT (peer) "
+                 "DO UPDATE SET after = max(after, excluded.after)", (peer, after))

@@ -1,0 +1,319 @@
+"""Key and certificate rotation across a chain origin -- hub -- spoke with real
+daemons over mutual TLS (issue 9 items 1-3). The spoke never dials the origin:
+it learns every announcement through the hub."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from node import keys
+from node.devnet import Node
+from node.identity import parse_card
+from node.signing import entry_hash, seal_record
+from node.wire import federation_pb2, records_pb2
+from tests.integration.rogue import Rogue
+from tests.integration.test_metrics import scrape, value, with_metrics
+
+GREEN = ("--tlp", "GREEN", "--audience", "members")
+
+
+def chain(make_node) -> tuple[Node, Node, Node]:
+    origin, hub, spoke = make_node("origin"), make_node("hub"), make_node("spoke")
+    origin.pin(hub)
+    hub.pin(origin)
+    hub.pin(spoke)
+    spoke.pin(hub)
+    spoke.pin(origin, "--no-connect")
+    origin.pin(spoke, "--no-connect")
+    return origin, hub, spoke
+
+
+def held(node: Node, record_id: str) -> bool:
+    return record_id in node.held_record_ids()
+
+
+def wait_held(node: Node, record_id: str, timeout: float = 30) -> None:
+    node.wait_for(lambda: held(node, record_id), timeout, f"{record_id} at {node.center}")
+
+
+def head(node: Node, origin: str) -> tuple[int, bytes]:
+    with contextlib.closing(node.db()) as conn:
+        row = conn.execute("SELECT seq, hash FROM entries WHERE origin = ? ORDER BY seq DESC "
+                           "LIMIT 1", (origin,)).fetchone()
+    return (row[0], row[1]) if row else (0, b"")
+
+
+def rejections(node: Node, origin: str) -> list[tuple[int, str]]:
+    with contextlib.closing(node.db()) as conn:
+        return list(conn.execute("SELECT seq, reason FROM rejections WHERE origin = ?",
+                                 (origin,)))
+
+
+def query_ids(node: Node, text: str, *extra: str) -> dict[str, str]:
+    """record id -> access, of a federated query's results."""
+    out = {}
+    for line in node.json_lines("query", text, *extra):
+        if "summary" not in line:
+            out[line["record_id"]] = line["access"]
+    return out
+
+
+def forged(origin: str, seq: int, prev: bytes, key_pem: bytes, title: str
+           ) -> federation_pb2.LogItem:
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    body = records_pb2.RecordBody(
+        origin=origin, seq=seq, prev=prev, record_id=f"forged{seq}", version=1,
+        created_ms=int(time.time() * 1000), expires_ms=int(time.time() * 1000) + 86_400_000,
+        kind=records_pb2.BULLETIN, title=title,
+        policy=records_pb2.AccessPolicy(tlp=records_pb2.GREEN, audience=["members"],
+                                        discoverability=records_pb2.POINTER, relay=True))
+    env = seal_record(key, body)  # type: ignore[arg-type]
+    return federation_pb2.LogItem(origin=origin, seq=seq, hash=entry_hash(env.payload),
+                                  envelope=env)
+
+
+def test_signing_key_rotation_reaches_a_spoke_through_the_hub(make_node, tmp_path: Path
+                                                               ) -> None:
+    origin, hub, spoke = chain(make_node)
+    before = origin.publish("--kind", "BULLETIN", "--title", "before rotation", *GREEN)
+    wait_held(spoke, before["record_id"])
+    assert query_ids(spoke, "rotation") == {before["record_id"]: "FULL"}
+    old_card = parse_card(origin.card())
+    old_key_pem = (origin.home / "signing.key").read_bytes()
+
+    rotated = origin.json("keys", "rotate", "--signing")
+    # The audit head was last signed by the old key: it still verifies.
+    assert origin.json("audit", "verify")["ok"]
+    new_card = parse_card(origin.card())
+    assert new_card.signing_key != old_card.signing_key  # identity prints the new card
+    assert new_card.tls_fingerprint == old_card.tls_fingerprint
+    after = origin.publish("--kind", "BULLETIN", "--title", "after rotation", *GREEN)
+    # The hub verifies with the key the rotation announced; the spoke learns it
+    # from the hub (it never talks to the origin).
+    wait_held(hub, after["record_id"])
+    wait_held(spoke, after["record_id"])
+    shown = spoke.json("peers", "show", "origin")
+    assert [(k["from_seq"], k["until_seq"]) for k in shown["keys"]] == [
+        (1, rotated["seq"]), (rotated["seq"] + 1, None)]
+    assert shown["keys"][1]["key_id"] == rotated["new_key_id"]
+    # Queries: the origin's are signed with the new key now; what it published
+    # before and after verifies at the spoke.
+    assert query_ids(origin, "rotation", "--centers", "hub") == {
+        before["record_id"]: "FULL", after["record_id"]: "FULL"}
+    assert query_ids(spoke, "rotation") == {before["record_id"]: "FULL",
+                                            after["record_id"]: "FULL"}
+
+    # A thief with the old key signs the next position: refused, never stored.
+    seq, prev = head(spoke, "origin")
+    rogue = Rogue(tmp_path, "mallory")
+    rogue.items = [forged("origin", seq + 1, prev, old_key_pem, "signed with the old key")]
+    rogue.serve(spoke.card())
+    try:
+        spoke.ok("peers", "add", rogue.card.line())
+        spoke.wait_for(lambda: any("not valid at this position" in r
+                                   for s, r in rejections(spoke, "origin") if s == seq + 1),
+                       30, "the old key's entry refused")
+        assert not held(spoke, f"forged{seq + 1}")
+        assert head(spoke, "origin")[0] == seq
+        shown = spoke.json("peers", "show", "origin")
+        assert [e["seq"] for e in shown["distrusted_entries"]] == [seq + 1]
+    finally:
+        rogue.stop()
+    # ... and the origin's next entry under the new key still arrives.
+    later = origin.publish("--kind", "BULLETIN", "--title", "later", *GREEN)
+    wait_held(spoke, later["record_id"])
+
+    # The key history survives a restart (learned keys live in the database).
+    spoke.stop()
+    spoke.start()
+    assert len(spoke.json("peers", "show", "origin")["keys"]) == 2
+    assert query_ids(spoke, "later", "--centers", "hub") == {later["record_id"]: "FULL"}
+    origin.stop()
+    origin.start()  # the origin restarts with its new key
+    assert json.loads(origin.ok("identity", "--json"))["card"] == new_card.line()
+    assert origin.publish("--kind", "BULLETIN", "--title", "after restart", *GREEN)
+    assert keys.load_signing_key(origin.home / "signing.key")
+
+
+def fast_tls(node: Node, **settings: float) -> None:
+    """Shorten the [tls] timings of a node that is not running yet."""
+    for key, setting in {"check_interval_s": 0.5, **settings}.items():
+        text = (node.home / "node.toml").read_text()
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"{key} = "))
+        node.edit_config(line, f"{key} = {setting}")
+
+
+def fingerprint(node: Node) -> str:
+    return node.json("status")["tls"]["fingerprint"]
+
+
+def pinned_certs(node: Node, center: str) -> list[str]:
+    return [c["fingerprint"] for c in node.json("peers", "show", center)["certificates"]]
+
+
+def test_tls_renewal_needs_no_admin_at_any_peer(make_node) -> None:
+    origin = make_node("origin", start=False)
+    fast_tls(origin, switch_after_days=10 / 86400)  # present it 10 s after announcing
+    metrics_url = with_metrics(origin)
+    origin.start()
+    hub = make_node("hub", start=False)
+    hub_metrics = with_metrics(hub)
+    hub.start()
+    spoke = make_node("spoke")
+    origin.pin(hub)
+    hub.pin(origin)
+    hub.pin(spoke)
+    spoke.pin(hub)
+    spoke.pin(origin, "--no-connect")
+    origin.pin(spoke, "--no-connect")
+    first = origin.publish("--kind", "BULLETIN", "--title", "before renewal", *GREEN)
+    wait_held(spoke, first["record_id"])
+    old_fp = fingerprint(origin)
+
+    renewed = origin.json("keys", "rotate", "--tls")
+    new_fp = renewed["new_fingerprint"]
+    assert new_fp != old_fp
+    assert origin.json("status")["tls"]["next"]["fingerprint"] == new_fp
+    # Both peers pin the announced certificate beside the card's, the spoke
+    # through the hub; nobody ran a command there.
+    for peer in (hub, spoke):
+        peer.wait_for(lambda p=peer: new_fp in pinned_certs(p, "origin"), 30,
+                      "the announced certificate pinned")
+    origin.wait_for(lambda: fingerprint(origin) == new_fp, 40, "the renewed certificate used")
+    assert parse_card(origin.card()).tls_fingerprint == new_fp
+    # The expiry gauges follow the renewal: the origin's own, and the hub's for it.
+    new_expiry = keys.cert_expiry_ms((origin.home / "tls.crt").read_bytes()) / 1000
+    assert value(scrape(metrics_url)[1], "fcnode_tls_cert_expiry_timestamp_seconds") == \
+        new_expiry
+    assert value(scrape(hub_metrics)[1], "fcnode_peer_tls_cert_expiry_timestamp_seconds",
+                 peer="origin") == new_expiry
+    # New handshakes both ways with the new certificate: restart the hub.
+    hub.stop()
+    hub.start()
+    second = origin.publish("--kind", "BULLETIN", "--title", "after renewal", *GREEN)
+    wait_held(hub, second["record_id"])
+    wait_held(spoke, second["record_id"])
+    assert query_ids(origin, "renewal", "--centers", "hub") == {
+        first["record_id"]: "FULL", second["record_id"]: "FULL"}
+    hub.wait_for(lambda: query_ids(hub, "renewal", "--centers", "origin") == {
+        first["record_id"]: "FULL", second["record_id"]: "FULL"}, 30, "origin answers the hub")
+    assert query_ids(spoke, "renewal") == {first["record_id"]: "FULL",
+                                           second["record_id"]: "FULL"}
+
+
+@pytest.mark.timeout(240)
+def test_certificate_about_to_expire_is_renewed_automatically(make_node) -> None:
+    origin = make_node("origin", start=False)
+    # A certificate that expires 80 s from now, made before the card is handed
+    # out; renewal 60 s before expiry, presented 10 s after announcing.
+    (origin.home / "tls.key").unlink()
+    (origin.home / "tls.crt").unlink()
+    keys.generate_tls(origin.home / "tls.key", origin.home / "tls.crt", "origin",
+                      days=80 / 86400)
+    expires = keys.cert_expiry_ms((origin.home / "tls.crt").read_bytes()) / 1000
+    fast_tls(origin, lifetime_days=1.0, renew_before_days=60 / 86400,
+             switch_after_days=10 / 86400)
+    origin.start()
+    hub, spoke = make_node("hub"), make_node("spoke")
+    origin.pin(hub)
+    hub.pin(origin)
+    hub.pin(spoke)
+    spoke.pin(hub)
+    spoke.pin(origin, "--no-connect")
+    origin.pin(spoke, "--no-connect")
+    old_fp = fingerprint(origin)
+    first = origin.publish("--kind", "BULLETIN", "--title", "short lived one", *GREEN)
+    wait_held(spoke, first["record_id"])
+    assert "TLS certificate expires soon" in origin.log_tail(100_000)
+
+    origin.wait_for(lambda: fingerprint(origin) != old_fp, 90, "automatic renewal")
+    new_fp = fingerprint(origin)
+    assert new_fp in pinned_certs(hub, "origin")
+    spoke.wait_for(lambda: new_fp in pinned_certs(spoke, "origin"), 30, "spoke pins it")
+    # Past the old certificate's expiry: fresh handshakes only work with the new one.
+    time.sleep(max(0.0, expires - time.time() + 2))
+    hub.stop()
+    hub.start()
+    second = origin.publish("--kind", "BULLETIN", "--title", "short lived two", *GREEN)
+    wait_held(spoke, second["record_id"], 60)
+    assert {first["record_id"], second["record_id"]} <= spoke.held_record_ids()
+    assert query_ids(hub, "short", "--centers", "origin") == {
+        first["record_id"]: "FULL", second["record_id"]: "FULL"}
+
+
+def test_peers_update_distrusts_a_stolen_key_after_a_seq(make_node, tmp_path: Path) -> None:
+    victim, receiver = make_node("victim"), make_node("receiver")
+    victim.pin(receiver)
+    receiver.pin(victim)
+    first = victim.publish("--kind", "BULLETIN", "--title", "genuine one", *GREEN)
+    wait_held(receiver, first["record_id"])
+    stolen = (victim.home / "signing.key").read_bytes()
+
+    # The thief signs seq 2 with the stolen key and gets it to the receiver
+    # through a peer of its own: the key is still trusted there, so it is taken.
+    seq, prev = head(receiver, "victim")
+    assert seq == 1
+    rogue = Rogue(tmp_path, "mallory")
+    rogue.items = [forged("victim", 2, prev, stolen, "signed by the thief")]
+    rogue.serve(receiver.card())
+    receiver.ok("peers", "add", rogue.card.line())
+    wait_held(receiver, "forged2")
+
+    # Runbook: the victim rotates (its rotation is seq 2: a fork at the receiver,
+    # which quarantines the victim) and hands its new card over out of band with
+    # "distrust after 1"; the receiver's administrator runs peers update.
+    rotated = victim.json("keys", "rotate", "--signing")
+    assert rotated["seq"] == 2
+    receiver.wait_for(lambda: any(q["origin"] == "victim" for q in
+                                  receiver.json("status")["quarantined"]), 30, "the fork")
+    updated = receiver.json("peers", "update", victim.card(), "--distrust-after", "1")
+    assert updated["distrust_after"] == 1 and updated["quarantined_for_review"] == 1
+    assert not held(receiver, "forged2")
+    # The victim's real seq 2 (its rotation, vouched for by the new key) and what it
+    # signs with the new key arrive; the thief's replay is refused and kept for review.
+    second = victim.publish("--kind", "BULLETIN", "--title", "genuine two", *GREEN)
+    wait_held(receiver, second["record_id"])
+    assert not held(receiver, "forged2")
+    assert not receiver.json("status")["quarantined"]
+    shown = receiver.json("peers", "show", "victim")
+    assert [(k["from_seq"], k["until_seq"]) for k in shown["keys"]] == [(1, 1), (2, None)]
+    assert [e["seq"] for e in shown["distrusted_entries"]] == [2]
+    receiver.wait_for(lambda: any("not valid at this position" in r for s, r in
+                                  rejections(receiver, "victim") if s == 2), 30,
+                      "the thief's replay refused")
+    assert query_ids(victim, "genuine", "--centers", "receiver") == {
+        first["record_id"]: "FULL", second["record_id"]: "FULL"}
+    rogue.stop()
+    # peers.toml keeps the decision; it holds over a restart.
+    receiver.stop()
+    receiver.start()
+    assert receiver.json("peers", "show", "victim")["distrust_after"] == 1
+    third = victim.publish("--kind", "BULLETIN", "--title", "genuine three", *GREEN)
+    wait_held(receiver, third["record_id"])
+    assert not held(receiver, "forged2")
+
+
+def test_peers_update_works_with_the_daemon_stopped(make_node) -> None:
+    alpha, bravo = make_node("alpha"), make_node("bravo", start=False)
+    bravo.pin(alpha)  # offline
+    alpha.ok("keys", "rotate", "--signing")
+    card = alpha.card()
+    r = bravo.cli("peers", "update", card.replace("alpha", "nobody", 1))
+    assert r.returncode != 0 and "no pinned peer 'nobody'" in r.stderr
+    before = (bravo.home / "peers.toml").read_text()
+    r = bravo.cli("peers", "update", card, "--distrust-after", "-1")
+    assert r.returncode != 0 and (bravo.home / "peers.toml").read_text() == before
+    assert bravo.json("peers", "update", card, "--distrust-after", "3")["distrust_after"] == 3
+    assert "distrust_after = 3" in (bravo.home / "peers.toml").read_text()
+    offline = bravo.json("peers", "show", "alpha")
+    assert [(k["from_seq"], k["until_seq"]) for k in offline["keys"]] == [(1, 3), (4, None)]
+    bravo.start()
+    shown = bravo.json("peers", "show", "alpha")
+    assert shown["card"] == card and shown["distrust_after"] == 3
+    assert shown["keys"][-1]["key_id"] and shown["keys"][-1]["until_seq"] is None

@@ -1,0 +1,173 @@
+"""node.keyhistory: which key may sign which log position (pure, no I/O), and
+check_items applying a rotation to the rest of a batch."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from federation.ingest import WRONG_KEY, check_items
+from node.keyhistory import (
+    KeyHistory,
+    Rotation,
+    build_history,
+    check_rotation,
+    rotation_statement,
+)
+from node.signing import entry_hash, key_id, raw_public, seal_record
+from node.wire import federation_pb2, records_pb2
+
+K1, K2, K3, K4 = (Ed25519PrivateKey.generate() for _ in range(4))
+R1, R2, R3, R4 = (raw_public(k.public_key()) for k in (K1, K2, K3, K4))
+
+
+def test_a_pinned_key_signs_every_position() -> None:
+    h = KeyHistory.pinned(R1)
+    assert h.signs(key_id(R1), 1) == "" and h.signs(key_id(R1), 10**9) == ""
+    assert "unknown" in h.signs(key_id(R2), 1)
+
+
+def test_rotation_retires_the_old_key_after_its_seq_and_keeps_it_before() -> None:
+    h = KeyHistory.pinned(R1).rotate(5, R2)
+    assert h.signs(key_id(R1), 5) == ""          # the rotation entry itself
+    assert "retired after seq 5" in h.signs(key_id(R1), 6)
+    assert h.signs(key_id(R2), 6) == ""
+    assert "valid only from seq 6" in h.signs(key_id(R2), 5)
+    # A later key may sign stubs of earlier positions (missing stubs are signed at
+    # start with the current key); a retired one never signs beyond its end.
+    assert h.stub_signs(key_id(R2), 3) == ""
+    assert h.stub_signs(key_id(R1), 6) != ""
+    assert set(h.public_keys()) == {key_id(R1), key_id(R2)}
+
+
+def test_a_key_is_never_reused_and_a_rotation_cannot_go_back() -> None:
+    h = KeyHistory.pinned(R1).rotate(5, R2)
+    with pytest.raises(ValueError):
+        h.rotate(8, R1)
+    with pytest.raises(ValueError):
+        h.rotate(3, R3)
+
+
+def test_build_history_follows_only_rotations_from_the_pinned_key() -> None:
+    rots = [Rotation("o", 9, R2, R3), Rotation("o", 4, R1, R2)]
+    h = build_history(R1, rots)
+    assert [(s.key, s.from_seq, s.until_seq) for s in h.spans] == [
+        (R1, 1, 4), (R2, 5, 9), (R3, 10, None)]
+    # The administrator pinned another key by hand: learned rotations from a key
+    # not pinned are ignored (peers.toml wins).
+    assert build_history(R4, rots).spans == KeyHistory.pinned(R4).spans
+
+
+def test_distrust_after_ends_every_old_key_and_what_was_learned_from_it() -> None:
+    # The thief (holding R2) rotated to R3 at 20; the admin re-pins R4, distrusting
+    # everything R2 signed after 12.
+    rots = [Rotation("o", 4, R1, R2), Rotation("o", 20, R2, R3)]
+    h = build_history(R4, rots, distrust_after=12, distrusted=R1)
+    assert [(s.key, s.from_seq, s.until_seq) for s in h.spans] == [
+        (R1, 1, 4), (R2, 5, 12), (R4, 13, None)]
+    assert "retired after seq 12" in h.signs(key_id(R2), 13)
+    assert "unknown" in h.signs(key_id(R3), 21)
+    assert h.signs(key_id(R4), 13) == ""
+
+
+def _rotation_body(seq: int, old: Ed25519PrivateKey, new: Ed25519PrivateKey,
+                   statement_seq: int | None = None) -> records_pb2.RecordBody:
+    new_raw = raw_public(new.public_key())
+    return records_pb2.RecordBody(
+        origin="o", seq=seq, record_id=f"k{seq}", version=1, kind=records_pb2.KEY_ROTATION,
+        new_key=new_raw, new_key_signature=new.sign(rotation_statement(
+            "o", statement_seq or seq, raw_public(old.public_key()), new_raw)))
+
+
+def test_check_rotation_needs_the_new_keys_signature_over_this_position() -> None:
+    assert check_rotation(_rotation_body(5, K1, K2), R1) == ""
+    assert "does not verify" in check_rotation(_rotation_body(5, K1, K2, statement_seq=6), R1)
+    body = _rotation_body(5, K1, K2)
+    assert "does not verify" in check_rotation(body, R3)  # binds the key it replaces
+    body.new_key_signature = b"\0" * 64
+    assert "does not verify" in check_rotation(body, R1)
+
+
+def _items(bodies_keys: list[tuple[records_pb2.RecordBody, Ed25519PrivateKey]]
+           ) -> list[federation_pb2.LogItem]:
+    out, prev = [], b""
+    for body, key in bodies_keys:
+        body.prev = prev
+        env = seal_record(key, body)
+        prev = entry_hash(env.payload)
+        out.append(federation_pb2.LogItem(origin="o", seq=body.seq, hash=prev, envelope=env))
+    return out
+
+
+def _plain(seq: int) -> records_pb2.RecordBody:
+    return records_pb2.RecordBody(origin="o", seq=seq, record_id=f"r{seq}", version=1,
+                                  kind=records_pb2.BULLETIN, title="t")
+
+
+def test_check_items_applies_a_rotation_to_the_rest_of_the_batch() -> None:
+    items = _items([(_plain(1), K1), (_rotation_body(2, K1, K2), K1), (_plain(3), K2),
+                    (_plain(4), K1)])
+    out = check_items(items, lambda o: KeyHistory.pinned(R1) if o == "o" else None)
+    assert [c.error for c in out[:3]] == ["", "", ""]
+    assert out[1].rotation == Rotation("o", 2, R1, R2)
+    assert out[3].error.startswith(WRONG_KEY)  # the old key after the rotation
+
+
+def test_check_items_refuses_a_rotation_the_new_key_did_not_sign() -> None:
+    body = _rotation_body(1, K1, K2)
+    body.new_key = R3  # announces R3 with R2's signature
+    [checked] = check_items(_items([(body, K1)]), lambda o: KeyHistory.pinned(R1))
+    assert "does not verify" in checked.error and checked.rotation is None
+
+
+def _card(center: str, key: bytes):  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from node.identity import IdentityCard
+    der = TEST_DER
+    return IdentityCard(center, "127.0.0.1:7000", key, hashlib.sha256(der).hexdigest(),
+                        center.upper(), der)
+
+
+def _der() -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from node import keys
+    with tempfile.TemporaryDirectory() as d:
+        pem = keys.generate_tls(Path(d) / "k", Path(d) / "c", "orig", days=1)
+    return keys.cert_der(pem)
+
+
+TEST_DER = _der()
+
+
+def test_updated_peer_distrusts_the_replaced_key_and_peers_toml_keeps_it() -> None:
+    from node.peer_edits import updated_peer
+    from node.peers import Peer, parse_peers, render_peers
+    from node.types import ValidationError
+
+    old = Peer(_card("orig", R1), ("region:west",), False)
+    new = updated_peer(old, _card("orig", R2), 7, held_head=40)
+    assert (new.distrust_after, new.distrusted_key, new.groups, new.connect) == (
+        7, R1, ("region:west",), False)
+    assert updated_peer(old, _card("orig", R2), None, held_head=40).distrust_after == 40
+    with pytest.raises(ValidationError):
+        updated_peer(old, _card("orig", R1), 7, held_head=40)  # no new key: nothing to distrust
+    with pytest.raises(ValidationError):
+        updated_peer(old, _card("other", R2), 7, held_head=40)
+    parsed = parse_peers(render_peers([new]), "peers.toml", "me")["orig"]
+    assert parsed == new
+
+
+def test_an_interrupted_tls_switch_is_finished_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from node import keys
+
+    keys.generate_tls(tmp_path / "tls.key", tmp_path / "tls.crt", "orig", days=1)
+    keys.generate_tls(tmp_path / "tls.next.key", tmp_path / "tls.next.crt", "orig", days=2)
+    assert not keys.finish_tls_switch(tmp_path / "tls.key", tmp_path / "tls.crt")  # pending
+    new_crt = (tmp_path / "tls.next.crt").read_bytes()
+    (tmp_path / "tls.next.key").replace(tmp_path / "tls.key")  # the crash: key moved only
+    assert keys.finish_tls_switch(tmp_path / "tls.key", tmp_path / "tls.crt")
+    assert (tmp_path / "tls.crt").read_bytes() == new_crt
+    keys.load_tls(tmp_path / "tls.key", tmp_path / "tls.crt")
