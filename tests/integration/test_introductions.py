@@ -52,6 +52,20 @@ def test_spokes_learn_each_other_from_their_hub_and_follow_its_view(make_node) -
     assert "s2 for s1 only" in [r.get("title") for r in lines[:-1]]
     assert summary["summary"]["s2"]["via"] == ["hub"]
 
+    # A key rotation announced in s2's own log flows to s1 like any entry: s1
+    # verifies what s2 signs with its new key, and s2's queries (signed with it)
+    # are answered by s1 through the hub. The introduced card is unchanged.
+    s2.json("keys", "rotate", "--signing")
+    after = s2.publish("--kind", "BULLETIN", "--title", "after rotation", "--entity",
+                       "plate=INT 2", "--tlp", "GREEN", "--audience", "members")
+    s1.wait_for(lambda: after["record_id"] in s1.held_record_ids(), what="rotated record")
+    s1.publish("--kind", "BULLETIN", "--title", "s1 on INT 2", "--entity", "plate=INT 2",
+               "--tlp", "AMBER", "--audience", "s2")
+    lines = s2.json_lines("query", "--entity", "plate=INT 2", "--timeout", "8s")
+    assert "s1 on INT 2" in [r.get("title") for r in lines[:-1]]
+    assert lines[-1]["summary"]["s1"]["via"] == ["hub"]
+    assert not peers(s1)["s2"]["conflict"]
+
     # Removed at the introducer: removed here.
     hub.ok("peers", "remove", "s2")
     s1.wait_for(lambda: "s2" not in peers(s1), what="s2 removed at s1")
