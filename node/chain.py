@@ -79,8 +79,12 @@ def classify(item: Incoming, head: int, at_seq: Held | None, before: Held | None
             # that corrected a false hint it relayed must be able to correct ours).
             return Outcome(Verdict.REPLACE, "a newer placeholder")
         return Outcome(Verdict.REJECT, f"entry at seq {item.seq} contradicts the one held")
-    if item.seq != head + 1:
+    if item.seq > head + 1:
         return Outcome(Verdict.REJECT, f"gap: got seq {item.seq}, next expected {head + 1}")
+    # seq <= head with nothing held there: a hole a rewind left below origin-signed
+    # evidence (false hints dropped, the evidence above kept). It is filled like the
+    # next position, linked to what is held before it; a hole with nothing before it
+    # waits (REJECT below) for the positions under it.
     if not item.signed:
         return Outcome(Verdict.APPEND)
     return _link(item, before, Verdict.APPEND)

@@ -289,3 +289,27 @@ def test_what_a_node_holds_is_a_function_of_origin_signed_entries(ops, data) -> 
         assert got[1] == want[1], "content held differs"
         assert got[2] == want[2], "log positions differ"
         assert got[3:5] == want[3:5], "text or entity index differs"
+
+
+def test_a_hole_left_by_a_rewind_below_signed_evidence_is_filled() -> None:
+    """Found by the property above: a false placeholder at seq 1, then the origin's
+    real stub and entry at seq 2 (relayed by the same peer). The entry contradicts the
+    hint, the rewind drops it and keeps the signed evidence at 2; the origin's seq 1
+    must still be taken at the hole (it was refused as a gap: the node never converged)."""
+    log = build_scoped_log([("publish", 0, False), ("publish", 1, False)])
+    (item1, _), (item2, body2) = log
+    stream = origin_stream(log)
+    with tempfile.TemporaryDirectory() as tmp, \
+            contextlib.closing(open_sync(Path(tmp) / "n.db", create=True)) as conn:
+        deliver_as(conn, "mallory", [federation_pb2.LogItem(origin=ORIGIN, seq=1,
+                                                            hash=b"\x00" * 32)])
+        deliver_as(conn, "mallory", [
+            federation_pb2.LogItem(origin=ORIGIN, seq=2, hash=item2.hash,
+                                   stub=seal_stub(KEY, stub_of(body2, item2.hash))),
+            item2])
+        for _ in range(6):
+            if not deliver_as(conn, ORIGIN, stream).rewound:
+                break
+        held = conn.execute("SELECT seq, hash FROM entries WHERE origin = ? ORDER BY seq",
+                            (ORIGIN,)).fetchall()
+    assert held == [(1, item1.hash), (2, item2.hash)]
