@@ -122,8 +122,8 @@ def collapse(items: list[federation_pb2.LogItem]) -> list[federation_pb2.LogItem
         last = out[-1] if out else None
         if (last is not None and _bare(item) and _bare(last) and last.origin == item.origin
                 and (item.range_first or item.seq) == last.seq + 1):
-            last.range_first = last.range_first or last.seq
-            last.seq, last.hash = item.seq, item.hash
+            out[-1] = federation_pb2.LogItem(origin=item.origin, seq=item.seq, hash=item.hash,
+                                             range_first=last.range_first or last.seq)
         else:
             out.append(item)
     return out
