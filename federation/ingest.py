@@ -385,6 +385,12 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             # The origin's item lands inside (or at the end of) a range of hints:
             # the position becomes a hint row of its own, handled as before.
             log_tx.isolate_hint(conn, origin, seq, c.item.hash, prev)
+            if not at_seq.hash:
+                # A position inside a range: what this node served there was no hash
+                # at all, and its peers' cursors are past it; its streams serve it
+                # again, or a rogue's long range at a hub would hide the origin's
+                # next entries from every spoke behind it.
+                result.correct(origin, seq)
         body = c.body
         key = ((origin, body.record_id) if body is not None else
                (origin, c.stub.record_id) if c.stub is not None else ("", ""))

@@ -6,6 +6,7 @@ nothing purged ever back)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -93,7 +94,7 @@ def check_spans(conn: sqlite3.Connection) -> None:
     for first, last, _ in spans:
         assert first == expect and last >= first, f"rows do not tile the log: {spans}"
         expect = last + 1
-    for (_, _, a), (_, _, b) in zip(spans, spans[1:], strict=False):
+    for (_, _, a), (_, _, b) in itertools.pairwise(spans):
         assert not (a and b), f"two hint rows side by side: {spans}"
     hints = sum(1 for *_, hint in spans if hint)
     assert hints <= len(spans) - hints + 1

@@ -22,20 +22,20 @@ from node.wire import federation_pb2, records_pb2
 
 KEY = Ed25519PrivateKey.generate()
 KEYS = {key_id(KEY.public_key()): KEY.public_key()}
-O = "origin"
+ORG = "origin"
 
 
 def build(n: int, audience: str = "members") -> list[federation_pb2.LogItem]:
     out, prev = [], b""
     for seq in range(1, n + 1):
         body = records_pb2.RecordBody(
-            origin=O, seq=seq, prev=prev, record_id=f"r{seq}", version=1, created_ms=seq,
+            origin=ORG, seq=seq, prev=prev, record_id=f"r{seq}", version=1, created_ms=seq,
             expires_ms=4_000_000_000_000, kind=records_pb2.BULLETIN, title=f"t{seq}",
             policy=records_pb2.AccessPolicy(tlp=2, audience=[audience], discoverability=2,
                                             relay=True))
         env = seal_record(KEY, body)
         prev = entry_hash(env.payload)
-        out.append(federation_pb2.LogItem(origin=O, seq=seq, hash=prev, envelope=env))
+        out.append(federation_pb2.LogItem(origin=ORG, seq=seq, hash=prev, envelope=env))
     return out
 
 
@@ -44,7 +44,7 @@ def bare(item: federation_pb2.LogItem) -> federation_pb2.LogItem:
 
 
 def span(first: int, last: int, digest: bytes) -> federation_pb2.LogItem:
-    return federation_pb2.LogItem(origin=O, seq=last, hash=digest, range_first=first)
+    return federation_pb2.LogItem(origin=ORG, seq=last, hash=digest, range_first=first)
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def deliver(conn: sqlite3.Connection, peer: str, items: list[federation_pb2.LogItem]):
-    checked = check_items(items, lambda o: KEYS if o == O else {})
+    checked = check_items(items, lambda o: KEYS if o == ORG else {})
     conn.execute("BEGIN IMMEDIATE")
     result = store_batch(conn, peer, checked, 1, "node")
     conn.execute("COMMIT")
@@ -65,7 +65,7 @@ def rows(conn: sqlite3.Connection) -> list[tuple[int | None, int, bool]]:
     """(first, last, signed) per row of the origin."""
     return [(f, s, bool(g)) for f, s, g in conn.execute(
         "SELECT first_seq, seq, signature IS NOT NULL OR stub IS NOT NULL FROM entries "
-        "WHERE origin = ? ORDER BY seq", (O,))]
+        "WHERE origin = ? ORDER BY seq", (ORG,))]
 
 
 def h(n: int) -> bytes:
@@ -121,15 +121,15 @@ def test_a_range_is_one_row_and_signed_entries_fill_it(conn) -> None:
     log = build(10)
     deliver(conn, "hub", [log[0], span(2, 9, log[8].hash), log[9]])
     assert rows(conn) == [(None, 1, True), (2, 9, False), (None, 10, True)]
-    assert log_tx.hint_rows(conn, O) == (1, 8)
+    assert log_tx.hint_rows(conn, ORG) == (1, 8)
     # The origin's entry 5 cuts the range: 2..4 (ending in 5's prev), 5, 6..9.
-    deliver(conn, O, [log[4]])
+    deliver(conn, ORG, [log[4]])
     assert rows(conn) == [(None, 1, True), (2, 4, False), (None, 5, True), (6, 9, False),
                           (None, 10, True)]
-    assert log_tx.held(conn, O, 4) == Held(log[3].hash, False, False)
-    assert log_tx.held(conn, O, 7) == Held(b"", False, False)
+    assert log_tx.held(conn, ORG, 4) == Held(log[3].hash, False, False)
+    assert log_tx.held(conn, ORG, 7) == Held(b"", False, False)
     # Everything from the origin: every position signed, nothing left of the range.
-    deliver(conn, O, log)
+    deliver(conn, ORG, log)
     assert rows(conn) == [(None, s, True) for s in range(1, 11)]
     assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 10
 
@@ -138,26 +138,26 @@ def test_single_placeholders_of_an_older_peer_are_held_as_one_row(conn) -> None:
     log = build(300)
     deliver(conn, "old", [bare(i) for i in log])
     assert rows(conn) == [(1, 300, False)]
-    deliver(conn, O, log[:1] + log[1:])  # the origin's chain links through the range
+    deliver(conn, ORG, log[:1] + log[1:])  # the origin's chain links through the range
     assert rows(conn) == [(None, s, True) for s in range(1, 301)]
 
 
 def test_a_contradicted_range_end_rewinds_and_charges_its_sender(conn) -> None:
     log = build(6)
-    deliver(conn, O, log[:1])
+    deliver(conn, ORG, log[:1])
     deliver(conn, "mallory", [span(2, 5, h(7))])
-    result = deliver(conn, O, log[5:6])
-    assert result.rewound == {O}
+    result = deliver(conn, ORG, log[5:6])
+    assert result.rewound == {ORG}
     assert rows(conn) == [(None, 1, True)]
     assert conn.execute("SELECT peer FROM rejections WHERE reason LIKE 'placeholder "
                         "contradicted%'").fetchall() == [("mallory",)]
-    deliver(conn, O, log[1:])
+    deliver(conn, ORG, log[1:])
     assert rows(conn) == [(None, s, True) for s in range(1, 7)]
 
 
 def test_gap_is_told_from_withholding(conn) -> None:
     log = build(6)
-    deliver(conn, O, log[:1])
+    deliver(conn, ORG, log[:1])
     result = deliver(conn, "hub", [span(3, 5, log[4].hash)])
     assert result.rejected and rows(conn) == [(None, 1, True)]
     deliver(conn, "hub", [span(2, 5, log[4].hash)])
@@ -168,20 +168,20 @@ def test_a_hint_below_the_head_never_adds_a_row(conn) -> None:
     log = build(10)
     deliver(conn, "hub", [log[0], span(2, 9, log[8].hash)])
     before = rows(conn)
-    deliver(conn, "mallory", [federation_pb2.LogItem(origin=O, seq=s, hash=h(s))
+    deliver(conn, "mallory", [federation_pb2.LogItem(origin=ORG, seq=s, hash=h(s))
                               for s in range(2, 9)])  # inside: nothing to contradict
-    deliver(conn, "mallory", [federation_pb2.LogItem(origin=O, seq=9, hash=h(1))])
+    deliver(conn, "mallory", [federation_pb2.LogItem(origin=ORG, seq=9, hash=h(1))])
     deliver(conn, "mallory", [span(2, 9, h(2))])
     assert rows(conn) == before
-    assert log_tx.held(conn, O, 9) == Held(h(2), False, False)  # the newer hint, in place
+    assert log_tx.held(conn, ORG, 9) == Held(h(2), False, False)  # the newer hint, in place
 
 
 def test_items_after_cuts_a_range_at_the_cursor(conn) -> None:
     log = build(10)
     deliver(conn, "hub", [log[0], span(2, 9, log[8].hash)])
-    assert [(e.first, e.seq) for e in log_tx.items_after(conn, O, 4, 10)] == [(5, 9)]
-    assert [(e.first, e.seq) for e in log_tx.items_after(conn, O, 8, 10)] == [(None, 9)]
-    assert log_tx.first_hint(conn, O) == 2
+    assert [(e.first, e.seq) for e in log_tx.items_after(conn, ORG, 4, 10)] == [(5, 9)]
+    assert [(e.first, e.seq) for e in log_tx.items_after(conn, ORG, 8, 10)] == [(None, 9)]
+    assert log_tx.first_hint(conn, ORG) == 2
 
 
 # -- egress ------------------------------------------------------------------------
@@ -190,20 +190,20 @@ def test_collapse_joins_bare_runs_and_keeps_signed_items_single() -> None:
     items = [bare(i) for i in build(5, audience="someone")]
     assert [(i.range_first, i.seq) for i in collapse(items)] == [(1, 5)]
     assert collapse(items)[0].hash == items[-1].hash
-    recall = federation_pb2.LogItem(origin=O, seq=3, hash=h(3))
+    recall = federation_pb2.LogItem(origin=ORG, seq=3, hash=h(3))
     recall.stub.stub = b"x"  # a recall (the origin's stub) must travel on its own
     mixed = [bare(i) for i in build(5)]
     mixed[2] = recall
     assert [(i.range_first, i.seq) for i in collapse(mixed)] == [(1, 2), (0, 3), (4, 5)]
     other = federation_pb2.LogItem(origin="other", seq=3, hash=h(3))
-    assert len(collapse(mixed[:2] + [other])) == 2
+    assert len(collapse([*mixed[:2], other])) == 2
 
 
 def test_replication_batch_sends_ranges_only_to_peers_that_take_them(tmp_path) -> None:
     withheld = build(5, audience="someone")
     with contextlib.closing(open_sync(tmp_path / "o.db", create=True)) as c:
-        deliver(c, O, withheld)  # held here as evidence (not entitled): hashes only leave
-        entries = log_tx.items_after(c, O, 0, 10)
+        deliver(c, ORG, withheld)  # held here as evidence (not entitled): hashes only leave
+        entries = log_tx.items_after(c, ORG, 0, 10)
     old, _ = replication_batch(entries, "peer", "node")
     new, _ = replication_batch(entries, "peer", "node", ranges=True)
     assert [(i.range_first, i.seq) for i in old] == [(0, s) for s in range(1, 6)]
