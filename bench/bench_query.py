@@ -560,10 +560,12 @@ def report_withholding(label: str, rows: int, positions: int, nbytes: int | None
     h.figure(f"{label}: withheld entries held", f"{positions:,}",
              note=f"in {rows:,} rows")
     if nbytes is not None and base:
-        h.figure("  bytes held (entries table)", f"{nbytes / 2**20:,.2f} MB",
-                 target=f"<= {TARGET_RATIO:.0%} of {base / 2**20:,.1f} MB",
-                 note=f"ratio {nbytes / base:.4f} "
-                      f"({'measured one-row-each baseline' if baseline else '76 B each'})")
+        h.figure("  bytes held (entries table pages)", f"{nbytes / 1024:,.1f} KiB",
+                 target=(f"<= {TARGET_RATIO:.0%} of {base / 2**20:,.1f} MB"
+                         if baseline is not None or "now" in label or "requester" in label
+                         else ""),
+                 note=f"ratio {nbytes / base:.6f} to "
+                      f"{'one row each, measured here' if baseline else '76 B each'}")
     out.setdefault("withholding", {})[label] = {
         "rows": rows, "positions": positions, "bytes": nbytes, "baseline_bytes": base,
         "ratio": (nbytes / base) if nbytes is not None and base else None}
