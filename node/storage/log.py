@@ -143,10 +143,15 @@ def isolate_hint(conn: sqlite3.Connection, origin: str, seq: int, digest: bytes,
     where ``seq`` is not in a range."""
     span = _range_over(conn, origin, seq)
     if span is None:
+        row = conn.execute(f"SELECT hash FROM entries WHERE origin = ? AND seq = ? AND "
+                           f"payload IS NULL AND NOT {_EVIDENCE}", (origin, seq)).fetchone()
+        if row is not None and not row[0]:  # a one-position hint with no hash yet
+            conn.execute("UPDATE entries SET hash = ? WHERE origin = ? AND seq = ?",
+                         (digest, origin, seq))
         return
     first, last, last_hash, source, received = span
     conn.execute("DELETE FROM entries WHERE origin = ? AND seq = ?", (origin, last))
-    rows = [(seq, last_hash if seq == last else digest, None)]
+    rows = [(seq, (last_hash or digest) if seq == last else digest, None)]
     if first < seq:
         rows.append((seq - 1, left or b"", first if first < seq - 1 else None))
     if seq < last:

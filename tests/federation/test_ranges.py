@@ -134,6 +134,26 @@ def test_a_range_is_one_row_and_signed_entries_fill_it(conn) -> None:
     assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 10
 
 
+def test_a_stub_inside_a_range_leaves_no_hash_before_it_until_the_entry_comes(conn) -> None:
+    from node.signing import seal_stub, stub_of
+
+    log = build(10)
+    deliver(conn, "hub", [log[0], span(2, 9, log[8].hash)])
+    body = records_pb2.RecordBody.FromString(log[4].envelope.payload)
+    withheld = federation_pb2.LogItem(origin=ORG, seq=5, hash=log[4].hash,
+                                      stub=seal_stub(KEY, stub_of(body, log[4].hash)))
+    deliver(conn, ORG, [withheld])  # a stub has no prev: 2..4 end in no hash
+    assert rows(conn)[:3] == [(None, 1, True), (2, 4, False), (None, 5, True)]
+    assert log_tx.held(conn, ORG, 4) == Held(b"", False, False)
+    deliver(conn, ORG, [log[3]])  # entry 4 fills the last position of 2..4
+    assert log_tx.held(conn, ORG, 4) == Held(log[3].hash, True, True)
+    deliver(conn, ORG, [log[2]])  # and 3, linking to 2 (no hash held there yet)
+    deliver(conn, ORG, log)
+    assert [r[2] for r in rows(conn)] == [True] * 10
+    assert [bytes(r[0]) for r in conn.execute("SELECT hash FROM entries ORDER BY seq")] == [
+        i.hash for i in log]
+
+
 def test_single_placeholders_of_an_older_peer_are_held_as_one_row(conn) -> None:
     log = build(300)
     deliver(conn, "old", [bare(i) for i in log])
