@@ -782,7 +782,10 @@ class NodeService:
             before = log_tx.held(conn, entry.origin, entry.seq - 1) if entry.seq > 1 else None
             linked = (entry.seq == 1 and not body.prev) or (
                 before is not None and before.hash == body.prev)
-            out["chain"] = "linked" if linked else "BROKEN"
+            inside = before is not None and not before.hash  # in a range of hints
+            linked = linked or inside
+            out["chain"] = ("linked to a range of hints (seq-1 not held by hash)" if inside
+                            else "linked" if linked else "BROKEN")
             out["valid"] = linked
         except BadSignature as exc:
             out.update(valid=False, error=str(exc))
