@@ -324,7 +324,7 @@ MIGRATIONS: list[str] = [
           AND (NEW.state != 'active' OR version < NEW.version);
     END;
     """,
-    # Range placeholders (issue 10 item 5): one row stands for the unsigned hints
+    # 9: (issue 10 item 5) range placeholders: one row stands for the unsigned hints
     # first_seq..seq of an origin; ``hash`` is the last one's. NULL: one position.
     """
     ALTER TABLE entries ADD COLUMN first_seq INTEGER;
