@@ -25,6 +25,11 @@
    client side until the summary line; checks every summary (all peers
    "answered", the expected POINTER counts) and reports the per-center times.
 5. Resident memory of all daemons, CPU used during the queries, disk used.
+6. The rows and bytes the requester holds for the withheld entries (range
+   placeholders), beside the 76-bytes-per-placeholder baseline of one row each
+   (target <= 10 %). `--withholding-only` prints just this, offline and quick:
+   both stores built in the same run (one row per placeholder, as before; and
+   what replication sends now), with the bytes on the wire both ways.
 
 It prints figures with the targets beside them; it asserts nothing. All state
 lives in a temporary directory that is removed at the end (--keep keeps it);
@@ -79,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="wait this long for every link to connect (default 120)")
     p.add_argument("--catch-up-timeout", type=float, default=1800.0,
                    help="--catch-up live: wait this long for replication (default 1800)")
+    p.add_argument("--withholding-only", action="store_true",
+                   help="only the withheld-entries figure (section 6), offline and "
+                        "quick: no daemons, no records signed")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
@@ -205,6 +213,7 @@ def seed_placeholders(requester: h.Node, peers: list[h.Node], out: dict[str, Any
     batch of 2,048 items (8 x max_batch, as a catching-up link groups them)."""
     from federation.ingest import check_items, store_batch
     from node import keys
+    from node.egress import collapse
     from node.home import Home
     from node.signing import key_id
     from node.storage.db import immediate, open_sync
@@ -225,8 +234,12 @@ def seed_placeholders(requester: h.Node, peers: list[h.Node], out: dict[str, Any
             finally:
                 src.close()
             for i in range(0, len(rows), 2048):
-                items = [federation_pb2.LogItem(origin=peer.center, seq=s, hash=d)
-                         for s, d in rows[i:i + 2048]]
+                # As a server sends them to a caller that takes ranges: per batch
+                # read (max_batch rows), one range item for the withheld run.
+                items = [r for j in range(i, min(i + 2048, len(rows)), 256)
+                         for r in collapse([federation_pb2.LogItem(origin=peer.center,
+                                                                   seq=s, hash=d)
+                                            for s, d in rows[j:j + 256]])]
                 checked = check_items(items, lambda o, k=pinned: k)
                 with immediate(conn):
                     result = store_batch(conn, peer.center, checked, now_ms(),
@@ -515,8 +528,115 @@ def bench_resources(cluster: h.Cluster, requester: h.Node, peers: list[h.Node],
                         "disk_requester_mb": du(requester.home) / 2**20}
 
 
+# -- 6. withheld entries: range placeholders vs one row each ----------------------------
+BASELINE_BYTES = 76  # per placeholder before ranges (issue 10: 152 MB for 20 x 100,000)
+TARGET_RATIO = 0.10
+
+
+def entries_bytes(conn: sqlite3.Connection) -> int | None:
+    """Bytes of the entries table's pages (SQLite's dbstat), or None without it."""
+    try:
+        return conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name = 'entries'"
+                            ).fetchone()[0] or 0
+    except sqlite3.OperationalError:
+        return None
+
+
+def hint_figures(db: Path, origins: list[str]) -> tuple[int, int, int | None]:
+    """(hint rows, withheld positions they stand for, bytes of the entries table)."""
+    from node.storage import log as log_tx
+
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = positions = 0
+        for o in origins:
+            r, n = log_tx.hint_rows(conn, o)
+            rows, positions = rows + r, positions + n
+        return rows, positions, entries_bytes(conn)
+
+
+def report_withholding(label: str, rows: int, positions: int, nbytes: int | None,
+                       baseline: int | None, out: dict[str, Any]) -> None:
+    base = baseline if baseline is not None else positions * BASELINE_BYTES
+    h.figure(f"{label}: withheld entries held", f"{positions:,}",
+             note=f"in {rows:,} rows")
+    if nbytes is not None and base:
+        h.figure("  bytes held (entries table pages)", f"{nbytes / 1024:,.1f} KiB",
+                 target=(f"<= {TARGET_RATIO:.0%} of {base / 2**20:,.1f} MB"
+                         if baseline is not None or "now" in label or "requester" in label
+                         else ""),
+                 note=f"ratio {nbytes / base:.6f} to "
+                      f"{'one row each, measured here' if baseline else '76 B each'}")
+    out.setdefault("withholding", {})[label] = {
+        "rows": rows, "positions": positions, "bytes": nbytes, "baseline_bytes": base,
+        "ratio": (nbytes / base) if nbytes is not None and base else None}
+
+
+def bench_withholding(peers: int, records: int, out: dict[str, Any]) -> None:
+    """Offline, in the same run: what a requester holds for ``peers`` x ``records``
+    withheld entries, (a) one row per placeholder as before ranges
+    (log.insert_placeholder per position), (b) what replication sends now (one
+    range item per batch read, federation.ingest.store_batch); and the bytes on
+    the wire both ways."""
+    import hashlib
+    import tempfile
+
+    from federation.ingest import check_items, store_batch
+    from node.egress import collapse
+    from node.storage import log as log_tx
+    from node.storage.db import immediate, open_sync
+    from node.wire import federation_pb2
+
+    h.section(f"6. withheld entries: {peers} peers x {records:,}")
+    origins = [f"peer-{i:02d}" for i in range(1, peers + 1)]
+    pinned = {"k": object()}  # placeholders carry no signature to verify
+    wire = {"single": 0, "ranges": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        old = open_sync(Path(tmp) / "old.db", create=True)
+        new = open_sync(Path(tmp) / "new.db", create=True)
+        try:
+            t = time.perf_counter()
+            for o in origins:
+                for i in range(0, records, 2048):
+                    single = [federation_pb2.LogItem(
+                        origin=o, seq=s, hash=hashlib.sha256(f"{o}{s}".encode()).digest())
+                        for s in range(i + 1, min(i + 2048, records) + 1)]
+                    ranged = [r for j in range(0, len(single), 256)
+                              for r in collapse(single[j:j + 256])]
+                    wire["single"] += federation_pb2.ReplicateBatch(items=single).ByteSize()
+                    wire["ranges"] += federation_pb2.ReplicateBatch(items=ranged).ByteSize()
+                    with immediate(old):
+                        for it in single:
+                            log_tx.insert_placeholder(old, o, it.seq, it.hash, o, 1)
+                    with immediate(new):
+                        res = store_batch(new, o, check_items(ranged, lambda _o: pinned),
+                                          1, "req")
+                    if res.rejected:
+                        raise RuntimeError(f"ranges of {o} rejected: {dict(res.rejected)}")
+            seconds = time.perf_counter() - t
+            for c in (old, new):
+                c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                c.execute("VACUUM")
+        finally:
+            old.close()
+            new.close()
+        before = hint_figures(Path(tmp) / "old.db", origins)
+        after = hint_figures(Path(tmp) / "new.db", origins)
+    h.info(f"(built both stores in {seconds:.1f} s)")
+    report_withholding("one row per placeholder (before)", *before, None, out)
+    report_withholding("range placeholders (now)", *after, before[2], out)
+    h.figure("bytes on the wire, one item each", f"{wire['single'] / 2**20:,.1f} MB")
+    h.figure("bytes on the wire, ranges", f"{wire['ranges'] / 2**20:,.3f} MB",
+             note=f"ratio {wire['ranges'] / wire['single']:.4f}")
+    out.setdefault("withholding", {})["wire"] = wire
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.withholding_only:
+        out0: dict[str, Any] = {"args": vars(args)}
+        bench_withholding(args.peers, args.records, out0)
+        h.save_json(args.json, out0)
+        return 0
     n_total = args.peers * args.records
     print(f"fcnode federated query benchmark: {args.peers} peers x {args.records:,} records "
           f"({n_total:,}), {args.queries} queries, python {sys.version.split()[0]}", flush=True)
@@ -563,6 +683,10 @@ def main(argv: list[str] | None = None) -> int:
         bench_queries(cluster, requester, peers, corpus, args, out)
         bench_resources(cluster, requester, peers, out)
         cluster.check_alive()
+        h.section("6. the requester's rows for withheld entries (live network)")
+        report_withholding("range placeholders (requester)",
+                           *hint_figures(requester.home / "node.db",
+                                         [p.center for p in peers]), None, out)
     print(f"\n   total {time.perf_counter() - began:.0f} s", flush=True)
     h.save_json(args.json, out)
     return 0

@@ -348,7 +348,8 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             top = log_tx.head(conn, origin)[0]
             tips[origin] = (top, log_tx.held(conn, origin, top) if top else None)
         head, tip = tips[origin]
-        if seq == head + 1:
+        first = c.item.range_first  # a range placeholder for first..seq; 0: one position
+        if seq == head + 1 or (first and first <= head + 1 < seq):
             at_seq, before = None, tip
         else:
             flush()
@@ -356,7 +357,8 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             before = log_tx.held(conn, origin, seq - 1) if seq > 1 else None
         signed = c.body is not None or c.stub is not None
         prev = c.body.prev if c.body is not None else (None if signed else b"")
-        outcome = classify(Incoming(seq, c.item.hash, signed, prev), head, at_seq, before)
+        outcome = classify(Incoming(seq, c.item.hash, signed, prev, first), head, at_seq,
+                           before)
         if outcome.verdict is Verdict.REJECT:
             reject(c, outcome.reason)
             continue
@@ -378,6 +380,17 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             result.forks.append(f"{origin}: {outcome.reason}")
             stopped.add(origin)
             continue
+        if signed and at_seq is not None and not at_seq.signed and outcome.verdict in (
+                Verdict.UPGRADE, Verdict.REPLACE):
+            # The origin's item lands inside (or at the end of) a range of hints:
+            # the position becomes a hint row of its own, handled as before.
+            log_tx.isolate_hint(conn, origin, seq, c.item.hash, prev)
+            if not at_seq.hash:
+                # A position inside a range: what this node served there was no hash
+                # at all, and its peers' cursors are past it; its streams serve it
+                # again, or a rogue's long range at a hub would hide the origin's
+                # next entries from every spoke behind it.
+                result.correct(origin, seq)
         body = c.body
         key = ((origin, body.record_id) if body is not None else
                (origin, c.stub.record_id) if c.stub is not None else ("", ""))
@@ -389,6 +402,13 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             fresh_ids.add(key)
             result.stored += 1
             now_held = Held(c.item.hash, True, True)
+        elif outcome.verdict is Verdict.APPEND and not signed:
+            # Unsigned hints at the head: one row for the run (log_tx.append_hint).
+            flush()
+            log_tx.append_hint(conn, origin, max(first or seq, head + 1), seq, c.item.hash,
+                               peer, now_ms)
+            result.stored += 1
+            now_held = Held(c.item.hash, False, False)
         else:
             flush()
             _store(conn, peer, c, outcome.verdict, now_ms, result, own_center)
@@ -465,6 +485,13 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
                     fed_tx.reject(conn, now_ms, peer, origin, seq,
                                   "placeholder contradicts the origin's own")
                     result.rejected["placeholder contradicts the origin's own"] += 1
+                    return
+                if c.stub is None:
+                    # Hint against hint: the newer hash, in place (a range keeps its
+                    # span: a hint never adds a row below the head).
+                    log_tx.replace_hint(conn, origin, seq, c.item.hash, peer, now_ms)
+                    result.correct(origin, seq)
+                    result.stored += 1
                     return
                 if c.stub is not None:
                     _contradicted(conn, origin, seq, now_ms, result, peer)

@@ -169,7 +169,7 @@ class PeerLink:
         # and sends what lies beyond, which ingest takes only while recovering.
         wanted[own] = own_head
         request = federation_pb2.ReplicateRequest(
-            cursors=wanted, max_batch=self.node.config.limits.max_batch)
+            cursors=wanted, max_batch=self.node.config.limits.max_batch, ranges=True)
         stream = stub(self.channel()).Replicate(request)
         # Verification of the next batches overlaps storage of the current one;
         # whatever has queued up by then is stored in one transaction (one fsync).

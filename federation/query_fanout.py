@@ -46,7 +46,7 @@ from node.query import SearchParams
 from node.record import body_policy, kind_name
 from node.sealing import open_answer
 from node.service import NodeService, Visible
-from node.signing import BadSignature, open_record, open_stub, seal_query
+from node.signing import BadSignature, seal_query
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.timeutil import iso, now_ms
@@ -234,35 +234,22 @@ class QueryFanout:
         return answer
 
     def verify(self, env: records_pb2.Envelope) -> records_pb2.RecordBody | None:
-        """Verify against the signer's pinned key, then parse; None if it fails."""
-        origin = self.node.signer_of(env.key_id)
-        if origin is None:
-            return None
+        """Verify against the key its origin used at that position, then parse;
+        None if it fails."""
         try:
-            body = open_record(env, self.node.keys_of(origin))
+            return self.node.verified_record(env)
         except BadSignature:
             return None
-        history = self.node.history_of(origin)
-        if history is None or history.signs(env.key_id, body.seq):
-            return None  # a key retired (or distrusted) before this position
-        return body if body.origin == origin else None
 
     def verify_stub(self, pointer: federation_pb2.Pointer) -> records_pb2.EntryStub | None:
-        """The pointer's stub, verified against its origin's pinned key; None if
-        it has none, or it fails."""
+        """The pointer's stub, verified against its origin's key; None if it has
+        none, or it fails."""
         if not pointer.HasField("stub"):
             return None
-        origin = self.node.signer_of(pointer.stub.key_id)
-        if origin is None:
-            return None
         try:
-            stub = open_stub(pointer.stub, self.node.keys_of(origin))
+            return self.node.verified_stub(pointer.stub)
         except BadSignature:
             return None
-        history = self.node.history_of(origin)
-        if history is None or history.stub_signs(pointer.stub.key_id, stub.seq):
-            return None
-        return stub if stub.origin == origin else None
 
     def check(self, answer: federation_pb2.QueryAnswer) -> Checked:
         """Verify one message in a batch (runs on the verifier threads)."""

@@ -50,8 +50,6 @@ from node.signing import (
     BadSignature,
     entry_hash,
     key_id,
-    open_record,
-    open_stub,
     sign,
     stub_mismatch,
     verify,
@@ -120,7 +118,9 @@ class StandingServer:
         limits = self.node.config.limits
         if request.ByteSize() > limits.max_query_bytes * 64:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "standing set is too large")
-        public = self.node.keys_of(peer).get(request.key_id)
+        # Like a query: signed now, so only the center's current key (a retired or
+        # distrusted one signs nothing new).
+        public = self.node.current_keys_of(peer).get(request.key_id)
         if public is None:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED,
                           "standing set signed by a key not pinned for this center")
@@ -342,12 +342,11 @@ class WatchClient:
         w = watch_tx.watch(conn, h.watch_id)
         if w is None or not w.network:
             return None  # withdrawn meanwhile (or never ours): nothing to show
-        keys = self.node.keys_of(self.center)
-        stub = open_stub(h.stub, keys)
+        stub = self.node.verified_stub(h.stub)
         if stub.origin != self.center:
             raise BadSignature("a peer answered a standing query for another origin")
         if h.HasField("envelope"):
-            body = open_record(h.envelope, keys)
+            body = self.node.verified_record(h.envelope)
             why = stub_mismatch(stub, body.origin, body.seq, entry_hash(h.envelope.payload), body)
             if why or body.origin != self.center:
                 raise BadSignature(why or "envelope is not the peer's own record")

@@ -43,17 +43,23 @@ def replication_batch(
     sent_before: SentBefore = lambda origin, record_id: None,
     current_version: CurrentVersion = lambda origin, record_id: None,
     recalled_before: SentBefore = lambda origin, record_id: None,
+    ranges: bool = False,
 ) -> tuple[list[federation_pb2.LogItem], list[Dissemination]]:
     """Log items for ``peer``: the signed entry where it is the record's newest
     version here and the decision for that center is FULL, else a placeholder
     (seq and hash only). Where the newest version is withheld from a peer this
     node sent the record before, the placeholder carries the origin's signed stub
     of that version (content-free): the peer's older copy must go. A hop never
-    speaks for the origin: without the origin's stub there is no recall."""
+    speaks for the origin: without the origin's stub there is no recall.
+
+    ``ranges``: the peer takes range placeholders: consecutive bare placeholders
+    (and held ranges of hints) go as one item (``collapse``). Otherwise a held
+    range goes as it is: its inner hashes are not known here."""
     items: list[federation_pb2.LogItem] = []
     sent: list[Dissemination] = []
     for e in entries:
-        item = federation_pb2.LogItem(origin=e.origin, seq=e.seq, hash=e.hash)
+        item = federation_pb2.LogItem(origin=e.origin, seq=e.seq, hash=e.hash,
+                                      range_first=e.first or 0)
         items.append(item)
         body = None
         if e.payload is not None:
@@ -100,4 +106,24 @@ def replication_batch(
             if recalled is None or recalled < version:
                 sent.append(Dissemination(peer, None, e.origin, record_id, version, e.seq,
                                           "replication", "RECALL"))
-    return items, sent
+    return (collapse(items) if ranges else items), sent
+
+
+def _bare(item: federation_pb2.LogItem) -> bool:
+    return not item.HasField("envelope") and not item.HasField("stub")
+
+
+def collapse(items: list[federation_pb2.LogItem]) -> list[federation_pb2.LogItem]:
+    """Runs of consecutive bare placeholders of one origin as one range item
+    (first..last, the last one's hash). Items carrying the origin's signed bytes
+    (an envelope, a stub: a recall must travel) stay as they are."""
+    out: list[federation_pb2.LogItem] = []
+    for item in items:
+        last = out[-1] if out else None
+        if (last is not None and _bare(item) and _bare(last) and last.origin == item.origin
+                and (item.range_first or item.seq) == last.seq + 1):
+            out[-1] = federation_pb2.LogItem(origin=item.origin, seq=item.seq, hash=item.hash,
+                                             range_first=last.range_first or last.seq)
+        else:
+            out.append(item)
+    return out

@@ -45,6 +45,7 @@ from node.signing import (
     entry_hash,
     key_id,
     open_record,
+    open_stub,
     raw_public,
     seal_stub,
     sign,
@@ -187,6 +188,34 @@ class NodeService:
         if origin == self.center:
             return self._own_history
         return self._histories.get(origin)
+
+    def verified_record(self, env: records_pb2.Envelope) -> records_pb2.RecordBody:
+        """An envelope that did not come through ingest (a query answer, a watch hit),
+        verified against the key its origin used at that position: an old key is
+        valid for what it signed before a rotation, never after (a thief with a
+        retired key cannot forge new records). Raises BadSignature."""
+        origin = self.signer_of(env.key_id)
+        history = self.history_of(origin) if origin else None
+        if origin is None or history is None:
+            raise BadSignature("signed by a key not pinned for any center")
+        body = open_record(env, self.keys_of(origin))
+        why = history.signs(env.key_id, body.seq)
+        if why or body.origin != origin:
+            raise BadSignature(why or "signed by another center's key")
+        return body
+
+    def verified_stub(self, signed: records_pb2.SignedStub) -> records_pb2.EntryStub:
+        """A stub verified the same way (a later key may sign stubs of earlier
+        positions; a retired key nothing beyond its last seq). Raises BadSignature."""
+        origin = self.signer_of(signed.key_id)
+        history = self.history_of(origin) if origin else None
+        if origin is None or history is None:
+            raise BadSignature("stub signed by a key not pinned for any center")
+        stub = open_stub(signed, self.keys_of(origin))
+        why = history.stub_signs(signed.key_id, stub.seq)
+        if why or stub.origin != origin:
+            raise BadSignature(why or "stub signed by another center's key")
+        return stub
 
     def learn_rotations(self, rotations: Iterable[Rotation]) -> bool:
         """Verified rotations (from ingest or from the database at start): rebuild the
@@ -755,7 +784,10 @@ class NodeService:
             before = log_tx.held(conn, entry.origin, entry.seq - 1) if entry.seq > 1 else None
             linked = (entry.seq == 1 and not body.prev) or (
                 before is not None and before.hash == body.prev)
-            out["chain"] = "linked" if linked else "BROKEN"
+            inside = before is not None and not before.hash  # in a range of hints
+            linked = linked or inside
+            out["chain"] = ("linked to a range of hints (seq-1 not held by hash)" if inside
+                            else "linked" if linked else "BROKEN")
             out["valid"] = linked
         except BadSignature as exc:
             out.update(valid=False, error=str(exc))

@@ -30,7 +30,7 @@ from typing import Any
 from node import logs
 from node.query import SearchParams
 from node.service import ChangeFeed, NodeService, NotFound, Visible
-from node.signing import BadSignature, open_stub
+from node.signing import BadSignature
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
@@ -313,10 +313,11 @@ def view(node: NodeService, conn: sqlite3.Connection, user: User,
         return None
     if hit.stub is not None and w.params.entity_keys:
         try:  # verified when it arrived; verified again against the keys pinned now
-            stub = open_stub(records_pb2.SignedStub(
-                stub=hit.stub, signature=hit.stub_signature, key_id=hit.stub_key_id or ""),
-                node.keys_of(hit.origin))
+            stub = node.verified_stub(records_pb2.SignedStub(
+                stub=hit.stub, signature=hit.stub_signature, key_id=hit.stub_key_id or ""))
         except BadSignature:
+            return None
+        if stub.origin != hit.origin:
             return None
         return {**base, "record_id": stub.record_id, "origin": stub.origin,
                 "kind": records_pb2.Kind.Name(stub.kind), "access": "POINTER",

@@ -166,7 +166,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 # in one short write, committed before any batch is sent.
                 batches, cursors, sent = await self.node.db.read(
                     lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch,
-                                                               own_cap))
+                                                               own_cap, request.ranges))
                 if sent:
                     await self.node.db.run(
                         lambda conn, s=sent: fed_tx.log_disseminations(conn, s, now_ms()))
@@ -178,7 +178,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             await context.abort(revoked.code, revoked.reason)
 
     def _next_batches(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
-                      max_batch: int, own_cap: int = 0
+                      max_batch: int, own_cap: int = 0, ranges: bool = False
                       ) -> tuple[list[federation_pb2.ReplicateBatch], dict[str, int],
                                  list[Dissemination]]:
         """Up to GROUP batches read in one read transaction, with the
@@ -190,17 +190,18 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         sent: list[Dissemination] = []
         pending: dict[tuple[str, str, str], int] = {}  # newest version in `sent`
         for _ in range(GROUP):
-            batch, cursors = self._next_batch(conn, peer, cursors, max_batch, sent, pending,
-                                              own_cap)
+            batch, cursors, read = self._next_batch(conn, peer, cursors, max_batch, sent,
+                                                    pending, own_cap, ranges)
             batches.append(batch)
-            if len(batch.items) < max_batch:
+            if read < max_batch:  # (rows read: ranges make fewer items than rows)
                 break
         return batches, cursors, sent
 
     def _next_batch(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
                     max_batch: int, sent: list[Dissemination],
-                    pending: dict[tuple[str, str, str], int], own_cap: int = 0
-                    ) -> tuple[federation_pb2.ReplicateBatch, dict[str, int]]:
+                    pending: dict[tuple[str, str, str], int], own_cap: int = 0,
+                    ranges: bool = False
+                    ) -> tuple[federation_pb2.ReplicateBatch, dict[str, int], int]:
         quarantined = fed_tx.quarantined(conn)
         batch = federation_pb2.ReplicateBatch()
         new_cursors = dict(cursors)
@@ -230,7 +231,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                                      pending.get((o, r, "FULL"))),
                 lambda o, r, s=states: s[r][1] if r in s else None,
                 lambda o, r: _newest(fed_tx.last_sent(conn, peer, o, r, "RECALL"),
-                                     pending.get((o, r, "RECALL"))))
+                                     pending.get((o, r, "RECALL"))), ranges)
             sent.extend(rows)
             for d in rows:
                 key = (d.origin, d.record_id, d.decision)
@@ -241,7 +242,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             room -= len(entries)
             if budget <= 0:
                 room = 0
-        return batch, new_cursors
+        return batch, new_cursors, max_batch - room
 
     async def _wait_for_change(self, seen: int, revoked: Revocation) -> None:
         waiters = [asyncio.ensure_future(self.node.changes.wait(seen, HEARTBEAT_S)),

@@ -3,6 +3,7 @@ index (records, full text, entities), and reads for search and replication."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ class StoredEntry:
     stub: bytes | None = None
     stub_signature: bytes | None = None
     stub_key_id: str | None = None
+    # A range of unsigned hints: this row stands for first..seq (``hash`` is the
+    # last one's); None: one position.
+    first: int | None = None
 
     def signed_stub(self) -> records_pb2.SignedStub | None:
         if self.stub is None or self.stub_signature is None:
@@ -56,7 +60,7 @@ class StoredEntry:
 
 # Every column of a StoredEntry, in order (``e.`` prefixed for joins).
 COLUMNS = ("origin, seq, hash, payload, signature, key_id, record_id, version, stub, "
-           "stub_signature, stub_key_id")
+           "stub_signature, stub_key_id, first_seq")
 E_COLUMNS = ", ".join("e." + c.strip() for c in COLUMNS.split(","))
 NCOL = len(COLUMNS.split(","))
 
@@ -88,10 +92,90 @@ _EVIDENCE = "(signature IS NOT NULL OR stub IS NOT NULL)"
 
 def held(conn: sqlite3.Connection, origin: str, seq: int) -> Held | None:
     """What is held at a position: its hash, whether the origin's signature (or
-    verified stub) backs that hash, and whether the content is still there."""
+    verified stub) backs that hash, and whether the content is still there. A
+    position inside a range of hints is held with no hash (``b""``)."""
     row = conn.execute(f"SELECT hash, {_EVIDENCE}, payload IS NOT NULL FROM entries "
                        "WHERE origin = ? AND seq = ?", (origin, seq)).fetchone()
-    return Held(row[0], bool(row[1]), bool(row[2])) if row else None
+    if row:
+        return Held(row[0], bool(row[1]), bool(row[2]))
+    return Held(b"", False, False) if _range_over(conn, origin, seq) is not None else None
+
+
+def _range_over(conn: sqlite3.Connection, origin: str, seq: int
+                ) -> tuple[int, int, bytes, str, int] | None:
+    """The range row (first, last, hash, source, received) whose span holds ``seq``."""
+    row = conn.execute("SELECT first_seq, seq, hash, source, received_ms FROM entries "
+                       "WHERE origin = ? AND seq >= ? ORDER BY seq LIMIT 1",
+                       (origin, seq)).fetchone()
+    if row is None or row[0] is None or row[0] > seq:
+        return None
+    return row
+
+
+def append_hint(conn: sqlite3.Connection, origin: str, first: int, last: int, digest: bytes,
+                source: str, now_ms: int) -> None:
+    """Unsigned hints for ``first..last`` at the head of an origin's log (``digest``
+    is the last one's). A run of unsigned hints is one row whatever its length and
+    whoever sent its parts: the row at the head is extended when it is itself an
+    unsigned hint (not the origin's own, which another peer does not blur), so a
+    peer without the origin's key makes at most one hint row per run between two
+    positions the origin vouched for (see README, "Placeholders are hints")."""
+    tip = conn.execute(f"SELECT seq, source, payload IS NULL AND NOT {_EVIDENCE} "
+                       "FROM entries WHERE origin = ? ORDER BY seq DESC LIMIT 1",
+                       (origin,)).fetchone()
+    if (tip is not None and tip[0] == first - 1 and tip[2]
+            and (tip[1] != origin or source == origin)):
+        conn.execute("UPDATE entries SET seq = ?, hash = ?, first_seq = coalesce(first_seq, "
+                     "seq), source = ?, received_ms = ? WHERE origin = ? AND seq = ?",
+                     (last, digest, source, now_ms, origin, tip[0]))
+        return
+    conn.execute("INSERT INTO entries (origin, seq, hash, source, received_ms, first_seq) "
+                 "VALUES (?, ?, ?, ?, ?, ?)",
+                 (origin, last, digest, source, now_ms, first if first < last else None))
+
+
+def isolate_hint(conn: sqlite3.Connection, origin: str, seq: int, digest: bytes,
+                 left: bytes | None) -> None:
+    """Before the origin's signed item takes ``seq``: cut the range of hints holding
+    it so that ``seq`` is a one-position hint row (hash ``digest`` where the range
+    named none), the positions before it a range ending in ``left`` (the signed
+    entry's prev; b"" when unknown), those after it a range keeping its hash. No-op
+    where ``seq`` is not in a range."""
+    span = _range_over(conn, origin, seq)
+    if span is None:
+        row = conn.execute(f"SELECT hash FROM entries WHERE origin = ? AND seq = ? AND "
+                           f"payload IS NULL AND NOT {_EVIDENCE}", (origin, seq)).fetchone()
+        if row is not None and not row[0]:  # a one-position hint with no hash yet
+            conn.execute("UPDATE entries SET hash = ? WHERE origin = ? AND seq = ?",
+                         (digest, origin, seq))
+        return
+    first, last, last_hash, source, received = span
+    conn.execute("DELETE FROM entries WHERE origin = ? AND seq = ?", (origin, last))
+    rows = [(seq, (last_hash or digest) if seq == last else digest, None)]
+    if first < seq:
+        rows.append((seq - 1, left or b"", first if first < seq - 1 else None))
+    if seq < last:
+        rows.append((last, last_hash, seq + 1 if seq + 1 < last else None))
+    conn.executemany("INSERT INTO entries (origin, seq, hash, source, received_ms, first_seq) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     [(origin, s, h, source, received, f) for s, h, f in rows])
+
+
+def replace_hint(conn: sqlite3.Connection, origin: str, seq: int, digest: bytes,
+                 source: str, now_ms: int) -> None:
+    """A newer unsigned hint for the last position of a held hint row: in place
+    (the row's span is kept; no row is added)."""
+    conn.execute(f"UPDATE entries SET hash = ?, source = ?, received_ms = ? WHERE origin = ? "
+                 f"AND seq = ? AND payload IS NULL AND NOT {_EVIDENCE}",
+                 (digest, source, now_ms, origin, seq))
+
+
+def hint_rows(conn: sqlite3.Connection, origin: str) -> tuple[int, int]:
+    """(rows, positions) of unsigned hints held for an origin."""
+    row = conn.execute(f"SELECT count(*), coalesce(sum(seq - coalesce(first_seq, seq) + 1), 0) "
+                       f"FROM entries WHERE origin = ? AND payload IS NULL AND NOT {_EVIDENCE}",
+                       (origin,)).fetchone()
+    return row[0], row[1]
 
 
 def last_signed_before(conn: sqlite3.Connection, origin: str, seq: int) -> int:
@@ -548,9 +632,13 @@ def search(
 
 def items_after(conn: sqlite3.Connection, origin: str, after: int,
                 limit: int) -> list[StoredEntry]:
-    return [StoredEntry(*r) for r in conn.execute(
+    """Held rows of ``origin`` past ``after``, a range row cut to start there."""
+    out = [StoredEntry(*r) for r in conn.execute(
         f"SELECT {COLUMNS} FROM entries "
         "WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?", (origin, after, limit))]
+    if out and out[0].first is not None and out[0].first <= after:
+        out[0] = dataclasses.replace(out[0], first=after + 1 if after + 1 < out[0].seq else None)
+    return out
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
@@ -565,6 +653,6 @@ def counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
 def first_hint(conn: sqlite3.Connection, origin: str) -> int | None:
     """The lowest position of ``origin`` held as a bare hash (no signature, no
     stub), if any."""
-    row = conn.execute(f"SELECT min(seq) FROM entries WHERE origin = ? AND NOT {_EVIDENCE}",
-                       (origin,)).fetchone()
+    row = conn.execute("SELECT min(coalesce(first_seq, seq)) FROM entries WHERE origin = ? "
+                       f"AND NOT {_EVIDENCE}", (origin,)).fetchone()
     return row[0]

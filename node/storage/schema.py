@@ -324,4 +324,9 @@ MIGRATIONS: list[str] = [
           AND (NEW.state != 'active' OR version < NEW.version);
     END;
     """,
+    # 9: (issue 10 item 5) range placeholders: one row stands for the unsigned hints
+    # first_seq..seq of an origin; ``hash`` is the last one's. NULL: one position.
+    """
+    ALTER TABLE entries ADD COLUMN first_seq INTEGER;
+    """,
 ]

@@ -6,6 +6,7 @@ nothing purged ever back)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from federation.ingest import check_items, store_batch
+from node.egress import collapse
 from node.signing import entry_hash, key_id, seal_record
 from node.storage import log as log_tx
 from node.storage.db import open_sync
@@ -81,6 +83,23 @@ def exported(conn: sqlite3.Connection) -> list[federation_pb2.LogItem]:
     return out
 
 
+def check_spans(conn: sqlite3.Connection) -> None:
+    """Gaps are told from withholding: the rows of the origin (single positions and
+    ranges of hints) cover 1..head exactly once, and a run of unsigned hints is one
+    row, so hint rows are at most one more than the origin-signed positions."""
+    spans = conn.execute("SELECT coalesce(first_seq, seq), seq, payload IS NULL AND "
+                         "signature IS NULL AND stub IS NULL FROM entries WHERE origin = ? "
+                         "ORDER BY seq", (ORIGIN,)).fetchall()
+    expect = 1
+    for first, last, _ in spans:
+        assert first == expect and last >= first, f"rows do not tile the log: {spans}"
+        expect = last + 1
+    for (_, _, a), (_, _, b) in itertools.pairwise(spans):
+        assert not (a and b), f"two hint rows side by side: {spans}"
+    hints = sum(1 for *_, hint in spans if hint)
+    assert hints <= len(spans) - hints + 1
+
+
 def snapshot(conn: sqlite3.Connection) -> tuple:
     records = sorted(conn.execute("SELECT record_id, version, state FROM records"))
     content = sorted(conn.execute("SELECT seq FROM entries WHERE payload IS NOT NULL"))
@@ -89,7 +108,7 @@ def snapshot(conn: sqlite3.Connection) -> tuple:
     return records, content, indexed, keys
 
 
-plans = st.lists(st.tuples(st.sampled_from(["chunk", "withheld", "replay"]),
+plans = st.lists(st.tuples(st.sampled_from(["chunk", "withheld", "ranged", "replay"]),
                            st.integers(1, 4)), max_size=12)
 
 
@@ -111,14 +130,17 @@ def test_every_delivery_order_converges(ops, replica_plans) -> None:
                     if step == "replay" and pos:
                         # a stale or malicious peer replays an old signed entry
                         deliver(conn, "replayer", [log[(pos + k) % pos]])
-                    elif step in ("chunk", "withheld") and pos < len(log):
+                    elif step in ("chunk", "withheld", "ranged") and pos < len(log):
                         chunk = log[pos:pos + k]
                         if step == "withheld":  # a hub that may not hold these
                             chunk = [placeholder(i) for i in chunk]
+                        elif step == "ranged":  # the same, sent as one range item
+                            chunk = collapse([placeholder(i) for i in chunk])
                         deliver(conn, "hub", chunk)
                         pos += len(chunk)
                 # The origin's own stream eventually reaches every node.
                 deliver(conn, "origin", final)
+                check_spans(conn)
                 got = snapshot(conn)
                 assert got[0] == want[0], "records (version, state) differ"
                 # The same content held as the origin: nothing purged revives, and
@@ -198,9 +220,14 @@ def hostile(draw: st.DrawFn, log: list[tuple[federation_pb2.LogItem,
     n = len(log)
     seq = draw(st.integers(1, n + 1))
     what = draw(st.sampled_from(["fake", "recall", "replay", "bare", "stub", "forged",
-                                 "forged-stub"]))
+                                 "forged-stub", "range"]))
     real = log[seq - 1] if seq <= n else None
     fake_hash = bytes([draw(st.integers(0, 3))]) * 32
+    if what == "range":  # a run of positions as one unsigned item, true or false hash
+        first = draw(st.integers(1, n + 1))
+        last = first + draw(st.integers(1, 40))
+        digest = (log[last - 1][0].hash if last <= n and draw(st.booleans()) else fake_hash)
+        return federation_pb2.LogItem(origin=ORIGIN, seq=last, hash=digest, range_first=first)
     if what == "fake" or real is None:
         return federation_pb2.LogItem(origin=ORIGIN, seq=seq, hash=fake_hash)
     item, body = real
@@ -279,6 +306,7 @@ def test_what_a_node_holds_is_a_function_of_origin_signed_entries(ops, data) -> 
                 else:
                     batch = [hostile(data.draw, log) for _ in range(data.draw(st.integers(1, 3)))]
                     deliver_as(conn, "mallory", batch)
+                check_spans(conn)
             # The origin's stream reaches the node (links fetch again after a rewind).
             for _ in range(6):
                 if not deliver_as(conn, ORIGIN, stream).rewound:
@@ -289,3 +317,27 @@ def test_what_a_node_holds_is_a_function_of_origin_signed_entries(ops, data) -> 
         assert got[1] == want[1], "content held differs"
         assert got[2] == want[2], "log positions differ"
         assert got[3:5] == want[3:5], "text or entity index differs"
+
+
+def test_a_hole_left_by_a_rewind_below_signed_evidence_is_filled() -> None:
+    """Found by the property above: a false placeholder at seq 1, then the origin's
+    real stub and entry at seq 2 (relayed by the same peer). The entry contradicts the
+    hint, the rewind drops it and keeps the signed evidence at 2; the origin's seq 1
+    must still be taken at the hole (it was refused as a gap: the node never converged)."""
+    log = build_scoped_log([("publish", 0, False), ("publish", 1, False)])
+    (item1, _), (item2, body2) = log
+    stream = origin_stream(log)
+    with tempfile.TemporaryDirectory() as tmp, \
+            contextlib.closing(open_sync(Path(tmp) / "n.db", create=True)) as conn:
+        deliver_as(conn, "mallory", [federation_pb2.LogItem(origin=ORIGIN, seq=1,
+                                                            hash=b"\x00" * 32)])
+        deliver_as(conn, "mallory", [
+            federation_pb2.LogItem(origin=ORIGIN, seq=2, hash=item2.hash,
+                                   stub=seal_stub(KEY, stub_of(body2, item2.hash))),
+            item2])
+        for _ in range(6):
+            if not deliver_as(conn, ORIGIN, stream).rewound:
+                break
+        held = conn.execute("SELECT seq, hash FROM entries WHERE origin = ? ORDER BY seq",
+                            (ORIGIN,)).fetchall()
+    assert held == [(1, item1.hash), (2, item2.hash)]
