@@ -223,7 +223,7 @@ class QueryFanout:
             return None
         try:
             plain = open_answer(sealed.sealed, sealed.signature, sealed.key_id,
-                                self.node.keys_of(sealed.center), self.seal_private,
+                                self.node.current_keys_of(sealed.center), self.seal_private,
                                 self.node.center, body.query_id, sealed.center, sealed.part)
             answer = federation_pb2.QueryAnswer()
             answer.ParseFromString(plain)

@@ -163,7 +163,7 @@ class Federation:
     async def poll_introducer(self, center: str) -> None:
         stub = federation_pb2_grpc.FederationStub(self.links[center].channel())
         signed = await stub.Introductions(federation_pb2.IntroductionsRequest(), timeout=10)
-        public = self.node.keys_of(center).get(signed.key_id)
+        public = self.node.current_keys_of(center).get(signed.key_id)
         if public is None:
             raise BadSignature("introductions signed by a key not pinned for the introducer")
         verify(public, INTRODUCTIONS_DOMAIN, signed.body, signed.signature)
