@@ -27,7 +27,14 @@ from node import policy
 from node.chain import Held, Incoming, Verdict, classify
 from node.keyhistory import AnnouncedCert, KeyHistory, Rotation, check_cert, check_rotation
 from node.record import body_policy
-from node.signing import BadSignature, entry_hash, open_record, open_stub, stub_mismatch
+from node.signing import (
+    BadSignature,
+    entry_hash,
+    envelope_stub,
+    open_entry,
+    open_stub,
+    stub_mismatch,
+)
 from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
 from node.storage import log as log_tx
@@ -52,9 +59,14 @@ class Checked:
     # CERT_RENEWAL's certificate: stored with the entry.
     rotation: Rotation | None = None
     cert: AnnouncedCert | None = None
+    # The signed stub kept with the entry: a v2 envelope's own (stub bytes, its
+    # signature), else the item's separately signed stub when it verified.
+    proof: records_pb2.SignedStub | None = None
 
     @property
     def signed_stub(self) -> records_pb2.SignedStub | None:
+        if self.proof is not None:
+            return self.proof
         return self.item.stub if self.stub is not None else None
 
 
@@ -182,9 +194,10 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
         body = None
         rotation = None
         cert = None
+        stub = None  # the entry's own v2 stub, verified with the envelope
         if item.HasField("envelope"):
             try:
-                body = open_record(item.envelope, keys)
+                body, stub = open_entry(item.envelope, keys)
             except BadSignature as exc:
                 out.append(Checked(item, None, f"bad signature: {exc}"))
                 continue
@@ -223,8 +236,10 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
                     out.append(Checked(item, None, announced))
                     continue
                 cert = announced
-        stub = None
-        if item.HasField("stub"):
+        proof = envelope_stub(item.envelope) if stub is not None else None
+        if item.HasField("stub") and item.stub != proof:
+            # A separately signed stub (a recall, a pointer-possible v1 copy): one
+            # more verification. A v2 entry's own stub sent again costs nothing.
             try:
                 stub = open_stub(item.stub, keys)
             except BadSignature as exc:
@@ -236,7 +251,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
             if wrong:
                 out.append(Checked(item, None, f"bad stub: {wrong}"))
                 continue
-        out.append(Checked(item, body, stub=stub, rotation=rotation, cert=cert))
+        out.append(Checked(item, body, stub=stub, rotation=rotation, cert=cert, proof=proof))
     return out
 
 

@@ -40,12 +40,12 @@ from node.recovery import OwnLogRecovery
 from node.routing import route
 from node.signing import (
     AUDIT_DOMAIN,
-    RECORD_DOMAIN,
     BadSignature,
-    entry_hash,
+    envelope_stub,
     key_id,
     open_record,
     raw_public,
+    seal_payload,
     seal_stub,
     sign,
     stub_of,
@@ -588,16 +588,16 @@ class NodeService:
 
     def _sign_all(self, payloads: list[bytes],
                   bodies: list[records_pb2.RecordBody]) -> list[Signed]:
-        """Each entry gets two signatures: the envelope, and its content-free stub
-        (what proves a recall downstream and what a POINTER carries). The stub costs
-        a second Ed25519 signature per publish, about 40 µs a record (sign runs at
-        ~25,000/s): publishing does twice the signing work it did without stubs.
-        Ed25519 signing releases the GIL: large batches sign on two threads."""
+        """One signature per entry (format v2): over the entry's stub, which holds
+        the payload's hash, so the same signature is the content-free stub that
+        proves a recall downstream and that a POINTER carries. Ed25519 signing
+        releases the GIL: large batches sign on two threads."""
         def seal(chunk: list[tuple[bytes, records_pb2.RecordBody]]) -> list[NodeService.Signed]:
-            return [(records_pb2.Envelope(payload=p, signature=sign(self.key, RECORD_DOMAIN, p),
-                                          key_id=self.own_key_id),
-                     seal_stub(self.key, stub_of(b, entry_hash(p)), self.own_key_id))
-                    for p, b in chunk]
+            out = []
+            for p, b in chunk:
+                env = seal_payload(self.key, b, p, self.own_key_id)
+                out.append((env, envelope_stub(env)))
+            return out  # type: ignore[return-value]
 
         pairs = list(zip(payloads, bodies, strict=True))
         if len(pairs) < 32:

@@ -48,8 +48,15 @@ class StoredEntry:
         return body
 
     def envelope(self) -> records_pb2.Envelope | None:
+        """The entry as its origin signed it. A v2 entry's signature IS its stub's
+        (one signature over the stub bytes), so equal signatures tell a v2 entry:
+        a v1 entry's separately signed stub has a signature of its own (another
+        domain, other bytes: never equal)."""
         if self.payload is None:
             return None
+        if self.stub is not None and self.stub_signature == self.signature:
+            return records_pb2.Envelope(payload=self.payload, signature=self.signature,
+                                        key_id=self.key_id, stub=self.stub)
         return records_pb2.Envelope(payload=self.payload, signature=self.signature,
                                     key_id=self.key_id)
 
@@ -129,7 +136,8 @@ def insert_evidence(conn: sqlite3.Connection, env: records_pb2.Envelope,
         "stub = coalesce(stub, excluded.stub), stub_signature = coalesce(stub_signature, "
         "excluded.stub_signature), stub_key_id = coalesce(stub_key_id, excluded.stub_key_id)",
         (body.origin, body.seq, entry_hash(env.payload), env.signature, env.key_id,
-         body.record_id, body.version, kind_name(body), source, now_ms, *_stub_cols(stub)))
+         body.record_id, body.version, kind_name(body), source, now_ms,
+         *_entry_stub_cols(env, stub)))
 
 
 def entry(conn: sqlite3.Connection, origin: str, seq: int) -> StoredEntry | None:
@@ -147,6 +155,15 @@ def _stub_cols(stub: records_pb2.SignedStub | None) -> tuple[bytes | None, bytes
     return (stub.stub, stub.signature, stub.key_id) if stub is not None else (None, None, None)
 
 
+def _entry_stub_cols(env: records_pb2.Envelope, stub: records_pb2.SignedStub | None
+                     ) -> tuple[bytes | None, bytes | None, str | None]:
+    """A v2 envelope's stub is its own (same signature): stored so that the
+    envelope can be rebuilt whole (StoredEntry.envelope); else the given stub."""
+    if env.stub:
+        return env.stub, env.signature, env.key_id
+    return _stub_cols(stub)
+
+
 def insert_entries(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envelope,
                    records_pb2.RecordBody]], source: str, now_ms: int,
                    stubs: Stubs = None) -> None:
@@ -157,7 +174,7 @@ def insert_entries(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envel
         "version, kind, source, received_ms, stub, stub_signature, stub_key_id) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(b.origin, b.seq, entry_hash(e.payload), e.payload, e.signature, e.key_id,
-          b.record_id, b.version, kind_name(b), source, now_ms, *_stub_cols(st))
+          b.record_id, b.version, kind_name(b), source, now_ms, *_entry_stub_cols(e, st))
          for (e, b), st in zip(items, stubs, strict=True)],
     )
 
@@ -252,6 +269,10 @@ def upgrade_placeholder(conn: sqlite3.Connection, env: records_pb2.Envelope,
         "kind = ?, source = ?, received_ms = ? WHERE origin = ? AND seq = ? AND payload IS NULL",
         (env.payload, env.signature, env.key_id, body.record_id, body.version, kind_name(body),
          source, now_ms, body.origin, body.seq))
+    if env.stub:  # the entry's own stub: the envelope must be rebuilt whole
+        conn.execute("UPDATE entries SET stub = ?, stub_signature = ?, stub_key_id = ? "
+                     "WHERE origin = ? AND seq = ?",
+                     (*_entry_stub_cols(env, None), body.origin, body.seq))
 
 
 def record_state(conn: sqlite3.Connection, origin: str,
