@@ -187,9 +187,17 @@ def insert_new_records(conn: sqlite3.Connection, items: list[tuple[records_pb2.E
     if not items:
         return
     insert_entries(conn, items, source, now_ms, stubs)
+    index_new_records(conn, [b for _, b in items])
+
+
+def index_new_records(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]) -> None:
+    """The record rows, text and entity indexes of first versions of new records
+    (their entries are inserted apart: a publish writes these while it signs)."""
+    if not bodies:
+        return
     first = (conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]) + 1
     rows, fts, keys = [], [], []
-    for rec, (_, b) in enumerate(items, start=first):
+    for rec, b in enumerate(bodies, start=first):
         rows.append((rec, b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
                      b.expires_ms, b.part23.review_due_ms, " " + " ".join(b.labels) + " ",
                      " " + " ".join(b.behaviors) + " "))
