@@ -387,11 +387,21 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         if outcome.verdict is Verdict.FORK:
             flush()
             held = log_tx.entry(conn, origin, seq)
-            other = (c.item.envelope.payload, c.item.envelope.signature) if c.body else (
-                c.item.stub.stub, c.item.stub.signature)
-            fed_tx.record_fork(conn, origin, seq,
-                               (held.payload, held.signature or held.stub_signature)
-                               if held else None, other, peer, now_ms, outcome.reason)
+            # Evidence is the signed bytes with their signature: a v1 entry's payload,
+            # else the signed stub (a v2 entry's signature is over its stub, which
+            # names the position and the payload's hash: that is the equivocation).
+            env = c.item.envelope if c.body else None
+            other = ((env.payload, env.signature) if env is not None and not env.stub else
+                     (env.stub, env.signature) if env is not None else
+                     (c.item.stub.stub, c.item.stub.signature))
+            held_pair = None
+            if held is not None:
+                v1 = held.payload is not None and held.stub_signature != held.signature
+                held_pair = ((held.payload, held.signature) if v1 else
+                             (held.stub, held.stub_signature) if held.stub is not None else
+                             (held.payload, held.signature))
+            fed_tx.record_fork(conn, origin, seq, held_pair, other, peer, now_ms,
+                               outcome.reason)
             result.forks.append(f"{origin}: {outcome.reason}")
             stopped.add(origin)
             continue

@@ -160,3 +160,22 @@ def test_a_v2_stub_changed_in_transit_stores_nothing(conn) -> None:
     result = deliver(conn, [good])
     assert sum(result.rejected.values()) == 1
     assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+
+
+def test_a_v2_fork_keeps_verifiable_evidence(conn) -> None:
+    """Two v2 entries at one position: the evidence kept is each one's signed stub
+    and signature (what the v2 signature covers), so both verify."""
+    from node.signing import ENTRY_DOMAIN, verify
+    one = v2_item(body(1, b""))
+    other = body(1, b"")
+    other.title = "another entry at the same seq"
+    two = v2_item(other)
+    deliver(conn, [one])
+    result = deliver(conn, [two])
+    assert result.forks
+    held_p, held_s, other_p, other_s = conn.execute(
+        "SELECT held_payload, held_signature, other_payload, other_signature FROM forks"
+    ).fetchone()
+    for data, sig in ((held_p, held_s), (other_p, other_s)):
+        verify(KEY.public_key(), ENTRY_DOMAIN, data, sig)
+    assert {held_p, other_p} == {one.envelope.stub, two.envelope.stub}
