@@ -396,9 +396,11 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
                      (c.item.stub.stub, c.item.stub.signature))
             held_pair = None
             if held is not None:
-                v1 = held.payload is not None and held.stub_signature != held.signature
-                held_pair = ((held.payload, held.signature) if v1 else
-                             (held.stub, held.stub_signature) if held.stub is not None else
+                st = held.signed_stub()
+                v2 = st is not None and st.signature == held.signature
+                held_pair = ((held.payload, held.signature)
+                             if held.payload is not None and not v2 else
+                             (st.stub, st.signature) if st is not None else
                              (held.payload, held.signature))
             fed_tx.record_fork(conn, origin, seq, held_pair, other, peer, now_ms,
                                outcome.reason)
