@@ -49,9 +49,7 @@ from node.signing import (
     STANDING_DOMAIN,
     BadSignature,
     entry_hash,
-    envelope_stub,
     key_id,
-    open_entry,
     open_record,
     open_stub,
     sign,
@@ -345,18 +343,11 @@ class WatchClient:
         if w is None or not w.network:
             return None  # withdrawn meanwhile (or never ours): nothing to show
         keys = self.node.keys_of(self.center)
-        own = envelope_stub(h.envelope) if h.HasField("envelope") else None
-        body = None
-        opened = None
-        if own is not None and own == h.stub:
-            # A v2 entry with its own stub: one signature, verified once.
-            body, opened = open_entry(h.envelope, keys)
-        stub = opened if opened is not None else open_stub(h.stub, keys)
+        stub = open_stub(h.stub, keys)
         if stub.origin != self.center:
             raise BadSignature("a peer answered a standing query for another origin")
         if h.HasField("envelope"):
-            if body is None:
-                body = open_record(h.envelope, keys)
+            body = open_record(h.envelope, keys)
             why = stub_mismatch(stub, body.origin, body.seq, entry_hash(h.envelope.payload), body)
             if why or body.origin != self.center:
                 raise BadSignature(why or "envelope is not the peer's own record")
