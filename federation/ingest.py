@@ -387,21 +387,22 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         if outcome.verdict is Verdict.FORK:
             flush()
             held = log_tx.entry(conn, origin, seq)
-            # Evidence is the signed bytes with their signature: a v1 entry's payload,
-            # else the signed stub (a v2 entry's signature is over its stub, which
-            # names the position and the payload's hash: that is the equivocation).
+            # Evidence is the signed bytes with their signature: a v1 entry's payload;
+            # a v2 entry's whole serialized Envelope (payload and the stub its
+            # signature covers: verifiable, and the content is there to read); a
+            # stub alone where no entry is held or came.
             env = c.item.envelope if c.body else None
-            other = ((env.payload, env.signature) if env is not None and not env.stub else
-                     (env.stub, env.signature) if env is not None else
-                     (c.item.stub.stub, c.item.stub.signature))
+            other = ((env.payload if not env.stub else env.SerializeToString(), env.signature)
+                     if env is not None else (c.item.stub.stub, c.item.stub.signature))
             held_pair = None
             if held is not None:
+                held_env = held.envelope()
                 st = held.signed_stub()
-                v2 = st is not None and st.signature == held.signature
-                held_pair = ((held.payload, held.signature)
-                             if held.payload is not None and not v2 else
+                held_pair = ((held_env.payload if not held_env.stub
+                              else held_env.SerializeToString(), held.signature)
+                             if held_env is not None else
                              (st.stub, st.signature) if st is not None else
-                             (held.payload, held.signature))
+                             (None, held.signature))
             fed_tx.record_fork(conn, origin, seq, held_pair, other, peer, now_ms,
                                outcome.reason)
             result.forks.append(f"{origin}: {outcome.reason}")

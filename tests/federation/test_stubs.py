@@ -163,8 +163,8 @@ def test_a_v2_stub_changed_in_transit_stores_nothing(conn) -> None:
 
 
 def test_a_v2_fork_keeps_verifiable_evidence(conn) -> None:
-    """Two v2 entries at one position: the evidence kept is each one's signed stub
-    and signature (what the v2 signature covers), so both verify."""
+    """Two v2 entries at one position: the evidence kept is each one's whole
+    envelope (payload and the stub its signature covers), so both verify."""
     from node.signing import ENTRY_DOMAIN, verify
     one = v2_item(body(1, b""))
     other = body(1, b"")
@@ -177,5 +177,9 @@ def test_a_v2_fork_keeps_verifiable_evidence(conn) -> None:
         "SELECT held_payload, held_signature, other_payload, other_signature FROM forks"
     ).fetchone()
     for data, sig in ((held_p, held_s), (other_p, other_s)):
-        verify(KEY.public_key(), ENTRY_DOMAIN, data, sig)
-    assert {held_p, other_p} == {one.envelope.stub, two.envelope.stub}
+        env = records_pb2.Envelope()
+        env.ParseFromString(data)  # the whole v2 envelope: content and the signed stub
+        verify(KEY.public_key(), ENTRY_DOMAIN, env.stub, sig)
+        assert env.signature == sig
+    assert {held_p, other_p} == {one.envelope.SerializeToString(),
+                                 two.envelope.SerializeToString()}
