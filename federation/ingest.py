@@ -27,7 +27,14 @@ from node import policy
 from node.chain import Held, Incoming, Verdict, classify
 from node.keyhistory import AnnouncedCert, KeyHistory, Rotation, check_cert, check_rotation
 from node.record import body_policy
-from node.signing import BadSignature, entry_hash, open_record, open_stub, stub_mismatch
+from node.signing import (
+    BadSignature,
+    entry_hash,
+    envelope_stub,
+    open_entry,
+    open_stub,
+    stub_mismatch,
+)
 from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
 from node.storage import log as log_tx
@@ -52,9 +59,14 @@ class Checked:
     # CERT_RENEWAL's certificate: stored with the entry.
     rotation: Rotation | None = None
     cert: AnnouncedCert | None = None
+    # The signed stub kept with the entry: a v2 envelope's own (stub bytes, its
+    # signature), else the item's separately signed stub when it verified.
+    proof: records_pb2.SignedStub | None = None
 
     @property
     def signed_stub(self) -> records_pb2.SignedStub | None:
+        if self.proof is not None:
+            return self.proof
         return self.item.stub if self.stub is not None else None
 
 
@@ -182,16 +194,19 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
         body = None
         rotation = None
         cert = None
+        stub = None  # the entry's own v2 stub, verified with the envelope
         if item.HasField("envelope"):
             try:
-                body = open_record(item.envelope, keys)
+                body, stub = open_entry(item.envelope, keys)
             except BadSignature as exc:
                 out.append(Checked(item, None, f"bad signature: {exc}"))
                 continue
             if body.origin != item.origin or body.seq != item.seq:
                 out.append(Checked(item, None, "signed origin/seq differ from the log position"))
                 continue
-            if entry_hash(item.envelope.payload) != item.hash:
+            # (A v2 stub's hash was checked against the payload in open_entry.)
+            if (stub.hash if stub is not None else entry_hash(item.envelope.payload)
+                ) != item.hash:
                 out.append(Checked(item, None, "entry hash does not match the payload"))
                 continue
             if history is not None:
@@ -223,8 +238,10 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
                     out.append(Checked(item, None, announced))
                     continue
                 cert = announced
-        stub = None
-        if item.HasField("stub"):
+        proof = envelope_stub(item.envelope) if stub is not None else None
+        if item.HasField("stub") and item.stub != proof:
+            # A separately signed stub (a recall, a pointer-possible v1 copy): one
+            # more verification. A v2 entry's own stub sent again costs nothing.
             try:
                 stub = open_stub(item.stub, keys)
             except BadSignature as exc:
@@ -236,7 +253,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
             if wrong:
                 out.append(Checked(item, None, f"bad stub: {wrong}"))
                 continue
-        out.append(Checked(item, body, stub=stub, rotation=rotation, cert=cert))
+        out.append(Checked(item, body, stub=stub, rotation=rotation, cert=cert, proof=proof))
     return out
 
 
@@ -372,11 +389,24 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         if outcome.verdict is Verdict.FORK:
             flush()
             held = log_tx.entry(conn, origin, seq)
-            other = (c.item.envelope.payload, c.item.envelope.signature) if c.body else (
-                c.item.stub.stub, c.item.stub.signature)
-            fed_tx.record_fork(conn, origin, seq,
-                               (held.payload, held.signature or held.stub_signature)
-                               if held else None, other, peer, now_ms, outcome.reason)
+            # Evidence is the signed bytes with their signature: a v1 entry's payload;
+            # a v2 entry's whole serialized Envelope (payload and the stub its
+            # signature covers: verifiable, and the content is there to read); a
+            # stub alone where no entry is held or came.
+            env = c.item.envelope if c.body else None
+            other = ((env.payload if not env.stub else env.SerializeToString(), env.signature)
+                     if env is not None else (c.item.stub.stub, c.item.stub.signature))
+            held_pair = None
+            if held is not None:
+                held_env = held.envelope()
+                st = held.signed_stub()
+                held_pair = ((held_env.payload if not held_env.stub
+                              else held_env.SerializeToString(), held.signature)
+                             if held_env is not None else
+                             (st.stub, st.signature) if st is not None else
+                             (None, held.signature))
+            fed_tx.record_fork(conn, origin, seq, held_pair, other, peer, now_ms,
+                               outcome.reason)
             result.forks.append(f"{origin}: {outcome.reason}")
             stopped.add(origin)
             continue

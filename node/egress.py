@@ -83,7 +83,11 @@ def replication_batch(
         if body is not None and policy.for_replication(
                 body_policy(body), body.origin, evaluator, peer) is Decision.FULL:
             item.envelope.CopyFrom(e.envelope())
-            if stub is not None and not item.HasField("stub") and (
+            if item.envelope.stub:
+                # A v2 entry: the envelope carries its own signed stub (the same
+                # signature), so a recall or pointer later needs nothing more.
+                item.ClearField("stub")
+            elif stub is not None and not item.HasField("stub") and (
                     version > 1 or policy.pointer_possible(
                     body_policy(body))):
                 # A later version may have to be recalled from a center further on,

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from node import keys
 from node.backup import BUNDLE_FORMAT, CONFIG_FILES, KEY_FILES, _reserve
 from node.home import Home, HomeError, load_config, lock_if_stopped
-from node.signing import AUDIT_DOMAIN, RECORD_DOMAIN, BadSignature, sign, verify
+from node.signing import AUDIT_DOMAIN, BadSignature, open_record, sign
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.storage import recovery as recovery_tx
@@ -184,7 +184,9 @@ def check_database(path: Path, center: str, public: Ed25519PublicKey) -> tuple[i
                 top = log_tx.entry(conn, center, head)
                 if top is not None and top.payload is not None:
                     try:
-                        verify(public, RECORD_DOMAIN, top.payload, top.signature or b"")
+                        envelope = top.envelope()
+                        assert envelope is not None
+                        open_record(envelope, {envelope.key_id: public})
                     except BadSignature:
                         raise RestoreRefused(
                             f"the backup's own log head (seq {head}) is not signed by "

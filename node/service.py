@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,13 @@ from node.recovery import OwnLogRecovery
 from node.routing import route
 from node.signing import (
     AUDIT_DOMAIN,
-    RECORD_DOMAIN,
     BadSignature,
-    entry_hash,
+    envelope_stub,
     key_id,
     open_record,
     open_stub,
     raw_public,
+    seal_payload,
     seal_stub,
     sign,
     stub_of,
@@ -145,7 +145,9 @@ class NodeService:
         # Called after a user is removed or their attributes change (network
         # watches re-send the attributes their standing queries carry).
         self.users_changed: list[Callable[[], None]] = []
-        self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
+        # Two: a large publish signs on both while the database thread writes the
+        # record, text and entity index rows (sqlite releases the GIL too).
+        self._signer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sign")
 
     # -- identity and keys ------------------------------------------------
     @property
@@ -598,45 +600,50 @@ class NodeService:
             prev = log_tx.entry_hash(payload)  # the chain links payloads, not signatures
             bodies.append(body)
             payloads.append(payload)
-        signed = self._sign_all(payloads, bodies)
-        sealed = [(env, b) for (env, _), b in zip(signed, bodies, strict=True)]
-        stubs = [st for _, st in signed]
+        # Signing (Ed25519, releases the GIL) runs on the signer threads while
+        # this thread writes what does not need the signatures: the record, text
+        # and entity index rows of new records, and the audit entries.
+        signing = self._sign_all(payloads, bodies)
         if new_records:
-            log_tx.insert_new_records(conn, sealed, "local", now, stubs)
-        else:
-            log_tx.insert_entries(conn, sealed, "local", now, stubs)
-            log_tx.apply_entries(conn, bodies)
+            log_tx.index_new_records(conn, bodies)
         audit_tx.append_many(conn, self.sign_audit, now, [
             (actor, action, {"record_id": b.record_id, "seq": b.seq, "version": b.version,
                              "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
                              "audience": sorted(b.policy.audience), **(detail or {}),
                              **(per_entry[i] if per_entry else {})})
-            for i, (_, b) in enumerate(sealed)])
+            for i, b in enumerate(bodies)])
+        signed = [pair for part in signing for pair in part.result()]
+        sealed = [(env, b) for (env, _), b in zip(signed, bodies, strict=True)]
+        stubs = [st for _, st in signed]
+        log_tx.insert_entries(conn, sealed, "local", now, stubs)
+        if not new_records:
+            log_tx.apply_entries(conn, bodies)
         metrics.ENTRIES_PUBLISHED.inc(len(sealed))
         return [b for _, b in sealed]
 
     Signed = tuple[records_pb2.Envelope, records_pb2.SignedStub]
 
-    def _sign_all(self, payloads: list[bytes],
-                  bodies: list[records_pb2.RecordBody]) -> list[Signed]:
-        """Each entry gets two signatures: the envelope, and its content-free stub
-        (what proves a recall downstream and what a POINTER carries). The stub costs
-        a second Ed25519 signature per publish, about 40 µs a record (sign runs at
-        ~25,000/s): publishing does twice the signing work it did without stubs.
-        Ed25519 signing releases the GIL: large batches sign on two threads."""
+    def _sign_all(self, payloads: list[bytes], bodies: list[records_pb2.RecordBody]
+                  ) -> list[Future[list[Signed]]]:
+        """One signature per entry (format v2): over the entry's stub, which holds
+        the payload's hash, so the same signature is the content-free stub that
+        proves a recall downstream and that a POINTER carries. Signed on the
+        signer threads (Ed25519 releases the GIL), a large batch in two halves:
+        the futures, in order."""
         def seal(chunk: list[tuple[bytes, records_pb2.RecordBody]]) -> list[NodeService.Signed]:
-            return [(records_pb2.Envelope(payload=p, signature=sign(self.key, RECORD_DOMAIN, p),
-                                          key_id=self.own_key_id),
-                     seal_stub(self.key, stub_of(b, entry_hash(p)), self.own_key_id))
-                    for p, b in chunk]
+            out = []
+            for p, b in chunk:
+                env = seal_payload(self.key, b, p, self.own_key_id)
+                out.append((env, envelope_stub(env)))
+            return out  # type: ignore[return-value]
 
         pairs = list(zip(payloads, bodies, strict=True))
-        if len(pairs) < 32:
-            return seal(pairs)
+        if len(pairs) < 32:  # a few: here, no thread hop
+            done: Future[list[NodeService.Signed]] = Future()
+            done.set_result(seal(pairs))
+            return [done]
         half = (len(pairs) + 1) // 2
-        first = self._signer.submit(seal, pairs[:half])
-        rest = seal(pairs[half:])
-        return first.result() + rest
+        return [self._signer.submit(seal, pairs[:half]), self._signer.submit(seal, pairs[half:])]
 
     async def sign_missing_stubs(self, batch: int = 2000) -> int:
         """Give this center's entries appended before stubs existed their stub

@@ -24,6 +24,11 @@ AUDIT_DOMAIN = b"fcnode/audit/v1\x00"
 STUB_DOMAIN = b"fcnode/stub/v1\x00"
 INTRODUCTIONS_DOMAIN = b"fcnode/introductions/v1\x00"
 STANDING_DOMAIN = b"fcnode/standing/v1\x00"
+# Entry format v2: the one signature of an entry is over its serialized EntryStub
+# (which holds the payload's SHA-256), so the same signature proves the entry and,
+# alone, its content-free stub (a pointer, a recall). v1 entries signed the payload
+# under RECORD_DOMAIN and needed a second, separately signed stub.
+ENTRY_DOMAIN = b"fcnode/entry/v2\x00"
 
 
 class BadSignature(FcnodeError):
@@ -57,13 +62,34 @@ def verify(public: Ed25519PublicKey, domain: bytes, data: bytes, signature: byte
 
 def seal_record(key: Ed25519PrivateKey, body: records_pb2.RecordBody,
                 signer_key_id: str | None = None) -> records_pb2.Envelope:
-    """``signer_key_id``: pass it when sealing many (it costs a hash to derive)."""
+    """A v2 envelope: one signature over the entry's stub.
+    ``signer_key_id``: pass it when sealing many (it costs a hash to derive)."""
     payload = body.SerializeToString(deterministic=True)
-    return records_pb2.Envelope(
-        payload=payload,
-        signature=sign(key, RECORD_DOMAIN, payload),
-        key_id=signer_key_id or key_id(key.public_key()),
-    )
+    return seal_payload(key, body, payload, signer_key_id or key_id(key.public_key()))
+
+
+def seal_payload(key: Ed25519PrivateKey, body: records_pb2.RecordBody, payload: bytes,
+                 signer_key_id: str) -> records_pb2.Envelope:
+    """Seal an already serialized body (``payload`` = its deterministic bytes)."""
+    stub = stub_of(body, entry_hash(payload)).SerializeToString(deterministic=True)
+    return records_pb2.Envelope(payload=payload, signature=key.sign(ENTRY_DOMAIN + stub),
+                                key_id=signer_key_id, stub=stub)
+
+
+def seal_record_v1(key: Ed25519PrivateKey, body: records_pb2.RecordBody) -> records_pb2.Envelope:
+    """The format before v2 (signature over the payload): only to make the entries an
+    older node would have made (tests, fixtures); nodes publish v2."""
+    payload = body.SerializeToString(deterministic=True)
+    return records_pb2.Envelope(payload=payload, signature=sign(key, RECORD_DOMAIN, payload),
+                                key_id=key_id(key.public_key()))
+
+
+def envelope_stub(envelope: records_pb2.Envelope) -> records_pb2.SignedStub | None:
+    """A v2 entry's signed stub: its own stub bytes and signature (None for v1)."""
+    if not envelope.stub:
+        return None
+    return records_pb2.SignedStub(stub=envelope.stub, signature=envelope.signature,
+                                  key_id=envelope.key_id)
 
 
 def seal_query(key: Ed25519PrivateKey, body: bytes) -> tuple[bytes, str]:
@@ -87,16 +113,38 @@ def open_record(
     ``keys`` maps key ids to the public keys of the center the envelope claims to
     come from; the caller checks that the parsed body's origin is that center.
     """
+    return open_entry(envelope, keys)[0]
+
+
+def open_entry(
+    envelope: records_pb2.Envelope, keys: Mapping[str, Ed25519PublicKey]
+) -> tuple[records_pb2.RecordBody, records_pb2.EntryStub | None]:
+    """``open_record``, also returning a v2 entry's verified stub (None for v1).
+
+    v2: the signature covers the stub; the stub's hash binds the payload, and the
+    body must say what the stub says, so neither can be swapped under the other."""
     public = keys.get(envelope.key_id)
     if public is None:
         raise BadSignature(f"unknown signing key {envelope.key_id[:16]}")
-    verify(public, RECORD_DOMAIN, envelope.payload, envelope.signature)
+    stub = None
+    if envelope.stub:
+        verify(public, ENTRY_DOMAIN, envelope.stub, envelope.signature)
+        stub = _parse_stub(envelope.stub)
+        if stub.hash != entry_hash(envelope.payload):
+            raise BadSignature("signed stub does not match the payload")
+    else:
+        verify(public, RECORD_DOMAIN, envelope.payload, envelope.signature)
     body = records_pb2.RecordBody()
     try:
         body.ParseFromString(envelope.payload)
     except DecodeError:
         raise BadSignature("signed payload is not a record body") from None
-    return body
+    if stub is not None and (
+            stub.origin, stub.seq, stub.record_id, stub.version, stub.kind, stub.contact,
+            stub.expires_ms) != (body.origin, body.seq, body.record_id, body.version,
+                                 body.kind, body.contact, body.expires_ms):
+        raise BadSignature("signed stub disagrees with the payload")
+    return body, stub
 
 
 def stub_of(body: records_pb2.RecordBody, payload_hash: bytes) -> records_pb2.EntryStub:
@@ -117,15 +165,24 @@ def seal_stub(key: Ed25519PrivateKey, stub: records_pb2.EntryStub,
 
 def open_stub(signed: records_pb2.SignedStub,
               keys: Mapping[str, Ed25519PublicKey]) -> records_pb2.EntryStub:
-    """Verify a signed stub against its origin's known keys, then parse it. The
-    caller checks that the stub's (origin, seq, hash) is the position it came with."""
+    """Verify a signed stub against its origin's known keys, then parse it: a v2
+    entry's own signature, or a stub signed separately (STUB_DOMAIN) for an entry
+    made before v2. The caller checks that the stub's (origin, seq, hash) is the
+    position it came with."""
     public = keys.get(signed.key_id)
     if public is None:
         raise BadSignature(f"stub signed by an unknown key {signed.key_id[:16]}")
-    verify(public, STUB_DOMAIN, signed.stub, signed.signature)
+    try:
+        verify(public, ENTRY_DOMAIN, signed.stub, signed.signature)
+    except BadSignature:
+        verify(public, STUB_DOMAIN, signed.stub, signed.signature)
+    return _parse_stub(signed.stub)
+
+
+def _parse_stub(data: bytes) -> records_pb2.EntryStub:
     stub = records_pb2.EntryStub()
     try:
-        stub.ParseFromString(signed.stub)
+        stub.ParseFromString(data)
     except DecodeError:
         raise BadSignature("signed stub is not an entry stub") from None
     if len(stub.hash) != 32 or stub.seq < 1 or not stub.origin:

@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.ingest import check_items, store_batch
-from node.signing import entry_hash, key_id, open_stub, seal_record, seal_stub, stub_of
+from node.signing import entry_hash, key_id, open_stub, seal_stub, stub_of
+from node.signing import seal_record_v1 as seal_record  # v1 entries with separate stubs
 from node.storage import log as log_tx
 from node.storage.db import immediate, open_sync
 from node.wire import federation_pb2, records_pb2
@@ -105,3 +106,80 @@ def test_a_stub_that_does_not_verify_or_match_stores_nothing(conn, tamper, reaso
     assert sum(result.rejected.values()) == 1
     assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
     assert conn.execute("SELECT reason FROM rejections").fetchone()[0] == reason
+
+
+def v2_item(b: records_pb2.RecordBody, *, envelope: bool = True) -> federation_pb2.LogItem:
+    """A v2 entry as egress sends it: the envelope carries its own signed stub; without
+    the envelope (a recall) the same signature travels as the item's stub."""
+    from node.signing import envelope_stub
+    from node.signing import seal_record as seal_v2
+    env = seal_v2(KEY, b)
+    out = federation_pb2.LogItem(origin=X, seq=b.seq, hash=entry_hash(env.payload))
+    if envelope:
+        out.envelope.CopyFrom(env)
+    else:
+        out.stub.CopyFrom(envelope_stub(env))
+    return out
+
+
+def test_a_v2_entry_is_stored_with_its_own_stub_and_served_whole(conn) -> None:
+    one = v2_item(body(1, b""))
+    two_body = body(2, one.hash)
+    two = v2_item(two_body)
+    hint = federation_pb2.LogItem(origin=X, seq=2, hash=two.hash)  # a bare placeholder first
+    result = deliver(conn, [one, hint])
+    assert not result.rejected
+    result = deliver(conn, [two])  # the envelope fills the placeholder
+    assert not result.rejected
+    for it in (one, two):
+        held = log_tx.entry(conn, X, it.seq)
+        assert held.envelope() == it.envelope  # stub included: verifiable downstream
+        signed = held.signed_stub()
+        assert signed.signature == it.envelope.signature
+        assert open_stub(signed, KEYS).record_id == f"r{it.seq}"
+
+
+def test_a_v2_recall_is_the_entry_signature_alone(conn) -> None:
+    """A placeholder carrying a v2 entry's stub (signature of the entry itself) is a
+    verified stub: its record and version are known, and it is kept."""
+    one = v2_item(body(1, b""))
+    two = v2_item(body(2, one.hash, version=1), envelope=False)
+    result = deliver(conn, [one, two])
+    assert not result.rejected
+    held = log_tx.entry(conn, X, 2)
+    assert held.payload is None and held.record_id == "r2"
+    assert held.signed_stub() == two.stub
+
+
+def test_a_v2_stub_changed_in_transit_stores_nothing(conn) -> None:
+    good = v2_item(body(1, b""), envelope=False)
+    lie = records_pb2.EntryStub()
+    lie.ParseFromString(good.stub.stub)
+    lie.contact = "subject is clear"
+    good.stub.stub = lie.SerializeToString(deterministic=True)
+    result = deliver(conn, [good])
+    assert sum(result.rejected.values()) == 1
+    assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+
+
+def test_a_v2_fork_keeps_verifiable_evidence(conn) -> None:
+    """Two v2 entries at one position: the evidence kept is each one's whole
+    envelope (payload and the stub its signature covers), so both verify."""
+    from node.signing import ENTRY_DOMAIN, verify
+    one = v2_item(body(1, b""))
+    other = body(1, b"")
+    other.title = "another entry at the same seq"
+    two = v2_item(other)
+    deliver(conn, [one])
+    result = deliver(conn, [two])
+    assert result.forks
+    held_p, held_s, other_p, other_s = conn.execute(
+        "SELECT held_payload, held_signature, other_payload, other_signature FROM forks"
+    ).fetchone()
+    for data, sig in ((held_p, held_s), (other_p, other_s)):
+        env = records_pb2.Envelope()
+        env.ParseFromString(data)  # the whole v2 envelope: content and the signed stub
+        verify(KEY.public_key(), ENTRY_DOMAIN, env.stub, sig)
+        assert env.signature == sig
+    assert {held_p, other_p} == {one.envelope.SerializeToString(),
+                                 two.envelope.SerializeToString()}

@@ -119,8 +119,8 @@ def test_purge_erases_content_everywhere_even_for_a_spoke_offline_during_it(
     rid = rec["record_id"]
     wait_state(spoke, rid, 1, "active")
     with contextlib.closing(origin.db()) as conn:
-        old = conn.execute("SELECT seq, hash, payload, signature, key_id FROM entries "
-                           "WHERE record_id = ?", (rid,)).fetchone()
+        old = conn.execute("SELECT seq, hash, payload, signature, key_id, stub FROM entries "
+                           "WHERE record_id = ?", (rid,)).fetchone()  # stub: v2's signed bytes
     spoke.stop()                       # offline during the purge, holding version 1
     origin.ok("purge", rid, "--reason", "information found unreliable")
     wait_state(hub, rid, 2, "purged")
@@ -142,11 +142,11 @@ def test_purge_erases_content_everywhere_even_for_a_spoke_offline_during_it(
 
     # A peer replaying the old signed envelope is refused, and stores nothing.
     rogue = Rogue(tmp_path, "replayer")
-    seq, digest, payload, signature, key_id = old
+    seq, digest, payload, signature, key_id, stub = old
     rogue.items = [federation_pb2.LogItem(origin="spoke0", seq=seq, hash=digest,
                                           envelope={"payload": payload,
                                                     "signature": signature,
-                                                    "key_id": key_id})]
+                                                    "key_id": key_id, "stub": stub})]
     rogue.serve(hub.card())
     hub.ok("peers", "add", rogue.card.line())
     hub.wait_for(lambda: hub.json("status")["rejected"].get("record was purged"), 20,

@@ -195,10 +195,12 @@ def _envelope(node: Node, record_id: str) -> records_pb2.Envelope:
     import contextlib
 
     with contextlib.closing(node.db()) as conn:
-        payload, signature, key_id = conn.execute(
-            "SELECT payload, signature, key_id FROM entries WHERE record_id = ?",
-            (record_id,)).fetchone()
-    return records_pb2.Envelope(payload=payload, signature=signature, key_id=key_id)
+        payload, signature, key_id, stub, stub_signature = conn.execute(
+            "SELECT payload, signature, key_id, stub, stub_signature FROM entries "
+            "WHERE record_id = ?", (record_id,)).fetchone()
+    own = stub is not None and stub_signature in (None, signature)  # v2: the signed stub
+    return records_pb2.Envelope(payload=payload, signature=signature, key_id=key_id,
+                                stub=stub if own else b"")
 
 
 def test_unsigned_replayed_oversized_and_excess_queries_are_refused(make_node,

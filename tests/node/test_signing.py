@@ -100,8 +100,10 @@ def test_query_signature_does_not_open_as_record():
 
 
 def test_domains_are_distinct_and_terminated():
-    domains = {RECORD_DOMAIN, QUERY_DOMAIN, AUDIT_DOMAIN}
-    assert len(domains) == 3
+    from node.signing import ENTRY_DOMAIN, STANDING_DOMAIN, STUB_DOMAIN
+    domains = {RECORD_DOMAIN, QUERY_DOMAIN, AUDIT_DOMAIN, STUB_DOMAIN, STANDING_DOMAIN,
+               ENTRY_DOMAIN}
+    assert len(domains) == 6
     assert all(d.endswith(b"\x00") for d in domains)
 
 
@@ -119,7 +121,7 @@ ENV = seal_record(KEY, body())
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_prop_any_bit_flip_is_refused(data):
-    part = data.draw(st.sampled_from(["payload", "signature"]))
+    part = data.draw(st.sampled_from(["payload", "signature", "stub"]))
     raw = bytearray(getattr(ENV, part))
     i = data.draw(st.integers(0, len(raw) - 1))
     raw[i] ^= 1 << data.draw(st.integers(0, 7))
@@ -169,3 +171,84 @@ def test_stub_with_unknown_key_or_bad_bytes_refused():
                                  key_id=signed.key_id)
     with pytest.raises(BadSignature):
         open_stub(bad, KEYS)
+
+
+# Entry format v2: one signature per entry, over its stub (which holds the payload hash).
+
+def _v2(b: records_pb2.RecordBody | None = None) -> records_pb2.Envelope:
+    return seal_record(KEY, b or body())
+
+
+def test_v2_entry_has_one_signature_that_is_also_its_stub():
+    from node.signing import ENTRY_DOMAIN, envelope_stub, open_entry, open_stub
+    b = body()
+    b.contact = "ncric watch desk"
+    env = _v2(b)
+    assert env.stub
+    verify(KEY.public_key(), ENTRY_DOMAIN, env.stub, env.signature)
+    opened, stub = open_entry(env, KEYS)
+    assert opened == b and stub is not None
+    assert (stub.origin, stub.seq, stub.hash, stub.record_id, stub.contact) == (
+        "ncric", 1, entry_hash(env.payload), "r1", "ncric watch desk")
+    signed = envelope_stub(env)
+    assert signed is not None and signed.signature == env.signature
+    assert open_stub(signed, KEYS) == stub  # the entry's own signature proves its stub
+    for secret in (b"grey van", b"Seen near", b"vehicle"):
+        assert secret not in env.stub
+
+
+def test_v2_changed_payload_refused():
+    env = _v2()
+    other = body(title="BOLO: red car")
+    env.payload = other.SerializeToString(deterministic=True)
+    with pytest.raises(BadSignature, match="does not match the payload"):
+        open_record(env, KEYS)
+
+
+def test_v2_changed_stub_refused():
+    from node.signing import stub_of
+    env = _v2()
+    b = body()
+    b.contact = "subject is clear"
+    env.stub = stub_of(b, entry_hash(env.payload)).SerializeToString(deterministic=True)
+    with pytest.raises(BadSignature, match="does not verify"):
+        open_record(env, KEYS)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("origin", "nysic"), ("seq", 7), ("record_id", "r9"), ("version", 2),
+    ("kind", records_pb2.SAR), ("contact", "subject is clear"), ("expires_ms", 5)])
+def test_v2_stub_body_mismatch_refused(field, value):
+    """The origin's key signed a stub that disagrees with the body it ships with
+    (a buggy or hostile signer): refused, whichever field differs."""
+    from node.signing import ENTRY_DOMAIN, stub_of
+    b = body()
+    payload = b.SerializeToString(deterministic=True)
+    stub = stub_of(b, entry_hash(payload))
+    setattr(stub, field, value)
+    data = stub.SerializeToString(deterministic=True)
+    env = records_pb2.Envelope(payload=payload, signature=sign(KEY, ENTRY_DOMAIN, data),
+                               key_id=key_id(KEY.public_key()), stub=data)
+    with pytest.raises(BadSignature, match="disagrees"):
+        open_record(env, KEYS)
+
+
+def test_v2_signature_is_not_a_v1_record_signature_and_back():
+    from node.signing import seal_record_v1
+    env = _v2()
+    v1 = records_pb2.Envelope(payload=env.payload, signature=env.signature, key_id=env.key_id)
+    with pytest.raises(BadSignature):
+        open_record(v1, KEYS)  # stub dropped: the v2 signature is not over the payload
+    old = seal_record_v1(KEY, body())
+    old.stub = env.stub  # a v1 signature offered as a v2 one
+    with pytest.raises(BadSignature):
+        open_record(old, KEYS)
+
+
+def test_v1_entries_still_verify():
+    from node.signing import open_entry, seal_record_v1
+    b = body()
+    env = seal_record_v1(KEY, b)
+    assert not env.stub
+    verify(KEY.public_key(), RECORD_DOMAIN, env.payload, env.signature)
+    assert open_entry(env, KEYS) == (b, None)
