@@ -238,7 +238,7 @@ def _received_span(node: h.Node, origin: str) -> tuple[int, int]:
 def _status_futures(nodes: list[h.Node]) -> list[Any]:
     """Status of several nodes at once (the stubs' futures), so that one slow
     node does not delay the observation of the others."""
-    req = local_pb2.JsonRequest(json="{}")
+    req = local_pb2.Empty()
     return [n.client.stub.Status.future(
         req, metadata=[("authorization", f"Bearer {n.token}")], timeout=30) for n in nodes]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Iterator
@@ -10,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from node.home import Home, resolve_home
+from node.localtypes import to_dict
 from node.types import FcnodeError
 from node.wire import local_pb2, local_pb2_grpc
 
@@ -78,23 +79,27 @@ class Client:
             return CliError(exc.details() or "invalid input", EXIT_USAGE)  # type: ignore[attr-defined]
         return CliError(exc.details() or code.name)  # type: ignore[attr-defined]
 
-    def call(self, method: str, request: dict[str, Any] | None = None,
+    def call(self, method: str, request: Message | None = None,
              timeout: float | None = None) -> Any:
+        """One typed call; the reply as the dict the CLI prints (node.localtypes)."""
+        return to_dict(self.call_message(method, request, timeout))
+
+    def call_message(self, method: str, request: Message | None = None,
+                     timeout: float | None = None) -> Any:
         try:
-            reply = getattr(self.stub, method)(
-                local_pb2.JsonRequest(json=json.dumps(request or {})),
+            return getattr(self.stub, method)(
+                request if request is not None else local_pb2.Empty(),
                 metadata=self._metadata(), timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
-        return json.loads(reply.json)
 
-    def stream(self, method: str, request: dict[str, Any] | None = None,
+    def stream(self, method: str, request: Message | None = None,
                timeout: float | None = None) -> Iterator[Any]:
         try:
             for reply in getattr(self.stub, method)(
-                    local_pb2.JsonRequest(json=json.dumps(request or {})),
+                    request if request is not None else local_pb2.Empty(),
                     metadata=self._metadata(), timeout=timeout or self.timeout):
-                yield json.loads(reply.json)
+                yield to_dict(reply)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 

@@ -4,12 +4,14 @@ and the notices a center receives about records it holds."""
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from typing import Any
 
 from node.cli import output
 from node.cli.client import EXIT_USAGE, CliError, client_for
 from node.cli.drafts import drafts_from_file
+from node.wire import local_pb2 as pb
 
 
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,21 +55,22 @@ def _done(args: argparse.Namespace, r: dict[str, Any], verb: str) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    r = client_for(args).call("Lifecycle", {"op": "update", "record_id": args.record_id,
-                                            "changes": _changes(args), "reason": args.reason})
+    r = client_for(args).call("Update", pb.UpdateRequest(
+        record_id=args.record_id, changes_json=json.dumps(_changes(args), ensure_ascii=False),
+        reason=args.reason))
     return _done(args, r, "updated")
 
 
 def cmd_end(args: argparse.Namespace) -> int:
     """retract, purge and validate: one record, one reason."""
-    r = client_for(args).call("Lifecycle", {"op": args.command, "record_id": args.record_id,
-                                            "reason": args.reason})
+    r = client_for(args).call(args.command.capitalize(), pb.RecordReason(
+        record_id=args.record_id, reason=args.reason))
     return _done(args, r, {"retract": "retracted", "purge": "purged",
                            "validate": "validated"}[args.command])
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    rows = list(client_for(args).stream("Review", {"within": args.due_within}))
+    rows = list(client_for(args).stream("Review", pb.ReviewRequest(within=args.due_within)))
     if args.json:
         for r in rows:
             output.emit_json(r)
@@ -78,7 +81,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_notices(args: argparse.Namespace) -> int:
-    rows = list(client_for(args).stream("Notices", {"since": args.since, "limit": args.limit}))
+    rows = list(client_for(args).stream("Notices", pb.NoticesRequest(since=args.since or "",
+                                                                      limit=args.limit)))
     if args.json:
         for r in rows:
             output.emit_json(r)
