@@ -194,8 +194,8 @@ class LocalStub:
                 request_serializer=fcnode_dot_v1_dot_local__pb2.WatchId.SerializeToString,
                 response_deserializer=fcnode_dot_v1_dot_local__pb2.Removed.FromString,
                 _registered_method=True)
-        self.LocalWatchHits = channel.unary_stream(
-                '/fcnode.v1.Local/LocalWatchHits',
+        self.WatchHits = channel.unary_stream(
+                '/fcnode.v1.Local/WatchHits',
                 request_serializer=fcnode_dot_v1_dot_local__pb2.HitsRequest.SerializeToString,
                 response_deserializer=fcnode_dot_v1_dot_local__pb2.LocalWatchHit.FromString,
                 _registered_method=True)
@@ -398,7 +398,7 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def LocalWatchHits(self, request, context):
+    def WatchHits(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -567,8 +567,8 @@ def add_LocalServicer_to_server(servicer, server):
                     request_deserializer=fcnode_dot_v1_dot_local__pb2.WatchId.FromString,
                     response_serializer=fcnode_dot_v1_dot_local__pb2.Removed.SerializeToString,
             ),
-            'LocalWatchHits': grpc.unary_stream_rpc_method_handler(
-                    servicer.LocalWatchHits,
+            'WatchHits': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchHits,
                     request_deserializer=fcnode_dot_v1_dot_local__pb2.HitsRequest.FromString,
                     response_serializer=fcnode_dot_v1_dot_local__pb2.LocalWatchHit.SerializeToString,
             ),
@@ -1448,7 +1448,7 @@ class Local:
             _registered_method=True)
 
     @staticmethod
-    def LocalWatchHits(request,
+    def WatchHits(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1461,7 +1461,7 @@ class Local:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/fcnode.v1.Local/LocalWatchHits',
+            '/fcnode.v1.Local/WatchHits',
             fcnode_dot_v1_dot_local__pb2.HitsRequest.SerializeToString,
             fcnode_dot_v1_dot_local__pb2.LocalWatchHit.FromString,
             options,
