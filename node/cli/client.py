@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.message import Message
 
 from node.home import Home, resolve_home
-from node.localtypes import to_dict
+from node.localtypes import build, to_dict
 from node.types import FcnodeError
 from node.wire import local_pb2, local_pb2_grpc
 
@@ -44,6 +44,16 @@ def read_token(token_file: str | None) -> str | None:
 def client_for(args: Any) -> Client:
     """The client for a parsed command line (--home, --token-file)."""
     return Client(Home(resolve_home(args.home)), read_token(args.token_file))
+
+
+def _request(method: str, request: Message | dict[str, Any] | None) -> Message:
+    """The RPC's request message; a dict (the fields by name) is built into it."""
+    if isinstance(request, Message):
+        return request
+    rpc = local_pb2.DESCRIPTOR.services_by_name["Local"].methods_by_name.get(method)
+    if rpc is None:
+        raise CliError(f"the local API has no {method!r} operation")
+    return build(getattr(local_pb2, rpc.input_type.name), request or {})
 
 
 class Client:
@@ -79,26 +89,26 @@ class Client:
             return CliError(exc.details() or "invalid input", EXIT_USAGE)  # type: ignore[attr-defined]
         return CliError(exc.details() or code.name)  # type: ignore[attr-defined]
 
-    def call(self, method: str, request: Message | None = None,
+    def call(self, method: str, request: Message | dict[str, Any] | None = None,
              timeout: float | None = None) -> Any:
         """One typed call; the reply as the dict the CLI prints (node.localtypes)."""
         return to_dict(self.call_message(method, request, timeout))
 
-    def call_message(self, method: str, request: Message | None = None,
+    def call_message(self, method: str, request: Message | dict[str, Any] | None = None,
                      timeout: float | None = None) -> Any:
         try:
             return getattr(self.stub, method)(
-                request if request is not None else local_pb2.Empty(),
-                metadata=self._metadata(), timeout=timeout or self.timeout)
+                _request(method, request), metadata=self._metadata(),
+                timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
-    def stream(self, method: str, request: Message | None = None,
+    def stream(self, method: str, request: Message | dict[str, Any] | None = None,
                timeout: float | None = None) -> Iterator[Any]:
         try:
             for reply in getattr(self.stub, method)(
-                    request if request is not None else local_pb2.Empty(),
-                    metadata=self._metadata(), timeout=timeout or self.timeout):
+                    _request(method, request), metadata=self._metadata(),
+                    timeout=timeout or self.timeout):
                 yield to_dict(reply)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
