@@ -278,11 +278,8 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
     # -- a record's life ---------------------------------------------------------
     @unary(pb.LifecycleReply)
     async def Update(self, user: User, req: pb.UpdateRequest) -> Any:
-        try:  # a partial record file: what is absent stays as it was
-            changes = json.loads(req.changes_json or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"changes_json is not JSON: {exc}") from None
-        if not isinstance(changes, dict) or not changes:
+        changes = to_dict(req.changes)  # only what was set: the rest stays as it was
+        if not changes:
             raise ValidationError("update needs at least one change")
         return await self.lifecycle.update(user, req.record_id, changes, req.reason)
 

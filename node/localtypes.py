@@ -96,6 +96,10 @@ def _set_item(field: FieldDescriptor, target: Any, value: Any) -> None:
 
 
 def _set(msg: Message, field: FieldDescriptor, value: Any) -> None:
+    if _is_map(field) and not isinstance(value, dict):
+        raise TypeError(f"{field.full_name} must be an object, not {type(value).__name__}")
+    if field.is_repeated and not _is_map(field) and not isinstance(value, list | tuple):
+        raise TypeError(f"{field.full_name} must be a list, not {type(value).__name__}")
     if _is_map(field):
         target = getattr(msg, field.name)
         vfield = field.message_type.fields_by_name["value"]
@@ -126,6 +130,8 @@ def fill(msg: M, data: Any) -> M:
         return msg
     if _oneof_only(desc):
         raise TypeError(f"{desc.full_name}: set a member of its oneof, not a dict")
+    if not isinstance(data, dict):
+        raise TypeError(f"{desc.full_name} must be an object, not {type(data).__name__}")
     fields = desc.fields_by_name
     for key, value in data.items():
         field = fields.get(key)

@@ -4,13 +4,13 @@ and the notices a center receives about records it holds."""
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from typing import Any
 
 from node.cli import output
 from node.cli.client import EXIT_USAGE, CliError, client_for
 from node.cli.drafts import drafts_from_file
+from node.localtypes import build
 from node.wire import local_pb2 as pb
 
 
@@ -46,6 +46,21 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
     return changes
 
 
+def changes_message(changes: dict[str, Any]) -> pb.RecordChanges:
+    """The fields to change as the typed message (entities TYPE=VALUE split)."""
+    from node.entities import parse_pair
+
+    if isinstance(changes.get("entities"), list):
+        changes = {**changes, "entities": [
+            dict(zip(("type", "value"), parse_pair(e), strict=True)) if isinstance(e, str)
+            else e for e in changes["entities"]]}
+    try:
+        return build(pb.RecordChanges, changes)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # A record file with an unknown field or a value of the wrong type.
+        raise CliError(f"update: {str(exc).strip(chr(34))}", EXIT_USAGE) from None
+
+
 def _done(args: argparse.Namespace, r: dict[str, Any], verb: str) -> int:
     if args.json:
         output.emit_json(r)
@@ -56,8 +71,7 @@ def _done(args: argparse.Namespace, r: dict[str, Any], verb: str) -> int:
 
 def cmd_update(args: argparse.Namespace) -> int:
     r = client_for(args).call("Update", pb.UpdateRequest(
-        record_id=args.record_id, changes_json=json.dumps(_changes(args), ensure_ascii=False),
-        reason=args.reason))
+        record_id=args.record_id, changes=changes_message(_changes(args)), reason=args.reason))
     return _done(args, r, "updated")
 
 

@@ -294,3 +294,19 @@ def test_unknown_keys_are_refused() -> None:
 
 def test_example_client_is_where_the_docs_say() -> None:
     assert (Path(__file__).resolve().parents[2] / "configs/examples/local_client.py").is_file()
+
+
+def test_update_sends_only_the_changes() -> None:
+    """Unset is "unchanged"; an empty list is "now empty" (wrapped lists)."""
+    from node.cli.client import CliError
+    from node.cli.lifecycle_cmds import changes_message
+
+    changes = {"title": "x", "labels": [], "entities": ["phone=555-123-4567"],
+               "policy": {"tlp": "GREEN", "relay": False}}
+    assert to_dict(changes_message(changes)) == {
+        "title": "x", "labels": [], "entities": [{"type": "phone", "value": "555-123-4567"}],
+        "policy": {"tlp": "GREEN", "relay": False}}
+    with pytest.raises(CliError, match="surprise"):
+        changes_message({"surprise": 1})
+    with pytest.raises(CliError):
+        changes_message({"labels": "not a list"})
