@@ -227,7 +227,7 @@ class Node:
         return self.client.call(method, request)
 
     def search(self, request: dict[str, Any]) -> list[Any]:
-        return list(self.client.stream("Search", request))
+        return list(self.client.stream("Search", {"filters": request}))
 
     def status(self) -> dict[str, Any]:
         return self.call("Status")
@@ -236,10 +236,14 @@ class Node:
         return int(self.status()["records"].get(origin, {}).get("active", 0))
 
     def pin(self, other: Node) -> None:
-        self.call("Peers", {"op": "add", "card": other.card})
+        self.call("AddPeer", {"card": other.card})
 
     def publish(self, drafts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self.call("Publish", {"records": drafts})
+        from node.cli.main import draft_message
+        from node.wire import local_pb2
+
+        return self.call("Publish", local_pb2.PublishRequest(
+            records=[draft_message(d) for d in drafts]))
 
     def proc_status(self) -> dict[str, int]:
         """VmRSS / VmHWM in kB from /proc/PID/status."""

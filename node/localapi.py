@@ -143,11 +143,32 @@ def search_params(f: pb.Filters, default_limit: int = 50) -> SearchParams:
 
 def draft_dict(d: pb.RecordDraft) -> dict[str, Any]:
     """A draft message as the record file schema that parse_draft validates:
-    what was left empty is absent (parse_draft applies the defaults)."""
-    def present(data: dict[str, Any]) -> dict[str, Any]:
-        return {k: present(v) if isinstance(v, dict) else v for k, v in data.items()
-                if v not in ("", [], None)}
-    return present(to_dict(d))
+    what was left empty is absent (parse_draft applies the defaults). Written
+    out field by field: a batch publish converts thousands of drafts, and the
+    generic converter costs ~45 µs a draft (about one signature)."""
+    out: dict[str, Any] = {"kind": d.kind, "title": d.title}
+    for key in ("narrative", "expires", "contact"):
+        if value := getattr(d, key):
+            out[key] = value
+    for key in ("labels", "behaviors"):
+        if values := getattr(d, key):
+            out[key] = list(values)
+    if d.entities:
+        out["entities"] = [{"type": e.type, "value": e.value} for e in d.entities]
+    if d.HasField("policy"):
+        p = d.policy
+        policy: dict[str, Any] = {k: v for k, v in (
+            ("tlp", p.tlp), ("audience", list(p.audience)), ("require", list(p.require)),
+            ("discoverability", p.discoverability)) if v}
+        if p.HasField("relay"):
+            policy["relay"] = p.relay
+        out["policy"] = policy
+    if d.HasField("part23"):
+        q = d.part23
+        out["part23"] = {k: v for k, v in (
+            ("justification", q.justification), ("source_reliability", q.source_reliability),
+            ("content_validity", q.content_validity), ("review_due", q.review_due)) if v}
+    return out
 
 
 def record_view(data: dict[str, Any]) -> pb.RecordView:
