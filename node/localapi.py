@@ -267,7 +267,7 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
     async def AddPeer(self, user: User, req: pb.AddPeerRequest) -> Any:
         return await self._peers("add", user, req)
 
-    @unary(pb.PeerView)
+    @unary(pb.UpdatedPeer)
     async def UpdatePeer(self, user: User, req: pb.UpdatePeerRequest) -> Any:
         return await self._peers("update", user, req)
 

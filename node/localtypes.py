@@ -8,6 +8,7 @@ so that ``to_dict(message)`` is, key for key, the dict the service returned and
 - a message named ...List or ...Map with exactly one field stands for that
   field's value (a list or map with presence, or a nested map);
 - a message whose fields are all one oneof stands for the member that is set;
+- a ``Nullable...`` message stands for its ``value``, or None when unset;
 - a string field ``X_json`` holds a JSON document: the dict key is ``X``; a
   message with only such a field stands for the document.
 
@@ -36,6 +37,11 @@ def _wrapper(desc: Descriptor) -> FieldDescriptor | None:
     if desc.name.endswith(("List", "Map")) and len(desc.fields) == 1:
         return desc.fields[0]
     return None
+
+
+def _nullable(field: FieldDescriptor) -> bool:
+    return (field.message_type is not None and not field.is_repeated
+            and field.message_type.name.startswith("Nullable"))
 
 
 def _oneof_only(desc: Descriptor) -> bool:
@@ -76,6 +82,10 @@ def to_dict(msg: Message) -> Any:
         return None if which is None else to_dict(getattr(msg, which))
     out: dict[str, Any] = {}
     for field in desc.fields:
+        if _nullable(field):
+            out[field.name] = (getattr(msg, field.name).value if msg.HasField(field.name)
+                               else None)
+            continue
         if field.has_presence and not field.is_repeated and not msg.HasField(field.name):
             continue
         if field.name.endswith(_JSON) and field.type == FieldDescriptor.TYPE_STRING:
@@ -112,6 +122,8 @@ def _set(msg: Message, field: FieldDescriptor, value: Any) -> None:
         target = getattr(msg, field.name)
         for v in value:
             _set_item(field, target, v)
+    elif _nullable(field):
+        getattr(msg, field.name).value = value
     elif field.message_type is not None:
         fill(getattr(msg, field.name), value)
         getattr(msg, field.name).SetInParent()  # present even when empty

@@ -97,7 +97,7 @@ class LocalStub:
         self.UpdatePeer = channel.unary_unary(
                 '/fcnode.v1.Local/UpdatePeer',
                 request_serializer=fcnode_dot_v1_dot_local__pb2.UpdatePeerRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.PeerView.FromString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.UpdatedPeer.FromString,
                 _registered_method=True)
         self.RemovePeer = channel.unary_unary(
                 '/fcnode.v1.Local/RemovePeer',
@@ -470,7 +470,7 @@ def add_LocalServicer_to_server(servicer, server):
             'UpdatePeer': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdatePeer,
                     request_deserializer=fcnode_dot_v1_dot_local__pb2.UpdatePeerRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.PeerView.SerializeToString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.UpdatedPeer.SerializeToString,
             ),
             'RemovePeer': grpc.unary_unary_rpc_method_handler(
                     servicer.RemovePeer,
@@ -923,7 +923,7 @@ class Local:
             target,
             '/fcnode.v1.Local/UpdatePeer',
             fcnode_dot_v1_dot_local__pb2.UpdatePeerRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.PeerView.FromString,
+            fcnode_dot_v1_dot_local__pb2.UpdatedPeer.FromString,
             options,
             channel_credentials,
             insecure,
