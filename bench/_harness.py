@@ -239,11 +239,7 @@ class Node:
         self.call("AddPeer", {"card": other.card})
 
     def publish(self, drafts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from node.cli.main import draft_message
-        from node.wire import local_pb2
-
-        return self.call("Publish", local_pb2.PublishRequest(
-            records=[draft_message(d) for d in drafts]))
+        return self.call("Publish", {"records": drafts})
 
     def proc_status(self) -> dict[str, int]:
         """VmRSS / VmHWM in kB from /proc/PID/status."""

@@ -46,6 +46,16 @@ def client_for(args: Any) -> Client:
     return Client(Home(resolve_home(args.home)), read_token(args.token_file))
 
 
+def draft_message(draft: dict[str, Any]) -> local_pb2.RecordDraft:
+    """A validated record file's draft as the typed message: entities given as
+    TYPE=VALUE become (type, value)."""
+    from node.entities import parse_pair
+
+    ents = [dict(zip(("type", "value"), parse_pair(e), strict=True)) if isinstance(e, str)
+            else e for e in draft.get("entities") or []]
+    return build(local_pb2.RecordDraft, {**draft, "entities": ents})
+
+
 def _request(method: str, request: Message | dict[str, Any] | None) -> Message:
     """The RPC's request message; a dict (the fields by name) is built into it."""
     if isinstance(request, Message):
@@ -53,6 +63,9 @@ def _request(method: str, request: Message | dict[str, Any] | None) -> Message:
     rpc = local_pb2.DESCRIPTOR.services_by_name["Local"].methods_by_name.get(method)
     if rpc is None:
         raise CliError(f"the local API has no {method!r} operation")
+    if method == "Publish" and isinstance(request, dict):  # record files: TYPE=VALUE
+        return local_pb2.PublishRequest(records=[draft_message(d)
+                                                 for d in request.get("records") or []])
     return build(getattr(local_pb2, rpc.input_type.name), request or {})
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from node.cli import output
-from node.cli.client import EXIT_ERROR, EXIT_USAGE, CliError, client_for
+from node.cli.client import EXIT_ERROR, EXIT_USAGE, CliError, client_for, draft_message
 from node.cli.drafts import drafts_from_file
 from node.cli.search_args import add_search_flags, search_filters
 from node.home import Home, load_config, resolve_home
@@ -228,17 +228,6 @@ def _draft_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     if args.expires:
         draft["expires"] = args.expires
     return draft
-
-
-def draft_message(draft: dict[str, Any]) -> pb.RecordDraft:
-    """A validated record file's draft as the typed message: entities given as
-    TYPE=VALUE become (type, value)."""
-    from node.entities import parse_pair
-    from node.localtypes import build
-
-    ents = [dict(zip(("type", "value"), parse_pair(e), strict=True)) if isinstance(e, str)
-            else e for e in draft.get("entities") or []]
-    return build(pb.RecordDraft, {**draft, "entities": ents})
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
