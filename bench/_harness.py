@@ -227,7 +227,7 @@ class Node:
         return self.client.call(method, request)
 
     def search(self, request: dict[str, Any]) -> list[Any]:
-        return list(self.client.stream("Search", request))
+        return list(self.client.stream("Search", {"filters": request}))
 
     def status(self) -> dict[str, Any]:
         return self.call("Status")
@@ -236,7 +236,7 @@ class Node:
         return int(self.status()["records"].get(origin, {}).get("active", 0))
 
     def pin(self, other: Node) -> None:
-        self.call("Peers", {"op": "add", "card": other.card})
+        self.call("AddPeer", {"card": other.card})
 
     def publish(self, drafts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.call("Publish", {"records": drafts})

@@ -87,7 +87,7 @@ def topology(n: int) -> tuple[list[str], dict[str, list[str]]]:
 def trusted_counts(nodes: list[h.Node]) -> list[int]:
     out = []
     for node in nodes:
-        peers = node.call("Peers", {"op": "list"})
+        peers = node.call("ListPeers")
         out.append(sum(1 for p in peers if not p.get("conflict")))
     return out
 
@@ -112,8 +112,8 @@ def holds(node: h.Node, record_id: str) -> bool:
 def query(node: h.Node, entity: str, timeout: str = "10s") -> tuple[float, dict[str, Any],
                                                                      list[Any]]:
     started = time.monotonic()
-    items = list(node.client.stream("Query", {"entities": [entity], "timeout": timeout,
-                                              "limit": 10}, timeout=60))
+    items = list(node.client.stream("Query", {"filters": {"entities": [entity], "limit": 10},
+                                              "timeout": timeout}, timeout=60))
     return (time.monotonic() - started) * 1000, items[-1], items[:-1]
 
 
@@ -163,11 +163,11 @@ def main() -> int:
         for a in hubs:
             for b in hubs:
                 if a != b:
-                    by[a].call("Peers", {"op": "add", "card": by[b].card, "introducer": True})
+                    by[a].call("AddPeer", {"card": by[b].card, "introducer": True})
         for hub in hubs:
             for s in spokes_of[hub]:
                 by[hub].pin(by[s])
-                by[s].call("Peers", {"op": "add", "card": by[hub].card, "introducer": True})
+                by[s].call("AddPeer", {"card": by[hub].card, "introducer": True})
         pinned_s = time.monotonic() - t0
         ok = h.wait_until(lambda: min(trusted_counts(nodes)) >= n - 1, timeout=600,
                           interval=1.0)

@@ -376,7 +376,7 @@ class QueryRun:
 
 
 def run_query(node: h.Node, entity: str, args: argparse.Namespace) -> QueryRun:
-    req = {"entities": [entity], "timeout": args.timeout, "limit": args.limit}
+    req = {"filters": {"entities": [entity], "limit": args.limit}, "timeout": args.timeout}
     started = time.perf_counter()
     first = None
     results = 0

@@ -88,7 +88,7 @@ def bench_flood(cluster: h.Cluster, args: argparse.Namespace, out: dict[str, Any
     message = federation_pb2.QueryAnswer(records=envs)
     rogue.flood = (message, args.flood_messages)
     rogue.serve(req.card)
-    req.call("Peers", {"op": "add", "card": rogue.card.line()})
+    req.call("AddPeer", {"card": rogue.card.line()})
     if not wait_connected(req, "flood"):
         h.info("the requester did not connect to the flooding peer; measuring anyway")
     h.info(f"each answer offered: {args.flood_messages} messages x "
@@ -106,8 +106,8 @@ def bench_flood(cluster: h.Cluster, args: argparse.Namespace, out: dict[str, Any
                 if not flood:
                     time.sleep(0.1)
                     continue
-                rows = list(client.stream("Query", {"text": "flood", "timeout": "30s",
-                                                    "limit": 500}))
+                rows = list(client.stream("Query", {"filters": {"text": "flood", "limit": 500},
+                                                    "timeout": "30s"}))
                 summaries.append(rows[-1]["summary"]["flood"])
         finally:
             stop.set()
@@ -165,7 +165,7 @@ def bench_restricted(cluster: h.Cluster, args: argparse.Namespace,
     for i in range(0, len(drafts), 500):
         origin.publish(drafts[i:i + 500])
     rogue = Rogue(cluster.root, "asker")
-    origin.call("Peers", {"op": "add", "card": rogue.card.line()})
+    origin.call("AddPeer", {"card": rogue.card.line()})
     key = entities.match_keys(*PHONE)[0]
     keys = [key] + [f"phone:555{n:07d}" for n in range(MAX_ENTITY_KEYS - 1)]
     text = ("officer safety " * 40)[:MAX_TEXT]

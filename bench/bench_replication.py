@@ -38,6 +38,7 @@ from typing import Any
 
 import _harness as h
 
+from node.localtypes import to_dict
 from node.wire import local_pb2
 
 TARGET_INGEST_RATE = 6_000  # records/s
@@ -200,7 +201,7 @@ class ReadProber:
                 # An entity held by several records, not all replicated yet.
                 entity = f"person={self.corpus.person(i)}"
                 t = time.perf_counter()
-                list(self.client.stream("Search", {"entities": [entity], "limit": 50}))
+                list(self.client.stream("Search", {"filters": {"entities": [entity], "limit": 50}}))
                 self.times["search"].append(time.perf_counter() - t)
                 i += 7
         except BaseException as exc:  # reported, not raised in a daemon thread
@@ -238,7 +239,7 @@ def _received_span(node: h.Node, origin: str) -> tuple[int, int]:
 def _status_futures(nodes: list[h.Node]) -> list[Any]:
     """Status of several nodes at once (the stubs' futures), so that one slow
     node does not delay the observation of the others."""
-    req = local_pb2.JsonRequest(json="{}")
+    req = local_pb2.Empty()
     return [n.client.stub.Status.future(
         req, metadata=[("authorization", f"Bearer {n.token}")], timeout=30) for n in nodes]
 
@@ -320,7 +321,7 @@ def bench_fanout(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 now = time.perf_counter()
                 still = []
                 for node, fut in zip(pending, futures, strict=True):
-                    status = json.loads(fut.result().json)
+                    status = to_dict(fut.result())
                     have = status["records"].get(hub.center, {}).get("active", 0)
                     if have >= want:
                         per_spoke.append(now - t0)

@@ -41,12 +41,14 @@ PLATE = "plate=BW 0001"
 
 
 def _user(node: h.Node, name: str, *attrs: str) -> Client:
-    r = node.call("Users", {"op": "add", "name": name, "attributes": list(attrs)})
+    r = node.call("AddUser", {"name": name, "attributes": list(attrs)})
     return Client(Home(node.home), r["token"], timeout=120.0)
 
 
 def _watch(client: Client, **req: Any) -> str:
-    (w,) = list(client.stream("Watch", {"op": "add", **req}))
+    filters = {k: v for k, v in req.items() if k not in ("network", "expires")}
+    w = client.call("AddWatch", {**{k: v for k, v in req.items() if k not in filters},
+                                 "filters": filters})
     return w["watch_id"]
 
 
@@ -68,7 +70,7 @@ def _latency(origin: h.Node, follower: Client, samples: int, draft: dict[str, An
 
     def follow() -> None:
         with contextlib.suppress(Exception):
-            for hit in follower.stream("Watch", {"op": "hits", "follow": True},
+            for hit in follower.stream("WatchHits", {"follow": True},
                                        timeout=3600):
                 with lock:
                     arrived[hit["record_id"]] = time.perf_counter()
@@ -104,8 +106,8 @@ def bench_latency(samples: int) -> dict[str, Any]:
         cl.start([origin, hub, watcher])
         for a, b in ((origin, hub), (hub, origin), (hub, watcher), (watcher, hub)):
             a.pin(b)
-        watcher.call("Peers", {"op": "add", "card": origin.card, "connect": False})
-        origin.call("Peers", {"op": "add", "card": watcher.card, "connect": False})
+        watcher.call("AddPeer", {"card": origin.card, "connect": False})
+        origin.call("AddPeer", {"card": watcher.card, "connect": False})
         analyst = _user(watcher, "analyst", "sworn_le")
         _watch(analyst, entities=[PLATE], network=True)
         relayed = {"kind": "BOLO", "title": "bench relayed", "entities": [PLATE],

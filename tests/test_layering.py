@@ -10,6 +10,7 @@ PURE_CORE = ["node/policy.py", "node/chain.py", "node/audit.py", "node/signing.p
              "node/keyhistory.py", "node/entities.py", "node/record.py", "node/query.py",
              "node/types.py", "node/timeutil.py", "node/watch.py", "node/routing.py",
              "node/stix/common.py", "node/stix/export.py", "node/stix/imports.py",
+             "node/localtypes.py",
              "federation/backoff.py", "federation/ratelimit.py"]
 IO_MODULES = {"sqlite3", "aiosqlite", "grpc", "asyncio", "socket", "subprocess", "os"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Iterator
@@ -10,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from node.home import Home, resolve_home
+from node.localtypes import build, to_dict
 from node.types import FcnodeError
 from node.wire import local_pb2, local_pb2_grpc
 
@@ -43,6 +44,29 @@ def read_token(token_file: str | None) -> str | None:
 def client_for(args: Any) -> Client:
     """The client for a parsed command line (--home, --token-file)."""
     return Client(Home(resolve_home(args.home)), read_token(args.token_file))
+
+
+def draft_message(draft: dict[str, Any]) -> local_pb2.RecordDraft:
+    """A validated record file's draft as the typed message: entities given as
+    TYPE=VALUE become (type, value)."""
+    from node.entities import parse_pair
+
+    ents = [dict(zip(("type", "value"), parse_pair(e), strict=True)) if isinstance(e, str)
+            else e for e in draft.get("entities") or []]
+    return build(local_pb2.RecordDraft, {**draft, "entities": ents})
+
+
+def _request(method: str, request: Message | dict[str, Any] | None) -> Message:
+    """The RPC's request message; a dict (the fields by name) is built into it."""
+    if isinstance(request, Message):
+        return request
+    rpc = local_pb2.DESCRIPTOR.services_by_name["Local"].methods_by_name.get(method)
+    if rpc is None:
+        raise CliError(f"the local API has no {method!r} operation")
+    if method == "Publish" and isinstance(request, dict):  # record files: TYPE=VALUE
+        return local_pb2.PublishRequest(records=[draft_message(d)
+                                                 for d in request.get("records") or []])
+    return build(getattr(local_pb2, rpc.input_type.name), request or {})
 
 
 class Client:
@@ -78,23 +102,27 @@ class Client:
             return CliError(exc.details() or "invalid input", EXIT_USAGE)  # type: ignore[attr-defined]
         return CliError(exc.details() or code.name)  # type: ignore[attr-defined]
 
-    def call(self, method: str, request: dict[str, Any] | None = None,
+    def call(self, method: str, request: Message | dict[str, Any] | None = None,
              timeout: float | None = None) -> Any:
+        """One typed call; the reply as the dict the CLI prints (node.localtypes)."""
+        return to_dict(self.call_message(method, request, timeout))
+
+    def call_message(self, method: str, request: Message | dict[str, Any] | None = None,
+                     timeout: float | None = None) -> Any:
         try:
-            reply = getattr(self.stub, method)(
-                local_pb2.JsonRequest(json=json.dumps(request or {})),
-                metadata=self._metadata(), timeout=timeout or self.timeout)
+            return getattr(self.stub, method)(
+                _request(method, request), metadata=self._metadata(),
+                timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
-        return json.loads(reply.json)
 
-    def stream(self, method: str, request: dict[str, Any] | None = None,
+    def stream(self, method: str, request: Message | dict[str, Any] | None = None,
                timeout: float | None = None) -> Iterator[Any]:
         try:
             for reply in getattr(self.stub, method)(
-                    local_pb2.JsonRequest(json=json.dumps(request or {})),
-                    metadata=self._metadata(), timeout=timeout or self.timeout):
-                yield json.loads(reply.json)
+                    _request(method, request), metadata=self._metadata(),
+                    timeout=timeout or self.timeout):
+                yield to_dict(reply)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 

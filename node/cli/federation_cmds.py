@@ -11,6 +11,7 @@ from typing import Any
 from node.cli import output
 from node.cli.client import EXIT_NO_DAEMON, CliError, client_for
 from node.home import Home, lock_if_stopped, resolve_home
+from node.wire import local_pb2 as pb
 
 
 def _card_text(value: str) -> str:
@@ -96,40 +97,39 @@ def cmd_peers(args: argparse.Namespace) -> int:
     client = client_for(args)
     op = args.peers_cmd
     if op == "add":
-        r = client.call("Peers", {"op": "add", "card": _card_text(args.card),
-                                  "groups": _groups(args), "connect": not args.no_connect,
-                                  "introducer": args.introducer})
+        r = client.call("AddPeer", pb.AddPeerRequest(card=_card_text(args.card),
+                                                     groups=_groups(args),
+                                                     connect=not args.no_connect,
+                                                     introducer=args.introducer))
         output.emit_json(r) if args.json else _print_pinned(r)
         return 0
     if op == "update":
-        req: dict[str, Any] = {"op": "update", "card": _card_text(args.card)}
-        if args.distrust_after is not None:
-            req["distrust_after"] = args.distrust_after
-        r = client.call("Peers", req)
+        r = client.call("UpdatePeer", pb.UpdatePeerRequest(card=_card_text(args.card),
+                                                           distrust_after=args.distrust_after))
         output.emit_json(r) if args.json else _print_updated(r)
         return 0
     if op == "remove":
-        r = client.call("Peers", {"op": "remove", "center": args.center})
+        r = client.call("RemovePeer", pb.CenterName(center=args.center))
         output.emit_json(r) if args.json else print(f"removed peer {r['removed']}")
         return 0
     if op == "show":
-        r = client.call("Peers", {"op": "show", "center": args.center})
+        r = client.call("ShowPeer", pb.CenterName(center=args.center))
         output.emit_json(r) if args.json else output.kv(r)
         return 0
     if op == "groups":
-        r = client.call("Peers", {"op": "groups"})
+        r = client.call("PeerGroups")
         if args.json:
             output.emit_json(r)
         else:
             for g, members in r.items():
                 print(f"{g:<20} {', '.join(members)}")
         return 0
-    _print_peer_rows(args, client.call("Peers", {"op": "list"}))
+    _print_peer_rows(args, client.call("ListPeers"))
     return 0
 
 
 def cmd_disseminations(args: argparse.Namespace) -> int:
-    req: dict[str, Any] = {"record_id": args.record_id, "limit": args.limit}
+    req = pb.DisseminationsRequest(record_id=args.record_id or "", limit=args.limit)
     rows = list(client_for(args).stream("Disseminations", req))
     if args.json:
         for r in rows:
@@ -140,7 +140,7 @@ def cmd_disseminations(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_query(args: argparse.Namespace, req: dict[str, Any]) -> tuple[list[Any], Any]:
+def _run_query(args: argparse.Namespace, req: pb.QueryRequest) -> tuple[list[Any], Any]:
     """Stream a federated query; return (results, summary)."""
     results, summary = [], None
     for item in client_for(args).stream("Query", req, timeout=120):
@@ -178,12 +178,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    req: dict[str, Any] = {
-        "text": " ".join(args.text), "entities": args.entity or [], "kinds": args.kind or [],
-        "since": args.since, "labels": args.label or [], "limit": args.limit,
-        "behaviors": args.behavior or [],
-        "timeout": args.timeout, "hops": args.hops,
-        "centers": [c.strip() for c in (args.centers or "").split(",") if c.strip()]}
+    req = pb.QueryRequest(
+        filters=pb.Filters(text=" ".join(args.text), entities=args.entity or [],
+                           kinds=args.kind or [], since=args.since or "",
+                           labels=args.label or [], limit=args.limit,
+                           behaviors=args.behavior or []),
+        timeout=args.timeout, hops=args.hops,
+        centers=[c.strip() for c in (args.centers or "").split(",") if c.strip()])
     _, summary = _run_query(args, req)
     if summary is not None:
         output.emit_json(summary) if args.json else _print_summary(summary)
@@ -192,9 +193,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_deconflict(args: argparse.Namespace) -> int:
     args.quiet_results = True
-    results, summary = _run_query(args, {"entities": args.entities, "timeout": args.timeout,
-                                         "limit": args.limit, "any_entity": True,
-                                         "hops": args.hops})
+    results, summary = _run_query(args, pb.QueryRequest(
+        filters=pb.Filters(entities=args.entities, limit=args.limit), timeout=args.timeout,
+        any_entity=True, hops=args.hops))
     by_origin: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_origin.setdefault(r["origin"], []).append(r)

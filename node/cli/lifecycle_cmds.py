@@ -10,6 +10,8 @@ from typing import Any
 from node.cli import output
 from node.cli.client import EXIT_USAGE, CliError, client_for
 from node.cli.drafts import drafts_from_file
+from node.localtypes import build
+from node.wire import local_pb2 as pb
 
 
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,6 +46,21 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
     return changes
 
 
+def changes_message(changes: dict[str, Any]) -> pb.RecordChanges:
+    """The fields to change as the typed message (entities TYPE=VALUE split)."""
+    from node.entities import parse_pair
+
+    if isinstance(changes.get("entities"), list):
+        changes = {**changes, "entities": [
+            dict(zip(("type", "value"), parse_pair(e), strict=True)) if isinstance(e, str)
+            else e for e in changes["entities"]]}
+    try:
+        return build(pb.RecordChanges, changes)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # A record file with an unknown field or a value of the wrong type.
+        raise CliError(f"update: {str(exc).strip(chr(34))}", EXIT_USAGE) from None
+
+
 def _done(args: argparse.Namespace, r: dict[str, Any], verb: str) -> int:
     if args.json:
         output.emit_json(r)
@@ -53,21 +70,21 @@ def _done(args: argparse.Namespace, r: dict[str, Any], verb: str) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    r = client_for(args).call("Lifecycle", {"op": "update", "record_id": args.record_id,
-                                            "changes": _changes(args), "reason": args.reason})
+    r = client_for(args).call("Update", pb.UpdateRequest(
+        record_id=args.record_id, changes=changes_message(_changes(args)), reason=args.reason))
     return _done(args, r, "updated")
 
 
 def cmd_end(args: argparse.Namespace) -> int:
     """retract, purge and validate: one record, one reason."""
-    r = client_for(args).call("Lifecycle", {"op": args.command, "record_id": args.record_id,
-                                            "reason": args.reason})
+    r = client_for(args).call(args.command.capitalize(), pb.RecordReason(
+        record_id=args.record_id, reason=args.reason))
     return _done(args, r, {"retract": "retracted", "purge": "purged",
                            "validate": "validated"}[args.command])
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    rows = list(client_for(args).stream("Review", {"within": args.due_within}))
+    rows = list(client_for(args).stream("Review", pb.ReviewRequest(within=args.due_within)))
     if args.json:
         for r in rows:
             output.emit_json(r)
@@ -78,7 +95,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_notices(args: argparse.Namespace) -> int:
-    rows = list(client_for(args).stream("Notices", {"since": args.since, "limit": args.limit}))
+    rows = list(client_for(args).stream("Notices", pb.NoticesRequest(since=args.since or "",
+                                                                      limit=args.limit)))
     if args.json:
         for r in rows:
             output.emit_json(r)

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from node.cli import output
-from node.cli.client import EXIT_ERROR, EXIT_USAGE, CliError, client_for
+from node.cli.client import EXIT_ERROR, EXIT_USAGE, CliError, client_for, draft_message
 from node.cli.drafts import drafts_from_file
-from node.cli.search_args import add_search_flags, search_request
+from node.cli.search_args import add_search_flags, search_filters
 from node.home import Home, load_config, resolve_home
 from node.types import FcnodeError, ValidationError
+from node.wire import local_pb2 as pb
 
 # Commands import what they need when they run: `fcnode status` should not pay
 # for loading the daemon, storage and crypto stacks.
@@ -73,7 +74,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     client = client_for(args)
     for which in ("signing", "tls"):
         if getattr(args, which):
-            results.append(client.call("Keys", {"op": "rotate", "which": which}))
+            results.append(client.call("RotateKey", pb.RotateRequest(which=which)))
     for r in results:
         if args.json:
             output.emit_json(r)
@@ -161,9 +162,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
             result = offline.backup(home, target, args.include_keys, args.force).as_dict()
     if not stopped:
-        result = client_for(args).call("Backup", {
-            "path": str(target), "include_keys": args.include_keys, "force": args.force},
-            timeout=3600)
+        result = client_for(args).call("Backup", pb.BackupRequest(
+            path=str(target), include_keys=args.include_keys, force=args.force), timeout=3600)
     if args.json:
         output.emit_json(result)
     else:
@@ -200,7 +200,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_recovery(args: argparse.Namespace) -> int:
-    r = client_for(args).call("Recovery", {"op": args.recovery_cmd})
+    r = client_for(args).call("FinishRecovery")  # the one operation: finish
     if args.json:
         output.emit_json(r)
     else:
@@ -239,11 +239,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     for d in drafts:  # fail fast, before talking to the daemon (which validates again)
         parse_draft(d)
-    size = len(json.dumps({"records": drafts}))
+    request = pb.PublishRequest(records=[draft_message(d) for d in drafts])
+    size = request.ByteSize()
     if size > MAX_PUBLISH_BYTES:
         raise CliError(f"{len(drafts)} records ({size / 2**20:.1f} MiB) exceed what one publish "
                        f"sends ({MAX_PUBLISH_BYTES // 2**20} MiB); split the file", EXIT_USAGE)
-    results = client_for(args).call("Publish", {"records": drafts})
+    results = client_for(args).call("Publish", request)
     for r in results:
         if args.json:
             output.emit_json(r)
@@ -257,7 +258,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    rec = client_for(args).call("Get", {"record_id": args.record_id})
+    rec = client_for(args).call("Get", pb.GetRequest(record_id=args.record_id))
     if args.json:
         output.emit_json(rec)
     else:
@@ -266,7 +267,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    req = search_request(args)
+    req = pb.SearchRequest(filters=search_filters(args))
     n = 0
     for r in client_for(args).stream("Search", req):
         n += 1
@@ -280,8 +281,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_users(args: argparse.Namespace) -> int:
     client = client_for(args)
     if args.users_cmd == "add":
-        r = client.call("Users", {"op": "add", "name": args.name, "attributes": args.attr or [],
-                                  "admin": args.admin})
+        r = client.call("AddUser", pb.AddUserRequest(name=args.name, attributes=args.attr or [],
+                                                     admin=args.admin))
         if args.json:
             output.emit_json(r)
         else:
@@ -290,14 +291,15 @@ def cmd_users(args: argparse.Namespace) -> int:
             print("credential (shown once):")
             print(r["token"])
     elif args.users_cmd == "set":
-        r = client.call("Users", {"op": "set", "name": args.name, "attributes": args.attr or []})
+        r = client.call("SetUserAttributes", pb.SetAttributesRequest(
+            name=args.name, attributes=args.attr or []))
         output.emit_json(r) if args.json else print(
             f"{r['user']}: attributes {', '.join(r['attributes']) or 'none'}")
     elif args.users_cmd == "remove":
-        r = client.call("Users", {"op": "remove", "name": args.name})
+        r = client.call("RemoveUser", pb.UserName(name=args.name))
         output.emit_json(r) if args.json else print(f"removed user {r['removed']}")
     else:
-        rows = client.call("Users", {"op": "list"})
+        rows = client.call("ListUsers")
         if args.json:
             for r in rows:
                 output.emit_json(r)
@@ -319,7 +321,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             for p in r["problems"]:
                 print(f"TAMPERED: {p}")
         return 0 if r["ok"] else EXIT_ERROR
-    for e in client.stream("Audit", {"since": args.since, "limit": args.limit}):
+    for e in client.stream("Audit", pb.AuditRequest(since=args.since or "", limit=args.limit)):
         if args.json:
             output.emit_json(e)
         else:

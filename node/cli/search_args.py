@@ -4,7 +4,8 @@ definition for `search`, `export` (and anything else that selects records)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+from node.wire import local_pb2
 
 
 def add_search_flags(p: argparse.ArgumentParser) -> None:
@@ -19,8 +20,8 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=50)
 
 
-def search_request(args: argparse.Namespace) -> dict[str, Any]:
-    return {"text": " ".join(args.text), "entities": args.entity or [],
-            "kinds": args.kind or [], "since": args.since, "labels": args.label or [],
-            "origins": args.origin or [], "limit": args.limit,
-            "behaviors": args.behavior or []}
+def search_filters(args: argparse.Namespace) -> local_pb2.Filters:
+    return local_pb2.Filters(
+        text=" ".join(args.text), entities=args.entity or [], kinds=args.kind or [],
+        since=args.since or "", labels=args.label or [], origins=args.origin or [],
+        limit=args.limit, behaviors=args.behavior or [])

@@ -13,14 +13,15 @@ from pathlib import Path
 
 from node.cli import output
 from node.cli.client import EXIT_USAGE, CliError, client_for
-from node.cli.search_args import add_search_flags, search_request
+from node.cli.search_args import add_search_flags, search_filters
 from node.stix.common import MAX_BUNDLE_BYTES
+from node.wire import local_pb2 as pb
 
 FORMATS = ["stix2.1"]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    req = {"format": args.format, **search_request(args)}
+    req = pb.ExportRequest(format=args.format, filters=search_filters(args))
     result = client_for(args).call("Export", req, timeout=300)
     text = json.dumps(result["bundle"], indent=2, ensure_ascii=False) + "\n"
     if args.output and args.output != "-":
@@ -60,9 +61,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CliError(f"STIX bundle refused: {path} is not UTF-8 text", EXIT_USAGE) from None
-    result = client_for(args).call("Import", {
-        "format": args.format, "bundle": text, "tlp": args.tlp,
-        "audience": args.audience or [], "dry_run": args.dry_run}, timeout=600)
+    result = client_for(args).call("Import", pb.ImportRequest(
+        format=args.format, bundle=text, tlp=args.tlp or "", audience=args.audience or [],
+        dry_run=args.dry_run), timeout=600)
     if args.json:
         output.emit_json(result)
         return 0

@@ -9,6 +9,7 @@ from typing import Any
 
 from node.cli import output
 from node.cli.client import client_for
+from node.wire import local_pb2 as pb
 
 
 def _hit_line(h: dict[str, Any]) -> str:
@@ -19,11 +20,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     client = client_for(args)
     op = args.watch_cmd
     if op == "add":
-        req = {"op": "add", "text": " ".join(args.text), "entities": args.entity or [],
-               "kinds": args.kind or [], "labels": args.label or [],
-               "behaviors": args.behavior or [], "network": args.network,
-               "expires": args.expires}
-        (w,) = list(client.stream("Watch", req))
+        req = pb.AddWatchRequest(
+            filters=pb.Filters(text=" ".join(args.text), entities=args.entity or [],
+                               kinds=args.kind or [], labels=args.label or [],
+                               behaviors=args.behavior or []),
+            network=args.network, expires=args.expires or "")
+        w = client.call("AddWatch", req)
         if args.json:
             output.emit_json(w)
         else:
@@ -32,11 +34,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 0
     if op == "remove":
-        (r,) = list(client.stream("Watch", {"op": "remove", "watch_id": args.watch_id}))
+        r = client.call("RemoveWatch", pb.WatchId(watch_id=args.watch_id))
         output.emit_json(r) if args.json else print(f"removed watch {r['removed']}")
         return 0
     if op == "list":
-        rows = list(client.stream("Watch", {"op": "list", "remote": args.remote}))
+        rows = list(client.stream("ListWatches", pb.ListWatchesRequest(remote=args.remote)))
         if args.json:
             for r in rows:
                 output.emit_json(r)
@@ -49,10 +51,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
             print("no watches")
         return 0
     # hits
-    req = {"op": "hits", "follow": args.follow}
+    req = pb.HitsRequest(follow=args.follow)
     timeout = 10 * 365 * 86400 if args.follow else None
     n = 0
-    for h in client.stream("Watch", req, timeout=timeout):
+    for h in client.stream("WatchHits", req, timeout=timeout):
         n += 1
         if args.json:
             output.emit_json(h)

@@ -36,98 +36,168 @@ class LocalStub:
         """
         self.Status = channel.unary_unary(
                 '/fcnode.v1.Local/Status',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                request_serializer=fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.StatusReply.FromString,
                 _registered_method=True)
         self.Publish = channel.unary_unary(
                 '/fcnode.v1.Local/Publish',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                request_serializer=fcnode_dot_v1_dot_local__pb2.PublishRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.PublishedList.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/fcnode.v1.Local/Get',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                request_serializer=fcnode_dot_v1_dot_local__pb2.GetRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.RecordView.FromString,
                 _registered_method=True)
         self.Search = channel.unary_stream(
                 '/fcnode.v1.Local/Search',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-                _registered_method=True)
-        self.Users = channel.unary_unary(
-                '/fcnode.v1.Local/Users',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-                _registered_method=True)
-        self.Audit = channel.unary_stream(
-                '/fcnode.v1.Local/Audit',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-                _registered_method=True)
-        self.AuditVerify = channel.unary_unary(
-                '/fcnode.v1.Local/AuditVerify',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-                _registered_method=True)
-        self.Peers = channel.unary_unary(
-                '/fcnode.v1.Local/Peers',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-                _registered_method=True)
-        self.Disseminations = channel.unary_stream(
-                '/fcnode.v1.Local/Disseminations',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                request_serializer=fcnode_dot_v1_dot_local__pb2.SearchRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.SearchResult.FromString,
                 _registered_method=True)
         self.Query = channel.unary_stream(
                 '/fcnode.v1.Local/Query',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                request_serializer=fcnode_dot_v1_dot_local__pb2.QueryRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.QueryItem.FromString,
                 _registered_method=True)
-        self.Notices = channel.unary_stream(
-                '/fcnode.v1.Local/Notices',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+        self.AddUser = channel.unary_unary(
+                '/fcnode.v1.Local/AddUser',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.AddUserRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.AddUserReply.FromString,
                 _registered_method=True)
-        self.Lifecycle = channel.unary_unary(
-                '/fcnode.v1.Local/Lifecycle',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+        self.RemoveUser = channel.unary_unary(
+                '/fcnode.v1.Local/RemoveUser',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.UserName.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.Removed.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/fcnode.v1.Local/ListUsers',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.UserList.FromString,
+                _registered_method=True)
+        self.SetUserAttributes = channel.unary_unary(
+                '/fcnode.v1.Local/SetUserAttributes',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.SetAttributesRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.UserAttributes.FromString,
+                _registered_method=True)
+        self.Audit = channel.unary_stream(
+                '/fcnode.v1.Local/Audit',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.AuditRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.AuditEntry.FromString,
+                _registered_method=True)
+        self.AuditVerify = channel.unary_unary(
+                '/fcnode.v1.Local/AuditVerify',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.AuditVerifyReply.FromString,
+                _registered_method=True)
+        self.AddPeer = channel.unary_unary(
+                '/fcnode.v1.Local/AddPeer',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.AddPeerRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.PeerView.FromString,
+                _registered_method=True)
+        self.UpdatePeer = channel.unary_unary(
+                '/fcnode.v1.Local/UpdatePeer',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.UpdatePeerRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.UpdatedPeer.FromString,
+                _registered_method=True)
+        self.RemovePeer = channel.unary_unary(
+                '/fcnode.v1.Local/RemovePeer',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.CenterName.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.Removed.FromString,
+                _registered_method=True)
+        self.ListPeers = channel.unary_unary(
+                '/fcnode.v1.Local/ListPeers',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.PeerList.FromString,
+                _registered_method=True)
+        self.ShowPeer = channel.unary_unary(
+                '/fcnode.v1.Local/ShowPeer',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.CenterName.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.PeerDetail.FromString,
+                _registered_method=True)
+        self.PeerGroups = channel.unary_unary(
+                '/fcnode.v1.Local/PeerGroups',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.GroupMap.FromString,
+                _registered_method=True)
+        self.Disseminations = channel.unary_stream(
+                '/fcnode.v1.Local/Disseminations',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.DisseminationsRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.Dissemination.FromString,
+                _registered_method=True)
+        self.Update = channel.unary_unary(
+                '/fcnode.v1.Local/Update',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.UpdateRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.LifecycleReply.FromString,
+                _registered_method=True)
+        self.Retract = channel.unary_unary(
+                '/fcnode.v1.Local/Retract',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.RecordReason.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.LifecycleReply.FromString,
+                _registered_method=True)
+        self.Purge = channel.unary_unary(
+                '/fcnode.v1.Local/Purge',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.RecordReason.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.LifecycleReply.FromString,
+                _registered_method=True)
+        self.Validate = channel.unary_unary(
+                '/fcnode.v1.Local/Validate',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.RecordReason.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.LifecycleReply.FromString,
                 _registered_method=True)
         self.Review = channel.unary_stream(
                 '/fcnode.v1.Local/Review',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                request_serializer=fcnode_dot_v1_dot_local__pb2.ReviewRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.ReviewRow.FromString,
+                _registered_method=True)
+        self.Notices = channel.unary_stream(
+                '/fcnode.v1.Local/Notices',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.NoticesRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.Notice.FromString,
                 _registered_method=True)
         self.Backup = channel.unary_unary(
                 '/fcnode.v1.Local/Backup',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                request_serializer=fcnode_dot_v1_dot_local__pb2.BackupRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.BackupReply.FromString,
+                _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/fcnode.v1.Local/RotateKey',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.RotateRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.RotateReply.FromString,
+                _registered_method=True)
+        self.FinishRecovery = channel.unary_unary(
+                '/fcnode.v1.Local/FinishRecovery',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.RecoveryReply.FromString,
                 _registered_method=True)
         self.Export = channel.unary_unary(
                 '/fcnode.v1.Local/Export',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                request_serializer=fcnode_dot_v1_dot_local__pb2.ExportRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.ExportReply.FromString,
                 _registered_method=True)
         self.Import = channel.unary_unary(
                 '/fcnode.v1.Local/Import',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+                request_serializer=fcnode_dot_v1_dot_local__pb2.ImportRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.ImportReply.FromString,
                 _registered_method=True)
-        self.Keys = channel.unary_unary(
-                '/fcnode.v1.Local/Keys',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+        self.AddWatch = channel.unary_unary(
+                '/fcnode.v1.Local/AddWatch',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.AddWatchRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.WatchView.FromString,
                 _registered_method=True)
-        self.Recovery = channel.unary_unary(
-                '/fcnode.v1.Local/Recovery',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+        self.ListWatches = channel.unary_stream(
+                '/fcnode.v1.Local/ListWatches',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.ListWatchesRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.WatchView.FromString,
                 _registered_method=True)
-        self.Watch = channel.unary_stream(
-                '/fcnode.v1.Local/Watch',
-                request_serializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-                response_deserializer=fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+        self.RemoveWatch = channel.unary_unary(
+                '/fcnode.v1.Local/RemoveWatch',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.WatchId.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.Removed.FromString,
+                _registered_method=True)
+        self.WatchHits = channel.unary_stream(
+                '/fcnode.v1.Local/WatchHits',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.HitsRequest.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.LocalWatchHit.FromString,
                 _registered_method=True)
 
 
@@ -158,7 +228,31 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Users(self, request, context):
+    def Query(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUserAttributes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,7 +270,37 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Peers(self, request, context):
+    def AddPeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPeers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowPeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeerGroups(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,19 +312,25 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Query(self, request, context):
+    def Update(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Notices(self, request, context):
+    def Retract(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Lifecycle(self, request, context):
+    def Purge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Validate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,15 +342,34 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Notices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Backup(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Export(self, request, context):
-        """STIX 2.1 bundles out and in (README "STIX 2.1").
+    def RotateKey(self, request, context):
+        """admin
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishRecovery(self, request, context):
+        """Own-log recovery after a restore: ends the wait (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Export(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -231,23 +380,26 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Keys(self, request, context):
-        """admin: keys rotate --signing / --tls
-        """
+    def AddWatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Recovery(self, request, context):
-        """Own-log recovery after a restore: {"op": "finish"} ends the wait (admin).
-        """
+    def ListWatches(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Watch(self, request, context):
-        """op: add | list | remove | hits (with follow: streams hits as they happen)
-        """
+    def RemoveWatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchHits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -257,98 +409,168 @@ def add_LocalServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.Empty.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.StatusReply.SerializeToString,
             ),
             'Publish': grpc.unary_unary_rpc_method_handler(
                     servicer.Publish,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.PublishRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.PublishedList.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.GetRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.RecordView.SerializeToString,
             ),
             'Search': grpc.unary_stream_rpc_method_handler(
                     servicer.Search,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
-            ),
-            'Users': grpc.unary_unary_rpc_method_handler(
-                    servicer.Users,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
-            ),
-            'Audit': grpc.unary_stream_rpc_method_handler(
-                    servicer.Audit,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
-            ),
-            'AuditVerify': grpc.unary_unary_rpc_method_handler(
-                    servicer.AuditVerify,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
-            ),
-            'Peers': grpc.unary_unary_rpc_method_handler(
-                    servicer.Peers,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
-            ),
-            'Disseminations': grpc.unary_stream_rpc_method_handler(
-                    servicer.Disseminations,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.SearchRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.SearchResult.SerializeToString,
             ),
             'Query': grpc.unary_stream_rpc_method_handler(
                     servicer.Query,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.QueryRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.QueryItem.SerializeToString,
             ),
-            'Notices': grpc.unary_stream_rpc_method_handler(
-                    servicer.Notices,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            'AddUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddUser,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.AddUserRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.AddUserReply.SerializeToString,
             ),
-            'Lifecycle': grpc.unary_unary_rpc_method_handler(
-                    servicer.Lifecycle,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            'RemoveUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveUser,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.UserName.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.Removed.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.Empty.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.UserList.SerializeToString,
+            ),
+            'SetUserAttributes': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserAttributes,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.SetAttributesRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.UserAttributes.SerializeToString,
+            ),
+            'Audit': grpc.unary_stream_rpc_method_handler(
+                    servicer.Audit,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.AuditRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.AuditEntry.SerializeToString,
+            ),
+            'AuditVerify': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditVerify,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.Empty.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.AuditVerifyReply.SerializeToString,
+            ),
+            'AddPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPeer,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.AddPeerRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.PeerView.SerializeToString,
+            ),
+            'UpdatePeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePeer,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.UpdatePeerRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.UpdatedPeer.SerializeToString,
+            ),
+            'RemovePeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePeer,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.CenterName.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.Removed.SerializeToString,
+            ),
+            'ListPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeers,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.Empty.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.PeerList.SerializeToString,
+            ),
+            'ShowPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowPeer,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.CenterName.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.PeerDetail.SerializeToString,
+            ),
+            'PeerGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerGroups,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.Empty.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.GroupMap.SerializeToString,
+            ),
+            'Disseminations': grpc.unary_stream_rpc_method_handler(
+                    servicer.Disseminations,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.DisseminationsRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.Dissemination.SerializeToString,
+            ),
+            'Update': grpc.unary_unary_rpc_method_handler(
+                    servicer.Update,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.UpdateRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.LifecycleReply.SerializeToString,
+            ),
+            'Retract': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retract,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.RecordReason.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.LifecycleReply.SerializeToString,
+            ),
+            'Purge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Purge,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.RecordReason.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.LifecycleReply.SerializeToString,
+            ),
+            'Validate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Validate,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.RecordReason.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.LifecycleReply.SerializeToString,
             ),
             'Review': grpc.unary_stream_rpc_method_handler(
                     servicer.Review,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.ReviewRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.ReviewRow.SerializeToString,
+            ),
+            'Notices': grpc.unary_stream_rpc_method_handler(
+                    servicer.Notices,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.NoticesRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.Notice.SerializeToString,
             ),
             'Backup': grpc.unary_unary_rpc_method_handler(
                     servicer.Backup,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.BackupRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.BackupReply.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.RotateRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.RotateReply.SerializeToString,
+            ),
+            'FinishRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishRecovery,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.Empty.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.RecoveryReply.SerializeToString,
             ),
             'Export': grpc.unary_unary_rpc_method_handler(
                     servicer.Export,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.ExportRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.ExportReply.SerializeToString,
             ),
             'Import': grpc.unary_unary_rpc_method_handler(
                     servicer.Import,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.ImportRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.ImportReply.SerializeToString,
             ),
-            'Keys': grpc.unary_unary_rpc_method_handler(
-                    servicer.Keys,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            'AddWatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddWatch,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.AddWatchRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.WatchView.SerializeToString,
             ),
-            'Recovery': grpc.unary_unary_rpc_method_handler(
-                    servicer.Recovery,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            'ListWatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListWatches,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.ListWatchesRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.WatchView.SerializeToString,
             ),
-            'Watch': grpc.unary_stream_rpc_method_handler(
-                    servicer.Watch,
-                    request_deserializer=fcnode_dot_v1_dot_local__pb2.JsonRequest.FromString,
-                    response_serializer=fcnode_dot_v1_dot_local__pb2.JsonReply.SerializeToString,
+            'RemoveWatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveWatch,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.WatchId.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.Removed.SerializeToString,
+            ),
+            'WatchHits': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchHits,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.HitsRequest.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.LocalWatchHit.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -376,8 +598,8 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Status',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -403,8 +625,8 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Publish',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            fcnode_dot_v1_dot_local__pb2.PublishRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.PublishedList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -430,8 +652,8 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Get',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            fcnode_dot_v1_dot_local__pb2.GetRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.RecordView.FromString,
             options,
             channel_credentials,
             insecure,
@@ -457,143 +679,8 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Search',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Users(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fcnode.v1.Local/Users',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Audit(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/fcnode.v1.Local/Audit',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def AuditVerify(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fcnode.v1.Local/AuditVerify',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Peers(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fcnode.v1.Local/Peers',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Disseminations(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/fcnode.v1.Local/Disseminations',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            fcnode_dot_v1_dot_local__pb2.SearchRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.SearchResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -619,8 +706,8 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Query',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            fcnode_dot_v1_dot_local__pb2.QueryRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.QueryItem.FromString,
             options,
             channel_credentials,
             insecure,
@@ -632,34 +719,7 @@ class Local:
             _registered_method=True)
 
     @staticmethod
-    def Notices(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/fcnode.v1.Local/Notices',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Lifecycle(request,
+    def AddUser(request,
             target,
             options=(),
             channel_credentials=None,
@@ -672,9 +732,441 @@ class Local:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fcnode.v1.Local/Lifecycle',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            '/fcnode.v1.Local/AddUser',
+            fcnode_dot_v1_dot_local__pb2.AddUserRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.AddUserReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/RemoveUser',
+            fcnode_dot_v1_dot_local__pb2.UserName.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.Removed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/ListUsers',
+            fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.UserList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserAttributes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/SetUserAttributes',
+            fcnode_dot_v1_dot_local__pb2.SetAttributesRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.UserAttributes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Audit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fcnode.v1.Local/Audit',
+            fcnode_dot_v1_dot_local__pb2.AuditRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.AuditEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditVerify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/AuditVerify',
+            fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.AuditVerifyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/AddPeer',
+            fcnode_dot_v1_dot_local__pb2.AddPeerRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.PeerView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/UpdatePeer',
+            fcnode_dot_v1_dot_local__pb2.UpdatePeerRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.UpdatedPeer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/RemovePeer',
+            fcnode_dot_v1_dot_local__pb2.CenterName.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.Removed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/ListPeers',
+            fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.PeerList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/ShowPeer',
+            fcnode_dot_v1_dot_local__pb2.CenterName.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.PeerDetail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/PeerGroups',
+            fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.GroupMap.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Disseminations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fcnode.v1.Local/Disseminations',
+            fcnode_dot_v1_dot_local__pb2.DisseminationsRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.Dissemination.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Update(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/Update',
+            fcnode_dot_v1_dot_local__pb2.UpdateRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.LifecycleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/Retract',
+            fcnode_dot_v1_dot_local__pb2.RecordReason.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.LifecycleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Purge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/Purge',
+            fcnode_dot_v1_dot_local__pb2.RecordReason.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.LifecycleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Validate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/Validate',
+            fcnode_dot_v1_dot_local__pb2.RecordReason.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.LifecycleReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -700,8 +1192,35 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Review',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            fcnode_dot_v1_dot_local__pb2.ReviewRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.ReviewRow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Notices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fcnode.v1.Local/Notices',
+            fcnode_dot_v1_dot_local__pb2.NoticesRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.Notice.FromString,
             options,
             channel_credentials,
             insecure,
@@ -727,8 +1246,62 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Backup',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            fcnode_dot_v1_dot_local__pb2.BackupRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.BackupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/RotateKey',
+            fcnode_dot_v1_dot_local__pb2.RotateRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.RotateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/FinishRecovery',
+            fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.RecoveryReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -754,8 +1327,8 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Export',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            fcnode_dot_v1_dot_local__pb2.ExportRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.ExportReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -781,8 +1354,8 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/Import',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            fcnode_dot_v1_dot_local__pb2.ImportRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.ImportReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -794,7 +1367,7 @@ class Local:
             _registered_method=True)
 
     @staticmethod
-    def Keys(request,
+    def AddWatch(request,
             target,
             options=(),
             channel_credentials=None,
@@ -807,9 +1380,9 @@ class Local:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fcnode.v1.Local/Keys',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            '/fcnode.v1.Local/AddWatch',
+            fcnode_dot_v1_dot_local__pb2.AddWatchRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.WatchView.FromString,
             options,
             channel_credentials,
             insecure,
@@ -821,34 +1394,7 @@ class Local:
             _registered_method=True)
 
     @staticmethod
-    def Recovery(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fcnode.v1.Local/Recovery',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Watch(request,
+    def ListWatches(request,
             target,
             options=(),
             channel_credentials=None,
@@ -861,9 +1407,63 @@ class Local:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/fcnode.v1.Local/Watch',
-            fcnode_dot_v1_dot_local__pb2.JsonRequest.SerializeToString,
-            fcnode_dot_v1_dot_local__pb2.JsonReply.FromString,
+            '/fcnode.v1.Local/ListWatches',
+            fcnode_dot_v1_dot_local__pb2.ListWatchesRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.WatchView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveWatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/RemoveWatch',
+            fcnode_dot_v1_dot_local__pb2.WatchId.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.Removed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchHits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fcnode.v1.Local/WatchHits',
+            fcnode_dot_v1_dot_local__pb2.HitsRequest.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.LocalWatchHit.FromString,
             options,
             channel_credentials,
             insecure,

@@ -308,9 +308,9 @@ def test_concurrent_handshakes_while_peers_change(make_node, tmp_path: Path) -> 
         try:
             for _ in range(rounds):
                 for r in others:
-                    client.call("Peers", {"op": "add", "card": r.card.line(), "groups": []})
+                    client.call("AddPeer", {"card": r.card.line(), "groups": []})
                 for r in others:
-                    client.call("Peers", {"op": "remove", "center": r.center})
+                    client.call("RemovePeer", {"center": r.center})
                 n += 2 * len(others)
         finally:
             client.close()

@@ -40,7 +40,8 @@ def test_status_answers_while_the_writer_is_held(make_node) -> None:
         events.append("publish returned")
 
     def search() -> None:
-        results["search"] = list(searcher.stream("Search", {"entities": ["plate=7ABC123"]}))
+        results["search"] = list(searcher.stream(
+            "Search", {"filters": {"entities": ["plate=7ABC123"]}}))
         events.append("search returned")
 
     # Another connection takes the write lock: the daemon's writer thread then
