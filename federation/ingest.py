@@ -435,8 +435,11 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         elif outcome.verdict is Verdict.APPEND and not signed:
             # Unsigned hints at the head: one row for the run (log_tx.append_hint).
             flush()
-            log_tx.append_hint(conn, origin, max(first or seq, head + 1), seq, c.item.hash,
-                               peer, now_ms)
+            # A hint for a hole below the head (left by a rewind) is that one position;
+            # head + 1 > seq there would make append_hint pull the head's hint row down
+            # into the hole (the head lost, a range row ending below its first seq).
+            lo = seq if seq <= head else max(first or seq, head + 1)
+            log_tx.append_hint(conn, origin, lo, seq, c.item.hash, peer, now_ms)
             result.stored += 1
             now_held = Held(c.item.hash, False, False)
         else:
