@@ -60,7 +60,9 @@ def test_fake_placeholders_for_another_origin_are_one_row(make_node, tmp_path: P
 class _Staged(Rogue):
     """Serves ``stages[n]`` on its n-th Replicate call (the last one from then on)."""
 
-    stages: list[list[federation_pb2.LogItem]] = []
+    def __init__(self, root: Path, center: str) -> None:
+        super().__init__(root, center)
+        self.stages: list[list[federation_pb2.LogItem]] = []
 
     async def Replicate(self, request, context):  # type: ignore[no-untyped-def]
         import asyncio
