@@ -25,7 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node import policy
 from node.chain import Held, Incoming, Verdict, classify
-from node.keyhistory import AnnouncedCert, KeyHistory, Rotation, check_cert, check_rotation
+from node.keyhistory import (
+    AnnouncedCert,
+    KeyHistory,
+    Rotation,
+    check_cert,
+    check_rotation,
+    check_vouched_entry,
+)
 from node.record import body_policy
 from node.signing import (
     BadSignature,
@@ -265,9 +272,14 @@ def _pinned_rotation(body: records_pb2.RecordBody, signer_key_id: str,
     names that key, at that position, and the new key's signature verifies."""
     cur = history.current
     span = history.span_of(signer_key_id)
+    # The old key may be the thief's: the new key must have signed this very entry
+    # (new_key_entry_signature), not only the key statement, which is public once the
+    # center published its rotation and which a thief would wrap in an entry of its own
+    # at this position (a fork: the center quarantined again after the runbook).
     return (body.kind == records_pb2.KEY_ROTATION and span is not None
             and body.new_key == cur.key and body.seq == cur.from_seq
-            and check_rotation(body, span.key) == "")
+            and check_rotation(body, span.key) == ""
+            and check_vouched_entry(body, span.key))
 
 
 # The reason for an entry signed by a key of its origin that was not valid at its
@@ -435,8 +447,11 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         elif outcome.verdict is Verdict.APPEND and not signed:
             # Unsigned hints at the head: one row for the run (log_tx.append_hint).
             flush()
-            log_tx.append_hint(conn, origin, max(first or seq, head + 1), seq, c.item.hash,
-                               peer, now_ms)
+            # A hint for a hole below the head (left by a rewind) is that one position;
+            # head + 1 > seq there would make append_hint pull the head's hint row down
+            # into the hole (the head lost, a range row ending below its first seq).
+            lo = seq if seq <= head else max(first or seq, head + 1)
+            log_tx.append_hint(conn, origin, lo, seq, c.item.hash, peer, now_ms)
             result.stored += 1
             now_held = Held(c.item.hash, False, False)
         else:

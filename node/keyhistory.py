@@ -29,12 +29,33 @@ from node.signing import key_id
 from node.wire import records_pb2
 
 ROTATION_DOMAIN = b"fcnode/key-rotation/v1\x00"
+ENTRY_ROTATION_DOMAIN = b"fcnode/key-rotation/v2\x00"
 
 
 def rotation_statement(origin: str, seq: int, old_key: bytes, new_key: bytes) -> bytes:
     """What the new key signs: domain-separated, binding origin, position and both keys."""
     return (ROTATION_DOMAIN + origin.encode() + b"\x00" + seq.to_bytes(8, "big")
             + old_key + new_key)
+
+
+def entry_statement(body: records_pb2.RecordBody, old_key: bytes) -> bytes:
+    """What the new key signs over the whole entry (``new_key_entry_signature``): the
+    key it replaces and every field of the body but that signature, so nobody else can
+    reuse the new key's word in an entry of their own at that position."""
+    bare = records_pb2.RecordBody()
+    bare.CopyFrom(body)
+    bare.ClearField("new_key_entry_signature")
+    return ENTRY_ROTATION_DOMAIN + old_key + bare.SerializeToString(deterministic=True)
+
+
+def check_vouched_entry(body: records_pb2.RecordBody, old_key: bytes) -> bool:
+    """Whether the new key signed this very entry (not only the key statement)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(body.new_key).verify(
+            body.new_key_entry_signature, entry_statement(body, old_key))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from node.keyhistory import (
     announcement,
     build_history,
     check_cert,
+    entry_statement,
     rotation_statement,
 )
 from node.peers import Peer, all_groups
@@ -375,6 +376,9 @@ class NodeService:
                 body.new_key = new_raw
                 body.new_key_signature = new.sign(
                     rotation_statement(self.center, seq, old_raw, new_raw))
+                # Over the whole entry too: what a re-pinned peer requires at the
+                # vouched position (federation/ingest.py _pinned_rotation).
+                body.new_key_entry_signature = new.sign(entry_statement(body, old_raw))
                 return body
 
             def tx(conn: sqlite3.Connection) -> records_pb2.RecordBody:

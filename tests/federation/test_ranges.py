@@ -228,3 +228,24 @@ def test_replication_batch_sends_ranges_only_to_peers_that_take_them(tmp_path) -
     new, _ = replication_batch(entries, "peer", "node", ranges=True)
     assert [(i.range_first, i.seq) for i in old] == [(0, s) for s in range(1, 6)]
     assert [(i.range_first, i.seq, i.hash) for i in new] == [(1, 5, withheld[-1].hash)]
+
+
+def test_a_hint_into_a_hole_never_moves_the_head_hint_down(conn) -> None:
+    """Attack: a rewind leaves a hole below the origin's evidence; a peer's hint for
+    the hole, while the head is a range of hints, made append_hint pull that head
+    row down into the hole (head lost, a row with first_seq > seq)."""
+    from node.signing import seal_stub, stub_of
+
+    log = build(12)
+    deliver(conn, ORG, log[:1])
+    deliver(conn, "mallory", [federation_pb2.LogItem(origin=ORG, seq=2, hash=h(9))])
+    body = records_pb2.RecordBody.FromString(log[2].envelope.payload)
+    deliver(conn, ORG, [federation_pb2.LogItem(origin=ORG, seq=3, hash=log[2].hash,
+                                               stub=seal_stub(KEY, stub_of(body, log[2].hash)))])
+    deliver(conn, ORG, [log[2]])  # links past the false hint at 2: rewind, 2 is a hole
+    assert rows(conn) == [(None, 1, True), (None, 3, True)]
+    deliver(conn, "hub", [span(4, 10, log[9].hash)])
+    assert rows(conn) == [(None, 1, True), (None, 3, True), (4, 10, False)]
+    deliver(conn, "mallory", [federation_pb2.LogItem(origin=ORG, seq=2, hash=log[1].hash)])
+    assert rows(conn) == [(None, 1, True), (None, 2, False), (None, 3, True), (4, 10, False)]
+    assert log_tx.head(conn, ORG)[0] == 10

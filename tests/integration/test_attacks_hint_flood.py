@@ -55,3 +55,51 @@ def test_fake_placeholders_for_another_origin_are_one_row(make_node, tmp_path: P
     origin.publish("--kind", "BULLETIN", "--title", "third", "--audience", "members")
     spoke.wait_for(lambda: titles(spoke, "yankee") == 3, 30, "seq 2 and 3 at the spoke")
     assert rows(hub, "yankee") <= 4 and rows(spoke, "yankee") <= 4
+
+
+class _Staged(Rogue):
+    """Serves ``stages[n]`` on its n-th Replicate call (the last one from then on)."""
+
+    def __init__(self, root: Path, center: str) -> None:
+        super().__init__(root, center)
+        self.stages: list[list[federation_pb2.LogItem]] = []
+
+    async def Replicate(self, request, context):  # type: ignore[no-untyped-def]
+        import asyncio
+        self.requests.append(request)
+        n = min(len(self.requests), len(self.stages)) - 1
+        yield federation_pb2.ReplicateBatch(items=self.stages[n])
+        await asyncio.sleep(3600)
+
+
+def test_a_hint_into_a_hole_keeps_the_range_at_the_head(make_node, tmp_path: Path) -> None:
+    """A rewind leaves a hole below the origin's signed stub; a range of hints then
+    sits at the head. A bare hint for the hole pulled the head's range row down into
+    it (append_hint with first = head + 1 > last): the node lost its head and held a
+    row whose first_seq exceeds its seq. Now the hint takes the hole alone."""
+    from node.signing import envelope_stub
+
+    node = make_node("victor")
+    rogue = _Staged(tmp_path, "mallory")
+    one = rogue.item(rogue.body(1, b"", "one"))
+    two = rogue.item(rogue.body(2, one.hash, "two"))
+    three = rogue.item(rogue.body(3, two.hash, "three"))
+    rogue.stages = [
+        [one, federation_pb2.LogItem(origin="mallory", seq=2, hash=os.urandom(32)),
+         federation_pb2.LogItem(origin="mallory", seq=3, hash=three.hash,
+                                stub=envelope_stub(three.envelope)),
+         three],  # links past the false hint at 2: rewind, 2 becomes a hole
+        [federation_pb2.LogItem(origin="mallory", seq=10, hash=os.urandom(32), range_first=4),
+         federation_pb2.LogItem(origin="mallory", seq=2, hash=two.hash)]]
+    rogue.serve(node.card())
+    node.ok("peers", "add", rogue.card.line())
+    node.wait_for(lambda: len(rogue.requests) >= 2, 30, "the resubscription after the rewind")
+
+    def held() -> list[tuple]:
+        with contextlib.closing(node.db()) as conn:
+            return conn.execute("SELECT first_seq, seq FROM entries WHERE origin = 'mallory' "
+                                "ORDER BY seq").fetchall()
+
+    node.wait_for(lambda: (None, 2) in held() or (4, 2) in held(), 30, "the hint for the hole")
+    assert held() == [(None, 1), (None, 2), (None, 3), (4, 10)], held()
+    assert head(node, "mallory") == 10

@@ -317,3 +317,82 @@ def test_peers_update_works_with_the_daemon_stopped(make_node) -> None:
     shown = bravo.json("peers", "show", "alpha")
     assert shown["card"] == card and shown["distrust_after"] == 3
     assert shown["keys"][-1]["key_id"] and shown["keys"][-1]["until_seq"] is None
+
+
+class _Relay(Rogue):
+    """A hostile relay: sends ``items``; once ``later`` is set, ``later_items`` on the
+    same stream (a hop may delay: here it times its forgery); then each of ``more``."""
+
+    def __init__(self, root: Path, center: str) -> None:
+        import threading
+        super().__init__(root, center)
+        self.later = threading.Event()
+        self.later_items: list[federation_pb2.LogItem] = []
+        self.more: list[list[federation_pb2.LogItem]] = []
+
+    async def Replicate(self, request, context):  # type: ignore[no-untyped-def]
+        import asyncio
+        self.requests.append(request)
+        yield federation_pb2.ReplicateBatch(items=self.items)
+        while not self.later.is_set():
+            await asyncio.sleep(0.1)
+        yield federation_pb2.ReplicateBatch(items=self.later_items)
+        sent = 0
+        while True:
+            if len(self.more) > sent:
+                yield federation_pb2.ReplicateBatch(items=self.more[sent])
+                sent += 1
+            await asyncio.sleep(0.1)
+
+
+def _entries(node: Node, origin: str, seqs: tuple[int, ...]) -> list[federation_pb2.LogItem]:
+    """The node's stored entries as a relay would send them (envelope, v2 stub)."""
+    with contextlib.closing(node.db()) as conn:
+        rows = conn.execute(
+            f"SELECT seq, hash, payload, signature, key_id, stub FROM entries WHERE origin = ? "
+            f"AND seq IN ({','.join('?' * len(seqs))}) ORDER BY seq", (origin, *seqs)).fetchall()
+    return [federation_pb2.LogItem(origin=origin, seq=q, hash=h, envelope=records_pb2.Envelope(
+        payload=p, signature=s, key_id=k, stub=st or b"")) for q, h, p, s, k, st in rows]
+
+
+def test_a_thief_cannot_take_the_vouched_rotation_slot(make_node, tmp_path: Path) -> None:
+    """Attack on the stolen-key runbook: after `peers update --distrust-after 1` the
+    old key's entry at 2 is taken when the new key vouches for it. The new key's
+    signature covered only (origin, seq, old key, new key), public once the center
+    published its rotation: a thief with the old key, relaying to the receiver, wrapped
+    it in an entry of its own at seq 2. The receiver took it, and the center's real
+    seq 2 was then a fork: the center quarantined again, the runbook defeated. Now the
+    new key also signs the whole entry (new_key_entry_signature); a copy with any field
+    changed is refused, an unchanged copy is the center's own entry."""
+    victim, receiver = make_node("victim"), make_node("receiver")
+    receiver.pin(victim, "--no-connect")  # the victim's log reaches it only through a relay
+    first = victim.publish("--kind", "BULLETIN", "--title", "genuine one", *GREEN)
+    stolen = (victim.home / "signing.key").read_bytes()
+    relay = _Relay(tmp_path, "mallory")
+    relay.items = _entries(victim, "victim", (1,))
+    relay.serve(receiver.card())
+    receiver.ok("peers", "add", relay.card.line())
+    wait_held(receiver, first["record_id"])
+
+    assert victim.json("keys", "rotate", "--signing")["seq"] == 2
+    real = records_pb2.RecordBody.FromString(_entries(victim, "victim", (2,))[0].envelope.payload)
+    body = records_pb2.RecordBody()
+    body.CopyFrom(real)  # the new key's signatures, copied from the published rotation
+    body.title = "the thief's own seq 2"
+    key = serialization.load_pem_private_key(stolen, password=None)
+    env = seal_record(key, body)  # type: ignore[arg-type]
+    relay.later_items = [federation_pb2.LogItem(origin="victim", seq=2,
+                                                hash=entry_hash(env.payload), envelope=env)]
+    receiver.ok("peers", "update", victim.card(), "--distrust-after", "1")
+    relay.later.set()
+    receiver.wait_for(lambda: any(s == 2 for s, _ in rejections(receiver, "victim"))
+                      or head(receiver, "victim")[0] == 2, 30, "the forged seq 2")
+    assert head(receiver, "victim")[0] == 1, "the thief's seq 2 was taken"
+    assert any(s == 2 and "not valid at this position" in r
+               for s, r in rejections(receiver, "victim"))
+    # The center's real rotation and its next entry arrive: no fork, nothing quarantined.
+    second = victim.publish("--kind", "BULLETIN", "--title", "genuine two", *GREEN)
+    relay.more.append(_entries(victim, "victim", (2, 3)))
+    wait_held(receiver, second["record_id"])
+    assert not receiver.json("status")["quarantined"]
+    relay.stop()
