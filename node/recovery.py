@@ -12,8 +12,8 @@ signed by this node's key and chain-linked) and refuses to append until:
 - every dialled peer has answered once since start or failed to (bounded by
   ``settle_s``: a peer that never answers counts as unreachable), and
 - when recovering (a persistent marker: set by `fcnode restore`, or when a peer
-  was seen ahead), every peer that reported a head for this origin reported one
-  no higher than what is held now, and at least one peer confirmed it.
+  was seen ahead), every dialled peer reported a head for this origin no higher
+  than what is held now (an unreachable one keeps the wait: see ``caught_up``).
 
 An administrator ends the wait explicitly when no peer holds newer entries
 (`fcnode recovery finish`): the peers that would have them may be gone for good.
@@ -80,9 +80,13 @@ class OwnLogRecovery:
         return max([0, *(h - our_head for h in self.heads.values())])
 
     def caught_up(self, our_head: int) -> bool:
-        """Recovering, and no peer that reported is ahead, and one confirmed."""
+        """Recovering, and every dialled peer confirmed that it holds nothing of this
+        log beyond our head. A peer that cannot be reached keeps the wait: it may be
+        the one holding the newest own entries, and signing past them would fork the
+        center (nor may another peer's word stand for it: a hostile one would say
+        "nothing newer"). When it is gone for good, an admin ends the wait."""
         return (self.active and bool(self.confirmed) and self.behind(our_head) == 0
-                and all(p in self.confirmed for p in self.heads if p not in self.failed))
+                and self.dialled <= self.confirmed)
 
     def refusal(self, our_head: int, now: float) -> str:
         """Why this node may not append to its own log now, or ''."""

@@ -116,7 +116,11 @@ def test_state_machine() -> None:
     assert "recovering own log: 4 entries" in r.refusal(5, 1.0)
     assert not r.caught_up(5)
     assert not r.heard("nysic", 9, 9)
-    assert r.caught_up(9)  # ffc is unreachable: not waited for
+    # ffc is unreachable: it may hold the newest own entries, and no other peer's
+    # word stands for it (a hostile peer would say "nothing newer"): still waiting.
+    assert not r.caught_up(9)
+    assert not r.heard("ffc", 9, 9)
+    assert r.caught_up(9)  # every dialled peer confirmed
     # A peer known to be ahead blocks even while it is unreachable.
     r.begin("restored")
     r.heard("ffc", 12, 9)
