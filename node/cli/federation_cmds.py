@@ -10,6 +10,7 @@ from typing import Any
 
 from node.cli import output
 from node.cli.client import EXIT_NO_DAEMON, CliError, client_for
+from node.cli.search_args import add_search_flags, search_filters
 from node.home import Home, lock_if_stopped, resolve_home
 from node.wire import local_pb2 as pb
 
@@ -179,11 +180,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def cmd_query(args: argparse.Namespace) -> int:
     req = pb.QueryRequest(
-        filters=pb.Filters(text=" ".join(args.text), entities=args.entity or [],
-                           kinds=args.kind or [], since=args.since or "",
-                           labels=args.label or [], limit=args.limit,
-                           behaviors=args.behavior or []),
-        timeout=args.timeout, hops=args.hops,
+        filters=search_filters(args), timeout=args.timeout, hops=args.hops,
         centers=[c.strip() for c in (args.centers or "").split(",") if c.strip()])
     _, summary = _run_query(args, req)
     if summary is not None:
@@ -246,16 +243,9 @@ def register(add: Callable[..., argparse.ArgumentParser],
     ps.add_parser("groups", parents=[common])
 
     p = add("query", cmd_query, "search this node and every connected center at once")
-    p.add_argument("text", nargs="*", help="words that must occur")
-    p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
-    p.add_argument("--kind", action="append")
-    p.add_argument("--since", help="date or age, e.g. 30d")
-    p.add_argument("--label", action="append")
-    p.add_argument("--behavior", action="append", metavar="CODE",
-                   help="ISE-SAR behaviour category, e.g. SURVL (repeatable)")
+    add_search_flags(p, origins=False, limit=100, limit_help="per center (default 100)")
     p.add_argument("--centers", help="only these centers, e.g. nysic,ffc")
     p.add_argument("--timeout", default="5s", help="per center (default 5s)")
-    p.add_argument("--limit", type=int, default=100, help="per center (default 100)")
     p.add_argument("--hops", type=int, default=3,
                    help="how far the query travels through forwarding centers (default 3; "
                         "1: direct peers only)")

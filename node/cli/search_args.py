@@ -8,7 +8,9 @@ import argparse
 from node.wire import local_pb2
 
 
-def add_search_flags(p: argparse.ArgumentParser) -> None:
+def add_search_flags(p: argparse.ArgumentParser, origins: bool = True, limit: int = 50,
+                     limit_help: str | None = None) -> None:
+    """``origins``: offer --origin (a federated query asks centers, not origins)."""
     p.add_argument("text", nargs="*", help="words that must occur")
     p.add_argument("--entity", action="append", metavar="TYPE=VALUE")
     p.add_argument("--kind", action="append")
@@ -16,8 +18,11 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", action="append")
     p.add_argument("--behavior", action="append", metavar="CODE",
                    help="ISE-SAR behaviour category (repeatable: all must be present)")
-    p.add_argument("--origin", action="append", metavar="CENTER")
-    p.add_argument("--limit", type=int, default=50)
+    if origins:
+        p.add_argument("--origin", action="append", metavar="CENTER")
+    else:
+        p.set_defaults(origin=None)
+    p.add_argument("--limit", type=int, default=limit, help=limit_help)
 
 
 def search_filters(args: argparse.Namespace) -> local_pb2.Filters:
