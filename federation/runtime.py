@@ -44,7 +44,7 @@ from node.peer_edits import updated_peer, with_peer
 from node.peers import Peer, all_groups, save_peers
 from node.query import make_params
 from node.service import NodeService, NotFound
-from node.signing import INTRODUCTIONS_DOMAIN, BadSignature, verify
+from node.signing import INTRODUCTIONS_DOMAIN, BadSignature, open_signed
 from node.standard_services import add_standard_services
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
@@ -163,10 +163,8 @@ class Federation:
     async def poll_introducer(self, center: str) -> None:
         stub = federation_pb2_grpc.FederationStub(self.links[center].channel())
         signed = await stub.Introductions(federation_pb2.IntroductionsRequest(), timeout=10)
-        public = self.node.current_keys_of(center).get(signed.key_id)
-        if public is None:
-            raise BadSignature("introductions signed by a key not pinned for the introducer")
-        verify(public, INTRODUCTIONS_DOMAIN, signed.body, signed.signature)
+        open_signed(INTRODUCTIONS_DOMAIN, signed.body, signed.signature, signed.key_id,
+                    self.node.current_keys_of(center), "introductions")
         body = federation_pb2.IntroductionList.FromString(signed.body)
         if body.center != center:
             raise ValidationError(f"introductions name {body.center[:64]!r}, not {center!r}")

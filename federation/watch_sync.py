@@ -50,9 +50,9 @@ from node.signing import (
     BadSignature,
     entry_hash,
     key_id,
+    open_signed,
     sign,
     stub_mismatch,
-    verify,
 )
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
@@ -120,12 +120,9 @@ class StandingServer:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "standing set is too large")
         # Like a query: signed now, so only the center's current key (a retired or
         # distrusted one signs nothing new).
-        public = self.node.current_keys_of(peer).get(request.key_id)
-        if public is None:
-            raise Refused(grpc.StatusCode.UNAUTHENTICATED,
-                          "standing set signed by a key not pinned for this center")
         try:
-            verify(public, STANDING_DOMAIN, request.body, request.signature)
+            open_signed(STANDING_DOMAIN, request.body, request.signature, request.key_id,
+                        self.node.current_keys_of(peer), "standing set")
         except BadSignature as exc:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"standing set: {exc}") from None
         body = federation_pb2.StandingSet()

@@ -97,12 +97,19 @@ def seal_query(key: Ed25519PrivateKey, body: bytes) -> tuple[bytes, str]:
     return sign(key, QUERY_DOMAIN, body), key_id(key.public_key())
 
 
-def open_query(body: bytes, signature: bytes, signer_key_id: str,
-               keys: Mapping[str, Ed25519PublicKey]) -> None:
+def open_signed(domain: bytes, body: bytes, signature: bytes, signer_key_id: str,
+                keys: Mapping[str, Ed25519PublicKey], what: str) -> None:
+    """Verify a center's signed message (a query, a standing set, an introduction
+    list) against the keys it may sign with now; ``what`` names it in the error."""
     public = keys.get(signer_key_id)
     if public is None:
-        raise BadSignature("query signed by an unknown key")
-    verify(public, QUERY_DOMAIN, body, signature)
+        raise BadSignature(f"{what} signed by a key not pinned for that center")
+    verify(public, domain, body, signature)
+
+
+def open_query(body: bytes, signature: bytes, signer_key_id: str,
+               keys: Mapping[str, Ed25519PublicKey]) -> None:
+    open_signed(QUERY_DOMAIN, body, signature, signer_key_id, keys, "query")
 
 
 def open_record(
