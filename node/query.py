@@ -41,11 +41,6 @@ class SearchParams:
     # ISE-SAR behaviour codes: content, like labels (never find or hide a pointer).
     behaviors: tuple[str, ...] = ()
 
-    @property
-    def filters_content(self) -> bool:
-        """Whether the query filters on content (text, labels, behaviours, time)."""
-        return bool(self.text or self.labels or self.since_ms or self.behaviors)
-
     def fts_match(self) -> str:
         """User text as an FTS5 query: every word must occur (quoted: no syntax)."""
         words = re.findall(r"\w+", self.text.lower())[:MAX_TERMS]

@@ -564,13 +564,6 @@ def entry_source(conn: sqlite3.Connection, origin: str, seq: int) -> str | None:
     return row[0] if row else None
 
 
-def record_source(conn: sqlite3.Connection, origin: str, record_id: str) -> str | None:
-    """The peer the newest held version of a record came from ('local' at the origin)."""
-    row = conn.execute("SELECT source FROM entries WHERE origin = ? AND record_id = ? "
-                       "ORDER BY seq DESC LIMIT 1", (origin, record_id)).fetchone()
-    return row[0] if row else None
-
-
 def current(conn: sqlite3.Connection, record_id: str) -> list[tuple[StoredEntry, str]]:
     """The newest held entry of a record (any origin) and its state."""
     rows = conn.execute(

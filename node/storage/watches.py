@@ -162,10 +162,6 @@ def hit(conn: sqlite3.Connection, hit_id: int) -> Hit | None:
     return Hit(*row) if row else None
 
 
-def last_hit_id(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT coalesce(max(id), 0) FROM watch_hits").fetchone()[0]
-
-
 # -- standing queries of other centers (this node answers them) ------------------
 @dataclass(frozen=True)
 class Standing:
