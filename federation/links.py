@@ -280,7 +280,11 @@ class PeerLink:
             result = store_batch(c, center, checked, now, own, recover_own=recovery.active)
             return result, log_tx.head(c, own)[0], began
 
-        result, ours, began = await self.node.db.run(tx)
+        if checked:
+            result, ours, began = await self.node.db.run(tx)
+        else:  # a heartbeat: nothing to store, so no write transaction for the writer
+            ours = await self.node.db.read(lambda c: log_tx.head(c, own)[0])
+            result, began = IngestResult(), False
         if began:
             log.warning("own log behind a peer: recovering it before publishing",
                         extra={"peer": center, "peer_head": reported})
