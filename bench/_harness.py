@@ -37,7 +37,7 @@ try:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from node.cli.client import Client, CliError
-    from node.home import Home
+    from node.config.home import Home
 except ImportError as exc:  # pragma: no cover - run with the project's virtualenv
     sys.exit(f"cannot import fcnode ({exc}); run with the project's virtualenv, e.g. "
              f".venv/bin/python {sys.argv[0]}")

@@ -131,11 +131,12 @@ class QueryCorpus(h.Corpus):
 # -- 1. offline load --------------------------------------------------------------------
 def load_peer(task: tuple[str, str, int, int, int, int]) -> dict[str, Any]:
     """Append one peer's records to its store as `Publish` does (run in a worker)."""
-    from node import keys, record
-    from node.home import Home, load_config
-    from node.service import NodeService
+    from node.config import keys
+    from node.config.home import Home, load_config
+    from node.core import record
+    from node.core.timeutil import now_ms
+    from node.services.service import NodeService
     from node.storage.db import immediate, open_sync
-    from node.timeutil import now_ms
 
     home_dir, author, first, count, total, batch = task
     home = Home(Path(home_dir))
@@ -212,12 +213,12 @@ def seed_placeholders(requester: h.Node, peers: list[h.Node], out: dict[str, Any
     (every peer entry is withheld from it): the daemon's ingest functions, per
     batch of 2,048 items (8 x max_batch, as a catching-up link groups them)."""
     from federation.ingest import check_items, store_batch
-    from node import keys
-    from node.egress import collapse
-    from node.home import Home
-    from node.signing import key_id
+    from node.config import keys
+    from node.config.home import Home
+    from node.core.signing import key_id
+    from node.core.timeutil import now_ms
+    from node.services.egress import collapse
     from node.storage.db import immediate, open_sync
-    from node.timeutil import now_ms
     from node.wire import federation_pb2
 
     started = time.perf_counter()
@@ -261,7 +262,7 @@ def raise_rate_limit(peers: list[h.Node], needed: int) -> int | None:
     """Each peer allows query_rate_per_minute queries per center (a token bucket
     that starts full). If the run asks more than that, raise it in node.toml
     before the daemons start, so the run measures latency, not the limit."""
-    from node.home import Home, load_config, render_config
+    from node.config.home import Home, load_config, render_config
 
     cfg = load_config(Home(peers[0].home))
     if needed <= cfg.limits.query_rate_per_minute * 0.9:
@@ -581,7 +582,7 @@ def bench_withholding(peers: int, records: int, out: dict[str, Any]) -> None:
     import tempfile
 
     from federation.ingest import check_items, store_batch
-    from node.egress import collapse
+    from node.services.egress import collapse
     from node.storage import log as log_tx
     from node.storage.db import immediate, open_sync
     from node.wire import federation_pb2

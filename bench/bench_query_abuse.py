@@ -32,8 +32,8 @@ from typing import Any
 
 import _harness as h
 
-from node import entities
-from node.query import MAX_ENTITY_KEYS, MAX_TEXT
+from node.core import entities
+from node.core.query import MAX_ENTITY_KEYS, MAX_TEXT
 from node.wire import federation_pb2, records_pb2
 from tests.integration.rogue import Rogue
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import _harness as h
 
-from node.localtypes import to_dict
+from node.core.localtypes import to_dict
 from node.wire import local_pb2
 
 TARGET_INGEST_RATE = 6_000  # records/s

@@ -13,8 +13,8 @@ import json
 import os
 import time
 
-from node import record
-from node.stix import export, imports
+from node.core import record
+from node.core.stix import export, imports
 
 ENTITIES = ["person=Doe, John;1980-01-02", "phone=(555) 123-4567", "plate=CA:7ABC-123",
             "email=john@example.com", "address=12 North Main Street", "organization=Acme Inc",

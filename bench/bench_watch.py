@@ -35,7 +35,7 @@ from typing import Any
 import _harness as h
 
 from node.cli.client import Client
-from node.home import Home
+from node.config.home import Home
 
 PLATE = "plate=BW 0001"
 

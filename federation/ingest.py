@@ -9,7 +9,7 @@ kept only where this node's own policy decision for itself is FULL; an erased
 position keeps its signature, so a second signed entry there is a fork.
 
 Verification (Ed25519, CPU-bound, releases the GIL) runs in a thread pool off
-the event loop; chain placement (node.chain.classify) and storage run in the
+the event loop; chain placement (node.core.chain.classify) and storage run in the
 database thread. A failure stores nothing for that entry and stops that
 origin's entries for the rest of the batch (a later entry could only gap).
 """
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from node import policy
-from node.chain import Held, Incoming, Verdict, classify
-from node.keyhistory import (
+from node.core import policy
+from node.core.chain import Held, Incoming, Verdict, classify
+from node.core.keyhistory import (
     AnnouncedCert,
     KeyHistory,
     Rotation,
@@ -33,8 +33,8 @@ from node.keyhistory import (
     check_rotation,
     check_vouched_entry,
 )
-from node.record import body_policy
-from node.signing import (
+from node.core.record import body_policy
+from node.core.signing import (
     BadSignature,
     entry_hash,
     envelope_stub,
@@ -42,14 +42,14 @@ from node.signing import (
     open_stub,
     stub_mismatch,
 )
+from node.core.types import Decision, Requester
 from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
-from node.types import Decision, Requester
 from node.wire import federation_pb2, records_pb2
 
-# An origin's key history (node/keyhistory.py), or a plain key map (every key
+# An origin's key history (node/core/keyhistory.py), or a plain key map (every key
 # valid at every position: tests and benchmarks), or None/{}: not pinned.
 KeysOf = Callable[[str], "Mapping[str, Ed25519PublicKey] | KeyHistory | None"]
 
@@ -305,7 +305,7 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
     """Place and store verified items, in order, in the caller's transaction.
     ``own_center``: this node; content is kept only where its own policy
     decision for itself is FULL, whichever peer forwarded the entry.
-    ``recover_own``: this node is recovering its own log (node.recovery): entries
+    ``recover_own``: this node is recovering its own log (node.core.recovery): entries
     of its own origin are taken, signed by this node's own keys (envelope or stub,
     verified by check_items) and chain-linked, never over what is held: a
     different signed entry at a held position is a fork. A position a peer holds

@@ -20,15 +20,15 @@ from federation.backoff import Backoff
 from federation.ingest import Checked, IngestResult, check_items, store_batch
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
-from node import logs, metrics
-from node.keyhistory import AnnouncedCert, KeyHistory, Rotation
-from node.peers import Peer
-from node.service import NodeService
+from node.config.peers import Peer
+from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation
+from node.core.timeutil import iso, now_ms
+from node.services.service import NodeService
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.storage import recovery as recovery_tx
-from node.timeutil import iso, now_ms
+from node.telemetry import logs, metrics
 from node.wire import federation_pb2
 
 log = logs.get("fcnode.federation.link")

@@ -5,7 +5,7 @@ query must be signed by that center's key, fresh (deadline ahead, issued not in
 the future), new (query ids are remembered per requesting center until their
 deadline: a replay is refused, another center's id is not a replay), within the
 size and rate limits. Each matching record is judged by the one policy function
-for that center and that user, then by the discovery rule (node.query): FULL
+for that center and that user, then by the discovery rule (node.core.query): FULL
 records match every filter and go back as their signed envelopes; a record the
 asker may not read is found only by an exact entity-key match, and goes back as
 a POINTER carrying the origin's signed stub (no stub held: no pointer, it could
@@ -29,19 +29,18 @@ from google.protobuf.message import DecodeError
 
 from federation.query_forward import Forwarder, hops_left
 from federation.ratelimit import RateLimits
-from node import logs
-from node.egress import Dissemination
-from node.query import MAX_ENTITY_KEYS, MAX_TEXT, SearchParams, discovered
-from node.record import check_behaviors, kind_name
-from node.sealing import seal_answer
-from node.service import NodeService
-from node.signing import BadSignature, open_query
+from node.core.query import MAX_ENTITY_KEYS, MAX_TEXT, SearchParams, discovered
+from node.core.record import check_behaviors, kind_name
+from node.core.sealing import seal_answer
+from node.core.signing import BadSignature, open_query
+from node.core.timeutil import now_ms
+from node.core.types import Decision, Dissemination, Requester, ValidationError
+from node.services.service import NodeService
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
-from node.timeutil import now_ms
-from node.types import Decision, Requester, ValidationError
+from node.telemetry import logs
 from node.wire import federation_pb2, records_pb2
 
 log = logs.get("fcnode.federation.query")
@@ -219,7 +218,7 @@ class QueryAnswerer:
                 continue
             # FULL records and POINTERs each get the limit: one cut for both, in
             # time order, would tell by which made it when a record the asker
-            # may not read was created (node.service.NodeService.visible).
+            # may not read was created (node.services.service.NodeService.visible).
             if decision is Decision.FULL:
                 if len(answer.records) >= limit:
                     answer.truncated = True  # a record the asker may see was left out

@@ -41,17 +41,17 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from federation.query_forward import DEFAULT_HOPS, MAX_HOPS
-from node import logs
-from node.query import SearchParams
-from node.record import body_policy, kind_name
-from node.sealing import open_answer
-from node.service import NodeService, Visible
-from node.signing import BadSignature, seal_query
+from node.core.query import SearchParams
+from node.core.record import body_policy, kind_name
+from node.core.sealing import open_answer
+from node.core.signing import BadSignature, seal_query
+from node.core.timeutil import iso, now_ms
+from node.core.types import Decision, Requester, ValidationError
+from node.core.users import User
+from node.services.service import NodeService, Visible
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
-from node.timeutil import iso, now_ms
-from node.types import Decision, Requester, ValidationError
-from node.users import User
+from node.telemetry import logs
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 
 log = logs.get("fcnode.federation.fanout")

@@ -22,9 +22,9 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from node import logs
-from node.service import NodeService
-from node.timeutil import now_ms
+from node.core.timeutil import now_ms
+from node.services.service import NodeService
+from node.telemetry import logs
 from node.wire import federation_pb2, federation_pb2_grpc
 
 log = logs.get("fcnode.federation.forward")

@@ -24,13 +24,11 @@ from federation.query_fanout import QueryFanout
 from federation.query_forward import DEFAULT_HOPS, Forwarder
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
+from federation.transport.standard_services import add_standard_services
 from federation.watch_sync import StandingServer, WatchClient
-from node import logs, metrics
-from node.home import HomeError, check_group
-from node.identity import b64e, parse_card
-from node.introductions import Offer, adopt
-from node.keyhistory import AnnouncedCert, Rotation
-from node.keys import (
+from node.config.home import HomeError, check_group
+from node.config.identity import b64e, parse_card
+from node.config.keys import (
     cert_der,
     cert_expiry_ms,
     cert_fingerprint,
@@ -38,22 +36,25 @@ from node.keys import (
     generate_tls,
     load_tls,
 )
-from node.keys import encryption_key as load_encryption_key
-from node.localapi import Request
-from node.peer_edits import updated_peer, with_peer
-from node.peers import Peer, all_groups, save_peers
-from node.query import make_params
-from node.service import NodeService, NotFound
-from node.signing import INTRODUCTIONS_DOMAIN, BadSignature, open_signed
-from node.standard_services import add_standard_services
+from node.config.keys import encryption_key as load_encryption_key
+from node.config.peer_edits import updated_peer, with_peer
+from node.config.peers import Peer, all_groups, save_peers
+from node.core.keyhistory import AnnouncedCert, Rotation
+from node.core.localtypes import Request
+from node.core.query import make_params
+from node.core.signing import INTRODUCTIONS_DOMAIN, BadSignature, open_signed
+from node.core.timeutil import iso, now_ms, parse_duration_ms, parse_instant_ms
+from node.core.types import ValidationError, check_center_id
+from node.core.users import SYSTEM_USER, User
+from node.services.introductions import Offer, adopt
+from node.services.scrape import PeerView
+from node.services.service import NodeService, NotFound
+from node.services.watches import Watches
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
 from node.storage import watches as watch_tx
-from node.timeutil import iso, now_ms, parse_duration_ms, parse_instant_ms
-from node.types import ValidationError, check_center_id
-from node.users import SYSTEM_USER, User
-from node.watches import Watches
+from node.telemetry import logs, metrics
 from node.wire import federation_pb2, federation_pb2_grpc
 
 log = logs.get("fcnode.federation")
@@ -129,7 +130,7 @@ class Federation:
                                                   name="introductions")
 
     def _dialled_changed(self) -> None:
-        """Own-log recovery waits on the dialled peers (node.recovery)."""
+        """Own-log recovery waits on the dialled peers (node.core.recovery)."""
         self.node.recovery.set_dialled({c for c, p in self.node.peers.items() if p.connect})
 
     # -- introductions ----------------------------------------------------------
@@ -289,7 +290,7 @@ class Federation:
         self._dialled_changed()
         self.node.changes.bump()  # streams re-evaluate what each peer may receive
 
-    def peer_views(self) -> list[metrics.PeerView]:
+    def peer_views(self) -> list[PeerView]:
         """Each pinned peer's link state, for the metrics page (no I/O)."""
         out = []
         for center, peer in list(self.node.peers.items()):
@@ -304,7 +305,7 @@ class Federation:
             announced = self.node.announced_certs(center).get(center, [])
             der = max([peer.card.tls_cert_der, *(a.der for a in announced)],
                       key=lambda d: cert_expiry_ms(der_to_pem(d)))
-            out.append(metrics.PeerView(center, state, heads, contact, der))
+            out.append(PeerView(center, state, heads, contact, der))
         return out
 
     # -- own TLS certificate: renewal, announcement, switch ---------------------

@@ -22,9 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import grpc
 
-from node.keyhistory import AnnouncedCert
-from node.keys import TlsMaterial, cert_fingerprint, der_to_pem
-from node.peers import Peer
+from node.config.keys import TlsMaterial, cert_fingerprint, der_to_pem
+from node.config.peers import Peer
+from node.core.keyhistory import AnnouncedCert
 
 
 class PinnedTls:

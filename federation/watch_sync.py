@@ -11,12 +11,12 @@ this node was away arrives when it comes back. Every hit is verified here: the
 stub against the origin's pinned key, and a FULL envelope against the origin's
 key too, with the stub naming the same position; the origin must be the peer
 itself (each answering node judges only its own records). Hits are re-judged for
-the watch's owner when shown (node/watches.py ``view``).
+the watch's owner when shown (node/services/watches.py ``view``).
 
 Answering side (``StandingServer``): the set is verified against the pinned key of
 the TLS peer, must name that center, must be newer than the last one taken
 (replays are refused), is bounded (``max_watches_per_peer`` queries, expiry capped
-by ``max_watch_days``) and is stored durably; node/watches.py judges every new or
+by ``max_watch_days``) and is stored durably; node/services/watches.py judges every new or
 updated record of this center against it with this node's own policy. The hit
 stream re-checks each outbox row against the standing query as it is now
 (withdrawn: nothing), sends the origin's signed bytes, and writes the
@@ -39,13 +39,10 @@ from google.protobuf.message import DecodeError
 
 from federation.backoff import Backoff
 from federation.transport.client import stub as fed_stub
-from node import logs
-from node.egress import Dissemination
-from node.entities import MAX_VALUE
-from node.query import MAX_ENTITY_KEYS, SearchParams
-from node.record import CONTENT_KINDS, check_behaviors
-from node.service import NodeService
-from node.signing import (
+from node.core.entities import MAX_VALUE
+from node.core.query import MAX_ENTITY_KEYS, SearchParams
+from node.core.record import CONTENT_KINDS, check_behaviors
+from node.core.signing import (
     STANDING_DOMAIN,
     BadSignature,
     entry_hash,
@@ -54,14 +51,16 @@ from node.signing import (
     sign,
     stub_mismatch,
 )
+from node.core.timeutil import DAY_MS, now_ms
+from node.core.types import Decision, Dissemination, Requester, ValidationError
+from node.core.watch import Watch, judge
+from node.services.service import NodeService
+from node.services.watches import Watches
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.storage import users as users_tx
 from node.storage import watches as watch_tx
-from node.timeutil import DAY_MS, now_ms
-from node.types import Decision, Requester, ValidationError
-from node.watch import Watch, judge
-from node.watches import Watches
+from node.telemetry import logs
 from node.wire import federation_pb2
 
 log = logs.get("fcnode.federation.watch")

@@ -24,7 +24,7 @@ import sys
 
 import grpc
 
-from node.home import Home, resolve_home
+from node.config.home import Home, resolve_home
 from node.wire import local_pb2, local_pb2_grpc
 
 

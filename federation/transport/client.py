@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 
 from federation.tls import PinnedTls
-from node.home import Limits
-from node.peers import Peer
+from node.config.home import Limits
+from node.config.peers import Peer
 from node.wire import federation_pb2_grpc
 
 

@@ -20,14 +20,15 @@ import grpc
 from federation.ratelimit import RateLimits
 from federation.tls import PinnedTls, peer_pem
 from federation.watch_sync import Refused
-from node import logs, metrics
-from node.egress import Dissemination, replication_batch
-from node.introductions import served
-from node.service import NodeService
-from node.signing import INTRODUCTIONS_DOMAIN, sign
+from node.core.signing import INTRODUCTIONS_DOMAIN, sign
+from node.core.timeutil import now_ms
+from node.core.types import Dissemination
+from node.services.egress import replication_batch
+from node.services.introductions import served
+from node.services.service import NodeService
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
-from node.timeutil import now_ms
+from node.telemetry import logs, metrics
 from node.wire import federation_pb2, federation_pb2_grpc
 
 log = logs.get("fcnode.federation.server")
@@ -298,7 +299,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                             context: grpc.aio.ServicerContext
                             ) -> federation_pb2.SignedIntroductions:
         """This node's trusted cards, signed: what a peer that pinned it as an
-        introducer adopts for verification (node.introductions)."""
+        introducer adopts for verification (node.services.introductions)."""
         peer = await self.authenticate(context)
         body = federation_pb2.IntroductionList(center=self.node.center, issued_ms=now_ms(),
                                                cards=[federation_pb2.IntroducedCard(

@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from node.home import Home, resolve_home
-from node.localtypes import build, to_dict
-from node.types import FcnodeError
+from node.config.home import Home, resolve_home
+from node.core.localtypes import build, to_dict
+from node.core.types import FcnodeError
 from node.wire import local_pb2, local_pb2_grpc
 
 EXIT_ERROR = 1
@@ -49,7 +49,7 @@ def client_for(args: Any) -> Client:
 def draft_message(draft: dict[str, Any]) -> local_pb2.RecordDraft:
     """A validated record file's draft as the typed message: entities given as
     TYPE=VALUE become (type, value)."""
-    from node.entities import parse_pair
+    from node.core.entities import parse_pair
 
     ents = [dict(zip(("type", "value"), parse_pair(e), strict=True)) if isinstance(e, str)
             else e for e in draft.get("entities") or []]
@@ -104,7 +104,7 @@ class Client:
 
     def call(self, method: str, request: Message | dict[str, Any] | None = None,
              timeout: float | None = None) -> Any:
-        """One typed call; the reply as the dict the CLI prints (node.localtypes)."""
+        """One typed call; the reply as the dict the CLI prints (node.core.localtypes)."""
         return to_dict(self.call_message(method, request, timeout))
 
     def call_message(self, method: str, request: Message | dict[str, Any] | None = None,

@@ -11,7 +11,7 @@ from typing import Any
 from node.cli import output
 from node.cli.client import EXIT_NO_DAEMON, CliError, client_for
 from node.cli.search_args import add_search_flags, search_filters
-from node.home import Home, lock_if_stopped, resolve_home
+from node.config.home import Home, lock_if_stopped, resolve_home
 from node.wire import local_pb2 as pb
 
 
@@ -45,7 +45,7 @@ def _print_updated(r: dict[str, Any]) -> None:
 
 def _peers_offline(args: argparse.Namespace, home: Home) -> int:
     """The daemon is stopped (we hold its lock): edit peers.toml directly."""
-    from node import offline
+    from node.services import offline
 
     op = args.peers_cmd
     if op == "add":

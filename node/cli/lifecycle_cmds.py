@@ -10,7 +10,7 @@ from typing import Any
 from node.cli import output
 from node.cli.client import EXIT_USAGE, CliError, client_for
 from node.cli.drafts import drafts_from_file
-from node.localtypes import build
+from node.core.localtypes import build
 from node.wire import local_pb2 as pb
 
 
@@ -48,7 +48,7 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
 
 def changes_message(changes: dict[str, Any]) -> pb.RecordChanges:
     """The fields to change as the typed message (entities TYPE=VALUE split)."""
-    from node.entities import parse_pair
+    from node.core.entities import parse_pair
 
     if isinstance(changes.get("entities"), list):
         changes = {**changes, "entities": [

@@ -19,14 +19,14 @@ from node.cli import output
 from node.cli.client import EXIT_ERROR, EXIT_USAGE, CliError, client_for, draft_message
 from node.cli.drafts import drafts_from_file
 from node.cli.search_args import add_search_flags, search_filters
-from node.home import Home, load_config, resolve_home
-from node.types import FcnodeError, ValidationError
+from node.config.home import Home, load_config, resolve_home
+from node.core.types import FcnodeError, ValidationError
 from node.wire import local_pb2 as pb
 
 # Commands import what they need when they run: `fcnode status` should not pay
 # for loading the daemon, storage and crypto stacks.
 Command = Callable[[argparse.Namespace], int]
-MAX_PUBLISH_BYTES = 15 * 2**20  # the local API accepts 16 MiB messages (node/daemon.py)
+MAX_PUBLISH_BYTES = 15 * 2**20  # the local API accepts 16 MiB messages (node/daemon/server.py)
 
 
 def _home(args: argparse.Namespace) -> Home:
@@ -36,7 +36,7 @@ def _home(args: argparse.Namespace) -> Home:
 
 # -- node -------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
-    from node.init import init_node
+    from node.config.init import init_node
 
     result = init_node(resolve_home(args.home), args.center, args.name, args.listen)
     if args.json:
@@ -50,8 +50,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_identity(args: argparse.Namespace) -> int:
-    from node.identity import b64e
-    from node.init import own_card
+    from node.config.identity import b64e
+    from node.config.init import own_card
 
     home = _home(args)
     cfg = load_config(home)
@@ -89,8 +89,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from node import logs
-    from node.daemon import serve
+    from node.daemon.server import serve
+    from node.telemetry import logs
 
     logs.setup(args.log_level.upper())
     home = _home(args)
@@ -151,14 +151,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     """Through the daemon when it runs (admin credential), else on the file."""
     from pathlib import Path
 
-    from node.home import lock_if_stopped
+    from node.config.home import lock_if_stopped
 
     home = _home(args)
     home.require()
     target = Path(args.file).expanduser().absolute()  # the daemon has another cwd
     with lock_if_stopped(home) as stopped:
         if stopped:
-            from node import offline
+            from node.services import offline
 
             result = offline.backup(home, target, args.include_keys, args.force).as_dict()
     if not stopped:
@@ -180,8 +180,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Only with the daemon stopped: straight on the home's files."""
     from pathlib import Path
 
-    from node.offline import actor
-    from node.restore import restore
+    from node.services.offline import actor
+    from node.services.restore import restore
 
     result = restore(Home(resolve_home(args.home)), Path(args.file), actor()).as_dict()
     if args.json:
@@ -235,7 +235,7 @@ def _draft_from_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     drafts = drafts_from_file(args.file) if args.file else [_draft_from_flags(args)]
-    from node.record import parse_draft
+    from node.core.record import parse_draft
 
     for d in drafts:  # fail fast, before talking to the daemon (which validates again)
         parse_draft(d)

@@ -14,7 +14,7 @@ from pathlib import Path
 from node.cli import output
 from node.cli.client import EXIT_USAGE, CliError, client_for
 from node.cli.search_args import add_search_flags, search_filters
-from node.stix.common import MAX_BUNDLE_BYTES
+from node.core.stix.common import MAX_BUNDLE_BYTES
 from node.wire import local_pb2 as pb
 
 FORMATS = ["stix2.1"]

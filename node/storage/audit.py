@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from node.audit import GENESIS, AuditEntry, canonical, entry_hash, head_message
+from node.core.audit import GENESIS, AuditEntry, canonical, entry_hash, head_message
 
 Signer = Callable[[bytes], bytes]
 

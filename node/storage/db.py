@@ -12,8 +12,8 @@ from typing import TypeVar
 
 import aiosqlite
 
+from node.core.types import FcnodeError
 from node.storage.schema import MIGRATIONS
-from node.types import FcnodeError
 
 T = TypeVar("T")
 

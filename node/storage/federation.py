@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from node import metrics
-from node.egress import Dissemination
+from node.core.types import Dissemination
+from node.telemetry import metrics
 
 
 def log_disseminations(conn: sqlite3.Connection, rows: Iterable[Dissemination],

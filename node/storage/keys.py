@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from node.keyhistory import Rotation
+from node.core.keyhistory import Rotation
 
 # Entries kept for review per origin: someone else's key causes these writes.
 MAX_DISTRUSTED_PER_ORIGIN = 10_000

@@ -8,10 +8,10 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from node.chain import Held
-from node.query import SearchParams
-from node.record import kind_name
-from node.signing import entry_hash
+from node.core.chain import Held
+from node.core.query import SearchParams
+from node.core.record import kind_name
+from node.core.signing import entry_hash
 from node.wire import records_pb2
 
 # Key announcements (public keys only): stored in the log, never a record.
@@ -596,7 +596,7 @@ def matches(conn: sqlite3.Connection, params: SearchParams,
 
     With entity keys, every record matching the keys, kinds and origins comes,
     and ``content_match`` tells whether it also matched the text, labels and
-    since (node.query.discovered decides what that allows); without entity
+    since (node.core.query.discovered decides what that allows); without entity
     keys, only records matching everything (``content_match`` is True)."""
     match = params.fts_match()
     content: list[str] = []

@@ -8,8 +8,8 @@ import json
 import sqlite3
 from typing import Any
 
-from node import metrics
-from node.record import kind_name
+from node.core.record import kind_name
+from node.telemetry import metrics
 from node.wire import records_pb2
 
 

@@ -1,4 +1,4 @@
-"""User transactions. Only token hashes are stored; see node/users.py."""
+"""User transactions. Only token hashes are stored; see node/core/users.py."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from node.core.watch import Watch
 from node.storage.log import E_COLUMNS, NCOL, StoredEntry
-from node.watch import Watch
 
 
 def _watch(row: tuple) -> Watch:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.ingest import check_items
-from node.signing import entry_hash, key_id, seal_record
+from node.core.signing import entry_hash, key_id, seal_record
 from node.wire import federation_pb2, records_pb2
 
 NCRIC = Ed25519PrivateKey.generate()

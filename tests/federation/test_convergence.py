@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from federation.ingest import check_items, store_batch
-from node.egress import collapse
-from node.signing import entry_hash, key_id, seal_record
+from node.core.signing import entry_hash, key_id, seal_record
+from node.services.egress import collapse
 from node.storage import log as log_tx
 from node.storage.db import open_sync
 from node.wire import federation_pb2, records_pb2
@@ -158,7 +158,7 @@ def test_every_delivery_order_converges(ops, replica_plans) -> None:
 # keeps content only of versions its own policy lets it hold.
 
 from federation.ingest import entitled  # noqa: E402
-from node.signing import seal_stub, stub_of  # noqa: E402
+from node.core.signing import seal_stub, stub_of  # noqa: E402
 
 MALLORY = Ed25519PrivateKey.generate()
 ME = "node"

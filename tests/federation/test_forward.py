@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from federation.query_answer import QueryAnswerer
 from federation.query_forward import MAX_HOPS, hops_left
-from node.home import Limits
+from node.config.home import Limits
 from node.wire import federation_pb2
 
 

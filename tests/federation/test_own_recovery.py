@@ -1,4 +1,4 @@
-"""Own-log recovery, without sockets: the pure state machine (node.recovery) and
+"""Own-log recovery, without sockets: the pure state machine (node.core.recovery) and
 ingest of this node's own origin (federation.ingest.store_batch)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.ingest import OWN_LOG, check_items, store_batch
-from node.recovery import OwnLogRecovery
-from node.signing import entry_hash, key_id, seal_record, seal_stub, stub_of
+from node.core.recovery import OwnLogRecovery
+from node.core.signing import entry_hash, key_id, seal_record, seal_stub, stub_of
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.storage.db import immediate, open_sync

@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.ingest import check_items, store_batch
-from node.chain import Held, Incoming, Verdict, classify
-from node.egress import collapse, replication_batch
-from node.signing import entry_hash, key_id, seal_record
+from node.core.chain import Held, Incoming, Verdict, classify
+from node.core.signing import entry_hash, key_id, seal_record
+from node.services.egress import collapse, replication_batch
 from node.storage import log as log_tx
 from node.storage.db import open_sync
 from node.wire import federation_pb2, records_pb2
@@ -135,7 +135,7 @@ def test_a_range_is_one_row_and_signed_entries_fill_it(conn) -> None:
 
 
 def test_a_stub_inside_a_range_leaves_no_hash_before_it_until_the_entry_comes(conn) -> None:
-    from node.signing import seal_stub, stub_of
+    from node.core.signing import seal_stub, stub_of
 
     log = build(10)
     deliver(conn, "hub", [log[0], span(2, 9, log[8].hash)])
@@ -234,7 +234,7 @@ def test_a_hint_into_a_hole_never_moves_the_head_hint_down(conn) -> None:
     """Attack: a rewind leaves a hole below the origin's evidence; a peer's hint for
     the hole, while the head is a range of hints, made append_hint pull that head
     row down into the hole (head lost, a row with first_seq > seq)."""
-    from node.signing import seal_stub, stub_of
+    from node.core.signing import seal_stub, stub_of
 
     log = build(12)
     deliver(conn, ORG, log[:1])

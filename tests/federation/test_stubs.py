@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.ingest import check_items, store_batch
-from node.signing import entry_hash, key_id, open_stub, seal_stub, stub_of
-from node.signing import seal_record_v1 as seal_record  # v1 entries with separate stubs
+from node.core.signing import entry_hash, key_id, open_stub, seal_stub, stub_of
+from node.core.signing import seal_record_v1 as seal_record  # v1 entries with separate stubs
 from node.storage import log as log_tx
 from node.storage.db import immediate, open_sync
 from node.wire import federation_pb2, records_pb2
@@ -111,8 +111,8 @@ def test_a_stub_that_does_not_verify_or_match_stores_nothing(conn, tamper, reaso
 def v2_item(b: records_pb2.RecordBody, *, envelope: bool = True) -> federation_pb2.LogItem:
     """A v2 entry as egress sends it: the envelope carries its own signed stub; without
     the envelope (a recall) the same signature travels as the item's stub."""
-    from node.signing import envelope_stub
-    from node.signing import seal_record as seal_v2
+    from node.core.signing import envelope_stub
+    from node.core.signing import seal_record as seal_v2
     env = seal_v2(KEY, b)
     out = federation_pb2.LogItem(origin=X, seq=b.seq, hash=entry_hash(env.payload))
     if envelope:
@@ -165,7 +165,7 @@ def test_a_v2_stub_changed_in_transit_stores_nothing(conn) -> None:
 def test_a_v2_fork_keeps_verifiable_evidence(conn) -> None:
     """Two v2 entries at one position: the evidence kept is each one's whole
     envelope (payload and the stub its signature covers), so both verify."""
-    from node.signing import ENTRY_DOMAIN, verify
+    from node.core.signing import ENTRY_DOMAIN, verify
     one = v2_item(body(1, b""))
     other = body(1, b"")
     other.title = "another entry at the same seq"

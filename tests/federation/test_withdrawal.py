@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.ingest import check_items, store_batch
-from node.egress import replication_batch
-from node.signing import entry_hash, key_id, seal_record, seal_stub, stub_of
+from node.core.signing import entry_hash, key_id, seal_record, seal_stub, stub_of
+from node.services.egress import replication_batch
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
 from node.storage.db import immediate, open_sync

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import grpc
 
-from node import keys
-from node.devnet import free_port
-from node.identity import IdentityCard, parse_card
-from node.signing import (
+from node.config import keys
+from node.config.identity import IdentityCard, parse_card
+from node.core.signing import (
     INTRODUCTIONS_DOMAIN,
     entry_hash,
     key_id,
@@ -25,6 +24,7 @@ from node.signing import (
     seal_record,
     sign,
 )
+from node.devnet import free_port
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 
 

@@ -77,7 +77,7 @@ def test_a_hint_into_a_hole_keeps_the_range_at_the_head(make_node, tmp_path: Pat
     sits at the head. A bare hint for the hole pulled the head's range row down into
     it (append_hint with first = head + 1 > last): the node lost its head and held a
     row whose first_seq exceeds its seq. Now the hint takes the hole alone."""
-    from node.signing import envelope_stub
+    from node.core.signing import envelope_stub
 
     node = make_node("victor")
     rogue = _Staged(tmp_path, "mallory")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from node import entities
+from node.core import entities
 from node.devnet import mesh
 from tests.integration.rogue import Rogue
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from node import entities
+from node.core import entities
 from tests.integration.rogue import Rogue
 
 PHONE = ("phone", "555 010 6161")

@@ -15,9 +15,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from node.cli.client import Client
+from node.config.home import Home
+from node.config.identity import parse_card
 from node.devnet import Node, star
-from node.home import Home
-from node.identity import parse_card
 from node.wire import federation_pb2, federation_pb2_grpc
 from tests.integration.rogue import Rogue
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from node import keys
+from node.config import keys
+from node.config.identity import parse_card
+from node.core.signing import entry_hash, seal_record
 from node.devnet import Node
-from node.identity import parse_card
-from node.signing import entry_hash, seal_record
 from node.wire import federation_pb2, records_pb2
 from tests.integration.rogue import Rogue
 from tests.integration.test_metrics import scrape, value, with_metrics

@@ -98,7 +98,7 @@ def test_metrics_count_what_the_nodes_did(make_node) -> None:
 
 
 def _version() -> str:
-    from node.metrics import version
+    from node.telemetry.metrics import version
 
     return version()
 

@@ -13,10 +13,10 @@ import contextlib
 import json
 from pathlib import Path
 
-from node import entities
+from node.config.identity import parse_card
+from node.core import entities
+from node.core.sealing import seal_answer
 from node.devnet import Node
-from node.identity import parse_card
-from node.sealing import seal_answer
 from node.wire import federation_pb2
 from tests.integration.rogue import Rogue
 

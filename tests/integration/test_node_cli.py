@@ -11,8 +11,8 @@ import stat
 import time
 from pathlib import Path
 
+from node.config.identity import parse_card
 from node.devnet import run_cli
-from node.identity import parse_card
 
 
 def test_init_creates_a_complete_home_and_refuses_to_overwrite(make_node) -> None:
@@ -263,9 +263,9 @@ def test_a_removed_users_name_is_never_reissued(make_node) -> None:
 def test_every_own_entry_is_published_with_an_origin_signed_stub(make_node) -> None:
     """The stub (content-free, signed at publish) is what proves a recall and what a
     POINTER carries: the origin signs one for each entry, lifecycle entries included."""
-    from node import keys
-    from node.home import Home
-    from node.signing import key_id, open_stub
+    from node.config import keys
+    from node.config.home import Home
+    from node.core.signing import key_id, open_stub
 
     node = make_node("stubc")
     rec = node.publish("--kind", "BULLETIN", "--title", "Secret title", "--audience",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 
+from node.core.record import parse_draft
+from node.core.types import Decision, Discoverability, Policy, Requester, Tlp, ValidationError
 from node.devnet import Node, mesh
-from node.record import parse_draft
-from node.types import Decision, Discoverability, Policy, Requester, Tlp, ValidationError
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 from tests.integration.rogue import Rogue
 from tests.node.test_policy import oracle
@@ -142,7 +142,7 @@ def test_stopped_center_is_unreachable_and_forged_answers_are_dropped(make_node,
     forged_body = records_pb2.RecordBody()
     forged_body.ParseFromString(forged.payload)
     forged_body.origin = "bravo"  # claims another center's name, signed with rogue's key
-    from node.signing import seal_record
+    from node.core.signing import seal_record
     rogue.answers = [tampered, seal_record(rogue.signing, forged_body)]
     rogue.serve(a.card())
     a.ok("peers", "add", rogue.card.line())
@@ -210,7 +210,7 @@ def test_unsigned_replayed_oversized_and_excess_queries_are_refused(make_node,
     node.start()
     rogue = Rogue(tmp_path, "echo")
     node.ok("peers", "add", rogue.card.line())
-    from node.signing import seal_query
+    from node.core.signing import seal_query
 
     def signed(**kw) -> federation_pb2.SignedQuery:
         now = int(time.time() * 1000)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import grpc
 
-from node import entities
+from node.core import entities
+from node.core.signing import seal_stub, stub_of
 from node.devnet import ENV, Node, mesh
-from node.signing import seal_stub, stub_of
 from node.wire import federation_pb2, records_pb2
 from tests.integration.rogue import Rogue
 

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from node.cli.client import Client
-from node.home import Home
+from node.config.home import Home
 
 
 def draft(title: str) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from node.config.home import Home
 from node.devnet import Node
-from node.home import Home
 from tests.integration.rogue import Rogue
 
 

@@ -243,7 +243,7 @@ def test_a_peer_cannot_start_recovery_or_write_the_own_log(make_node, tmp_path: 
     """A pinned peer claiming a higher head of this node's log, sending a bare hash
     and an entry of this origin signed with its own key: the node neither stops
     publishing nor stores any of it."""
-    from node.signing import entry_hash, seal_record
+    from node.core.signing import entry_hash, seal_record
     from tests.integration.rogue import Rogue
 
     a = make_node("ncric")

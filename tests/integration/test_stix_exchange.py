@@ -14,11 +14,11 @@ import pytest
 import stix2
 from stix2validator import ValidationOptions, validate_parsed_json
 
-from node import record
 from node.cli.client import Client, CliError
+from node.config.home import Home
+from node.core import record
+from node.core.stix import common
 from node.devnet import Node
-from node.home import Home
-from node.stix import common
 from node.wire import records_pb2
 
 KINDS_TLPS = [("SAR", "AMBER"), ("BOLO", "GREEN"), ("BULLETIN", "CLEAR"),

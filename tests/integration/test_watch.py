@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from node.core.record import parse_draft
+from node.core.types import Decision, Discoverability, Policy, Requester, Tlp, ValidationError
 from node.devnet import ENV, Node, mesh
-from node.record import parse_draft
-from node.types import Decision, Discoverability, Policy, Requester, Tlp, ValidationError
 from tests.node.test_policy import oracle
 
 PLATE = "plate=WCH 100"
@@ -280,7 +280,7 @@ def test_network_watches_answer_by_the_origin_policy(make_node, tmp_path: Path) 
 
 def _standing(rogue, center: str, issued: int, n: int, key: str, **q: object):  # type: ignore[no-untyped-def]
     from federation.watch_sync import seal_set  # noqa: F401 - same wire form as the node's
-    from node.signing import STANDING_DOMAIN, key_id, sign
+    from node.core.signing import STANDING_DOMAIN, key_id, sign
     from node.wire import federation_pb2
 
     body = federation_pb2.StandingSet(center=center, issued_ms=issued)
@@ -296,7 +296,7 @@ def _standing(rogue, center: str, issued: int, n: int, key: str, **q: object):  
 def test_standing_queries_are_verified_and_bounded(make_node, tmp_path: Path) -> None:
     import grpc
 
-    from node import entities
+    from node.core import entities
     from node.wire import federation_pb2, federation_pb2_grpc
     from tests.integration.rogue import Rogue
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.audit import GENESIS, AuditEntry, canonical, entry_hash, head_message, verify_chain
+from node.core.audit import GENESIS, AuditEntry, canonical, entry_hash, head_message, verify_chain
 
 ACTIONS = ("publish", "query", "view", "disseminate", "peer.add", "user.add")
 

@@ -1,4 +1,4 @@
-"""node.chain.classify: where an incoming log entry fits, or why it does not."""
+"""node.core.chain.classify: where an incoming log entry fits, or why it does not."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.chain import Held, Incoming, Verdict, classify
+from node.core.chain import Held, Incoming, Verdict, classify
 
 
 def h(label: str) -> bytes:

@@ -1,4 +1,4 @@
-"""node.egress.replication_batch: only FULL records leave, and each one is logged."""
+"""node.services.egress.replication_batch: only FULL records leave, and each one is logged."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.egress import replication_batch
-from node.policy import decide
-from node.record import body_policy
-from node.signing import entry_hash, seal_record
+from node.core.policy import decide
+from node.core.record import body_policy
+from node.core.signing import entry_hash, seal_record
+from node.core.types import MEMBERS, Decision, Requester
+from node.services.egress import replication_batch
 from node.storage.log import StoredEntry
-from node.types import MEMBERS, Decision, Requester
 from node.wire import records_pb2
 
 KEY = Ed25519PrivateKey.generate()
@@ -128,7 +128,7 @@ def test_prop_nothing_leaves_unless_full(kws, origin, peer, evaluator):
 
 
 def _with_stub(seq: int, version: int, audience) -> StoredEntry:
-    from node.signing import seal_stub, stub_of
+    from node.core.signing import seal_stub, stub_of
     body = records_pb2.RecordBody(
         origin="ncric", seq=seq, record_id="rec", version=version, kind=records_pb2.SAR,
         title="secret", policy=records_pb2.AccessPolicy(tlp=3, audience=list(audience),

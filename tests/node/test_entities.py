@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from node.entities import MAX_VALUE, match_keys, normalize_dob, parse_pair
-from node.types import ValidationError
+from node.core.entities import MAX_VALUE, match_keys, normalize_dob, parse_pair
+from node.core.types import ValidationError
 
 PROPS = settings(max_examples=150, deadline=None)
 

@@ -14,9 +14,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.identity import IdentityCard, b64e, parse_card
-from node.signing import raw_public
-from node.types import ValidationError
+from node.config.identity import IdentityCard, b64e, parse_card
+from node.core.signing import raw_public
+from node.core.types import ValidationError
 
 
 def self_signed_der(center: str) -> bytes:

@@ -1,13 +1,13 @@
-"""Introductions as pure decisions (node.introductions.adopt)."""
+"""Introductions as pure decisions (node.services.introductions.adopt)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 
-from node.identity import IdentityCard
-from node.introductions import Offer, adopt, served
-from node.peers import Peer
+from node.config.identity import IdentityCard
+from node.config.peers import Peer
+from node.services.introductions import Offer, adopt, served
 from tests.node.test_identity import self_signed_der
 
 OWN_KEY = os.urandom(32)
@@ -65,7 +65,7 @@ def test_served_view_names_the_introducers_and_skips_the_asker_and_untrusted() -
 
 
 def test_a_conflict_survives_a_reload_of_peers_toml() -> None:
-    from node.peers import parse_peers, render_peers
+    from node.config.peers import parse_peers, render_peers
 
     first = adopt("me", OWN_KEY, {"hub": HUB, "hub2": HUB2}, "hub", [Offer(card("yy"), ())])
     second = adopt("me", OWN_KEY, first.peers, "hub2", [Offer(card("yy"), ())])

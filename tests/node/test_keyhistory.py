@@ -7,14 +7,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.ingest import WRONG_KEY, check_items
-from node.keyhistory import (
+from node.core.keyhistory import (
     KeyHistory,
     Rotation,
     build_history,
     check_rotation,
     rotation_statement,
 )
-from node.signing import entry_hash, key_id, raw_public, seal_record
+from node.core.signing import entry_hash, key_id, raw_public, seal_record
 from node.wire import federation_pb2, records_pb2
 
 K1, K2, K3, K4 = (Ed25519PrivateKey.generate() for _ in range(4))
@@ -123,7 +123,7 @@ def test_check_items_refuses_a_rotation_the_new_key_did_not_sign() -> None:
 def _card(center: str, key: bytes):  # type: ignore[no-untyped-def]
     import hashlib
 
-    from node.identity import IdentityCard
+    from node.config.identity import IdentityCard
     der = TEST_DER
     return IdentityCard(center, "127.0.0.1:7000", key, hashlib.sha256(der).hexdigest(),
                         center.upper(), der)
@@ -133,7 +133,7 @@ def _der() -> bytes:
     import tempfile
     from pathlib import Path
 
-    from node import keys
+    from node.config import keys
     with tempfile.TemporaryDirectory() as d:
         pem = keys.generate_tls(Path(d) / "k", Path(d) / "c", "orig", days=1)
     return keys.cert_der(pem)
@@ -143,9 +143,9 @@ TEST_DER = _der()
 
 
 def test_updated_peer_distrusts_the_replaced_key_and_peers_toml_keeps_it() -> None:
-    from node.peer_edits import updated_peer
-    from node.peers import Peer, parse_peers, render_peers
-    from node.types import ValidationError
+    from node.config.peer_edits import updated_peer
+    from node.config.peers import Peer, parse_peers, render_peers
+    from node.core.types import ValidationError
 
     old = Peer(_card("orig", R1), ("region:west",), False)
     new = updated_peer(old, _card("orig", R2), 7, held_head=40)
@@ -161,7 +161,7 @@ def test_updated_peer_distrusts_the_replaced_key_and_peers_toml_keeps_it() -> No
 
 
 def test_an_interrupted_tls_switch_is_finished_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from node import keys
+    from node.config import keys
 
     keys.generate_tls(tmp_path / "tls.key", tmp_path / "tls.crt", "orig", days=1)
     keys.generate_tls(tmp_path / "tls.next.key", tmp_path / "tls.next.crt", "orig", days=2)

@@ -21,7 +21,7 @@ import pytest
 
 from node.cli import client as client_mod
 from node.cli import federation_cmds, lifecycle_cmds, main, stix_cmds, watch_cmds
-from node.localtypes import build, to_dict
+from node.core.localtypes import build, to_dict
 from node.wire import local_pb2
 
 SERVICE = local_pb2.DESCRIPTOR.services_by_name["Local"]
@@ -196,12 +196,12 @@ def _message(cls: Any, data: Any) -> Any:
 
 
 def _record_view(data: dict[str, Any]) -> Any:
-    from node.localapi import record_view
+    from node.daemon.localapi import record_view
     return record_view(data)
 
 
 def _query_items(items: list[dict[str, Any]]) -> list[Any]:
-    from node.localapi import query_item
+    from node.daemon.localapi import query_item
     return [query_item(i) for i in items]
 
 
@@ -222,8 +222,8 @@ def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStub]:
         yield False  # the daemon runs: go through the API
 
     monkeypatch.setattr(federation_cmds, "lock_if_stopped", running)
-    monkeypatch.setattr("node.home.lock_if_stopped", running)
-    monkeypatch.setattr("node.home.Home.require", lambda self: None)
+    monkeypatch.setattr("node.config.home.lock_if_stopped", running)
+    monkeypatch.setattr("node.config.home.Home.require", lambda self: None)
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"type": "bundle"}')))
     yield fake
 

@@ -3,7 +3,7 @@ writes maps to a named label, and nothing else can reach a label value."""
 
 from __future__ import annotations
 
-from node.metrics import PEER_STATES, count_disseminations, reject_reason, slug
+from node.telemetry.metrics import PEER_STATES, count_disseminations, reject_reason, slug
 
 
 def test_ingest_reasons_map_to_fixed_labels() -> None:
@@ -37,7 +37,7 @@ def test_free_text_never_becomes_a_label_value() -> None:
     class Row:
         channel, decision = "query; drop table", "FULL"
 
-    from node.metrics import DISSEMINATIONS
+    from node.telemetry.metrics import DISSEMINATIONS
 
     before = DISSEMINATIONS.labels("other", "FULL")._value.get()
     count_disseminations([Row()])
@@ -47,7 +47,7 @@ def test_free_text_never_becomes_a_label_value() -> None:
 def test_an_unreadable_database_leaves_the_rest_of_the_page(tmp_path) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from node.metrics import NodeCollector, PeerView
+    from node.services.scrape import NodeCollector, PeerView
 
     registry = CollectorRegistry()
     registry.register(NodeCollector(tmp_path / "missing.db", tmp_path / "missing.crt",

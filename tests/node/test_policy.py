@@ -1,4 +1,4 @@
-"""node.policy.decide: unit tests and hypothesis properties.
+"""node.core.policy.decide: unit tests and hypothesis properties.
 
 The access decision is the heart of the product (DESIGN.md section 5): every path
 out of a node goes through it, so these properties say what must never leave.
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from node.policy import (
+from node.core.policy import (
     center_eligible,
     decide,
     pointer_possible,
@@ -20,7 +20,7 @@ from node.policy import (
     user_attribute,
     user_qualifies,
 )
-from node.types import MEMBERS, Decision, Discoverability, Policy, Requester, Tlp
+from node.core.types import MEMBERS, Decision, Discoverability, Policy, Requester, Tlp
 
 CENTERS = ("ncric", "nysic", "ffc", "mcac", "wsic")
 USERS = ("alice", "bob", "carol")

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.query import MAX_LIMIT, MAX_TERMS, MAX_TEXT, SearchParams, discovered, make_params
-from node.types import Decision, ValidationError
+from node.core.query import MAX_LIMIT, MAX_TERMS, MAX_TEXT, SearchParams, discovered, make_params
+from node.core.types import Decision, ValidationError
 
 
 def test_defaults():

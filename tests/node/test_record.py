@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.record import (
+from node.core.record import (
     MAX_NARRATIVE,
     MAX_RECORD_BYTES,
     MAX_TITLE,
@@ -21,8 +21,8 @@ from node.record import (
     expand_audience,
     parse_draft,
 )
-from node.timeutil import DAY_MS, YEAR_MS
-from node.types import MEMBERS, Discoverability, Policy, Tlp, ValidationError
+from node.core.timeutil import DAY_MS, YEAR_MS
+from node.core.types import MEMBERS, Discoverability, Policy, Tlp, ValidationError
 from node.wire import records_pb2
 
 CREATED = 1_767_225_600_000  # 2026-01-01T00:00:00Z

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.signing import (
+from node.core.signing import (
     AUDIT_DOMAIN,
     QUERY_DOMAIN,
     RECORD_DOMAIN,
@@ -100,7 +100,7 @@ def test_query_signature_does_not_open_as_record():
 
 
 def test_domains_are_distinct_and_terminated():
-    from node.signing import ENTRY_DOMAIN, STANDING_DOMAIN, STUB_DOMAIN
+    from node.core.signing import ENTRY_DOMAIN, STANDING_DOMAIN, STUB_DOMAIN
     domains = {RECORD_DOMAIN, QUERY_DOMAIN, AUDIT_DOMAIN, STUB_DOMAIN, STANDING_DOMAIN,
                ENTRY_DOMAIN}
     assert len(domains) == 6
@@ -140,7 +140,7 @@ def test_prop_round_trip(seq, title):
 
 
 def test_stub_round_trip_is_content_free():
-    from node.signing import STUB_DOMAIN, open_stub, seal_stub, stub_of
+    from node.core.signing import STUB_DOMAIN, open_stub, seal_stub, stub_of
     b = body()
     b.contact = "ncric watch desk"
     env = seal_record(KEY, b)
@@ -158,7 +158,7 @@ def test_stub_round_trip_is_content_free():
 
 
 def test_stub_with_unknown_key_or_bad_bytes_refused():
-    from node.signing import open_stub, seal_stub, stub_of
+    from node.core.signing import open_stub, seal_stub, stub_of
     signed = seal_stub(KEY, stub_of(body(), b"\x01" * 32))
     with pytest.raises(BadSignature, match="unknown key"):
         open_stub(signed, {})
@@ -180,7 +180,7 @@ def _v2(b: records_pb2.RecordBody | None = None) -> records_pb2.Envelope:
 
 
 def test_v2_entry_has_one_signature_that_is_also_its_stub():
-    from node.signing import ENTRY_DOMAIN, envelope_stub, open_entry, open_stub
+    from node.core.signing import ENTRY_DOMAIN, envelope_stub, open_entry, open_stub
     b = body()
     b.contact = "ncric watch desk"
     env = _v2(b)
@@ -206,7 +206,7 @@ def test_v2_changed_payload_refused():
 
 
 def test_v2_changed_stub_refused():
-    from node.signing import stub_of
+    from node.core.signing import stub_of
     env = _v2()
     b = body()
     b.contact = "subject is clear"
@@ -221,7 +221,7 @@ def test_v2_changed_stub_refused():
 def test_v2_stub_body_mismatch_refused(field, value):
     """The origin's key signed a stub that disagrees with the body it ships with
     (a buggy or hostile signer): refused, whichever field differs."""
-    from node.signing import ENTRY_DOMAIN, stub_of
+    from node.core.signing import ENTRY_DOMAIN, stub_of
     b = body()
     payload = b.SerializeToString(deterministic=True)
     stub = stub_of(b, entry_hash(payload))
@@ -234,7 +234,7 @@ def test_v2_stub_body_mismatch_refused(field, value):
 
 
 def test_v2_signature_is_not_a_v1_record_signature_and_back():
-    from node.signing import seal_record_v1
+    from node.core.signing import seal_record_v1
     env = _v2()
     v1 = records_pb2.Envelope(payload=env.payload, signature=env.signature, key_id=env.key_id)
     with pytest.raises(BadSignature):
@@ -246,7 +246,7 @@ def test_v2_signature_is_not_a_v1_record_signature_and_back():
 
 
 def test_v1_entries_still_verify():
-    from node.signing import open_entry, seal_record_v1
+    from node.core.signing import open_entry, seal_record_v1
     b = body()
     env = seal_record_v1(KEY, b)
     assert not env.stub

@@ -12,10 +12,10 @@ import pytest
 import stix2
 from stix2validator import ValidationOptions, validate_parsed_json
 
-from node import record
-from node.record import CONTENT_KINDS
-from node.stix import common, export, imports
-from node.types import Tlp, ValidationError
+from node.core import record
+from node.core.record import CONTENT_KINDS
+from node.core.stix import common, export, imports
+from node.core.types import Tlp, ValidationError
 
 ENTITIES = ["person=Doe, John A.;1980-01-02", "phone=(555) 123-4567", "plate=CA:7ABC-123",
             "email=John.Doe+x@Example.com", "address=12 North Main Street #4",

@@ -38,13 +38,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from node.audit import head_message, verify_chain
-from node.home import Home, load_config
-from node.identity import parse_card
-from node.peers import load_peers
-from node.query import SearchParams, make_params
-from node.service import verify_audit
-from node.signing import AUDIT_DOMAIN, entry_hash, key_id, open_record, sign, verify
+from node.config.home import Home, load_config
+from node.config.identity import parse_card
+from node.config.peers import load_peers
+from node.core.audit import head_message, verify_chain
+from node.core.query import SearchParams, make_params
+from node.core.signing import AUDIT_DOMAIN, entry_hash, key_id, open_record, sign, verify
+from node.services.service import verify_audit
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx

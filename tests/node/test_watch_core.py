@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import entities
-from node.query import make_params
-from node.record import BEHAVIORS, parse_draft
-from node.routing import check_rules, parse_rules, route
-from node.types import Decision, ValidationError
-from node.watch import Watch, WatchIndex, check_watch, judge, record_match
+from node.core import entities
+from node.core.query import make_params
+from node.core.record import BEHAVIORS, parse_draft
+from node.core.routing import check_rules, parse_rules, route
+from node.core.types import Decision, ValidationError
+from node.core.watch import Watch, WatchIndex, check_watch, judge, record_match
 from node.wire import records_pb2
 
 PLATE_KEY = entities.match_keys("plate", "7ABC123")[0]

@@ -1,0 +1,56 @@
+"""Answers sealed end to end to the requesting center (pure: no I/O).
+
+A query answer that crosses a forwarding hop must not be readable there: the
+answering center seals it to the requester's X25519 key (from the requester's
+identity card, pinned or introduced) with HPKE (RFC 9180, base mode:
+DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305), then signs the
+ciphertext with its Ed25519 key. Base mode does not say who sealed, so the
+signature is what makes "center X answered" X's word and not a hop's: a hop
+cannot forge, alter or splice another center's answer, only drop or delay it.
+The HPKE info (and so the signed bytes) binds requester, query id, answering
+center and part number: a sealed part cannot be replayed into another query or
+passed off as another center's. The requester checks the signature, opens,
+then verifies every envelope and stub inside against their origins' keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from node.core.signing import BadSignature, key_id, sign, verify
+
+ANSWER_DOMAIN = b"fcnode/answer/v1\x00"
+SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+
+
+def answer_info(requester: str, query_id: str, center: str, part: int) -> bytes:
+    return ANSWER_DOMAIN + "\x00".join([requester, query_id, center, str(part)]).encode()
+
+
+def seal_answer(key: Ed25519PrivateKey, seal_to: bytes, requester: str, query_id: str,
+                center: str, part: int, plaintext: bytes) -> tuple[bytes, bytes, str]:
+    """(ciphertext, signature, key id) of one answer part sealed to ``seal_to``
+    (the requester's raw X25519 public key)."""
+    info = answer_info(requester, query_id, center, part)
+    sealed = SUITE.encrypt(plaintext, X25519PublicKey.from_public_bytes(seal_to), info=info)
+    return sealed, sign(key, ANSWER_DOMAIN, info + sealed), key_id(key.public_key())
+
+
+def open_answer(sealed: bytes, signature: bytes, signer_key_id: str,
+                keys: Mapping[str, Ed25519PublicKey], private: X25519PrivateKey,
+                requester: str, query_id: str, center: str, part: int) -> bytes:
+    """Check the answering center's signature, then open: BadSignature if either
+    fails (a hop changed a byte, or the part was not sealed for this query)."""
+    public = keys.get(signer_key_id)
+    if public is None:
+        raise BadSignature(f"answer signed by an unknown key {signer_key_id[:16]}")
+    info = answer_info(requester, query_id, center, part)
+    verify(public, ANSWER_DOMAIN, info + sealed, signature)
+    try:
+        return SUITE.decrypt(sealed, private, info=info)
+    except Exception:  # cryptography raises InvalidTag, ValueError and others
+        raise BadSignature("sealed answer does not open with this node's key") from None

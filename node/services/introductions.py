@@ -1,0 +1,122 @@
+"""Introductions (after Syncthing's introducer, made safe): pure decisions.
+
+A peer pinned with `--introducer` serves the cards it has pinned (directly or
+itself by introduction), signed with its key. This node adopts them *for
+verification only*: an introduced card is pinned with connect = false (never
+dialled, never accepted as a TLS client) so records and answers its center
+signed verify here wherever they come from. Rules:
+- an introduction never replaces or overrides a key already pinned: a direct pin
+  stays as the administrator pinned it (the offer is reported as a conflict); an
+  earlier introduced card offered with another signing key by a second
+  introducer is a conflict and neither key is trusted until an administrator
+  decides (`peers add CARD` pins one directly, `peers remove` drops it);
+- an introducer cannot introduce this node's own center id, nor a key or
+  certificate already pinned for another center;
+- introduced cards follow the introducer's view: a card it no longer serves is
+  removed here (unless pinned directly, or since adopted through another
+  introducer, which the next poll of that one restores);
+- each served card carries `via`, the introducers it passed through: a card
+  whose via names this node is its own introduction coming back around a loop of
+  introducers, and is ignored (otherwise two hubs would keep a removed center
+  alive for each other forever);
+- the same introducer may change an introduced card's address or certificate
+  (the center moved or renewed), never its signing key: a new signing key comes
+  from the center itself (a signed KEY_ROTATION entry) or from an administrator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from node.config.identity import IdentityCard
+from node.config.peers import Peer, pin_conflict
+from node.core.signing import key_id
+
+MAX_VIA = 8
+
+
+@dataclass(frozen=True)
+class Offer:
+    card: IdentityCard
+    via: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Adoption:
+    peers: dict[str, Peer]
+    adopted: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    conflicts: tuple[tuple[str, str], ...] = ()  # (center, why): for status and the log
+    refused: tuple[tuple[str, str], ...] = ()    # (center, why)
+
+    new_conflicts: tuple[str, ...] = ()  # introduced cards that lost trust by this view
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.adopted or self.updated or self.removed or self.new_conflicts)
+
+
+def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: str,
+          offers: Iterable[Offer]) -> Adoption:
+    """The pinned set after taking ``introducer``'s current view (pure)."""
+    out = dict(peers)
+    adopted: list[str] = []
+    updated: list[str] = []
+    conflicts: list[tuple[str, str]] = []
+    refused: list[tuple[str, str]] = []
+    new_conflicts: list[str] = []
+    offered: set[str] = set()
+    for offer in offers:
+        card = offer.card
+        if card.center == own_center:
+            if card.signing_key != own_key:
+                refused.append((card.center, f"{introducer} introduced another key for this "
+                                             "node's own center id"))
+            continue
+        if own_center in offer.via or introducer in offer.via or len(offer.via) > MAX_VIA:
+            continue  # our own introduction coming back around a loop
+        if card.center == introducer:
+            continue  # the introducer is pinned directly; it does not re-introduce itself
+        offered.add(card.center)
+        existing = out.get(card.center)
+        if existing is None:
+            why = pin_conflict(card, out.values(), own_key)
+            if why:
+                refused.append((card.center, f"introduced by {introducer}: {why}"))
+                continue
+            out[card.center] = Peer(card, connect=False, introduced_by=introducer,
+                                    via=offer.via)
+            adopted.append(card.center)
+            continue
+        if existing.card == card:
+            continue
+        if existing.card.signing_key == card.signing_key and existing.introduced_by == introducer:
+            if pin_conflict(card, out.values(), own_key) is None:
+                out[card.center] = replace(existing, card=card, via=offer.via)
+                updated.append(card.center)
+            continue
+        if existing.card.signing_key == card.signing_key:
+            continue  # another introducer's older or newer certificate: keys agree
+        why = (f"{introducer} introduces signing key {key_id(card.signing_key)[:16]} for "
+               f"{card.center}, but {key_id(existing.card.signing_key)[:16]} is pinned "
+               + ("directly" if not existing.introduced_by
+                  else f"(introduced by {existing.introduced_by})"))
+        conflicts.append((card.center, why))
+        if existing.introduced_by and not existing.conflict:
+            out[card.center] = replace(existing, conflict=why)
+            new_conflicts.append(card.center)
+    removed = tuple(sorted(c for c, p in out.items()
+                           if p.introduced_by == introducer and c not in offered))
+    for c in removed:
+        del out[c]
+    return Adoption(out, tuple(adopted), tuple(updated), removed, tuple(conflicts),
+                    tuple(refused), tuple(new_conflicts))
+
+
+def served(peers: dict[str, Peer], requester: str) -> list[Offer]:
+    """What this node introduces to ``requester``: every trusted card it holds,
+    with the introducers each came through (not the requester's own card)."""
+    return [Offer(p.card, (*p.via, p.introduced_by) if p.introduced_by else ())
+            for c, p in sorted(peers.items()) if p.trusted and c != requester]
