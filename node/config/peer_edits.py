@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from node.config.identity import IdentityCard
 from node.config.peers import Peer, pin_conflict
+from node.core.keyhistory import Distrust
 from node.core.types import ValidationError
 
 
@@ -36,10 +37,12 @@ def updated_peer(old: Peer, card: IdentityCard, distrust_after: int | None,
         if distrust_after is not None:
             raise ValidationError("--distrust-after needs a card with a new signing key "
                                   "(this card carries the key already pinned)")
-        return Peer(card, old.groups, old.connect, old.distrust_after, old.distrusted_key,
-                    introducer=old.introducer)
+        return Peer(card, old.groups, old.connect, old.distrusts, introducer=old.introducer)
     after = held_head if distrust_after is None else distrust_after
     # An administrator decided: an introduced card becomes a direct pin (its
     # conflict resolved); an introducer stays one.
-    return Peer(card, old.groups, old.connect, after, old.card.signing_key,
+    # Earlier distrusts stay: what the keys before signed up to their seqs stays
+    # verifiable, and they sign nothing after.
+    return Peer(card, old.groups, old.connect,
+                (*old.distrusts, Distrust(old.card.signing_key, after)),
                 introducer=old.introducer)

@@ -7,9 +7,12 @@
     card = "fcnode1/nysic/..."    # the identity card as received: keys and cert
     groups = ["region:east"]
     connect = true                # false: pin keys only, never dial (reached via hubs)
-    distrust_after = 41           # optional, set by `peers update --distrust-after`:
-    distrusted_key = "..."        # the replaced (possibly stolen) signing key signs
-                                  # nothing of this center after seq 41
+    distrusted = [{ key = "...", after = 41 }]
+                                  # optional, set by `peers update --distrust-after`:
+                                  # each replaced (possibly stolen) signing key signs
+                                  # nothing of this center after its seq (oldest first;
+                                  # files of earlier releases say `distrust_after = 41`
+                                  # and `distrusted_key = "..."`, still read)
     introducer = false            # true: adopt the cards this peer has pinned
     introduced_by = ""            # set on cards adopted from an introducer
     via = []                      # the introducers before it, nearest the card's pinner first
@@ -29,7 +32,10 @@ from pathlib import Path
 
 from node.config.home import HomeError, check_group, toml_str
 from node.config.identity import IdentityCard, b64d, b64e, parse_card
+from node.core.keyhistory import Distrust
 from node.core.types import ValidationError, check_center_id
+
+MAX_DISTRUSTS = 64  # re-pins of one center's key; more is a hand edit gone wrong
 
 
 @dataclass(frozen=True)
@@ -37,14 +43,18 @@ class Peer:
     card: IdentityCard
     groups: tuple[str, ...] = ()
     connect: bool = True
-    # `peers update --distrust-after SEQ`: the previously pinned signing key (raw)
-    # and what was learned from it sign nothing of this center after SEQ.
-    distrust_after: int | None = None
-    distrusted_key: bytes = b""
+    # `peers update --distrust-after SEQ`, every time (oldest first): the signing key
+    # pinned before (raw) and what was learned from it sign nothing after SEQ.
+    distrusts: tuple[Distrust, ...] = ()
     introducer: bool = False
     introduced_by: str = ""  # "" : pinned directly by an administrator
     via: tuple[str, ...] = ()
     conflict: str = ""
+
+    @property
+    def distrust_after(self) -> int | None:
+        """The latest distrust's seq (certificates announced before it do not count)."""
+        return self.distrusts[-1].after if self.distrusts else None
 
     @property
     def trusted(self) -> bool:
@@ -107,15 +117,7 @@ def parse_peers(text: str, where: str, own_center: str, own_key: bytes = b""
             disputed = str(entry.get("conflict") or "")
             if introducer and not connect:
                 raise ValidationError("an introducer must be dialled (connect = true)")
-            distrust_after = entry.get("distrust_after")
-            distrusted = b""
-            if distrust_after is not None:
-                if not isinstance(distrust_after, int) or distrust_after < 0:
-                    raise ValidationError("distrust_after must be a log position (0 or more)")
-                distrusted = b64d(str(entry.get("distrusted_key") or ""), "distrusted_key")
-                if len(distrusted) != 32:
-                    raise ValidationError("distrust_after needs distrusted_key (the replaced "
-                                          "Ed25519 key, base64url)")
+            distrusts = _distrusts(entry)
         except KeyError as exc:
             raise HomeError(f"{label}: missing {exc.args[0]!r}") from None
         except ValidationError as exc:
@@ -127,9 +129,32 @@ def parse_peers(text: str, where: str, own_center: str, own_key: bytes = b""
         conflict = pin_conflict(card, out.values(), own_key)
         if conflict:
             raise HomeError(f"{label} ({card.center!r}): {conflict}")
-        out[card.center] = Peer(card, groups, connect, distrust_after, distrusted,
+        out[card.center] = Peer(card, groups, connect, distrusts,
                                 introducer, introduced_by, via, disputed)
     return out
+
+
+def _distrusts(entry: dict[str, object]) -> tuple[Distrust, ...]:
+    """``distrusted = [{ key, after }, ...]``, or the one distrust of earlier releases."""
+    raw = entry.get("distrusted")
+    if raw is None and entry.get("distrust_after") is not None:
+        raw = [{"key": entry.get("distrusted_key"), "after": entry["distrust_after"]}]
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_DISTRUSTS:
+        raise ValidationError(f"distrusted must be a list of at most {MAX_DISTRUSTS} "
+                              "{ key, after } tables")
+    out = []
+    for d in raw:
+        after = d.get("after") if isinstance(d, dict) else None
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise ValidationError("distrusted: after must be a log position (0 or more)")
+        key = b64d(str(d.get("key") or ""), "distrusted key")
+        if len(key) != 32:
+            raise ValidationError("distrusted: key must be the replaced Ed25519 key "
+                                  "(32 bytes, base64url)")
+        out.append(Distrust(key, after))
+    return tuple(out)
 
 
 def load_peers(path: Path, own_center: str, own_key: bytes = b"") -> dict[str, Peer]:
@@ -149,9 +174,10 @@ def render_peers(peers: Iterable[Peer]) -> str:
             f"groups = [{', '.join(toml_str(g) for g in p.groups)}]",
             f"connect = {'true' if p.connect else 'false'}",
         ]
-        if p.distrust_after is not None:
-            lines += [f"distrust_after = {p.distrust_after}",
-                      f"distrusted_key = {toml_str(b64e(p.distrusted_key))}"]
+        if p.distrusts:
+            lines.append("distrusted = [" + ", ".join(
+                f"{{ key = {toml_str(b64e(d.key))}, after = {d.after} }}"
+                for d in p.distrusts) + "]")
         if p.introducer:
             lines.append("introducer = true")
         if p.introduced_by:

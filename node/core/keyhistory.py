@@ -17,7 +17,7 @@ the named seq and makes the newly pinned key valid from the next one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -79,6 +79,14 @@ class Rotation:
     seq: int
     old: bytes
     new: bytes
+
+
+@dataclass(frozen=True)
+class Distrust:
+    """``peers update --distrust-after``: ``key`` (a replaced, possibly stolen pinned
+    key) and whatever was learned from it sign nothing of the center after ``after``."""
+    key: bytes
+    after: int
 
 
 @dataclass(frozen=True)
@@ -151,17 +159,24 @@ class KeyHistory:
 
 
 def build_history(pinned_key: bytes, rotations: Iterable[Rotation],
-                  distrust_after: int | None = None, distrusted: bytes = b"") -> KeyHistory:
+                  distrusts: Sequence[Distrust] = ()) -> KeyHistory:
     """The history for one origin: from the administrator's pinned key, each
     learned rotation in seq order that starts from the key current there. With
-    ``distrust_after``: ``distrusted`` (the old pinned key, possibly stolen) and
-    whatever was learned from it end at that seq; the pinned key follows."""
-    if distrust_after is not None and distrusted:
-        history = build_history(distrusted, rotations).distrust_after(distrust_after,
-                                                                      pinned_key)
-    else:
-        history = KeyHistory.pinned(pinned_key)
-    for r in sorted(rotations, key=lambda r: r.seq):
+    ``distrusts`` (oldest first): the history starts at the first replaced key;
+    each distrust ends every key so far at its seq and the key pinned next (the
+    next distrust's key, or ``pinned_key``) follows, with what was learned from it.
+    Every earlier distrust is kept, so entries a key signed before it was replaced
+    stay verifiable however many times the center's key was re-pinned."""
+    rotations = sorted(rotations, key=lambda r: r.seq)
+    keys = [d.key for d in distrusts] + [pinned_key]
+    history = _learn(KeyHistory.pinned(keys[0]), rotations)
+    for d, next_key in zip(distrusts, keys[1:], strict=True):
+        history = _learn(history.distrust_after(d.after, next_key), rotations)
+    return history
+
+
+def _learn(history: KeyHistory, rotations: Sequence[Rotation]) -> KeyHistory:
+    for r in rotations:
         if r.old == history.current.key and r.seq >= history.current.from_seq:
             try:
                 history = history.rotate(r.seq, r.new)

@@ -81,8 +81,7 @@ def show_peer(home: Home, center: str) -> dict[str, Any]:
         rotations = [r for r in keys_tx.rotations(conn) if r.origin == center]
     finally:
         conn.close()
-    history = build_history(peer.card.signing_key, rotations, peer.distrust_after,
-                            peer.distrusted_key)
+    history = build_history(peer.card.signing_key, rotations, peer.distrusts)
     out = {**peer_view(peer), "card": peer.card.line(),
            "keys": [{"key_id": s.key_id, "key": b64e(s.key), "from_seq": s.from_seq,
                      "until_seq": s.until_seq, "current": s.until_seq is None}

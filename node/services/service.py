@@ -166,7 +166,7 @@ class NodeService:
         """Pin a new set; the public keys are decoded once here, not per envelope."""
         histories = {
             center: build_history(peer.card.signing_key, self._rotations.get(center, ()),
-                                  peer.distrust_after, peer.distrusted_key)
+                                  peer.distrusts)
             for center, peer in peers.items()
             # An introduced key in conflict verifies nothing until an admin decides.
             if peer.trusted}
@@ -239,24 +239,31 @@ class NodeService:
             self.peers = self._peers
         return changed
 
-    def distrusted_key_ids(self, center: str) -> set[str]:
-        """Every key learned from the key a ``peers update --distrust-after`` replaced."""
+    def distrusted_key_ids(self, center: str) -> list[tuple[int, set[str]]]:
+        """For each ``peers update --distrust-after`` of the center (oldest first): its
+        seq and every key learned from the key it replaced, but keys pinned since."""
         peer = self.peers.get(center)
-        if peer is None or peer.distrust_after is None or not peer.distrusted_key:
-            return set()
-        old = build_history(peer.distrusted_key, self._rotations.get(center, ()))
-        return {s.key_id for s in old.spans} - {key_id(peer.card.signing_key)}
+        if peer is None:
+            return []
+        rotations = self._rotations.get(center, ())
+        out = []
+        for i, d in enumerate(peer.distrusts):
+            later = {key_id(x.key) for x in peer.distrusts[i + 1:]} | {
+                key_id(peer.card.signing_key)}
+            ids = {s.key_id for s in build_history(d.key, rotations).spans} - later
+            out.append((d.after, ids))
+        return out
 
     async def apply_distrust(self, center: str) -> int:
-        """Move held entries a distrusted key signed after the named seq out of the
-        log, for review (idempotent; at start and at peers update)."""
-        peer = self.peers.get(center)
-        ids = self.distrusted_key_ids(center)
-        if peer is None or peer.distrust_after is None or not ids:
-            return 0
-        after = peer.distrust_after
-        return await self.db.run(
-            lambda c: keys_tx.distrust_held(c, center, after, ids, now_ms()))
+        """Move held entries a distrusted key signed after its seq out of the log,
+        for review (idempotent; at start and at peers update)."""
+        moved = 0
+        for after, ids in self.distrusted_key_ids(center):
+            if ids:
+                moved += await self.db.run(
+                    lambda c, after=after, ids=ids: keys_tx.distrust_held(
+                        c, center, after, ids, now_ms()))
+        return moved
 
     def learn_certs(self, certs: Iterable[AnnouncedCert]) -> bool:
         """Certificates origins announced (verified with their signing keys): pinned

@@ -310,7 +310,7 @@ def test_peers_update_works_with_the_daemon_stopped(make_node) -> None:
     r = bravo.cli("peers", "update", card, "--distrust-after", "-1")
     assert r.returncode != 0 and (bravo.home / "peers.toml").read_text() == before
     assert bravo.json("peers", "update", card, "--distrust-after", "3")["distrust_after"] == 3
-    assert "distrust_after = 3" in (bravo.home / "peers.toml").read_text()
+    assert "after = 3 }]" in (bravo.home / "peers.toml").read_text()
     offline = bravo.json("peers", "show", "alpha")
     assert [(k["from_seq"], k["until_seq"]) for k in offline["keys"]] == [(1, 3), (4, None)]
     bravo.start()

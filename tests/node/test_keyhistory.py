@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.ingest import WRONG_KEY, check_items
 from node.core.keyhistory import (
+    Distrust,
     KeyHistory,
     Rotation,
     build_history,
@@ -62,12 +63,28 @@ def test_distrust_after_ends_every_old_key_and_what_was_learned_from_it() -> Non
     # The thief (holding R2) rotated to R3 at 20; the admin re-pins R4, distrusting
     # everything R2 signed after 12.
     rots = [Rotation("o", 4, R1, R2), Rotation("o", 20, R2, R3)]
-    h = build_history(R4, rots, distrust_after=12, distrusted=R1)
+    h = build_history(R4, rots, distrusts=(Distrust(R1, 12),))
     assert [(s.key, s.from_seq, s.until_seq) for s in h.spans] == [
         (R1, 1, 4), (R2, 5, 12), (R4, 13, None)]
     assert "retired after seq 12" in h.signs(key_id(R2), 13)
     assert "unknown" in h.signs(key_id(R3), 21)
     assert h.signs(key_id(R4), 13) == ""
+
+
+def test_a_second_distrust_keeps_the_first() -> None:
+    # R1 stolen: the admin re-pinned R2, distrusting after 10; later R2 was stolen
+    # too: re-pinned R3, distrusting after 30. What R1 signed up to 10 must still
+    # verify (the first distrust is not forgotten), R1 never signs after 10, R2
+    # only 11..30, R3 from 31.
+    rots = [Rotation("o", 20, R2, R4)]  # learned from R2 before its theft was known
+    h = build_history(R3, rots, distrusts=(Distrust(R1, 10), Distrust(R2, 30)))
+    assert [(s.key, s.from_seq, s.until_seq) for s in h.spans] == [
+        (R1, 1, 10), (R2, 11, 20), (R4, 21, 30), (R3, 31, None)]
+    assert h.signs(key_id(R1), 10) == "" and "retired" in h.signs(key_id(R1), 11)
+    assert "retired after seq 30" in h.signs(key_id(R4), 31)
+    # A later distrust at an earlier seq cuts the keys pinned since.
+    h = build_history(R3, (), distrusts=(Distrust(R1, 10), Distrust(R2, 5)))
+    assert [(s.key, s.from_seq, s.until_seq) for s in h.spans] == [(R1, 1, 5), (R3, 6, None)]
 
 
 def _rotation_body(seq: int, old: Ed25519PrivateKey, new: Ed25519PrivateKey,
@@ -143,14 +160,15 @@ TEST_DER = _der()
 
 
 def test_updated_peer_distrusts_the_replaced_key_and_peers_toml_keeps_it() -> None:
+    from node.config.identity import b64e
     from node.config.peer_edits import updated_peer
     from node.config.peers import Peer, parse_peers, render_peers
     from node.core.types import ValidationError
 
     old = Peer(_card("orig", R1), ("region:west",), False)
     new = updated_peer(old, _card("orig", R2), 7, held_head=40)
-    assert (new.distrust_after, new.distrusted_key, new.groups, new.connect) == (
-        7, R1, ("region:west",), False)
+    assert (new.distrust_after, new.distrusts, new.groups, new.connect) == (
+        7, (Distrust(R1, 7),), ("region:west",), False)
     assert updated_peer(old, _card("orig", R2), None, held_head=40).distrust_after == 40
     with pytest.raises(ValidationError):
         updated_peer(old, _card("orig", R1), 7, held_head=40)  # no new key: nothing to distrust
@@ -158,6 +176,14 @@ def test_updated_peer_distrusts_the_replaced_key_and_peers_toml_keeps_it() -> No
         updated_peer(old, _card("other", R2), 7, held_head=40)
     parsed = parse_peers(render_peers([new]), "peers.toml", "me")["orig"]
     assert parsed == new
+    # R2 stolen in turn: the second update keeps the first distrust (R1 after 7).
+    newer = updated_peer(new, _card("orig", R3), 30, held_head=50)
+    assert newer.distrusts == (Distrust(R1, 7), Distrust(R2, 30))
+    assert parse_peers(render_peers([newer]), "peers.toml", "me")["orig"] == newer
+    # A peers.toml written before this release (one distrust) still reads.
+    legacy = render_peers([old]).replace(
+        "card = ", f'distrust_after = 7\ndistrusted_key = "{b64e(R1)}"\ncard = ')
+    assert parse_peers(legacy, "peers.toml", "me")["orig"].distrusts == (Distrust(R1, 7),)
 
 
 def test_an_interrupted_tls_switch_is_finished_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
