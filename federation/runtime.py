@@ -279,14 +279,16 @@ class Federation:
                 self._stop_link(center)
                 log.info("peer unpinned or changed", extra={"peer": center,
                                                              "streams_closed": closed})
-        if set(old) != set(peers):
-            # Each link asks for the origins pinned when it subscribed: a changed
-            # set of centers means every link subscribes again (from its cursors).
-            for center in list(self.links):
-                self._stop_link(center)
         for center, peer in peers.items():
             if center not in self.links:
                 self._start_link(peer)
+        if set(old) != set(peers):
+            # Each link asks for the origins pinned when it subscribed: a changed
+            # set of centers means every other link subscribes again from its
+            # cursors, on the channel it has (an introduction adopting a card
+            # must not tear down every TLS connection of the node).
+            for link in self.links.values():
+                link.resubscribe()
         self._dialled_changed()
         self.node.changes.bump()  # streams re-evaluate what each peer may receive
 

@@ -28,6 +28,10 @@ def peers(node: Node) -> dict[str, dict]:
     return {p["center"]: p for p in node.json_lines("peers", "list")}
 
 
+def link_received(node: Node, center: str) -> int:
+    return next(p["received"] for p in node.json("status")["peers"] if p["center"] == center)
+
+
 def test_spokes_learn_each_other_from_their_hub_and_follow_its_view(make_node) -> None:
     hub, s1, s2 = fast(make_node, "hub"), fast(make_node, "s1"), fast(make_node, "s2")
     for s in (s1, s2):  # each spoke exchanges cards with the hub alone
@@ -66,9 +70,17 @@ def test_spokes_learn_each_other_from_their_hub_and_follow_its_view(make_node) -
     assert lines[-1]["summary"]["s1"]["via"] == ["hub"]
     assert not peers(s1)["s2"]["conflict"]
 
-    # Removed at the introducer: removed here.
+    # Removed at the introducer: removed here. The set of centers changed, so the
+    # link to the hub subscribes again, on the link it has: what it received so
+    # far is not reset (tearing down every link at each adoption cost the whole
+    # network its connections while 80 centers were introduced).
+    received = link_received(s1, "hub")
+    assert received > 0
     hub.ok("peers", "remove", "s2")
     s1.wait_for(lambda: "s2" not in peers(s1), what="s2 removed at s1")
+    s1.wait_for(lambda: "replication link resubscribes" in s1.log_tail(20000),
+                what="the hub link resubscribed")
+    assert link_received(s1, "hub") >= received
     with contextlib.closing(s1.db()) as conn:
         actions = [json.loads(d) for a, d in conn.execute(
             "SELECT action, detail FROM audit WHERE action = 'peer.introduced'")]
