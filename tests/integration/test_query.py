@@ -14,7 +14,7 @@ from node.core.types import Decision, Discoverability, Policy, Requester, Tlp, V
 from node.devnet import Node, mesh
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
 from tests.integration.rogue import Rogue
-from tests.node.test_policy import oracle
+from tests.node.core.test_policy import oracle
 
 CENTERS = ["c1", "c2", "c3", "c4", "c5"]
 USERS = {  # center -> user -> attributes

@@ -1,7 +1,7 @@
 """Issue 12 items 1-3: watches with real daemons.
 
 What a watch shows is judged independently here with the policy oracle of
-tests/node/test_policy.py (as tests/integration/test_query.py does), never by
+tests/node/core/test_policy.py (as tests/integration/test_query.py does), never by
 asking the code under test."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from node.core.record import parse_draft
 from node.core.types import Decision, Discoverability, Policy, Requester, Tlp, ValidationError
 from node.devnet import ENV, Node, mesh
-from tests.node.test_policy import oracle
+from tests.node.core.test_policy import oracle
 
 PLATE = "plate=WCH 100"
 USERS = {"ann": ("sworn_le",), "bob": ()}

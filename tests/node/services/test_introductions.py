@@ -8,7 +8,7 @@ import os
 from node.config.identity import IdentityCard
 from node.config.peers import Peer
 from node.services.introductions import Offer, adopt, served
-from tests.node.test_identity import self_signed_der
+from tests.node.config.test_identity import self_signed_der
 
 OWN_KEY = os.urandom(32)
 

@@ -296,7 +296,7 @@ def test_unknown_keys_are_refused() -> None:
 
 
 def test_example_client_is_where_the_docs_say() -> None:
-    assert (Path(__file__).resolve().parents[2] / "configs/examples/local_client.py").is_file()
+    assert (Path(__file__).resolve().parents[3] / "configs/examples/local_client.py").is_file()
 
 
 def test_update_sends_only_the_changes() -> None:

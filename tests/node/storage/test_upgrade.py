@@ -55,7 +55,7 @@ from node.storage.db import Database, immediate, open_sync
 from node.storage.schema import MIGRATIONS
 from node.wire import records_pb2
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "previous_release"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "previous_release"
 MANIFEST = json.loads((FIXTURE / "manifest.json").read_text())
 CENTERS = sorted(MANIFEST["nodes"])
 LABEL = {v["record_id"]: k for k, v in MANIFEST["records"].items()}
