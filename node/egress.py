@@ -32,6 +32,7 @@ class Dissemination:
     seq: int
     channel: str
     decision: str
+    via: str | None = None  # the peer it left through, when not ``center`` (a hop)
 
 
 SentBefore = Callable[[str, str], int | None]
