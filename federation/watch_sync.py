@@ -411,8 +411,9 @@ class WatchClient:
                 if pull.done():
                     pull.result()  # raises what ended it
                     raise ConnectionError("watch hit stream ended")
-                if not done:
-                    self.changed.set()  # the resync period passed
+                if not done:  # the resync period passed
+                    self.changed.set()
+                    self.relay.set()
         finally:
             pull.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -469,11 +470,12 @@ class WatchClient:
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise  # the link is down: reconnect, then pass everything on again
                 # ALREADY_EXISTS: it took this set (or a newer one) another way.
-                # Others (no key for that watcher there, a bound) are the peer's
-                # decision: tried again with the watcher's next set.
+                # Others (no key for that watcher there yet, a bound) are the
+                # peer's decision: tried again at the next set taken or resync.
                 if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                     log.info("standing set not passed on", extra={
                         "peer": self.center, "watcher": r.center, "code": exc.code().name})
+                    continue
             self.sent[r.center] = (r.issued_ms, r.hops_left)
 
     async def _pull(self) -> None:

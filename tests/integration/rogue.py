@@ -5,6 +5,7 @@ replayed) to a real node over real mutual TLS."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import secrets
 import threading
 import time
@@ -49,6 +50,10 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.tamper: Callable[[federation_pb2.SealedAnswer], None] | None = None
         self.relayed_bytes: list[bytes] = []  # every answer it passed back, as it saw it
         self.introduces: list[tuple[str, list[str]]] = []  # (card line, via) it serves
+        # Network watches: the standing sets peers sent it, and the hit batches it
+        # serves to whoever pulls (a test puts them there, tampered or not).
+        self.standing_sets: list[federation_pb2.SignedStandingSet] = []
+        self.hit_batches: dict[str, queue.Queue[federation_pb2.WatchHitBatch]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -103,6 +108,25 @@ class Rogue(federation_pb2_grpc.FederationServicer):
                 yield message
             return
         yield federation_pb2.QueryAnswer(records=self.answers, pointers=self.pointers)
+
+    async def SetStanding(self, request, context):
+        self.standing_sets.append(request)
+        body = federation_pb2.StandingSet.FromString(request.body)
+        return federation_pb2.StandingReply(accepted=len(body.queries),
+                                            offered=len(body.queries))
+
+    def hits_for(self, center: str) -> queue.Queue[federation_pb2.WatchHitBatch]:
+        return self.hit_batches.setdefault(center, queue.Queue())
+
+    async def WatchHits(self, request, context):
+        # Each puller (named by its certificate) gets the batches put for it.
+        names = context.auth_context().get("x509_subject_alternative_name") or [b""]
+        batches = self.hits_for(names[0].decode())
+        while True:
+            try:
+                yield batches.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.05)
 
     def serve(self, trusted_card_line: str) -> Rogue:
         trusted = parse_card(trusted_card_line)
