@@ -225,14 +225,16 @@ class StandingServer:
         def tx(conn: sqlite3.Connection) -> tuple[int, int, bool]:
             before = watch_tx.route(conn, watcher)
             if before is not None and body.issued_ms <= before.issued_ms:
-                if body.issued_ms == before.issued_ms and hops > before.hops_left:
+                direct = peer == watcher and before.via != watcher
+                if body.issued_ms == before.issued_ms and (hops > before.hops_left or direct):
                     # The same set over a shorter path (it arrived first over a longer
-                    # one, with fewer hops left): it may reach further from here.
+                    # one): it may reach further from here, and from the watcher
+                    # itself its hits go back directly, not sealed through a hop.
                     watch_tx.replace_standing(
                         conn, watcher, before.issued_ms,
-                        watch_tx.standing(conn, 0, watcher), before.via, hops, path,
-                        before.signed)
-                    return 0, 0, True
+                        watch_tx.standing(conn, 0, watcher), peer if direct else before.via,
+                        max(hops, before.hops_left), path, before.signed)
+                    return 0, 0, hops > before.hops_left
                 raise Refused(grpc.StatusCode.ALREADY_EXISTS,
                               "standing set is not newer than the one taken (a replay)")
             if (watcher != peer and (before is None or before.via != peer)
