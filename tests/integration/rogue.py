@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from node import keys
 from node.devnet import free_port
@@ -35,6 +37,7 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         d = root / f"rogue-{center}"
         d.mkdir()
         self.signing = keys.generate_signing_key(d / "signing.key")
+        self.seal = X25519PrivateKey.generate()  # in its card: sealed answers and hits
         keys.generate_tls(d / "tls.key", d / "tls.crt", center, days=cert_days)
         self.tls = keys.load_tls(d / "tls.key", d / "tls.crt")
         self.port = free_port()
@@ -62,7 +65,8 @@ class Rogue(federation_pb2_grpc.FederationServicer):
     def card(self) -> IdentityCard:
         return IdentityCard(self.center, f"127.0.0.1:{self.port}",
                             raw_public(self.signing.public_key()), self.tls.fingerprint,
-                            f"Rogue {self.center}", keys.cert_der(self.tls.cert_pem))
+                            f"Rogue {self.center}", keys.cert_der(self.tls.cert_pem),
+                            self.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
     def body(self, seq: int, prev: bytes, title: str, audience: Iterable[str] = ("members",),
              record_id: str | None = None, version: int = 1) -> records_pb2.RecordBody:

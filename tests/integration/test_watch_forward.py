@@ -232,3 +232,84 @@ def test_hostile_hop_cannot_alter_forge_or_speak_for_a_watcher(make_node,
     w.wait_for(lambda: hits(w, "ann").get(rec["record_id"]) == "FULL", 20, "the honest hit")
     assert refused(w, "hop") == 3
     hop.stop()
+
+
+def test_what_a_peer_can_push_through_a_hub_is_bounded(make_node, tmp_path: Path) -> None:
+    import os
+
+    node = make_node("hub", start=False)
+    for old, new in (("max_standing_sets_per_peer = 100", "max_standing_sets_per_peer = 1"),
+                     ("standing_sets_per_minute = 600", "standing_sets_per_minute = 6"),
+                     ("max_watch_hits = 1000", "max_watch_hits = 3"),
+                     ("max_relay_bytes = 16777216", "max_relay_bytes = 2500")):
+        node.edit_config(old, new)
+    node.start()
+    aa = Rogue(tmp_path, "aa")  # a peer that passes sets on and serves hits
+    x1, x2, x3 = (Rogue(tmp_path, x) for x in ("x1", "x2", "x3"))  # watchers
+    aa.serve(node.card())
+    for r in (aa, x1):
+        node.ok("peers", "add", r.card.line())
+    for r in (x2, x3):
+        node.ok("peers", "add", r.card.line(), "--no-connect")  # keys only
+    key = entities.match_keys("plate", "WCH 100")[0]
+    now = int(time.time() * 1000)
+
+    def call(rogue: Rogue, req: federation_pb2.SignedStandingSet):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 15
+        while True:  # a new pin applies to the listener within a moment
+            with rogue.channel(node.listen, node.card()) as ch:
+                try:
+                    return grpc.StatusCode.OK, federation_pb2_grpc.FederationStub(
+                        ch).SetStanding(req, timeout=10)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                        return exc.code(), exc.details()
+            time.sleep(0.3)
+
+    def via_aa(watcher: Rogue, issued: int, path: list[str] | None = None):  # type: ignore[no-untyped-def]
+        req = _standing(watcher, watcher.center, issued, 1, key)
+        req.hops_left = 1
+        req.path.extend(path if path is not None else [watcher.center, "aa"])
+        return req
+
+    # x1's own set (direct); x2's passed on by aa; x3's would be a second watcher
+    # behind aa: over max_standing_sets_per_peer.
+    assert call(x1, _standing(x1, "x1", now, 1, key))[0] == grpc.StatusCode.OK
+    assert call(aa, via_aa(x2, now))[0] == grpc.StatusCode.OK
+    status, why = call(aa, via_aa(x3, now))
+    assert status == grpc.StatusCode.RESOURCE_EXHAUSTED and "already brings" in why
+    status, why = call(aa, via_aa(x2, now + 1, [f"c{i}" for i in range(17)]))
+    assert status == grpc.StatusCode.INVALID_ARGUMENT and "path" in why
+    # Sets per minute from one peer (each refusal above counted too).
+    codes = [call(aa, via_aa(x2, now + 2 + i)) for i in range(4)]
+    assert codes[-1][0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit" in codes[-1][1]
+    assert {x["center"] for x in node.json_lines("watch", "list", "--remote")} == {"x1", "x2"}
+
+    # aa serves a flood of sealed hits for x1 (whose set came directly): the hub
+    # keeps at most max_watch_hits rows and max_relay_bytes for x1, counts the rest;
+    # a hit for a watch x1 does not hold is not kept; one signed in the name of a
+    # center whose key the hub holds, but not by it, is refused and counted.
+    def sealed(n: int, watch_id: str = "w0", center: str = "zz") -> federation_pb2.WatchHit:
+        return federation_pb2.WatchHit(id=n, sealed=federation_pb2.SealedWatchHit(
+            watcher="x1", center=center, watch_id=watch_id, number=n,
+            sealed=os.urandom(1000), signature=bytes(64), key_id="00"))
+
+    flood = [sealed(n) for n in range(1, 11)] + [sealed(11, "nope"), sealed(12, center="x2")]
+    aa.hits_for("hub").put(federation_pb2.WatchHitBatch(hits=flood, last=12))
+
+    def outbox() -> tuple[int, int, int]:
+        with contextlib.closing(node.db()) as conn:
+            n, size = conn.execute("SELECT count(*), coalesce(sum(length(sealed)), 0) FROM "
+                                   "watch_outbox WHERE center = 'x1'").fetchone()
+            row = conn.execute("SELECT dropped FROM watch_dropped WHERE who = 'center:x1'"
+                               ).fetchone()
+        return n, size, row[0] if row else 0
+
+    node.wait_for(lambda: refused(node, "aa") == 1, 20, "the hit forged in x2's name")
+    n, size, dropped = outbox()
+    assert n == 2 and size <= 2500 and dropped == 8, (n, size, dropped)
+    with contextlib.closing(node.db()) as conn:
+        kept = [r[0] for r in conn.execute("SELECT seq FROM watch_outbox WHERE center = 'x1' "
+                                           "ORDER BY id")]
+    assert kept == [9, 10]  # the newest
+    aa.stop()
