@@ -243,11 +243,15 @@ class StandingServer:
                 raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"this peer already brings the standing sets of "
                               f"{limits.max_standing_sets_per_peer} other centers")
+            # An empty set withdrawing nothing here (a center without network
+            # watches re-sends one every few minutes) goes no further: it would
+            # only flood the network with nothing.
+            onward = hops > 0 and bool(kept or watch_tx.standing(conn, 0, watcher))
             added, withdrawn = watch_tx.replace_standing(
                 conn, watcher, body.issued_ms,
                 [watch_tx.Standing(watcher, w, attrs[w.id], now, peer) for w in kept],
-                peer, hops, path, signed)
-            return added, withdrawn, hops > 0
+                peer, hops, path, signed if onward else None)
+            return added, withdrawn, onward
 
         added, withdrawn, onward = await self.node.db.run(tx)
         if added or withdrawn:
