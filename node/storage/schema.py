@@ -336,7 +336,8 @@ MIGRATIONS: list[str] = [
     # hits for its direct watchers, its hits for watchers further away (sealed when
     # sent), and sealed hits of centers beyond it relayed towards their watcher
     # (`sealed`: ciphertext this node cannot read). Disseminations name the peer a
-    # record left through when that is not its recipient.
+    # record left through when that is not its recipient. Hits a peer delivered that
+    # failed verification are counted in watch_dropped as 'refused:PEER'.
     """
     ALTER TABLE standing_sync ADD COLUMN via TEXT;
     ALTER TABLE standing_sync ADD COLUMN hops_left INTEGER NOT NULL DEFAULT 0;
