@@ -61,7 +61,7 @@ from federation.backoff import Backoff
 from federation.query_forward import DEFAULT_HOPS, MAX_HOPS, MAX_PATH
 from federation.ratelimit import RateLimits
 from federation.transport.client import stub as fed_stub
-from node import logs
+from node import logs, metrics
 from node.egress import Dissemination
 from node.entities import MAX_VALUE
 from node.query import MAX_ENTITY_KEYS, SearchParams
@@ -522,6 +522,7 @@ class WatchClient:
             watch_tx.prune_outbox(conn, watcher, limits.max_watch_hits, limits.max_relay_bytes)
         if refused:
             watch_tx.count_refused(conn, self.center, refused)
+            metrics.WATCH_HITS_REFUSED.labels(self.center).inc(refused)
         watch_tx.set_cursor(conn, self.center, batch.last)
         return stored, len(relayed)
 

@@ -120,6 +120,14 @@ def test_watch_reaches_a_center_two_hops_away_sealed_across_the_hub(make_node,
     hub.start()
     w.wait_for(lambda: hits(w, "ann").get(late["record_id"]) == "FULL", 30,
                "hit held at the origin while the hub was down")
+    # The origin restarts: the forwarded standing query (and its way back) is kept.
+    c.stop()
+    c.start()
+    assert {(x["center"], x.get("via")) for x in remote(c).values()} == {("watcher", "hub")}
+    again = c.publish("--kind", "BOLO", "--title", "After the origin restarted", "--entity",
+                      PLATE, "--tlp", "AMBER", "--audience", "origin", "--audience", "watcher")
+    w.wait_for(lambda: hits(w, "ann").get(again["record_id"]) == "FULL", 30,
+               "hit after the origin restarted")
 
     # Removal at the watcher withdraws the standing query two hops away.
     w.ok("watch", "remove", ids["bob"], user="bob")
