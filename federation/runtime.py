@@ -24,7 +24,7 @@ from federation.query_fanout import QueryFanout
 from federation.query_forward import DEFAULT_HOPS, Forwarder
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
-from federation.watch_sync import StandingServer, WatchClient
+from federation.watch_sync import OwnSet, StandingServer, WatchClient
 from node import logs, metrics
 from node.home import HomeError, check_group
 from node.identity import b64e, parse_card
@@ -92,11 +92,14 @@ class Federation:
         """Network watches: this node's signed set goes to its peers; theirs are
         answered here (federation/watch_sync.py)."""
         self.watches = watches
+        self.own_set = OwnSet(self.node)
         self.servicer.standing = StandingServer(self.node, watches, self._sets_taken)
         watches.network_changed.append(self._watches_changed)
         self.node.users_changed.append(self._watches_changed)
 
     def _watches_changed(self) -> None:
+        if self.watches is not None:
+            self.own_set.invalidate()
         for client in self.watch_clients.values():
             client.changed.set()
 
@@ -230,7 +233,7 @@ class Federation:
         link.start()
         if self.watches is not None:
             client = WatchClient(self.node, self.watches, peer.center, link.channel,
-                                 self.fanout.seal_private)
+                                 self.own_set, self.fanout.seal_private)
             self.watch_clients[peer.center] = client
             client.start()
 

@@ -347,16 +347,70 @@ class StandingServer:
         return batch
 
 
+class OwnSet:
+    """This node's own signed set, one per change (and resync period) for every
+    peer: the same bytes reach a center directly and through hubs, so it takes
+    them once, and from the watcher itself it keeps the direct way back (a set
+    signed separately per peer would let a hub's copy, a moment newer, take the
+    hits the long way round)."""
+
+    def __init__(self, node: NodeService) -> None:
+        self.node = node
+        self.signed: federation_pb2.SignedStandingSet | None = None
+        self.offered = 0
+        self.stale = True
+        self._built = 0.0
+        self._issued = 0  # each set is later than the one before (peers refuse replays)
+        self._lock = asyncio.Lock()
+
+    def invalidate(self) -> None:
+        self.stale = True
+
+    async def current(self) -> tuple[federation_pb2.SignedStandingSet, int]:
+        async with self._lock:
+            if (self.stale or self.signed is None
+                    or time.monotonic() - self._built >= RESYNC_S / 2):
+                self.stale = False  # before building: a change meanwhile marks it again
+                body = await self.body()
+                self.signed, self.offered = seal_set(self.node, body), len(body.queries)
+                self._built = time.monotonic()
+            return self.signed, self.offered
+
+    async def body(self) -> federation_pb2.StandingSet:
+        node = self.node
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> list[tuple[Watch, tuple[str, ...]]]:
+            out = []
+            for w in watch_tx.watches(conn, None, now, network_only=True):
+                row = users_tx.find(conn, w.owner)
+                if row is not None:  # a removed user's watch is never asked for
+                    out.append((w, row.attributes))
+            return out
+
+        found = await node.db.read(tx)
+        self._issued = max(now, self._issued + 1)
+        body = federation_pb2.StandingSet(center=node.center, issued_ms=self._issued,
+                                          max_hops=DEFAULT_HOPS)
+        for w, attrs in found:
+            body.queries.add(watch_id=w.id, user=w.owner, user_attributes=list(attrs),
+                             entity_keys=list(w.params.entity_keys), kinds=list(w.params.kinds),
+                             behaviors=list(w.params.behaviors), expires_ms=w.expires_ms)
+        return body
+
+
 class WatchClient:
     """This node's network watches at one dialled peer: register, pass on the sets
     of watchers beyond (taken from other peers), then pull hits: this node's own,
     and sealed ones for watchers beyond, kept for the next hop back."""
 
     def __init__(self, node: NodeService, watches: Watches, center: str,
-                 channel: Any, seal_private: X25519PrivateKey | None = None) -> None:
+                 channel: Any, own: OwnSet, seal_private: X25519PrivateKey | None = None
+                 ) -> None:
         self.node = node
         self.watches = watches
         self.center = center
+        self.own = own  # this node's signed set, shared by every peer's client
         self.channel = channel  # () -> grpc.aio.Channel (the link's shared channel)
         self.seal_private = seal_private  # opens hits sealed to this center
         self.changed = asyncio.Event()
@@ -365,7 +419,6 @@ class WatchClient:
         self.relay.set()
         self.sent: dict[str, tuple[int, int]] = {}  # watcher -> (issued, hops) passed on
         self.accepted: int | None = None
-        self._issued = 0  # each set is later than the one before (the peer refuses replays)
         self.backoff = Backoff()
         self._task: asyncio.Task[None] | None = None
 
@@ -425,36 +478,18 @@ class WatchClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await pull
 
-    async def standing_set(self) -> federation_pb2.StandingSet:
-        node = self.node
-        now = now_ms()
-
-        def tx(conn: sqlite3.Connection) -> list[tuple[Watch, tuple[str, ...]]]:
-            out = []
-            for w in watch_tx.watches(conn, None, now, network_only=True):
-                row = users_tx.find(conn, w.owner)
-                if row is not None:  # a removed user's watch is never asked for
-                    out.append((w, row.attributes))
-            return out
-
-        found = await node.db.read(tx)
-        self._issued = max(now, self._issued + 1)
-        body = federation_pb2.StandingSet(center=node.center, issued_ms=self._issued,
-                                          max_hops=DEFAULT_HOPS)
-        for w, attrs in found:
-            body.queries.add(watch_id=w.id, user=w.owner, user_attributes=list(attrs),
-                             entity_keys=list(w.params.entity_keys), kinds=list(w.params.kinds),
-                             behaviors=list(w.params.behaviors), expires_ms=w.expires_ms)
-        return body
-
     async def _register(self) -> None:
         self.changed.clear()
-        body = await self.standing_set()
-        reply = await fed_stub(self.channel()).SetStanding(seal_set(self.node, body),
-                                                            timeout=10)
-        if reply.accepted < len(body.queries):
+        signed, offered = await self.own.current()
+        try:
+            reply = await fed_stub(self.channel()).SetStanding(signed, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            return  # it holds this very set already (sent before a resync was due)
+        if reply.accepted < offered:
             log.warning("peer kept fewer standing queries than offered", extra={
-                "peer": self.center, "accepted": reply.accepted, "offered": len(body.queries)})
+                "peer": self.center, "accepted": reply.accepted, "offered": offered})
         self.accepted = reply.accepted
 
     async def _pass_on(self) -> None:

@@ -321,3 +321,33 @@ def test_what_a_peer_can_push_through_a_hub_is_bounded(make_node, tmp_path: Path
                                            "ORDER BY id")]
     assert kept == [9, 10]  # the newest
     aa.stop()
+
+
+def test_a_watcher_that_becomes_a_direct_peer_is_answered_directly(make_node) -> None:
+    w, hub, c = make_node("watcher"), make_node("hub"), make_node("origin")
+    for s in (w, c):
+        hub.pin(s)
+        s.pin(hub)
+    w.pin(c, "--no-connect")  # keys only, at first
+    c.pin(w, "--no-connect")
+    w.add_user("ann", "sworn_le")
+    wid = w.json("watch", "add", "--network", "--entity", PLATE, user="ann")["watch_id"]
+    c.wait_for(lambda: remote(c).get(wid, {}).get("via") == "hub", 20, "set through the hub")
+    first = c.publish("--kind", "BOLO", "--title", "through the hub", "--entity", PLATE,
+                      "--tlp", "AMBER", "--audience", "origin", "--audience", "watcher")
+    w.wait_for(lambda: hits(w, "ann").get(first["record_id"]) == "FULL", 20, "sealed hit")
+    # Now they dial each other: the watcher's set (the very bytes the hub passed
+    # on) arrives from the watcher itself, and the way back becomes the direct link.
+    w.pin(c)
+    c.pin(w)
+    c.wait_for(lambda: remote(c)[wid].get("via") is None, 20, "the direct way back")
+    then = c.publish("--kind", "BOLO", "--title", "direct", "--entity", PLATE, "--tlp",
+                     "AMBER", "--audience", "origin", "--audience", "watcher")
+    w.wait_for(lambda: hits(w, "ann").get(then["record_id"]) == "FULL", 20, "direct hit")
+    sent = {d["record_id"]: d.get("via") for d in c.json_lines("disseminations")
+            if d["channel"] == "watch"}
+    assert sent == {first["record_id"]: "hub", then["record_id"]: None}
+    # The hub keeps passing the same set on: refused there as a replay, the direct
+    # way back stays.
+    time.sleep(1.0)
+    assert remote(c)[wid].get("via") is None
