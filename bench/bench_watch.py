@@ -3,13 +3,15 @@
     .venv/bin/python bench/bench_watch.py                     # defaults: a few minutes
     .venv/bin/python bench/bench_watch.py --samples 20 --records 1000
 
-1. Latency, two hops. origin -- hub -- watcher (the watcher dials only the hub and
-   pins the origin's key without dialling it). Standing queries are answered by
-   each node for its OWN records only, and queries are not forwarded beyond direct
-   peers, so a watcher two hops away is reached by the hub RELAYING the record:
-   the watcher's watch fires when the relayed copy is ingested. Measured from just
-   before the origin's Publish call to the moment `watch hits --follow` (the local
-   API stream) yields the hit at the watcher. Prints p50/p99.
+1. Latency, two hops. origin -- hub -- watcher (the watcher dials only the hub;
+   origin and watcher pin each other's keys without dialling). The watcher's
+   network watch is a standing query FORWARDED by the hub to the origin; the
+   record (AMBER, for the origin and the watcher only) is one the hub may not
+   hold, so the only way it reaches the watcher is the origin's hit, sealed to
+   the watcher and passed back through the hub's outbox (pull, then pull again).
+   Measured from just before the origin's Publish call to the moment
+   `watch hits --follow` (the local API stream) yields the hit at the watcher.
+   Prints p50/p99.
 2. Latency, one hop, network watch: a direct peer's standing query answered by
    the origin for a record it does not replicate (origin-only, a POINTER hit),
    delivered through the origin's outbox stream.
@@ -109,11 +111,18 @@ def bench_latency(samples: int) -> dict[str, Any]:
         watcher.call("AddPeer", {"card": origin.card, "connect": False})
         origin.call("AddPeer", {"card": watcher.card, "connect": False})
         analyst = _user(watcher, "analyst", "sworn_le")
-        _watch(analyst, entities=[PLATE], network=True)
-        relayed = {"kind": "BOLO", "title": "bench relayed", "entities": [PLATE],
-                   "policy": {"tlp": "GREEN", "audience": ["members"]}}
-        two = _latency(origin, analyst, samples, relayed, "two hops")
-        _report("two hops (hub relays; local watch)", two)
+        wid = _watch(analyst, entities=[PLATE], network=True)
+        # Registered at the origin through the hub (not a direct peer).
+        h.wait_until(lambda: _count(origin, "SELECT count(*) FROM standing_queries q JOIN "
+                                    "standing_sync s ON s.center = q.center WHERE "
+                                    f"q.watch_id = '{wid}' AND s.via = 'hub'") == 1, 30)
+        sealed = {"kind": "BOLO", "title": "bench forwarded", "entities": [PLATE],
+                  "policy": {"tlp": "AMBER", "audience": ["origin", "watcher"]}}
+        two = _latency(origin, analyst, samples, sealed, "two hops")
+        _report("two hops (forwarded standing query, FULL sealed through the hub)", two)
+        held = _count(hub, "SELECT count(*) FROM entries WHERE origin = 'origin' "
+                           "AND payload IS NOT NULL")
+        h.info(f"entries of the origin whose content the hub holds: {held} (of {samples})")
     with h.Cluster() as cl:
         origin, watcher = cl.init(["origin", "watcher"])
         cl.start([origin, watcher])

@@ -25,7 +25,7 @@ from federation.query_forward import DEFAULT_HOPS, Forwarder
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
 from federation.transport.standard_services import add_standard_services
-from federation.watch_sync import StandingServer, WatchClient
+from federation.watch_sync import OwnSet, StandingServer, WatchClient
 from node.config.home import HomeError, check_group
 from node.config.identity import b64e, parse_card
 from node.config.keys import (
@@ -93,13 +93,22 @@ class Federation:
         """Network watches: this node's signed set goes to its peers; theirs are
         answered here (federation/watch_sync.py)."""
         self.watches = watches
-        self.servicer.standing = StandingServer(self.node, watches)
+        self.own_set = OwnSet(self.node)
+        self.servicer.standing = StandingServer(self.node, watches, self._sets_taken)
         watches.network_changed.append(self._watches_changed)
         self.node.users_changed.append(self._watches_changed)
 
     def _watches_changed(self) -> None:
+        if self.watches is not None:
+            self.own_set.invalidate()
         for client in self.watch_clients.values():
             client.changed.set()
+
+    def _sets_taken(self) -> None:
+        """Another watcher's standing set was taken here: pass it on (only that:
+        this node's own set is not sent again for it)."""
+        for client in self.watch_clients.values():
+            client.relay.set()
 
     async def start(self) -> None:
         limits = self.node.config.limits
@@ -224,7 +233,8 @@ class Federation:
         self.links[peer.center] = link
         link.start()
         if self.watches is not None:
-            client = WatchClient(self.node, self.watches, peer.center, link.channel)
+            client = WatchClient(self.node, self.watches, peer.center, link.channel,
+                                 self.own_set, self.fanout.seal_private)
             self.watch_clients[peer.center] = client
             client.start()
 
@@ -500,7 +510,7 @@ class Federation:
         rows = await self.node.db.read(lambda c: fed_tx.disseminations(c, record_id, limit))
         return [{"time": iso(r[0]), "center": r[1], "user": r[2], "origin": r[3],
                  "record_id": r[4], "version": r[5], "seq": r[6], "channel": r[7],
-                 "decision": r[8]} for r in rows]
+                 "decision": r[8], **({"via": r[9]} if r[9] else {})} for r in rows]
 
     async def peers_op(self, user: User, req: Request) -> Any:
         op = req.get("op")

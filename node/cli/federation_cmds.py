@@ -136,7 +136,7 @@ def cmd_disseminations(args: argparse.Namespace) -> int:
         for r in rows:
             output.emit_json(r)
     elif not output.table(rows, ["time", "center", "user", "origin", "record_id", "version",
-                                 "channel", "decision"]):
+                                 "channel", "decision", "via"]):
         print("no disseminations recorded")
     return 0
 

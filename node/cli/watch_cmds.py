@@ -45,7 +45,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             return 0
         for r in rows:
             r["entities"] = ",".join(r.get("entity_keys") or []) or "-"
-        cols = (["center", "user", "watch_id", "entities", "expires"] if args.remote else
+            if args.remote:
+                r["via"] = r.get("via") or "-"  # the peer its set came through
+        cols = (["center", "via", "user", "watch_id", "entities", "expires"] if args.remote else
                 ["watch_id", "network", "entities", "text", "expires"])
         if not output.table(rows, cols):
             print("no watches")

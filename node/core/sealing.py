@@ -1,4 +1,4 @@
-"""Answers sealed end to end to the requesting center (pure: no I/O).
+"""Answers (and watch hits) sealed end to end to the requesting center (pure: no I/O).
 
 A query answer that crosses a forwarding hop must not be readable there: the
 answering center seals it to the requester's X25519 key (from the requester's
@@ -54,3 +54,45 @@ def open_answer(sealed: bytes, signature: bytes, signer_key_id: str,
         return SUITE.decrypt(sealed, private, info=info)
     except Exception:  # cryptography raises InvalidTag, ValueError and others
         raise BadSignature("sealed answer does not open with this node's key") from None
+
+
+# -- watch hits for a watcher beyond the answering center's direct peers ----------
+# The same construction as a forwarded query's answer, in its own domain, so a
+# sealed hit can never be passed off as an answer part (or the other way round).
+HIT_DOMAIN = b"fcnode/watchhit/v1\x00"
+
+
+def hit_info(watcher: str, watch_id: str, center: str, number: int) -> bytes:
+    return HIT_DOMAIN + "\x00".join([watcher, watch_id, center, str(number)]).encode()
+
+
+def seal_hit(key: Ed25519PrivateKey, seal_to: bytes, watcher: str, watch_id: str,
+             center: str, number: int, plaintext: bytes) -> tuple[bytes, bytes, str]:
+    """(ciphertext, signature, key id) of one watch hit sealed to ``seal_to`` (the
+    watcher's raw X25519 public key): hops towards the watcher see ciphertext."""
+    info = hit_info(watcher, watch_id, center, number)
+    sealed = SUITE.encrypt(plaintext, X25519PublicKey.from_public_bytes(seal_to), info=info)
+    return sealed, sign(key, HIT_DOMAIN, info + sealed), key_id(key.public_key())
+
+
+def check_hit(sealed: bytes, signature: bytes, signer_key_id: str,
+              keys: Mapping[str, Ed25519PublicKey], watcher: str, watch_id: str,
+              center: str, number: int) -> None:
+    """The answering center's signature over a sealed hit (a hop on the way back
+    can check it too, without being able to open it). BadSignature if wrong."""
+    public = keys.get(signer_key_id)
+    if public is None:
+        raise BadSignature(f"watch hit signed by an unknown key {signer_key_id[:16]}")
+    verify(public, HIT_DOMAIN, hit_info(watcher, watch_id, center, number) + sealed, signature)
+
+
+def open_hit(sealed: bytes, signature: bytes, signer_key_id: str,
+             keys: Mapping[str, Ed25519PublicKey], private: X25519PrivateKey,
+             watcher: str, watch_id: str, center: str, number: int) -> bytes:
+    """Check the answering center's signature, then open: BadSignature if either
+    fails (a hop changed a byte, or relabelled the hit's watch or center)."""
+    check_hit(sealed, signature, signer_key_id, keys, watcher, watch_id, center, number)
+    try:
+        return SUITE.decrypt(sealed, private, info=hit_info(watcher, watch_id, center, number))
+    except Exception:  # cryptography raises InvalidTag, ValueError and others
+        raise BadSignature("sealed watch hit does not open with this node's key") from None

@@ -116,3 +116,4 @@ class Dissemination:
     seq: int
     channel: str
     decision: str
+    via: str | None = None  # the peer it left through, when not ``center`` (a hop)

@@ -10,10 +10,12 @@ updated, and only while some watch exists) and judges each record:
   Hits are kept per owner (at most [limits] max_watch_hits, the oldest dropped and
   counted) and noticed (kind ``watch``);
 * if the record is this center's own (origin == self), against the standing
-  queries other centers registered here (federation/watch_sync.py): FULL or
-  POINTER hits go to that center's durable outbox (bounded the same way), pulled
-  by its node with a cursor; a restricted record leaves one deconfliction notice
-  per (watch, record) naming the watcher instead.
+  queries other centers registered here, directly or through hops
+  (federation/watch_sync.py): FULL or POINTER hits go to the durable outbox
+  (bounded the same way) for the peer the watcher's set came through, pulled by
+  that node with a cursor (sealed to the watcher when it is further away); a
+  restricted record leaves one deconfliction notice per (watch, record) naming
+  the watcher instead.
 
 Hits are judged again when shown (``view``): what the owner may see now.
 """
@@ -99,6 +101,7 @@ class Watches:
             rows = await self.node.db.read(lambda c: watch_tx.standing(c, now))
             return [{"center": s.center, "user": s.watch.owner, "watch_id": s.watch.id,
                      "registered": iso(s.registered_ms), "expires": iso(s.watch.expires_ms),
+                     **({"via": s.via} if s.via and s.via != s.center else {}),
                      **s.watch.to_json()} for s in rows]
         rows = await self.node.db.read(lambda c: watch_tx.watches(c, user.name, now))
         return [self._listing(w) for w in rows]
@@ -270,8 +273,10 @@ class Watches:
             return 0
         if d < Decision.POINTER or (d is Decision.POINTER and entry.stub is None):
             return 0
+        # To the peer the watcher's set came through: the watcher itself, or the
+        # next hop back towards it (then sealed to the watcher when sent).
         out = watch_tx.Outgoing(0, s.center, s.watch.id, body.origin, body.seq,
-                                body.record_id, body.version, d.name)
+                                body.record_id, body.version, d.name, s.via or s.center)
         return int(watch_tx.add_outgoing(conn, out, now))
 
 

@@ -15,9 +15,9 @@ def log_disseminations(conn: sqlite3.Connection, rows: Iterable[Dissemination],
     metrics.count_disseminations(rows)  # every release passes here: one counting point
     conn.executemany(
         "INSERT INTO disseminations (ts_ms, center, user, origin, record_id, version, seq, "
-        "channel, decision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "channel, decision, via) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(ts_ms, d.center, d.user, d.origin, d.record_id, d.version, d.seq, d.channel,
-          d.decision) for d in rows])
+          d.decision, d.via) for d in rows])
 
 
 def last_sent(conn: sqlite3.Connection, center: str, origin: str,
@@ -32,8 +32,8 @@ def last_sent(conn: sqlite3.Connection, center: str, origin: str,
 
 def disseminations(conn: sqlite3.Connection, record_id: str | None,
                    limit: int) -> list[tuple]:
-    sql = ("SELECT ts_ms, center, user, origin, record_id, version, seq, channel, decision "
-           "FROM disseminations")
+    sql = ("SELECT ts_ms, center, user, origin, record_id, version, seq, channel, decision, "
+           "via FROM disseminations")
     args: list[object] = []
     if record_id:
         sql += " WHERE record_id = ?"

@@ -329,4 +329,25 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE entries ADD COLUMN first_seq INTEGER;
     """,
+    # 10: (issue 12 item 3) standing queries beyond direct peers. A watcher center's
+    # set is kept with the peer it came through (`via`: hits go back that way), the
+    # routing it arrived with and its signed bytes (passed on unchanged, also after a
+    # restart). The outbox names the peer each row goes to (`peer`): this center's
+    # hits for its direct watchers, its hits for watchers further away (sealed when
+    # sent), and sealed hits of centers beyond it relayed towards their watcher
+    # (`sealed`: ciphertext this node cannot read). Disseminations name the peer a
+    # record left through when that is not its recipient. Hits a peer delivered that
+    # failed verification are counted in watch_dropped as 'refused:PEER'.
+    """
+    ALTER TABLE standing_sync ADD COLUMN via TEXT;
+    ALTER TABLE standing_sync ADD COLUMN hops_left INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE standing_sync ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE standing_sync ADD COLUMN signed BLOB;
+    UPDATE standing_sync SET via = center;
+    ALTER TABLE watch_outbox ADD COLUMN peer TEXT;
+    ALTER TABLE watch_outbox ADD COLUMN sealed BLOB;
+    UPDATE watch_outbox SET peer = center;
+    CREATE INDEX watch_outbox_peer ON watch_outbox (peer, id);
+    ALTER TABLE disseminations ADD COLUMN via TEXT;
+    """,
 ]

@@ -169,6 +169,45 @@ class Standing:
     watch: Watch          # owner = the remote user
     attributes: tuple[str, ...]
     registered_ms: int
+    via: str = ""         # the peer its set came through ("" or center: directly)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A watcher center's standing set as taken here: the peer it came through
+    (hits go back that way), how far it may still travel, and its signed bytes
+    (SignedStandingSet without routing) to pass on unchanged."""
+    center: str
+    issued_ms: int
+    via: str
+    hops_left: int
+    path: tuple[str, ...]
+    signed: bytes | None
+
+
+_R = "center, issued_ms, coalesce(via, center), hops_left, path, signed"
+
+
+def _route(row: tuple) -> Route:
+    return Route(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), row[5])
+
+
+def route(conn: sqlite3.Connection, center: str) -> Route | None:
+    row = conn.execute(f"SELECT {_R} FROM standing_sync WHERE center = ?", (center,)).fetchone()
+    return _route(row) if row else None
+
+
+def routes(conn: sqlite3.Connection) -> list[Route]:
+    """Every set that may travel further from here (to pass on to dialled peers)."""
+    return [_route(r) for r in conn.execute(
+        f"SELECT {_R} FROM standing_sync WHERE hops_left > 0 AND signed IS NOT NULL "
+        "ORDER BY center")]
+
+
+def routed_via(conn: sqlite3.Connection, peer: str, besides: str) -> int:
+    """Watcher centers (other than ``besides``) whose sets came through ``peer``."""
+    return conn.execute("SELECT count(*) FROM standing_sync WHERE coalesce(via, center) = ? "
+                        "AND center != ?", (peer, besides)).fetchone()[0]
 
 
 def standing_issued(conn: sqlite3.Connection, center: str) -> int:
@@ -178,10 +217,12 @@ def standing_issued(conn: sqlite3.Connection, center: str) -> int:
 
 
 def replace_standing(conn: sqlite3.Connection, center: str, issued_ms: int,
-                     items: list[Standing]) -> tuple[int, int]:
+                     items: list[Standing], via: str | None = None, hops_left: int = 0,
+                     path: tuple[str, ...] = (), signed: bytes | None = None
+                     ) -> tuple[int, int]:
     """Make ``items`` the whole set of ``center``'s standing queries here (a signed
-    set replaces the previous one: a watch left out is withdrawn). Returns
-    (added, withdrawn)."""
+    set replaces the previous one: a watch left out is withdrawn), taken through
+    ``via`` (default: from the center itself). Returns (added, withdrawn)."""
     before = {r[0] for r in conn.execute(
         "SELECT watch_id FROM standing_queries WHERE center = ?", (center,))}
     after = {s.watch.id for s in items}
@@ -195,9 +236,12 @@ def replace_standing(conn: sqlite3.Connection, center: str, issued_ms: int,
     gone = before - after
     for watch_id in gone:
         _forget_standing(conn, center, watch_id)
-    conn.execute("INSERT INTO standing_sync (center, issued_ms) VALUES (?, ?) "
-                 "ON CONFLICT (center) DO UPDATE SET issued_ms = excluded.issued_ms",
-                 (center, issued_ms))
+    conn.execute("INSERT INTO standing_sync (center, issued_ms, via, hops_left, path, signed) "
+                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (center) DO UPDATE SET "
+                 "issued_ms = excluded.issued_ms, via = excluded.via, "
+                 "hops_left = excluded.hops_left, path = excluded.path, "
+                 "signed = excluded.signed",
+                 (center, issued_ms, via or center, hops_left, json.dumps(list(path)), signed))
     return len(after - before), len(gone)
 
 
@@ -209,15 +253,16 @@ def _forget_standing(conn: sqlite3.Connection, center: str, watch_id: str) -> No
 
 def standing(conn: sqlite3.Connection, now_ms: int, center: str | None = None
              ) -> list[Standing]:
-    sql = ("SELECT center, watch_id, user, attributes, params, registered_ms, expires_ms "
-           "FROM standing_queries WHERE expires_ms > ?")
+    sql = ("SELECT q.center, q.watch_id, q.user, q.attributes, q.params, q.registered_ms, "
+           "q.expires_ms, coalesce(s.via, q.center) FROM standing_queries q "
+           "LEFT JOIN standing_sync s ON s.center = q.center WHERE q.expires_ms > ?")
     args: list[object] = [now_ms]
     if center is not None:
-        sql += " AND center = ?"
+        sql += " AND q.center = ?"
         args.append(center)
     return [Standing(r[0], Watch(r[1], r[2], Watch.params_from_json(json.loads(r[4])), True,
-                                 r[5], r[6]), tuple(json.loads(r[3])), r[5])
-            for r in conn.execute(sql + " ORDER BY center, registered_ms", args)]
+                                 r[5], r[6]), tuple(json.loads(r[3])), r[5], r[7])
+            for r in conn.execute(sql + " ORDER BY q.center, q.registered_ms", args)]
 
 
 def expire_standing(conn: sqlite3.Connection, now_ms: int) -> int:
@@ -231,49 +276,82 @@ def expire_standing(conn: sqlite3.Connection, now_ms: int) -> int:
 
 
 def drop_center(conn: sqlite3.Connection, center: str) -> None:
-    """A peer unpinned: its standing queries and their outbox go."""
-    for (watch_id,) in conn.execute("SELECT watch_id FROM standing_queries WHERE center = ?",
-                                    (center,)).fetchall():
-        _forget_standing(conn, center, watch_id)
-    conn.execute("DELETE FROM standing_queries WHERE center = ?", (center,))
-    conn.execute("DELETE FROM standing_sync WHERE center = ?", (center,))
+    """A peer unpinned: its standing queries and their outbox go, and so do the
+    sets of watchers beyond it that came through it (hits could not go back)."""
+    watchers = [center, *(r[0] for r in conn.execute(
+        "SELECT center FROM standing_sync WHERE via = ? AND center != ?", (center, center)))]
+    for watcher in watchers:
+        for (watch_id,) in conn.execute(
+                "SELECT watch_id FROM standing_queries WHERE center = ?", (watcher,)).fetchall():
+            _forget_standing(conn, watcher, watch_id)
+        conn.execute("DELETE FROM standing_queries WHERE center = ?", (watcher,))
+        conn.execute("DELETE FROM standing_sync WHERE center = ?", (watcher,))
+    conn.execute("DELETE FROM watch_outbox WHERE peer = ?", (center,))
 
 
 @dataclass(frozen=True)
 class Outgoing:
     id: int
-    center: str
+    center: str           # the watcher center
     watch_id: str
     origin: str
     seq: int
     record_id: str
     version: int
-    access: str
+    access: str           # FULL | POINTER at match time; SEALED: relayed from beyond
+    peer: str = ""        # the peer it goes to ("": the watcher itself)
+    sealed: bytes | None = None  # relayed: a SealedWatchHit, passed on unchanged
 
 
 def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int) -> bool:
     """Queue a hit for a watcher center (call ``prune_outbox`` once per batch)."""
     cur = conn.execute(
         "INSERT OR IGNORE INTO watch_outbox (center, watch_id, ts_ms, origin, seq, record_id, "
-        "version, access) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (o.center, o.watch_id, ts_ms, o.origin, o.seq, o.record_id, o.version, o.access))
+        "version, access, peer, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (o.center, o.watch_id, ts_ms, o.origin, o.seq, o.record_id, o.version, o.access,
+         o.peer or o.center, o.sealed))
     return bool(cur.rowcount)
 
 
-def prune_outbox(conn: sqlite3.Connection, center: str, keep: int) -> None:
-    """Keep a watcher's newest ``keep`` outbox rows; count the dropped ones."""
+def prune_outbox(conn: sqlite3.Connection, center: str, keep: int,
+                 max_bytes: int | None = None) -> None:
+    """Keep a watcher's newest ``keep`` outbox rows (and, for relayed sealed hits,
+    at most ``max_bytes`` of them); count the dropped ones."""
     _prune(conn, "watch_outbox", "center", center, f"center:{center}", keep)
+    if max_bytes is None:
+        return
+    row = conn.execute(
+        "SELECT id FROM (SELECT id, sum(length(sealed)) OVER (ORDER BY id DESC) AS total "
+        "FROM watch_outbox WHERE center = ? AND sealed IS NOT NULL) WHERE total > ? "
+        "ORDER BY id DESC LIMIT 1", (center, max_bytes)).fetchone()
+    if row is None:
+        return
+    n = conn.execute("DELETE FROM watch_outbox WHERE center = ? AND sealed IS NOT NULL "
+                     "AND id <= ?", (center, row[0])).rowcount
+    conn.execute("INSERT INTO watch_dropped (who, dropped) VALUES (?, ?) ON CONFLICT (who) "
+                 "DO UPDATE SET dropped = dropped + excluded.dropped", (f"center:{center}", n))
 
 
-def outgoing(conn: sqlite3.Connection, center: str, after_id: int, limit: int) -> list[Outgoing]:
+def outgoing(conn: sqlite3.Connection, peer: str, after_id: int, limit: int) -> list[Outgoing]:
+    """The next rows that go to ``peer``: hits for it, and hits (or relayed sealed
+    hits) for watchers whose sets came through it."""
     return [Outgoing(*r) for r in conn.execute(
-        "SELECT id, center, watch_id, origin, seq, record_id, version, access FROM watch_outbox "
-        "WHERE center = ? AND id > ? ORDER BY id LIMIT ?", (center, after_id, limit))]
+        "SELECT id, center, watch_id, origin, seq, record_id, version, access, "
+        "peer, sealed FROM watch_outbox "
+        "WHERE peer = ? AND id > ? ORDER BY id LIMIT ?",
+        (peer, after_id, limit))]
 
 
-def ack_outgoing(conn: sqlite3.Connection, center: str, upto_id: int) -> None:
-    """The watcher asked for what follows ``upto_id``: it has everything before."""
-    conn.execute("DELETE FROM watch_outbox WHERE center = ? AND id <= ?", (center, upto_id))
+def ack_outgoing(conn: sqlite3.Connection, peer: str, upto_id: int) -> None:
+    """The peer asked for what follows ``upto_id``: it has everything before."""
+    conn.execute("DELETE FROM watch_outbox WHERE peer = ? AND id <= ?",
+                 (peer, upto_id))
+
+
+def count_refused(conn: sqlite3.Connection, peer: str, n: int = 1) -> None:
+    """Hits from ``peer`` that failed verification (a hop altered or forged them)."""
+    conn.execute("INSERT INTO watch_dropped (who, dropped) VALUES (?, ?) ON CONFLICT (who) "
+                 "DO UPDATE SET dropped = dropped + excluded.dropped", (f"refused:{peer}", n))
 
 
 def notify_once(conn: sqlite3.Connection, center: str, watch_id: str, record_id: str) -> bool:

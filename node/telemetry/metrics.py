@@ -85,6 +85,10 @@ ENTRIES_REJECTED = Counter(
 DISSEMINATIONS = Counter(
     "fcnode_disseminations", "Records released to other centers (the dissemination log), by "
     "channel and decision", ["channel", "decision"], registry=REGISTRY)
+WATCH_HITS_REFUSED = Counter(
+    "fcnode_watch_hits_refused", "Watch hits a peer delivered that failed verification (a hop "
+    "altered, relabelled or forged them), by the peer that delivered them", ["peer"],
+    registry=REGISTRY)
 NOTICES = Counter("fcnode_notices", "Notices written for this center's analysts, by kind",
                   ["kind"], registry=REGISTRY)
 QUERIES_ANSWERED = Counter(

@@ -5,6 +5,7 @@ replayed) to a real node over real mutual TLS."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import secrets
 import threading
 import time
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from node.config import keys
 from node.config.identity import IdentityCard, parse_card
@@ -34,6 +37,7 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         d = root / f"rogue-{center}"
         d.mkdir()
         self.signing = keys.generate_signing_key(d / "signing.key")
+        self.seal = X25519PrivateKey.generate()  # in its card: sealed answers and hits
         keys.generate_tls(d / "tls.key", d / "tls.crt", center, days=cert_days)
         self.tls = keys.load_tls(d / "tls.key", d / "tls.crt")
         self.port = free_port()
@@ -49,6 +53,10 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.tamper: Callable[[federation_pb2.SealedAnswer], None] | None = None
         self.relayed_bytes: list[bytes] = []  # every answer it passed back, as it saw it
         self.introduces: list[tuple[str, list[str]]] = []  # (card line, via) it serves
+        # Network watches: the standing sets peers sent it, and the hit batches it
+        # serves to whoever pulls (a test puts them there, tampered or not).
+        self.standing_sets: list[federation_pb2.SignedStandingSet] = []
+        self.hit_batches: dict[str, queue.Queue[federation_pb2.WatchHitBatch]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -57,7 +65,8 @@ class Rogue(federation_pb2_grpc.FederationServicer):
     def card(self) -> IdentityCard:
         return IdentityCard(self.center, f"127.0.0.1:{self.port}",
                             raw_public(self.signing.public_key()), self.tls.fingerprint,
-                            f"Rogue {self.center}", keys.cert_der(self.tls.cert_pem))
+                            f"Rogue {self.center}", keys.cert_der(self.tls.cert_pem),
+                            self.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
     def body(self, seq: int, prev: bytes, title: str, audience: Iterable[str] = ("members",),
              record_id: str | None = None, version: int = 1) -> records_pb2.RecordBody:
@@ -103,6 +112,25 @@ class Rogue(federation_pb2_grpc.FederationServicer):
                 yield message
             return
         yield federation_pb2.QueryAnswer(records=self.answers, pointers=self.pointers)
+
+    async def SetStanding(self, request, context):
+        self.standing_sets.append(request)
+        body = federation_pb2.StandingSet.FromString(request.body)
+        return federation_pb2.StandingReply(accepted=len(body.queries),
+                                            offered=len(body.queries))
+
+    def hits_for(self, center: str) -> queue.Queue[federation_pb2.WatchHitBatch]:
+        return self.hit_batches.setdefault(center, queue.Queue())
+
+    async def WatchHits(self, request, context):
+        # Each puller (named by its certificate) gets the batches put for it.
+        names = context.auth_context().get("x509_subject_alternative_name") or [b""]
+        batches = self.hits_for(names[0].decode())
+        while True:
+            try:
+                yield batches.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.05)
 
     def serve(self, trusted_card_line: str) -> Rogue:
         trusted = parse_card(trusted_card_line)

@@ -1,0 +1,47 @@
+"""Sealed watch hits (node/core/sealing.py, pure): only the watcher opens them, and the
+answering center's signature binds watcher, watch, center and hit number, so a hop
+can neither alter nor relabel a hit, nor pass off an answer part as a hit."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from node.core.sealing import open_answer, open_hit, seal_answer, seal_hit
+from node.core.signing import BadSignature, key_id
+
+SIGNER = Ed25519PrivateKey.generate()
+KEYS = {key_id(SIGNER.public_key()): SIGNER.public_key()}
+WATCHER = X25519PrivateKey.generate()
+SEAL_TO = WATCHER.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+ARGS = ("watcher", "w1", "origin", 7)
+
+
+def test_a_sealed_hit_opens_only_as_sealed() -> None:
+    sealed, sig, kid = seal_hit(SIGNER, SEAL_TO, *ARGS, b"hit bytes")
+    assert b"hit bytes" not in sealed
+    assert open_hit(sealed, sig, kid, KEYS, WATCHER, *ARGS) == b"hit bytes"
+    flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(BadSignature):
+        open_hit(flipped, sig, kid, KEYS, WATCHER, *ARGS)
+    for i, other in enumerate(("other", "w2", "elsewhere", 8)):
+        relabelled = list(ARGS)
+        relabelled[i] = other
+        with pytest.raises(BadSignature):
+            open_hit(sealed, sig, kid, KEYS, WATCHER, *relabelled)  # type: ignore[arg-type]
+    with pytest.raises(BadSignature):  # not the answering center's key
+        open_hit(sealed, sig, kid, {kid: Ed25519PrivateKey.generate().public_key()},
+                 WATCHER, *ARGS)
+    with pytest.raises(BadSignature):  # another center's seal key: it cannot open
+        open_hit(sealed, sig, kid, KEYS, X25519PrivateKey.generate(), *ARGS)
+
+
+def test_an_answer_part_is_not_a_hit() -> None:
+    sealed, sig, kid = seal_answer(SIGNER, SEAL_TO, "watcher", "w1", "origin", 7, b"x")
+    with pytest.raises(BadSignature):
+        open_hit(sealed, sig, kid, KEYS, WATCHER, *ARGS)
+    sealed, sig, kid = seal_hit(SIGNER, SEAL_TO, *ARGS, b"x")
+    with pytest.raises(BadSignature):
+        open_answer(sealed, sig, kid, KEYS, WATCHER, "watcher", "w1", "origin", 7)
