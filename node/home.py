@@ -159,6 +159,7 @@ class Limits:
     max_watch_days: int = 90  # the longest a watch (or another center's standing query) runs
     max_watch_hits: int = 1000  # hits kept per watcher (oldest dropped, counted)
     introduction_poll_s: float = 30.0  # how often each introducer's cards are fetched
+    max_sealed_copies: int = 32  # sealed copies kept (and made) per log position
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from node import keys, metrics, policy, record
 from node.audit import AuditEntry, head_message, verify_chain
+from node.egress import Dissemination
 from node.home import Home, NodeConfig
 from node.keyhistory import (
     AnnouncedCert,
@@ -39,6 +40,7 @@ from node.query import SearchParams, discovered
 from node.record import Draft, body_policy, body_to_dict, kind_name
 from node.recovery import OwnLogRecovery
 from node.routing import route
+from node.sealing import SealedCopy, seal_copy
 from node.signing import (
     AUDIT_DOMAIN,
     BadSignature,
@@ -58,11 +60,19 @@ from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import recovery as recovery_tx
+from node.storage import sealed as sealed_tx
 from node.storage import users as users_tx
 from node.storage import watches as watch_tx
 from node.storage.db import Database
 from node.timeutil import iso, now_ms
-from node.types import AccessDenied, Decision, FcnodeError, Requester, ValidationError
+from node.types import (
+    MEMBERS,
+    AccessDenied,
+    Decision,
+    FcnodeError,
+    Requester,
+    ValidationError,
+)
 from node.users import (
     SYSTEM_USER,
     User,
@@ -607,7 +617,7 @@ class NodeService:
         # Signing (Ed25519, releases the GIL) runs on the signer threads while
         # this thread writes what does not need the signatures: the record, text
         # and entity index rows of new records, and the audit entries.
-        signing = self._sign_all(payloads, bodies)
+        signing = self._sign_all(payloads, bodies, [self.copy_recipients(b) for b in bodies])
         if new_records:
             log_tx.index_new_records(conn, bodies)
         audit_tx.append_many(conn, self.sign_audit, now, [
@@ -616,32 +626,71 @@ class NodeService:
                              "audience": sorted(b.policy.audience), **(detail or {}),
                              **(per_entry[i] if per_entry else {})})
             for i, b in enumerate(bodies)])
-        signed = [pair for part in signing for pair in part.result()]
-        sealed = [(env, b) for (env, _), b in zip(signed, bodies, strict=True)]
-        stubs = [st for _, st in signed]
+        signed = [one for part in signing for one in part.result()]
+        sealed = [(env, b) for (env, _, _), b in zip(signed, bodies, strict=True)]
+        stubs = [st for _, st, _ in signed]
         log_tx.insert_entries(conn, sealed, "local", now, stubs)
+        copies = [(b, p, center, c) for (_, _, cs), b, p in zip(signed, bodies, payloads,
+                                                                 strict=True)
+                  for center, c in cs]
+        if copies:
+            # Stored with the entries (one transaction: no stream serves the entry
+            # without them), and each logged as a dissemination to its recipient
+            # (28 CFR 23.20(f)): made for that center, whichever hubs carry it.
+            sealed_tx.add_own(conn, self.center, [
+                (b.seq, log_tx.entry_hash(p), c) for b, p, _, c in copies], now)
+            fed_tx.log_disseminations(conn, [
+                Dissemination(center, None, self.center, b.record_id, b.version, b.seq,
+                              "sealed", "FULL") for b, _, center, _ in copies], now)
         if not new_records:
             log_tx.apply_entries(conn, bodies)
         metrics.ENTRIES_PUBLISHED.inc(len(sealed))
         return [b for _, b in sealed]
 
-    Signed = tuple[records_pb2.Envelope, records_pb2.SignedStub]
+    # (envelope, its stub, its sealed copies: (recipient, copy)).
+    Signed = tuple[records_pb2.Envelope, records_pb2.SignedStub,
+                   list[tuple[str, SealedCopy]]]
 
-    def _sign_all(self, payloads: list[bytes], bodies: list[records_pb2.RecordBody]
-                  ) -> list[Future[list[Signed]]]:
+    def copy_recipients(self, body: records_pb2.RecordBody) -> list[tuple[str, bytes]]:
+        """(center, X25519 key) of each center this entry is sealed to: the centers
+        its audience names (never 'members': every hub may carry that in clear),
+        but this one, whose card (pinned or introduced, trusted) has a seal key and
+        for which this node's own decision is FULL. At most max_sealed_copies."""
+        pol = body_policy(body)
+        if MEMBERS in pol.audience:
+            return []
+        out = []
+        for center in sorted(pol.audience):
+            peer = self.peers.get(center)
+            if (center == self.center or peer is None or not peer.trusted
+                    or not peer.card.seal_key):
+                continue
+            if policy.for_replication(pol, self.center, self.center,
+                                      center) is Decision.FULL:
+                out.append((center, peer.card.seal_key))
+        return out[:self.config.limits.max_sealed_copies]
+
+    def _sign_all(self, payloads: list[bytes], bodies: list[records_pb2.RecordBody],
+                  recipients: list[list[tuple[str, bytes]]]) -> list[Future[list[Signed]]]:
         """One signature per entry (format v2): over the entry's stub, which holds
         the payload's hash, so the same signature is the content-free stub that
         proves a recall downstream and that a POINTER carries. Signed on the
         signer threads (Ed25519 releases the GIL), a large batch in two halves:
-        the futures, in order."""
-        def seal(chunk: list[tuple[bytes, records_pb2.RecordBody]]) -> list[NodeService.Signed]:
+        the futures, in order. Each entry's sealed copies are made there too (HPKE
+        of the envelope's bytes, signed by the same key: node/sealing.py)."""
+        def seal(chunk: list[tuple[bytes, records_pb2.RecordBody, list[tuple[str, bytes]]]]
+                 ) -> list[NodeService.Signed]:
             out = []
-            for p, b in chunk:
+            for p, b, to in chunk:
                 env = seal_payload(self.key, b, p, self.own_key_id)
-                out.append((env, envelope_stub(env)))
+                raw = env.SerializeToString() if to else b""
+                digest = log_tx.entry_hash(p)
+                out.append((env, envelope_stub(env), [
+                    (center, seal_copy(self.key, key, b.origin, b.seq, digest, raw))
+                    for center, key in to]))
             return out  # type: ignore[return-value]
 
-        pairs = list(zip(payloads, bodies, strict=True))
+        pairs = list(zip(payloads, bodies, recipients, strict=True))
         if len(pairs) < 32:  # a few: here, no thread hop
             done: Future[list[NodeService.Signed]] = Future()
             done.set_result(seal(pairs))
