@@ -11,9 +11,15 @@ forwarding hop never holds what it could not hold in clear.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 from node.devnet import Node
+from node.identity import parse_card
+from node.sealing import seal_copy
+from node.wire import federation_pb2
+from tests.integration.rogue import Rogue
 from tests.integration.test_introductions import fast, peers
+from tests.integration.test_metrics import scrape, with_metrics
 from tests.integration.test_network import home_bytes
 
 SECRET = "SEALED-RELAY-41c9e2 stash house on Elm"
@@ -72,3 +78,70 @@ def test_amber_for_named_centers_crosses_hubs_sealed_and_only_they_hold_it(make_
     sealed = [(r["center"], r["decision"]) for r in rows if r["channel"] == "sealed"]
     assert sealed == [("s2", "FULL")]
     assert not any(r["center"] in ("h1", "h2") and r["decision"] == "FULL" for r in rows)
+
+
+def test_hostile_hub_cannot_add_alter_or_flood_copies_and_honest_delivery_follows(
+        make_node, tmp_path: Path) -> None:
+    s1, h = make_node("s1"), make_node("h1")
+    s2 = make_node("s2", start=False)
+    url = with_metrics(s2)
+    s2.start()
+    s1.pin(h)
+    h.pin(s1)
+    h.pin(s2)
+    for a, b in ((s1, s2), (s2, s1)):  # keys only: s1 seals to s2, s2 verifies s1
+        a.pin(b, "--no-connect")
+    rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
+                     "--audience", "s1", "--audience", "s2")
+    rid, seq = rec["record_id"], int(rec["seq"])
+    h.wait_for(lambda: copies(h, "s1", seq) == 1, what="copy at the honest hub")
+    with contextlib.closing(h.db()) as conn:
+        digest, sealed, signature, kid = conn.execute(
+            "SELECT hash, sealed, signature, key_id FROM sealed_copies").fetchone()
+
+    def flip(b: bytes, i: int = -1) -> bytes:
+        return b[:i] + bytes([b[i] ^ 1]) + (b[i + 1:] if i != -1 else b"")
+
+    rogue = Rogue(tmp_path, "rogue")
+    bad_signature = federation_pb2.SealedCopy(sealed=sealed, signature=flip(signature),
+                                              key_id=kid)
+    altered = federation_pb2.SealedCopy(sealed=flip(sealed, 40), signature=signature,
+                                        key_id=kid)
+    # Signed, but by the rogue's own key: not the origin's.
+    forged = seal_copy(rogue.signing, parse_card(s2.card()).seal_key, "s1", seq, digest,
+                       b"junk that is no envelope")
+    own_key = federation_pb2.SealedCopy(sealed=forged.sealed, signature=forged.signature,
+                                        key_id=forged.key_id)
+    flood = [federation_pb2.SealedCopy(sealed=flip(sealed, i), signature=signature,
+                                       key_id=kid) for i in range(40, 80)]
+    rogue.items = [federation_pb2.LogItem(origin="s1", seq=seq, hash=digest, sealed=c)
+                   for c in ([bad_signature, altered, own_key], flood)]
+    rogue.serve(s2.card())
+    try:
+        s2.ok("peers", "add", rogue.card.line())
+
+        def dropped() -> float:
+            return sum(v for (name, labels), v in scrape(url)[1].items()
+                       if name == "fcnode_sealed_copies_dropped_total")
+
+        s2.wait_for(lambda: dropped() >= 43, what="copies dropped at s2")
+        samples = scrape(url)[1]
+        by_reason = {dict(labels)["reason"]: v for (name, labels), v in samples.items()
+                     if name == "fcnode_sealed_copies_dropped_total"}
+        # 32 of the flood checked (bad signatures), the 8 beyond the bound not looked at.
+        assert by_reason == {"bad_signature": 2 + 32, "unknown_key": 1, "too_many": 8}
+        assert copies(s2, "s1", seq) == 0  # nothing stored
+        assert rid not in s2.held_record_ids()
+        with contextlib.closing(s2.db()) as conn:
+            reasons = {r for (r,) in conn.execute("SELECT reason FROM rejections "
+                                                   "WHERE peer = 'rogue'")}
+        assert any("sealed copy dropped" in r for r in reasons)
+
+        # The honest hub delivers: the copy opens at s2, the placeholder the rogue
+        # left there is upgraded to the origin's entry.
+        s2.pin(h)
+        s2.wait_for(lambda: rid in s2.held_record_ids(), timeout=30, what="honest delivery")
+        assert s2.json("get", rid)["title"] == SECRET
+        assert copies(s2, "s1", seq) == 1
+    finally:
+        rogue.stop()
