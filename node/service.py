@@ -655,9 +655,15 @@ class NodeService:
         """(center, X25519 key) of each center this entry is sealed to: the centers
         its audience names (never 'members': every hub may carry that in clear),
         but this one, whose card (pinned or introduced, trusted) has a seal key and
-        for which this node's own decision is FULL. At most max_sealed_copies."""
+        for which this node's own decision is FULL. At most max_sealed_copies.
+
+        None for a record that may not be relayed (AMBER+STRICT, RED, relay off):
+        copies rest in the databases of every hub on the way, for years, and X25519
+        is not post-quantum; the origin asked that no other node handle it, so its
+        named centers behind hubs read it by query (answers sealed and held in
+        memory only on the way), as before."""
         pol = body_policy(body)
-        if MEMBERS in pol.audience:
+        if MEMBERS in pol.audience or not policy.relayable(pol):
             return []
         out = []
         for center in sorted(pol.audience):
