@@ -332,7 +332,8 @@ def _checked_copies(item: federation_pb2.LogItem, history: KeyHistory | None,
 
 def _opened(item: federation_pb2.LogItem, copies: Sequence[SealedCopy],
             private: X25519PrivateKey) -> federation_pb2.LogItem | None:
-    """The item with the envelope from the copy sealed to this node, if any."""
+    """The item with the envelope (or, for a sealed recall, the signed stub) from
+    the copy sealed to this node, if any."""
     for c in copies:
         raw = open_copy(c, private, item.origin, item.seq, item.hash)
         if raw is None:
@@ -344,7 +345,13 @@ def _opened(item: federation_pb2.LogItem, copies: Sequence[SealedCopy],
             return None
         opened = federation_pb2.LogItem()
         opened.CopyFrom(item)
-        opened.envelope.CopyFrom(env)
+        if not env.payload and env.stub:
+            # A recall sealed to this center (a later version it may not read):
+            # the entry's signed stub, checked like any recall stub.
+            opened.stub.CopyFrom(records_pb2.SignedStub(stub=env.stub, signature=env.signature,
+                                                        key_id=env.key_id))
+        else:
+            opened.envelope.CopyFrom(env)
         return opened
     return None
 

@@ -79,6 +79,25 @@ def test_amber_for_named_centers_crosses_hubs_sealed_and_only_they_hold_it(make_
     assert sealed == [("s2", "FULL")]
     assert not any(r["center"] in ("h1", "h2") and r["decision"] == "FULL" for r in rows)
 
+    # Narrowed: s2 is no longer named. The hubs hold no copy to recall, so the origin
+    # seals v2's signed stub (no content) to s2: s2's v1 goes; newest version wins.
+    upd = s1.json("update", rid, "--audience", "s1", "--title", SECRET + " v2",
+                  "--reason", "shared in error")
+    assert upd["version"] == 2
+
+    def state() -> tuple | None:
+        with contextlib.closing(s2.db()) as conn:
+            return conn.execute("SELECT version, state FROM records WHERE record_id = ?",
+                                (rid,)).fetchone()
+
+    s2.wait_for(lambda: state() == (2, "recalled"), timeout=30, what="recall at s2")
+    assert rid not in s2.held_record_ids()
+    assert [(n["kind"], n["record_id"]) for n in s2.json_lines("notices")] == [("recall", rid)]
+    assert s2.cli("get", rid).returncode != 0
+    rows = s1.json_lines("disseminations", rid)
+    assert ("s2", "sealed", "RECALL", 2) in {(r["center"], r["channel"], r["decision"],
+                                              r["version"]) for r in rows}
+
 
 def test_hostile_hub_cannot_add_alter_or_flood_copies_and_honest_delivery_follows(
         make_node, tmp_path: Path) -> None:
