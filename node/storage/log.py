@@ -502,8 +502,13 @@ def erase_content(conn: sqlite3.Connection, origin: str, record_id: str, rec: in
     verifiable and the signature stays as evidence, so a second signed entry at
     that position is still a fork, never a silent replacement. The record leaves
     the text and entity indexes. With secure_delete on, the freed bytes are
-    zeroed in the file."""
+    zeroed in the file. The sealed copies of those positions go too: they are the
+    same content, encrypted (a node that cannot link a position to the record, a
+    hub holding a bare placeholder, keeps its copies: README, sealed copies)."""
     unindex(conn, rec)
+    conn.execute("DELETE FROM sealed_copies WHERE origin = ? AND seq IN (SELECT seq FROM "
+                 "entries WHERE origin = ? AND record_id = ? AND seq != ?)",
+                 (origin, origin, record_id, keep_seq))
     return conn.execute(
         "UPDATE entries SET payload = NULL WHERE origin = ? AND record_id = ? "
         "AND seq != ? AND payload IS NOT NULL", (origin, record_id, keep_seq)).rowcount

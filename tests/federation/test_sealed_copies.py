@@ -199,3 +199,24 @@ def test_a_copy_not_for_this_center_or_not_its_entry_leaves_a_placeholder(conn) 
     # its own policy decision for itself decides (here: "stranger" is not named).
     result = deliver(conn, [placeholder(items[1], copy_of(items[1]))], "stranger", READER)
     assert conn.execute("SELECT payload FROM entries WHERE seq = 2").fetchone() == (None,)
+
+
+def test_a_sealed_recall_removes_the_older_copy_and_its_sealed_copies(conn) -> None:
+    v1 = chain(1, {1})[0]
+    body = records_pb2.RecordBody()
+    body.ParseFromString(v1.envelope.payload)
+    body.seq, body.prev, body.version = 2, v1.hash, 2
+    del body.policy.audience[:]
+    body.policy.audience.append(ORG)  # narrowed: the reader is no longer named
+    env = seal_record(KEY, body)
+    v2 = federation_pb2.LogItem(origin=ORG, seq=2, hash=entry_hash(env.payload), envelope=env)
+    deliver(conn, [placeholder(v1, copy_of(v1))], "reader", READER)
+    assert conn.execute("SELECT state FROM records").fetchall() == [("active",)]
+    assert sealed_tx.count(conn, ORG, 1) == 1
+    stub_only = records_pb2.Envelope(stub=env.stub, signature=env.signature, key_id=env.key_id)
+    recall = seal_copy(KEY, raw(READER), ORG, 2, v2.hash, stub_only.SerializeToString())
+    deliver(conn, [placeholder(v2, recall)], "reader", READER)
+    assert conn.execute("SELECT version, state FROM records").fetchall() == [(2, "recalled")]
+    assert conn.execute("SELECT count(*) FROM entries WHERE payload IS NOT NULL"
+                        ).fetchone()[0] == 0
+    assert sealed_tx.count(conn, ORG, 1) == 0  # the content's ciphertext went with it
