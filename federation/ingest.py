@@ -200,6 +200,11 @@ MAX_COPIES = 32
 # stub, and the HPKE overhead.
 MAX_COPY_BYTES = MAX_RECORD_BYTES + 4096 + HPKE_OVERHEAD
 COPY_DROPPED = "sealed copy dropped"
+# Copies failing their check that one call (half a batch) verifies, at most: an
+# honest peer passes on only copies it verified, so failures are a hostile peer's,
+# and past this its remaining copies in the call are dropped unverified (junk must
+# not buy it max_copies signature checks for every item of every batch).
+MAX_BAD_COPIES = 64
 
 
 def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
@@ -220,6 +225,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
     out = []
     histories: dict[str, KeyHistory | None] = {}
     plain: dict[str, Mapping[str, Ed25519PublicKey]] = {}
+    bad = [MAX_BAD_COPIES]  # failed copy checks left for this call
 
     def check(item: federation_pb2.LogItem, history: KeyHistory | None,
               keys: Mapping[str, Ed25519PublicKey]) -> Checked:
@@ -288,7 +294,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
         if not keys:
             out.append(Checked(item, None, "unknown origin (no pinned key)"))
             continue
-        copies, dropped = _checked_copies(item, history, keys, max_copies)
+        copies, dropped = _checked_copies(item, history, keys, max_copies, bad)
         checked = None
         if copies and seal_private is not None and not item.HasField("envelope"):
             opened = _opened(item, copies, seal_private)
@@ -306,11 +312,12 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
 
 
 def _checked_copies(item: federation_pb2.LogItem, history: KeyHistory | None,
-                    keys: Mapping[str, Ed25519PublicKey], max_copies: int
+                    keys: Mapping[str, Ed25519PublicKey], max_copies: int, bad: list[int]
                     ) -> tuple[tuple[SealedCopy, ...], tuple[tuple[str, int], ...]]:
     """(the copies the origin signed for this position, (why, how many) of the
     others, dropped). Checked without opening: any hop can tell a copy came from
-    the origin, so none stores or passes on a stranger's bytes."""
+    the origin, so none stores or passes on a stranger's bytes. ``bad``: failed
+    checks left (MAX_BAD_COPIES), shared by the items of one call."""
     if not item.sealed:
         return (), ()
     if item.range_first:
@@ -321,10 +328,14 @@ def _checked_copies(item: federation_pb2.LogItem, history: KeyHistory | None,
             len(item.sealed) - max_copies)
     good: dict[bytes, SealedCopy] = {}
     for c in item.sealed[:max_copies]:
+        if bad[0] <= 0:
+            dropped[f"{COPY_DROPPED}: more than {MAX_BAD_COPIES} bad copies in one batch"] += 1
+            continue
         why = history.signs(c.key_id, item.seq) if history is not None else ""
         why = why or check_copy(c, keys, item.origin, item.seq, item.hash, MAX_COPY_BYTES)
         if why:
             dropped[f"{COPY_DROPPED}: {why}"] += 1
+            bad[0] -= 1
             continue
         good.setdefault(c.sealed, SealedCopy(c.sealed, c.signature, c.key_id))
     return tuple(good.values()), tuple(dropped.items())

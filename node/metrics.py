@@ -109,6 +109,7 @@ COPY_DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("retired", "wrong_key"),
     ("valid only from", "wrong_key"),
     ("larger than", "too_large"),
+    ("bad copies in one batch", "bad_flood"),
     ("more than", "too_many"),
     ("range placeholder", "on_range"),
     ("opened", "bad_content"),

@@ -220,3 +220,17 @@ def test_a_sealed_recall_removes_the_older_copy_and_its_sealed_copies(conn) -> N
     assert conn.execute("SELECT count(*) FROM entries WHERE payload IS NOT NULL"
                         ).fetchone()[0] == 0
     assert sealed_tx.count(conn, ORG, 1) == 0  # the content's ciphertext went with it
+
+
+def test_a_peer_flooding_bad_copies_buys_a_bounded_number_of_checks() -> None:
+    items = chain(3, {1, 2, 3})
+    junk = [copy_of(items[0], key=Ed25519PrivateKey.generate()) for _ in range(32)]
+    checked = check_items([placeholder(i, *junk) for i in items],
+                          lambda o: KEYS, READER, 32)
+    reasons: dict[str, int] = {}
+    for c in checked:
+        assert not c.error and not c.copies  # each item still judged on its own
+        for why, n in c.dropped:
+            reasons[why] = reasons.get(why, 0) + n
+    assert sum(n for why, n in reasons.items() if "no origin key" in why) == 64
+    assert sum(n for why, n in reasons.items() if "bad copies in one batch" in why) == 32
