@@ -225,7 +225,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             if room <= 0 or upto <= after:
                 continue
             entries = log_tx.items_after(conn, origin, after, min(room, upto - after))
-            held = {seq: _within(cs, budget // 2) for seq, cs in (
+            # (A fixed share per position, not what is left of this batch: a position
+            # near the end of a full batch goes in the next one, with all its copies.)
+            held = {seq: _within(cs, self.node.config.limits.max_message_bytes // 4)
+                    for seq, cs in (
                 sealed_tx.for_positions(conn, origin, entries[0].seq, entries[-1].seq)
                 if entries else {}).items()}
             # Copies count against the message budget too (each is entry-sized).
