@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -35,11 +35,15 @@ from node.keyhistory import (
 )
 from node.record import body_policy
 from node.signing import (
+    NOT_PREVERIFIED,
     BadSignature,
+    Triple,
     entry_hash,
+    entry_triple,
     envelope_stub,
     open_entry,
     open_stub,
+    raw_public,
     stub_mismatch,
 )
 from node.storage import federation as fed_tx
@@ -179,11 +183,39 @@ def _recall(conn: sqlite3.Connection, peer: str, origin: str, seq: int,
                        {"version": version, "via": peer, "why": why})
 
 
-def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> list[Checked]:
+def _key_map(found: Mapping[str, Ed25519PublicKey] | KeyHistory | None
+             ) -> Mapping[str, Ed25519PublicKey]:
+    return (found.public_keys() if isinstance(found, KeyHistory)
+            else found if isinstance(found, Mapping) else {})
+
+
+def entry_triples(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> list[Triple]:
+    """The envelope verifications check_items will make, as plain bytes, for
+    another process to do first (signing.verify_triples). Only entries whose key
+    is known now; anything else (a key a rotation in this batch introduces) is
+    verified by check_items itself."""
+    raws: dict[str, dict[str, bytes]] = {}
+    out = []
+    for item in items:
+        if not item.HasField("envelope"):
+            continue
+        if item.origin not in raws:
+            raws[item.origin] = {k: raw_public(v)
+                                 for k, v in _key_map(keys_of(item.origin)).items()}
+        raw = raws[item.origin].get(item.envelope.key_id)
+        if raw is not None:
+            out.append(entry_triple(item.envelope, raw))
+    return out
+
+
+def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
+                good: Collection[Triple] = NOT_PREVERIFIED) -> list[Checked]:
     """Verify signatures and self-consistency; pure CPU work. An envelope must be
     signed by the key its origin used at that position (old keys stay valid for
     what they signed before a rotation, never after); a rotation verified here
-    applies to the rest of the batch."""
+    applies to the rest of the batch. ``good``: envelope signatures verified by
+    another process (entry_triples, signing.verify_triples): every check but the
+    Ed25519 arithmetic of those runs here all the same."""
     out = []
     histories: dict[str, KeyHistory | None] = {}
     plain: dict[str, Mapping[str, Ed25519PublicKey]] = {}
@@ -191,8 +223,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
         if item.origin not in histories:
             found = keys_of(item.origin)
             histories[item.origin] = found if isinstance(found, KeyHistory) else None
-            plain[item.origin] = (found.public_keys() if isinstance(found, KeyHistory)
-                                  else found if isinstance(found, Mapping) else {})
+            plain[item.origin] = _key_map(found)
         history = histories[item.origin]
         keys = plain[item.origin]
         if not keys:
@@ -204,7 +235,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
         stub = None  # the entry's own v2 stub, verified with the envelope
         if item.HasField("envelope"):
             try:
-                body, stub = open_entry(item.envelope, keys)
+                body, stub = open_entry(item.envelope, keys, good)
             except BadSignature as exc:
                 out.append(Checked(item, None, f"bad signature: {exc}"))
                 continue

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import grpc
 
 from federation.backoff import Backoff
-from federation.ingest import Checked, IngestResult, check_items, store_batch
+from federation.ingest import Checked, IngestResult, check_items, entry_triples, store_batch
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
+from federation.verifypool import VerifyProcesses
 from node import logs, metrics
 from node.keyhistory import AnnouncedCert, KeyHistory, Rotation
 from node.peers import Peer
@@ -42,8 +43,10 @@ PIPELINE_DEPTH = 8  # verified batches waiting for storage (256 items each)
 # ~100-135 ms for ~15-30% of the ingest rate. Under that, status (a pure read
 # that never waits for the writer) is itself at ~50-70 ms p99: CPU and GIL.
 STORE_GROUP = 2
-# A batch's verified items, and the peer's head of this node's own log.
-Verified = tuple[list[Checked], int | None]
+# A batch's verification (started when it arrived, so that the next batches are
+# read and verified while this one is stored), and the peer's head of this
+# node's own log.
+Verified = tuple["asyncio.Future[list[Checked]] | None", int | None]
 
 
 @dataclass
@@ -80,11 +83,12 @@ class PeerLink:
                  on_rewind: Callable[[], None] = lambda: None,
                  on_corrected: Callable[[dict[str, int]], None] = lambda c: None,
                  on_keys: Callable[[list[Rotation], list[AnnouncedCert]], None]
-                 = lambda r, c: None) -> None:
+                 = lambda r, c: None, procs: VerifyProcesses | None = None) -> None:
         self.node = node
         self.tls = tls
         self.peer = peer
         self.pool = pool
+        self.procs = procs
         self.on_change = on_change
         self.on_rewind = on_rewind
         self.on_corrected = on_corrected
@@ -176,33 +180,38 @@ class PeerLink:
         verified: asyncio.Queue[Verified | BaseException | None] = asyncio.Queue(
             maxsize=PIPELINE_DEPTH)
         reader = asyncio.create_task(self._read(stream, verified))
+        ahead: list[Verified | BaseException | None] = []  # taken, not stored yet
         try:
             while True:
-                first = await verified.get()
+                first = ahead.pop() if ahead else await verified.get()
                 if first is None:
                     break
                 if isinstance(first, BaseException):
                     raise first
-                group, own_head, finished = list(first[0]), first[1], False
+                group, own_head = list(await _checked(first)), first[1]
                 batches = 1
                 while batches < STORE_GROUP and not verified.empty():
-                    batches += 1
                     nxt = verified.get_nowait()
-                    if nxt is None:
-                        finished = True
+                    if (nxt is None or isinstance(nxt, BaseException)
+                            or (nxt[0] is not None and not nxt[0].done())
+                            or (nxt[0] is not None and nxt[0].exception() is not None)):
+                        # The end, a failure, or not verified yet: store what we
+                        # have first (a verified batch never waits for the next).
+                        ahead.append(nxt)
                         break
-                    if isinstance(nxt, BaseException):
-                        await self._store(group, own_head)
-                        raise nxt
-                    group.extend(nxt[0])
+                    batches += 1
+                    group.extend(await _checked(nxt))
                     own_head = nxt[1] if nxt[1] is not None else own_head
                 await self._store(group, own_head)
-                if finished:
-                    break
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            for pending in [*ahead, *_drain(verified)]:
+                if isinstance(pending, tuple) and pending[0] is not None:
+                    pending[0].cancel()
+                    if pending[0].done() and not pending[0].cancelled():
+                        pending[0].exception()  # retrieved: the session ends anyway
         self.state.state = "backing off"
         self.state.error = "stream ended"
 
@@ -218,8 +227,9 @@ class PeerLink:
                 self.backoff.reset()  # contact resets backoff (Synapse #17769)
                 if batch.items or own is not None:
                     # (A heartbeat's own head is handled in order with the items.)
-                    checked = await self._verify(list(batch.items)) if batch.items else []
-                    await out.put((checked, own))
+                    checking = (asyncio.ensure_future(self._verify(list(batch.items)))
+                                if batch.items else None)
+                    await out.put((checking, own))
             await out.put(None)
         except asyncio.CancelledError:
             raise
@@ -228,6 +238,15 @@ class PeerLink:
 
     async def _verify(self, items: list[federation_pb2.LogItem]) -> list[Checked]:
         loop = asyncio.get_running_loop()
+        if self.procs is not None and self.procs.available(len(items)):
+            # A large batch (catch-up): the Ed25519 arithmetic in the verification
+            # processes, then every check in one thread here (see verifypool.py).
+            triples = entry_triples(items, self.node.history_of)
+            flags = await self.procs.verify(triples)
+            if flags is not None:
+                good = frozenset(t for t, ok in zip(triples, flags, strict=True) if ok)
+                return await loop.run_in_executor(self.pool, check_items, items,
+                                                  self.node.history_of, good)
         half = (len(items) + 1) // 2
         # Ed25519 verification releases the GIL: two threads, two halves.
         parts = await asyncio.gather(*(
@@ -337,3 +356,15 @@ class PeerLink:
             log.info("own log recovered: publishing again",
                      extra={"own_head": ours, "confirmed_by": confirmed})
             recovery.end()
+
+
+async def _checked(pending: Verified) -> list[Checked]:
+    return await pending[0] if pending[0] is not None else []
+
+
+def _drain(queue: asyncio.Queue[Verified | BaseException | None]
+           ) -> list[Verified | BaseException | None]:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
