@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import sys
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from node import logs
@@ -42,13 +44,21 @@ class VerifyProcesses:
         self._pool: ProcessPoolExecutor | None = None
         self._ready = False
         self._broken = False
+        self._starting = False
 
     def _start(self) -> None:
+        """Runs in a thread: starting the fork server waits for it to answer."""
         # forkserver, not fork: the daemon has gRPC and SQLite threads, which a
-        # forked child would inherit in whatever state they were.
-        pool = ProcessPoolExecutor(self.workers,
-                                   mp_context=multiprocessing.get_context("forkserver"))
-        self._pool = pool
+        # forked child would inherit in whatever state they were. Every child
+        # imports the daemon's main module (multiprocessing's spawn preparation):
+        # the fork server imports it once, so the children have it already.
+        # (`python -m node.cli.main serve` names it; the `fcnode` script imports it.)
+        context = multiprocessing.get_context("forkserver")
+        main = getattr(sys.modules.get("__main__"), "__spec__", None)
+        preload = ["node.signing", *([main.name] if main else []),
+                   *(m for m in ("node.cli.main",) if m in sys.modules)]
+        context.set_forkserver_preload(list(dict.fromkeys(preload)))
+        pool = ProcessPoolExecutor(self.workers, mp_context=context)
 
         def started(f: Future[list[bool]]) -> None:
             if f.exception() is None:
@@ -61,15 +71,28 @@ class VerifyProcesses:
         # One call per worker, so that every worker has imported what it needs.
         for _ in range(self.workers):
             pool.submit(verify_triples, []).add_done_callback(started)
+        self._pool = pool
+        if self._broken:  # shut down while starting
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def available(self, size: int) -> bool:
         """Whether a batch of ``size`` envelopes goes to the processes (starting
         them on the first large batch)."""
         if size < MIN_BATCH or self._broken:
             return False
-        if self._pool is None:
-            self._start()
+        if not self._starting:
+            self._starting = True
+            threading.Thread(target=self._start_or_fail, name="verify-start",
+                             daemon=True).start()
         return self._ready
+
+    def _start_or_fail(self) -> None:
+        try:
+            self._start()
+        except Exception as exc:  # no processes on this host: threads, as before
+            self._broken = True
+            log.warning("verification processes did not start; verifying in threads",
+                        extra={"error": repr(exc)})
 
     async def verify(self, triples: list[Triple]) -> list[bool] | None:
         """Each triple's validity, the work split over the workers; None if the
@@ -92,6 +115,7 @@ class VerifyProcesses:
         return [ok for part in parts for ok in part]
 
     def shutdown(self) -> None:
+        self._broken = True  # nothing starts after this
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
