@@ -102,6 +102,20 @@ class IngestResult:
     def correct(self, origin: str, seq: int) -> None:
         self.corrected[origin] = min(seq, self.corrected.get(origin, seq))
 
+    def add(self, other: IngestResult) -> None:
+        """Fold in the result of the next part of the same items (stored in order)."""
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.rejected.update(other.rejected)
+        self.forks.extend(other.forks)
+        self.changed = self.changed or other.changed
+        self.purged = self.purged or other.purged
+        self.rewound |= other.rewound
+        for origin, seq in other.corrected.items():
+            self.correct(origin, seq)
+        self.rotations.extend(other.rotations)
+        self.certs.extend(other.certs)
+
 
 def _contradicted(conn: sqlite3.Connection, origin: str, seq: int, now_ms: int,
                   result: IngestResult, replaced_by: str | None = None) -> None:

@@ -34,15 +34,13 @@ from node.wire import federation_pb2
 
 log = logs.get("fcnode.federation.link")
 PIPELINE_DEPTH = 8  # verified batches waiting for storage (256 items each)
-# Verified batches stored in one write transaction, at most. Grouping saves
-# fsyncs, but a long transaction holds the writer, and a search's audit entry
-# (or any other write) waits for it: a bound on the writer wait for readers.
-# Measured (bench_replication.py, 20,000-record catch-up, 2 loaded cores): 8 gave
-# search p99 ~600 ms; 1 and 2 gave 100-340 ms, within noise of each other, and
-# 1 cost ~15-25% of the ingest rate. Transactions of 128 records: search p99
-# ~100-135 ms for ~15-30% of the ingest rate. Under that, status (a pure read
-# that never waits for the writer) is itself at ~50-70 ms p99: CPU and GIL.
-STORE_GROUP = 2
+# Verified batches stored in one write transaction, at most: grouping saves
+# fsyncs. A user's write (a search's audit entry) does not wait for the whole
+# transaction: it commits after the part of YIELD_EVERY items in progress and
+# lets the user's write in (Database.run_steps). Before that yield, a group of
+# 8 gave search p99 ~600 ms during a 20,000-record catch-up, 2 gave 100-340 ms.
+STORE_GROUP = 4
+YIELD_EVERY = 64
 # A batch's verification (started when it arrived, so that the next batches are
 # read and verified while this one is stored), and the peer's head of this
 # node's own log.
@@ -278,29 +276,44 @@ class PeerLink:
         recovery = self.node.recovery
         self.state.own_head = reported
 
-        def tx(c: sqlite3.Connection) -> tuple[IngestResult, int, bool]:
-            now = now_ms()
+        def begin(c: sqlite3.Connection, now: int) -> bool:
             ours = log_tx.head(c, own)[0]
-            began = False
             # A reported head is a hint; what starts recovery is proof: an entry
             # beyond our head that this node's own key signed (envelope or stub).
             # (A peer cannot make a node stop publishing by claiming a higher head.)
             proof = any(ch.item.origin == own and ch.item.seq > ours and not ch.error
                         and (ch.body is not None or ch.stub is not None) for ch in checked)
-            if proof and not recovery.active:
-                # A peer holds entries of this log beyond ours: a restore, or a
-                # hand copy of node.db. Take them back before signing anything.
-                reason = (f"peer {center} holds this center's own log up to seq "
-                          f"{reported}, this node up to {ours}")
-                began = recovery_tx.begin(c, reason, now)
-                recovery.begin(reason)
-                audit_tx.append(c, self.node.sign_audit, now, "fcnode", "recovery.begin",
-                                {"peer": center, "peer_head": reported, "own_head": ours})
-            result = store_batch(c, center, checked, now, own, recover_own=recovery.active)
-            return result, log_tx.head(c, own)[0], began
+            if not proof or recovery.active:
+                return False
+            # A peer holds entries of this log beyond ours: a restore, or a
+            # hand copy of node.db. Take them back before signing anything.
+            reason = (f"peer {center} holds this center's own log up to seq "
+                      f"{reported}, this node up to {ours}")
+            began = recovery_tx.begin(c, reason, now)
+            recovery.begin(reason)
+            audit_tx.append(c, self.node.sign_audit, now, "fcnode", "recovery.begin",
+                            {"peer": center, "peer_head": reported, "own_head": ours})
+            return began
+
+        def step(part: list[Checked], first: bool
+                 ) -> Callable[[sqlite3.Connection], tuple[IngestResult, int, bool]]:
+            def tx(c: sqlite3.Connection) -> tuple[IngestResult, int, bool]:
+                now = now_ms()
+                began = begin(c, now) if first else False
+                result = store_batch(c, center, part, now, own, recover_own=recovery.active)
+                return result, log_tx.head(c, own)[0], began
+            return tx
 
         if checked:
-            result, ours, began = await self.node.db.run(tx)
+            # In parts of YIELD_EVERY items, one transaction for all of them unless
+            # a user's write (a search's audit entry) is waiting: then it goes in
+            # between two parts (Database.run_steps).
+            parts = [checked[i:i + YIELD_EVERY] for i in range(0, len(checked), YIELD_EVERY)]
+            done = await self.node.db.run_steps(
+                [step(part, i == 0) for i, part in enumerate(parts)])
+            result, ours, began = IngestResult(), done[-1][1], done[0][2]
+            for part_result, _, _ in done:
+                result.add(part_result)
         else:  # a heartbeat: nothing to store, so no write transaction for the writer
             ours = await self.node.db.read(lambda c: log_tx.head(c, own)[0])
             result, began = IngestResult(), False
