@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from node import logs
@@ -36,6 +37,27 @@ MIN_BATCH = 64
 
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def _outlive_no_node(node_pid: int) -> None:
+    """A worker's initializer: exit when the node is gone. A worker waits on its
+    call queue, whose write end it holds itself, so a node killed with SIGKILL
+    (a crash, the OOM killer) would otherwise leave its workers, and through them
+    the fork server, running for ever."""
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_S)
+            try:
+                os.kill(node_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid was reused by another user's process
+                os._exit(0)
+
+    threading.Thread(target=watch, name="node-watch", daemon=True).start()
+
+
+WATCH_S = 1.0
 
 
 class VerifyProcesses:
@@ -58,7 +80,8 @@ class VerifyProcesses:
         preload = ["node.signing", *([main.name] if main else []),
                    *(m for m in ("node.cli.main",) if m in sys.modules)]
         context.set_forkserver_preload(list(dict.fromkeys(preload)))
-        pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        pool = ProcessPoolExecutor(self.workers, mp_context=context,
+                                   initializer=_outlive_no_node, initargs=(os.getpid(),))
 
         def started(f: Future[list[bool]]) -> None:
             if f.exception() is None:
