@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -41,8 +42,7 @@ import _harness as h
 from node.localtypes import to_dict
 from node.wire import local_pb2
 
-TARGET_INGEST_RATE = 6_000  # records/s
-TARGET_VERIFY_RATIO = 0.75
+TARGET_VERIFY_RATIO = 1.0  # ingest >= one core's Ed25519 verify rate (issue 10)
 TARGET_FANOUT_P99_S = 1.0
 TARGET_READ_P99_MS = 50.0
 
@@ -133,8 +133,7 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
         ratio = rate / rates.verify_per_s
         h.figure("time until B holds all (from B's pin)", f"{elapsed:.2f} s")
         h.figure("  of which until the first record showed", f"{first_seen - start:.2f} s")
-        h.figure("ingest rate (verify + durable commit)", f"{rate:,.0f} rec/s",
-                 f">= {TARGET_INGEST_RATE:,} rec/s", h.verdict(rate >= TARGET_INGEST_RATE))
+        h.figure("ingest rate (verify + durable commit)", f"{rate:,.0f} rec/s")
         h.figure("ratio to 1-core Ed25519 verify rate", f"{ratio:.2f}",
                  f">= {TARGET_VERIFY_RATIO}", h.verdict(ratio >= TARGET_VERIFY_RATIO))
         h.figure("ratio to 2-thread verify rate", f"{rate / rates.verify_2threads_per_s:.2f}")
@@ -148,6 +147,9 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
                  f"{sum(polls) / len(polls) * 1e3:.1f} / {max(polls) * 1e3:.1f} ms",
                  note=f"({sum(polls) / elapsed:.0%} of the wall time in Status)")
         reads = prober.report()
+        load = os.getloadavg()
+        h.figure("load average after the catch-up", " ".join(f"{x:.2f}" for x in load),
+                 note="(other work on the 2 cores lowers every figure)")
         if status.get("rejected"):
             h.info(f"B rejected entries: {status['rejected']}")
         cluster.stop()
@@ -167,7 +169,7 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
                          "stored_seconds": stored_s,
                          "stored_rec_per_s": args.records / stored_s,
                          "publish_rec_per_s": args.records / pub_s,
-                         "reads_during_catch_up": reads}
+                         "reads_during_catch_up": reads, "load_average": load}
 
 
 class ReadProber:
