@@ -246,7 +246,9 @@ class PeerLink:
                 return await loop.run_in_executor(self.pool, check_items, items,
                                                   self.node.history_of, good)
         half = (len(items) + 1) // 2
-        # Ed25519 verification releases the GIL: two threads, two halves.
+        # A few live entries (or no worker processes): two halves on the verify
+        # threads. cryptography holds the GIL while it verifies, so this overlaps
+        # only with what does release it (SQLite, gRPC); see verifypool.py.
         parts = await asyncio.gather(*(
             loop.run_in_executor(self.pool, check_items, chunk, self.node.history_of)
             for chunk in (items[:half], items[half:]) if chunk))
