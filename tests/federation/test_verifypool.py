@@ -89,3 +89,53 @@ def test_small_batches_stay_in_the_node() -> None:
         assert pool._pool is None and not pool._starting  # nothing started for them
     finally:
         pool.shutdown()
+
+
+def test_a_link_verifies_a_catch_up_batch_in_the_workers_and_rejects_a_forgery() -> None:
+    """federation.links.PeerLink._verify with the workers ready: one forged envelope
+    in a batch of 100 is rejected, the 99 others pass, and the workers did the work."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from federation.links import PeerLink
+    from node.signing import entry_hash, key_id, seal_record
+    from node.wire import federation_pb2, records_pb2
+
+    key = Ed25519PrivateKey.generate()
+    keys = {key_id(key.public_key()): key.public_key()}
+    items = []
+    for seq in range(1, 101):
+        body = records_pb2.RecordBody(origin="org", seq=seq, record_id=f"r{seq}", version=1,
+                                      kind=records_pb2.TIP, title=f"tip {seq}")
+        env = seal_record(key, body)
+        items.append(federation_pb2.LogItem(origin="org", seq=seq,
+                                            hash=entry_hash(env.payload), envelope=env))
+    items[41].envelope.signature = items[40].envelope.signature  # another entry's
+
+    async def main() -> tuple[list[str], int]:
+        procs = VerifyProcesses(2)
+        calls = []
+        verify = procs.verify
+
+        async def counted(triples):  # type: ignore[no-untyped-def]
+            calls.append(len(triples))
+            return await verify(triples)
+
+        procs.verify = counted  # type: ignore[method-assign]
+        threads = ThreadPoolExecutor(2)
+        try:
+            while not procs.available(len(items)):
+                await asyncio.sleep(0.05)
+            node = SimpleNamespace(history_of=lambda origin: keys if origin == "org" else {})
+            link = PeerLink(node, None, SimpleNamespace(center="peer"), threads,  # type: ignore[arg-type]
+                            lambda: None, procs=procs)
+            checked = await link._verify(items)
+            return [c.error for c in checked], sum(calls)
+        finally:
+            procs.shutdown()
+            threads.shutdown()
+
+    errors, sent = asyncio.run(asyncio.wait_for(main(), GUARD_S))
+    assert sent == 100  # every envelope went to the workers
+    assert [i for i, e in enumerate(errors) if e] == [41]
+    assert errors[41].startswith("bad signature")
