@@ -19,6 +19,7 @@ keeps it); the daemon is stopped on exit, also on an error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -26,7 +27,7 @@ from typing import Any
 
 import _harness as h
 
-TARGET_BATCH_RATE = 10_000  # records/s
+TARGET_BATCH_SIGN_RATIO = 0.6  # batch publish >= 0.6 x the 1-thread sign rate (issue 10)
 TARGET_SEARCH_P50_MS = 20.0
 TARGET_IDLE_RSS_MB = 100.0
 
@@ -102,11 +103,14 @@ def bench_publish(node: h.Node, corpus: h.Corpus, args: argparse.Namespace,
     n_batch = args.batch_calls * args.batch_size
     i += n_batch
     batch_rate = n_batch / batch_s
-    h.figure(f"batches ({args.batch_calls} x {args.batch_size})", f"{batch_rate:,.0f} rec/s",
-             f">= {TARGET_BATCH_RATE:,} rec/s", h.verdict(batch_rate >= TARGET_BATCH_RATE))
-    h.figure("  ratio to the 1-thread sign rate", f"{batch_rate / rates.sign_per_s:.3f}")
+    h.figure(f"batches ({args.batch_calls} x {args.batch_size})", f"{batch_rate:,.0f} rec/s")
+    ratio = batch_rate / rates.sign_per_s
+    h.figure("  ratio to the 1-thread sign rate", f"{ratio:.3f}",
+             f">= {TARGET_BATCH_SIGN_RATIO}", h.verdict(ratio >= TARGET_BATCH_SIGN_RATIO))
     h.figure("  per call p50 / max",
              f"{h.percentile(call_lat, 50) * 1e3:.0f} / {max(call_lat) * 1e3:.0f} ms")
+    h.figure("  load average after the batches",
+             " ".join(f"{x:.2f}" for x in os.getloadavg()))
     out["publish"] = {"single_calls": args.single, "single_rec_per_s": single_rate,
                       "single_call_p50_ms": h.percentile(lat, 50) * 1e3,
                       "single_call_p99_ms": h.percentile(lat, 99) * 1e3,

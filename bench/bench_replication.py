@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -41,8 +42,7 @@ import _harness as h
 from node.core.localtypes import to_dict
 from node.wire import local_pb2
 
-TARGET_INGEST_RATE = 6_000  # records/s
-TARGET_VERIFY_RATIO = 0.75
+TARGET_VERIFY_RATIO = 1.0  # ingest >= one core's Ed25519 verify rate (issue 10)
 TARGET_FANOUT_P99_S = 1.0
 TARGET_READ_P99_MS = 50.0
 
@@ -55,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="records per Publish call at A (default 2000)")
     p.add_argument("--ingest-poll", type=float, default=0.05,
                    help="interval between B's Status polls, seconds (default 0.05)")
+    p.add_argument("--no-reads", action="store_true",
+                   help="no status/search prober during the catch-up: at 200,000 records "
+                        "and more, status (counts over every record) costs B ~20-40 ms of "
+                        "CPU a call, which the prober and the polls would add to the ingest")
     p.add_argument("--ingest-timeout", type=float, default=600.0,
                    help="give up waiting for B after this many seconds (default 600)")
     p.add_argument("--spokes", type=int, default=20, help="spokes around the hub (default 20)")
@@ -96,9 +100,10 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
         cpu_a0, cpu_b0 = a.cpu_seconds(), b.cpu_seconds()
         start = time.perf_counter()
         start_ms = time.time_ns() // 1_000_000
-        prober = ReadProber(b, corpus)
+        prober = None if args.no_reads else ReadProber(b, corpus)
         b.pin(a)
-        prober.start()
+        if prober is not None:
+            prober.start()
         first_seen = None
         last_poll = 0
         done = None
@@ -116,7 +121,8 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
                 break
             cluster.check_alive()
             time.sleep(args.ingest_poll)
-        prober.stop()
+        if prober is not None:
+            prober.stop()
         cpu_a, cpu_b = a.cpu_seconds() - cpu_a0, b.cpu_seconds() - cpu_b0
         status = b.status()
         if done is None:
@@ -133,8 +139,7 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
         ratio = rate / rates.verify_per_s
         h.figure("time until B holds all (from B's pin)", f"{elapsed:.2f} s")
         h.figure("  of which until the first record showed", f"{first_seen - start:.2f} s")
-        h.figure("ingest rate (verify + durable commit)", f"{rate:,.0f} rec/s",
-                 f">= {TARGET_INGEST_RATE:,} rec/s", h.verdict(rate >= TARGET_INGEST_RATE))
+        h.figure("ingest rate (verify + durable commit)", f"{rate:,.0f} rec/s")
         h.figure("ratio to 1-core Ed25519 verify rate", f"{ratio:.2f}",
                  f">= {TARGET_VERIFY_RATIO}", h.verdict(ratio >= TARGET_VERIFY_RATIO))
         h.figure("ratio to 2-thread verify rate", f"{rate / rates.verify_2threads_per_s:.2f}")
@@ -147,7 +152,10 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
         h.figure(f"B's Status polls ({len(polls)}), mean / max",
                  f"{sum(polls) / len(polls) * 1e3:.1f} / {max(polls) * 1e3:.1f} ms",
                  note=f"({sum(polls) / elapsed:.0%} of the wall time in Status)")
-        reads = prober.report()
+        reads = prober.report() if prober is not None else {}
+        load = os.getloadavg()
+        h.figure("load average after the catch-up", " ".join(f"{x:.2f}" for x in load),
+                 note="(other work on the 2 cores lowers every figure)")
         if status.get("rejected"):
             h.info(f"B rejected entries: {status['rejected']}")
         cluster.stop()
@@ -167,7 +175,7 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
                          "stored_seconds": stored_s,
                          "stored_rec_per_s": args.records / stored_s,
                          "publish_rec_per_s": args.records / pub_s,
-                         "reads_during_catch_up": reads}
+                         "reads_during_catch_up": reads, "load_average": load}
 
 
 class ReadProber:

@@ -18,9 +18,10 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from federation.backoff import Backoff
-from federation.ingest import Checked, IngestResult, check_items, store_batch
+from federation.ingest import Checked, IngestResult, check_items, entry_triples, store_batch
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
+from federation.verifypool import VerifyProcesses
 from node.config.peers import Peer
 from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation
 from node.core.timeutil import iso, now_ms
@@ -34,17 +35,17 @@ from node.wire import federation_pb2
 
 log = logs.get("fcnode.federation.link")
 PIPELINE_DEPTH = 8  # verified batches waiting for storage (256 items each)
-# Verified batches stored in one write transaction, at most. Grouping saves
-# fsyncs, but a long transaction holds the writer, and a search's audit entry
-# (or any other write) waits for it: a bound on the writer wait for readers.
-# Measured (bench_replication.py, 20,000-record catch-up, 2 loaded cores): 8 gave
-# search p99 ~600 ms; 1 and 2 gave 100-340 ms, within noise of each other, and
-# 1 cost ~15-25% of the ingest rate. Transactions of 128 records: search p99
-# ~100-135 ms for ~15-30% of the ingest rate. Under that, status (a pure read
-# that never waits for the writer) is itself at ~50-70 ms p99: CPU and GIL.
-STORE_GROUP = 2
-# A batch's verified items, and the peer's head of this node's own log.
-Verified = tuple[list[Checked], int | None]
+# Verified batches stored in one write transaction, at most: grouping saves
+# fsyncs. A user's write (a search's audit entry) does not wait for the whole
+# transaction: it commits after the part of YIELD_EVERY items in progress and
+# lets the user's write in (Database.run_steps). Before that yield, a group of
+# 8 gave search p99 ~600 ms during a 20,000-record catch-up, 2 gave 100-340 ms.
+STORE_GROUP = 4
+YIELD_EVERY = 64
+# A batch's verification (started when it arrived, so that the next batches are
+# read and verified while this one is stored), and the peer's head of this
+# node's own log.
+Verified = tuple["asyncio.Future[list[Checked]] | None", int | None]
 
 
 @dataclass
@@ -82,11 +83,13 @@ class PeerLink:
                  on_corrected: Callable[[dict[str, int]], None] = lambda c: None,
                  on_keys: Callable[[list[Rotation], list[AnnouncedCert]], None]
                  = lambda r, c: None,
-                 seal_private: X25519PrivateKey | None = None) -> None:
+                 seal_private: X25519PrivateKey | None = None,
+                 procs: VerifyProcesses | None = None) -> None:
         self.node = node
         self.tls = tls
         self.peer = peer
         self.pool = pool
+        self.procs = procs
         self.on_change = on_change
         self.on_rewind = on_rewind
         self.on_corrected = on_corrected
@@ -179,33 +182,38 @@ class PeerLink:
         verified: asyncio.Queue[Verified | BaseException | None] = asyncio.Queue(
             maxsize=PIPELINE_DEPTH)
         reader = asyncio.create_task(self._read(stream, verified))
+        ahead: list[Verified | BaseException | None] = []  # taken, not stored yet
         try:
             while True:
-                first = await verified.get()
+                first = ahead.pop() if ahead else await verified.get()
                 if first is None:
                     break
                 if isinstance(first, BaseException):
                     raise first
-                group, own_head, finished = list(first[0]), first[1], False
+                group, own_head = list(await _checked(first)), first[1]
                 batches = 1
                 while batches < STORE_GROUP and not verified.empty():
-                    batches += 1
                     nxt = verified.get_nowait()
-                    if nxt is None:
-                        finished = True
+                    if (nxt is None or isinstance(nxt, BaseException)
+                            or (nxt[0] is not None and not nxt[0].done())
+                            or (nxt[0] is not None and nxt[0].exception() is not None)):
+                        # The end, a failure, or not verified yet: store what we
+                        # have first (a verified batch never waits for the next).
+                        ahead.append(nxt)
                         break
-                    if isinstance(nxt, BaseException):
-                        await self._store(group, own_head)
-                        raise nxt
-                    group.extend(nxt[0])
+                    batches += 1
+                    group.extend(await _checked(nxt))
                     own_head = nxt[1] if nxt[1] is not None else own_head
                 await self._store(group, own_head)
-                if finished:
-                    break
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            for pending in [*ahead, *_drain(verified)]:
+                if isinstance(pending, tuple) and pending[0] is not None:
+                    pending[0].cancel()
+                    if pending[0].done() and not pending[0].cancelled():
+                        pending[0].exception()  # retrieved: the session ends anyway
         self.state.state = "backing off"
         self.state.error = "stream ended"
 
@@ -221,8 +229,9 @@ class PeerLink:
                 self.backoff.reset()  # contact resets backoff (Synapse #17769)
                 if batch.items or own is not None:
                     # (A heartbeat's own head is handled in order with the items.)
-                    checked = await self._verify(list(batch.items)) if batch.items else []
-                    await out.put((checked, own))
+                    checking = (asyncio.ensure_future(self._verify(list(batch.items)))
+                                if batch.items else None)
+                    await out.put((checking, own))
             await out.put(None)
         except asyncio.CancelledError:
             raise
@@ -231,9 +240,21 @@ class PeerLink:
 
     async def _verify(self, items: list[federation_pb2.LogItem]) -> list[Checked]:
         loop = asyncio.get_running_loop()
-        half = (len(items) + 1) // 2
         copies = self.node.config.limits.max_sealed_copies
-        # Ed25519 verification releases the GIL: two threads, two halves.
+        if self.procs is not None and self.procs.available(len(items)):
+            # A large batch (catch-up): the Ed25519 arithmetic in the verification
+            # processes, then every check in one thread here (see verifypool.py).
+            triples = entry_triples(items, self.node.history_of)
+            flags = await self.procs.verify(triples)
+            if flags is not None:
+                good = frozenset(t for t, ok in zip(triples, flags, strict=True) if ok)
+                return await loop.run_in_executor(self.pool, check_items, items,
+                                                  self.node.history_of, self.seal_private,
+                                                  copies, good)
+        half = (len(items) + 1) // 2
+        # A few live entries (or no worker processes): two halves on the verify
+        # threads. cryptography holds the GIL while it verifies, so this overlaps
+        # only with what does release it (SQLite, gRPC); see verifypool.py.
         parts = await asyncio.gather(*(
             loop.run_in_executor(self.pool, check_items, chunk, self.node.history_of,
                                  self.seal_private, copies)
@@ -265,30 +286,45 @@ class PeerLink:
         recovery = self.node.recovery
         self.state.own_head = reported
 
-        def tx(c: sqlite3.Connection) -> tuple[IngestResult, int, bool]:
-            now = now_ms()
+        def begin(c: sqlite3.Connection, now: int) -> bool:
             ours = log_tx.head(c, own)[0]
-            began = False
             # A reported head is a hint; what starts recovery is proof: an entry
             # beyond our head that this node's own key signed (envelope or stub).
             # (A peer cannot make a node stop publishing by claiming a higher head.)
             proof = any(ch.item.origin == own and ch.item.seq > ours and not ch.error
                         and (ch.body is not None or ch.stub is not None) for ch in checked)
-            if proof and not recovery.active:
-                # A peer holds entries of this log beyond ours: a restore, or a
-                # hand copy of node.db. Take them back before signing anything.
-                reason = (f"peer {center} holds this center's own log up to seq "
-                          f"{reported}, this node up to {ours}")
-                began = recovery_tx.begin(c, reason, now)
-                recovery.begin(reason)
-                audit_tx.append(c, self.node.sign_audit, now, "fcnode", "recovery.begin",
-                                {"peer": center, "peer_head": reported, "own_head": ours})
-            result = store_batch(c, center, checked, now, own, recover_own=recovery.active,
-                                 max_copies=self.node.config.limits.max_sealed_copies)
-            return result, log_tx.head(c, own)[0], began
+            if not proof or recovery.active:
+                return False
+            # A peer holds entries of this log beyond ours: a restore, or a
+            # hand copy of node.db. Take them back before signing anything.
+            reason = (f"peer {center} holds this center's own log up to seq "
+                      f"{reported}, this node up to {ours}")
+            began = recovery_tx.begin(c, reason, now)
+            recovery.begin(reason)
+            audit_tx.append(c, self.node.sign_audit, now, "fcnode", "recovery.begin",
+                            {"peer": center, "peer_head": reported, "own_head": ours})
+            return began
+
+        def step(part: list[Checked], first: bool
+                 ) -> Callable[[sqlite3.Connection], tuple[IngestResult, int, bool]]:
+            def tx(c: sqlite3.Connection) -> tuple[IngestResult, int, bool]:
+                now = now_ms()
+                began = begin(c, now) if first else False
+                result = store_batch(c, center, part, now, own, recover_own=recovery.active,
+                                     max_copies=self.node.config.limits.max_sealed_copies)
+                return result, log_tx.head(c, own)[0], began
+            return tx
 
         if checked:
-            result, ours, began = await self.node.db.run(tx)
+            # In parts of YIELD_EVERY items, one transaction for all of them unless
+            # a user's write (a search's audit entry) is waiting: then it goes in
+            # between two parts (Database.run_steps).
+            parts = [checked[i:i + YIELD_EVERY] for i in range(0, len(checked), YIELD_EVERY)]
+            done = await self.node.db.run_steps(
+                [step(part, i == 0) for i, part in enumerate(parts)])
+            result, ours, began = IngestResult(), done[-1][1], done[0][2]
+            for part_result, _, _ in done:
+                result.add(part_result)
         else:  # a heartbeat: nothing to store, so no write transaction for the writer
             ours = await self.node.db.read(lambda c: log_tx.head(c, own)[0])
             result, began = IngestResult(), False
@@ -348,3 +384,15 @@ class PeerLink:
             log.info("own log recovered: publishing again",
                      extra={"own_head": ours, "confirmed_by": confirmed})
             recovery.end()
+
+
+async def _checked(pending: Verified) -> list[Checked]:
+    return await pending[0] if pending[0] is not None else []
+
+
+def _drain(queue: asyncio.Queue[Verified | BaseException | None]
+           ) -> list[Verified | BaseException | None]:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out

@@ -25,6 +25,7 @@ from federation.query_forward import DEFAULT_HOPS, Forwarder
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
 from federation.transport.standard_services import add_standard_services
+from federation.verifypool import VerifyProcesses
 from federation.watch_sync import OwnSet, StandingServer, WatchClient
 from node.config.home import HomeError, check_group
 from node.config.identity import b64e, parse_card
@@ -81,6 +82,8 @@ class Federation:
         self.watches: Watches | None = None
         self.watch_clients: dict[str, WatchClient] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        # Catch-up batches: Ed25519 in worker processes (started on the first one).
+        self.procs = VerifyProcesses()
         self.server: grpc.aio.Server | None = None
         self._lock = asyncio.Lock()
         self._renewing = asyncio.Lock()
@@ -225,13 +228,14 @@ class Federation:
             self.servicer.streams.revoke_all(grpc.StatusCode.UNAVAILABLE, "node shutting down")
             await self.server.stop(grace=1)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.procs.shutdown()
 
     def _start_link(self, peer: Peer) -> None:
         if not peer.connect:
             return
         link = PeerLink(self.node, self.tls, peer, self.pool, self.node.changes.bump,
                         self._resubscribe_all, self._serve_again, self._keys_learned,
-                        self.seal_private)
+                        self.seal_private, self.procs)
         self.links[peer.center] = link
         link.start()
         if self.watches is not None:

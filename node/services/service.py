@@ -826,7 +826,8 @@ class NodeService:
         now = now_ms()
         # The search runs on a reader (it never waits behind ingest); its audit
         # entry is one short write after, committed before the caller sees a
-        # result (28 CFR 23.20(f)).
+        # result (28 CFR 23.20(f)): urgent, so a catch-up's write transaction
+        # lets it in after its current part instead of at its end.
         found = await self.db.read(lambda conn: self.visible(conn, params, requester, now))
         await self.db.run(lambda conn: audit_tx.append(
             conn, self.sign_audit, now, user.name, "search", {
@@ -835,7 +836,7 @@ class NodeService:
                 "origins": list(params.origins), "since": iso(params.since_ms),
                 "behaviors": list(params.behaviors),
                 "results": [[v.body.origin, v.body.record_id, v.body.version,
-                             v.decision.name] for v in found]}))
+                             v.decision.name] for v in found]}), urgent=True)
         return [v.summary() for v in found]
 
     async def get(self, user: User, record_id: str) -> dict[str, Any]:
@@ -860,7 +861,8 @@ class NodeService:
         # Same audit for "absent" and "not yours to see": no existence leak.
         details = [d for _, d in shown] or [{"record_id": record_id, "access": "NONE"}]
         await self.db.run(lambda conn: [audit_tx.append(
-            conn, self.sign_audit, now, user.name, "record.view", d) for d in details])
+            conn, self.sign_audit, now, user.name, "record.view", d) for d in details],
+            urgent=True)
         if not shown:
             raise NotFound(f"no record {record_id!r} that you may see")
         return shown[0][0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -161,6 +161,9 @@ class Database:
         self._readers_wanted = readers
         self._readers: list[_Reader] = []
         self._idle: asyncio.Queue[_Reader] | None = None
+        # Urgent writes queued for the writer and not started yet (see run_steps).
+        # Changed on the event loop and the writer thread under the GIL.
+        self._urgent = 0
 
     async def open(self) -> None:
         if not self.path.exists():
@@ -198,8 +201,13 @@ class Database:
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
-    async def run(self, fn: Callable[[sqlite3.Connection], T], transaction: bool = True) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], transaction: bool = True,
+                  urgent: bool = False) -> T:
         """Run ``fn(conn)`` on the connection thread, in one IMMEDIATE transaction.
+
+        ``urgent``: a short write a user waits for (the audit entry of a search):
+        a long write of several steps in progress commits after its current step
+        and lets it in (run_steps).
 
         aiosqlite has no public "run this on your thread" call; ``_execute`` is
         what its own methods use (pinned in pyproject). One hop per transaction
@@ -210,6 +218,8 @@ class Database:
         db = self._db
 
         def call() -> T:
+            if urgent:
+                self._urgent -= 1
             conn = db._conn
             if not transaction:
                 return fn(conn)
@@ -222,10 +232,49 @@ class Database:
             conn.execute("COMMIT")
             return result
 
+        if urgent:
+            self._urgent += 1
         try:
             return await db._execute(call)
         except sqlite3.Error as exc:
             raise explain(self.path, exc) from None
+
+    async def run_steps(self, steps: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T]:
+        """Run the steps in order on the writer, as few IMMEDIATE transactions as
+        possible: one, unless an urgent write (``run(urgent=True)``) is waiting,
+        in which case the transaction commits after the current step, the urgent
+        write runs, and the remaining steps continue in a new transaction. So a
+        long write (a catch-up's batches) never holds a user's write back for
+        more than one step. Each transaction commits whole or not at all: after a
+        failure, the steps committed before it stay, and the error is raised.
+        Returns every step's result, in order."""
+        if self._db is None:
+            raise StorageError("database is closed")
+        db = self._db
+        out: list[T] = []
+
+        def call(todo: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T]:
+            conn = db._conn
+            done: list[T] = []
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for step in todo:
+                    done.append(step(conn))
+                    if self._urgent > 0:
+                        break  # commit and yield the writer (the urgent write is queued)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return done
+
+        while len(out) < len(steps):
+            rest = steps[len(out):]
+            try:
+                out.extend(await db._execute(call, rest))
+            except sqlite3.Error as exc:
+                raise explain(self.path, exc) from None
+        return out
 
     async def checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it, so content deleted by

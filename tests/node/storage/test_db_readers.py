@@ -99,3 +99,91 @@ def test_read_after_close_is_a_clear_error(tmp_path: Path) -> None:
             await db.read(values)
 
     asyncio.run(main())
+
+
+# -- a long write yields the writer to a user's urgent write (run_steps) ------------
+def _steps_with_a_write_arriving(tmp_path: Path, urgent: bool) -> list[str]:
+    """Three steps of a long write (a catch-up's parts); while the first runs, a
+    user's short write (a search's audit entry) is queued."""
+    path = make_db(tmp_path)
+
+    async def main() -> list[str]:
+        db = Database(path)
+        await db.open()
+        events: list[str] = []
+        inside, release = threading.Event(), threading.Event()
+
+        def step(n: int):
+            def run(conn: sqlite3.Connection) -> int:
+                conn.execute("INSERT INTO probe VALUES (?)", (10 + n,))
+                if n == 1:
+                    inside.set()
+                    if not release.wait(GUARD_S):
+                        events.append("step gave up waiting")
+                events.append(f"step {n}")
+                return n
+            return run
+
+        def user_write(conn: sqlite3.Connection) -> None:
+            events.append(f"user write sees {values(conn)}")
+            conn.execute("INSERT INTO probe VALUES (99)")
+
+        try:
+            long = asyncio.create_task(db.run_steps([step(1), step(2), step(3)]))
+            assert await asyncio.to_thread(inside.wait, GUARD_S)
+            short = asyncio.create_task(db.run(user_write, urgent=urgent))
+            for _ in range(1000):  # until the short write is queued for the writer
+                await asyncio.sleep(0)
+                if db._db is not None and not db._db._tx.empty():
+                    break
+            release.set()
+            assert await asyncio.wait_for(long, GUARD_S) == [1, 2, 3]
+            await asyncio.wait_for(short, GUARD_S)
+            events.append(f"finally {await db.read(values)}")
+        finally:
+            release.set()
+            await db.close()
+        return events
+
+    return asyncio.run(main())
+
+
+def test_an_urgent_write_goes_in_between_the_steps_of_a_long_write(tmp_path: Path) -> None:
+    assert _steps_with_a_write_arriving(tmp_path, urgent=True) == [
+        "step 1",
+        "user write sees [1, 11]",  # step 1 committed, then the user's write
+        "step 2",
+        "step 3",
+        "finally [1, 11, 12, 13, 99]",
+    ]
+
+
+def test_an_ordinary_write_waits_for_the_whole_long_write(tmp_path: Path) -> None:
+    assert _steps_with_a_write_arriving(tmp_path, urgent=False) == [
+        "step 1", "step 2", "step 3",
+        "user write sees [1, 11, 12, 13]",
+        "finally [1, 11, 12, 13, 99]",
+    ]
+
+
+def test_a_failing_step_rolls_back_the_transaction_in_progress(tmp_path: Path) -> None:
+    """With no urgent write waiting the steps are one transaction: a failure in
+    the second leaves nothing of the first either."""
+    path = make_db(tmp_path)
+
+    async def main() -> list[int]:
+        db = Database(path)
+        await db.open()
+
+        def fail(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO probe VALUES (3)")
+            raise ValueError("bad part")
+
+        try:
+            with pytest.raises(ValueError, match="bad part"):
+                await db.run_steps([lambda c: c.execute("INSERT INTO probe VALUES (2)"), fail])
+            return await db.read(values)
+        finally:
+            await db.close()
+
+    assert asyncio.run(main()) == [1]  # one transaction: nothing was urgent
