@@ -607,6 +607,11 @@ def _keep_copies(conn: sqlite3.Connection, c: Checked, verdict: Verdict, now_ms:
     held = log_tx.held(conn, origin, seq)
     if held is None or (held.hash and held.hash != digest):
         return  # signed for a hash that is not the one held (a hint lost to it)
+    if sealed_tx.erased_here(conn, origin, seq):
+        # A version this node erased (superseded, recalled, purged, expired): its
+        # copies went with it, and a hop replaying them must not bring them back.
+        result.copies_dropped["content erased here"] += len(c.copies)
+        return
     cut = not held.signed and log_tx.in_range(conn, origin, seq)
     if cut:
         log_tx.isolate_hint(conn, origin, seq, digest, b"")

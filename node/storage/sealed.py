@@ -60,6 +60,19 @@ def for_positions(conn: sqlite3.Connection, origin: str, first: int, last: int
     return out
 
 
+def erased_here(conn: sqlite3.Connection, origin: str, seq: int) -> bool:
+    """Whether this node knows the entry at this position is content it erased: a
+    version older than the record's current one here (superseded, recalled,
+    purged), or any version of a record that expired here. erase_content deleted
+    the copies of such positions; keeping one again would hold the erased content
+    (sealed, but to whoever it was sealed to, perhaps this very node)."""
+    row = conn.execute(
+        "SELECT e.version, r.version, r.state FROM entries e JOIN records r "
+        "ON r.origin = e.origin AND r.record_id = e.record_id "
+        "WHERE e.origin = ? AND e.seq = ?", (origin, seq)).fetchone()
+    return row is not None and row[0] is not None and (row[0] < row[1] or row[2] == "expired")
+
+
 def count(conn: sqlite3.Connection, origin: str, seq: int) -> int:
     return conn.execute("SELECT count(*) FROM sealed_copies WHERE origin = ? AND seq = ?",
                         (origin, seq)).fetchone()[0]

@@ -109,6 +109,7 @@ COPY_DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("more than", "too_many"),
     ("range placeholder", "on_range"),
     ("opened", "bad_content"),
+    ("erased here", "erased"),
 )
 QUERIES_ANSWERED = Counter(
     "fcnode_queries_answered", "Federated queries from peers, answered or refused",

@@ -234,3 +234,37 @@ def test_a_peer_flooding_bad_copies_buys_a_bounded_number_of_checks() -> None:
             reasons[why] = reasons.get(why, 0) + n
     assert sum(n for why, n in reasons.items() if "no origin key" in why) == 64
     assert sum(n for why, n in reasons.items() if "bad copies in one batch" in why) == 32
+
+
+# -- hostile hops (red team, s15) -----------------------------------------------------
+
+def narrowed(v1: federation_pb2.LogItem) -> tuple[federation_pb2.LogItem, SealedCopy]:
+    """v2 of v1's record for the origin alone, and the recall sealed to the reader."""
+    body = records_pb2.RecordBody()
+    body.ParseFromString(v1.envelope.payload)
+    body.seq, body.prev, body.version = v1.seq + 1, v1.hash, 2
+    del body.policy.audience[:]
+    body.policy.audience.append(ORG)
+    env = seal_record(KEY, body)
+    v2 = federation_pb2.LogItem(origin=ORG, seq=v1.seq + 1, hash=entry_hash(env.payload),
+                                envelope=env)
+    stub_only = records_pb2.Envelope(stub=env.stub, signature=env.signature, key_id=env.key_id)
+    return v2, seal_copy(KEY, raw(READER), ORG, v2.seq, v2.hash, stub_only.SerializeToString())
+
+
+@pytest.mark.parametrize("had_v1", [True, False])
+def test_a_replayed_copy_of_a_recalled_version_is_not_kept_again(conn, had_v1) -> None:
+    # The recall erased the reader's v1 and its copies; a hop that kept v1's copy
+    # (any hub holding a bare placeholder does) replays it: the reader must not
+    # hold v1's content again, not even sealed to its own key.
+    v1 = chain(1, {1})[0]
+    v2, recall = narrowed(v1)
+    deliver(conn, [placeholder(v1, copy_of(v1)) if had_v1 else placeholder(v1)],
+            "reader", READER)
+    deliver(conn, [placeholder(v2, recall)], "reader", READER)
+    assert sealed_tx.count(conn, ORG, 1) == 0
+    result = deliver(conn, [placeholder(v1, copy_of(v1))], "reader", READER, peer="rogue")
+    assert sealed_tx.count(conn, ORG, 1) == 0 and result.copies_stored == 0
+    assert conn.execute("SELECT count(*) FROM entries WHERE payload IS NOT NULL"
+                        ).fetchone()[0] == 0
+    assert conn.execute("SELECT version, state FROM records").fetchall() == [(2, "recalled")]

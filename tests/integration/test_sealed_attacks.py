@@ -1,0 +1,75 @@
+"""Sealed copies under a hostile peer (red team, s15): real daemons over mutual TLS,
+the hostile peer hand-driven (tests/integration/rogue.py).
+
+A copy is the origin's signed ciphertext of a record: wherever a node has erased
+the record (superseded, recalled, purged), a copy of that version coming back
+from any hop is the erased content coming back, sealed to its old recipient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from node.devnet import Node
+from node.wire import federation_pb2
+from tests.integration.rogue import Rogue
+from tests.integration.test_sealed_relay import SECRET, copies
+
+
+def relay(make_node) -> tuple[Node, Node, Node]:
+    """s1 - h1 - s2: s2 named, reached only through the hub (keys pinned both ways)."""
+    s1, h, s2 = make_node("s1"), make_node("h1"), make_node("s2")
+    s1.pin(h)
+    h.pin(s1)
+    h.pin(s2)
+    s2.pin(h)
+    for a, b in ((s1, s2), (s2, s1)):
+        a.pin(b, "--no-connect")
+    return s1, h, s2
+
+
+def cursor(node: Node, peer: str, origin: str) -> int:
+    with contextlib.closing(node.db()) as conn:
+        row = conn.execute("SELECT seq FROM cursors WHERE peer = ? AND origin = ?",
+                           (peer, origin)).fetchone()
+    return row[0] if row else 0
+
+
+def test_a_replayed_copy_of_a_purged_record_is_not_kept_again(make_node, tmp_path: Path
+                                                               ) -> None:
+    s1, h, s2 = relay(make_node)
+    rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
+                     "--audience", "s1", "--audience", "s2")
+    rid, seq = rec["record_id"], int(rec["seq"])
+    s2.wait_for(lambda: rid in s2.held_record_ids(), timeout=30, what="record at s2")
+    assert copies(s2, "s1", seq) == 1
+
+    s1.ok("purge", rid, "--reason", "information found unreliable")
+
+    def state() -> str | None:
+        with contextlib.closing(s2.db()) as conn:
+            row = conn.execute("SELECT state FROM records WHERE record_id = ?",
+                               (rid,)).fetchone()
+        return row[0] if row else None
+
+    s2.wait_for(lambda: state() == "purged", timeout=30, what="purge at s2")
+    assert copies(s2, "s1", seq) == 0  # the purge took the content's ciphertext too
+    # The hub holds a bare placeholder: it cannot tell the position is that record's,
+    # so it keeps the copy (README, known limit). A hostile hop replays it to s2.
+    with contextlib.closing(h.db()) as conn:
+        digest, sealed, signature, kid = conn.execute(
+            "SELECT hash, sealed, signature, key_id FROM sealed_copies WHERE origin = 's1' "
+            "AND seq = ?", (seq,)).fetchone()
+    rogue = Rogue(tmp_path, "rogue")
+    rogue.items = [federation_pb2.LogItem(
+        origin="s1", seq=seq, hash=digest,
+        sealed=[federation_pb2.SealedCopy(sealed=sealed, signature=signature, key_id=kid)])]
+    rogue.serve(s2.card())
+    try:
+        s2.ok("peers", "add", rogue.card.line())
+        s2.wait_for(lambda: cursor(s2, "rogue", "s1") >= seq, what="s2 took the rogue's batch")
+        assert copies(s2, "s1", seq) == 0
+        assert state() == "purged" and rid not in s2.held_record_ids()
+    finally:
+        rogue.stop()
