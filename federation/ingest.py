@@ -686,6 +686,16 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
                                   "placeholder contradicts the origin's own")
                     result.rejected["placeholder contradicts the origin's own"] += 1
                     return
+                if c.stub is None and not c.copies and sealed_tx.vouch_held(conn, origin,
+                                                                            seq):
+                    # Nor one the origin signed sealed copies for: the copies go out
+                    # only with that hash, and the centers they were sealed to may be
+                    # behind this node (a hostile peer's hint would cut them off
+                    # until the origin's next entry in clear rewinds it).
+                    why = "placeholder contradicts the origin's signed copies"
+                    fed_tx.reject(conn, now_ms, peer, origin, seq, why)
+                    result.rejected[why] += 1
+                    return
                 if c.stub is None:
                     # Hint against hint: the newer hash, in place (a range keeps its
                     # span: a hint never adds a row below the head).

@@ -73,6 +73,16 @@ def erased_here(conn: sqlite3.Connection, origin: str, seq: int) -> bool:
     return row is not None and row[0] is not None and (row[0] < row[1] or row[2] == "expired")
 
 
+def vouch_held(conn: sqlite3.Connection, origin: str, seq: int) -> bool:
+    """Whether copies the origin signed for the hash held at this position are kept
+    here: the origin's signature over that hash (not over an entry: still no
+    content, no record), which a peer's unsigned hint does not outweigh."""
+    return conn.execute(
+        "SELECT 1 FROM sealed_copies s JOIN entries e ON e.origin = s.origin AND "
+        "e.seq = s.seq AND e.hash = s.hash WHERE s.origin = ? AND s.seq = ? LIMIT 1",
+        (origin, seq)).fetchone() is not None
+
+
 def count(conn: sqlite3.Connection, origin: str, seq: int) -> int:
     return conn.execute("SELECT count(*) FROM sealed_copies WHERE origin = ? AND seq = ?",
                         (origin, seq)).fetchone()[0]

@@ -19,6 +19,7 @@ from node.core.keyhistory import KeyHistory
 from node.core.sealing import SealedCopy, check_copy, open_copy, seal_copy
 from node.core.signing import entry_hash, key_id, seal_record
 from node.services.egress import replication_batch
+from node.storage import log as log_tx
 from node.storage import sealed as sealed_tx
 from node.storage.db import open_sync
 from node.storage.log import StoredEntry
@@ -289,3 +290,22 @@ def test_junk_copies_on_many_items_write_a_bounded_number_of_rejection_rows(conn
     assert result.copies_dropped == {"unknown_key": 64, "bad_flood": 2936}
     rows = conn.execute("SELECT count(*) FROM rejections").fetchone()[0]
     assert rows == 2, rows  # one per origin and kind in the batch
+
+
+def test_a_bare_hint_does_not_displace_a_position_the_origin_signed_copies_for(conn) -> None:
+    # A hub got a position with its copy from another hub (not from the origin): a
+    # hostile peer's bare hint with another hash must not replace it, or the copy
+    # (signed for the held hash) no longer goes out and every center behind the hub
+    # waits for it until the origin's next entry in clear rewinds the lie.
+    items = chain(3, {2})
+    deliver(conn, [placeholder(items[0]), placeholder(items[1], copy_of(items[1]))], "hub",
+            OTHER, peer="hub2")
+    result = deliver(conn, [federation_pb2.LogItem(origin=ORG, seq=2, hash=b"\x01" * 32)],
+                     "hub", OTHER, peer="rogue")
+    assert conn.execute("SELECT hash, source FROM entries WHERE seq = 2").fetchone() == (
+        items[1].hash, "hub2")
+    assert sum(result.rejected.values()) == 1
+    entries = log_tx.items_after(conn, ORG, 0, 10)
+    held = sealed_tx.for_positions(conn, ORG, 1, 3)
+    out, _ = replication_batch(entries, "spoke", "hub", copies_of=lambda o, s: held.get(s, []))
+    assert [(i.seq, len(i.sealed)) for i in out] == [(1, 0), (2, 1)]

@@ -73,3 +73,44 @@ def test_a_replayed_copy_of_a_purged_record_is_not_kept_again(make_node, tmp_pat
         assert state() == "purged" and rid not in s2.held_record_ids()
     finally:
         rogue.stop()
+
+
+def held_hash(node: Node, origin: str, seq: int) -> bytes | None:
+    with contextlib.closing(node.db()) as conn:
+        row = conn.execute("SELECT hash FROM entries WHERE origin = ? AND seq = ?",
+                           (origin, seq)).fetchone()
+    return row[0] if row else None
+
+
+def test_a_peers_false_hint_does_not_cut_a_hub_s_spokes_off_their_sealed_copy(
+        make_node, tmp_path: Path) -> None:
+    # s1 - h1 - h2 - s2, and a rogue pinned by h2. h2 got the position and its copy
+    # from h1 (a hint of a hub, not of the origin). The rogue's hint with another
+    # hash at that position must not displace it: the copy goes out only with the
+    # hash it was signed for, and s2 reads the record only through it.
+    s1, h1, h2 = make_node("s1"), make_node("h1"), make_node("h2")
+    s2 = make_node("s2")
+    s1.pin(h1)
+    h1.pin(s1)
+    h1.pin(h2)
+    h2.pin(h1)
+    for a, b in ((s1, s2), (s2, s1), (h2, s1)):  # keys only
+        a.pin(b, "--no-connect")
+    rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
+                     "--audience", "s1", "--audience", "s2")
+    rid, seq = rec["record_id"], int(rec["seq"])
+    h2.wait_for(lambda: copies(h2, "s1", seq) == 1, timeout=30, what="copy at h2")
+    digest = held_hash(h2, "s1", seq)
+
+    rogue = Rogue(tmp_path, "rogue")
+    rogue.items = [federation_pb2.LogItem(origin="s1", seq=seq, hash=b"\x01" * 32)]
+    rogue.serve(h2.card())
+    try:
+        h2.ok("peers", "add", rogue.card.line())
+        h2.wait_for(lambda: cursor(h2, "rogue", "s1") >= seq, what="h2 took the rogue's hint")
+        assert held_hash(h2, "s1", seq) == digest
+        h2.pin(s2)
+        s2.pin(h2)
+        s2.wait_for(lambda: rid in s2.held_record_ids(), timeout=20, what="record at s2")
+    finally:
+        rogue.stop()
