@@ -9,11 +9,15 @@ from any hop is the erased content coming back, sealed to its old recipient.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 
+from node.config.identity import parse_card
+from node.core.sealing import open_copy
 from node.devnet import Node
-from node.wire import federation_pb2
+from node.wire import federation_pb2, federation_pb2_grpc
 from tests.integration.rogue import Rogue
+from tests.integration.test_introductions import fast, peers
 from tests.integration.test_sealed_relay import SECRET, copies
 
 
@@ -112,5 +116,40 @@ def test_a_peers_false_hint_does_not_cut_a_hub_s_spokes_off_their_sealed_copy(
         h2.pin(s2)
         s2.pin(h2)
         s2.wait_for(lambda: rid in s2.held_record_ids(), timeout=20, what="record at s2")
+    finally:
+        rogue.stop()
+
+
+def test_an_introducer_swapping_a_center_s_seal_key_cannot_read_its_copies(
+        make_node, tmp_path: Path) -> None:
+    # A hostile introducer (a hub every spoke pins as one) first introduces s2's real
+    # card, then the same card with its own X25519 key. If the origin took that,
+    # the copies it seals "to s2" would open with the introducer's key, and every
+    # node serves copies to every peer: the hub would read the AMBER record.
+    s1, s2 = fast(make_node, "s1"), make_node("s2")
+    rogue = Rogue(tmp_path, "rogue")
+    rogue.introduces = [(s2.card(), [])]
+    rogue.serve(s1.card())
+    try:
+        s1.ok("peers", "add", rogue.card.line(), "--introducer")
+        s1.wait_for(lambda: "s2" in peers(s1), what="s2 introduced at s1")
+        real = parse_card(s2.card())
+        rogue.introduces = [(dataclasses.replace(real, seal_key=rogue.card.seal_key).line(),
+                             [])]
+        served = rogue.introductions_served
+        s1.wait_for(lambda: rogue.introductions_served >= served + 2,
+                    what="s1 polled the swapped card")
+        rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
+                         "--audience", "s1", "--audience", "s2")
+        seq = int(rec["seq"])
+        with rogue.channel(s1.listen, s1.card()) as ch:
+            stream = federation_pb2_grpc.FederationStub(ch).Replicate(
+                federation_pb2.ReplicateRequest(cursors={"s1": 0}), timeout=10)
+            items = next(iter(stream)).items
+            stream.cancel()
+        item = next(i for i in items if i.origin == "s1" and i.seq == seq)
+        opened = [open_copy(c, rogue.seal, "s1", seq, item.hash) for c in item.sealed]
+        assert not any(opened), "the introducer opened a copy sealed to s2"
+        assert peers(s1)["s2"]["conflict"]  # shown to the administrator, not trusted
     finally:
         rogue.stop()
