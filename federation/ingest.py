@@ -56,6 +56,7 @@ from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
 from node.storage import sealed as sealed_tx
+from node.telemetry import metrics
 from node.wire import federation_pb2, records_pb2
 
 # An origin's key history (node/core/keyhistory.py), or a plain key map (every key
@@ -109,7 +110,7 @@ class IngestResult:
     rotations: list[Rotation] = field(default_factory=list)
     certs: list[AnnouncedCert] = field(default_factory=list)
 
-    # Sealed copies kept, and dropped by reason (never stored).
+    # Sealed copies kept, and dropped by label (metrics.copy_drop_label; never stored).
     copies_stored: int = 0
     copies_dropped: Counter[str] = field(default_factory=Counter)
 
@@ -500,13 +501,21 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
                 conn, peer, origin, CONTRADICTED, now_ms - REWIND_WINDOW_MS) < MAX_REWINDS
         return hints_ok[origin]
 
+    logged_drops: set[tuple[str, str]] = set()
     for c in checked:
         origin, seq = c.item.origin, c.item.seq
         for reason, n in c.dropped:
-            # Counted (metric) and logged against the peer, once per item and reason;
-            # the item itself is judged on its own (a hop may drop copies anyway).
-            result.copies_dropped[reason.split(":", 1)[1].strip()] += n
-            fed_tx.reject(conn, now_ms, peer, origin, seq, reason)
+            # Counted for every copy, by a fixed label; logged against the peer once
+            # per origin and label in a batch (at its first position, with that
+            # position's reason): a row per item (or per reason, which may quote the
+            # peer's key id or seq) would let junk copies on tiny placeholders write
+            # a row per 60 bytes. The item itself is judged on its own (a hop may
+            # drop copies anyway).
+            label = metrics.copy_drop_label(reason)
+            result.copies_dropped[label] += n
+            if (origin, label) not in logged_drops:
+                logged_drops.add((origin, label))
+                fed_tx.reject(conn, now_ms, peer, origin, seq, reason)
         if origin in stopped:
             continue
         if origin == own_center and not recover_own:
@@ -654,12 +663,17 @@ def _keep_copies(conn: sqlite3.Connection, c: Checked, verdict: Verdict, now_ms:
     held = log_tx.held(conn, origin, seq)
     if held is None or (held.hash and held.hash != digest):
         return  # signed for a hash that is not the one held (a hint lost to it)
+    if sealed_tx.erased_here(conn, origin, seq):
+        # A version this node erased (superseded, recalled, purged, expired): its
+        # copies went with it, and a hop replaying them must not bring them back.
+        result.copies_dropped["erased"] += len(c.copies)
+        return
     cut = not held.signed and log_tx.in_range(conn, origin, seq)
     if cut:
         log_tx.isolate_hint(conn, origin, seq, digest, b"")
     added, refused = sealed_tx.add(conn, origin, seq, digest, c.copies, now_ms, limit)
     if refused:
-        result.copies_dropped[f"more than {limit} copies held for one position"] += refused
+        result.copies_dropped["too_many"] += refused
     if added:
         result.copies_stored += added
         result.changed = True
@@ -718,6 +732,16 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
                     fed_tx.reject(conn, now_ms, peer, origin, seq,
                                   "placeholder contradicts the origin's own")
                     result.rejected["placeholder contradicts the origin's own"] += 1
+                    return
+                if c.stub is None and not c.copies and sealed_tx.vouch_held(conn, origin,
+                                                                            seq):
+                    # Nor one the origin signed sealed copies for: the copies go out
+                    # only with that hash, and the centers they were sealed to may be
+                    # behind this node (a hostile peer's hint would cut them off
+                    # until the origin's next entry in clear rewinds it).
+                    why = "placeholder contradicts the origin's signed copies"
+                    fed_tx.reject(conn, now_ms, peer, origin, seq, why)
+                    result.rejected[why] += 1
                     return
                 if c.stub is None:
                     # Hint against hint: the newer hash, in place (a range keeps its

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from node.config.home import check_listen
 from node.config.keys import der_to_pem
@@ -60,6 +61,17 @@ class IdentityCard:
         return Ed25519PublicKey.from_public_bytes(self.signing_key)
 
 
+def _usable_seal_key(raw: bytes) -> bool:
+    """Whether an agreement with ``raw`` gives a shared secret: a low-order point
+    gives none, and sealing to it (HPKE) would fail at every origin that names
+    the center in an audience, its publish, update and purge included."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError:
+        return False
+    return True
+
+
 def parse_card(text: str) -> IdentityCard:
     parts = text.strip().split("/")
     if len(parts) not in (7, 8) or parts[0] != PREFIX:
@@ -69,6 +81,9 @@ def parse_card(text: str) -> IdentityCard:
     seal = b64d(parts[7], "seal key") if len(parts) == 8 else b""
     if len(parts) == 8 and len(seal) != 32:
         raise ValidationError("identity card: the seal key must be 32 bytes (X25519)")
+    if seal and not _usable_seal_key(seal):
+        raise ValidationError("identity card: the seal key is a low-order X25519 point "
+                              "(nothing can be sealed to it)")
     check_center_id(center)
     check_listen(address)
     raw_key = b64d(key, "signing key")

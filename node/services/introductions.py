@@ -21,7 +21,11 @@ signed verify here wherever they come from. Rules:
   alive for each other forever);
 - the same introducer may change an introduced card's address or certificate
   (the center moved or renewed), never its signing key: a new signing key comes
-  from the center itself (a signed KEY_ROTATION entry) or from an administrator.
+  from the center itself (a signed KEY_ROTATION entry) or from an administrator;
+- nor its seal key (X25519, what sealed copies, answers and hits are sealed to):
+  no signature binds it to the signing key, so an introducer that swapped it
+  would read what is sealed to that center. Another seal key offered for a card
+  held (by any introducer) is a conflict, as for a signing key.
 """
 
 from __future__ import annotations
@@ -91,6 +95,20 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
             adopted.append(card.center)
             continue
         if existing.card == card:
+            continue
+        if (existing.card.signing_key == card.signing_key and existing.card.seal_key
+                and card.seal_key != existing.card.seal_key):
+            # The seal key decides who can read what is sealed to this center
+            # (sealed copies of records, answers, hits), and no signature binds it to
+            # the signing key: an introducer swapping it would read them. Like a
+            # signing key, it changes only by an administrator's pin.
+            why = (f"{introducer} introduces another seal key for {card.center} than "
+                   + ("the one pinned directly" if not existing.introduced_by
+                      else f"the one introduced by {existing.introduced_by}"))
+            conflicts.append((card.center, why))
+            if existing.introduced_by and not existing.conflict:
+                out[card.center] = replace(existing, conflict=why)
+                new_conflicts.append(card.center)
             continue
         if existing.card.signing_key == card.signing_key and existing.introduced_by == introducer:
             if pin_conflict(card, out.values(), own_key) is None:

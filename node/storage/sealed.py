@@ -60,6 +60,29 @@ def for_positions(conn: sqlite3.Connection, origin: str, first: int, last: int
     return out
 
 
+def erased_here(conn: sqlite3.Connection, origin: str, seq: int) -> bool:
+    """Whether this node knows the entry at this position is content it erased: a
+    version older than the record's current one here (superseded, recalled,
+    purged), or any version of a record that expired here. erase_content deleted
+    the copies of such positions; keeping one again would hold the erased content
+    (sealed, but to whoever it was sealed to, perhaps this very node)."""
+    row = conn.execute(
+        "SELECT e.version, r.version, r.state FROM entries e JOIN records r "
+        "ON r.origin = e.origin AND r.record_id = e.record_id "
+        "WHERE e.origin = ? AND e.seq = ?", (origin, seq)).fetchone()
+    return row is not None and row[0] is not None and (row[0] < row[1] or row[2] == "expired")
+
+
+def vouch_held(conn: sqlite3.Connection, origin: str, seq: int) -> bool:
+    """Whether copies the origin signed for the hash held at this position are kept
+    here: the origin's signature over that hash (not over an entry: still no
+    content, no record), which a peer's unsigned hint does not outweigh."""
+    return conn.execute(
+        "SELECT 1 FROM sealed_copies s JOIN entries e ON e.origin = s.origin AND "
+        "e.seq = s.seq AND e.hash = s.hash WHERE s.origin = ? AND s.seq = ? LIMIT 1",
+        (origin, seq)).fetchone() is not None
+
+
 def count(conn: sqlite3.Connection, origin: str, seq: int) -> int:
     return conn.execute("SELECT count(*) FROM sealed_copies WHERE origin = ? AND seq = ?",
                         (origin, seq)).fetchone()[0]

@@ -109,6 +109,7 @@ COPY_DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("more than", "too_many"),
     ("range placeholder", "on_range"),
     ("opened", "bad_content"),
+    ("erased here", "erased"),
 )
 QUERIES_ANSWERED = Counter(
     "fcnode_queries_answered", "Federated queries from peers, answered or refused",
@@ -148,11 +149,17 @@ def count_rejections(peer: str, reasons: Mapping[str, int]) -> None:
         ENTRIES_REJECTED.labels(peer, reject_reason(reason)).inc(n)
 
 
+def copy_drop_label(reason: str) -> str:
+    """The fixed label of why a sealed copy was dropped (the reason itself may quote
+    a peer's key id or seq: never a key of anything that grows with its input)."""
+    return next((lab for needle, lab in COPY_DROP_REASONS if needle in reason), "other")
+
+
 def count_sealed(peer: str, stored: int, dropped: Mapping[str, int]) -> None:
+    """``dropped``: label (copy_drop_label) -> copies."""
     if stored:
         SEALED_COPIES_STORED.labels(peer).inc(stored)
-    for reason, n in dropped.items():
-        label = next((lab for needle, lab in COPY_DROP_REASONS if needle in reason), "other")
+    for label, n in dropped.items():
         SEALED_COPIES_DROPPED.labels(peer, label).inc(n)
 
 

@@ -15,9 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from federation.ingest import check_items, store_batch
+from node.core.keyhistory import KeyHistory
 from node.core.sealing import SealedCopy, check_copy, open_copy, seal_copy
 from node.core.signing import entry_hash, key_id, seal_record
 from node.services.egress import replication_batch
+from node.storage import log as log_tx
 from node.storage import sealed as sealed_tx
 from node.storage.db import open_sync
 from node.storage.log import StoredEntry
@@ -193,7 +195,7 @@ def test_a_copy_not_for_this_center_or_not_its_entry_leaves_a_placeholder(conn) 
     wrong = seal_copy(KEY, raw(READER), ORG, 1, items[0].hash,
                       items[1].envelope.SerializeToString())
     result = deliver(conn, [placeholder(items[0], wrong)], "reader", READER)
-    assert any("opened, but" in r for r in result.copies_dropped)
+    assert result.copies_dropped == {"bad_content": 1}
     assert conn.execute("SELECT payload FROM entries").fetchall() == [(None,)]
     # A center outside the audience that could open a copy still keeps nothing:
     # its own policy decision for itself decides (here: "stranger" is not named).
@@ -234,3 +236,76 @@ def test_a_peer_flooding_bad_copies_buys_a_bounded_number_of_checks() -> None:
             reasons[why] = reasons.get(why, 0) + n
     assert sum(n for why, n in reasons.items() if "no origin key" in why) == 64
     assert sum(n for why, n in reasons.items() if "bad copies in one batch" in why) == 32
+
+
+# -- hostile hops (red team, s15) -----------------------------------------------------
+
+def narrowed(v1: federation_pb2.LogItem) -> tuple[federation_pb2.LogItem, SealedCopy]:
+    """v2 of v1's record for the origin alone, and the recall sealed to the reader."""
+    body = records_pb2.RecordBody()
+    body.ParseFromString(v1.envelope.payload)
+    body.seq, body.prev, body.version = v1.seq + 1, v1.hash, 2
+    del body.policy.audience[:]
+    body.policy.audience.append(ORG)
+    env = seal_record(KEY, body)
+    v2 = federation_pb2.LogItem(origin=ORG, seq=v1.seq + 1, hash=entry_hash(env.payload),
+                                envelope=env)
+    stub_only = records_pb2.Envelope(stub=env.stub, signature=env.signature, key_id=env.key_id)
+    return v2, seal_copy(KEY, raw(READER), ORG, v2.seq, v2.hash, stub_only.SerializeToString())
+
+
+@pytest.mark.parametrize("had_v1", [True, False])
+def test_a_replayed_copy_of_a_recalled_version_is_not_kept_again(conn, had_v1) -> None:
+    # The recall erased the reader's v1 and its copies; a hop that kept v1's copy
+    # (any hub holding a bare placeholder does) replays it: the reader must not
+    # hold v1's content again, not even sealed to its own key.
+    v1 = chain(1, {1})[0]
+    v2, recall = narrowed(v1)
+    deliver(conn, [placeholder(v1, copy_of(v1)) if had_v1 else placeholder(v1)],
+            "reader", READER)
+    deliver(conn, [placeholder(v2, recall)], "reader", READER)
+    assert sealed_tx.count(conn, ORG, 1) == 0
+    result = deliver(conn, [placeholder(v1, copy_of(v1))], "reader", READER, peer="rogue")
+    assert sealed_tx.count(conn, ORG, 1) == 0 and result.copies_stored == 0
+    assert conn.execute("SELECT count(*) FROM entries WHERE payload IS NOT NULL"
+                        ).fetchone()[0] == 0
+    assert conn.execute("SELECT version, state FROM records").fetchall() == [(2, "recalled")]
+
+
+def test_junk_copies_on_many_items_write_a_bounded_number_of_rejection_rows(conn) -> None:
+    # One cheap junk copy on each of thousands of placeholders (about 60 bytes an
+    # item), each naming another key id (the reason quotes it): the drops must not
+    # be a row each in `rejections`, or one 8 MiB batch writes 140,000 rows (every
+    # write another's request causes is bounded).
+    history = KeyHistory.pinned(KEY.public_key().public_bytes_raw())
+    items = [federation_pb2.LogItem(origin=ORG, seq=i, hash=bytes(32), sealed=[
+        federation_pb2.SealedCopy(sealed=b"x", signature=b"", key_id=f"k{i:015d}")])
+        for i in range(1, 3001)]
+    checked = check_items(items, lambda o: history, OTHER, 32)
+    conn.execute("BEGIN IMMEDIATE")
+    result = store_batch(conn, "rogue", checked, 1, "hub")
+    conn.execute("COMMIT")
+    assert sum(result.copies_dropped.values()) == 3000  # every drop still counted
+    # By kind, not by the rogue's strings: 64 checked (unknown key), then bad_flood.
+    assert result.copies_dropped == {"unknown_key": 64, "bad_flood": 2936}
+    rows = conn.execute("SELECT count(*) FROM rejections").fetchone()[0]
+    assert rows == 2, rows  # one per origin and kind in the batch
+
+
+def test_a_bare_hint_does_not_displace_a_position_the_origin_signed_copies_for(conn) -> None:
+    # A hub got a position with its copy from another hub (not from the origin): a
+    # hostile peer's bare hint with another hash must not replace it, or the copy
+    # (signed for the held hash) no longer goes out and every center behind the hub
+    # waits for it until the origin's next entry in clear rewinds the lie.
+    items = chain(3, {2})
+    deliver(conn, [placeholder(items[0]), placeholder(items[1], copy_of(items[1]))], "hub",
+            OTHER, peer="hub2")
+    result = deliver(conn, [federation_pb2.LogItem(origin=ORG, seq=2, hash=b"\x01" * 32)],
+                     "hub", OTHER, peer="rogue")
+    assert conn.execute("SELECT hash, source FROM entries WHERE seq = 2").fetchone() == (
+        items[1].hash, "hub2")
+    assert sum(result.rejected.values()) == 1
+    entries = log_tx.items_after(conn, ORG, 0, 10)
+    held = sealed_tx.for_positions(conn, ORG, 1, 3)
+    out, _ = replication_batch(entries, "spoke", "hub", copies_of=lambda o, s: held.get(s, []))
+    assert [(i.seq, len(i.sealed)) for i in out] == [(1, 0), (2, 1)]

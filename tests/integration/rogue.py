@@ -53,6 +53,7 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.tamper: Callable[[federation_pb2.SealedAnswer], None] | None = None
         self.relayed_bytes: list[bytes] = []  # every answer it passed back, as it saw it
         self.introduces: list[tuple[str, list[str]]] = []  # (card line, via) it serves
+        self.introductions_served = 0
         # Network watches: the standing sets peers sent it, and the hit batches it
         # serves to whoever pulls (a test puts them there, tampered or not).
         self.standing_sets: list[federation_pb2.SignedStandingSet] = []
@@ -163,6 +164,7 @@ class Rogue(federation_pb2_grpc.FederationServicer):
             self._thread.join(10)
 
     async def Introductions(self, request, context):
+        self.introductions_served += 1
         body = federation_pb2.IntroductionList(
             center=self.center, issued_ms=int(time.time() * 1000),
             cards=[federation_pb2.IntroducedCard(card=c, via=v) for c, v in self.introduces])

@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -134,3 +135,16 @@ def test_prop_any_truncation_refused(data):
     cut = data.draw(st.integers(0, len(line) - 1))
     with pytest.raises(ValidationError):
         parse_card(line[:cut])
+
+
+@pytest.mark.parametrize("seal", [bytes(32), bytes([1]) + bytes(31),
+                                  bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd"
+                                                "866205165f49b800")])
+def test_a_low_order_seal_key_is_refused(seal: bytes):
+    # HPKE cannot seal to a low-order X25519 point (no shared secret): a center (or
+    # its introducer) whose card carried one made every publish, update and purge
+    # of a record naming it fail at the origin with an unexpected ValueError.
+    with pytest.raises(ValidationError, match="seal key"):
+        parse_card(card(seal_key=seal).line())
+    good = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    assert parse_card(card(seal_key=good).line()).seal_key == good

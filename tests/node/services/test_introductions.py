@@ -71,3 +71,28 @@ def test_a_conflict_survives_a_reload_of_peers_toml() -> None:
     second = adopt("me", OWN_KEY, first.peers, "hub2", [Offer(card("yy"), ())])
     again = parse_peers(render_peers(second.peers.values()), "peers.toml", "me")
     assert again == second.peers and not again["yy"].trusted
+
+
+def test_an_introducer_cannot_swap_a_center_s_seal_key() -> None:
+    # The seal key decides who reads the copies, answers and hits sealed to a center
+    # and nothing signed binds it to the signing key: an introducer that swapped it
+    # for its own would read them. Address and certificate may change; the seal key
+    # is a conflict (untrusted: no copies sealed to it) until an administrator pins.
+    x = card("xx")
+    first = adopt("me", OWN_KEY, {"hub": HUB}, "hub", [Offer(x, ())])
+    moved = IdentityCard(x.center, "10.0.0.9:7701", x.signing_key, x.tls_fingerprint,
+                         x.name, x.tls_cert_der, x.seal_key)
+    got = adopt("me", OWN_KEY, first.peers, "hub", [Offer(moved, ())])
+    assert got.updated == ("xx",) and got.peers["xx"].trusted
+    swapped = IdentityCard(x.center, x.address, x.signing_key, x.tls_fingerprint, x.name,
+                           x.tls_cert_der, os.urandom(32))
+    got = adopt("me", OWN_KEY, got.peers, "hub", [Offer(swapped, ())])
+    p = got.peers["xx"]
+    assert p.card.seal_key == x.seal_key and not p.trusted and got.new_conflicts == ("xx",)
+    # Another introducer offering the center's real signing key with another seal key.
+    other = adopt("me", OWN_KEY, {**first.peers, "hub2": HUB2}, "hub2", [Offer(swapped, ())])
+    assert not other.peers["xx"].trusted and other.conflicts
+    # An administrator's direct pin is never changed, only the offer reported.
+    direct = Peer(x, connect=False)
+    kept = adopt("me", OWN_KEY, {"hub": HUB, "xx": direct}, "hub", [Offer(swapped, ())])
+    assert kept.peers["xx"] == direct and kept.conflicts

@@ -1,0 +1,155 @@
+"""Sealed copies under a hostile peer (red team, s15): real daemons over mutual TLS,
+the hostile peer hand-driven (tests/integration/rogue.py).
+
+A copy is the origin's signed ciphertext of a record: wherever a node has erased
+the record (superseded, recalled, purged), a copy of that version coming back
+from any hop is the erased content coming back, sealed to its old recipient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+from node.config.identity import parse_card
+from node.core.sealing import open_copy
+from node.devnet import Node
+from node.wire import federation_pb2, federation_pb2_grpc
+from tests.integration.rogue import Rogue
+from tests.integration.test_introductions import fast, peers
+from tests.integration.test_sealed_relay import SECRET, copies
+
+
+def relay(make_node) -> tuple[Node, Node, Node]:
+    """s1 - h1 - s2: s2 named, reached only through the hub (keys pinned both ways)."""
+    s1, h, s2 = make_node("s1"), make_node("h1"), make_node("s2")
+    s1.pin(h)
+    h.pin(s1)
+    h.pin(s2)
+    s2.pin(h)
+    for a, b in ((s1, s2), (s2, s1)):
+        a.pin(b, "--no-connect")
+    return s1, h, s2
+
+
+def cursor(node: Node, peer: str, origin: str) -> int:
+    with contextlib.closing(node.db()) as conn:
+        row = conn.execute("SELECT seq FROM cursors WHERE peer = ? AND origin = ?",
+                           (peer, origin)).fetchone()
+    return row[0] if row else 0
+
+
+def test_a_replayed_copy_of_a_purged_record_is_not_kept_again(make_node, tmp_path: Path
+                                                               ) -> None:
+    s1, h, s2 = relay(make_node)
+    rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
+                     "--audience", "s1", "--audience", "s2")
+    rid, seq = rec["record_id"], int(rec["seq"])
+    s2.wait_for(lambda: rid in s2.held_record_ids(), timeout=30, what="record at s2")
+    assert copies(s2, "s1", seq) == 1
+
+    s1.ok("purge", rid, "--reason", "information found unreliable")
+
+    def state() -> str | None:
+        with contextlib.closing(s2.db()) as conn:
+            row = conn.execute("SELECT state FROM records WHERE record_id = ?",
+                               (rid,)).fetchone()
+        return row[0] if row else None
+
+    s2.wait_for(lambda: state() == "purged", timeout=30, what="purge at s2")
+    assert copies(s2, "s1", seq) == 0  # the purge took the content's ciphertext too
+    # The hub holds a bare placeholder: it cannot tell the position is that record's,
+    # so it keeps the copy (README, known limit). A hostile hop replays it to s2.
+    with contextlib.closing(h.db()) as conn:
+        digest, sealed, signature, kid = conn.execute(
+            "SELECT hash, sealed, signature, key_id FROM sealed_copies WHERE origin = 's1' "
+            "AND seq = ?", (seq,)).fetchone()
+    rogue = Rogue(tmp_path, "rogue")
+    rogue.items = [federation_pb2.LogItem(
+        origin="s1", seq=seq, hash=digest,
+        sealed=[federation_pb2.SealedCopy(sealed=sealed, signature=signature, key_id=kid)])]
+    rogue.serve(s2.card())
+    try:
+        s2.ok("peers", "add", rogue.card.line())
+        s2.wait_for(lambda: cursor(s2, "rogue", "s1") >= seq, what="s2 took the rogue's batch")
+        assert copies(s2, "s1", seq) == 0
+        assert state() == "purged" and rid not in s2.held_record_ids()
+    finally:
+        rogue.stop()
+
+
+def held_hash(node: Node, origin: str, seq: int) -> bytes | None:
+    with contextlib.closing(node.db()) as conn:
+        row = conn.execute("SELECT hash FROM entries WHERE origin = ? AND seq = ?",
+                           (origin, seq)).fetchone()
+    return row[0] if row else None
+
+
+def test_a_peers_false_hint_does_not_cut_a_hub_s_spokes_off_their_sealed_copy(
+        make_node, tmp_path: Path) -> None:
+    # s1 - h1 - h2 - s2, and a rogue pinned by h2. h2 got the position and its copy
+    # from h1 (a hint of a hub, not of the origin). The rogue's hint with another
+    # hash at that position must not displace it: the copy goes out only with the
+    # hash it was signed for, and s2 reads the record only through it.
+    s1, h1, h2 = make_node("s1"), make_node("h1"), make_node("h2")
+    s2 = make_node("s2")
+    s1.pin(h1)
+    h1.pin(s1)
+    h1.pin(h2)
+    h2.pin(h1)
+    for a, b in ((s1, s2), (s2, s1), (h2, s1)):  # keys only
+        a.pin(b, "--no-connect")
+    rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
+                     "--audience", "s1", "--audience", "s2")
+    rid, seq = rec["record_id"], int(rec["seq"])
+    h2.wait_for(lambda: copies(h2, "s1", seq) == 1, timeout=30, what="copy at h2")
+    digest = held_hash(h2, "s1", seq)
+
+    rogue = Rogue(tmp_path, "rogue")
+    rogue.items = [federation_pb2.LogItem(origin="s1", seq=seq, hash=b"\x01" * 32)]
+    rogue.serve(h2.card())
+    try:
+        h2.ok("peers", "add", rogue.card.line())
+        h2.wait_for(lambda: cursor(h2, "rogue", "s1") >= seq, what="h2 took the rogue's hint")
+        assert held_hash(h2, "s1", seq) == digest
+        h2.pin(s2)
+        s2.pin(h2)
+        s2.wait_for(lambda: rid in s2.held_record_ids(), timeout=20, what="record at s2")
+    finally:
+        rogue.stop()
+
+
+def test_an_introducer_swapping_a_center_s_seal_key_cannot_read_its_copies(
+        make_node, tmp_path: Path) -> None:
+    # A hostile introducer (a hub every spoke pins as one) first introduces s2's real
+    # card, then the same card with its own X25519 key. If the origin took that,
+    # the copies it seals "to s2" would open with the introducer's key, and every
+    # node serves copies to every peer: the hub would read the AMBER record.
+    s1, s2 = fast(make_node, "s1"), make_node("s2")
+    rogue = Rogue(tmp_path, "rogue")
+    rogue.introduces = [(s2.card(), [])]
+    rogue.serve(s1.card())
+    try:
+        s1.ok("peers", "add", rogue.card.line(), "--introducer")
+        s1.wait_for(lambda: "s2" in peers(s1), what="s2 introduced at s1")
+        real = parse_card(s2.card())
+        rogue.introduces = [(dataclasses.replace(real, seal_key=rogue.card.seal_key).line(),
+                             [])]
+        served = rogue.introductions_served
+        s1.wait_for(lambda: rogue.introductions_served >= served + 2,
+                    what="s1 polled the swapped card")
+        rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
+                         "--audience", "s1", "--audience", "s2")
+        seq = int(rec["seq"])
+        with rogue.channel(s1.listen, s1.card()) as ch:
+            stream = federation_pb2_grpc.FederationStub(ch).Replicate(
+                federation_pb2.ReplicateRequest(cursors={"s1": 0}), timeout=10)
+            items = next(iter(stream)).items
+            stream.cancel()
+        item = next(i for i in items if i.origin == "s1" and i.seq == seq)
+        opened = [open_copy(c, rogue.seal, "s1", seq, item.hash) for c in item.sealed]
+        assert not any(opened), "the introducer opened a copy sealed to s2"
+        assert peers(s1)["s2"]["conflict"]  # shown to the administrator, not trusted
+    finally:
+        rogue.stop()
