@@ -73,14 +73,14 @@ def bench_publish(node: h.Node, corpus: h.Corpus, args: argparse.Namespace,
     h.section("(b) publish through the local API")
     i = 0
     # Warm-up (connection, first transaction), not counted.
-    node.publish(corpus.drafts(i, 5))
+    node.publish_drafts(corpus.drafts(i, 5))
     i += 5
 
     lat = []
     start = time.perf_counter()
     for _ in range(args.single):
         t = time.perf_counter()
-        node.publish([corpus.draft(i)])
+        node.publish_drafts([corpus.draft(i)])
         lat.append(time.perf_counter() - t)
         i += 1
     single_s = time.perf_counter() - start
@@ -96,7 +96,7 @@ def bench_publish(node: h.Node, corpus: h.Corpus, args: argparse.Namespace,
     start = time.perf_counter()
     for batch in drafts:
         t = time.perf_counter()
-        node.publish(batch)
+        node.publish_drafts(batch)
         call_lat.append(time.perf_counter() - t)
     batch_s = time.perf_counter() - start
     n_batch = args.batch_calls * args.batch_size
@@ -127,7 +127,7 @@ def load_rest(node: h.Node, corpus: h.Corpus, have: int, args: argparse.Namespac
     for first, count in h.batches(have, rest, args.load_batch):
         drafts = corpus.drafts(first, count)
         t = time.perf_counter()
-        node.publish(drafts)
+        node.publish_drafts(drafts)
         daemon_s += time.perf_counter() - t
     total = time.perf_counter() - start
     h.info(f"loaded {rest:,} more records in {total:.1f} s "

@@ -94,7 +94,7 @@ def test_hub_answers_for_copies_by_the_same_rule(make_node) -> None:
     hub.pin(origin)
     hub.pin(asker)
     asker.pin(hub)
-    asker.pin(origin, "--no-connect")  # to verify what the hub passes on
+    asker.pin(origin, connect=False)  # to verify what the hub passes on
     asker.add_user("ana")
     rec = origin.publish("--kind", "BOLO", "--title", "Grey van seen at depot",
                          "--entity", PHONE, "--label", "depot", "--tlp", "AMBER",
