@@ -11,12 +11,18 @@ import stat
 import time
 from pathlib import Path
 
-from node.devnet import run_cli
+from node.devnet import Node, run_cli
 from node.identity import parse_card
 
 
-def test_init_creates_a_complete_home_and_refuses_to_overwrite(make_node) -> None:
-    node = make_node("ncric", start=False)
+def test_init_creates_a_complete_home_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    # `fcnode init` as an administrator runs it (devnet's nodes call init_node in-process).
+    node = Node(tmp_path, "ncric", init=False)
+    r = run_cli("init", "--home", str(node.home), "--center", "ncric", "--name", "NCRIC",
+                "--listen", node.listen, "--json")
+    assert r.returncode == 0, r.stderr
+    node.token = node.tokens["admin"] = json.loads(r.stdout)["admin_token"]
+    assert node.token.startswith("admin:")
     for key in ("signing.key", "tls.key"):
         assert stat.S_IMODE((node.home / key).stat().st_mode) == 0o600
     for name in ("node.toml", "peers.toml", "tls.crt", "node.db"):
