@@ -146,7 +146,7 @@ def pinned_certs(node: Node, center: str) -> list[str]:
 
 def test_tls_renewal_needs_no_admin_at_any_peer(make_node) -> None:
     origin = make_node("origin", start=False)
-    fast_tls(origin, switch_after_days=10 / 86400)  # present it 10 s after announcing
+    fast_tls(origin, switch_after_days=5 / 86400)  # present it 5 s after announcing
     metrics_url = with_metrics(origin)
     origin.start()
     hub = make_node("hub", start=False)
