@@ -196,7 +196,7 @@ def bench_rss(node: h.Node, args: argparse.Namespace, out: dict[str, Any]) -> No
     h.section("(d) daemon memory (VmRSS from /proc)")
     after = node.proc_status()
     h.figure("RSS right after load and searches", f"{after['VmRSS'] / 1024:.1f} MB")
-    node.close_client()  # an idle daemon: no client connected
+    node.close_clients()  # an idle daemon: no client connected
     time.sleep(args.idle)
     idle = node.proc_status()
     mb = idle["VmRSS"] / 1024

@@ -38,6 +38,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from federation.backoff import Backoff
+from federation.links import raise_if_cancelling
 from federation.transport.client import stub as fed_stub
 from node import logs
 from node.egress import Dissemination
@@ -252,6 +253,7 @@ class WatchClient:
                                                    "reason": exc.code().name})
             except Exception:
                 log.exception("watch link failed", extra={"peer": self.center})
+            raise_if_cancelling()
             self.changed.set()  # register again after reconnecting
             await asyncio.sleep(self.backoff.next_delay())
 
