@@ -261,6 +261,12 @@ class Node:
             ) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, "--home", str(self.home), token=self.tokens[user], stdin=stdin)
 
+    def cli_popen(self, *args: str, user: str = "admin", **popen: Any
+                  ) -> subprocess.Popen[Any]:
+        """A CLI command left running (to kill it mid-flight, or to read a stream)."""
+        return subprocess.Popen(fcnode_argv(*args, "--home", str(self.home)),
+                                env={**ENV, "FCNODE_TOKEN": self.tokens[user]}, **popen)
+
     def ok(self, *args: str, user: str = "admin", stdin: str | None = None) -> str:
         r = self.cli(*args, user=user, stdin=stdin)
         if r.returncode != 0:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from node.devnet import ENV, Node, mesh
+from node.devnet import Node, mesh
 from node.record import parse_draft
 from node.types import Decision, Discoverability, Policy, Requester, Tlp, ValidationError
 from tests.node.test_policy import oracle
@@ -155,10 +154,8 @@ def test_watch_survives_restart_and_follow_streams_hits(make_node) -> None:
     alpha.stop()
     alpha.start()
     assert [w["watch_id"] for w in alpha.json_lines("watch", "list", user="ann")] == [wid]
-    env = {**ENV, "FCNODE_TOKEN": alpha.tokens["ann"]}
-    follow = subprocess.Popen([sys.executable, "-m", "node.cli.main", "watch", "hits",
-                               "--follow", "--json", "--home", str(alpha.home)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follow = alpha.cli_popen("watch", "hits", "--follow", "--json", user="ann",
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)
         rec = alpha.publish("--kind", "BOLO", "--title", "Follow me", "--entity", PLATE,
