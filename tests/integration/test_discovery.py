@@ -133,7 +133,7 @@ def test_records_from_before_stubs_still_give_verifiable_pointers(make_node) -> 
     b.start()
     # alpha's link to the restarted bravo may still be backing off: wait for it.
     a.wait_for(lambda: any(p["center"] == "bravo" and p["state"] == "connected"
-                           for p in a.json("status")["peers"]), 30, "bravo reconnected")
+                           for p in a.status()["peers"]), 30, "bravo reconnected")
     lines = a.json_lines("query", "--entity", PHONE, "--timeout", "5s", user="ana")
     assert lines[-1]["summary"]["bravo"]["status"] == "answered", lines[-1]
     assert [(r["record_id"], r["access"], r["version"]) for r in lines[:-1]] == [

@@ -80,7 +80,7 @@ def test_star_hub_fans_out_to_spokes(make_node) -> None:
     # A spoke the hub dialled before that spoke pinned the hub was refused then; the
     # hub's link retries with backoff, so wait for it rather than racing it.
     everyone = {"spoke0": "connected", "spoke1": "connected", "spoke2": "connected"}
-    hub.wait_for(lambda: {p["center"]: p["state"] for p in hub.json("status")["peers"]}
+    hub.wait_for(lambda: {p["center"]: p["state"] for p in hub.status()["peers"]}
                  == everyone, 30, "hub connected to every spoke")
 
 
@@ -143,7 +143,7 @@ def test_removed_peer_is_cut_off(make_node) -> None:
     b.wait_head("echo", first["seq"])
     a.ok("peers", "remove", "foxtrot")
     after = a.publish("--kind", "BULLETIN", "--title", "after", "--audience", "members")
-    b.wait_for(lambda: next(p for p in b.json("status")["peers"]
+    b.wait_for(lambda: next(p for p in b.status()["peers"]
                             if p["center"] == "echo")["state"] == "refused", 20, "refused")
     time.sleep(1)
     assert not b.holds(after["record_id"])
@@ -186,7 +186,7 @@ def test_tampered_and_unknown_entries_are_rejected_and_never_stored(make_node,
     rogue.items = [items[0], tampered, items[2], *stranger.chain(["alien"])]
     rogue.serve(node.card())
     node.ok("peers", "add", rogue.card.line())
-    node.wait_for(lambda: node.json("status")["rejected"], 20, "a rejection")
+    node.wait_for(lambda: node.status()["rejected"], 20, "a rejection")
     time.sleep(0.5)
     assert node.head("hotel") == 1  # seq 1 stored; the tampered seq 2 and all after: not
     assert node.head("india") == 0
@@ -212,7 +212,7 @@ def test_tampered_in_the_origin_database_is_rejected_by_receiver(make_node) -> N
     b.start()
     a.pin(b)
     b.pin(a)
-    b.wait_for(lambda: b.json("status")["rejected"], 20, "a rejection")
+    b.wait_for(lambda: b.status()["rejected"], 20, "a rejection")
     assert not b.holds(rec["record_id"])
 
 
@@ -231,7 +231,7 @@ def test_fork_is_kept_as_evidence_and_quarantines_the_origin(make_node, tmp_path
     with sqlite3.connect(node.home / "node.db") as conn:  # make the node ask from the start
         conn.execute("DELETE FROM cursors WHERE peer = 'mike'")
     node.start()
-    node.wait_for(lambda: node.json("status")["quarantined"], 20, "quarantine")
+    node.wait_for(lambda: node.status()["quarantined"], 20, "quarantine")
     status = node.json("status")
     assert status["quarantined"][0]["origin"] == "mike"
     assert "fork at seq 2" in status["quarantined"][0]["reason"]

@@ -25,7 +25,8 @@ def fast(make_node, center: str) -> Node:
 
 
 def peers(node: Node) -> dict[str, dict]:
-    return {p["center"]: p for p in node.json_lines("peers", "list")}
+    """`fcnode peers list --json`, by the local API (polled)."""
+    return {p["center"]: p for p in node.call("ListPeers")}
 
 
 def test_spokes_learn_each_other_from_their_hub_and_follow_its_view(make_node) -> None:

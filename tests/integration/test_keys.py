@@ -137,11 +137,12 @@ def fast_tls(node: Node, **settings: float) -> None:
 
 
 def fingerprint(node: Node) -> str:
-    return node.json("status")["tls"]["fingerprint"]
+    return node.status()["tls"]["fingerprint"]
 
 
 def pinned_certs(node: Node, center: str) -> list[str]:
-    return [c["fingerprint"] for c in node.json("peers", "show", center)["certificates"]]
+    """`fcnode peers show CENTER`'s certificates, by the local API (polled)."""
+    return [c["fingerprint"] for c in node.call("ShowPeer", {"center": center})["certificates"]]
 
 
 def test_tls_renewal_needs_no_admin_at_any_peer(make_node) -> None:
@@ -250,7 +251,7 @@ def test_peers_update_distrusts_a_stolen_key_after_a_seq(make_node, tmp_path: Pa
     rotated = victim.json("keys", "rotate", "--signing")
     assert rotated["seq"] == 2
     receiver.wait_for(lambda: any(q["origin"] == "victim" for q in
-                                  receiver.json("status")["quarantined"]), 30, "the fork")
+                                  receiver.status()["quarantined"]), 30, "the fork")
     updated = receiver.json("peers", "update", victim.card(), "--distrust-after", "1")
     assert updated["distrust_after"] == 1 and updated["quarantined_for_review"] == 1
     assert not receiver.holds("forged2")

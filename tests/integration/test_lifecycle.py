@@ -143,7 +143,7 @@ def test_purge_erases_content_everywhere_even_for_a_spoke_offline_during_it(
                                                     "key_id": key_id, "stub": stub})]
     rogue.serve(hub.card())
     hub.ok("peers", "add", rogue.card.line())
-    hub.wait_for(lambda: hub.json("status")["rejected"].get("record was purged"), 20,
+    hub.wait_for(lambda: hub.status()["rejected"].get("record was purged"), 20,
                  "the replay refused")
     assert hub.record_state(rid) == (2, "purged") and b"Quixotic" not in db_bytes(hub)
     rogue.stop()

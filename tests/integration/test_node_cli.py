@@ -209,7 +209,7 @@ def test_status_and_peer_details_are_for_admins_only(make_node) -> None:
     b.pin(a)
     a.add_user("ana", "sworn_le")
     a.publish("--kind", "BOLO", "--title", "Counted record")
-    a.wait_for(lambda: any(p["state"] == "connected" for p in a.json("status")["peers"]),
+    a.wait_for(lambda: any(p["state"] == "connected" for p in a.status()["peers"]),
                20, "papa connected")
     full = a.json("status")
     assert {"records", "heads", "peers", "rejected", "quarantined"} <= set(full)

@@ -75,7 +75,8 @@ def local_expected(records: dict[str, tuple[str, Policy]], at: str, user: str,
 
 
 def hits(node: Node, user: str) -> dict[str, str]:
-    return {h["record_id"]: h["access"] for h in node.json_lines("watch", "hits", user=user)}
+    """`fcnode watch hits --json` as record id -> access, by the local API (polled)."""
+    return {h["record_id"]: h["access"] for h in node.stream("WatchHits", {}, user=user)}
 
 
 def test_local_watches_fire_only_for_what_the_owner_may_see(make_node, tmp_path: Path) -> None:
