@@ -46,11 +46,12 @@ def _child_env() -> dict[str, str]:
     # A test run starts hundreds of short-lived interpreters; without a bytecode
     # cache each one compiles every module again (~0.1-0.2 s of CPU each). Where
     # writing bytecode is switched off (usually to keep the source tree clean),
-    # cache it outside the tree instead; Python checks each file against its source.
+    # cache it outside the tree instead: in the interpreter's own prefix (the
+    # virtualenv), never a shared /tmp directory where another user could plant
+    # bytecode. Python checks each cached file against its source.
     if env.get("PYTHONDONTWRITEBYTECODE") and not env.get("PYTHONPYCACHEPREFIX"):
         env.pop("PYTHONDONTWRITEBYTECODE")
-        env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir())
-                                         / f"fcnode-pycache-{os.getuid()}")
+        env["PYTHONPYCACHEPREFIX"] = str(Path(sys.prefix) / "fcnode-pycache")
     return env
 
 
