@@ -333,10 +333,24 @@ class Node:
         cfg = load_config(home)
         return own_card(home, cfg.center, cfg.name, cfg.listen).line()
 
-    def pin(self, other: Node, *, connect: bool = True, introducer: bool = False,
+    def pin(self, other: Node, *flags: str, connect: bool = True, introducer: bool = False,
             groups: Iterable[str] = ()) -> None:
         """`fcnode peers add OTHER_CARD`: through the running daemon, or by the
-        CLI's offline edit of peers.toml when this node's daemon is stopped."""
+        CLI's offline edit of peers.toml when this node's daemon is stopped.
+        flags: the CLI's spelling (--no-connect, --introducer, --groups A,B) of
+        the keywords, as tests written before the keywords pass them."""
+        groups = list(groups)
+        rest = list(flags)
+        while rest:
+            flag = rest.pop(0)
+            if flag == "--no-connect":
+                connect = False
+            elif flag == "--introducer":
+                introducer = True
+            elif flag == "--groups" and rest:
+                groups += rest.pop(0).split(",")
+            else:
+                raise DevnetError(f"pin: unknown flag {flag!r}")
         if self.running:
             self.call("AddPeer", {"card": other.card(), "groups": list(groups),
                                   "connect": connect, "introducer": introducer})
