@@ -179,6 +179,7 @@ class Node:
     def start(self, wait: bool = True, *, prefix: Sequence[str] = (),
               timeout: float = 20) -> Node:
         """Start `fcnode serve`; prefix: a wrapper command the daemon runs under."""
+        self.close_clients()  # channels to a previous daemon (killed by hand) go
         argv = fcnode_argv("serve", "--home", str(self.home))
         if self.log_level:
             argv += ["--log-level", self.log_level]
