@@ -1,5 +1,7 @@
-"""Shared pieces of the benchmarks: real `fcnode serve` daemons in a temporary
-directory, a local-API client per node, synthetic records, and measurements.
+"""Shared pieces of the benchmarks: output, percentiles, the Ed25519 rate of
+this machine, synthetic records. The daemons are node.devnet's (the one home
+of daemon management, shared with the demo and the tests): a Cluster is a
+devnet Network in a temporary directory.
 
 Nothing here asserts a timing: the benchmarks print figures, targets and
 ratios. Every daemon a benchmark starts is registered in a Cluster and stopped
@@ -11,21 +13,16 @@ benchmark process itself dies (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import datetime as dt
 import json
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +33,15 @@ if str(REPO) not in sys.path:
 try:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from node.cli.client import Client, CliError
+    from node import devnet
+    from node.cli.client import Client
     from node.config.home import Home
+    from node.devnet import HOST, Node, wait_until
 except ImportError as exc:  # pragma: no cover - run with the project's virtualenv
     sys.exit(f"cannot import fcnode ({exc}); run with the project's virtualenv, e.g. "
              f".venv/bin/python {sys.argv[0]}")
 
-HOST = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1
+__all__ = ["HOST", "Client", "Home", "Node", "wait_until"]  # used by the benchmarks
 
 
 # -- output -----------------------------------------------------------------------
@@ -167,271 +165,32 @@ def ed25519_rates(seconds: float = 1.0, payload_size: int = 600) -> CryptoRates:
     return CryptoRates(sign_rate, verify_rate, two)
 
 
-# -- daemons --------------------------------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together while chosen)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _child_setup() -> None:  # runs in the forked child, before exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def fcnode_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "node.cli.main", *args]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
-                                     if env.get("PYTHONPATH") else "")
-    env.pop("FCNODE_HOME", None)
-    env.pop("FCNODE_TOKEN", None)
-    return env
-
-
-@dataclass
-class Node:
-    center: str
-    home: Path
-    port: int
-    token: str = ""
-    card: str = ""
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-    _client: Client | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def client(self) -> Client:
-        if self._client is None:
-            self._client = Client(Home(self.home), self.token, timeout=120.0)
-        return self._client
-
-    def call(self, method: str, request: dict[str, Any] | None = None) -> Any:
-        return self.client.call(method, request)
-
-    def search(self, request: dict[str, Any]) -> list[Any]:
-        return list(self.client.stream("Search", {"filters": request}))
-
-    def status(self) -> dict[str, Any]:
-        return self.call("Status")
-
-    def active(self, origin: str) -> int:
-        return int(self.status()["records"].get(origin, {}).get("active", 0))
-
-    def pin(self, other: Node) -> None:
-        self.call("AddPeer", {"card": other.card})
-
-    def publish(self, drafts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self.call("Publish", {"records": drafts})
-
-    def proc_status(self) -> dict[str, int]:
-        """VmRSS / VmHWM in kB from /proc/PID/status."""
-        out = {}
-        with open(f"/proc/{self.pid}/status") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(value.split()[0])
-        return out
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the daemon so far (all threads), and of its
-        child processes (the verification workers of a catch-up: running ones,
-        and those it has reaped)."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        stats = _proc_stats()
-        own = stats.get(self.pid)
-        if own is None:
-            return 0.0
-        total = own[1] + own[2]  # utime + stime, and its reaped children's
-        todo = [self.pid]
-        while todo:
-            parent = todo.pop()
-            for pid, (ppid, used, reaped) in stats.items():
-                if ppid == parent:
-                    total += used + reaped
-                    todo.append(pid)
-        return total / ticks
-
-    def close_client(self) -> None:
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.close()
-            self._client = None
-
-
-def _proc_stats() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, utime + stime, cutime + cstime) in clock ticks, every process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        used = int(fields[11]) + int(fields[12])
-        reaped = int(fields[13]) + int(fields[14])
-        out[int(entry)] = (int(fields[1]), used, reaped)
-    return out
-
-
-class Cluster:
-    """Nodes in one temporary directory; stops every daemon it started on close."""
+# -- daemons: node.devnet, with what a benchmark run adds --------------------------------
+class Cluster(devnet.Network):
+    """A devnet Network in a new /tmp directory (removed unless keep): daemons log
+    at warning, get SIGTERM from the kernel if the benchmark process dies
+    (PR_SET_PDEATHSIG), and a SIGTERM to the benchmark stops them on the way out."""
 
     def __init__(self, keep: bool = False) -> None:
-        # A short prefix in /tmp keeps the Unix socket path well under 107 bytes.
-        self.root = Path(tempfile.mkdtemp(prefix="fcb-"))
-        self.keep = keep
-        self.nodes: list[Node] = []
+        super().__init__(keep=keep, prefix="fcb-", log_level="warning", die_with_parent=True)
         self._old_term = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_exit)
 
-    def __enter__(self) -> Cluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- create ------------------------------------------------------------
-    def init(self, centers: Sequence[str], parallel: int = 4) -> list[Node]:
-        """`fcnode init` and `fcnode identity` for each center (a few at a time)."""
-        ports = free_ports(len(centers))
-        nodes = [Node(c, self.root / c, p) for c, p in zip(centers, ports, strict=True)]
-        for i in range(0, len(nodes), parallel):
-            group = nodes[i:i + parallel]
-            procs = [subprocess.Popen(
-                fcnode_argv("init", "--home", str(n.home), "--center", n.center,
-                            "--name", f"Bench {n.center}", "--listen", f"{HOST}:{n.port}",
-                            "--json"),
-                cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                for n in group]
-            for n, p in zip(group, procs, strict=True):
-                out, err = p.communicate(timeout=120)
-                if p.returncode != 0:
-                    raise RuntimeError(f"fcnode init {n.center} failed: {err.decode().strip()}")
-                n.token = json.loads(out)["admin_token"]
-            procs = [subprocess.Popen(fcnode_argv("identity", "--home", str(n.home), "--json"),
-                                      cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE) for n in group]
-            for n, p in zip(group, procs, strict=True):
-                out, err = p.communicate(timeout=120)
-                if p.returncode != 0:
-                    raise RuntimeError(f"fcnode identity {n.center} failed: "
-                                       f"{err.decode().strip()}")
-                n.card = json.loads(out)["card"]
-        self.nodes.extend(nodes)
-        return nodes
-
-    def start(self, nodes: Sequence[Node], timeout: float = 60.0) -> None:
-        """Start `fcnode serve` for each node and wait until its local API answers."""
-        for n in nodes:
-            n.log_path = self.root / f"{n.center}.log"
-            log = open(n.log_path, "ab")  # noqa: SIM115 - handed to the child
-            try:
-                n.proc = subprocess.Popen(
-                    fcnode_argv("serve", "--home", str(n.home), "--log-level", "warning"),
-                    cwd=REPO, env=_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    preexec_fn=_child_setup)
-            finally:
-                log.close()
-        deadline = time.monotonic() + timeout
-        for n in nodes:
-            self._wait_ready(n, deadline)
-
-    def _wait_ready(self, n: Node, deadline: float) -> None:
-        sock = Home(n.home).socket
-        while True:
-            assert n.proc is not None
-            if n.proc.poll() is not None:
-                raise RuntimeError(f"fcnode serve {n.center} exited with {n.proc.returncode}: "
-                                   f"{self.log_tail(n)}")
-            if sock.exists():
-                try:
-                    n.status()
-                    return
-                except CliError:
-                    n.close_client()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"fcnode serve {n.center} did not answer in time: "
-                                   f"{self.log_tail(n)}")
-            time.sleep(0.05)
-
-    def log_tail(self, n: Node, lines: int = 5) -> str:
-        if n.log_path is None or not n.log_path.exists():
-            return "(no log)"
-        return " | ".join(n.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        for n in self.nodes:
-            if n.proc is not None and n.proc.poll() is not None:
-                raise RuntimeError(f"daemon {n.center} died (exit {n.proc.returncode}): "
-                                   f"{self.log_tail(n)}")
-
-    # -- stop --------------------------------------------------------------
-    def stop(self, nodes: Sequence[Node] | None = None, grace: float = 15.0) -> None:
-        targets = [n for n in (nodes if nodes is not None else self.nodes) if n.proc]
-        for n in targets:
-            n.close_client()
-            if n.proc is not None and n.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    n.proc.terminate()
-        deadline = time.monotonic() + grace
-        for n in targets:
-            assert n.proc is not None
-            try:
-                n.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    n.proc.kill()
-                n.proc.wait(timeout=10)
+    def init(self, centers: Sequence[str],  # type: ignore[override]
+             name: Callable[[str], str] | None = None) -> list[Node]:
+        return super().init(centers, name or (lambda c: f"Bench {c}"))
 
     def close(self) -> None:
         try:
-            self.stop()
+            super().close()
         finally:
             signal.signal(signal.SIGTERM, self._old_term)
             if self.keep:
                 print(f"   (kept {self.root})", flush=True)
-            else:
-                import shutil
-
-                shutil.rmtree(self.root, ignore_errors=True)
-
-    def total_rss_mb(self) -> float:
-        return sum(n.proc_status().get("VmRSS", 0) for n in self.nodes if n.proc) / 1024
 
 
 def _raise_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 # -- synthetic records -----------------------------------------------------------------

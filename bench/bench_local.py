@@ -74,14 +74,14 @@ def bench_publish(node: h.Node, corpus: h.Corpus, args: argparse.Namespace,
     h.section("(b) publish through the local API")
     i = 0
     # Warm-up (connection, first transaction), not counted.
-    node.publish(corpus.drafts(i, 5))
+    node.publish_drafts(corpus.drafts(i, 5))
     i += 5
 
     lat = []
     start = time.perf_counter()
     for _ in range(args.single):
         t = time.perf_counter()
-        node.publish([corpus.draft(i)])
+        node.publish_drafts([corpus.draft(i)])
         lat.append(time.perf_counter() - t)
         i += 1
     single_s = time.perf_counter() - start
@@ -97,7 +97,7 @@ def bench_publish(node: h.Node, corpus: h.Corpus, args: argparse.Namespace,
     start = time.perf_counter()
     for batch in drafts:
         t = time.perf_counter()
-        node.publish(batch)
+        node.publish_drafts(batch)
         call_lat.append(time.perf_counter() - t)
     batch_s = time.perf_counter() - start
     n_batch = args.batch_calls * args.batch_size
@@ -131,7 +131,7 @@ def load_rest(node: h.Node, corpus: h.Corpus, have: int, args: argparse.Namespac
     for first, count in h.batches(have, rest, args.load_batch):
         drafts = corpus.drafts(first, count)
         t = time.perf_counter()
-        node.publish(drafts)
+        node.publish_drafts(drafts)
         daemon_s += time.perf_counter() - t
     total = time.perf_counter() - start
     h.info(f"loaded {rest:,} more records in {total:.1f} s "
@@ -200,7 +200,7 @@ def bench_rss(node: h.Node, args: argparse.Namespace, out: dict[str, Any]) -> No
     h.section("(d) daemon memory (VmRSS from /proc)")
     after = node.proc_status()
     h.figure("RSS right after load and searches", f"{after['VmRSS'] / 1024:.1f} MB")
-    node.close_client()  # an idle daemon: no client connected
+    node.close_clients()  # an idle daemon: no client connected
     time.sleep(args.idle)
     idle = node.proc_status()
     mb = idle["VmRSS"] / 1024

@@ -126,17 +126,10 @@ def copies_held(node: h.Node, origin: str, seq: int) -> tuple[int, int]:
         return row[0], row[1]
 
 
-def holds(node: h.Node, record_id: str) -> bool:
-    with contextlib.closing(sqlite3.connect(f"file:{node.home / 'node.db'}?mode=ro",
-                                            uri=True, timeout=10)) as conn:
-        return conn.execute("SELECT 1 FROM entries WHERE record_id = ? AND payload IS NOT "
-                            "NULL", (record_id,)).fetchone() is not None
-
-
 def query(node: h.Node, entity: str, timeout: str = "10s") -> tuple[float, dict[str, Any],
                                                                      list[Any]]:
     started = time.monotonic()
-    items = list(node.client.stream("Query", {"filters": {"entities": [entity], "limit": 10},
+    items = list(node.client().stream("Query", {"filters": {"entities": [entity], "limit": 10},
                                               "timeout": timeout}, timeout=60))
     return (time.monotonic() - started) * 1000, items[-1], items[:-1]
 
@@ -191,11 +184,11 @@ def main() -> int:
         for a in hubs:
             for b in hubs:
                 if a != b:
-                    by[a].call("AddPeer", {"card": by[b].card, "introducer": True})
+                    by[a].call("AddPeer", {"card": by[b].card(), "introducer": True})
         for hub in hubs:
             for s in spokes_of[hub]:
                 by[hub].pin(by[s])
-                by[s].call("AddPeer", {"card": by[hub].card, "introducer": True})
+                by[s].call("AddPeer", {"card": by[hub].card(), "introducer": True})
         pinned_s = time.monotonic() - t0
         ok = h.wait_until(lambda: min(trusted_counts(nodes)) >= n - 1, timeout=600,
                           interval=1.0)
@@ -227,7 +220,7 @@ def main() -> int:
         cpu0 = sum(x.cpu_seconds() for x in nodes)
         seqs = []
         for i in range(args.records):
-            r = origin.publish([corpus.draft(i, title_extra=f"green{i:03d}")])[0]
+            r = origin.publish_drafts([corpus.draft(i, title_extra=f"green{i:03d}")])[0]
             seqs.append(int(r["seq"]))
             time.sleep(args.gap)
         # Read from the database files (the benchmark's CPU, not the daemons').
@@ -263,7 +256,7 @@ def main() -> int:
         named = [spokes_of[hubs[0]][-1], spokes_of[hubs[regions // 2]][0],
                  spokes_of[hubs[-1]][0]]
         author = by[named[0]]
-        rec = author.publish([{"kind": "BOLO", "title": "amber for three",
+        rec = author.publish_drafts([{"kind": "BOLO", "title": "amber for three",
                                "entities": ["plate=AMB 3"],
                                "policy": {"tlp": "AMBER", "audience": named,
                                           "discoverability": "pointer"}}])[0]
@@ -272,7 +265,7 @@ def main() -> int:
                                  timeout=60, interval=0.5)
         last_ms = max((held_at(by[c], rec["record_id"]) or 0) for c in named)
         time.sleep(2)  # anything that would arrive elsewhere has had time to
-        holders = sorted(x.center for x in nodes if holds(x, rec["record_id"]))
+        holders = sorted(x.center for x in nodes if x.holds(rec["record_id"]))
         outside = [c for c in holders if c not in named]
         h.info(f"held by: {holders} (target: exactly the three: {sorted(named)}) "
                f"{h.verdict(holders == sorted(named))}")
@@ -321,7 +314,7 @@ def main() -> int:
         k = 0
         while time.monotonic() < t_end:
             for s in region:
-                s.publish([corpus.draft(500 + k, title_extra=f"outage{k:03d}")])
+                s.publish_drafts([corpus.draft(500 + k, title_extra=f"outage{k:03d}")])
                 k += 1
             time.sleep(5)
         want = {s.center: s.active(s.center) for s in region}

@@ -382,7 +382,7 @@ def run_query(node: h.Node, entity: str, args: argparse.Namespace) -> QueryRun:
     first = None
     results = 0
     summary: dict[str, Any] = {}
-    for item in node.client.stream("Query", req, timeout=120):
+    for item in node.client().stream("Query", req, timeout=120):
         if "summary" in item:
             summary = item["summary"]
         else:

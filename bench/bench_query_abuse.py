@@ -87,7 +87,7 @@ def bench_flood(cluster: h.Cluster, args: argparse.Namespace, out: dict[str, Any
             relay=True))).envelope for i in range(1, args.flood_records + 1)]
     message = federation_pb2.QueryAnswer(records=envs)
     rogue.flood = (message, args.flood_messages)
-    rogue.serve(req.card)
+    rogue.serve(req.card())
     req.call("AddPeer", {"card": rogue.card.line()})
     if not wait_connected(req, "flood"):
         h.info("the requester did not connect to the flooding peer; measuring anyway")
@@ -163,7 +163,7 @@ def bench_restricted(cluster: h.Cluster, args: argparse.Namespace,
                                               "discoverability": "restricted"}}
         for i in range(args.restricted)]
     for i in range(0, len(drafts), 500):
-        origin.publish(drafts[i:i + 500])
+        origin.publish_drafts(drafts[i:i + 500])
     rogue = Rogue(cluster.root, "asker")
     origin.call("AddPeer", {"card": rogue.card.line()})
     key = entities.match_keys(*PHONE)[0]
@@ -171,7 +171,7 @@ def bench_restricted(cluster: h.Cluster, args: argparse.Namespace,
     text = ("officer safety " * 40)[:MAX_TEXT]
     db = origin.home / "node.db"
     before, size0 = written(db), files(origin.home)
-    card = origin.card
+    card = origin.card()
     listen = f"{h.HOST}:{origin.port}"
     ok = 0
     for _ in range(args.queries):

@@ -88,7 +88,7 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
         cluster.start([a, b])
         t = time.perf_counter()
         for first, count in h.batches(0, args.records, args.batch):
-            a.publish(corpus.drafts(first, count))
+            a.publish_drafts(corpus.drafts(first, count))
         pub_s = time.perf_counter() - t
         h.info(f"A published {args.records:,} records in {pub_s:.1f} s "
                f"({args.records / pub_s:,.0f} rec/s, batches of {args.batch})")
@@ -131,7 +131,7 @@ def bench_ingest(args: argparse.Namespace, rates: h.CryptoRates, out: dict[str, 
             h.info(f"B's peers: {json.dumps(status.get('peers'))}")
             h.info(f"A's peers: {json.dumps(a.status().get('peers'))}")
             for n in (a, b):
-                h.info(f"{n.center} log: {cluster.log_tail(n)}")
+                h.info(f"{n.center} log: {n.log_tail(500)}")
             out["ingest"] = {"records": args.records, "timed_out": True, "held": last_poll}
             return
         elapsed = done - start
@@ -248,7 +248,7 @@ def _status_futures(nodes: list[h.Node]) -> list[Any]:
     """Status of several nodes at once (the stubs' futures), so that one slow
     node does not delay the observation of the others."""
     req = local_pb2.Empty()
-    return [n.client.stub.Status.future(
+    return [n.client().stub.Status.future(
         req, metadata=[("authorization", f"Bearer {n.token}")], timeout=30) for n in nodes]
 
 
@@ -322,7 +322,7 @@ def bench_fanout(args: argparse.Namespace, out: dict[str, Any]) -> None:
         for j in range(args.fanout):
             want = base + j + 1
             t0 = time.perf_counter()
-            hub.publish([corpus.draft(j, title_extra=f"fanout{j:04d}x")])
+            hub.publish_drafts([corpus.draft(j, title_extra=f"fanout{j:04d}x")])
             pending = list(spokes)
             while pending:
                 futures = _status_futures(pending)

@@ -37,14 +37,13 @@ from typing import Any
 import _harness as h
 
 from node.cli.client import Client
-from node.config.home import Home
 
 PLATE = "plate=BW 0001"
 
 
 def _user(node: h.Node, name: str, *attrs: str) -> Client:
-    r = node.call("AddUser", {"name": name, "attributes": list(attrs)})
-    return Client(Home(node.home), r["token"], timeout=120.0)
+    node.add_user(name, *attrs)
+    return node.client(name)
 
 
 def _watch(client: Client, **req: Any) -> str:
@@ -84,7 +83,7 @@ def _latency(origin: h.Node, follower: Client, samples: int, draft: dict[str, An
     for i in range(samples):
         d = dict(draft, title=f"{draft['title']} {i}")
         t0 = time.perf_counter()
-        (rec,) = origin.publish([d])
+        (rec,) = origin.publish_drafts([d])
         with lock:
             if not lock.wait_for(lambda r=rec["record_id"]: r in arrived, timeout=30):
                 h.info(f"{what}: sample {i} did not arrive in 30 s")
@@ -108,8 +107,8 @@ def bench_latency(samples: int) -> dict[str, Any]:
         cl.start([origin, hub, watcher])
         for a, b in ((origin, hub), (hub, origin), (hub, watcher), (watcher, hub)):
             a.pin(b)
-        watcher.call("AddPeer", {"card": origin.card, "connect": False})
-        origin.call("AddPeer", {"card": watcher.card, "connect": False})
+        watcher.call("AddPeer", {"card": origin.card(), "connect": False})
+        origin.call("AddPeer", {"card": watcher.card(), "connect": False})
         analyst = _user(watcher, "analyst", "sworn_le")
         wid = _watch(analyst, entities=[PLATE], network=True)
         # Registered at the origin through the hub (not a direct peer).
@@ -169,7 +168,7 @@ def _ingest_run(records: int, standing: int) -> tuple[float, float]:
         # its standing queries stay registered at alpha, durably.
         cl.stop([a, b])
         for first, n in h.batches(0, records, 500):
-            c.publish(corpus.drafts(first, n))
+            c.publish_drafts(corpus.drafts(first, n))
         cl.start([a])
         t0 = time.perf_counter()
         h.wait_until(lambda: _count(a, "SELECT count(*) FROM records WHERE origin = 'charlie'")
@@ -179,7 +178,7 @@ def _ingest_run(records: int, standing: int) -> tuple[float, float]:
         # (b) alpha's own publish, each record matching one standing query
         t0 = time.perf_counter()
         for first, n in h.batches(0, records, 500):
-            a.publish(corpus.drafts(first, n))
+            a.publish_drafts(corpus.drafts(first, n))
         _drain_wait(a)
         publish = records / (time.perf_counter() - t0)
         if standing:

@@ -76,6 +76,17 @@ def classify_error(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
     return "backing off", f"{exc.code().name}: {details[:120]}"
 
 
+def raise_if_cancelling() -> None:
+    """End a retry loop that was told to stop. A grpc.aio call that fails (the
+    peer's UNAVAILABLE: "node shutting down") at the moment its task is cancelled
+    hands the task the RPC error instead of CancelledError; the cancel request is
+    then left unanswered, and a loop that retries on errors would dial on forever
+    while stop() waits for it (a daemon stopped with its peers kept running)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class PeerLink:
     def __init__(self, node: NodeService, tls: PinnedTls, peer: Peer, pool: Executor,
                  on_change: Callable[[], None],
@@ -143,6 +154,7 @@ class PeerLink:
             except Exception as exc:  # a bug must not kill the link for good
                 log.exception("replication link failed", extra={"peer": self.peer.center})
                 self.state.state, self.state.error = "backing off", type(exc).__name__
+            raise_if_cancelling()
             self.node.recovery.down(self.peer.center)
             delay = self.backoff.next_delay()
             log.info("replication link down", extra={

@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from federation.backoff import Backoff
+from federation.links import raise_if_cancelling
 from federation.query_forward import DEFAULT_HOPS, MAX_HOPS, MAX_PATH
 from federation.ratelimit import RateLimits
 from federation.transport.client import stub as fed_stub
@@ -441,6 +442,7 @@ class WatchClient:
                                                    "reason": exc.code().name})
             except Exception:
                 log.exception("watch link failed", extra={"peer": self.center})
+            raise_if_cancelling()
             self.changed.set()  # register again after reconnecting
             self.relay.set()
             await asyncio.sleep(self.backoff.next_delay())

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from node.devnet import Node  # noqa: E402
+from node.devnet import Node, wait_settled, wait_until  # noqa: E402
 
 RECORDS = [
     # (center, label, publish arguments)
@@ -71,14 +71,14 @@ def run(scratch: Path) -> None:
         ncric, nysic, ffc = nodes["ncric"], nodes["nysic"], nodes["ffc"]
         ncric.pin(nysic)
         nysic.pin(ncric)
-        nysic.pin(ffc, "--groups", "region:east")
-        ffc.pin(nysic, "--groups", "region:east")
-        ffc.pin(ncric, "--no-connect")   # keys only: ncric's records arrive via nysic
-        ncric.pin(ffc, "--no-connect", "--groups", "region:east")
+        nysic.pin(ffc, groups=["region:east"])
+        ffc.pin(nysic, groups=["region:east"])
+        ffc.pin(ncric, connect=False)   # keys only: ncric's records arrive via nysic
+        ncric.pin(ffc, connect=False, groups=["region:east"])
         print("  ncric <-> nysic <-> ffc   (ffc and ncric pin each other's keys, no link)")
         # ffc's own node is in region:east too, for its own audience expansion.
         ffc.edit_config("[groups]", '[groups]\n"region:east" = ["ffc", "nysic"]')
-        ffc.proc.send_signal(1)  # SIGHUP: reload node.toml
+        ffc.send_signal(1)  # SIGHUP: reload node.toml
         time.sleep(0.5)
 
         banner("publishing records under different policies")
@@ -90,15 +90,8 @@ def run(scratch: Path) -> None:
 
         banner("waiting for replication")
         # Converged when what every node holds has not changed for 1.5 s.
-        last, stable_since = None, time.monotonic()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            held = {c: n.held_record_ids() for c, n in nodes.items()}
-            if held != last:
-                last, stable_since = held, time.monotonic()
-            elif time.monotonic() - stable_since > 1.5:
-                break
-            time.sleep(0.25)
+        wait_settled(lambda: {c: n.held_record_ids() for c, n in nodes.items()}, 1.5, 30)
+        held = {c: n.held_record_ids() for c, n in nodes.items()}
         print("  converged")
 
         banner("who holds what (read from each node's own database)")
@@ -155,10 +148,8 @@ def _lifecycle(nodes: dict[str, Node], published: list[tuple[str, str, str]]) ->
     print("  " + ncric.ok("update", bolo, "--audience", "nysic", "--reason",
                           "suspect identified; limit distribution").strip())
     print("  " + ncric.ok("purge", sar, "--reason", "information found unreliable").strip())
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (bolo in ffc.held_record_ids()
-                                           or "purge" not in nysic.ok("notices")):
-        time.sleep(0.3)
+    wait_until(lambda: bolo not in ffc.held_record_ids() and "purge" in nysic.ok("notices"),
+               15, 0.3)
     for n in (nysic, ffc):
         print(f"\n  notices at {n.center}:")
         print("  " + n.ok("notices").strip().replace("\n", "\n  "))
@@ -172,9 +163,7 @@ def _watch(nodes: dict[str, Node]) -> None:
     wid = nysic.ok("watch", "add", "--network", "--entity", "plate=8XYZ999",
                    user="det-ortiz").strip()
     print(f"  fcnode watch add --network --entity plate=8XYZ999   -> watch {wid}")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and wid not in ncric.ok("watch", "list", "--remote"):
-        time.sleep(0.3)
+    wait_until(lambda: wid in ncric.ok("watch", "list", "--remote"), 15, 0.3)
     print("  ncric holds nysic's signed standing query (fcnode watch list --remote, admin):")
     print("  " + ncric.ok("watch", "list", "--remote").strip().replace("\n", "\n  "))
     bolo = ncric.publish("--kind", "BOLO", "--title", "Stolen van used in burglaries",
@@ -184,13 +173,9 @@ def _watch(nodes: dict[str, Node]) -> None:
                         "--justification", "guard report")
     print(f"  ncric publishes a GREEN BOLO ({bolo['record_id'][:8]}) and an ncric-only SAR "
           f"({sar['record_id'][:8]}) on that plate")
-    deadline = time.monotonic() + 15
-    text = ""
-    while time.monotonic() < deadline:
-        text = nysic.ok("watch", "hits", user="det-ortiz")
-        if bolo["record_id"] in text and sar["record_id"] in text:
-            break
-        time.sleep(0.3)
+    wait_until(lambda: all(r["record_id"] in nysic.ok("watch", "hits", user="det-ortiz")
+                           for r in (bolo, sar)), 15, 0.3)
+    text = nysic.ok("watch", "hits", user="det-ortiz")
     print("  fcnode watch hits (det-ortiz at nysic):")
     print("  " + text.strip().replace("\n", "\n  "))
     print("  The BOLO is shown in full; the SAR only as a POINTER (ncric's own policy, its")
@@ -214,7 +199,7 @@ def _jttf(nodes: dict[str, Node], scratch: Path) -> None:
     jttf.pin(nysic)
     nysic.pin(jttf)
     nysic.edit_config("[limits]", JTTF_RULE.strip() + "\n\n[limits]")
-    nysic.proc.send_signal(1)  # SIGHUP: reload node.toml (the rule's center is pinned)
+    nysic.send_signal(1)  # SIGHUP: reload node.toml (the rule's center is pinned)
     time.sleep(0.5)
     print("  nysic's node.toml:" + JTTF_RULE.replace("\n", "\n    "))
     out = nysic.ok("publish", "--kind", "TIP", "--title", "Caller describes pipe-bomb parts",
@@ -223,9 +208,7 @@ def _jttf(nodes: dict[str, Node], scratch: Path) -> None:
     print("  fcnode publish --kind TIP --label nexus:terrorism ... (no --audience):")
     print("  " + out.strip().replace("\n", "\n  "))
     rid = out.split()[1]
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and rid not in jttf.held_record_ids():
-        time.sleep(0.3)
+    wait_until(lambda: rid in jttf.held_record_ids(), 15, 0.3)
     print(f"  jttf holds the tip: {rid in jttf.held_record_ids()}")
     print("  dissemination log at nysic for it:")
     print("  " + nysic.ok("disseminations", rid).strip().replace("\n", "\n  "))

@@ -5,21 +5,20 @@ from pathlib import Path
 
 import pytest
 
-from node.devnet import Node
+from node.devnet import Network, Node
 
 
 @pytest.fixture
-def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    """Create (and afterwards stop) real nodes; homes under a short tmp path."""
-    nodes: list[Node] = []
+def network(tmp_path: Path) -> Iterator[Network]:
+    """The test's nodes, homes under its tmp path; all daemons stopped at the end."""
+    with Network(tmp_path) as net:
+        yield net
 
+
+@pytest.fixture
+def make_node(network: Network) -> Callable[..., Node]:
+    """Create (and afterwards stop) real nodes: make_node(center, start=True, name=None)."""
     def make(center: str, start: bool = True, name: str | None = None) -> Node:
-        node = Node(tmp_path, center, name)
-        nodes.append(node)
-        if start:
-            node.start()
-        return node
+        return network.node(center, name, start=start)
 
-    yield make
-    for node in nodes:
-        node.stop()
+    return make

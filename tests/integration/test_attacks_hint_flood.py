@@ -22,12 +22,6 @@ def rows(node, origin: str) -> int:
                             (origin,)).fetchone()[0]
 
 
-def head(node, origin: str) -> int:
-    with contextlib.closing(node.db()) as conn:
-        return conn.execute("SELECT coalesce(max(seq), 0) FROM entries WHERE origin = ?",
-                            (origin,)).fetchone()[0]
-
-
 def titles(node, origin: str) -> int:
     with contextlib.closing(node.db()) as conn:
         return conn.execute("SELECT count(*) FROM entries WHERE origin = ? AND payload IS NOT "
@@ -37,7 +31,7 @@ def titles(node, origin: str) -> int:
 def test_fake_placeholders_for_another_origin_are_one_row(make_node, tmp_path: Path) -> None:
     origin, hub, spoke = make_node("yankee"), make_node("hubzulu"), make_node("spokez")
     origin.pin(hub); hub.pin(origin); hub.pin(spoke); spoke.pin(hub)  # noqa: E702
-    spoke.pin(origin, "--no-connect")
+    spoke.pin(origin, connect=False)
     origin.publish("--kind", "BULLETIN", "--title", "first", "--audience", "members")
     spoke.wait_for(lambda: rows(spoke, "yankee") == 1, 20, "seq 1 at the spoke")
     rogue = Rogue(tmp_path, "mallory")
@@ -47,7 +41,7 @@ def test_fake_placeholders_for_another_origin_are_one_row(make_node, tmp_path: P
     rogue.serve(hub.card())
     hub.ok("peers", "add", rogue.card.line())
     # The fakes reach the hub and, relayed as one range item, the spoke.
-    spoke.wait_for(lambda: head(spoke, "yankee") == n + 1, 30, "the fake range at the spoke")
+    spoke.wait_for(lambda: spoke.head("yankee") == n + 1, 30, "the fake range at the spoke")
     assert rows(hub, "yankee") == 2, "20,000 hints are one row at the hub"
     assert rows(spoke, "yankee") == 2, "and one row at the spoke"
     # The origin's next entries land inside the fake range and still reach the spoke.
@@ -102,4 +96,4 @@ def test_a_hint_into_a_hole_keeps_the_range_at_the_head(make_node, tmp_path: Pat
 
     node.wait_for(lambda: (None, 2) in held() or (4, 2) in held(), 30, "the hint for the hole")
     assert held() == [(None, 1), (None, 2), (None, 3), (4, 10)], held()
-    assert head(node, "mallory") == 10
+    assert node.head("mallory") == 10

@@ -9,13 +9,10 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-from node.devnet import ENV
 
 
 def record_count(node) -> int:
@@ -100,10 +97,8 @@ def test_killed_publish_leaves_all_or_nothing(make_node, tmp_path: Path) -> None
              for i in range(4000)]
     path = tmp_path / "batch.json"
     path.write_text(json.dumps(batch))
-    env = {**ENV, "FCNODE_TOKEN": node.token}
-    publisher = subprocess.Popen([sys.executable, "-m", "node.cli.main", "publish", "--home",
-                                  str(node.home), "--file", str(path)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    publisher = node.cli_popen("publish", "--file", str(path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     time.sleep(0.9)  # parsing and sending take a moment; then kill mid-flight
     node.proc.send_signal(signal.SIGKILL)
     node.proc.wait()

@@ -94,7 +94,7 @@ def test_hub_answers_for_copies_by_the_same_rule(make_node) -> None:
     hub.pin(origin)
     hub.pin(asker)
     asker.pin(hub)
-    asker.pin(origin, "--no-connect")  # to verify what the hub passes on
+    asker.pin(origin, connect=False)  # to verify what the hub passes on
     asker.add_user("ana")
     rec = origin.publish("--kind", "BOLO", "--title", "Grey van seen at depot",
                          "--entity", PHONE, "--label", "depot", "--tlp", "AMBER",
@@ -133,7 +133,7 @@ def test_records_from_before_stubs_still_give_verifiable_pointers(make_node) -> 
     b.start()
     # alpha's link to the restarted bravo may still be backing off: wait for it.
     a.wait_for(lambda: any(p["center"] == "bravo" and p["state"] == "connected"
-                           for p in a.json("status")["peers"]), 30, "bravo reconnected")
+                           for p in a.status()["peers"]), 30, "bravo reconnected")
     lines = a.json_lines("query", "--entity", PHONE, "--timeout", "5s", user="ana")
     assert lines[-1]["summary"]["bravo"]["status"] == "answered", lines[-1]
     assert [(r["record_id"], r["access"], r["version"]) for r in lines[:-1]] == [

@@ -22,10 +22,6 @@ from node.wire import federation_pb2, federation_pb2_grpc
 from tests.integration.rogue import Rogue
 
 
-def holds(node: Node, record_id: str) -> bool:
-    return record_id in node.held_record_ids()
-
-
 def placeholder_count(node: Node, origin: str) -> tuple[int, int]:
     """(positions held without content, rows they take): a run of withheld
     positions arrives as one range item and is one row."""
@@ -35,35 +31,25 @@ def placeholder_count(node: Node, origin: str) -> tuple[int, int]:
                             (origin,)).fetchone()
 
 
-def head(node: Node, origin: str) -> int:
-    with contextlib.closing(node.db()) as conn:
-        return conn.execute("SELECT coalesce(max(seq), 0) FROM entries WHERE origin = ?",
-                            (origin,)).fetchone()[0]
-
-
-def wait_head(node: Node, origin: str, seq: int, timeout: float = 20) -> None:
-    node.wait_for(lambda: head(node, origin) >= seq, timeout, f"{origin} head {seq}")
-
-
 def test_chain_relays_only_what_each_center_may_hold(make_node) -> None:
     a, b, c = make_node("alpha"), make_node("bravo"), make_node("charlie")
     a.pin(b)
     b.pin(a)
     b.pin(c)
     c.pin(b)
-    a.pin(c, "--no-connect")
-    c.pin(a, "--no-connect")
+    a.pin(c, connect=False)
+    c.pin(a, connect=False)
     everyone = a.publish("--kind", "BULLETIN", "--title", "for all", "--tlp", "GREEN",
                          "--audience", "members")
     only_b = a.publish("--kind", "BULLETIN", "--title", "for bravo", "--audience", "bravo")
     strict = a.publish("--kind", "BULLETIN", "--title", "strict", "--tlp", "AMBER+STRICT",
                        "--audience", "bravo", "--audience", "charlie")
     last = a.publish("--kind", "BULLETIN", "--title", "last", "--audience", "members")
-    wait_head(c, "alpha", last["seq"])
-    assert holds(b, only_b["record_id"]) and holds(b, strict["record_id"])
-    assert holds(c, everyone["record_id"]) and holds(c, last["record_id"])
+    c.wait_head("alpha", last["seq"])
+    assert b.holds(only_b["record_id"]) and b.holds(strict["record_id"])
+    assert c.holds(everyone["record_id"]) and c.holds(last["record_id"])
     # On charlie's own database file: neither record it may not hold, only placeholders.
-    assert not holds(c, only_b["record_id"]) and not holds(c, strict["record_id"])
+    assert not c.holds(only_b["record_id"]) and not c.holds(strict["record_id"])
     with contextlib.closing(c.db()) as conn:
         blob = b"".join(r[0] for r in conn.execute("SELECT payload FROM entries "
                                                    "WHERE payload IS NOT NULL"))
@@ -90,13 +76,13 @@ def test_star_hub_fans_out_to_spokes(make_node) -> None:
     narrow = spokes[0].publish("--kind", "BOLO", "--title", "hub and spoke1", "--audience",
                                "hub", "--audience", "spoke1")
     for s in spokes[1:]:
-        wait_head(s, "spoke0", narrow["seq"])
-        assert holds(s, rec["record_id"])
-    assert holds(spokes[1], narrow["record_id"]) and not holds(spokes[2], narrow["record_id"])
+        s.wait_head("spoke0", narrow["seq"])
+        assert s.holds(rec["record_id"])
+    assert spokes[1].holds(narrow["record_id"]) and not spokes[2].holds(narrow["record_id"])
     # A spoke the hub dialled before that spoke pinned the hub was refused then; the
     # hub's link retries with backoff, so wait for it rather than racing it.
     everyone = {"spoke0": "connected", "spoke1": "connected", "spoke2": "connected"}
-    hub.wait_for(lambda: {p["center"]: p["state"] for p in hub.json("status")["peers"]}
+    hub.wait_for(lambda: {p["center"]: p["state"] for p in hub.status()["peers"]}
                  == everyone, 30, "hub connected to every spoke")
 
 
@@ -156,13 +142,13 @@ def test_removed_peer_is_cut_off(make_node) -> None:
     a.pin(b)
     b.pin(a)
     first = a.publish("--kind", "BULLETIN", "--title", "before", "--audience", "members")
-    wait_head(b, "echo", first["seq"])
+    b.wait_head("echo", first["seq"])
     a.ok("peers", "remove", "foxtrot")
     after = a.publish("--kind", "BULLETIN", "--title", "after", "--audience", "members")
-    b.wait_for(lambda: next(p for p in b.json("status")["peers"]
+    b.wait_for(lambda: next(p for p in b.status()["peers"]
                             if p["center"] == "echo")["state"] == "refused", 20, "refused")
     time.sleep(1)
-    assert not holds(b, after["record_id"])
+    assert not b.holds(after["record_id"])
     closed = [json.loads(line) for line in a.log_path.read_text().splitlines()
               if "peer unpinned" in line]
     assert closed and closed[-1]["streams_closed"] >= 1
@@ -183,7 +169,7 @@ def test_large_records_replicate_and_answer_within_the_message_limit(make_node,
     path = tmp_path / "big.json"
     path.write_text(json.dumps(big))
     a.ok("publish", "--file", str(path))
-    wait_head(b, "sierra", 8)
+    b.wait_head("sierra", 8)
     assert len(b.held_record_ids()) == 8
     lines = b.json_lines("query", "big", "--centers", "sierra")
     assert lines[-1]["summary"]["sierra"]["status"] == "answered"
@@ -202,10 +188,10 @@ def test_tampered_and_unknown_entries_are_rejected_and_never_stored(make_node,
     rogue.items = [items[0], tampered, items[2], *stranger.chain(["alien"])]
     rogue.serve(node.card())
     node.ok("peers", "add", rogue.card.line())
-    node.wait_for(lambda: node.json("status")["rejected"], 20, "a rejection")
+    node.wait_for(lambda: node.status()["rejected"], 20, "a rejection")
     time.sleep(0.5)
-    assert head(node, "hotel") == 1  # seq 1 stored; the tampered seq 2 and all after: not
-    assert head(node, "india") == 0
+    assert node.head("hotel") == 1  # seq 1 stored; the tampered seq 2 and all after: not
+    assert node.head("india") == 0
     with contextlib.closing(node.db()) as conn:
         reasons = dict(conn.execute("SELECT origin, reason FROM rejections"))
         assert b"TWO" not in b"".join(r[0] or b"" for r in conn.execute(
@@ -228,8 +214,8 @@ def test_tampered_in_the_origin_database_is_rejected_by_receiver(make_node) -> N
     b.start()
     a.pin(b)
     b.pin(a)
-    b.wait_for(lambda: b.json("status")["rejected"], 20, "a rejection")
-    assert not holds(b, rec["record_id"])
+    b.wait_for(lambda: b.status()["rejected"], 20, "a rejection")
+    assert not b.holds(rec["record_id"])
 
 
 def test_fork_is_kept_as_evidence_and_quarantines_the_origin(make_node, tmp_path: Path) -> None:
@@ -239,7 +225,7 @@ def test_fork_is_kept_as_evidence_and_quarantines_the_origin(make_node, tmp_path
     rogue.items = honest
     rogue.serve(node.card())
     node.ok("peers", "add", rogue.card.line())
-    wait_head(node, "mike", 2)
+    node.wait_head("mike", 2)
     # The origin now signs a different seq 2: equivocation.
     other = rogue.item(rogue.body(2, honest[0].hash, "second, rewritten"))
     rogue.items = [honest[0], other, rogue.item(rogue.body(3, other.hash, "third"))]
@@ -247,7 +233,7 @@ def test_fork_is_kept_as_evidence_and_quarantines_the_origin(make_node, tmp_path
     with sqlite3.connect(node.home / "node.db") as conn:  # make the node ask from the start
         conn.execute("DELETE FROM cursors WHERE peer = 'mike'")
     node.start()
-    node.wait_for(lambda: node.json("status")["quarantined"], 20, "quarantine")
+    node.wait_for(lambda: node.status()["quarantined"], 20, "quarantine")
     status = node.json("status")
     assert status["quarantined"][0]["origin"] == "mike"
     assert "fork at seq 2" in status["quarantined"][0]["reason"]
@@ -255,7 +241,7 @@ def test_fork_is_kept_as_evidence_and_quarantines_the_origin(make_node, tmp_path
     with contextlib.closing(node.db()) as conn:
         fork = conn.execute("SELECT held_payload, other_payload FROM forks").fetchone()
     assert b"second" in fork[0] and b"rewritten" in fork[1]
-    assert head(node, "mike") == 2
+    assert node.head("mike") == 2
     rogue.stop()
 
 
@@ -270,11 +256,11 @@ def test_sigkill_during_replication_loses_and_duplicates_nothing(make_node,
     a.ok("publish", "--file", str(path))
     a.pin(b)
     b.pin(a)
-    b.wait_for(lambda: head(b, "november") > 0, 20, "replication to start")
+    b.wait_for(lambda: b.head("november") > 0, 20, "replication to start")
     b.kill()
-    partial = head(b, "november")
+    partial = b.head("november")
     b.start()
-    wait_head(b, "november", 3000, timeout=60)
+    b.wait_head("november", 3000, timeout=60)
     with contextlib.closing(b.db()) as conn:
         count, distinct = conn.execute(
             "SELECT count(*), count(DISTINCT record_id) FROM entries WHERE origin = 'november'"

@@ -13,23 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from node.devnet import ENV, Node, free_port, mesh
+from node.devnet import Node, free_port, mesh
 
 WRAPPER = Path(__file__).with_name("hardening.py")
 UNIT = Path(__file__).resolve().parents[2] / "configs" / "fcnode.service"
-
-
-class Hardened(Node):
-    mode = "seccomp"
-
-    def start(self, wait: bool = True) -> Node:
-        log = open(self.log_path, "a")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WRAPPER), self.mode, sys.executable, "-m", "node.cli.main",
-             "serve", "--home", str(self.home)], env=ENV, stdout=log, stderr=log, text=True)
-        if wait:
-            self.wait_ready()
-        return self
 
 
 def run_wrapped(mode: str, code: str) -> subprocess.CompletedProcess[str]:
@@ -46,13 +33,13 @@ def test_daemons_work_under_the_units_restrictions(mode: str, tmp_path: Path) ->
         netlink = run_wrapped(mode, "import socket; socket.socket(16, socket.SOCK_RAW)")
         assert "Address family not supported" in netlink.stderr, netlink.stderr
     # ...and the daemon does everything it does under them.
-    Hardened.mode = mode
-    a, b = Hardened(tmp_path, "ncric"), Hardened(tmp_path, "nysic")
+    wrapper = [sys.executable, str(WRAPPER), mode]  # the daemon runs under the wrapper
+    a, b = Node(tmp_path, "ncric"), Node(tmp_path, "nysic")
     port = free_port()
     a.edit_config('# listen = "127.0.0.1:9464"', f'listen = "127.0.0.1:{port}"')
     try:
-        a.start()
-        b.start()
+        a.start(prefix=wrapper)
+        b.start(prefix=wrapper)
         if mode == "seccomp":  # the daemon itself runs filtered (the wrapper exec'd it)
             assert "Seccomp:\t2" in Path(f"/proc/{a.proc.pid}/status").read_text()  # type: ignore[union-attr]
         mesh(a, b)

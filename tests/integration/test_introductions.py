@@ -25,7 +25,8 @@ def fast(make_node, center: str) -> Node:
 
 
 def peers(node: Node) -> dict[str, dict]:
-    return {p["center"]: p for p in node.json_lines("peers", "list")}
+    """`fcnode peers list --json`, by the local API (polled)."""
+    return {p["center"]: p for p in node.call("ListPeers")}
 
 
 def link_received(node: Node, center: str) -> int:
@@ -36,7 +37,7 @@ def test_spokes_learn_each_other_from_their_hub_and_follow_its_view(make_node) -
     hub, s1, s2 = fast(make_node, "hub"), fast(make_node, "s1"), fast(make_node, "s2")
     for s in (s1, s2):  # each spoke exchanges cards with the hub alone
         hub.pin(s)
-        s.pin(hub, "--introducer")
+        s.pin(hub, introducer=True)
     s1.wait_for(lambda: "s2" in peers(s1), what="s2 introduced at s1")
     s2.wait_for(lambda: "s1" in peers(s2), what="s1 introduced at s2")
     p = peers(s1)["s2"]
@@ -94,8 +95,8 @@ def test_conflicting_key_and_own_id_are_refused_and_shown(make_node, tmp_path: P
     (tmp_path / "fake").mkdir()
     fake_xx, fake_s1 = Node(tmp_path / "fake", "xx"), Node(tmp_path / "fake", "s1")
     hub.pin(s1)
-    hub.pin(xx, "--no-connect")
-    s1.pin(hub, "--introducer")
+    hub.pin(xx, connect=False)
+    s1.pin(hub, introducer=True)
     s1.wait_for(lambda: "xx" in peers(s1), what="xx introduced at s1")
     real = peers(s1)["xx"]["tls_fingerprint"]
 
@@ -120,7 +121,7 @@ def test_conflicting_key_and_own_id_are_refused_and_shown(make_node, tmp_path: P
         log = s1.log_path.read_text()
         assert "introduction conflict" in log
         # The administrator decides: pins the real card directly.
-        s1.pin(xx, "--no-connect")
+        s1.pin(xx, connect=False)
         assert not peers(s1)["xx"]["conflict"] and not peers(s1)["xx"]["introduced_by"]
         # A direct pin is never overridden: the rogue's offer is only reported.
         s1.wait_for(lambda: "pinned directly" in conflicts().get("xx", ""),

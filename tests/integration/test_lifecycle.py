@@ -34,14 +34,8 @@ def wait_erased(node: Node, *needles: bytes) -> None:
                   f"{needles} erased from {node.center}'s database file")
 
 
-def record_row(node: Node, record_id: str) -> tuple[int, str] | None:
-    with contextlib.closing(node.db()) as conn:
-        return conn.execute("SELECT version, state FROM records WHERE record_id = ?",
-                            (record_id,)).fetchone()
-
-
 def wait_state(node: Node, record_id: str, version: int, state: str) -> None:
-    node.wait_for(lambda: record_row(node, record_id) == (version, state), 20,
+    node.wait_for(lambda: node.record_state(record_id) == (version, state), 20,
                   f"{record_id[:8]} v{version} {state}")
 
 
@@ -128,7 +122,7 @@ def test_purge_erases_content_everywhere_even_for_a_spoke_offline_during_it(
     wait_state(spoke, rid, 2, "purged")
     time.sleep(1.5)                    # the hub also pulls from the spoke: nothing revives
     for node in (origin, hub, spoke):
-        assert record_row(node, rid) == (2, "purged")
+        assert node.record_state(rid) == (2, "purged")
         wait_erased(node, b"Quixotic", b"Marigold", b"5558675309", b"555 867 5309")
         with contextlib.closing(node.db()) as conn:
             tomb = conn.execute("SELECT kind, payload IS NOT NULL FROM entries "
@@ -149,9 +143,9 @@ def test_purge_erases_content_everywhere_even_for_a_spoke_offline_during_it(
                                                     "key_id": key_id, "stub": stub})]
     rogue.serve(hub.card())
     hub.ok("peers", "add", rogue.card.line())
-    hub.wait_for(lambda: hub.json("status")["rejected"].get("record was purged"), 20,
+    hub.wait_for(lambda: hub.status()["rejected"].get("record was purged"), 20,
                  "the replay refused")
-    assert record_row(hub, rid) == (2, "purged") and b"Quixotic" not in db_bytes(hub)
+    assert hub.record_state(rid) == (2, "purged") and b"Quixotic" not in db_bytes(hub)
     rogue.stop()
 
 
@@ -181,7 +175,7 @@ def test_review_validate_and_automatic_purge_on_expiry(make_node) -> None:
     actions = [e["action"] for e in origin.json_lines("audit")]
     assert "record.validate" in actions and "record.purge" in actions
     assert origin.json("audit", "verify")["ok"]
-    assert record_row(hub, keep["record_id"]) == (2, "active")
+    assert hub.record_state(keep["record_id"]) == (2, "active")
 
 
 def test_authorship_is_stable_and_only_the_author_changes_the_policy(make_node) -> None:

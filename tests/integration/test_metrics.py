@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,13 +37,6 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
-def eventually(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_metrics_count_what_the_nodes_did(make_node) -> None:
     a, b = make_node("ncric", start=False), make_node("nysic", start=False)
     url_a, url_b = with_metrics(a), with_metrics(b)
@@ -57,8 +49,8 @@ def test_metrics_count_what_the_nodes_did(make_node) -> None:
            for i, t in enumerate(titles)]
     b.wait_for(lambda: set(ids) <= b.held_record_ids(), what="replication of 3 records")
     a.ok("retract", ids[0], "--reason", "source recanted")
-    eventually(lambda: value(scrape(url_b)[1], "fcnode_notices_total",
-                             kind="retraction") == 1, "the retraction notice at nysic")
+    b.wait_for(lambda: value(scrape(url_b)[1], "fcnode_notices_total",
+                             kind="retraction") == 1, what="the retraction notice")
     b.ok("query", "--entity", "plate=7ABC121")
 
     text_a, ma = scrape(url_a)
@@ -141,8 +133,9 @@ def test_rejections_and_lag_from_a_hostile_peer(make_node, tmp_path: Path) -> No
     rogue.serve(node.card())
     try:
         node.ok("peers", "add", rogue.card.line())
-        eventually(lambda: value(scrape(url)[1], "fcnode_entries_rejected_total", peer="hotel",
-                                 reason="unknown_origin") == 1, "the rejections")
+        node.wait_for(lambda: value(scrape(url)[1], "fcnode_entries_rejected_total",
+                                    peer="hotel", reason="unknown_origin") == 1,
+                      what="the rejections")
         text, m = scrape(url)
     finally:
         rogue.stop()

@@ -62,8 +62,8 @@ def test_chain_of_four_answers_once_each_policy_at_every_hop_sealed_across_hubs(
         x.pin(y)
         y.pin(x)
     for x in (c, d):  # keys only: the requester's for its signature and seal key
-        a.pin(x, "--no-connect")
-        x.pin(a, "--no-connect")
+        a.pin(x, connect=False)
+        x.pin(a, connect=False)
     a.add_user("ann", "sworn_le")
     a.add_user("bob")
     for x in (b, c, d):
@@ -111,8 +111,8 @@ def test_chain_of_four_answers_once_each_policy_at_every_hop_sealed_across_hubs(
 def test_hop_that_tampers_with_a_sealed_answer_is_caught(make_node, tmp_path: Path) -> None:
     a, c = make_node("aa"), make_node("cc")
     hop = Rogue(tmp_path, "hop")
-    a.pin(c, "--no-connect")
-    c.pin(a, "--no-connect")
+    a.pin(c, connect=False)
+    c.pin(a, connect=False)
     c.ok("peers", "add", hop.card.line())  # the hop dials c (c cannot reach the rogue)
     hop.relay_to = (c.listen, c.card())
     hop.serve(a.card())

@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 
 from node.core import entities
 from node.core.signing import seal_stub, stub_of
-from node.devnet import ENV, Node, mesh
+from node.devnet import Node, mesh
 from node.wire import federation_pb2, records_pb2
 from tests.integration.rogue import Rogue
 
@@ -170,11 +169,9 @@ def test_an_answer_flood_is_cut_and_the_asker_stays_responsive(make_node,
     rogue.flood = (federation_pb2.QueryAnswer(records=envs), 500)
     rogue.serve(alpha.card())
     alpha.ok("peers", "add", rogue.card.line())
-    query = subprocess.Popen(
-        [sys.executable, "-m", "node.cli.main", "query", "flood", "marker", "--limit", "40",
-         "--timeout", "30s", "--json"],
-        env={**ENV, "FCNODE_HOME": str(alpha.home), "FCNODE_TOKEN": alpha.tokens["det"]},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    query = alpha.cli_popen("query", "flood", "marker", "--limit", "40", "--timeout", "30s",
+                            "--json", user="det", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     statuses = 0
     while query.poll() is None:  # the daemon answers its users throughout
         assert alpha.cli("status").returncode == 0

@@ -94,7 +94,7 @@ def test_hand_edited_peers_file_is_validated_on_reload(make_node) -> None:
     # Removing the entry by hand and reloading unpins it in the running daemon.
     peers_file.write_text("# emptied by hand\n")
     a.proc.send_signal(1)
-    a.wait_for(lambda: a.json_lines("peers", "list") == [], 10, "peer removed by reload")
+    a.wait_for(lambda: a.call("ListPeers") == [], 10, "peer removed by reload")
     bad = a.cli("peers", "add", "fcnode1/broken")
     assert bad.returncode == 2 and "not an fcnode identity card" in bad.stderr
     own = a.cli("peers", "add", a.card())

@@ -32,10 +32,6 @@ def _own(node: Node, origin: str) -> dict[int, tuple]:
         "NULL), record_id, version FROM entries WHERE origin = ? ORDER BY seq", origin)}
 
 
-def _head(node: Node, origin: str) -> int:
-    return _q(node, "SELECT coalesce(max(seq), 0) FROM entries WHERE origin = ?", origin)[0][0]
-
-
 def _states(node: Node, origin: str) -> dict[str, tuple[int, str]]:
     return {r[0]: (r[1], r[2]) for r in _q(
         node, "SELECT record_id, version, state FROM records WHERE origin = ?", origin)}
@@ -73,10 +69,10 @@ def test_restored_node_recovers_its_own_log_and_never_forks(make_node, tmp_path:
     a.ok("retract", retracted, "--reason", "source recanted")
     a.ok("purge", purged_old, "--reason", "found unreliable")
     a.ok("purge", purged_new, "--reason", "found unreliable")
-    head = _head(a, "ncric")
+    head = a.head("ncric")
     assert head == 11
     for peer in (b, c):
-        peer.wait_for(lambda p=peer: _head(p, "ncric") == head, what="ncric's log")
+        peer.wait_for(lambda p=peer: p.head("ncric") == head, what="ncric's log")
     truth = _own(a, "ncric")
     truth_states = _states(a, "ncric")
 
@@ -89,7 +85,7 @@ def test_restored_node_recovers_its_own_log_and_never_forks(make_node, tmp_path:
         for side in ("node.db-wal", "node.db-shm"):
             (a.home / side).unlink(missing_ok=True)
         shutil.copyfile(backup, a.home / "node.db")
-    assert _head(a, "ncric") == 4
+    assert a.head("ncric") == 4
     a.start()
     # Publishing waits until the node has its own entries back: refused (exit 1,
     # saying why) until then, accepted after, at the position after the last one.
@@ -113,7 +109,7 @@ def test_restored_node_recovers_its_own_log_and_never_forks(make_node, tmp_path:
     for node in (a, b, c):
         assert _forks(node) == [], node.center
         assert not node.json("status")["quarantined"]
-        assert _head(node, "ncric") == head + 1, node.center
+        assert node.head("ncric") == head + 1, node.center
     assert published[0]["seq"] == head + 1
 
     # Every position is back with the same hash, and the origin's evidence.
@@ -159,7 +155,7 @@ def test_publish_refused_while_recovering_until_finished(make_node, tmp_path: Pa
     refused = a.cli("publish", "--kind", "BULLETIN", "--title", "too early")
     assert refused.returncode == 1, refused.stderr
     assert "recovering own log" in refused.stderr and "recovery finish" in refused.stderr
-    assert _head(a, "ncric") == 1
+    assert a.head("ncric") == 1
     status = a.ok("status")
     assert "RECOVERING own log: 0 entries" in status
     denied_user = a.add_user("ortiz", "sworn_le")

@@ -21,22 +21,10 @@ from node.wire import federation_pb2
 from tests.integration.rogue import Rogue
 
 
-def head(node: Node, origin: str) -> int:
-    with contextlib.closing(node.db()) as conn:
-        return conn.execute("SELECT coalesce(max(seq), 0) FROM entries WHERE origin = ?",
-                            (origin,)).fetchone()[0]
-
-
 def content(node: Node, origin: str) -> bytes:
     with contextlib.closing(node.db()) as conn:
         return b"".join(r[0] for r in conn.execute(
             "SELECT payload FROM entries WHERE origin = ? AND payload IS NOT NULL", (origin,)))
-
-
-def record_row(node: Node, record_id: str) -> tuple[int, str] | None:
-    with contextlib.closing(node.db()) as conn:
-        return conn.execute("SELECT version, state FROM records WHERE record_id = ?",
-                            (record_id,)).fetchone()
 
 
 def test_a_pinned_peer_cannot_recall_another_centers_record(make_node, tmp_path: Path) -> None:
@@ -45,11 +33,11 @@ def test_a_pinned_peer_cannot_recall_another_centers_record(make_node, tmp_path:
     victim.pin(origin)
     victim.pin(onward)
     onward.pin(victim)
-    onward.pin(origin, "--no-connect")
+    onward.pin(origin, connect=False)
     rec = origin.publish("--kind", "BULLETIN", "--title", "Harbour watch v1", "--audience",
                          "members")
     rid = rec["record_id"]
-    onward.wait_for(lambda: record_row(onward, rid) == (1, "active"), 20, "v1 at whiskey")
+    onward.wait_for(lambda: onward.record_state(rid) == (1, "active"), 20, "v1 at whiskey")
     # The attack: a pinned peer sends, for xray's next seq, a placeholder that
     # claims xray recalled the record at the highest version there is.
     rogue = Rogue(tmp_path, "mallory")
@@ -57,16 +45,16 @@ def test_a_pinned_peer_cannot_recall_another_centers_record(make_node, tmp_path:
                                           recall_record_id=rid, recall_version=4294967295)]
     rogue.serve(victim.card())
     victim.ok("peers", "add", rogue.card.line())
-    victim.wait_for(lambda: head(victim, "xray") == 2, 20, "the rogue's placeholder")
-    assert record_row(victim, rid) == (1, "active")  # nothing erased, nothing pinned
+    victim.wait_for(lambda: victim.head("xray") == 2, 20, "the rogue's placeholder")
+    assert victim.record_state(rid) == (1, "active")  # nothing erased, nothing pinned
     assert b"Harbour watch v1" in content(victim, "xray")
     # The origin's real next entry is taken, and relayed onward.
     origin.ok("update", rid, "--title", "Harbour watch v2", "--reason", "new sighting")
     for node in (victim, onward):
-        node.wait_for(lambda n=node: record_row(n, rid) == (2, "active"), 20,
+        node.wait_for(lambda n=node: n.record_state(rid) == (2, "active"), 20,
                       f"v2 at {node.center}")
         assert b"Harbour watch v2" in content(node, "xray")
-    assert record_row(onward, rid) == (2, "active")
+    assert onward.record_state(rid) == (2, "active")
     assert [n["kind"] for n in onward.json_lines("notices")] == ["correction"]
     rogue.stop()
 
@@ -78,23 +66,23 @@ def test_a_fake_placeholder_at_a_hub_does_not_cut_off_its_spokes(make_node,
     hub.pin(origin)
     hub.pin(spoke)
     spoke.pin(hub)
-    spoke.pin(origin, "--no-connect")
+    spoke.pin(origin, connect=False)
     first = origin.publish("--kind", "BULLETIN", "--title", "first", "--audience", "members")
-    spoke.wait_for(lambda: head(spoke, "yankee") == first["seq"], 20, "seq 1 at the spoke")
+    spoke.wait_for(lambda: spoke.head("yankee") == first["seq"], 20, "seq 1 at the spoke")
     # The attack: a peer pinned by the hub sends a fake placeholder for the
     # origin's next seq before the origin publishes it; the hub relays it.
     rogue = Rogue(tmp_path, "mallory")
     rogue.items = [federation_pb2.LogItem(origin="yankee", seq=2, hash=os.urandom(32))]
     rogue.serve(hub.card())
     hub.ok("peers", "add", rogue.card.line())
-    spoke.wait_for(lambda: head(spoke, "yankee") == 2, 20, "the fake relayed to the spoke")
+    spoke.wait_for(lambda: spoke.head("yankee") == 2, 20, "the fake relayed to the spoke")
     second = origin.publish("--kind", "BULLETIN", "--title", "second", "--audience", "members")
     third = origin.publish("--kind", "BULLETIN", "--title", "third", "--audience", "members")
-    hub.wait_for(lambda: record_row(hub, third["record_id"]) == (1, "active"), 20,
+    hub.wait_for(lambda: hub.record_state(third["record_id"]) == (1, "active"), 20,
                  "the real entries at the hub")
     # The spoke converges on the origin's real entries, through the hub.
     for rec in (second, third):
-        spoke.wait_for(lambda r=rec: record_row(spoke, r["record_id"]) == (1, "active"), 20,
+        spoke.wait_for(lambda r=rec: spoke.record_state(r["record_id"]) == (1, "active"), 20,
                        f"{rec['record_id'][:8]} at the spoke")
     assert b"second" in content(spoke, "yankee") and b"third" in content(spoke, "yankee")
     with contextlib.closing(spoke.db()) as conn:
@@ -169,22 +157,22 @@ def test_a_spoke_that_missed_the_correction_rewinds_and_fetches_again(make_node,
     hub.pin(origin)
     hub.pin(spoke)
     spoke.pin(hub)
-    spoke.pin(origin, "--no-connect")
+    spoke.pin(origin, connect=False)
     origin.publish("--kind", "BULLETIN", "--title", "first", "--audience", "members")
-    spoke.wait_for(lambda: head(spoke, "yorigin") == 1, 20, "seq 1 at the spoke")
+    spoke.wait_for(lambda: spoke.head("yorigin") == 1, 20, "seq 1 at the spoke")
     rogue = Rogue(tmp_path, "mallory")
     rogue.items = [federation_pb2.LogItem(origin="yorigin", seq=2, hash=os.urandom(32))]
     rogue.serve(hub.card())
     hub.ok("peers", "add", rogue.card.line())
-    spoke.wait_for(lambda: head(spoke, "yorigin") == 2, 20, "the fake relayed to the spoke")
+    spoke.wait_for(lambda: spoke.head("yorigin") == 2, 20, "the fake relayed to the spoke")
     spoke.stop()
     second = origin.publish("--kind", "BULLETIN", "--title", "second", "--audience", "members")
     third = origin.publish("--kind", "BULLETIN", "--title", "third", "--audience", "members")
-    hub.wait_for(lambda: record_row(hub, third["record_id"]) == (1, "active"), 20,
+    hub.wait_for(lambda: hub.record_state(third["record_id"]) == (1, "active"), 20,
                  "the real entries at the hub")
     spoke.start()
     for rec in (second, third):
-        spoke.wait_for(lambda r=rec: record_row(spoke, r["record_id"]) == (1, "active"), 20,
+        spoke.wait_for(lambda r=rec: spoke.record_state(r["record_id"]) == (1, "active"), 20,
                        f"{rec['record_id'][:8]} at the spoke")
     with contextlib.closing(spoke.db()) as conn:
         charged = conn.execute("SELECT peer, seq, reason FROM rejections").fetchall()

@@ -9,13 +9,12 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from node.core.record import parse_draft
 from node.core.types import Decision, Discoverability, Policy, Requester, Tlp, ValidationError
-from node.devnet import ENV, Node, mesh
+from node.devnet import Node, mesh
 from tests.node.core.test_policy import oracle
 
 PLATE = "plate=WCH 100"
@@ -76,7 +75,8 @@ def local_expected(records: dict[str, tuple[str, Policy]], at: str, user: str,
 
 
 def hits(node: Node, user: str) -> dict[str, str]:
-    return {h["record_id"]: h["access"] for h in node.json_lines("watch", "hits", user=user)}
+    """`fcnode watch hits --json` as record id -> access, by the local API (polled)."""
+    return {h["record_id"]: h["access"] for h in node.stream("WatchHits", {}, user=user)}
 
 
 def test_local_watches_fire_only_for_what_the_owner_may_see(make_node, tmp_path: Path) -> None:
@@ -155,10 +155,8 @@ def test_watch_survives_restart_and_follow_streams_hits(make_node) -> None:
     alpha.stop()
     alpha.start()
     assert [w["watch_id"] for w in alpha.json_lines("watch", "list", user="ann")] == [wid]
-    env = {**ENV, "FCNODE_TOKEN": alpha.tokens["ann"]}
-    follow = subprocess.Popen([sys.executable, "-m", "node.cli.main", "watch", "hits",
-                               "--follow", "--json", "--home", str(alpha.home)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follow = alpha.cli_popen("watch", "hits", "--follow", "--json", user="ann",
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)
         rec = alpha.publish("--kind", "BOLO", "--title", "Follow me", "--entity", PLATE,
