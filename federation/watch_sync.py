@@ -224,16 +224,10 @@ class StandingServer:
         def tx(conn: sqlite3.Connection) -> tuple[int, int, bool]:
             before = watch_tx.route(conn, watcher)
             if before is not None and body.issued_ms <= before.issued_ms:
-                direct = peer == watcher and before.via != watcher
-                if body.issued_ms == before.issued_ms and (hops > before.hops_left or direct):
-                    # The same set over a shorter path (it arrived first over a longer
-                    # one): it may reach further from here, and from the watcher
-                    # itself its hits go back directly, not sealed through a hop.
-                    watch_tx.replace_standing(
-                        conn, watcher, before.issued_ms,
-                        watch_tx.standing(conn, 0, watcher), peer if direct else before.via,
-                        max(hops, before.hops_left), path, before.signed)
-                    return 0, 0, hops > before.hops_left
+                if body.issued_ms == before.issued_ms:
+                    again = self._same_set_again(conn, before, peer, hops, path, signed)
+                    if again is not None:
+                        return 0, 0, again
                 raise Refused(grpc.StatusCode.ALREADY_EXISTS,
                               "standing set is not newer than the one taken (a replay)")
             if (watcher != peer and (before is None or before.via != peer)
@@ -264,6 +258,33 @@ class StandingServer:
         if onward:
             self.taken()
         return federation_pb2.StandingReply(accepted=len(kept), offered=len(body.queries))
+
+    @staticmethod
+    def _same_set_again(conn: sqlite3.Connection, before: watch_tx.Route, peer: str,
+                        hops: int, path: tuple[str, ...], signed: bytes) -> bool | None:
+        """The set taken already, arriving again another way. Its routing is
+        unsigned, and the first copy may have come from a hostile hop claiming no
+        hop left or a path through this node's other peers: kept as it was, that
+        stopped the honest copy from travelling on. So the routing merges: the
+        most hops left any copy brought, and only the centers on every copy's
+        path (each shrink or raise is bounded, so a set cannot bounce for ever).
+        From the watcher itself its hits go back directly, not sealed through a
+        hop. Whether it may travel on now (None: nothing changed, a replay)."""
+        if before.signed is not None and federation_pb2.SignedStandingSet.FromString(
+                before.signed).body != federation_pb2.SignedStandingSet.FromString(signed).body:
+            return None  # the watcher signed two sets at one instant: the first stands
+        watcher = before.center
+        direct = peer == watcher and before.via != watcher
+        merged = tuple(c for c in before.path if c in path)
+        held = watch_tx.standing(conn, 0, watcher)
+        keep = before.signed if before.signed is not None else (signed if held else None)
+        further = max(hops, before.hops_left)
+        wider = further > before.hops_left or merged != before.path or keep != before.signed
+        if not (direct or wider):
+            return None
+        watch_tx.replace_standing(conn, watcher, before.issued_ms, held,
+                                  peer if direct else before.via, further, merged, keep)
+        return wider and further > 0 and keep is not None
 
     async def hits(self, peer: str, request: federation_pb2.WatchHitsRequest,
                    revoked: asyncio.Event) -> AsyncIterator[federation_pb2.WatchHitBatch]:
