@@ -93,6 +93,7 @@ MAX_NAME = 64
 MAX_ATTRS = 64
 HIT_BATCH = 128
 HEARTBEAT_S = 10.0
+REFUSED_PAUSE_S = 1.0  # after a batch with refused hits, before reading the next
 
 
 class Refused(Exception):
@@ -277,8 +278,13 @@ class StandingServer:
         direct = peer == watcher and before.via != watcher
         merged = tuple(c for c in before.path if c in path)
         held = watch_tx.standing(conn, 0, watcher)
-        keep = before.signed if before.signed is not None else (signed if held else None)
         further = max(hops, before.hops_left)
+        # The signed bytes are kept to pass the set on: a first copy with no hop
+        # left kept none. (Only the watcher can sign another set at the same
+        # instant; if it did, the standing queries here stay the first one's.)
+        keep = before.signed
+        if keep is None and held and further > 0:
+            keep = signed
         wider = further > before.hops_left or merged != before.path or keep != before.signed
         if not (direct or wider):
             return None
@@ -545,21 +551,32 @@ class WatchClient:
         async for batch in stream:
             if batch.last <= after:
                 continue
-            stored, relayed = await self.node.db.run(lambda c, b=batch: self._store(c, b))
+            stored, relayed, refused = await self.node.db.run(
+                lambda c, b=batch: self._store(c, b))
             after = batch.last
             if stored:
                 self.watches.hits_feed.bump()
             if relayed:
                 self.watches.outbox_feed.bump()
+            if refused:
+                # A peer delivering hits that fail is read slowly: at most HIT_BATCH
+                # signature checks a second, not a core's worth.
+                await asyncio.sleep(REFUSED_PAUSE_S)
 
     def _store(self, conn: sqlite3.Connection, batch: federation_pb2.WatchHitBatch
-               ) -> tuple[int, int]:
+               ) -> tuple[int, int, int]:
         """Verify and keep the hits of one batch (sealed hits for watchers beyond:
-        kept for the next hop back); move the cursor past it. (stored, relayed)"""
+        kept for the next hop back); move the cursor past it. (stored, relayed,
+        refused)"""
         now = now_ms()
-        stored = refused = 0
+        stored = 0
+        # A node sends at most HIT_BATCH hits a batch: more is refused unread, so
+        # one message costs at most HIT_BATCH signature checks on this (the
+        # database writer's) thread, and one log line, however many hits it holds.
+        refused = max(0, len(batch.hits) - HIT_BATCH)
+        reason = f"{refused} hits over the {HIT_BATCH} a batch may hold" if refused else ""
         relayed: set[str] = set()
-        for h in batch.hits:
+        for h in batch.hits[:HIT_BATCH]:
             try:
                 if h.HasField("sealed") and h.sealed.watcher != self.node.center:
                     if self._relay(conn, h.sealed, now):
@@ -568,7 +585,7 @@ class WatchClient:
                 hit = self._opened(conn, h, now)
             except BadSignature as exc:
                 refused += 1
-                log.warning("watch hit refused", extra={"peer": self.center, "reason": str(exc)})
+                reason = reason or str(exc)
                 continue
             if hit is not None:
                 stored += self.watches.record_hit(conn, hit)
@@ -578,8 +595,11 @@ class WatchClient:
         if refused:
             watch_tx.count_refused(conn, self.center, refused)
             metrics.WATCH_HITS_REFUSED.labels(self.center).inc(refused)
+            log.warning("watch hit refused", extra={
+                "peer": self.center, "refused": refused, "of": len(batch.hits),
+                "first_reason": reason[:200]})
         watch_tx.set_cursor(conn, self.center, batch.last)
-        return stored, len(relayed)
+        return stored, len(relayed), refused
 
     def _relay(self, conn: sqlite3.Connection, s: federation_pb2.SealedWatchHit,
                now: int) -> bool:

@@ -87,3 +87,38 @@ def test_first_hop_cannot_stop_a_set_travelling_on_through_honest_hops(make_node
     for r in (x1, x2, bad, good):
         r.stop()
 
+
+def test_a_flood_of_forged_hits_costs_bounded_work_and_log(make_node, tmp_path: Path) -> None:
+    """A peer serving one hit batch of a thousand hits sealed "by" a center whose
+    key the node holds, none really signed: each was checked (a signature
+    verification on the database writer's thread) and logged, one line per hit, so
+    one message cost seconds of writer time and thousands of log lines. A batch
+    holds at most what a node sends (HIT_BATCH); the rest is refused unread."""
+    from federation.watch_sync import HIT_BATCH
+
+    hub = make_node("hub")
+    aa = Rogue(tmp_path, "aa")
+    aa.serve(hub.card())
+    hub.ok("peers", "add", aa.card.line())
+    n = 1000
+    kid = key_id(aa.signing.public_key())
+    forged = [federation_pb2.WatchHit(id=i, sealed=federation_pb2.SealedWatchHit(
+        watcher="hub", center="aa", watch_id="w0", number=i, sealed=b"x",
+        signature=bytes(64), key_id=kid)) for i in range(1, n + 1)]
+    aa.hits_for("hub").put(federation_pb2.WatchHitBatch(hits=forged, last=n))
+
+    def refused() -> int:
+        import contextlib
+
+        with contextlib.closing(hub.db()) as conn:
+            row = conn.execute("SELECT dropped FROM watch_dropped WHERE who = 'refused:aa'"
+                               ).fetchone()
+        return row[0] if row else 0
+
+    hub.wait_for(lambda: refused() == n, 20, "the forged hits refused and counted")
+    lines = [x for x in hub.log_path.read_text().splitlines() if "watch hit" in x
+             and "refused" in x]
+    assert len(lines) == 1, f"{len(lines)} log lines for one batch"
+    assert str(n) in lines[0] and str(HIT_BATCH) in lines[0], lines[0]
+    aa.stop()
+
