@@ -618,9 +618,12 @@ class WatchClient:
         if keys:
             check_hit(s.sealed, s.signature, s.key_id, keys, s.watcher, s.watch_id, s.center,
                       s.number)
+        # One this node could not check is kept too (the watcher checks it), but
+        # goes first when the watcher's rows are over their bounds: anyone could
+        # have made it, so it must not push out hits that are surely real.
         return watch_tx.add_outgoing(conn, watch_tx.Outgoing(
-            0, s.watcher, s.watch_id, s.center, s.number, f"hit:{s.number}", 0, "SEALED",
-            r.via, s.SerializeToString()), now)
+            0, s.watcher, s.watch_id, s.center, s.number, f"hit:{s.number}", 0,
+            "SEALED" if keys else watch_tx.UNVERIFIED, r.via, s.SerializeToString()), now)
 
     def _opened(self, conn: sqlite3.Connection, h: federation_pb2.WatchHit,
                 now: int) -> watch_tx.Hit | None:

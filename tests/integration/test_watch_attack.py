@@ -122,3 +122,43 @@ def test_a_flood_of_forged_hits_costs_bounded_work_and_log(make_node, tmp_path: 
     assert str(n) in lines[0] and str(HIT_BATCH) in lines[0], lines[0]
     aa.stop()
 
+
+def test_unverifiable_relayed_hits_cannot_push_out_real_ones(make_node, tmp_path: Path) -> None:
+    """A peer serving sealed hits for a watcher "answered by" a center the hub has
+    no key for (so the hub cannot check them) evicted, once over max_watch_hits,
+    the hits the hub itself had queued for that watcher: a way to make a watcher
+    lose hits without forging anything checkable. Unverifiable hits go first."""
+    import contextlib
+    import os
+
+    hub = make_node("hub", start=False)
+    hub.edit_config("max_watch_hits = 1000", "max_watch_hits = 5")
+    hub.start()
+    aa, x1 = Rogue(tmp_path, "aa"), Rogue(tmp_path, "x1")
+    for r in (aa, x1):
+        r.serve(hub.card())
+        hub.ok("peers", "add", r.card.line())
+    now = int(time.time() * 1000)
+    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    # The hub's own record matches x1's watch: a hit waits in its outbox (x1, a
+    # rogue, never pulls it).
+    rec = hub.publish("--kind", "BOLO", "--title", "real hit", "--entity", "plate=WCH 100",
+                      "--tlp", "GREEN")
+
+    def outbox() -> list[tuple[str, str]]:
+        with contextlib.closing(hub.db()) as conn:
+            return conn.execute("SELECT record_id, access FROM watch_outbox WHERE "
+                                "center = 'x1' ORDER BY id").fetchall()
+
+    hub.wait_for(lambda: (rec["record_id"], "POINTER") in outbox()
+                 or (rec["record_id"], "FULL") in outbox(), 20, "the hub's own hit queued")
+    flood = [federation_pb2.WatchHit(id=i, sealed=federation_pb2.SealedWatchHit(
+        watcher="x1", center="zz", watch_id="w0", number=i, sealed=os.urandom(100),
+        signature=bytes(64), key_id="00")) for i in range(1, 21)]
+    aa.hits_for("hub").put(federation_pb2.WatchHitBatch(hits=flood, last=20))
+    hub.wait_for(lambda: len(outbox()) == 5 and any(r.startswith("hit:") for r, _ in outbox()),
+                 20, "the flood taken (up to the bound)")
+    assert rec["record_id"] in {r for r, _ in outbox()}, outbox()
+    for r in (aa, x1):
+        r.stop()
+
