@@ -326,6 +326,7 @@ class StandingServer:
         current = {(s.center, s.watch.id): s for center in {r.center for r in rows}
                    for s in watch_tx.standing(conn, now, center)}
         sent: list[Dissemination] = []
+        logged: list[tuple[int, str]] = []
         for row in rows:
             s = current.get((row.center, row.watch_id))
             if s is None:
@@ -366,10 +367,14 @@ class StandingServer:
                     watcher=row.center, center=node.center, watch_id=row.watch_id,
                     number=row.id, sealed=sealed, signature=signature, key_id=kid))
             batch.hits.append(hit)
+            if row.logged == d.name:
+                continue  # sent again (a pull from an old cursor): logged already
             sent.append(Dissemination(row.center, s.watch.owner, body.origin, body.record_id,
                                       body.version, body.seq, "watch", d.name,
                                       peer if row.center != peer else None))
+            logged.append((row.id, d.name))
         fed_tx.log_disseminations(conn, sent, now)
+        watch_tx.mark_logged(conn, logged)
         return batch
 
 

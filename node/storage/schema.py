@@ -350,4 +350,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX watch_outbox_peer ON watch_outbox (peer, id);
     ALTER TABLE disseminations ADD COLUMN via TEXT;
     """,
+    # 11: (issue 12 item 3, red team) the decision an outbox row was last logged
+    # with as a dissemination: a hit sent again (a peer pulling from an old cursor,
+    # over and over) is logged once per decision, not once per pull, so no peer can
+    # grow the dissemination log without bound.
+    """
+    ALTER TABLE watch_outbox ADD COLUMN logged TEXT;
+    """,
 ]

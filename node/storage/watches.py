@@ -302,6 +302,7 @@ class Outgoing:
     #                       from beyond, its signature checked here or not (key unknown)
     peer: str = ""        # the peer it goes to ("": the watcher itself)
     sealed: bytes | None = None  # relayed: a SealedWatchHit, passed on unchanged
+    logged: str | None = None    # the decision it was last logged with as sent
 
 
 def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int) -> bool:
@@ -347,9 +348,15 @@ def outgoing(conn: sqlite3.Connection, peer: str, after_id: int, limit: int) -> 
     hits) for watchers whose sets came through it."""
     return [Outgoing(*r) for r in conn.execute(
         "SELECT id, center, watch_id, origin, seq, record_id, version, access, "
-        "peer, sealed FROM watch_outbox "
+        "peer, sealed, logged FROM watch_outbox "
         "WHERE peer = ? AND id > ? ORDER BY id LIMIT ?",
         (peer, after_id, limit))]
+
+
+def mark_logged(conn: sqlite3.Connection, rows: Iterable[tuple[int, str]]) -> None:
+    """(outbox id, decision): logged as sent with that decision (not again)."""
+    conn.executemany("UPDATE watch_outbox SET logged = ? WHERE id = ?",
+                     [(d, i) for i, d in rows])
 
 
 def ack_outgoing(conn: sqlite3.Connection, peer: str, upto_id: int) -> None:

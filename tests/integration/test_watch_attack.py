@@ -162,3 +162,40 @@ def test_unverifiable_relayed_hits_cannot_push_out_real_ones(make_node, tmp_path
     for r in (aa, x1):
         r.stop()
 
+
+def test_pulling_the_same_hits_again_and_again_logs_them_once(make_node,
+                                                               tmp_path: Path) -> None:
+    """A watcher that pulls its hits from the start over and over (never moving
+    its cursor) made the origin write one dissemination row per hit per pull:
+    an unbounded write any peer could cause. A hit sent again to the same
+    recipient with the same decision is logged once."""
+    import contextlib
+
+    hub = make_node("hub")
+    x1 = Rogue(tmp_path, "x1")
+    x1.serve(hub.card())
+    hub.ok("peers", "add", x1.card.line())
+    now = int(time.time() * 1000)
+    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    rec = hub.publish("--kind", "BOLO", "--title", "pulled again", "--entity",
+                      "plate=WCH 100", "--tlp", "GREEN")
+
+    def logged() -> int:
+        with contextlib.closing(hub.db()) as conn:
+            return conn.execute("SELECT count(*) FROM disseminations WHERE channel = 'watch' "
+                                "AND record_id = ?", (rec["record_id"],)).fetchone()[0]
+
+    def pull() -> int:
+        with x1.channel(hub.listen, hub.card()) as ch:
+            stream = federation_pb2_grpc.FederationStub(ch).WatchHits(
+                federation_pb2.WatchHitsRequest(after=0), timeout=10)
+            got = len(next(iter(stream)).hits)
+            stream.cancel()
+        return got
+
+    hub.wait_for(lambda: pull() == 1, 20, "the hit in the outbox")
+    for _ in range(10):
+        assert pull() == 1  # sent again (the watcher did not move its cursor)
+    assert logged() == 1, f"{logged()} dissemination rows for one hit sent to one center"
+    x1.stop()
+
