@@ -33,7 +33,8 @@ introduced here: a hop cannot speak for another center), must be newer than the
 last one taken from that watcher (replays are refused; newest wins whichever way it
 came), is bounded (``max_watches_per_peer`` queries per watcher, expiry capped by
 ``max_watch_days``, ``max_standing_sets_per_peer`` watchers per peer,
-``standing_sets_per_minute`` sets per peer, the path length) and is stored durably;
+``standing_sets_per_minute`` own sets and as many passed-on sets per peer, the
+path length) and is stored durably;
 node/services/watches.py judges every new or updated record of this center against it with
 this node's own policy. The hit stream re-checks each outbox row against the
 standing query as it is now (withdrawn: nothing), sends the origin's signed bytes
@@ -151,17 +152,13 @@ class StandingServer:
         self.taken = taken  # a set that may travel further was taken: pass it on
         self.rates = RateLimits(node.config.limits.standing_sets_per_minute)
 
-    def _verify(self, peer: str, request: federation_pb2.SignedStandingSet
-                ) -> federation_pb2.StandingSet:
-        """The set's body, signed by the watcher it names: the TLS peer, or a center
-        beyond it whose key is pinned or introduced here (and whose card holds a
-        seal key: its hits must be sealed to it)."""
+    def _verify(self, peer: str, request: federation_pb2.SignedStandingSet,
+                body: federation_pb2.StandingSet) -> None:
+        """The set's body (parsed from ``request.body``) must be signed by the
+        watcher it names: the TLS peer, or a center beyond it whose key is pinned
+        or introduced here (and whose card holds a seal key: its hits must be
+        sealed to it)."""
         node = self.node
-        body = federation_pb2.StandingSet()
-        try:
-            body.ParseFromString(request.body)
-        except DecodeError:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "standing set is malformed") from None
         watcher = body.center
         if watcher == node.center:
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
@@ -189,19 +186,29 @@ class StandingServer:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
                           f"no seal key for {watcher!r} (its card predates sealed answers): "
                           "its hits could not be sealed to it")
-        return body
 
     async def set_standing(self, peer: str, request: federation_pb2.SignedStandingSet
                            ) -> federation_pb2.StandingReply:
         limits = self.node.config.limits
         if request.ByteSize() > limits.max_query_bytes * 64:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "standing set is too large")
+        body = federation_pb2.StandingSet()
+        try:
+            body.ParseFromString(request.body)
+        except DecodeError:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "standing set is malformed") from None
+        # A peer's own set and the sets it passes on have separate budgets: a
+        # watcher behind it sending ever newer sets (each validly signed) would
+        # otherwise spend the peer's whole rate here, and its own watches would be
+        # refused until the budget refilled.
+        own = body.center == peer
         self.rates.per_minute = limits.standing_sets_per_minute
-        if not self.rates.allow(peer, time.monotonic()):
+        if not self.rates.allow(peer if own else f"{peer}\0passed-on", time.monotonic()):
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"rate limit: at most {limits.standing_sets_per_minute} standing "
-                          "sets per minute from one center")
-        body = self._verify(peer, request)
+                          f"rate limit: at most {limits.standing_sets_per_minute} "
+                          f"{'own' if own else 'passed-on'} standing sets per minute "
+                          "from one center")
+        self._verify(peer, request, body)
         watcher = body.center
         now = now_ms()
         if body.issued_ms > now + MAX_SKEW_MS:

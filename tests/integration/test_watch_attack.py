@@ -199,3 +199,30 @@ def test_pulling_the_same_hits_again_and_again_logs_them_once(make_node,
     assert logged() == 1, f"{logged()} dissemination rows for one hit sent to one center"
     x1.stop()
 
+
+def test_a_watcher_flooding_sets_cannot_starve_its_hubs_own_set(make_node,
+                                                                tmp_path: Path) -> None:
+    """A hostile watcher sending its hub a stream of (validly signed, ever newer)
+    sets made the hub pass each on, spending the hub's whole standing-set rate at
+    its other peers: the hub's own network watches were then refused there until
+    the budget refilled. A peer's own set has its own budget."""
+    hub, mid = make_node("hub"), make_node("mid", start=False)
+    mid.edit_config("standing_sets_per_minute = 600", "standing_sets_per_minute = 4")
+    mid.start()
+    hub.pin(mid)
+    mid.pin(hub)
+    w = Rogue(tmp_path, "ww")
+    w.serve(hub.card())
+    hub.ok("peers", "add", w.card.line())
+    mid.ok("peers", "add", w.card.line(), "--no-connect")  # keys: mid verifies w's sets
+    now = int(time.time() * 1000)
+    for i in range(6):  # each newer: the hub takes each and passes it on to mid
+        assert send(w, hub, signed_set(w, now + i, 2, [])) == grpc.StatusCode.OK
+        time.sleep(0.4)
+    mid.wait_for(lambda: "ww" in watchers_at(mid), 10, "ww's set at mid")
+    hub.add_user("ann", "sworn_le")
+    wid = hub.json("watch", "add", "--network", "--entity", "plate=WCH 100",
+                   user="ann")["watch_id"]
+    mid.wait_for(lambda: wid in {x["watch_id"] for x in mid.json_lines(
+        "watch", "list", "--remote") if x["center"] == "hub"}, 6, "the hub's own set at mid")
+    w.stop()
