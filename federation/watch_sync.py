@@ -76,7 +76,13 @@ from node.core.signing import (
     stub_mismatch,
 )
 from node.core.timeutil import DAY_MS, now_ms
-from node.core.types import Decision, Dissemination, Requester, ValidationError
+from node.core.types import (
+    CENTER_ID_RE,
+    Decision,
+    Dissemination,
+    Requester,
+    ValidationError,
+)
 from node.core.watch import Watch, judge
 from node.services.service import NodeService
 from node.services.watches import Watches
@@ -622,6 +628,10 @@ class WatchClient:
         r = watch_tx.route(conn, s.watcher)
         if r is None or r.via == self.center or len(s.via) >= MAX_PATH:
             return False
+        if not all(CENTER_ID_RE.match(v) for v in s.via):
+            # Unsigned: a hop padding a real hit's `via` could make it alone fill
+            # the watcher's max_relay_bytes here and push every other hit out.
+            raise BadSignature("sealed watch hit: `via` is not a list of center ids")
         if not any(q.watch.id == s.watch_id for q in watch_tx.standing(conn, now, s.watcher)):
             return False  # withdrawn meanwhile: nobody waits for it
         if s.ByteSize() > self.node.config.limits.max_message_bytes // 2:

@@ -226,3 +226,49 @@ def test_a_watcher_flooding_sets_cannot_starve_its_hubs_own_set(make_node,
     mid.wait_for(lambda: wid in {x["watch_id"] for x in mid.json_lines(
         "watch", "list", "--remote") if x["center"] == "hub"}, 6, "the hub's own set at mid")
     w.stop()
+
+
+def test_a_hop_cannot_inflate_a_real_hit_to_push_others_out(make_node,
+                                                            tmp_path: Path) -> None:
+    """``via`` on a sealed hit is unsigned: a hop passing on a real hit (its
+    signature checks) could pad ``via`` with long names until the hit alone filled
+    the watcher's max_relay_bytes at the next hub, pushing out every other hit
+    waiting there. ``via`` must be a short list of center ids."""
+    import contextlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from node.core.sealing import seal_hit
+
+    hub = make_node("hub", start=False)
+    hub.edit_config("max_relay_bytes = 16777216", "max_relay_bytes = 30000")
+    hub.start()
+    aa, x1, cc = (Rogue(tmp_path, c) for c in ("aa", "x1", "cc"))
+    for r in (aa, x1):
+        r.serve(hub.card())
+        hub.ok("peers", "add", r.card.line())
+    hub.ok("peers", "add", cc.card.line(), "--no-connect")  # the answering center's key
+    now = int(time.time() * 1000)
+    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    to = x1.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def real(n: int, via: list[str]) -> federation_pb2.WatchHit:
+        sealed, sig, kid = seal_hit(cc.signing, to, "x1", "w0", "cc", n, b"hit %d" % n)
+        return federation_pb2.WatchHit(id=n, sealed=federation_pb2.SealedWatchHit(
+            watcher="x1", center="cc", watch_id="w0", number=n, sealed=sealed,
+            signature=sig, key_id=kid, via=via))
+
+    def kept() -> list[str]:
+        with contextlib.closing(hub.db()) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT record_id FROM watch_outbox WHERE center = 'x1' ORDER BY id")]
+
+    aa.hits_for("hub").put(federation_pb2.WatchHitBatch(hits=[real(1, ["cc"])], last=1))
+    hub.wait_for(lambda: kept() == ["hit:1"], 20, "a real hit relayed")
+    aa.hits_for("hub").put(federation_pb2.WatchHitBatch(
+        hits=[real(2, ["cc", *("z" * 2000 + str(i) for i in range(12))])], last=2))
+    hub.wait_for(lambda: hub.log_path.read_text().count("watch hit refused") >= 1
+                 or "hit:2" in kept(), 20, "the inflated hit handled")
+    assert "hit:1" in kept(), kept()
+    for r in (aa, x1, cc):
+        r.stop()
