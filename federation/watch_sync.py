@@ -628,6 +628,9 @@ class WatchClient:
         r = watch_tx.route(conn, s.watcher)
         if r is None or r.via == self.center or len(s.via) >= MAX_PATH:
             return False
+        # Fields this node does not know are unsigned too (protobuf keeps them when
+        # it parses): kept, they would pad a real hit the same way.
+        s.DiscardUnknownFields()
         if not all(CENTER_ID_RE.match(v) for v in s.via):
             # Unsigned: a hop padding a real hit's `via` could make it alone fill
             # the watcher's max_relay_bytes here and push every other hit out.

@@ -270,5 +270,17 @@ def test_a_hop_cannot_inflate_a_real_hit_to_push_others_out(make_node,
     hub.wait_for(lambda: hub.log_path.read_text().count("watch hit refused") >= 1
                  or "hit:2" in kept(), 20, "the inflated hit handled")
     assert "hit:1" in kept(), kept()
+    # The same with fields the hub does not know (kept by protobuf when parsed):
+    # the hit is kept as signed, without them.
+    from google.protobuf.internal.encoder import _VarintBytes as varint
+
+    padded = real(3, ["cc"]).sealed.SerializeToString() + varint((50 << 3) | 2) + \
+        varint(24_000) + b"z" * 24_000
+    hit = federation_pb2.WatchHit()
+    hit.ParseFromString(federation_pb2.WatchHit(id=3).SerializeToString()
+                        + varint((5 << 3) | 2) + varint(len(padded)) + padded)
+    aa.hits_for("hub").put(federation_pb2.WatchHitBatch(hits=[hit], last=3))
+    hub.wait_for(lambda: "hit:3" in kept(), 20, "the padded hit relayed")
+    assert kept() == ["hit:1", "hit:3"], kept()
     for r in (aa, x1, cc):
         r.stop()
