@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_network.py                 # 80 centers (10 hubs, 70 spokes)
     .venv/bin/python bench/bench_network.py --centers 30    # a smaller run, same topology
+    .venv/bin/python bench/bench_network.py --regions 3 --centers 6 --records 3 \
+        --queries 3 --outage 5                               # a development run
 
 Topology: one hub per FEMA region (hub-r01 .. hub-r10), the other centers spread
 over the regions as spokes. Hubs pin each other (each marked an introducer);
@@ -15,9 +17,12 @@ entries.received_ms; otherwise the benchmark's clock on the same machine):
 2. a GREEN `members` record published at a spoke, held by all: p50/p99 over
    --records records published one at a time (target p99 <= 2 s), from the last
    node's received_ms minus the origin's;
-3. an AMBER record for three named centers in three regions: which databases
-   hold its content (every one is read), and whether the named centers outside
-   the origin's region read it through a sealed query answer;
+3. an AMBER record for three named centers in three regions: delivered to the
+   two outside the origin's region as copies the origin sealed to them, relayed
+   by hubs that cannot open them; every node's database is read (read-only) for
+   who holds its content (target: exactly the three), and the time from publish
+   to the last named center holding it (entries.received_ms); then whether the
+   named centers also read it by a federated query;
 4. a federated entity query from a spoke: p50/p99 over --queries queries and how
    many centers answered (target: all answer, p99 <= 1 s);
 5. one hub stopped for --outage s while its region keeps publishing, then
@@ -46,7 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 
-REGIONS = 10
+REGIONS = 10  # FEMA regions (--regions for smaller development runs)
 RSS_PER_DAEMON_MB = 90  # measured ~60-70 MB idle; headroom for the query and the outage
 FDS_PER_DAEMON = 12     # the benchmark's own local-API channel and the daemons' logs
 
@@ -75,11 +80,11 @@ def check_limits(n: int) -> list[str]:
     return problems
 
 
-def topology(n: int) -> tuple[list[str], dict[str, list[str]]]:
-    hubs = [f"hub-r{r:02d}" for r in range(1, REGIONS + 1)]
+def topology(n: int, regions: int = REGIONS) -> tuple[list[str], dict[str, list[str]]]:
+    hubs = [f"hub-r{r:02d}" for r in range(1, regions + 1)]
     spokes: dict[str, list[str]] = {hub: [] for hub in hubs}
-    for i in range(n - REGIONS):
-        r = i % REGIONS
+    for i in range(n - regions):
+        r = i % regions
         spokes[hubs[r]].append(f"r{r + 1:02d}-s{i // REGIONS + 1}")
     return hubs, spokes
 
@@ -102,6 +107,25 @@ def received(node: h.Node, origin: str, seqs: list[int]) -> dict[int, int]:
             "AND payload IS NOT NULL", (origin, *seqs)))
 
 
+def held_at(node: h.Node, record_id: str) -> int | None:
+    """received_ms of the record's content at this node (read-only), or None."""
+    with contextlib.closing(sqlite3.connect(f"file:{node.home / 'node.db'}?mode=ro",
+                                            uri=True, timeout=10)) as conn:
+        row = conn.execute("SELECT min(received_ms) FROM entries WHERE record_id = ? AND "
+                           "payload IS NOT NULL", (record_id,)).fetchone()
+        return row[0] if row else None
+
+
+def copies_held(node: h.Node, origin: str, seq: int) -> tuple[int, int]:
+    """(sealed copies, their bytes) this node keeps for one position."""
+    with contextlib.closing(sqlite3.connect(f"file:{node.home / 'node.db'}?mode=ro",
+                                            uri=True, timeout=10)) as conn:
+        row = conn.execute("SELECT count(*), coalesce(sum(length(sealed)), 0) FROM "
+                           "sealed_copies WHERE origin = ? AND seq = ?", (origin, seq)
+                           ).fetchone()
+        return row[0], row[1]
+
+
 def holds(node: h.Node, record_id: str) -> bool:
     with contextlib.closing(sqlite3.connect(f"file:{node.home / 'node.db'}?mode=ro",
                                             uri=True, timeout=10)) as conn:
@@ -120,6 +144,8 @@ def query(node: h.Node, entity: str, timeout: str = "10s") -> tuple[float, dict[
 def main() -> int:
     p = h.arg_parser(__doc__)
     p.add_argument("--centers", type=int, default=80, help="centers in all (default 80)")
+    p.add_argument("--regions", type=int, default=REGIONS,
+                   help=f"regions, one hub each (default {REGIONS}; at least 3)")
     p.add_argument("--records", type=int, default=30, help="GREEN records (default 30)")
     p.add_argument("--queries", type=int, default=30, help="federated queries (default 30)")
     p.add_argument("--outage", type=float, default=60.0, help="hub outage, s (default 60)")
@@ -132,10 +158,12 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the homes")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = p.parse_args()
-    n = args.centers
-    if n < 2 * REGIONS:
-        p.error(f"--centers must be at least {2 * REGIONS} (a hub and a spoke per region)")
-    h.section(f"national network: {n} centers in {REGIONS} FEMA regions")
+    n, regions = args.centers, args.regions
+    if regions < 3:
+        p.error("--regions must be at least 3 (the AMBER record names three regions)")
+    if n < 2 * regions:
+        p.error(f"--centers must be at least {2 * regions} (a hub and a spoke per region)")
+    h.section(f"national network: {n} centers in {regions} FEMA regions")
     h.machine_note()
     problems = check_limits(n)
     for problem in problems:
@@ -143,7 +171,7 @@ def main() -> int:
     if problems:
         return 2
     out: dict[str, Any] = {"centers": n}
-    hubs, spokes_of = topology(n)
+    hubs, spokes_of = topology(n, regions)
     with h.Cluster(keep=args.keep) as cluster:
         started = time.monotonic()
         nodes = cluster.init([*hubs, *(s for hub in hubs for s in spokes_of[hub])])
@@ -173,7 +201,7 @@ def main() -> int:
                           interval=1.0)
         setup_s = time.monotonic() - t0
         counts = trusted_counts(nodes)
-        h.figure("cards exchanged by hand", f"{(REGIONS - 1) * REGIONS + 2 * (n - REGIONS)}",
+        h.figure("cards exchanged by hand", f"{(regions - 1) * regions + 2 * (n - regions)}",
                  note=f"(full mesh by hand: {n * (n - 1)})")
         h.figure("pinning by the admins (CLI calls)", f"{pinned_s:.1f} s")
         h.figure("every node trusts every other center", f"{setup_s:.1f} s",
@@ -232,29 +260,38 @@ def main() -> int:
 
         # 3. AMBER for three named centers in three regions -------------------------
         h.section("3. AMBER record for three named centers in three regions")
-        named = [spokes_of[hubs[0]][-1], spokes_of[hubs[4]][0], spokes_of[hubs[8]][0]]
+        named = [spokes_of[hubs[0]][-1], spokes_of[hubs[regions // 2]][0],
+                 spokes_of[hubs[-1]][0]]
         author = by[named[0]]
         rec = author.publish([{"kind": "BOLO", "title": "amber for three",
                                "entities": ["plate=AMB 3"],
                                "policy": {"tlp": "AMBER", "audience": named,
                                           "discoverability": "pointer"}}])[0]
-        time.sleep(5)
+        published_ms = held_at(author, rec["record_id"]) or 0
+        delivered = h.wait_until(lambda: all(held_at(by[c], rec["record_id"]) for c in named),
+                                 timeout=60, interval=0.5)
+        last_ms = max((held_at(by[c], rec["record_id"]) or 0) for c in named)
+        time.sleep(2)  # anything that would arrive elsewhere has had time to
         holders = sorted(x.center for x in nodes if holds(x, rec["record_id"]))
         outside = [c for c in holders if c not in named]
-        h.figure("databases holding its content", ", ".join(holders) or "none",
-                 note=f"(named: {', '.join(named)})")
+        h.info(f"held by: {holders} (target: exactly the three: {sorted(named)}) "
+               f"{h.verdict(holders == sorted(named))}")
         h.figure("held outside the three", str(len(outside)), "0", h.verdict(not outside))
-        if set(holders) != set(named):
-            h.info("content crosses only nodes whose own decision is FULL: hubs outside the "
-                   "audience cannot carry it, so the named centers in other regions read it "
-                   "through a sealed query answer:")
+        h.figure("publish -> held by the last named center",
+                 f"{(last_ms - published_ms) / 1000:.2f} s" if delivered else "NOT DELIVERED",
+                 note="(sealed copies relayed by hubs outside the audience)")
+        relays = [(x.center, *copies_held(x, author.center, int(rec["seq"])))
+                  for x in nodes if x.center not in named]
+        carrying = [r for r in relays if r[1]]
+        h.figure("nodes outside the audience carrying copies", str(len(carrying)),
+                 note=f"(copies each: {max((r[1] for r in carrying), default=0)}, "
+                      f"{max((r[2] for r in carrying), default=0)} bytes; no content)")
         for c in named[1:]:
             _, summary, results = query(by[c], "plate=AMB 3")
             full = [r for r in results if r.get("record_id") == rec["record_id"]
                     and r["access"] == "FULL"]
-            via = summary["summary"].get(author.center, {}).get("via", [])
-            h.figure(f"{c} reads it by query", "FULL" if full else "no",
-                     note=f"(via {' <- '.join(via) or 'direct'})")
+            h.figure(f"{c} reads it by query", "FULL" if full else "no")
+        out["amber_delivery_s"] = (last_ms - published_ms) / 1000 if delivered else None
         out["amber_holders"] = holders
 
         # 4. federated query answered by all --------------------------------------------

@@ -16,12 +16,15 @@ origin's entries for the rest of the batch (a later entry could only gap).
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from google.protobuf.message import DecodeError
 
 from node.core import policy
 from node.core.chain import Held, Incoming, Verdict, classify
@@ -33,7 +36,8 @@ from node.core.keyhistory import (
     check_rotation,
     check_vouched_entry,
 )
-from node.core.record import body_policy
+from node.core.record import MAX_RECORD_BYTES, body_policy
+from node.core.sealing import HPKE_OVERHEAD, SealedCopy, check_copy, open_copy
 from node.core.signing import (
     BadSignature,
     entry_hash,
@@ -47,6 +51,7 @@ from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
+from node.storage import sealed as sealed_tx
 from node.wire import federation_pb2, records_pb2
 
 # An origin's key history (node/core/keyhistory.py), or a plain key map (every key
@@ -69,6 +74,11 @@ class Checked:
     # The signed stub kept with the entry: a v2 envelope's own (stub bytes, its
     # signature), else the item's separately signed stub when it verified.
     proof: records_pb2.SignedStub | None = None
+
+    # Sealed copies of this position whose origin signature verified (stored and
+    # passed on), and why each other copy the item carried was dropped.
+    copies: tuple[SealedCopy, ...] = ()
+    dropped: tuple[tuple[str, int], ...] = ()  # (reason, copies)
 
     @property
     def signed_stub(self) -> records_pb2.SignedStub | None:
@@ -94,6 +104,10 @@ class IngestResult:
     # Key announcements stored in this batch: the node's keyring learns them.
     rotations: list[Rotation] = field(default_factory=list)
     certs: list[AnnouncedCert] = field(default_factory=list)
+
+    # Sealed copies kept, and dropped by reason (never stored).
+    copies_stored: int = 0
+    copies_dropped: Counter[str] = field(default_factory=Counter)
 
     def correct(self, origin: str, seq: int) -> None:
         self.corrected[origin] = min(seq, self.corrected.get(origin, seq))
@@ -179,14 +193,96 @@ def _recall(conn: sqlite3.Connection, peer: str, origin: str, seq: int,
                        {"version": version, "via": peer, "why": why})
 
 
-def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> list[Checked]:
+# Sealed copies looked at per item, at most (the origin makes one per named center;
+# [limits] max_sealed_copies bounds what is stored): more is a hostile hop's flood.
+MAX_COPIES = 32
+# A copy holds one envelope: a record at the size limit, its signature, key id and
+# stub, and the HPKE overhead.
+MAX_COPY_BYTES = MAX_RECORD_BYTES + 4096 + HPKE_OVERHEAD
+COPY_DROPPED = "sealed copy dropped"
+# Copies failing their check that one call (half a batch) verifies, at most: an
+# honest peer passes on only copies it verified, so failures are a hostile peer's,
+# and past this its remaining copies in the call are dropped unverified (junk must
+# not buy it max_copies signature checks for every item of every batch).
+MAX_BAD_COPIES = 64
+
+
+def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
+                seal_private: X25519PrivateKey | None = None,
+                max_copies: int = MAX_COPIES) -> list[Checked]:
     """Verify signatures and self-consistency; pure CPU work. An envelope must be
     signed by the key its origin used at that position (old keys stay valid for
     what they signed before a rotation, never after); a rotation verified here
-    applies to the rest of the batch."""
+    applies to the rest of the batch.
+
+    Sealed copies (node/core/sealing.py): each must carry the origin's signature by its
+    key valid at that position, else it is dropped (counted in Checked.dropped,
+    never stored); at most ``max_copies`` per item are looked at. A placeholder
+    whose copy opens with ``seal_private`` (this node's X25519 key) is checked as
+    if its envelope had come in clear: the same verification below, then the same
+    placement and policy decision in store_batch. One that opens but does not
+    verify (hash, signature, position) stays a placeholder."""
     out = []
     histories: dict[str, KeyHistory | None] = {}
     plain: dict[str, Mapping[str, Ed25519PublicKey]] = {}
+    bad = [MAX_BAD_COPIES]  # failed copy checks left for this call
+
+    def check(item: federation_pb2.LogItem, history: KeyHistory | None,
+              keys: Mapping[str, Ed25519PublicKey]) -> Checked:
+        body = None
+        rotation = None
+        cert = None
+        stub = None  # the entry's own v2 stub, verified with the envelope
+        if item.HasField("envelope"):
+            try:
+                body, stub = open_entry(item.envelope, keys)
+            except BadSignature as exc:
+                return Checked(item, None, f"bad signature: {exc}")
+            if body.origin != item.origin or body.seq != item.seq:
+                return Checked(item, None, "signed origin/seq differ from the log position")
+            # (A v2 stub's hash was checked against the payload in open_entry.)
+            if (stub.hash if stub is not None else entry_hash(item.envelope.payload)
+                ) != item.hash:
+                return Checked(item, None, "entry hash does not match the payload")
+            if history is not None:
+                why = history.signs(item.envelope.key_id, body.seq)
+                if why and _pinned_rotation(body, item.envelope.key_id, history):
+                    return Checked(item, body)  # the rotation to the re-pinned key
+                if why:
+                    return Checked(item, None, f"{WRONG_KEY}: {why}")
+            if body.kind == records_pb2.KEY_ROTATION:
+                signer = (history.span_of(item.envelope.key_id).key  # type: ignore[union-attr]
+                          if history is not None else b"")
+                why = check_rotation(body, signer) if history is not None else ""
+                if why:
+                    return Checked(item, None, why)
+                if history is not None:
+                    try:
+                        histories[item.origin] = history.rotate(body.seq, body.new_key)
+                        plain[item.origin] = histories[item.origin].public_keys()  # type: ignore[union-attr]
+                    except ValueError as exc:
+                        return Checked(item, None, f"key rotation: {exc}")
+                    rotation = Rotation(body.origin, body.seq, signer, body.new_key)
+            elif body.kind == records_pb2.CERT_RENEWAL:
+                announced = check_cert(body)
+                if isinstance(announced, str):
+                    return Checked(item, None, announced)
+                cert = announced
+        proof = envelope_stub(item.envelope) if stub is not None else None
+        if item.HasField("stub") and item.stub != proof:
+            # A separately signed stub (a recall, a pointer-possible v1 copy): one
+            # more verification. A v2 entry's own stub sent again costs nothing.
+            try:
+                stub = open_stub(item.stub, keys)
+            except BadSignature as exc:
+                return Checked(item, None, f"bad stub: {exc}")
+            wrong = stub_mismatch(stub, item.origin, item.seq, item.hash, body)
+            if not wrong and history is not None:
+                wrong = history.stub_signs(item.stub.key_id, item.seq)
+            if wrong:
+                return Checked(item, None, f"bad stub: {wrong}")
+        return Checked(item, body, stub=stub, rotation=rotation, cert=cert, proof=proof)
+
     for item in items:
         if item.origin not in histories:
             found = keys_of(item.origin)
@@ -198,70 +294,77 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> lis
         if not keys:
             out.append(Checked(item, None, "unknown origin (no pinned key)"))
             continue
-        body = None
-        rotation = None
-        cert = None
-        stub = None  # the entry's own v2 stub, verified with the envelope
-        if item.HasField("envelope"):
-            try:
-                body, stub = open_entry(item.envelope, keys)
-            except BadSignature as exc:
-                out.append(Checked(item, None, f"bad signature: {exc}"))
-                continue
-            if body.origin != item.origin or body.seq != item.seq:
-                out.append(Checked(item, None, "signed origin/seq differ from the log position"))
-                continue
-            # (A v2 stub's hash was checked against the payload in open_entry.)
-            if (stub.hash if stub is not None else entry_hash(item.envelope.payload)
-                ) != item.hash:
-                out.append(Checked(item, None, "entry hash does not match the payload"))
-                continue
-            if history is not None:
-                why = history.signs(item.envelope.key_id, body.seq)
-                if why and _pinned_rotation(body, item.envelope.key_id, history):
-                    out.append(Checked(item, body))  # the rotation to the re-pinned key
-                    continue
-                if why:
-                    out.append(Checked(item, None, f"{WRONG_KEY}: {why}"))
-                    continue
-            if body.kind == records_pb2.KEY_ROTATION:
-                signer = (history.span_of(item.envelope.key_id).key  # type: ignore[union-attr]
-                          if history is not None else b"")
-                why = check_rotation(body, signer) if history is not None else ""
-                if why:
-                    out.append(Checked(item, None, why))
-                    continue
-                if history is not None:
-                    try:
-                        histories[item.origin] = history.rotate(body.seq, body.new_key)
-                        plain[item.origin] = histories[item.origin].public_keys()  # type: ignore[union-attr]
-                    except ValueError as exc:
-                        out.append(Checked(item, None, f"key rotation: {exc}"))
-                        continue
-                    rotation = Rotation(body.origin, body.seq, signer, body.new_key)
-            elif body.kind == records_pb2.CERT_RENEWAL:
-                announced = check_cert(body)
-                if isinstance(announced, str):
-                    out.append(Checked(item, None, announced))
-                    continue
-                cert = announced
-        proof = envelope_stub(item.envelope) if stub is not None else None
-        if item.HasField("stub") and item.stub != proof:
-            # A separately signed stub (a recall, a pointer-possible v1 copy): one
-            # more verification. A v2 entry's own stub sent again costs nothing.
-            try:
-                stub = open_stub(item.stub, keys)
-            except BadSignature as exc:
-                out.append(Checked(item, None, f"bad stub: {exc}"))
-                continue
-            wrong = stub_mismatch(stub, item.origin, item.seq, item.hash, body)
-            if not wrong and history is not None:
-                wrong = history.stub_signs(item.stub.key_id, item.seq)
-            if wrong:
-                out.append(Checked(item, None, f"bad stub: {wrong}"))
-                continue
-        out.append(Checked(item, body, stub=stub, rotation=rotation, cert=cert, proof=proof))
+        copies, dropped = _checked_copies(item, history, keys, max_copies, bad)
+        checked = None
+        if copies and seal_private is not None and not item.HasField("envelope"):
+            opened = _opened(item, copies, seal_private)
+            if opened is not None:
+                checked = check(opened, history, keys)
+                if checked.error:  # the origin sealed something that is not its entry
+                    dropped = (*dropped, (f"{COPY_DROPPED}: opened, but {checked.error}", 1))
+                    checked = None
+        if checked is None:
+            checked = check(item, history, keys)
+        if copies or dropped:
+            checked = dataclasses.replace(checked, copies=copies, dropped=dropped)
+        out.append(checked)
     return out
+
+
+def _checked_copies(item: federation_pb2.LogItem, history: KeyHistory | None,
+                    keys: Mapping[str, Ed25519PublicKey], max_copies: int, bad: list[int]
+                    ) -> tuple[tuple[SealedCopy, ...], tuple[tuple[str, int], ...]]:
+    """(the copies the origin signed for this position, (why, how many) of the
+    others, dropped). Checked without opening: any hop can tell a copy came from
+    the origin, so none stores or passes on a stranger's bytes. ``bad``: failed
+    checks left (MAX_BAD_COPIES), shared by the items of one call."""
+    if not item.sealed:
+        return (), ()
+    if item.range_first:
+        return (), ((f"{COPY_DROPPED}: copies on a range placeholder", len(item.sealed)),)
+    dropped: Counter[str] = Counter()
+    if len(item.sealed) > max_copies:
+        dropped[f"{COPY_DROPPED}: more than {max_copies} copies for one position"] = (
+            len(item.sealed) - max_copies)
+    good: dict[bytes, SealedCopy] = {}
+    for c in item.sealed[:max_copies]:
+        if bad[0] <= 0:
+            dropped[f"{COPY_DROPPED}: more than {MAX_BAD_COPIES} bad copies in one batch"] += 1
+            continue
+        why = history.signs(c.key_id, item.seq) if history is not None else ""
+        why = why or check_copy(c, keys, item.origin, item.seq, item.hash, MAX_COPY_BYTES)
+        if why:
+            dropped[f"{COPY_DROPPED}: {why}"] += 1
+            bad[0] -= 1
+            continue
+        good.setdefault(c.sealed, SealedCopy(c.sealed, c.signature, c.key_id))
+    return tuple(good.values()), tuple(dropped.items())
+
+
+def _opened(item: federation_pb2.LogItem, copies: Sequence[SealedCopy],
+            private: X25519PrivateKey) -> federation_pb2.LogItem | None:
+    """The item with the envelope (or, for a sealed recall, the signed stub) from
+    the copy sealed to this node, if any."""
+    for c in copies:
+        raw = open_copy(c, private, item.origin, item.seq, item.hash)
+        if raw is None:
+            continue
+        env = records_pb2.Envelope()
+        try:
+            env.ParseFromString(raw)
+        except DecodeError:
+            return None
+        opened = federation_pb2.LogItem()
+        opened.CopyFrom(item)
+        if not env.payload and env.stub:
+            # A recall sealed to this center (a later version it may not read):
+            # the entry's signed stub, checked like any recall stub.
+            opened.stub.CopyFrom(records_pb2.SignedStub(stub=env.stub, signature=env.signature,
+                                                        key_id=env.key_id))
+        else:
+            opened.envelope.CopyFrom(env)
+        return opened
+    return None
 
 
 def _pinned_rotation(body: records_pb2.RecordBody, signer_key_id: str,
@@ -301,7 +404,8 @@ OWN_LOG = "entries of this node's own log come only from itself"
 
 
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
-                now_ms: int, own_center: str, recover_own: bool = False) -> IngestResult:
+                now_ms: int, own_center: str, recover_own: bool = False,
+                max_copies: int = MAX_COPIES) -> IngestResult:
     """Place and store verified items, in order, in the caller's transaction.
     ``own_center``: this node; content is kept only where its own policy
     decision for itself is FULL, whichever peer forwarded the entry.
@@ -311,7 +415,9 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
     different signed entry at a held position is a fork. A position a peer holds
     erased and without a stub comes as its hash only: a hint, as for any origin
     (the next signed entry's link proves it or rewinds it), and the node never
-    signs on top of a hint (NodeService.own_log_refusal)."""
+    signs on top of a hint (NodeService.own_log_refusal).
+    ``max_copies``: sealed copies kept per position ([limits] max_sealed_copies);
+    the verified copies of an item are kept once the item is placed."""
     result = IngestResult()
     quarantined = fed_tx.quarantined(conn)
     stopped: set[str] = set()
@@ -349,6 +455,11 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
 
     for c in checked:
         origin, seq = c.item.origin, c.item.seq
+        for reason, n in c.dropped:
+            # Counted (metric) and logged against the peer, once per item and reason;
+            # the item itself is judged on its own (a hop may drop copies anyway).
+            result.copies_dropped[reason.split(":", 1)[1].strip()] += n
+            fed_tx.reject(conn, now_ms, peer, origin, seq, reason)
         if origin in stopped:
             continue
         if origin == own_center and not recover_own:
@@ -451,7 +562,10 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
             # head + 1 > seq there would make append_hint pull the head's hint row down
             # into the hole (the head lost, a range row ending below its first seq).
             lo = seq if seq <= head else max(first or seq, head + 1)
-            log_tx.append_hint(conn, origin, lo, seq, c.item.hash, peer, now_ms)
+            # A position with sealed copies is a row of its own (never inside a
+            # range, whose inner hashes are not kept): the copies go out with it.
+            log_tx.append_hint(conn, origin, lo, seq, c.item.hash, peer, now_ms,
+                               alone=bool(c.copies))
             result.stored += 1
             now_held = Held(c.item.hash, False, False)
         else:
@@ -472,11 +586,38 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
         elif seq == head:
             tips[origin] = (head, now_held)
         result.changed = result.changed or outcome.verdict is not Verdict.DUPLICATE
+        if c.copies:
+            flush()  # the position must be in the table to keep copies with it
+            _keep_copies(conn, c, outcome.verdict, now_ms, result, max_copies)
         cursors[origin] = seq
     flush()
     for origin, seq in cursors.items():
         fed_tx.set_cursor(conn, peer, origin, seq)
     return result
+
+
+def _keep_copies(conn: sqlite3.Connection, c: Checked, verdict: Verdict, now_ms: int,
+                 result: IngestResult, limit: int) -> None:
+    """Keep an item's verified sealed copies with its position, whatever this node
+    holds there (the content, evidence, or a placeholder): they are passed on to
+    every peer. Only for the hash held here, and as a row of its own (a position
+    inside a range of hints is cut out of it). New copies at a position already
+    held and served go out again: the node's own streams serve it once more."""
+    origin, seq, digest = c.item.origin, c.item.seq, c.item.hash
+    held = log_tx.held(conn, origin, seq)
+    if held is None or (held.hash and held.hash != digest):
+        return  # signed for a hash that is not the one held (a hint lost to it)
+    cut = not held.signed and log_tx.in_range(conn, origin, seq)
+    if cut:
+        log_tx.isolate_hint(conn, origin, seq, digest, b"")
+    added, refused = sealed_tx.add(conn, origin, seq, digest, c.copies, now_ms, limit)
+    if refused:
+        result.copies_dropped[f"more than {limit} copies held for one position"] += refused
+    if added:
+        result.copies_stored += added
+        result.changed = True
+        if verdict is Verdict.DUPLICATE or cut:
+            result.correct(origin, seq)
 
 
 def _rewind(conn: sqlite3.Connection, c: Checked, now_ms: int, result: IngestResult) -> None:

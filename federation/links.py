@@ -15,6 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from federation.backoff import Backoff
 from federation.ingest import Checked, IngestResult, check_items, store_batch
@@ -80,7 +81,8 @@ class PeerLink:
                  on_rewind: Callable[[], None] = lambda: None,
                  on_corrected: Callable[[dict[str, int]], None] = lambda c: None,
                  on_keys: Callable[[list[Rotation], list[AnnouncedCert]], None]
-                 = lambda r, c: None) -> None:
+                 = lambda r, c: None,
+                 seal_private: X25519PrivateKey | None = None) -> None:
         self.node = node
         self.tls = tls
         self.peer = peer
@@ -89,6 +91,7 @@ class PeerLink:
         self.on_rewind = on_rewind
         self.on_corrected = on_corrected
         self.on_keys = on_keys
+        self.seal_private = seal_private  # opens copies sealed to this center
         self._session_task: asyncio.Task[None] | None = None
         self._resubscribe = False
         self.state = LinkState(peer.center)
@@ -229,16 +232,19 @@ class PeerLink:
     async def _verify(self, items: list[federation_pb2.LogItem]) -> list[Checked]:
         loop = asyncio.get_running_loop()
         half = (len(items) + 1) // 2
+        copies = self.node.config.limits.max_sealed_copies
         # Ed25519 verification releases the GIL: two threads, two halves.
         parts = await asyncio.gather(*(
-            loop.run_in_executor(self.pool, check_items, chunk, self.node.history_of)
+            loop.run_in_executor(self.pool, check_items, chunk, self.node.history_of,
+                                 self.seal_private, copies)
             for chunk in (items[:half], items[half:]) if chunk))
         rotated = [c.rotation for c in parts[0] if c.rotation is not None]
         if rotated and len(parts) > 1:
             # The second half was checked without the first half's key rotation
             # (it may be signed with the new key): check it again after it.
             parts[1] = await loop.run_in_executor(
-                self.pool, check_items, items[half:], self._histories_after(rotated))
+                self.pool, check_items, items[half:], self._histories_after(rotated),
+                self.seal_private, copies)
         return [c for part in parts for c in part]
 
     def _histories_after(self, rotations: list[Rotation]
@@ -277,7 +283,8 @@ class PeerLink:
                 recovery.begin(reason)
                 audit_tx.append(c, self.node.sign_audit, now, "fcnode", "recovery.begin",
                                 {"peer": center, "peer_head": reported, "own_head": ours})
-            result = store_batch(c, center, checked, now, own, recover_own=recovery.active)
+            result = store_batch(c, center, checked, now, own, recover_own=recovery.active,
+                                 max_copies=self.node.config.limits.max_sealed_copies)
             return result, log_tx.head(c, own)[0], began
 
         if checked:
@@ -299,6 +306,10 @@ class PeerLink:
             self.on_keys(result.rotations, result.certs)
         metrics.ENTRIES_INGESTED.labels(center).inc(result.stored)
         metrics.count_rejections(center, result.rejected)
+        metrics.count_sealed(center, result.copies_stored, result.copies_dropped)
+        if result.copies_dropped:
+            log.warning("sealed copies dropped", extra={
+                "peer": center, "reasons": dict(result.copies_dropped)})
         if result.rejected:
             log.warning("rejected entries", extra={"peer": center,
                                                    "reasons": dict(result.rejected)})

@@ -73,9 +73,10 @@ class Federation:
         self.answerer = QueryAnswerer(node, Forwarder(
             node, lambda c: self.links[c].channel(), lambda: sorted(self.links)))
         self.servicer = FederationServicer(node, self.tls, self.answerer.handle)
+        # This center's X25519 key: sealed answers and sealed copies are opened with it.
+        self.seal_private = load_encryption_key(node.home.encryption_key)
         self.fanout = QueryFanout(node, lambda c: self.links[c].channel(),
-                                  lambda: sorted(self.links),
-                                  load_encryption_key(node.home.encryption_key))
+                                  lambda: sorted(self.links), self.seal_private)
         self.links: dict[str, PeerLink] = {}
         self.watches: Watches | None = None
         self.watch_clients: dict[str, WatchClient] = {}
@@ -229,7 +230,8 @@ class Federation:
         if not peer.connect:
             return
         link = PeerLink(self.node, self.tls, peer, self.pool, self.node.changes.bump,
-                        self._resubscribe_all, self._serve_again, self._keys_learned)
+                        self._resubscribe_all, self._serve_again, self._keys_learned,
+                        self.seal_private)
         self.links[peer.center] = link
         link.start()
         if self.watches is not None:

@@ -20,6 +20,7 @@ import grpc
 from federation.ratelimit import RateLimits
 from federation.tls import PinnedTls, peer_pem
 from federation.watch_sync import Refused
+from node.core.sealing import SealedCopy
 from node.core.signing import INTRODUCTIONS_DOMAIN, sign
 from node.core.timeutil import now_ms
 from node.core.types import Dissemination
@@ -28,6 +29,7 @@ from node.services.introductions import served
 from node.services.service import NodeService
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
+from node.storage import sealed as sealed_tx
 from node.telemetry import logs, metrics
 from node.wire import federation_pb2, federation_pb2_grpc
 
@@ -36,12 +38,14 @@ HEARTBEAT_S = 10.0
 GROUP = 8  # batches per transaction during catch-up
 
 
-def fit(entries: list[log_tx.StoredEntry], budget: int) -> list[log_tx.StoredEntry]:
+def fit(entries: list[log_tx.StoredEntry], budget: int,
+        extra: dict[int, int] | None = None) -> list[log_tx.StoredEntry]:
     """The longest prefix within ``budget`` bytes of payload (at least one entry:
-    a single record is far below the message limit)."""
+    a single record is far below the message limit). ``extra``: seq -> bytes
+    going with that position besides its payload (its sealed copies)."""
     total = 0
     for i, e in enumerate(entries):
-        total += len(e.payload or b"") + 64
+        total += len(e.payload or b"") + 64 + (extra or {}).get(e.seq, 0)
         if total > budget and i:
             return entries[:i]
     return entries
@@ -221,9 +225,17 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             upto = min(head, own_cap) if origin == peer else head
             if room <= 0 or upto <= after:
                 continue
-            entries = fit(log_tx.items_after(conn, origin, after, min(room, upto - after)),
-                          budget)
-            budget -= sum(len(e.payload or b"") for e in entries)
+            entries = log_tx.items_after(conn, origin, after, min(room, upto - after))
+            # (A fixed share per position, not what is left of this batch: a position
+            # near the end of a full batch goes in the next one, with all its copies.)
+            held = {seq: _within(cs, self.node.config.limits.max_message_bytes // 4)
+                    for seq, cs in (
+                sealed_tx.for_positions(conn, origin, entries[0].seq, entries[-1].seq)
+                if entries else {}).items()}
+            # Copies count against the message budget too (each is entry-sized).
+            extra = {seq: sum(len(c.sealed) + 128 for _, c in cs) for seq, cs in held.items()}
+            entries = fit(entries, budget, extra)
+            budget -= sum(len(e.payload or b"") + extra.get(e.seq, 0) for e in entries)
             states = log_tx.record_states(conn, origin, {e.record_id for e in entries
                                                          if e.record_id})
             items, rows = replication_batch(
@@ -232,7 +244,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                                      pending.get((o, r, "FULL"))),
                 lambda o, r, s=states: s[r][1] if r in s else None,
                 lambda o, r: _newest(fed_tx.last_sent(conn, peer, o, r, "RECALL"),
-                                     pending.get((o, r, "RECALL"))), ranges)
+                                     pending.get((o, r, "RECALL"))), ranges,
+                lambda o, seq, cs=held: cs.get(seq, []))
             sent.extend(rows)
             for d in rows:
                 key = (d.origin, d.record_id, d.decision)
@@ -309,6 +322,20 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         return federation_pb2.SignedIntroductions(
             body=raw, signature=sign(self.node.key, INTRODUCTIONS_DOMAIN, raw),
             key_id=self.node.own_key_id)
+
+
+def _within(copies: list[tuple[bytes, SealedCopy]], budget: int
+            ) -> list[tuple[bytes, SealedCopy]]:
+    """The copies of one position that fit ``budget`` bytes: 32 copies of a
+    record at the size limit would not fit one message (the rest are dropped
+    here, as any hop may; the origin's own node made them all)."""
+    out, total = [], 0
+    for c in copies:
+        total += len(c[1].sealed) + 128
+        if total > budget:
+            break
+        out.append(c)
+    return out
 
 
 def _newest(logged: int | None, pending: int | None) -> int | None:

@@ -165,6 +165,7 @@ class Limits:
     standing_sets_per_minute: int = 600
     max_relay_bytes: int = 16 * 1024 * 1024
     introduction_poll_s: float = 30.0  # how often each introducer's cards are fetched
+    max_sealed_copies: int = 32  # sealed copies kept (and made) per log position
 
 
 @dataclass(frozen=True)

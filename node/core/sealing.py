@@ -15,7 +15,10 @@ then verifies every envelope and stub inside against their origins' keys.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -118,3 +121,91 @@ def open_hit(sealed: bytes, signature: bytes, signer_key_id: str,
     except Exception:  # cryptography raises InvalidTag, ValueError and others
         raise BadSignature("sealed watch hit does not open with this node's key") from None
     return unpad_hit(padded)
+
+
+# -- sealed copies of entries (store-and-forward through hubs) ------------------
+#
+# A record whose audience names centers reaches the ones behind hubs outside
+# that audience as copies the origin sealed at publish, one per named center:
+# HPKE (the SUITE above) of the signed Envelope's exact bytes to that center's
+# X25519 card key. The origin signs each copy over (origin, seq, entry hash,
+# SHA-256 of the ciphertext) with its key valid at that position, so any hop can
+# check a copy came from the origin without opening it: a hop can drop copies,
+# never add (no origin signature) or alter one (the signature, and inside, the
+# envelope's own hash and signature). No recipient is named: a center tries each
+# copy with its own key (an X25519 agreement, cheap), so a hub learns how many
+# copies a position has and their sizes, never whom the audience names.
+
+SEALED_DOMAIN = b"fcnode/sealed/v1\x00"
+# HPKE adds the encapsulated key (32 bytes for X25519) and the AEAD tag (16).
+HPKE_OVERHEAD = 48
+
+
+def copy_info(origin: str, seq: int, digest: bytes) -> bytes:
+    """The HPKE info of a copy: a copy opens only as this origin's entry at this
+    position with this hash (it cannot be passed off as another position's)."""
+    return SEALED_DOMAIN + origin.encode() + b"\x00" + str(seq).encode() + b"\x00" + digest
+
+
+def copy_statement(origin: str, seq: int, digest: bytes, sealed: bytes) -> bytes:
+    """What the origin signs for a copy (after the domain): the info and the
+    ciphertext's digest."""
+    return copy_info(origin, seq, digest)[len(SEALED_DOMAIN):] + hashlib.sha256(sealed).digest()
+
+
+@dataclass(frozen=True)
+class SealedCopy:
+    sealed: bytes
+    signature: bytes
+    key_id: str
+
+
+class CopyLike(Protocol):
+    """A SealedCopy, or its wire form (federation_pb2.SealedCopy)."""
+
+    @property
+    def sealed(self) -> bytes: ...
+    @property
+    def signature(self) -> bytes: ...
+    @property
+    def key_id(self) -> str: ...
+
+
+def seal_copy(key: Ed25519PrivateKey, seal_to: bytes, origin: str, seq: int, digest: bytes,
+              envelope: bytes) -> SealedCopy:
+    """One copy of an entry (``envelope``: the serialized signed Envelope) for the
+    center whose raw X25519 public key is ``seal_to``, signed by the origin's
+    ``key`` (the one that signed the entry)."""
+    sealed = SUITE.encrypt(envelope, X25519PublicKey.from_public_bytes(seal_to),
+                           info=copy_info(origin, seq, digest))
+    return SealedCopy(sealed, sign(key, SEALED_DOMAIN,
+                                   copy_statement(origin, seq, digest, sealed)),
+                      key_id(key.public_key()))
+
+
+def check_copy(copy: CopyLike, keys: Mapping[str, Ed25519PublicKey], origin: str, seq: int,
+               digest: bytes, max_bytes: int) -> str:
+    """Why a copy must be dropped, or '': too large, or not signed by one of
+    ``keys`` (the caller passes only the origin's keys valid at ``seq``) over
+    this position and this ciphertext."""
+    if len(copy.sealed) > max_bytes:
+        return f"sealed copy larger than {max_bytes} bytes"
+    public = keys.get(copy.key_id)
+    if public is None:
+        return "sealed copy signed by a key of no origin key valid at its position"
+    try:
+        verify(public, SEALED_DOMAIN, copy_statement(origin, seq, digest, copy.sealed),
+               copy.signature)
+    except BadSignature:
+        return "sealed copy: the origin's signature does not verify"
+    return ""
+
+
+def open_copy(copy: CopyLike, private: X25519PrivateKey, origin: str, seq: int,
+              digest: bytes) -> bytes | None:
+    """The envelope bytes if the copy was sealed to ``private``'s public key for
+    this position, else None (another center's copy, or altered)."""
+    try:
+        return SUITE.decrypt(copy.sealed, private, info=copy_info(origin, seq, digest))
+    except Exception:  # cryptography raises InvalidTag, ValueError and others
+        return None

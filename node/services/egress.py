@@ -16,12 +16,15 @@ from google.protobuf.message import DecodeError
 
 from node.core import policy
 from node.core.record import body_policy
+from node.core.sealing import SealedCopy
 from node.core.types import Decision, Dissemination
 from node.storage.log import StoredEntry
 from node.wire import federation_pb2
 
 SentBefore = Callable[[str, str], int | None]
 CurrentVersion = Callable[[str, str], int | None]
+# (origin, seq) -> the sealed copies held for that position: (hash signed for, copy).
+CopiesOf = Callable[[str, int], "list[tuple[bytes, SealedCopy]]"]
 
 
 def replication_batch(
@@ -30,6 +33,7 @@ def replication_batch(
     current_version: CurrentVersion = lambda origin, record_id: None,
     recalled_before: SentBefore = lambda origin, record_id: None,
     ranges: bool = False,
+    copies_of: CopiesOf = lambda origin, seq: [],
 ) -> tuple[list[federation_pb2.LogItem], list[Dissemination]]:
     """Log items for ``peer``: the signed entry where it is the record's newest
     version here and the decision for that center is FULL, else a placeholder
@@ -40,13 +44,23 @@ def replication_batch(
 
     ``ranges``: the peer takes range placeholders: consecutive bare placeholders
     (and held ranges of hints) go as one item (``collapse``). Otherwise a held
-    range goes as it is: its inner hashes are not known here."""
+    range goes as it is: its inner hashes are not known here.
+
+    ``copies_of``: the sealed copies held per position. They go with the item,
+    whatever else it carries (envelope, stub or nothing), to every peer: only a
+    center they were sealed to can open one, and it may be behind this peer.
+    Only copies signed for the hash held here go (the origin signed that hash)."""
     items: list[federation_pb2.LogItem] = []
     sent: list[Dissemination] = []
     for e in entries:
         item = federation_pb2.LogItem(origin=e.origin, seq=e.seq, hash=e.hash,
                                       range_first=e.first or 0)
         items.append(item)
+        if e.first is None:
+            item.sealed.extend(
+                federation_pb2.SealedCopy(sealed=c.sealed, signature=c.signature,
+                                          key_id=c.key_id)
+                for digest, c in copies_of(e.origin, e.seq) if digest == e.hash)
         body = None
         if e.payload is not None:
             try:
@@ -100,13 +114,13 @@ def replication_batch(
 
 
 def _bare(item: federation_pb2.LogItem) -> bool:
-    return not item.HasField("envelope") and not item.HasField("stub")
+    return not item.HasField("envelope") and not item.HasField("stub") and not item.sealed
 
 
 def collapse(items: list[federation_pb2.LogItem]) -> list[federation_pb2.LogItem]:
     """Runs of consecutive bare placeholders of one origin as one range item
     (first..last, the last one's hash). Items carrying the origin's signed bytes
-    (an envelope, a stub: a recall must travel) stay as they are."""
+    (an envelope, a stub: a recall must travel; sealed copies) stay as they are."""
     out: list[federation_pb2.LogItem] = []
     for item in items:
         last = out[-1] if out else None

@@ -40,6 +40,7 @@ from node.core.query import SearchParams, discovered
 from node.core.record import Draft, body_policy, body_to_dict, kind_name
 from node.core.recovery import OwnLogRecovery
 from node.core.routing import route
+from node.core.sealing import SealedCopy, seal_copy
 from node.core.signing import (
     AUDIT_DOMAIN,
     BadSignature,
@@ -55,7 +56,15 @@ from node.core.signing import (
     verify,
 )
 from node.core.timeutil import iso, now_ms
-from node.core.types import AccessDenied, Decision, FcnodeError, Requester, ValidationError
+from node.core.types import (
+    MEMBERS,
+    AccessDenied,
+    Decision,
+    Dissemination,
+    FcnodeError,
+    Requester,
+    ValidationError,
+)
 from node.core.users import (
     SYSTEM_USER,
     User,
@@ -69,6 +78,7 @@ from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import recovery as recovery_tx
+from node.storage import sealed as sealed_tx
 from node.storage import users as users_tx
 from node.storage import watches as watch_tx
 from node.storage.db import Database
@@ -616,7 +626,11 @@ class NodeService:
         # Signing (Ed25519, releases the GIL) runs on the signer threads while
         # this thread writes what does not need the signatures: the record, text
         # and entity index rows of new records, and the audit entries.
-        signing = self._sign_all(payloads, bodies)
+        recipients = [self.copy_recipients(b) for b in bodies]
+        if not new_records:
+            recipients = [to + self.recall_recipients(conn, b, to)
+                          for b, to in zip(bodies, recipients, strict=True)]
+        signing = self._sign_all(payloads, bodies, recipients)
         if new_records:
             log_tx.index_new_records(conn, bodies)
         audit_tx.append_many(conn, self.sign_audit, now, [
@@ -625,32 +639,103 @@ class NodeService:
                              "audience": sorted(b.policy.audience), **(detail or {}),
                              **(per_entry[i] if per_entry else {})})
             for i, b in enumerate(bodies)])
-        signed = [pair for part in signing for pair in part.result()]
-        sealed = [(env, b) for (env, _), b in zip(signed, bodies, strict=True)]
-        stubs = [st for _, st in signed]
+        signed = [one for part in signing for one in part.result()]
+        sealed = [(env, b) for (env, _, _), b in zip(signed, bodies, strict=True)]
+        stubs = [st for _, st, _ in signed]
         log_tx.insert_entries(conn, sealed, "local", now, stubs)
+        copies = [(b, p, center, c, recall) for (_, _, cs), b, p in zip(
+            signed, bodies, payloads, strict=True) for center, c, recall in cs]
+        if copies:
+            # Stored with the entries (one transaction: no stream serves the entry
+            # without them), and each logged as a dissemination to its recipient
+            # (28 CFR 23.20(f)): made for that center, whichever hubs carry it.
+            sealed_tx.add_own(conn, self.center, [
+                (b.seq, log_tx.entry_hash(p), c) for b, p, _, c, _ in copies], now)
+            fed_tx.log_disseminations(conn, [
+                Dissemination(center, None, self.center, b.record_id, b.version, b.seq,
+                              "sealed", "RECALL" if recall else "FULL")
+                for b, _, center, _, recall in copies], now)
         if not new_records:
             log_tx.apply_entries(conn, bodies)
         metrics.ENTRIES_PUBLISHED.inc(len(sealed))
         return [b for _, b in sealed]
 
-    Signed = tuple[records_pb2.Envelope, records_pb2.SignedStub]
+    # (envelope, its stub, its sealed copies: (recipient, copy, a recall?)).
+    Signed = tuple[records_pb2.Envelope, records_pb2.SignedStub,
+                   list[tuple[str, SealedCopy, bool]]]
+    # (center, its X25519 key, a recall: only the entry's signed stub is sealed).
+    Recipient = tuple[str, bytes, bool]
 
-    def _sign_all(self, payloads: list[bytes], bodies: list[records_pb2.RecordBody]
-                  ) -> list[Future[list[Signed]]]:
+    def recall_recipients(self, conn: sqlite3.Connection, body: records_pb2.RecordBody,
+                          copies: list[Recipient]) -> list[Recipient]:
+        """Centers an earlier version of this record was sealed to that get no copy
+        of this one (the audience narrowed, or the record may no longer be
+        relayed): sealed to them instead is the entry's signed stub alone (v2: the
+        entry's own signature), a recall their older copy yields to. The hubs in
+        between hold no content and could not recall it: only this reaches them."""
+        if body.version <= 1:
+            return []
+        have = {c for c, _, _ in copies} | {self.center}
+        out = []
+        for center in sorted(fed_tx.sealed_to(conn, self.center, body.record_id) - have):
+            peer = self.peers.get(center)
+            if peer is not None and peer.trusted and peer.card.seal_key:
+                out.append((center, peer.card.seal_key, True))
+        return out[:max(0, self.config.limits.max_sealed_copies - len(copies))]
+
+    def copy_recipients(self, body: records_pb2.RecordBody) -> list[Recipient]:
+        """(center, X25519 key) of each center this entry is sealed to: the centers
+        its audience names (never 'members': every hub may carry that in clear),
+        but this one, whose card (pinned or introduced, trusted) has a seal key and
+        for which this node's own decision is FULL. At most max_sealed_copies.
+
+        None for a record that may not be relayed (AMBER+STRICT, RED, relay off):
+        copies rest in the databases of every hub on the way, for years, and X25519
+        is not post-quantum; the origin asked that no other node handle it, so its
+        named centers behind hubs read it by query (answers sealed and held in
+        memory only on the way), as before."""
+        pol = body_policy(body)
+        if MEMBERS in pol.audience or not policy.relayable(pol):
+            return []
+        out = []
+        for center in sorted(pol.audience):
+            peer = self.peers.get(center)
+            if (center == self.center or peer is None or not peer.trusted
+                    or not peer.card.seal_key):
+                continue
+            if policy.for_replication(pol, self.center, self.center,
+                                      center) is Decision.FULL:
+                out.append((center, peer.card.seal_key, False))
+        return out[:self.config.limits.max_sealed_copies]
+
+    def _sign_all(self, payloads: list[bytes], bodies: list[records_pb2.RecordBody],
+                  recipients: list[list[Recipient]]) -> list[Future[list[Signed]]]:
         """One signature per entry (format v2): over the entry's stub, which holds
         the payload's hash, so the same signature is the content-free stub that
         proves a recall downstream and that a POINTER carries. Signed on the
         signer threads (Ed25519 releases the GIL), a large batch in two halves:
-        the futures, in order."""
-        def seal(chunk: list[tuple[bytes, records_pb2.RecordBody]]) -> list[NodeService.Signed]:
+        the futures, in order. Each entry's sealed copies are made there too (HPKE
+        of the envelope's bytes, signed by the same key: node/core/sealing.py)."""
+        def seal(chunk: list[tuple[bytes, records_pb2.RecordBody,
+                                   list[NodeService.Recipient]]]
+                 ) -> list[NodeService.Signed]:
             out = []
-            for p, b in chunk:
+            for p, b, to in chunk:
                 env = seal_payload(self.key, b, p, self.own_key_id)
-                out.append((env, envelope_stub(env)))
+                raw = env.SerializeToString() if to else b""
+                # A recall's plaintext: the envelope without its payload, i.e. the
+                # entry's signed stub (same signature), no content.
+                stub_only = records_pb2.Envelope(
+                    stub=env.stub, signature=env.signature, key_id=env.key_id
+                ).SerializeToString() if any(r for _, _, r in to) else b""
+                digest = log_tx.entry_hash(p)
+                out.append((env, envelope_stub(env), [
+                    (center, seal_copy(self.key, key, b.origin, b.seq, digest,
+                                       stub_only if recall else raw), recall)
+                    for center, key, recall in to]))
             return out  # type: ignore[return-value]
 
-        pairs = list(zip(payloads, bodies, strict=True))
+        pairs = list(zip(payloads, bodies, recipients, strict=True))
         if len(pairs) < 32:  # a few: here, no thread hop
             done: Future[list[NodeService.Signed]] = Future()
             done.set_result(seal(pairs))

@@ -30,6 +30,13 @@ def last_sent(conn: sqlite3.Connection, center: str, origin: str,
     return row[0] if row else None
 
 
+def sealed_to(conn: sqlite3.Connection, origin: str, record_id: str) -> set[str]:
+    """The centers some version of this record was sealed to in full."""
+    return {c for (c,) in conn.execute(
+        "SELECT DISTINCT center FROM disseminations WHERE origin = ? AND record_id = ? "
+        "AND channel = 'sealed' AND decision = 'FULL'", (origin, record_id))}
+
+
 def disseminations(conn: sqlite3.Connection, record_id: str | None,
                    limit: int) -> list[tuple]:
     sql = ("SELECT ts_ms, center, user, origin, record_id, version, seq, channel, decision, "

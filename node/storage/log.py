@@ -122,6 +122,13 @@ def held(conn: sqlite3.Connection, origin: str, seq: int) -> Held | None:
     return Held(b"", False, False) if _range_over(conn, origin, seq) is not None else None
 
 
+def in_range(conn: sqlite3.Connection, origin: str, seq: int) -> bool:
+    """Whether ``seq`` is held inside (or at the end of) a range row of hints."""
+    return _range_over(conn, origin, seq) is not None and conn.execute(
+        "SELECT 1 FROM entries WHERE origin = ? AND seq = ? AND first_seq IS NULL",
+        (origin, seq)).fetchone() is None
+
+
 def _range_over(conn: sqlite3.Connection, origin: str, seq: int
                 ) -> tuple[int, int, bytes, str, int] | None:
     """The range row (first, last, hash, source, received) whose span holds ``seq``."""
@@ -134,17 +141,23 @@ def _range_over(conn: sqlite3.Connection, origin: str, seq: int
 
 
 def append_hint(conn: sqlite3.Connection, origin: str, first: int, last: int, digest: bytes,
-                source: str, now_ms: int) -> None:
+                source: str, now_ms: int, alone: bool = False) -> None:
     """Unsigned hints for ``first..last`` at the head of an origin's log (``digest``
     is the last one's). A run of unsigned hints is one row whatever its length and
     whoever sent its parts: the row at the head is extended when it is itself an
     unsigned hint (not the origin's own, which another peer does not blur), so a
     peer without the origin's key makes at most one hint row per run between two
-    positions the origin vouched for (see README, "Placeholders are hints")."""
-    tip = conn.execute(f"SELECT seq, source, payload IS NULL AND NOT {_EVIDENCE} "
+    positions the origin vouched for (see README, "Placeholders are hints").
+
+    ``alone``: the position carries sealed copies (node/storage/sealed.py): it is
+    a row of its own, and no later hint extends it (its hash is what the copies
+    were signed for, and they go out with that row)."""
+    tip = conn.execute(f"SELECT seq, source, payload IS NULL AND NOT {_EVIDENCE} AND NOT "
+                       "EXISTS (SELECT 1 FROM sealed_copies s WHERE s.origin = entries.origin "
+                       "AND s.seq = entries.seq) "
                        "FROM entries WHERE origin = ? ORDER BY seq DESC LIMIT 1",
                        (origin,)).fetchone()
-    if (tip is not None and tip[0] == first - 1 and tip[2]
+    if (not alone and tip is not None and tip[0] == first - 1 and tip[2]
             and (tip[1] != origin or source == origin)):
         conn.execute("UPDATE entries SET seq = ?, hash = ?, first_seq = coalesce(first_seq, "
                      "seq), source = ?, received_ms = ? WHERE origin = ? AND seq = ?",
@@ -489,8 +502,13 @@ def erase_content(conn: sqlite3.Connection, origin: str, record_id: str, rec: in
     verifiable and the signature stays as evidence, so a second signed entry at
     that position is still a fork, never a silent replacement. The record leaves
     the text and entity indexes. With secure_delete on, the freed bytes are
-    zeroed in the file."""
+    zeroed in the file. The sealed copies of those positions go too: they are the
+    same content, encrypted (a node that cannot link a position to the record, a
+    hub holding a bare placeholder, keeps its copies: README, sealed copies)."""
     unindex(conn, rec)
+    conn.execute("DELETE FROM sealed_copies WHERE origin = ? AND seq IN (SELECT seq FROM "
+                 "entries WHERE origin = ? AND record_id = ? AND seq != ?)",
+                 (origin, origin, record_id, keep_seq))
     return conn.execute(
         "UPDATE entries SET payload = NULL WHERE origin = ? AND record_id = ? "
         "AND seq != ? AND payload IS NOT NULL", (origin, record_id, keep_seq)).rowcount

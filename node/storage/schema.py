@@ -350,7 +350,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX watch_outbox_peer ON watch_outbox (peer, id);
     ALTER TABLE disseminations ADD COLUMN via TEXT;
     """,
-    # 11: (issue 12 item 3, red team) the decision an outbox row was last logged
+    # 11: (issue 11 item 3) sealed copies of entries, made by their origin for the
+    # centers an audience names and passed on by every node (node/core/sealing.py). Kept
+    # per position, bounded ([limits] max_sealed_copies), only after the origin's
+    # signature over them verified. No recipient column: no one but the origin knows.
+    """
+    CREATE TABLE sealed_copies (
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,         -- the entry hash the origin signed the copy for
+        digest BLOB NOT NULL,       -- SHA-256 of `sealed`: one row per distinct copy
+        sealed BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        key_id TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, seq, digest)
+    );
+    """,
+    # 12: (issue 12 item 3, red team) the decision an outbox row was last logged
     # with as a dissemination: a hit sent again (a peer pulling from an old cursor,
     # over and over) is logged once per decision, not once per pull, so no peer can
     # grow the dissemination log without bound.

@@ -91,6 +91,25 @@ WATCH_HITS_REFUSED = Counter(
     registry=REGISTRY)
 NOTICES = Counter("fcnode_notices", "Notices written for this center's analysts, by kind",
                   ["kind"], registry=REGISTRY)
+SEALED_COPIES_STORED = Counter(
+    "fcnode_sealed_copies_stored", "Sealed copies of other centers' entries kept to pass on "
+    "(origin signature verified)", ["peer"], registry=REGISTRY)
+SEALED_COPIES_DROPPED = Counter(
+    "fcnode_sealed_copies_dropped", "Sealed copies from a peer dropped, never stored, by "
+    "reason", ["peer", "reason"], registry=REGISTRY)
+# Why a sealed copy was dropped, mapped onto a fixed set (first match wins).
+COPY_DROP_REASONS: tuple[tuple[str, str], ...] = (
+    ("signature does not verify", "bad_signature"),
+    ("no origin key", "unknown_key"),
+    ("signing key", "unknown_key"),
+    ("retired", "wrong_key"),
+    ("valid only from", "wrong_key"),
+    ("larger than", "too_large"),
+    ("bad copies in one batch", "bad_flood"),
+    ("more than", "too_many"),
+    ("range placeholder", "on_range"),
+    ("opened", "bad_content"),
+)
 QUERIES_ANSWERED = Counter(
     "fcnode_queries_answered", "Federated queries from peers, answered or refused",
     ["peer", "result"], registry=REGISTRY)
@@ -129,11 +148,19 @@ def count_rejections(peer: str, reasons: Mapping[str, int]) -> None:
         ENTRIES_REJECTED.labels(peer, reject_reason(reason)).inc(n)
 
 
+def count_sealed(peer: str, stored: int, dropped: Mapping[str, int]) -> None:
+    if stored:
+        SEALED_COPIES_STORED.labels(peer).inc(stored)
+    for reason, n in dropped.items():
+        label = next((lab for needle, lab in COPY_DROP_REASONS if needle in reason), "other")
+        SEALED_COPIES_DROPPED.labels(peer, label).inc(n)
+
+
 def count_disseminations(rows: Iterable[Any]) -> None:
     """Rows with .channel and .decision (node.services.egress.Dissemination)."""
     counts: dict[tuple[str, str], int] = {}
     for d in rows:
-        key = (slug(d.channel, ("replication", "query", "recall", "export")),
+        key = (slug(d.channel, ("replication", "query", "recall", "export", "sealed")),
                slug(d.decision, ("full", "pointer", "recall")).upper())
         counts[key] = counts.get(key, 0) + 1
     for (channel, decision), n in counts.items():

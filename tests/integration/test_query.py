@@ -122,7 +122,14 @@ def test_every_center_and_user_gets_exactly_what_the_policy_allows(make_node,
     answered = [e for e in nodes["c1"].json_lines("audit") if e["action"] == "query.answer"]
     assert {e["detail"]["center"] for e in answered} == {"c3", "c4", "c5"}
     released = nodes["c1"].json_lines("disseminations")
-    assert {d["channel"] for d in released} == {"replication", "query"}
+    # Records naming their audience are also sealed to each named center (copies
+    # for hubs to carry: README, "Records for named centers behind hubs"): only to
+    # centers that may hold them.
+    assert {d["channel"] for d in released} == {"replication", "query", "sealed"}
+    for d in released:
+        if d["channel"] == "sealed":
+            origin, policy = published[d["record_id"]]
+            assert oracle(policy, origin, origin, Requester(d["center"])) is Decision.FULL
     assert queries == 5
 
 
