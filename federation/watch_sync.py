@@ -33,7 +33,8 @@ introduced here: a hop cannot speak for another center), must be newer than the
 last one taken from that watcher (replays are refused; newest wins whichever way it
 came), is bounded (``max_watches_per_peer`` queries per watcher, expiry capped by
 ``max_watch_days``, ``max_standing_sets_per_peer`` watchers per peer,
-``standing_sets_per_minute`` sets per peer, the path length) and is stored durably;
+``standing_sets_per_minute`` own sets and as many passed-on sets per peer, the
+path length) and is stored durably;
 node/services/watches.py judges every new or updated record of this center against it with
 this node's own policy. The hit stream re-checks each outbox row against the
 standing query as it is now (withdrawn: nothing), sends the origin's signed bytes
@@ -76,7 +77,13 @@ from node.core.signing import (
     stub_mismatch,
 )
 from node.core.timeutil import DAY_MS, now_ms
-from node.core.types import Decision, Dissemination, Requester, ValidationError
+from node.core.types import (
+    CENTER_ID_RE,
+    Decision,
+    Dissemination,
+    Requester,
+    ValidationError,
+)
 from node.core.watch import Watch, judge
 from node.services.service import NodeService
 from node.services.watches import Watches
@@ -94,6 +101,7 @@ MAX_NAME = 64
 MAX_ATTRS = 64
 HIT_BATCH = 128
 HEARTBEAT_S = 10.0
+REFUSED_PAUSE_S = 1.0  # after a batch with refused hits, before reading the next
 
 
 class Refused(Exception):
@@ -151,17 +159,13 @@ class StandingServer:
         self.taken = taken  # a set that may travel further was taken: pass it on
         self.rates = RateLimits(node.config.limits.standing_sets_per_minute)
 
-    def _verify(self, peer: str, request: federation_pb2.SignedStandingSet
-                ) -> federation_pb2.StandingSet:
-        """The set's body, signed by the watcher it names: the TLS peer, or a center
-        beyond it whose key is pinned or introduced here (and whose card holds a
-        seal key: its hits must be sealed to it)."""
+    def _verify(self, peer: str, request: federation_pb2.SignedStandingSet,
+                body: federation_pb2.StandingSet) -> None:
+        """The set's body (parsed from ``request.body``) must be signed by the
+        watcher it names: the TLS peer, or a center beyond it whose key is pinned
+        or introduced here (and whose card holds a seal key: its hits must be
+        sealed to it)."""
         node = self.node
-        body = federation_pb2.StandingSet()
-        try:
-            body.ParseFromString(request.body)
-        except DecodeError:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "standing set is malformed") from None
         watcher = body.center
         if watcher == node.center:
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
@@ -189,19 +193,29 @@ class StandingServer:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
                           f"no seal key for {watcher!r} (its card predates sealed answers): "
                           "its hits could not be sealed to it")
-        return body
 
     async def set_standing(self, peer: str, request: federation_pb2.SignedStandingSet
                            ) -> federation_pb2.StandingReply:
         limits = self.node.config.limits
         if request.ByteSize() > limits.max_query_bytes * 64:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "standing set is too large")
+        body = federation_pb2.StandingSet()
+        try:
+            body.ParseFromString(request.body)
+        except DecodeError:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "standing set is malformed") from None
+        # A peer's own set and the sets it passes on have separate budgets: a
+        # watcher behind it sending ever newer sets (each validly signed) would
+        # otherwise spend the peer's whole rate here, and its own watches would be
+        # refused until the budget refilled.
+        own = body.center == peer
         self.rates.per_minute = limits.standing_sets_per_minute
-        if not self.rates.allow(peer, time.monotonic()):
+        if not self.rates.allow(peer if own else f"{peer}\0passed-on", time.monotonic()):
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"rate limit: at most {limits.standing_sets_per_minute} standing "
-                          "sets per minute from one center")
-        body = self._verify(peer, request)
+                          f"rate limit: at most {limits.standing_sets_per_minute} "
+                          f"{'own' if own else 'passed-on'} standing sets per minute "
+                          "from one center")
+        self._verify(peer, request, body)
         watcher = body.center
         now = now_ms()
         if body.issued_ms > now + MAX_SKEW_MS:
@@ -225,16 +239,10 @@ class StandingServer:
         def tx(conn: sqlite3.Connection) -> tuple[int, int, bool]:
             before = watch_tx.route(conn, watcher)
             if before is not None and body.issued_ms <= before.issued_ms:
-                direct = peer == watcher and before.via != watcher
-                if body.issued_ms == before.issued_ms and (hops > before.hops_left or direct):
-                    # The same set over a shorter path (it arrived first over a longer
-                    # one): it may reach further from here, and from the watcher
-                    # itself its hits go back directly, not sealed through a hop.
-                    watch_tx.replace_standing(
-                        conn, watcher, before.issued_ms,
-                        watch_tx.standing(conn, 0, watcher), peer if direct else before.via,
-                        max(hops, before.hops_left), path, before.signed)
-                    return 0, 0, hops > before.hops_left
+                if body.issued_ms == before.issued_ms:
+                    again = self._same_set_again(conn, before, peer, hops, path, signed)
+                    if again is not None:
+                        return 0, 0, again
                 raise Refused(grpc.StatusCode.ALREADY_EXISTS,
                               "standing set is not newer than the one taken (a replay)")
             if (watcher != peer and (before is None or before.via != peer)
@@ -265,6 +273,38 @@ class StandingServer:
         if onward:
             self.taken()
         return federation_pb2.StandingReply(accepted=len(kept), offered=len(body.queries))
+
+    @staticmethod
+    def _same_set_again(conn: sqlite3.Connection, before: watch_tx.Route, peer: str,
+                        hops: int, path: tuple[str, ...], signed: bytes) -> bool | None:
+        """The set taken already, arriving again another way. Its routing is
+        unsigned, and the first copy may have come from a hostile hop claiming no
+        hop left or a path through this node's other peers: kept as it was, that
+        stopped the honest copy from travelling on. So the routing merges: the
+        most hops left any copy brought, and only the centers on every copy's
+        path (each shrink or raise is bounded, so a set cannot bounce for ever).
+        From the watcher itself its hits go back directly, not sealed through a
+        hop. Whether it may travel on now (None: nothing changed, a replay)."""
+        if before.signed is not None and federation_pb2.SignedStandingSet.FromString(
+                before.signed).body != federation_pb2.SignedStandingSet.FromString(signed).body:
+            return None  # the watcher signed two sets at one instant: the first stands
+        watcher = before.center
+        direct = peer == watcher and before.via != watcher
+        merged = tuple(c for c in before.path if c in path)
+        held = watch_tx.standing(conn, 0, watcher)
+        further = max(hops, before.hops_left)
+        # The signed bytes are kept to pass the set on: a first copy with no hop
+        # left kept none. (Only the watcher can sign another set at the same
+        # instant; if it did, the standing queries here stay the first one's.)
+        keep = before.signed
+        if keep is None and held and further > 0:
+            keep = signed
+        wider = further > before.hops_left or merged != before.path or keep != before.signed
+        if not (direct or wider):
+            return None
+        watch_tx.replace_standing(conn, watcher, before.issued_ms, held,
+                                  peer if direct else before.via, further, merged, keep)
+        return wider and further > 0 and keep is not None
 
     async def hits(self, peer: str, request: federation_pb2.WatchHitsRequest,
                    revoked: asyncio.Event) -> AsyncIterator[federation_pb2.WatchHitBatch]:
@@ -300,6 +340,7 @@ class StandingServer:
         current = {(s.center, s.watch.id): s for center in {r.center for r in rows}
                    for s in watch_tx.standing(conn, now, center)}
         sent: list[Dissemination] = []
+        logged: list[tuple[int, str]] = []
         for row in rows:
             s = current.get((row.center, row.watch_id))
             if s is None:
@@ -340,10 +381,14 @@ class StandingServer:
                     watcher=row.center, center=node.center, watch_id=row.watch_id,
                     number=row.id, sealed=sealed, signature=signature, key_id=kid))
             batch.hits.append(hit)
+            if row.logged == d.name:
+                continue  # sent again (a pull from an old cursor): logged already
             sent.append(Dissemination(row.center, s.watch.owner, body.origin, body.record_id,
                                       body.version, body.seq, "watch", d.name,
                                       peer if row.center != peer else None))
+            logged.append((row.id, d.name))
         fed_tx.log_disseminations(conn, sent, now)
+        watch_tx.mark_logged(conn, logged)
         return batch
 
 
@@ -526,21 +571,32 @@ class WatchClient:
         async for batch in stream:
             if batch.last <= after:
                 continue
-            stored, relayed = await self.node.db.run(lambda c, b=batch: self._store(c, b))
+            stored, relayed, refused = await self.node.db.run(
+                lambda c, b=batch: self._store(c, b))
             after = batch.last
             if stored:
                 self.watches.hits_feed.bump()
             if relayed:
                 self.watches.outbox_feed.bump()
+            if refused:
+                # A peer delivering hits that fail is read slowly: at most HIT_BATCH
+                # signature checks a second, not a core's worth.
+                await asyncio.sleep(REFUSED_PAUSE_S)
 
     def _store(self, conn: sqlite3.Connection, batch: federation_pb2.WatchHitBatch
-               ) -> tuple[int, int]:
+               ) -> tuple[int, int, int]:
         """Verify and keep the hits of one batch (sealed hits for watchers beyond:
-        kept for the next hop back); move the cursor past it. (stored, relayed)"""
+        kept for the next hop back); move the cursor past it. (stored, relayed,
+        refused)"""
         now = now_ms()
-        stored = refused = 0
+        stored = 0
+        # A node sends at most HIT_BATCH hits a batch: more is refused unread, so
+        # one message costs at most HIT_BATCH signature checks on this (the
+        # database writer's) thread, and one log line, however many hits it holds.
+        refused = max(0, len(batch.hits) - HIT_BATCH)
+        reason = f"{refused} hits over the {HIT_BATCH} a batch may hold" if refused else ""
         relayed: set[str] = set()
-        for h in batch.hits:
+        for h in batch.hits[:HIT_BATCH]:
             try:
                 if h.HasField("sealed") and h.sealed.watcher != self.node.center:
                     if self._relay(conn, h.sealed, now):
@@ -549,7 +605,7 @@ class WatchClient:
                 hit = self._opened(conn, h, now)
             except BadSignature as exc:
                 refused += 1
-                log.warning("watch hit refused", extra={"peer": self.center, "reason": str(exc)})
+                reason = reason or str(exc)
                 continue
             if hit is not None:
                 stored += self.watches.record_hit(conn, hit)
@@ -559,8 +615,11 @@ class WatchClient:
         if refused:
             watch_tx.count_refused(conn, self.center, refused)
             metrics.WATCH_HITS_REFUSED.labels(self.center).inc(refused)
+            log.warning("watch hit refused", extra={
+                "peer": self.center, "refused": refused, "of": len(batch.hits),
+                "first_reason": reason[:200]})
         watch_tx.set_cursor(conn, self.center, batch.last)
-        return stored, len(relayed)
+        return stored, len(relayed), refused
 
     def _relay(self, conn: sqlite3.Connection, s: federation_pb2.SealedWatchHit,
                now: int) -> bool:
@@ -571,6 +630,13 @@ class WatchClient:
         r = watch_tx.route(conn, s.watcher)
         if r is None or r.via == self.center or len(s.via) >= MAX_PATH:
             return False
+        # Fields this node does not know are unsigned too (protobuf keeps them when
+        # it parses): kept, they would pad a real hit the same way.
+        s.DiscardUnknownFields()
+        if not all(CENTER_ID_RE.match(v) for v in s.via):
+            # Unsigned: a hop padding a real hit's `via` could make it alone fill
+            # the watcher's max_relay_bytes here and push every other hit out.
+            raise BadSignature("sealed watch hit: `via` is not a list of center ids")
         if not any(q.watch.id == s.watch_id for q in watch_tx.standing(conn, now, s.watcher)):
             return False  # withdrawn meanwhile: nobody waits for it
         if s.ByteSize() > self.node.config.limits.max_message_bytes // 2:
@@ -579,9 +645,12 @@ class WatchClient:
         if keys:
             check_hit(s.sealed, s.signature, s.key_id, keys, s.watcher, s.watch_id, s.center,
                       s.number)
+        # One this node could not check is kept too (the watcher checks it), but
+        # goes first when the watcher's rows are over their bounds: anyone could
+        # have made it, so it must not push out hits that are surely real.
         return watch_tx.add_outgoing(conn, watch_tx.Outgoing(
-            0, s.watcher, s.watch_id, s.center, s.number, f"hit:{s.number}", 0, "SEALED",
-            r.via, s.SerializeToString()), now)
+            0, s.watcher, s.watch_id, s.center, s.number, f"hit:{s.number}", 0,
+            "SEALED" if keys else watch_tx.UNVERIFIED, r.via, s.SerializeToString()), now)
 
     def _opened(self, conn: sqlite3.Connection, h: federation_pb2.WatchHit,
                 now: int) -> watch_tx.Hit | None:

@@ -159,7 +159,7 @@ class Limits:
     max_watch_days: int = 90  # the longest a watch (or another center's standing query) runs
     max_watch_hits: int = 1000  # hits kept per watcher (oldest dropped, counted)
     # Standing sets beyond direct peers: watcher centers whose sets one peer may bring
-    # here, sets one peer may send per minute (its own and those it passes on), and
+    # here, sets one peer may send per minute (its own, and as many again passed on), and
     # the sealed hits kept here per watcher further away, waiting for the next hop.
     max_standing_sets_per_peer: int = 100
     standing_sets_per_minute: int = 600

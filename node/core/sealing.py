@@ -63,6 +63,26 @@ def open_answer(sealed: bytes, signature: bytes, signer_key_id: str,
 # The same construction as a forwarded query's answer, in its own domain, so a
 # sealed hit can never be passed off as an answer part (or the other way round).
 HIT_DOMAIN = b"fcnode/watchhit/v1\x00"
+# A hit is padded before sealing: a 4-byte length, the hit, zeros up to a bucket
+# (HIT_PAD bytes, or the next power of two above). Hubs on the way back hold the
+# ciphertext; unpadded, its length told a POINTER (a stub of a few hundred bytes)
+# from a FULL hit (stub and envelope), i.e. whether the watcher may read the
+# record. A record over HIT_PAD bytes still shows as larger than any pointer.
+HIT_PAD = 4096
+_LEN = 4
+
+
+def pad_hit(plaintext: bytes) -> bytes:
+    size = max(HIT_PAD, 1 << (len(plaintext) + _LEN - 1).bit_length())
+    framed = len(plaintext).to_bytes(_LEN, "big") + plaintext
+    return framed + bytes(size - len(framed))
+
+
+def unpad_hit(padded: bytes) -> bytes:
+    n = int.from_bytes(padded[:_LEN], "big")
+    if len(padded) < _LEN or n > len(padded) - _LEN or any(padded[_LEN + n:]):
+        raise BadSignature("sealed watch hit is not padded as sealed")
+    return padded[_LEN:_LEN + n]
 
 
 def hit_info(watcher: str, watch_id: str, center: str, number: int) -> bytes:
@@ -74,7 +94,8 @@ def seal_hit(key: Ed25519PrivateKey, seal_to: bytes, watcher: str, watch_id: str
     """(ciphertext, signature, key id) of one watch hit sealed to ``seal_to`` (the
     watcher's raw X25519 public key): hops towards the watcher see ciphertext."""
     info = hit_info(watcher, watch_id, center, number)
-    sealed = SUITE.encrypt(plaintext, X25519PublicKey.from_public_bytes(seal_to), info=info)
+    sealed = SUITE.encrypt(pad_hit(plaintext), X25519PublicKey.from_public_bytes(seal_to),
+                           info=info)
     return sealed, sign(key, HIT_DOMAIN, info + sealed), key_id(key.public_key())
 
 
@@ -96,9 +117,12 @@ def open_hit(sealed: bytes, signature: bytes, signer_key_id: str,
     fails (a hop changed a byte, or relabelled the hit's watch or center)."""
     check_hit(sealed, signature, signer_key_id, keys, watcher, watch_id, center, number)
     try:
-        return SUITE.decrypt(sealed, private, info=hit_info(watcher, watch_id, center, number))
+        padded = SUITE.decrypt(sealed, private, info=hit_info(watcher, watch_id, center, number))
     except Exception:  # cryptography raises InvalidTag, ValueError and others
         raise BadSignature("sealed watch hit does not open with this node's key") from None
+    return unpad_hit(padded)
+
+
 # -- sealed copies of entries (store-and-forward through hubs) ------------------
 #
 # A record whose audience names centers reaches the ones behind hubs outside

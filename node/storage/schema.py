@@ -367,4 +367,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (origin, seq, digest)
     );
     """,
+    # 12: (issue 12 item 3, red team) the decision an outbox row was last logged
+    # with as a dissemination: a hit sent again (a peer pulling from an old cursor,
+    # over and over) is logged once per decision, not once per pull, so no peer can
+    # grow the dissemination log without bound.
+    """
+    ALTER TABLE watch_outbox ADD COLUMN logged TEXT;
+    """,
 ]

@@ -298,9 +298,11 @@ class Outgoing:
     seq: int
     record_id: str
     version: int
-    access: str           # FULL | POINTER at match time; SEALED: relayed from beyond
+    access: str           # FULL | POINTER at match time; SEALED | UNVERIFIED: relayed
+    #                       from beyond, its signature checked here or not (key unknown)
     peer: str = ""        # the peer it goes to ("": the watcher itself)
     sealed: bytes | None = None  # relayed: a SealedWatchHit, passed on unchanged
+    logged: str | None = None    # the decision it was last logged with as sent
 
 
 def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int) -> bool:
@@ -313,21 +315,30 @@ def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int) -> bool:
     return bool(cur.rowcount)
 
 
+UNVERIFIED = "UNVERIFIED"
+# Which of a watcher's outbox rows are kept first: hits surely real (this node's
+# own, and relayed ones whose signature it checked), newest first; relayed hits
+# it could not check (anyone may have made them) only after those.
+_KEEP_ORDER = f"(access = '{UNVERIFIED}'), id DESC"
+
+
 def prune_outbox(conn: sqlite3.Connection, center: str, keep: int,
                  max_bytes: int | None = None) -> None:
-    """Keep a watcher's newest ``keep`` outbox rows (and, for relayed sealed hits,
-    at most ``max_bytes`` of them); count the dropped ones."""
-    _prune(conn, "watch_outbox", "center", center, f"center:{center}", keep)
-    if max_bytes is None:
+    """Keep ``keep`` of a watcher's outbox rows (and, for relayed sealed hits, at
+    most ``max_bytes`` of them), dropping unverified relayed hits first, then the
+    oldest; count the dropped ones."""
+    over = [r[0] for r in conn.execute(
+        f"SELECT id FROM watch_outbox WHERE center = ? ORDER BY {_KEEP_ORDER} "
+        "LIMIT -1 OFFSET ?", (center, max(keep, 0)))]
+    if max_bytes is not None:
+        over += [r[0] for r in conn.execute(
+            f"SELECT id FROM (SELECT id, sum(length(sealed)) OVER (ORDER BY {_KEEP_ORDER}) "
+            "AS total FROM watch_outbox WHERE center = ? AND sealed IS NOT NULL) "
+            "WHERE total > ?", (center, max_bytes))]
+    if not over:
         return
-    row = conn.execute(
-        "SELECT id FROM (SELECT id, sum(length(sealed)) OVER (ORDER BY id DESC) AS total "
-        "FROM watch_outbox WHERE center = ? AND sealed IS NOT NULL) WHERE total > ? "
-        "ORDER BY id DESC LIMIT 1", (center, max_bytes)).fetchone()
-    if row is None:
-        return
-    n = conn.execute("DELETE FROM watch_outbox WHERE center = ? AND sealed IS NOT NULL "
-                     "AND id <= ?", (center, row[0])).rowcount
+    n = conn.executemany("DELETE FROM watch_outbox WHERE id = ?",
+                         [(i,) for i in set(over)]).rowcount
     conn.execute("INSERT INTO watch_dropped (who, dropped) VALUES (?, ?) ON CONFLICT (who) "
                  "DO UPDATE SET dropped = dropped + excluded.dropped", (f"center:{center}", n))
 
@@ -337,9 +348,15 @@ def outgoing(conn: sqlite3.Connection, peer: str, after_id: int, limit: int) -> 
     hits) for watchers whose sets came through it."""
     return [Outgoing(*r) for r in conn.execute(
         "SELECT id, center, watch_id, origin, seq, record_id, version, access, "
-        "peer, sealed FROM watch_outbox "
+        "peer, sealed, logged FROM watch_outbox "
         "WHERE peer = ? AND id > ? ORDER BY id LIMIT ?",
         (peer, after_id, limit))]
+
+
+def mark_logged(conn: sqlite3.Connection, rows: Iterable[tuple[int, str]]) -> None:
+    """(outbox id, decision): logged as sent with that decision (not again)."""
+    conn.executemany("UPDATE watch_outbox SET logged = ? WHERE id = ?",
+                     [(d, i) for i, d in rows])
 
 
 def ack_outgoing(conn: sqlite3.Connection, peer: str, upto_id: int) -> None:

@@ -102,9 +102,11 @@ def test_watch_reaches_a_center_two_hops_away_sealed_across_the_hub(make_node,
         rid for rid in want_bob if rid not in held_by_hub}
 
     # AMBER for {origin, watcher}: a FULL hit sealed through the hub, whose home
-    # (database, WAL, log) never holds the text; the origin's does.
+    # (database, WAL, log) never holds the text; the origin's does. Not relayable
+    # (--no-relay): else the record itself reaches the watcher as a sealed copy
+    # through the hub and the hit shows as local; this is the watch's own path.
     rec = c.publish("--kind", "BOLO", "--title", SECRET, "--entity", PLATE, "--tlp", "AMBER",
-                    "--audience", "origin", "--audience", "watcher")
+                    "--audience", "origin", "--audience", "watcher", "--no-relay")
     w.wait_for(lambda: hits(w, "ann").get(rec["record_id"]) == "FULL", 20, "sealed FULL hit")
     shown = [h for h in w.json_lines("watch", "hits", user="ann")
              if h["record_id"] == rec["record_id"]]
@@ -115,7 +117,8 @@ def test_watch_reaches_a_center_two_hops_away_sealed_across_the_hub(make_node,
     # The hub is down while the origin publishes a match: delivered once it is back.
     hub.stop()
     late = c.publish("--kind", "BOLO", "--title", "While the hub was out", "--entity", PLATE,
-                     "--tlp", "AMBER", "--audience", "origin", "--audience", "watcher")
+                     "--tlp", "AMBER", "--audience", "origin", "--audience", "watcher",
+                     "--no-relay")
     time.sleep(0.5)
     hub.start()
     w.wait_for(lambda: hits(w, "ann").get(late["record_id"]) == "FULL", 30,
@@ -125,7 +128,8 @@ def test_watch_reaches_a_center_two_hops_away_sealed_across_the_hub(make_node,
     c.start()
     assert {(x["center"], x.get("via")) for x in remote(c).values()} == {("watcher", "hub")}
     again = c.publish("--kind", "BOLO", "--title", "After the origin restarted", "--entity",
-                      PLATE, "--tlp", "AMBER", "--audience", "origin", "--audience", "watcher")
+                      PLATE, "--tlp", "AMBER", "--audience", "origin", "--audience", "watcher",
+                      "--no-relay")
     w.wait_for(lambda: hits(w, "ann").get(again["record_id"]) == "FULL", 30,
                "hit after the origin restarted")
 

@@ -45,3 +45,17 @@ def test_an_answer_part_is_not_a_hit() -> None:
     sealed, sig, kid = seal_hit(SIGNER, SEAL_TO, *ARGS, b"x")
     with pytest.raises(BadSignature):
         open_answer(sealed, sig, kid, KEYS, WATCHER, "watcher", "w1", "origin", 7)
+
+
+def test_a_hub_cannot_tell_a_full_hit_from_a_pointer_by_its_size() -> None:
+    # What a hub holds of a hit is its ciphertext: a POINTER (the signed stub,
+    # a few hundred bytes) and a FULL hit (the stub and the origin's envelope)
+    # must not differ in length, or the hub learns what the README says it never
+    # learns (whether the watcher may read the record), and roughly how long it is.
+    pointer = b"p" * 300
+    full = b"f" * 2500
+    lengths = {len(seal_hit(SIGNER, SEAL_TO, *ARGS, p)[0]) for p in (pointer, full, b"")}
+    assert len(lengths) == 1, lengths
+    for plain in (pointer, full, b"", b"\x00" * 5000):  # padding never leaks into the hit
+        sealed, sig, kid = seal_hit(SIGNER, SEAL_TO, *ARGS, plain)
+        assert open_hit(sealed, sig, kid, KEYS, WATCHER, *ARGS) == plain
