@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
+from federation import verifypool
 from federation.links import PeerLink
 from federation.query_answer import QueryAnswerer
 from federation.query_fanout import QueryFanout
@@ -25,7 +26,6 @@ from federation.query_forward import DEFAULT_HOPS, Forwarder
 from federation.tls import PinnedTls
 from federation.transport.server import FederationServicer
 from federation.transport.standard_services import add_standard_services
-from federation.verifypool import VerifyProcesses
 from federation.watch_sync import OwnSet, StandingServer, WatchClient
 from node.config.home import HomeError, check_group
 from node.config.identity import b64e, parse_card
@@ -83,7 +83,7 @@ class Federation:
         self.watch_clients: dict[str, WatchClient] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         # Catch-up batches: Ed25519 in worker processes (started on the first one).
-        self.procs = VerifyProcesses()
+        self.procs = verifypool.for_config(node.config.limits.verify_processes)
         self.server: grpc.aio.Server | None = None
         self._lock = asyncio.Lock()
         self._renewing = asyncio.Lock()
@@ -228,7 +228,8 @@ class Federation:
             self.servicer.streams.revoke_all(grpc.StatusCode.UNAVAILABLE, "node shutting down")
             await self.server.stop(grace=1)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.procs.shutdown()
+        if self.procs is not None:
+            self.procs.shutdown()
 
     def _start_link(self, peer: Peer) -> None:
         if not peer.connect:

@@ -60,6 +60,13 @@ def _outlive_no_node(node_pid: int) -> None:
 WATCH_S = 1.0
 
 
+def for_config(workers: int) -> VerifyProcesses | None:
+    """``[limits] verify_processes``: -1 one per core (at most 4), 0 none, N that many."""
+    if workers == 0:
+        return None
+    return VerifyProcesses(workers if workers > 0 else None)
+
+
 class VerifyProcesses:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or default_workers()

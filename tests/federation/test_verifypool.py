@@ -141,3 +141,20 @@ def test_a_link_verifies_a_catch_up_batch_in_the_workers_and_rejects_a_forgery()
     assert sent == 100  # every envelope went to the workers
     assert [i for i, e in enumerate(errors) if e] == [41]
     assert errors[41].startswith("bad signature")
+
+
+def test_verify_processes_setting() -> None:
+    """[limits] verify_processes: 0 starts no pool (one-core hosts, many daemons on
+    one machine), -1 one worker per core (at most 4), N exactly N."""
+    from federation.verifypool import default_workers, for_config
+    from node.config.home import parse_config
+
+    def workers(value: int) -> int | None:
+        cfg = parse_config({"node": {"center": "ab", "listen": "127.0.0.1:7701"},
+                            "limits": {"verify_processes": value}}, "node.toml")
+        procs = for_config(cfg.limits.verify_processes)
+        return None if procs is None else procs.workers
+
+    assert workers(0) is None
+    assert workers(-1) == default_workers() and 1 <= default_workers() <= 4
+    assert workers(3) == 3
