@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -39,15 +39,11 @@ from node.core.keyhistory import (
 from node.core.record import MAX_RECORD_BYTES, body_policy
 from node.core.sealing import HPKE_OVERHEAD, SealedCopy, check_copy, open_copy
 from node.core.signing import (
-    NOT_PREVERIFIED,
     BadSignature,
-    Triple,
     entry_hash,
-    entry_triple,
     envelope_stub,
     open_entry,
     open_stub,
-    raw_public,
     stub_mismatch,
 )
 from node.core.types import Decision, Requester
@@ -214,31 +210,6 @@ def _recall(conn: sqlite3.Connection, peer: str, origin: str, seq: int,
                        {"version": version, "via": peer, "why": why})
 
 
-def _key_map(found: Mapping[str, Ed25519PublicKey] | KeyHistory | None
-             ) -> Mapping[str, Ed25519PublicKey]:
-    return (found.public_keys() if isinstance(found, KeyHistory)
-            else found if isinstance(found, Mapping) else {})
-
-
-def entry_triples(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf) -> list[Triple]:
-    """The envelope verifications check_items will make, as plain bytes, for
-    another process to do first (signing.verify_triples). Only entries whose key
-    is known now; anything else (a key a rotation in this batch introduces) is
-    verified by check_items itself."""
-    raws: dict[str, dict[str, bytes]] = {}
-    out = []
-    for item in items:
-        if not item.HasField("envelope"):
-            continue
-        if item.origin not in raws:
-            raws[item.origin] = {k: raw_public(v)
-                                 for k, v in _key_map(keys_of(item.origin)).items()}
-        raw = raws[item.origin].get(item.envelope.key_id)
-        if raw is not None:
-            out.append(entry_triple(item.envelope, raw))
-    return out
-
-
 # Sealed copies looked at per item, at most (the origin makes one per named center;
 # [limits] max_sealed_copies bounds what is stored): more is a hostile hop's flood.
 MAX_COPIES = 32
@@ -255,8 +226,7 @@ MAX_BAD_COPIES = 64
 
 def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
                 seal_private: X25519PrivateKey | None = None,
-                max_copies: int = MAX_COPIES,
-                good: Collection[Triple] = NOT_PREVERIFIED) -> list[Checked]:
+                max_copies: int = MAX_COPIES) -> list[Checked]:
     """Verify signatures and self-consistency; pure CPU work. An envelope must be
     signed by the key its origin used at that position (old keys stay valid for
     what they signed before a rotation, never after); a rotation verified here
@@ -268,9 +238,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
     whose copy opens with ``seal_private`` (this node's X25519 key) is checked as
     if its envelope had come in clear: the same verification below, then the same
     placement and policy decision in store_batch. One that opens but does not
-    verify (hash, signature, position) stays a placeholder. ``good``: envelope
-    signatures verified by another process (entry_triples, signing.verify_triples):
-    every check but the Ed25519 arithmetic of those runs here all the same."""
+    verify (hash, signature, position) stays a placeholder."""
     out = []
     histories: dict[str, KeyHistory | None] = {}
     plain: dict[str, Mapping[str, Ed25519PublicKey]] = {}
@@ -284,7 +252,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
         stub = None  # the entry's own v2 stub, verified with the envelope
         if item.HasField("envelope"):
             try:
-                body, stub = open_entry(item.envelope, keys, good)
+                body, stub = open_entry(item.envelope, keys)
             except BadSignature as exc:
                 return Checked(item, None, f"bad signature: {exc}")
             if body.origin != item.origin or body.seq != item.seq:
@@ -336,7 +304,8 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
         if item.origin not in histories:
             found = keys_of(item.origin)
             histories[item.origin] = found if isinstance(found, KeyHistory) else None
-            plain[item.origin] = _key_map(found)
+            plain[item.origin] = (found.public_keys() if isinstance(found, KeyHistory)
+                                  else found if isinstance(found, Mapping) else {})
         history = histories[item.origin]
         keys = plain[item.origin]
         if not keys:

@@ -18,7 +18,6 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
-from federation import verifypool
 from federation.links import PeerLink
 from federation.query_answer import QueryAnswerer
 from federation.query_fanout import QueryFanout
@@ -82,8 +81,6 @@ class Federation:
         self.watches: Watches | None = None
         self.watch_clients: dict[str, WatchClient] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
-        # Catch-up batches: Ed25519 in worker processes (started on the first one).
-        self.procs = verifypool.for_config(node.config.limits.verify_processes)
         self.server: grpc.aio.Server | None = None
         self._lock = asyncio.Lock()
         self._renewing = asyncio.Lock()
@@ -228,15 +225,13 @@ class Federation:
             self.servicer.streams.revoke_all(grpc.StatusCode.UNAVAILABLE, "node shutting down")
             await self.server.stop(grace=1)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.procs is not None:
-            self.procs.shutdown()
 
     def _start_link(self, peer: Peer) -> None:
         if not peer.connect:
             return
         link = PeerLink(self.node, self.tls, peer, self.pool, self.node.changes.bump,
                         self._resubscribe_all, self._serve_again, self._keys_learned,
-                        self.seal_private, self.procs)
+                        self.seal_private)
         self.links[peer.center] = link
         link.start()
         if self.watches is not None:

@@ -166,10 +166,6 @@ class Limits:
     max_relay_bytes: int = 16 * 1024 * 1024
     introduction_poll_s: float = 30.0  # how often each introducer's cards are fetched
     max_sealed_copies: int = 32  # sealed copies kept (and made) per log position
-    # Worker processes verifying a catch-up's signatures (federation/verifypool.py):
-    # -1 one per core, at most 4 (about 30 MB each, started on the first large batch);
-    # 0 never (a small host, or many daemons on one machine).
-    verify_processes: int = -1
 
 
 @dataclass(frozen=True)

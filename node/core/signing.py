@@ -8,7 +8,7 @@ signature over one can never be replayed as another.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -53,56 +53,11 @@ def sign(key: Ed25519PrivateKey, domain: bytes, data: bytes) -> bytes:
     return key.sign(domain + data)
 
 
-# (raw public key, signed message with its domain prefix, signature): one Ed25519
-# verification as plain bytes, so that another process can do it (verify_triples).
-Triple = tuple[bytes, bytes, bytes]
-NOT_PREVERIFIED: frozenset[Triple] = frozenset()
-
-
-def verify(public: Ed25519PublicKey, domain: bytes, data: bytes, signature: bytes,
-           good: Collection[Triple] = NOT_PREVERIFIED) -> None:
-    """``good``: triples another process verified already (verify_triples); only a
-    triple that verified there is skipped here, for exactly that key, message and
-    signature, so it cannot let anything through that would not verify."""
-    message = domain + data
-    if good and (raw_public(public), message, signature) in good:
-        return
+def verify(public: Ed25519PublicKey, domain: bytes, data: bytes, signature: bytes) -> None:
     try:
-        public.verify(signature, message)
+        public.verify(signature, domain + data)
     except InvalidSignature:
         raise BadSignature("signature does not verify") from None
-
-
-def verify_triples(triples: Sequence[Triple]) -> list[bool]:
-    """Plain Ed25519 verification of many triples: what a verification process
-    runs. cryptography holds the GIL while it verifies (measured: two threads
-    verify at ~1.1-1.3x one, a busy Python thread beside it more than halves its
-    rate), so a catch-up's verification goes to other processes, leaving this
-    one's GIL to storage and reads (federation/links.py)."""
-    keys: dict[bytes, Ed25519PublicKey | None] = {}
-    out = []
-    for raw, message, signature in triples:
-        if raw not in keys:
-            try:
-                keys[raw] = Ed25519PublicKey.from_public_bytes(raw)
-            except ValueError:
-                keys[raw] = None
-        public = keys[raw]
-        try:
-            if public is None:
-                raise InvalidSignature
-            public.verify(signature, message)
-            out.append(True)
-        except InvalidSignature:
-            out.append(False)
-    return out
-
-
-def entry_triple(envelope: records_pb2.Envelope, public_raw: bytes) -> Triple:
-    """The verification ``open_entry`` makes for this envelope with this key."""
-    if envelope.stub:
-        return public_raw, ENTRY_DOMAIN + envelope.stub, envelope.signature
-    return public_raw, RECORD_DOMAIN + envelope.payload, envelope.signature
 
 
 def seal_record(key: Ed25519PrivateKey, body: records_pb2.RecordBody,
@@ -169,8 +124,7 @@ def open_record(
 
 
 def open_entry(
-    envelope: records_pb2.Envelope, keys: Mapping[str, Ed25519PublicKey],
-    good: Collection[Triple] = NOT_PREVERIFIED,
+    envelope: records_pb2.Envelope, keys: Mapping[str, Ed25519PublicKey]
 ) -> tuple[records_pb2.RecordBody, records_pb2.EntryStub | None]:
     """``open_record``, also returning a v2 entry's verified stub (None for v1).
 
@@ -181,12 +135,12 @@ def open_entry(
         raise BadSignature(f"unknown signing key {envelope.key_id[:16]}")
     stub = None
     if envelope.stub:
-        verify(public, ENTRY_DOMAIN, envelope.stub, envelope.signature, good)
+        verify(public, ENTRY_DOMAIN, envelope.stub, envelope.signature)
         stub = _parse_stub(envelope.stub)
         if stub.hash != entry_hash(envelope.payload):
             raise BadSignature("signed stub does not match the payload")
     else:
-        verify(public, RECORD_DOMAIN, envelope.payload, envelope.signature, good)
+        verify(public, RECORD_DOMAIN, envelope.payload, envelope.signature)
     body = records_pb2.RecordBody()
     try:
         body.ParseFromString(envelope.payload)

@@ -6,8 +6,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.ingest import check_items, entry_triples
-from node.core.signing import entry_hash, key_id, raw_public, seal_record, verify_triples
+from federation.ingest import check_items
+from node.core.signing import entry_hash, key_id, seal_record
 from node.wire import federation_pb2, records_pb2
 
 NCRIC = Ed25519PrivateKey.generate()
@@ -132,52 +132,6 @@ def test_prop_any_tampering_yields_error_never_body(seq, data):
     c = one(it)
     assert c.body is None
     assert c.error
-
-
-# -- verification in other processes (federation/verifypool.py) -------------------
-def _verified_elsewhere(items):
-    """What links._verify does with the verification processes, in this process."""
-    triples = entry_triples(items, keys_of)
-    flags = verify_triples(triples)
-    return frozenset(t for t, ok in zip(triples, flags, strict=True) if ok)
-
-
-def test_verify_triples_flags_each_triple():
-    good = item(body(seq=1))
-    raw = raw_public(NCRIC.public_key())
-    [triple] = entry_triples([good], keys_of)
-    bad_message = (raw, triple[1] + b"x", triple[2])
-    bad_key = (b"\x01" * 31, triple[1], triple[2])  # not a public key at all
-    assert verify_triples([triple, bad_message, bad_key]) == [True, False, False]
-
-
-def test_preverified_batch_still_rejects_a_forged_envelope():
-    items = [item(body(seq=s)) for s in (1, 2, 3)]
-    other = body(seq=2)
-    other.title = "forged"
-    forged = item(other)
-    forged.envelope.signature = items[1].envelope.signature  # seq 2's, over other bytes
-    items[1] = forged
-    out = check_items(items, keys_of, _verified_elsewhere(items))
-    assert [c.error.startswith("bad signature") for c in out] == [False, True, False]
-    assert out[0].body is not None and out[2].body is not None
-
-
-def test_a_verified_triple_vouches_only_for_its_own_bytes():
-    """A signature that verified for one entry, offered as 'good' for another
-    entry carrying that same signature, does not let the other one in."""
-    real = item(body(seq=5))
-    [triple] = _verified_elsewhere([real])
-    other = body(seq=5)
-    other.title = "not what the origin signed"
-    env = seal_record(NCRIC, other)
-    env.signature = real.envelope.signature
-    fake = federation_pb2.LogItem(origin="ncric", seq=5, hash=entry_hash(env.payload),
-                                  envelope=env)
-    [c] = check_items([fake], keys_of, frozenset({triple}))
-    assert c.body is None and c.error.startswith("bad signature")
-    [c] = check_items([real], keys_of, frozenset({triple}))
-    assert c.error == "" and c.body is not None
 
 
 def test_ingest_result_add_folds_every_field() -> None:
