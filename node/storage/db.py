@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -164,6 +166,13 @@ class Database:
         # Urgent writes queued for the writer and not started yet (see run_steps).
         # Changed on the event loop and the writer thread under the GIL.
         self._urgent = 0
+        # While run_steps holds the writer, urgent writes join its transaction after
+        # the current step (one commit, no second hop): (fn, loop, future) each.
+        self._stepping = False
+        self._joining: collections.deque[tuple[Callable[[sqlite3.Connection], Any],
+                                               asyncio.AbstractEventLoop,
+                                               asyncio.Future[Any]]] = collections.deque()
+        self._join_lock = threading.Lock()
 
     async def open(self) -> None:
         if not self.path.exists():
@@ -201,13 +210,15 @@ class Database:
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
+
     async def run(self, fn: Callable[[sqlite3.Connection], T], transaction: bool = True,
                   urgent: bool = False) -> T:
         """Run ``fn(conn)`` on the connection thread, in one IMMEDIATE transaction.
 
         ``urgent``: a short write a user waits for (the audit entry of a search):
-        a long write of several steps in progress commits after its current step
-        and lets it in (run_steps).
+        while a long write of several steps holds the writer (run_steps), it joins
+        that transaction after the current step, in a savepoint, and returns once
+        that commit is durable (one commit, no wait for the rest of the steps).
 
         aiosqlite has no public "run this on your thread" call; ``_execute`` is
         what its own methods use (pinned in pyproject). One hop per transaction
@@ -216,6 +227,15 @@ class Database:
         if self._db is None:
             raise StorageError("database is closed")
         db = self._db
+        if urgent and transaction:
+            loop = asyncio.get_running_loop()
+            joined: asyncio.Future[T] = loop.create_future()
+            with self._join_lock:
+                stepping = self._stepping
+                if stepping:  # joins the long write's transaction (run_steps)
+                    self._joining.append((fn, loop, joined))
+            if stepping:
+                return await joined
 
         def call() -> T:
             if urgent:
@@ -256,16 +276,37 @@ class Database:
         def call(todo: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T]:
             conn = db._conn
             done: list[T] = []
-            conn.execute("BEGIN IMMEDIATE")
+            joined: list[tuple[Any, Any, BaseException | None]] = []
+            failed: BaseException | None = None
+            with self._join_lock:
+                self._stepping = True
             try:
-                for step in todo:
-                    done.append(step(conn))
-                    if self._urgent > 0:
-                        break  # commit and yield the writer (the urgent write is queued)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for step in todo:
+                        done.append(step(conn))
+                        if self._urgent > 0 or self._joining:
+                            break  # commit and let the urgent write in (or with it)
+                    joined = self._run_joined(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            except BaseException as exc:
+                failed = exc
+            finally:
+                with self._join_lock:
+                    self._stepping = False
+                    left = self._take_joined()
+            if failed is None:
+                self._settle_joined(joined)  # committed: durable, their callers go on
+            else:  # rolled back with the long write: they run again, on their own
+                left = [entry for entry, _, _ in joined] + left
+            if left:
+                self._run_alone(conn, left)
+            if failed is not None:
+                raise failed
             return done
 
         while len(out) < len(steps):
@@ -275,6 +316,64 @@ class Database:
             except sqlite3.Error as exc:
                 raise explain(self.path, exc) from None
         return out
+
+    def _take_joined(self) -> list[Any]:
+        out = list(self._joining)
+        self._joining.clear()
+        return out
+
+    def _run_joined(self, conn: sqlite3.Connection, todo: list[Any] | None = None
+                    ) -> list[tuple[Any, Any, BaseException | None]]:
+        """Urgent writes that joined, each in a savepoint of the transaction in
+        progress (one that fails leaves the rest): (entry, result, error) each."""
+        if todo is None:
+            with self._join_lock:
+                todo = self._take_joined()
+        out = []
+        for entry in todo:
+            conn.execute("SAVEPOINT joined")
+            try:
+                result = entry[0](conn)
+            except Exception as exc:  # that caller's error, not the long write's
+                conn.execute("ROLLBACK TO joined")
+                conn.execute("RELEASE joined")
+                err = explain(self.path, exc) if isinstance(exc, sqlite3.Error) else exc
+                out.append((entry, None, err))
+                continue
+            conn.execute("RELEASE joined")
+            out.append((entry, result, None))
+        return out
+
+    @staticmethod
+    def _settle_joined(results: list[tuple[Any, Any, BaseException | None]]) -> None:
+        for (_, loop, fut), result, err in results:
+            def settle(fut: asyncio.Future[Any] = fut, result: Any = result,
+                       err: BaseException | None = err) -> None:
+                if fut.done():
+                    return
+                if err is not None:
+                    fut.set_exception(err)
+                else:
+                    fut.set_result(result)
+            loop.call_soon_threadsafe(settle)
+
+    def _run_alone(self, conn: sqlite3.Connection, entries: list[Any]) -> None:
+        """Urgent writes that joined after the last step (or whose long write
+        failed): one transaction of their own, on the writer thread."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = self._run_joined(conn, entries)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            err = explain(self.path, exc) if isinstance(exc, sqlite3.Error) else exc
+            self._settle_joined([(e, None, err) for e in entries])
+            return
+        self._settle_joined(results)
 
     async def checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it, so content deleted by

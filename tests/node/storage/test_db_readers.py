@@ -134,7 +134,7 @@ def _steps_with_a_write_arriving(tmp_path: Path, urgent: bool) -> list[str]:
             short = asyncio.create_task(db.run(user_write, urgent=urgent))
             for _ in range(1000):  # until the short write is queued for the writer
                 await asyncio.sleep(0)
-                if db._db is not None and not db._db._tx.empty():
+                if db._joining or (db._db is not None and not db._db._tx.empty()):
                     break
             release.set()
             assert await asyncio.wait_for(long, GUARD_S) == [1, 2, 3]
@@ -187,3 +187,90 @@ def test_a_failing_step_rolls_back_the_transaction_in_progress(tmp_path: Path) -
             await db.close()
 
     assert asyncio.run(main()) == [1]  # one transaction: nothing was urgent
+
+
+# -- an urgent write joins the long write's transaction: one commit, its own savepoint ----
+def _urgent_during_steps(tmp_path: Path, user_write, second_step_fails: bool = False
+                         ) -> tuple[list[str], object, list[int]]:
+    """A long write of two steps; while the first runs, an urgent write arrives.
+    Returns (events, what the urgent call returned or raised, values at the end)."""
+    path = make_db(tmp_path)
+
+    async def main() -> tuple[list[str], object, list[int]]:
+        db = Database(path)
+        await db.open()
+        events: list[str] = []
+        inside, release = threading.Event(), threading.Event()
+
+        def step1(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO probe VALUES (11)")
+            inside.set()
+            release.wait(GUARD_S)
+            events.append("step 1")
+            return 1
+
+        def step2(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO probe VALUES (12)")
+            if second_step_fails:
+                raise ValueError("bad part")
+            events.append("step 2")
+            return 2
+
+        try:
+            long = asyncio.create_task(db.run_steps([step1, step2]))
+            assert await asyncio.to_thread(inside.wait, GUARD_S)
+            short = asyncio.create_task(db.run(user_write, urgent=True))
+            for _ in range(1000):
+                await asyncio.sleep(0)
+                if db._joining:
+                    break
+            assert db._joining, "the urgent write did not join the long write"
+            release.set()
+            try:
+                outcome: object = await asyncio.wait_for(short, GUARD_S)
+            except Exception as exc:
+                outcome = exc
+            try:
+                await asyncio.wait_for(long, GUARD_S)
+            except ValueError as exc:
+                events.append(f"long write failed: {exc}")
+            return events, outcome, await db.read(values)
+        finally:
+            release.set()
+            await db.close()
+
+    return asyncio.run(main())
+
+
+def test_a_joined_urgent_write_is_committed_with_the_step_before_it(tmp_path: Path) -> None:
+    def write(conn: sqlite3.Connection) -> list[int]:
+        conn.execute("INSERT INTO probe VALUES (99)")
+        return values(conn)
+
+    events, outcome, end = _urgent_during_steps(tmp_path, write)
+    assert outcome == [1, 11, 99]  # inside the long write's transaction, after step 1
+    assert events == ["step 1", "step 2"]
+    assert end == [1, 11, 12, 99]
+
+
+def test_a_failing_joined_write_leaves_the_long_write_alone(tmp_path: Path) -> None:
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO probe VALUES (99)")
+        raise ValueError("user's own error")
+
+    events, outcome, end = _urgent_during_steps(tmp_path, write)
+    assert events == ["step 1", "step 2"]
+    assert isinstance(outcome, ValueError) and "user's own error" in str(outcome)
+    assert end == [1, 11, 12]  # its savepoint rolled back, the steps committed
+
+
+def test_a_joined_write_survives_the_long_write_failing(tmp_path: Path) -> None:
+    """The user's audit entry must not be lost because a catch-up part failed: it
+    runs again on its own after the rollback."""
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO probe VALUES (99)")
+
+    events, outcome, end = _urgent_during_steps(tmp_path, write, second_step_fails=True)
+    assert outcome is None
+    assert "long write failed: bad part" in events
+    assert 99 in end and 12 not in end
