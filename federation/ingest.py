@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import DecodeError
 
+from node.config.home import Limits
 from node.core import policy
 from node.core.chain import Held, Incoming, Verdict, classify
 from node.core.keyhistory import (
@@ -37,7 +38,14 @@ from node.core.keyhistory import (
     check_vouched_entry,
 )
 from node.core.record import MAX_RECORD_BYTES, body_policy
-from node.core.sealing import HPKE_OVERHEAD, SealedCopy, check_copy, open_copy
+from node.core.sealing import (
+    COPY_OVERHEAD,
+    HPKE_OVERHEAD,
+    SealedCopy,
+    check_copy,
+    copy_budget,
+    open_copy,
+)
 from node.core.signing import (
     BadSignature,
     entry_hash,
@@ -222,11 +230,13 @@ COPY_DROPPED = "sealed copy dropped"
 # and past this its remaining copies in the call are dropped unverified (junk must
 # not buy it max_copies signature checks for every item of every batch).
 MAX_BAD_COPIES = 64
+DEFAULT_COPY_BUDGET = copy_budget(Limits().max_message_bytes)
 
 
 def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
                 seal_private: X25519PrivateKey | None = None,
-                max_copies: int = MAX_COPIES) -> list[Checked]:
+                max_copies: int = MAX_COPIES,
+                max_copy_bytes: int = DEFAULT_COPY_BUDGET) -> list[Checked]:
     """Verify signatures and self-consistency; pure CPU work. An envelope must be
     signed by the key its origin used at that position (old keys stay valid for
     what they signed before a rotation, never after); a rotation verified here
@@ -234,7 +244,9 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
 
     Sealed copies (node/core/sealing.py): each must carry the origin's signature by its
     key valid at that position, else it is dropped (counted in Checked.dropped,
-    never stored); at most ``max_copies`` per item are looked at. A placeholder
+    never stored); at most ``max_copies`` per item are looked at, each distinct
+    ciphertext once, and at most ``max_copy_bytes`` of them are kept (what this
+    node would pass on: sealing.copy_budget). A placeholder
     whose copy opens with ``seal_private`` (this node's X25519 key) is checked as
     if its envelope had come in clear: the same verification below, then the same
     placement and policy decision in store_batch. One that opens but does not
@@ -311,7 +323,8 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
         if not keys:
             out.append(Checked(item, None, "unknown origin (no pinned key)"))
             continue
-        copies, dropped = _checked_copies(item, history, keys, max_copies, bad)
+        copies, dropped = _checked_copies(item, history, keys, max_copies, bad,
+                                          max_copy_bytes)
         checked = None
         if copies and seal_private is not None and not item.HasField("envelope"):
             opened = _opened(item, copies, seal_private)
@@ -329,7 +342,8 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
 
 
 def _checked_copies(item: federation_pb2.LogItem, history: KeyHistory | None,
-                    keys: Mapping[str, Ed25519PublicKey], max_copies: int, bad: list[int]
+                    keys: Mapping[str, Ed25519PublicKey], max_copies: int, bad: list[int],
+                    budget: int = DEFAULT_COPY_BUDGET
                     ) -> tuple[tuple[SealedCopy, ...], tuple[tuple[str, int], ...]]:
     """(the copies the origin signed for this position, (why, how many) of the
     others, dropped). Checked without opening: any hop can tell a copy came from
@@ -344,7 +358,14 @@ def _checked_copies(item: federation_pb2.LogItem, history: KeyHistory | None,
         dropped[f"{COPY_DROPPED}: more than {max_copies} copies for one position"] = (
             len(item.sealed) - max_copies)
     good: dict[bytes, SealedCopy] = {}
+    spent = 0
     for c in item.sealed[:max_copies]:
+        if c.sealed in good:
+            continue  # the same copy again: checked once, kept once
+        size = len(c.sealed) + COPY_OVERHEAD
+        if spent + size > budget:  # more than this node would pass on: not checked
+            dropped[f"{COPY_DROPPED}: copies larger than {budget} bytes for one position"] += 1
+            continue
         if bad[0] <= 0:
             dropped[f"{COPY_DROPPED}: more than {MAX_BAD_COPIES} bad copies in one batch"] += 1
             continue
@@ -354,7 +375,8 @@ def _checked_copies(item: federation_pb2.LogItem, history: KeyHistory | None,
             dropped[f"{COPY_DROPPED}: {why}"] += 1
             bad[0] -= 1
             continue
-        good.setdefault(c.sealed, SealedCopy(c.sealed, c.signature, c.key_id))
+        spent += size
+        good[c.sealed] = SealedCopy(c.sealed, c.signature, c.key_id)
     return tuple(good.values()), tuple(dropped.items())
 
 

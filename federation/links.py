@@ -23,6 +23,7 @@ from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
 from node.config.peers import Peer
 from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation
+from node.core.sealing import copy_budget
 from node.core.timeutil import iso, now_ms
 from node.services.service import NodeService
 from node.storage import audit as audit_tx
@@ -252,13 +253,14 @@ class PeerLink:
     async def _verify(self, items: list[federation_pb2.LogItem]) -> list[Checked]:
         loop = asyncio.get_running_loop()
         copies = self.node.config.limits.max_sealed_copies
+        budget = copy_budget(self.node.config.limits.max_message_bytes)
         half = (len(items) + 1) // 2
         # Two halves on the verify threads: cryptography releases the GIL while it
         # verifies (measured on 2 idle cores: two threads 1.96x one), so this uses
         # the second core while the storing thread writes the batch before.
         parts = await asyncio.gather(*(
             loop.run_in_executor(self.pool, check_items, chunk, self.node.history_of,
-                                 self.seal_private, copies)
+                                 self.seal_private, copies, budget)
             for chunk in (items[:half], items[half:]) if chunk))
         rotated = [c.rotation for c in parts[0] if c.rotation is not None]
         if rotated and len(parts) > 1:
@@ -266,7 +268,7 @@ class PeerLink:
             # (it may be signed with the new key): check it again after it.
             parts[1] = await loop.run_in_executor(
                 self.pool, check_items, items[half:], self._histories_after(rotated),
-                self.seal_private, copies)
+                self.seal_private, copies, budget)
         return [c for part in parts for c in part]
 
     def _histories_after(self, rotations: list[Rotation]

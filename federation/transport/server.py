@@ -20,7 +20,7 @@ import grpc
 from federation.ratelimit import RateLimits
 from federation.tls import PinnedTls, peer_pem
 from federation.watch_sync import Refused
-from node.core.sealing import SealedCopy
+from node.core.sealing import COPY_OVERHEAD, SealedCopy, copy_budget
 from node.core.signing import INTRODUCTIONS_DOMAIN, sign
 from node.core.timeutil import now_ms
 from node.core.types import Dissemination
@@ -228,7 +228,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             entries = log_tx.items_after(conn, origin, after, min(room, upto - after))
             # (A fixed share per position, not what is left of this batch: a position
             # near the end of a full batch goes in the next one, with all its copies.)
-            held = {seq: _within(cs, self.node.config.limits.max_message_bytes // 4)
+            held = {seq: _within(cs, copy_budget(self.node.config.limits.max_message_bytes))
                     for seq, cs in (
                 sealed_tx.for_positions(conn, origin, entries[0].seq, entries[-1].seq)
                 if entries else {}).items()}
@@ -331,7 +331,7 @@ def _within(copies: list[tuple[bytes, SealedCopy]], budget: int
     here, as any hop may; the origin's own node made them all)."""
     out, total = [], 0
     for c in copies:
-        total += len(c[1].sealed) + 128
+        total += len(c[1].sealed) + COPY_OVERHEAD
         if total > budget:
             break
         out.append(c)

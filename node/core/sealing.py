@@ -139,6 +139,16 @@ def open_hit(sealed: bytes, signature: bytes, signer_key_id: str,
 SEALED_DOMAIN = b"fcnode/sealed/v1\x00"
 # HPKE adds the encapsulated key (32 bytes for X25519) and the AEAD tag (16).
 HPKE_OVERHEAD = 48
+# What one copy costs in a message beside its ciphertext (signature, key id, framing):
+# the bytes of a position's copies, counted the same way when a node sends them on
+# and when it keeps them (copy_budget).
+COPY_OVERHEAD = 128
+
+
+def copy_budget(max_message_bytes: int) -> int:
+    """Bytes of sealed copies one position may carry, and a node keeps: a quarter
+    of a message, so that a position with its copies always fits one."""
+    return max_message_bytes // 4
 
 
 def copy_info(origin: str, seq: int, digest: bytes) -> bytes:

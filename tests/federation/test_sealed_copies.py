@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from federation.ingest import check_items, store_batch
 from node.core.keyhistory import KeyHistory
-from node.core.sealing import SealedCopy, check_copy, open_copy, seal_copy
+from node.core.sealing import COPY_OVERHEAD, SealedCopy, check_copy, open_copy, seal_copy
 from node.core.signing import entry_hash, key_id, seal_record
 from node.services.egress import replication_batch
 from node.storage import log as log_tx
@@ -309,3 +309,32 @@ def test_a_bare_hint_does_not_displace_a_position_the_origin_signed_copies_for(c
     held = sealed_tx.for_positions(conn, ORG, 1, 3)
     out, _ = replication_batch(entries, "spoke", "hub", copies_of=lambda o, s: held.get(s, []))
     assert [(i.seq, len(i.sealed)) for i in out] == [(1, 0), (2, 1)]
+
+
+def test_the_same_copy_repeated_in_an_item_is_checked_once(monkeypatch) -> None:
+    """A hop repeating one valid copy 32 times in an item must not buy 32
+    signature checks (nor 32 stored rows)."""
+    import federation.ingest as ingest
+
+    item = chain(1, {1})[0]
+    one = copy_of(item)
+    calls = []
+    real = ingest.check_copy
+    monkeypatch.setattr(ingest, "check_copy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    [checked] = check_items([placeholder(item, *([one] * 32))], lambda o: KEYS, OTHER, 32)
+    assert len(checked.copies) == 1
+    assert len(calls) == 1
+
+
+def test_copies_kept_per_position_fit_what_is_passed_on() -> None:
+    """A node keeps no more copy bytes for a position than it would send on
+    (a share of max_message_bytes): a hostile origin's 32 large copies on every
+    position of its log must not cost each direct peer more than the rest pay."""
+    item = chain(1, {1})[0]
+    many = [copy_of(item, to=X25519PrivateKey.generate()) for _ in range(6)]
+    size = len(many[0].sealed) + COPY_OVERHEAD
+    [checked] = check_items([placeholder(item, *many)], lambda o: KEYS, OTHER, 32,
+                            max_copy_bytes=3 * size)
+    assert len(checked.copies) == 3
+    assert dict(checked.dropped) and all("larger than" in why for why, _ in checked.dropped)
+    assert sum(n for _, n in checked.dropped) == 3
