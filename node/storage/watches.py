@@ -316,10 +316,44 @@ def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int) -> bool:
 
 
 UNVERIFIED = "UNVERIFIED"
+ORIGIN_SHARE = 4  # over max_relay_bytes, a center above a quarter of it loses hits first
 # Which of a watcher's outbox rows are kept first: hits surely real (this node's
 # own, and relayed ones whose signature it checked), newest first; relayed hits
 # it could not check (anyone may have made them) only after those.
 _KEEP_ORDER = f"(access = '{UNVERIFIED}'), id DESC"
+
+
+def _over_bytes(rows: list[tuple[int, str, int]], max_bytes: int) -> list[int]:
+    """Rows (id, answering center, bytes), the first kept first, to drop so that
+    at most ``max_bytes`` remain: the last rows of the center holding the most,
+    while it holds more than its share (max_bytes / ORIGIN_SHARE), so that one
+    center answering with a few hits padded to the largest size cannot push every
+    other center's out; then the last rows of all."""
+    total = sum(n for _, _, n in rows)
+    if total <= max_bytes:
+        return []
+    share = max_bytes // ORIGIN_SHARE
+    per: dict[str, list[tuple[int, int]]] = {}
+    for i, origin, n in rows:
+        per.setdefault(origin, []).append((i, n))
+    used = {o: sum(n for _, n in rs) for o, rs in per.items()}
+    drop: list[int] = []
+    while total > max_bytes:
+        origin = max(used, key=lambda o: used[o])
+        if used[origin] <= share:
+            break
+        i, n = per[origin].pop()
+        drop.append(i)
+        used[origin] -= n
+        total -= n
+    dropped = set(drop)
+    for i, _, n in reversed(rows):
+        if total <= max_bytes:
+            break
+        if i not in dropped:
+            drop.append(i)
+            total -= n
+    return drop
 
 
 def prune_outbox(conn: sqlite3.Connection, center: str, keep: int,
@@ -331,10 +365,11 @@ def prune_outbox(conn: sqlite3.Connection, center: str, keep: int,
         f"SELECT id FROM watch_outbox WHERE center = ? ORDER BY {_KEEP_ORDER} "
         "LIMIT -1 OFFSET ?", (center, max(keep, 0)))]
     if max_bytes is not None:
-        over += [r[0] for r in conn.execute(
-            f"SELECT id FROM (SELECT id, sum(length(sealed)) OVER (ORDER BY {_KEEP_ORDER}) "
-            "AS total FROM watch_outbox WHERE center = ? AND sealed IS NOT NULL) "
-            "WHERE total > ?", (center, max_bytes))]
+        gone = set(over)
+        rows = [r for r in conn.execute(
+            f"SELECT id, origin, length(sealed) FROM watch_outbox WHERE center = ? "
+            f"AND sealed IS NOT NULL ORDER BY {_KEEP_ORDER}", (center,)) if r[0] not in gone]
+        over += _over_bytes(rows, max_bytes)
     if not over:
         return
     n = conn.executemany("DELETE FROM watch_outbox WHERE id = ?",
