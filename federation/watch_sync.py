@@ -158,6 +158,19 @@ class StandingServer:
         self.watches = watches
         self.taken = taken  # a set that may travel further was taken: pass it on
         self.rates = RateLimits(node.config.limits.standing_sets_per_minute)
+        # Pulls from before what a peer was already sent re-seal and re-send those
+        # hits: as many a minute as replication restarts (restarts_per_minute).
+        self.repulls = RateLimits(node.config.limits.restarts_per_minute)
+        self.served: dict[str, int] = {}  # peer -> the last outbox id sent to it
+
+    def may_pull(self, peer: str, after: int) -> bool:
+        """Whether a WatchHits call from ``after`` is served: always from where the
+        peer's stream left off or later; from before that (a re-pull), within the
+        rate of replication restarts."""
+        if after >= self.served.get(peer, 0):
+            return True
+        self.repulls.per_minute = self.node.config.limits.restarts_per_minute
+        return self.repulls.allow(peer, time.monotonic())
 
     def _verify(self, peer: str, request: federation_pb2.SignedStandingSet,
                 body: federation_pb2.StandingSet) -> None:
@@ -315,6 +328,7 @@ class StandingServer:
             batch = await self.node.db.run(lambda c, a=after: self._batch(c, peer, a))
             if batch.last > after:
                 after = batch.last
+                self.served[peer] = max(self.served.get(peer, 0), after)
                 yield batch
                 continue
             yield batch  # an empty batch is a heartbeat

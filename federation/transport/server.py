@@ -303,6 +303,13 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         peer = await self.authenticate(context)
         if self.standing is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watches are not served here")
+        if not self.standing.may_pull(peer, request.after):
+            limit = self.node.config.limits.restarts_per_minute
+            log.warning("watch hits re-pull refused: rate limit",
+                        extra={"peer": peer, "limit": limit})
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many pulls of watch hits already sent by {peer} "
+                                f"(limit {limit} per minute)")
         with self.streams.open(peer) as revoked:
             async for batch in self.standing.hits(peer, request, revoked):
                 yield batch

@@ -171,7 +171,11 @@ def test_pulling_the_same_hits_again_and_again_logs_them_once(make_node,
     recipient with the same decision is logged once."""
     import contextlib
 
-    hub = make_node("hub")
+    hub = make_node("hub", start=False)
+    # Re-pulls are rate limited like replication restarts (the next test); this
+    # one is about the dissemination log, so the hub allows them.
+    hub.edit_config("restarts_per_minute = 6", "restarts_per_minute = 100")
+    hub.start()
     x1 = Rogue(tmp_path, "x1")
     x1.serve(hub.card())
     hub.ok("peers", "add", x1.card.line())
@@ -197,6 +201,42 @@ def test_pulling_the_same_hits_again_and_again_logs_them_once(make_node,
     for _ in range(10):
         assert pull() == 1  # sent again (the watcher did not move its cursor)
     assert logged() == 1, f"{logged()} dissemination rows for one hit sent to one center"
+    x1.stop()
+
+
+def test_pulling_hits_already_sent_again_and_again_is_rate_limited(make_node,
+                                                                   tmp_path: Path) -> None:
+    """Each pull from before what a peer was sent re-seals and re-sends those hits:
+    any peer reopening WatchHits(after=0) in a loop made the hub do that work
+    without bound. Such re-pulls get the replication restart rate; pulls that
+    move on are never limited."""
+    hub = make_node("hub")
+    x1 = Rogue(tmp_path, "x1")
+    x1.serve(hub.card())
+    hub.ok("peers", "add", x1.card.line())
+    now = int(time.time() * 1000)
+    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    hub.publish("--kind", "BOLO", "--title", "pulled again", "--entity", "plate=WCH 100",
+                "--tlp", "GREEN")
+
+    def pull(after: int) -> tuple[grpc.StatusCode, int]:
+        with x1.channel(hub.listen, hub.card()) as ch:
+            stream = federation_pb2_grpc.FederationStub(ch).WatchHits(
+                federation_pb2.WatchHitsRequest(after=after), timeout=10)
+            try:
+                batch = next(iter(stream))
+            except grpc.RpcError as exc:
+                return exc.code(), 0
+            stream.cancel()
+            return grpc.StatusCode.OK, batch.last
+
+    hub.wait_for(lambda: pull(0)[1] > 0, 20, "the hit in the outbox")
+    codes = [pull(0)[0] for _ in range(8)]
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+    assert codes[:5] == [grpc.StatusCode.OK] * 5  # the restart rate (6 a minute) first
+    # Moving on from what was sent is never refused.
+    last = pull(10**9)
+    assert last[0] == grpc.StatusCode.OK
     x1.stop()
 
 
