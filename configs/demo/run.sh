@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: install fcnode into .venv (once) and run the three-center demo.
+# The main job: install fcnode into .venv (once) and run the demo (three fusion centers and a JTTF).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PYTHON:-python3}"
