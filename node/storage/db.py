@@ -239,7 +239,8 @@ class Database:
 
         def call() -> T:
             if urgent:
-                self._urgent -= 1
+                with self._join_lock:  # the event loop adds, this thread takes away
+                    self._urgent -= 1
             conn = db._conn
             if not transaction:
                 return fn(conn)
@@ -253,7 +254,8 @@ class Database:
             return result
 
         if urgent:
-            self._urgent += 1
+            with self._join_lock:
+                self._urgent += 1
         try:
             return await db._execute(call)
         except sqlite3.Error as exc:
@@ -277,6 +279,7 @@ class Database:
             conn = db._conn
             done: list[T] = []
             joined: list[tuple[Any, Any, BaseException | None]] = []
+            taken: list[Any] = []  # urgent writes taken into this transaction
             failed: BaseException | None = None
             with self._join_lock:
                 self._stepping = True
@@ -287,7 +290,9 @@ class Database:
                         done.append(step(conn))
                         if self._urgent > 0 or self._joining:
                             break  # commit and let the urgent write in (or with it)
-                    joined = self._run_joined(conn)
+                    with self._join_lock:
+                        taken = self._take_joined()
+                    joined = self._run_joined(conn, taken)
                     conn.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
@@ -302,7 +307,7 @@ class Database:
             if failed is None:
                 self._settle_joined(joined)  # committed: durable, their callers go on
             else:  # rolled back with the long write: they run again, on their own
-                left = [entry for entry, _, _ in joined] + left
+                left = taken + left
             if left:
                 self._run_alone(conn, left)
             if failed is not None:
@@ -322,19 +327,19 @@ class Database:
         self._joining.clear()
         return out
 
-    def _run_joined(self, conn: sqlite3.Connection, todo: list[Any] | None = None
+    def _run_joined(self, conn: sqlite3.Connection, todo: list[Any]
                     ) -> list[tuple[Any, Any, BaseException | None]]:
         """Urgent writes that joined, each in a savepoint of the transaction in
-        progress (one that fails leaves the rest): (entry, result, error) each."""
-        if todo is None:
-            with self._join_lock:
-                todo = self._take_joined()
+        progress (one that fails leaves the rest): (entry, result, error) each.
+        If SQLite undid the whole transaction (the savepoint is gone) this raises,
+        and the caller runs them all again on their own."""
         out = []
         for entry in todo:
             conn.execute("SAVEPOINT joined")
             try:
                 result = entry[0](conn)
-            except Exception as exc:  # that caller's error, not the long write's
+            except BaseException as exc:  # that caller's error, not the long write's
+                # (signals reach the main thread only: nothing here is a Ctrl-C)
                 conn.execute("ROLLBACK TO joined")
                 conn.execute("RELEASE joined")
                 err = explain(self.path, exc) if isinstance(exc, sqlite3.Error) else exc
@@ -359,21 +364,22 @@ class Database:
 
     def _run_alone(self, conn: sqlite3.Connection, entries: list[Any]) -> None:
         """Urgent writes that joined after the last step (or whose long write
-        failed): one transaction of their own, on the writer thread."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        failed): each in a transaction of its own, on the writer thread, so that
+        one failing cannot take the others with it."""
+        for entry in entries:
             try:
-                results = self._run_joined(conn, entries)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-        except BaseException as exc:
-            err = explain(self.path, exc) if isinstance(exc, sqlite3.Error) else exc
-            self._settle_joined([(e, None, err) for e in entries])
-            return
-        self._settle_joined(results)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    [settled] = self._run_joined(conn, [entry])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            except BaseException as exc:
+                err = explain(self.path, exc) if isinstance(exc, sqlite3.Error) else exc
+                settled = (entry, None, err)
+            self._settle_joined([settled])
 
     async def checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it, so content deleted by

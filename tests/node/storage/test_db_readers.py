@@ -274,3 +274,53 @@ def test_a_joined_write_survives_the_long_write_failing(tmp_path: Path) -> None:
     assert outcome is None
     assert "long write failed: bad part" in events
     assert 99 in end and 12 not in end
+
+
+def test_joined_writes_never_hang_when_sqlite_undoes_the_transaction(tmp_path: Path) -> None:
+    """A joined write whose error made SQLite roll the whole transaction back (disk
+    full: the savepoint is gone) must not leave the other joined callers waiting
+    for ever (review, session 15): each runs again on its own."""
+    path = make_db(tmp_path)
+
+    async def main() -> tuple[object, object, list[int]]:
+        db = Database(path)
+        await db.open()
+        inside, release = threading.Event(), threading.Event()
+
+        def step1(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO probe VALUES (11)")
+            inside.set()
+            release.wait(GUARD_S)
+            return 1
+
+        def full(conn: sqlite3.Connection) -> None:
+            conn.execute("RELEASE joined")  # what SQLite's own rollback leaves
+            raise sqlite3.OperationalError("database or disk is full")
+
+        try:
+            long = asyncio.create_task(db.run_steps([step1, lambda c: 2]))
+            assert await asyncio.to_thread(inside.wait, GUARD_S)
+            good = asyncio.create_task(db.run(
+                lambda c: c.execute("INSERT INTO probe VALUES (99)") and "ok", urgent=True))
+            bad = asyncio.create_task(db.run(full, urgent=True))
+            for _ in range(1000):
+                await asyncio.sleep(0)
+                if len(db._joining) == 2:
+                    break
+            release.set()
+            with pytest.raises(StorageError):
+                await asyncio.wait_for(long, GUARD_S)
+            outcomes = []
+            for task in (good, bad):
+                try:
+                    outcomes.append(await asyncio.wait_for(task, GUARD_S))
+                except StorageError as exc:
+                    outcomes.append(type(exc).__name__)
+            return outcomes[0], outcomes[1], await db.read(values)
+        finally:
+            release.set()
+            await db.close()
+
+    good, bad, end = asyncio.run(main())
+    assert good == "ok" and bad == "StorageError"
+    assert 99 in end
