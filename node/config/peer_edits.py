@@ -4,7 +4,7 @@ them (federation/runtime.py) or the CLI does on a stopped node (node/services/of
 from __future__ import annotations
 
 from node.config.identity import IdentityCard
-from node.config.peers import Peer, pin_conflict
+from node.config.peers import MAX_DISTRUSTS, Peer, pin_conflict
 from node.core.keyhistory import Distrust
 from node.core.types import ValidationError
 
@@ -39,6 +39,13 @@ def updated_peer(old: Peer, card: IdentityCard, distrust_after: int | None,
                                   "(this card carries the key already pinned)")
         return Peer(card, old.groups, old.connect, old.distrusts, introducer=old.introducer)
     after = held_head if distrust_after is None else distrust_after
+    if old.distrusts and after < old.distrusts[-1].after:
+        raise ValidationError(
+            f"--distrust-after {after} is before the last distrust of {old.center!r} "
+            f"(after seq {old.distrusts[-1].after}): a later distrust may not cut earlier")
+    if len(old.distrusts) >= MAX_DISTRUSTS:
+        raise ValidationError(f"{old.center!r} was re-pinned {MAX_DISTRUSTS} times already: "
+                              "edit peers.toml by hand (see the runbook)")
     # An administrator decided: an introduced card becomes a direct pin (its
     # conflict resolved); an introducer stays one.
     # Earlier distrusts stay: what the keys before signed up to their seqs stays

@@ -153,6 +153,9 @@ def _distrusts(entry: dict[str, object]) -> tuple[Distrust, ...]:
         if len(key) != 32:
             raise ValidationError("distrusted: key must be the replaced Ed25519 key "
                                   "(32 bytes, base64url)")
+        if out and after < out[-1].after:
+            raise ValidationError("distrusted: each after must be at or above the one "
+                                  "before it (oldest first)")
         out.append(Distrust(key, after))
     return tuple(out)
 

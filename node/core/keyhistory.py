@@ -148,7 +148,13 @@ class KeyHistory:
 
     def distrust_after(self, seq: int, new_key: bytes) -> KeyHistory:
         """A key was stolen: every key held so far signs nothing after ``seq``;
-        ``new_key`` (pinned out of band) signs from seq+1 on."""
+        ``new_key`` (pinned out of band) signs from seq+1 on. If ``new_key`` is the
+        current key already (a rotation to it was learned, and the administrator
+        pinned the center's current card), it keeps its span: what it signed
+        since its rotation stays valid."""
+        cur = self.current
+        if cur.key == new_key and cur.until_seq is None and cur.from_seq <= seq + 1:
+            return self
         kept = []
         for s in self.spans:
             if s.key == new_key or s.from_seq > seq:

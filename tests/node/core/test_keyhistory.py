@@ -87,6 +87,15 @@ def test_a_second_distrust_keeps_the_first() -> None:
     assert [(s.key, s.from_seq, s.until_seq) for s in h.spans] == [(R1, 1, 5), (R3, 6, None)]
 
 
+def test_re_pinning_the_key_a_rotation_already_made_current_keeps_its_span() -> None:
+    # The center rotated R1 -> R2 at 10 (learned here); the admin later pins its
+    # current card (R2) and peers update distrusts the old key after the head held
+    # (40): what R2 signed from 11 on must still verify (review, session 15).
+    h = build_history(R2, [Rotation("o", 10, R1, R2)], distrusts=(Distrust(R1, 40),))
+    assert [(s.key, s.from_seq, s.until_seq) for s in h.spans] == [(R1, 1, 10), (R2, 11, None)]
+    assert h.signs(key_id(R2), 11) == "" and "retired" in h.signs(key_id(R1), 11)
+
+
 def _rotation_body(seq: int, old: Ed25519PrivateKey, new: Ed25519PrivateKey,
                    statement_seq: int | None = None) -> records_pb2.RecordBody:
     new_raw = raw_public(new.public_key())
@@ -184,6 +193,10 @@ def test_updated_peer_distrusts_the_replaced_key_and_peers_toml_keeps_it() -> No
     legacy = render_peers([old]).replace(
         "card = ", f'distrust_after = 7\ndistrusted_key = "{b64e(R1)}"\ncard = ')
     assert parse_peers(legacy, "peers.toml", "me")["orig"].distrusts == (Distrust(R1, 7),)
+    # A later distrust may not cut earlier than the one before it (entries of the key
+    # between would stop verifying without being moved out for review).
+    with pytest.raises(ValidationError, match="after seq 30"):
+        updated_peer(newer, _card("orig", R4), 20, held_head=50)
 
 
 def test_an_interrupted_tls_switch_is_finished_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
