@@ -303,8 +303,17 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         peer = await self.authenticate(context)
         if self.standing is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watches are not served here")
+        limits = self.node.config.limits
+        if self.streams.count(peer) >= limits.max_streams_per_peer:
+            # Replication and hit streams together: parallel calls from one cursor
+            # would each re-seal the same hits.
+            log.warning("watch hits stream refused: too many open",
+                        extra={"peer": peer, "limit": limits.max_streams_per_peer})
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many streams open from {peer} "
+                                f"(limit {limits.max_streams_per_peer})")
         if not self.standing.may_pull(peer, request.after):
-            limit = self.node.config.limits.restarts_per_minute
+            limit = limits.restarts_per_minute
             log.warning("watch hits re-pull refused: rate limit",
                         extra={"peer": peer, "limit": limit})
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

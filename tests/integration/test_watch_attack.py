@@ -240,6 +240,35 @@ def test_pulling_hits_already_sent_again_and_again_is_rate_limited(make_node,
     x1.stop()
 
 
+def test_parallel_hit_streams_from_one_peer_are_capped(make_node, tmp_path: Path) -> None:
+    """Parallel WatchHits calls from one cursor each re-sealed the same hits (the
+    re-pull rate counts a call only once it has been served): the streams one
+    peer holds open are capped like replication's (max_streams_per_peer)."""
+    hub = make_node("hub")
+    x1 = Rogue(tmp_path, "x1")
+    x1.serve(hub.card())
+    hub.ok("peers", "add", x1.card.line())
+    now = int(time.time() * 1000)
+    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    codes = []
+    with x1.channel(hub.listen, hub.card()) as ch:
+        stub = federation_pb2_grpc.FederationStub(ch)
+        streams = []
+        for _ in range(6):
+            stream = stub.WatchHits(federation_pb2.WatchHitsRequest(after=0), timeout=10)
+            try:
+                next(iter(stream))  # the first (heartbeat) batch: the stream is open
+                codes.append(grpc.StatusCode.OK)
+                streams.append(stream)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+        for stream in streams:
+            stream.cancel()
+    assert codes[:4] == [grpc.StatusCode.OK] * 4  # max_streams_per_peer = 4
+    assert codes[4:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    x1.stop()
+
+
 def test_a_watcher_flooding_sets_cannot_starve_its_hubs_own_set(make_node,
                                                                 tmp_path: Path) -> None:
     """A hostile watcher sending its hub a stream of (validly signed, ever newer)
