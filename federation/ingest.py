@@ -444,7 +444,8 @@ OWN_LOG = "entries of this node's own log come only from itself"
 
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
                 now_ms: int, own_center: str, recover_own: bool = False,
-                max_copies: int = MAX_COPIES) -> IngestResult:
+                max_copies: int = MAX_COPIES, stopped: set[str] | None = None
+                ) -> IngestResult:
     """Place and store verified items, in order, in the caller's transaction.
     ``own_center``: this node; content is kept only where its own policy
     decision for itself is FULL, whichever peer forwarded the entry.
@@ -456,10 +457,13 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
     (the next signed entry's link proves it or rewinds it), and the node never
     signs on top of a hint (NodeService.own_log_refusal).
     ``max_copies``: sealed copies kept per position ([limits] max_sealed_copies);
-    the verified copies of an item are kept once the item is placed."""
+    the verified copies of an item are kept once the item is placed.
+    ``stopped``: origins whose rest of the batch is skipped (a reject, a rewind, a
+    fork); pass one set to every part of a batch stored in parts, so that the
+    parts do what one call would."""
     result = IngestResult()
     quarantined = fed_tx.quarantined(conn)
-    stopped: set[str] = set()
+    stopped = set() if stopped is None else stopped
     # Per origin: the head (seq, what is held there). Items almost always extend
     # the chain by one, so the common case needs no lookup at all.
     tips: dict[str, tuple[int, Held | None]] = {}

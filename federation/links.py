@@ -288,6 +288,8 @@ class PeerLink:
         center, own = self.peer.center, self.node.center
         recovery = self.node.recovery
         self.state.own_head = reported
+        failure: Exception | None = None
+        stopped: set[str] = set()  # one for every part (store_batch)
 
         def begin(c: sqlite3.Connection, now: int) -> bool:
             ours = log_tx.head(c, own)[0]
@@ -314,7 +316,8 @@ class PeerLink:
                 now = now_ms()
                 began = begin(c, now) if first else False
                 result = store_batch(c, center, part, now, own, recover_own=recovery.active,
-                                     max_copies=self.node.config.limits.max_sealed_copies)
+                                     max_copies=self.node.config.limits.max_sealed_copies,
+                                     stopped=stopped)
                 return result, log_tx.head(c, own)[0], began
             return tx
 
@@ -323,8 +326,16 @@ class PeerLink:
             # a user's write (a search's audit entry) is waiting: then it goes in
             # between two parts (Database.run_steps).
             parts = [checked[i:i + YIELD_EVERY] for i in range(0, len(checked), YIELD_EVERY)]
-            done = await self.node.db.run_steps(
-                [step(part, i == 0) for i, part in enumerate(parts)])
+            done: list[tuple[IngestResult, int, bool]] = []
+            try:
+                await self.node.db.run_steps(
+                    [step(part, i == 0) for i, part in enumerate(parts)], done)
+            except Exception as exc:
+                if not done:
+                    raise
+                # Parts committed before the failure stay: what they learned
+                # (rotations, rewinds, changes) is acted on below, then it raises.
+                failure = exc
             result, ours, began = IngestResult(), done[-1][1], done[0][2]
             for part_result, _, _ in done:
                 result.add(part_result)
@@ -367,6 +378,8 @@ class PeerLink:
             log.warning("false placeholders dropped: links fetch again from their cursors",
                         extra={"peer": center, "origins": sorted(result.rewound)})
             self.on_rewind()
+        if failure is not None:
+            raise failure
 
     async def _finish_recovery(self, ours: int) -> None:
         """Every reachable peer reported no own entry beyond ours: recovered."""

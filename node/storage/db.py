@@ -261,7 +261,8 @@ class Database:
         except sqlite3.Error as exc:
             raise explain(self.path, exc) from None
 
-    async def run_steps(self, steps: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T]:
+    async def run_steps(self, steps: Sequence[Callable[[sqlite3.Connection], T]],
+                        committed: list[T] | None = None) -> list[T]:
         """Run the steps in order on the writer, as few IMMEDIATE transactions as
         possible: one, unless an urgent write (``run(urgent=True)``) is waiting,
         in which case the transaction commits after the current step, the urgent
@@ -269,7 +270,8 @@ class Database:
         long write (a catch-up's batches) never holds a user's write back for
         more than one step. Each transaction commits whole or not at all: after a
         failure, the steps committed before it stay, and the error is raised.
-        Returns every step's result, in order."""
+        Returns every step's result, in order; ``committed`` (if given) receives
+        the results of the steps committed so far, also when a later one fails."""
         if self._db is None:
             raise StorageError("database is closed")
         db = self._db
@@ -317,9 +319,12 @@ class Database:
         while len(out) < len(steps):
             rest = steps[len(out):]
             try:
-                out.extend(await db._execute(call, rest))
+                part = await db._execute(call, rest)
             except sqlite3.Error as exc:
                 raise explain(self.path, exc) from None
+            out.extend(part)
+            if committed is not None:
+                committed.extend(part)
         return out
 
     def _take_joined(self) -> list[Any]:

@@ -297,3 +297,33 @@ def test_a_version_never_held_is_not_revived_by_a_replay_after_its_recall(db) ->
     deliver(node, "stale", [v1])
     assert b"secret" not in payloads(node)
     assert node.execute("SELECT version, state FROM records").fetchone() == (2, "recalled")
+
+
+def test_a_batch_stored_in_parts_does_what_one_call_does(tmp_path: Path) -> None:
+    """A catch-up is stored in parts (links.YIELD_EVERY) so that a user's write can
+    go in between; the parts share what one call would know (an origin stopped
+    after a rewind), else a split batch wrote a false 'gap' against an honest hub
+    (review, session 15)."""
+    from federation.ingest import IngestResult
+
+    chain = members_chain(5)
+
+    def run(split: bool, where: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        conn = open_sync(where / "n.db", create=True)
+        keys = lambda o: KEYS if o == X else {}  # noqa: E731
+        with immediate(conn):
+            store_batch(conn, "hub", check_items([chain[0]], keys), 1, "node")
+            store_batch(conn, "hub", check_items([federation_pb2.LogItem(
+                origin=X, seq=2, hash=b"\x01" * 32)], keys), 1, "node")
+        checked = check_items(chain[2:5], keys)
+        total, stopped = IngestResult(), set()
+        with immediate(conn):
+            for part in ([checked[:1], checked[1:]] if split else [checked]):
+                total.add(store_batch(conn, "hub", part, 1, "node", stopped=stopped))
+        rows = conn.execute("SELECT peer, reason FROM rejections ORDER BY rowid").fetchall()
+        conn.close()
+        return dict(total.rejected), rows
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    assert run(True, tmp_path / "two") == run(False, tmp_path / "one")
