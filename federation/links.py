@@ -18,7 +18,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from federation.backoff import Backoff
-from federation.ingest import Checked, IngestResult, check_items, store_batch
+from federation.ingest import WRONG_KEY, Checked, IngestResult, check_items, store_batch
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
 from node.config.peers import Peer
@@ -216,6 +216,11 @@ class PeerLink:
                     batches += 1
                     group.extend(await _checked(nxt))
                     own_head = nxt[1] if nxt[1] is not None else own_head
+                if any(c.error and _key_error(c.error) for c in group):
+                    # Verified on arrival, maybe before a key rotation in a batch
+                    # ahead of it was stored: check again with the keys known now
+                    # (at most once a group; a forger pays twice, no more).
+                    group = await self._verify([c.item for c in group])
                 await self._store(group, own_head)
         finally:
             reader.cancel()
@@ -400,6 +405,11 @@ class PeerLink:
             log.info("own log recovered: publishing again",
                      extra={"own_head": ours, "confirmed_by": confirmed})
             recovery.end()
+
+
+def _key_error(error: str) -> bool:
+    """A refusal that a key learned since (a rotation stored meanwhile) may lift."""
+    return "unknown signing key" in error or WRONG_KEY in error
 
 
 async def _checked(pending: Verified) -> list[Checked]:

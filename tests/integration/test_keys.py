@@ -382,3 +382,24 @@ def test_a_thief_cannot_take_the_vouched_rotation_slot(make_node, tmp_path: Path
     receiver.wait_held(second["record_id"])
     assert not receiver.json("status")["quarantined"]
     relay.stop()
+
+
+def test_a_catch_up_across_a_key_rotation_holds_everything(make_node) -> None:
+    """Batches of a catch-up are verified as they arrive, before the ones ahead of
+    them are stored: entries signed with a new key in the batches right after the
+    rotation's could be refused as signed by an unknown key (review, session 15).
+    Checks that failed on a key are made again once the rotation before them is
+    stored."""
+    origin, late = make_node("origin"), make_node("late", start=False)
+    late.pin(origin)  # the card before the rotation, pinned while late is stopped
+    origin.pin(late)
+    drafts = [{"kind": "BULLETIN", "title": f"before {i}",
+               "policy": {"tlp": "GREEN", "audience": ["members"]}} for i in range(700)]
+    origin.publish_drafts(drafts)
+    origin.json("keys", "rotate", "--signing")
+    origin.publish_drafts([{**d, "title": f"after {i}"} for i, d in enumerate(drafts)])
+    head = origin.json("status")["own_log"]["head"]
+    late.start()
+    late.wait_for(lambda: late.head("origin") >= head, 60, "the whole log after the rotation")
+    assert not [r for s, r in rejections(late, "origin")]
+    assert late.active("origin") == 1400
