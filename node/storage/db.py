@@ -90,12 +90,15 @@ def _statements(script: str) -> list[str]:
 
 @contextlib.contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction on a plain connection: committed whole, or rolled back."""
+    """One write transaction on a plain connection: committed whole, or rolled back.
+    (If SQLite rolled it back itself, e.g. a full disk, the original error is the
+    one raised, not the failing ROLLBACK's.)"""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
@@ -244,14 +247,8 @@ class Database:
             conn = db._conn
             if not transaction:
                 return fn(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+            with immediate(conn):
+                return fn(conn)
 
         if urgent:
             with self._join_lock:
@@ -286,8 +283,7 @@ class Database:
             with self._join_lock:
                 self._stepping = True
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(conn):
                     for step in todo:
                         done.append(step(conn))
                         if self._urgent > 0 or self._joining:
@@ -295,11 +291,6 @@ class Database:
                     with self._join_lock:
                         taken = self._take_joined()
                     joined = self._run_joined(conn, taken)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
             except BaseException as exc:
                 failed = exc
             finally:
@@ -373,14 +364,8 @@ class Database:
         one failing cannot take the others with it."""
         for entry in entries:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(conn):
                     [settled] = self._run_joined(conn, [entry])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
             except BaseException as exc:
                 err = explain(self.path, exc) if isinstance(exc, sqlite3.Error) else exc
                 settled = (entry, None, err)
