@@ -126,6 +126,17 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "certificate is not pinned")
         return center  # type: ignore[return-value]
 
+    async def _stream_cap(self, peer: str, context: grpc.aio.ServicerContext,
+                          what: str) -> None:
+        """Refuse a stream beyond ``max_streams_per_peer`` open from this peer
+        (replication and watch-hit streams together)."""
+        limit = self.node.config.limits.max_streams_per_peer
+        if self.streams.count(peer) >= limit:
+            log.warning(f"{what} stream refused: too many open",
+                        extra={"peer": peer, "limit": limit})
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many {what} streams open from {peer} (limit {limit})")
+
     async def Replicate(self, request: federation_pb2.ReplicateRequest,
                         context: grpc.aio.ServicerContext
                         ) -> AsyncIterator[federation_pb2.ReplicateBatch]:
@@ -133,12 +144,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         limits = self.node.config.limits
         max_batch = min(request.max_batch or limits.max_batch, limits.max_batch)
         cursors = dict(request.cursors)
-        if self.streams.count(peer) >= limits.max_streams_per_peer:
-            log.warning("replication stream refused: too many open",
-                        extra={"peer": peer, "limit": limits.max_streams_per_peer})
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"too many replication streams open from {peer} "
-                                f"(limit {limits.max_streams_per_peer})")
+        await self._stream_cap(peer, context, "replication")
         if cursors:
             # A restart is any request that would re-serve more than one batch of an
             # origin, not only one from seq 0: from seq 1 it costs the same, and a
@@ -304,14 +310,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         if self.standing is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watches are not served here")
         limits = self.node.config.limits
-        if self.streams.count(peer) >= limits.max_streams_per_peer:
-            # Replication and hit streams together: parallel calls from one cursor
-            # would each re-seal the same hits.
-            log.warning("watch hits stream refused: too many open",
-                        extra={"peer": peer, "limit": limits.max_streams_per_peer})
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"too many streams open from {peer} "
-                                f"(limit {limits.max_streams_per_peer})")
+        # Counted with the replication streams: parallel calls from one cursor
+        # would each re-seal the same hits.
+        await self._stream_cap(peer, context, "watch hits")
         if not self.standing.may_pull(peer, request.after):
             limit = limits.restarts_per_minute
             log.warning("watch hits re-pull refused: rate limit",
