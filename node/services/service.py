@@ -204,15 +204,20 @@ class NodeService:
             return self._own_history
         return self._histories.get(origin)
 
+    def _key_owner(self, signer_key_id: str, what: str) -> tuple[str, KeyHistory]:
+        """The center that key belongs to and its key history, or BadSignature."""
+        origin = self.signer_of(signer_key_id)
+        history = self.history_of(origin) if origin else None
+        if origin is None or history is None:
+            raise BadSignature(f"{what} by a key not pinned for any center")
+        return origin, history
+
     def verified_record(self, env: records_pb2.Envelope) -> records_pb2.RecordBody:
         """An envelope that did not come through ingest (a query answer, a watch hit),
         verified against the key its origin used at that position: an old key is
         valid for what it signed before a rotation, never after (a thief with a
         retired key cannot forge new records). Raises BadSignature."""
-        origin = self.signer_of(env.key_id)
-        history = self.history_of(origin) if origin else None
-        if origin is None or history is None:
-            raise BadSignature("signed by a key not pinned for any center")
+        origin, history = self._key_owner(env.key_id, "signed")
         body = open_record(env, self.keys_of(origin))
         why = history.signs(env.key_id, body.seq)
         if why or body.origin != origin:
@@ -222,10 +227,7 @@ class NodeService:
     def verified_stub(self, signed: records_pb2.SignedStub) -> records_pb2.EntryStub:
         """A stub verified the same way (a later key may sign stubs of earlier
         positions; a retired key nothing beyond its last seq). Raises BadSignature."""
-        origin = self.signer_of(signed.key_id)
-        history = self.history_of(origin) if origin else None
-        if origin is None or history is None:
-            raise BadSignature("stub signed by a key not pinned for any center")
+        origin, history = self._key_owner(signed.key_id, "stub signed")
         stub = open_stub(signed, self.keys_of(origin))
         why = history.stub_signs(signed.key_id, stub.seq)
         if why or stub.origin != origin:
