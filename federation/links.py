@@ -26,6 +26,7 @@ from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation
 from node.core.sealing import copy_budget
 from node.core.timeutil import iso, now_ms
 from node.services.service import NodeService
+from node.services.tasks import cancel_and_wait
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
@@ -117,10 +118,7 @@ class PeerLink:
         self._task = asyncio.create_task(self._run(), name=f"link-{self.peer.center}")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._channel is not None:
             await self._channel.close()
 
@@ -223,9 +221,7 @@ class PeerLink:
                     group = await self._verify([c.item for c in group])
                 await self._store(group, own_head)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
             for pending in [*ahead, *_drain(verified)]:
                 if isinstance(pending, tuple) and pending[0] is not None:
                     pending[0].cancel()

@@ -5,7 +5,6 @@ Federation and calls start/stop/apply_peers; node/ never imports this."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 import time
@@ -49,6 +48,7 @@ from node.core.users import SYSTEM_USER, User
 from node.services.introductions import Offer, adopt
 from node.services.scrape import PeerView
 from node.services.service import NodeService, NotFound
+from node.services.tasks import cancel_and_wait
 from node.services.watches import Watches
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
@@ -209,10 +209,7 @@ class Federation:
     async def stop(self) -> None:
         if self._introductions is not None:
             self._introductions.cancel()
-        if self._tls_task is not None:
-            self._tls_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tls_task
+        await cancel_and_wait(self._tls_task)
         for client in list(self.watch_clients.values()):
             await client.stop()
         self.watch_clients.clear()

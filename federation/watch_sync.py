@@ -86,6 +86,7 @@ from node.core.types import (
 )
 from node.core.watch import Watch, judge
 from node.services.service import NodeService
+from node.services.tasks import cancel_and_wait
 from node.services.watches import Watches
 from node.storage import federation as fed_tx
 from node.storage import log as log_tx
@@ -485,10 +486,7 @@ class WatchClient:
         self._task = asyncio.create_task(self._run(), name=f"watch-{self.center}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:
@@ -534,9 +532,7 @@ class WatchClient:
                     self.changed.set()
                     self.relay.set()
         finally:
-            pull.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pull
+            await cancel_and_wait(pull)
 
     async def _register(self) -> None:
         self.changed.clear()

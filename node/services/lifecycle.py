@@ -22,6 +22,7 @@ from node.core.timeutil import iso, now_ms
 from node.core.types import AccessDenied, Decision, ValidationError
 from node.core.users import SYSTEM_USER, User
 from node.services.service import NodeService, NotFound, published
+from node.services.tasks import cancel_and_wait
 from node.services.watches import hit_view as watch_view
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
@@ -257,10 +258,7 @@ class Lifecycle:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="retention-sweep")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -23,7 +23,6 @@ Hits are judged again when shown (``view``): what the owner may see now.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +35,7 @@ from node.core.types import Decision, Requester, ValidationError
 from node.core.users import User
 from node.core.watch import Watch, WatchIndex, check_watch, judge
 from node.services.service import ChangeFeed, NodeService, NotFound, Visible
+from node.services.tasks import cancel_and_wait
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
@@ -156,10 +156,7 @@ class Watches:
         self._task = asyncio.create_task(self._run(), name="watch-matcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         last_expiry = 0
