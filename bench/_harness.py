@@ -268,6 +268,11 @@ class Corpus:
         dob = dt.date(1950, 1, 1) + dt.timedelta(days=(h * 37) % 20_000)
         return f"{last.title()}, {first.title()};{dob.isoformat()}"
 
+    def entity(self, i: int, k: int) -> str:
+        """One entity of record i, as a search filter: phone, plate or person by k."""
+        return (f"phone={self.phone(i)}", f"plate={self.plate(i)}",
+                f"person={self.person(i)}")[k % 3]
+
     def draft(self, i: int, audience: Sequence[str] = ("members",),
               title_extra: str = "") -> dict[str, Any]:
         rng = random.Random(self.seed * 1_000_003 + i)

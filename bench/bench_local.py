@@ -152,9 +152,7 @@ def bench_search(node: h.Node, corpus: h.Corpus, total: int, args: argparse.Name
     picks = [rng.randrange(total) for _ in range(args.queries)]
     entity_reqs = []
     for k, j in enumerate(picks):
-        entity = (f"phone={corpus.phone(j)}", f"plate={corpus.plate(j)}",
-                  f"person={corpus.person(j)}")[k % 3]
-        entity_reqs.append({"entities": [entity], "limit": 50})
+        entity_reqs.append({"entities": [corpus.entity(j, k)], "limit": 50})
     picks = [rng.randrange(total) for _ in range(args.queries)]
     text_reqs = [{"text": f"{corpus.rare_word(j)} {corpus.city(j)}", "limit": 50}
                  for j in picks]

@@ -189,9 +189,7 @@ def search_after(node: h.Node, corpus: h.Corpus, total: int, queries: int = 200
     rng = random.Random(42)
     lat = []
     for k in range(queries):
-        j = rng.randrange(total)
-        entity = (f"phone={corpus.phone(j)}", f"plate={corpus.plate(j)}",
-                  f"person={corpus.person(j)}")[k % 3]
+        entity = corpus.entity(rng.randrange(total), k)
         t = time.perf_counter()
         node.search({"entities": [entity], "limit": 50})
         lat.append((time.perf_counter() - t) * 1e3)
