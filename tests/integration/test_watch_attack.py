@@ -163,6 +163,17 @@ def test_unverifiable_relayed_hits_cannot_push_out_real_ones(make_node, tmp_path
         r.stop()
 
 
+def watcher_at(hub: Node, tmp_path: Path) -> Rogue:
+    """A hand-driven watcher center pinned by the hub, with its (empty) standing
+    set taken there: what the WatchHits tests pull with."""
+    x1 = Rogue(tmp_path, "x1")
+    x1.serve(hub.card())
+    hub.ok("peers", "add", x1.card.line())
+    now = int(time.time() * 1000)
+    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    return x1
+
+
 def test_pulling_the_same_hits_again_and_again_logs_them_once(make_node,
                                                                tmp_path: Path) -> None:
     """A watcher that pulls its hits from the start over and over (never moving
@@ -176,11 +187,7 @@ def test_pulling_the_same_hits_again_and_again_logs_them_once(make_node,
     # one is about the dissemination log, so the hub allows them.
     hub.edit_config("restarts_per_minute = 6", "restarts_per_minute = 100")
     hub.start()
-    x1 = Rogue(tmp_path, "x1")
-    x1.serve(hub.card())
-    hub.ok("peers", "add", x1.card.line())
-    now = int(time.time() * 1000)
-    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    x1 = watcher_at(hub, tmp_path)
     rec = hub.publish("--kind", "BOLO", "--title", "pulled again", "--entity",
                       "plate=WCH 100", "--tlp", "GREEN")
 
@@ -211,11 +218,7 @@ def test_pulling_hits_already_sent_again_and_again_is_rate_limited(make_node,
     without bound. Such re-pulls get the replication restart rate; pulls that
     move on are never limited."""
     hub = make_node("hub")
-    x1 = Rogue(tmp_path, "x1")
-    x1.serve(hub.card())
-    hub.ok("peers", "add", x1.card.line())
-    now = int(time.time() * 1000)
-    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    x1 = watcher_at(hub, tmp_path)
     hub.publish("--kind", "BOLO", "--title", "pulled again", "--entity", "plate=WCH 100",
                 "--tlp", "GREEN")
 
@@ -245,11 +248,7 @@ def test_parallel_hit_streams_from_one_peer_are_capped(make_node, tmp_path: Path
     re-pull rate counts a call only once it has been served): the streams one
     peer holds open are capped like replication's (max_streams_per_peer)."""
     hub = make_node("hub")
-    x1 = Rogue(tmp_path, "x1")
-    x1.serve(hub.card())
-    hub.ok("peers", "add", x1.card.line())
-    now = int(time.time() * 1000)
-    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    x1 = watcher_at(hub, tmp_path)
     codes = []
     with x1.channel(hub.listen, hub.card()) as ch:
         stub = federation_pb2_grpc.FederationStub(ch)
