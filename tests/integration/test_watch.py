@@ -192,6 +192,16 @@ def network_expected(records: dict[str, tuple[str, Policy]], at: str, user: str,
     return out
 
 
+def notices_expected(records: dict[str, tuple[str, Policy]], watcher: str
+                     ) -> set[tuple[str, str]]:
+    """(record id, watcher/user) of the deconfliction notices the origin's analysts
+    get: its restricted records that matched a network watch (judged at the origin)."""
+    return {(rid, f"{watcher}/{u}") for rid, (_, p) in records.items()
+            for u, attrs in USERS.items()
+            if oracle(p, "origin", "origin", Requester(watcher, u, frozenset(attrs)))
+            is Decision.NOTIFY_ONLY}
+
+
 def test_network_watches_answer_by_the_origin_policy(make_node, tmp_path: Path) -> None:
     w, o = make_node("watcher"), make_node("origin")
     mesh(w, o)
@@ -229,10 +239,7 @@ def test_network_watches_answer_by_the_origin_policy(make_node, tmp_path: Path) 
     # Restricted records matched: their origin is told who watched, once per record.
     notices = [n for n in o.json_lines("notices") if n["kind"] == "deconfliction"
                and n.get("watch_id")]
-    want_notify = {(rid, f"watcher/{u}") for rid, (_, p) in records.items()
-                   for u, attrs in USERS.items()
-                   if oracle(p, "origin", "origin", Requester("watcher", u, frozenset(attrs)))
-                   is Decision.NOTIFY_ONLY}
+    want_notify = notices_expected(records, "watcher")
     assert want_notify
     got_notify = [(n["records"][0], n["searched_by"]) for n in notices]
     assert sorted(got_notify) == sorted(want_notify)

@@ -18,7 +18,6 @@ import grpc
 from node.config.identity import parse_card
 from node.core import entities
 from node.core.sealing import seal_hit
-from node.core.types import Decision, Requester
 from node.devnet import Node
 from node.wire import federation_pb2, federation_pb2_grpc
 from tests.integration.rogue import Rogue
@@ -29,9 +28,9 @@ from tests.integration.test_watch import (
     _standing,
     hits,
     network_expected,
+    notices_expected,
     publish_all,
 )
-from tests.node.core.test_policy import oracle
 
 POLL = ("introduction_poll_s = 30.0", "introduction_poll_s = 0.3")
 SECRET = "FWD-WATCH-5e1d content only the watcher may read"
@@ -90,10 +89,7 @@ def test_watch_reaches_a_center_two_hops_away_sealed_across_the_hub(make_node,
     assert any(a == "POINTER" for a in want_bob.values())
     notices = [n for n in c.json_lines("notices") if n["kind"] == "deconfliction"
                and n.get("watch_id")]
-    want_notify = {(rid, f"watcher/{u}") for rid, (_, p) in records.items()
-                   for u, attrs in USERS.items()
-                   if oracle(p, "origin", "origin", Requester("watcher", u, frozenset(attrs)))
-                   is Decision.NOTIFY_ONLY}
+    want_notify = notices_expected(records, "watcher")
     assert want_notify
     assert sorted((n["records"][0], n["searched_by"]) for n in notices) == sorted(want_notify)
     sent = {(d["record_id"], d["center"], d.get("via")) for d in c.json_lines("disseminations")
