@@ -377,23 +377,11 @@ class Node:
         return out
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the daemon so far (all threads), and of its
-        child processes (the verification workers of a catch-up: running ones,
-        and those it has reaped)."""
+        """User + system CPU time of the daemon so far (all threads)."""
+        with open(f"/proc/{self.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
-        stats = _proc_stats()
-        own = stats.get(self.pid)
-        if own is None:
-            return 0.0
-        total = own[1] + own[2]  # utime + stime, and its reaped children's
-        todo = [self.pid]
-        while todo:
-            parent = todo.pop()
-            for pid, (ppid, used, reaped) in stats.items():
-                if ppid == parent:
-                    total += used + reaped
-                    todo.append(pid)
-        return total / ticks
+        return (int(fields[11]) + int(fields[12])) / ticks
 
     # -- database (tests assert on the file itself, not only on the CLI) ---------
     def db(self) -> sqlite3.Connection:
@@ -431,23 +419,6 @@ class Node:
 
     def wait_head(self, origin: str, seq: int, timeout: float = 20) -> None:
         self.wait_for(lambda: self.head(origin) >= seq, timeout, f"{origin} head {seq}")
-
-
-def _proc_stats() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, utime + stime, cutime + cstime) in clock ticks, every process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        used = int(fields[11]) + int(fields[12])
-        reaped = int(fields[13]) + int(fields[14])
-        out[int(entry)] = (int(fields[1]), used, reaped)
-    return out
 
 
 class Network:
