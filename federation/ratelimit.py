@@ -1,4 +1,7 @@
-"""Per-peer request rate limit, pure: a token bucket fed an explicit clock."""
+"""Per-peer request rate limit, pure: a token bucket fed an explicit clock.
+
+A request costs one token unless told otherwise: a byte budget is the same bucket
+with the request's size as its cost."""
 
 from __future__ import annotations
 
@@ -11,14 +14,14 @@ class TokenBucket:
     tokens: float = -1.0
     updated: float = field(default=0.0)
 
-    def allow(self, now: float) -> bool:
+    def allow(self, now: float, cost: float = 1.0) -> bool:
         if self.tokens < 0:  # first use: a full bucket
             self.tokens, self.updated = self.per_minute, now
         self.tokens = min(self.per_minute,
                           self.tokens + (now - self.updated) * self.per_minute / 60.0)
         self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -28,7 +31,7 @@ class RateLimits:
         self.per_minute = per_minute
         self._buckets: dict[str, TokenBucket] = {}
 
-    def allow(self, key: str, now: float) -> bool:
+    def allow(self, key: str, now: float, cost: float = 1.0) -> bool:
         bucket = self._buckets.setdefault(key, TokenBucket(self.per_minute))
         bucket.per_minute = self.per_minute
-        return bucket.allow(now)
+        return bucket.allow(now, cost)

@@ -33,7 +33,8 @@ introduced here: a hop cannot speak for another center), must be newer than the
 last one taken from that watcher (replays are refused; newest wins whichever way it
 came), is bounded (``max_watches_per_peer`` queries per watcher, expiry capped by
 ``max_watch_days``, ``max_standing_sets_per_peer`` watchers per peer,
-``standing_sets_per_minute`` own sets and as many passed-on sets per peer, the
+``standing_sets_per_minute`` own sets and as many passed-on sets per peer (and
+``standing_set_bytes_per_minute`` bytes of each), the
 path length) and is stored durably;
 node/services/watches.py judges every new or updated record of this center against it with
 this node's own policy. The hit stream re-checks each outbox row against the
@@ -159,6 +160,7 @@ class StandingServer:
         self.watches = watches
         self.taken = taken  # a set that may travel further was taken: pass it on
         self.rates = RateLimits(node.config.limits.standing_sets_per_minute)
+        self.byte_rates = RateLimits(node.config.limits.standing_set_bytes_per_minute)
         # Pulls from before what a peer was already sent re-seal and re-send those
         # hits: as many a minute as replication restarts (restarts_per_minute).
         self.repulls = RateLimits(node.config.limits.restarts_per_minute)
@@ -223,12 +225,19 @@ class StandingServer:
         # otherwise spend the peer's whole rate here, and its own watches would be
         # refused until the budget refilled.
         own = body.center == peer
+        budget = peer if own else f"{peer}\0passed-on"
+        kind = "own" if own else "passed-on"
         self.rates.per_minute = limits.standing_sets_per_minute
-        if not self.rates.allow(peer if own else f"{peer}\0passed-on", time.monotonic()):
+        self.byte_rates.per_minute = limits.standing_set_bytes_per_minute
+        clock = time.monotonic()
+        if not self.rates.allow(budget, clock):
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"rate limit: at most {limits.standing_sets_per_minute} "
-                          f"{'own' if own else 'passed-on'} standing sets per minute "
-                          "from one center")
+                          f"{kind} standing sets per minute from one center")
+        if not self.byte_rates.allow(budget, clock, request.ByteSize()):
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"rate limit: at most {limits.standing_set_bytes_per_minute} "
+                          f"bytes of {kind} standing sets per minute from one center")
         self._verify(peer, request, body)
         watcher = body.center
         now = now_ms()

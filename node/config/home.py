@@ -163,6 +163,9 @@ class Limits:
     # the sealed hits kept here per watcher further away, waiting for the next hop.
     max_standing_sets_per_peer: int = 100
     standing_sets_per_minute: int = 600
+    # ... and their bytes (each budget apart): a set may be up to 1 MiB, and 600 of
+    # those a minute would be 600 MiB of signature checks and writes from one peer.
+    standing_set_bytes_per_minute: int = 16 * 1024 * 1024
     max_relay_bytes: int = 16 * 1024 * 1024
     introduction_poll_s: float = 30.0  # how often each introducer's cards are fetched
     max_sealed_copies: int = 32  # sealed copies kept (and made) per log position

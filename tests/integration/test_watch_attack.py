@@ -20,13 +20,14 @@ from tests.integration.rogue import Rogue
 KEY = entities.match_keys("plate", "WCH 100")[0]
 
 
-def signed_set(watcher: Rogue, issued: int, hops_left: int, path: list[str]
-               ) -> federation_pb2.SignedStandingSet:
+def signed_set(watcher: Rogue, issued: int, hops_left: int, path: list[str],
+               extra: int = 0) -> federation_pb2.SignedStandingSet:
     """A network watch of ``watcher`` as its node signs it (hop limit 3), with the
-    unsigned routing a hop sets."""
+    unsigned routing a hop sets; ``extra`` more watches make the set larger."""
     body = federation_pb2.StandingSet(center=watcher.center, issued_ms=issued, max_hops=3)
-    body.queries.add(watch_id="w0", user="ann", entity_keys=[KEY],
-                     expires_ms=issued + 86_400_000)
+    for i in range(1 + extra):
+        body.queries.add(watch_id=f"w{i}", user="ann", entity_keys=[KEY],
+                         expires_ms=issued + 86_400_000)
     raw = body.SerializeToString()
     return federation_pb2.SignedStandingSet(
         body=raw, signature=sign(watcher.signing, STANDING_DOMAIN, raw),
@@ -293,6 +294,29 @@ def test_a_watcher_flooding_sets_cannot_starve_its_hubs_own_set(make_node,
                    user="ann")["watch_id"]
     mid.wait_for(lambda: wid in {x["watch_id"] for x in mid.json_lines(
         "watch", "list", "--remote") if x["center"] == "hub"}, 6, "the hub's own set at mid")
+    w.stop()
+
+
+def test_a_peer_sending_large_sets_is_held_to_a_byte_budget(make_node,
+                                                            tmp_path: Path) -> None:
+    """Sets may be up to 1 MiB each, and 600 a minute were allowed: one peer could
+    make a node check and store 600 MiB a minute. The sets of one peer also have a
+    byte budget a minute (its own and passed-on apart): over it, refused, while a
+    small set still fits what is left."""
+    hub = make_node("hub", start=False)
+    hub.edit_config("standing_set_bytes_per_minute = 16777216",
+                    "standing_set_bytes_per_minute = 8000")
+    hub.start()
+    w = Rogue(tmp_path, "ww")
+    w.serve(hub.card())
+    hub.ok("peers", "add", w.card.line())
+    now = int(time.time() * 1000)
+    large = [signed_set(w, now + i, 0, [], extra=90) for i in range(3)]
+    assert 3000 < large[0].ByteSize() < 4000
+    codes = [send(w, hub, s) for s in large]
+    assert codes == [grpc.StatusCode.OK, grpc.StatusCode.OK,
+                     grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert send(w, hub, signed_set(w, now + 10, 0, [])) == grpc.StatusCode.OK
     w.stop()
 
 

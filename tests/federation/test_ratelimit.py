@@ -1,0 +1,21 @@
+"""The per-peer token bucket, fed an explicit clock."""
+
+from federation.ratelimit import RateLimits, TokenBucket
+
+
+def test_a_request_costs_one_token_and_the_bucket_refills_per_minute() -> None:
+    bucket = TokenBucket(per_minute=2)
+    assert bucket.allow(0.0) and bucket.allow(0.0)
+    assert not bucket.allow(0.0)
+    assert bucket.allow(30.0)  # half a minute: one token back
+    assert not bucket.allow(30.0)
+
+
+def test_a_byte_budget_charges_each_request_its_size() -> None:
+    budget = RateLimits(per_minute=1000)
+    assert budget.allow("peer", 0.0, 600)
+    assert not budget.allow("peer", 0.0, 600)  # 400 left: refused, nothing taken
+    assert budget.allow("peer", 0.0, 400)
+    assert budget.allow("other", 0.0, 1000)  # each key its own bucket
+    assert not budget.allow("peer", 6.0, 200)  # 6 s refill 100 bytes
+    assert budget.allow("peer", 12.0, 200)
