@@ -669,7 +669,8 @@ class WatchClient:
         # have made it, so it must not push out hits that are surely real.
         return watch_tx.add_outgoing(conn, watch_tx.Outgoing(
             0, s.watcher, s.watch_id, s.center, s.number, f"hit:{s.number}", 0,
-            "SEALED" if keys else watch_tx.UNVERIFIED, r.via, s.SerializeToString()), now)
+            "SEALED" if keys else watch_tx.UNVERIFIED, r.via, s.SerializeToString(),
+            source=self.center), now)
 
     def _opened(self, conn: sqlite3.Connection, h: federation_pb2.WatchHit,
                 now: int) -> watch_tx.Hit | None:

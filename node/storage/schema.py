@@ -374,4 +374,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE watch_outbox ADD COLUMN logged TEXT;
     """,
+    # 13: the peer a relayed sealed hit came from (NULL: this node's own hit). A hit
+    # the hub cannot check names its answering center only in unsigned words: over
+    # max_relay_bytes, such hits share the byte budget by the peer that delivered
+    # them, not by the center they claim (a hostile peer could claim many).
+    """
+    ALTER TABLE watch_outbox ADD COLUMN source TEXT;
+    """,
 ]

@@ -303,20 +303,21 @@ class Outgoing:
     peer: str = ""        # the peer it goes to ("": the watcher itself)
     sealed: bytes | None = None  # relayed: a SealedWatchHit, passed on unchanged
     logged: str | None = None    # the decision it was last logged with as sent
+    source: str | None = None    # relayed: the peer that delivered it
 
 
 def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int) -> bool:
     """Queue a hit for a watcher center (call ``prune_outbox`` once per batch)."""
     cur = conn.execute(
         "INSERT OR IGNORE INTO watch_outbox (center, watch_id, ts_ms, origin, seq, record_id, "
-        "version, access, peer, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "version, access, peer, sealed, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (o.center, o.watch_id, ts_ms, o.origin, o.seq, o.record_id, o.version, o.access,
-         o.peer or o.center, o.sealed))
+         o.peer or o.center, o.sealed, o.source))
     return bool(cur.rowcount)
 
 
 UNVERIFIED = "UNVERIFIED"
-ORIGIN_SHARE = 4  # over max_relay_bytes, a center above a quarter of it loses hits first
+ORIGIN_SHARE = 4  # over max_relay_bytes, a sender above a quarter of it loses hits first
 # Which of a watcher's outbox rows are kept first: hits surely real (this node's
 # own, and relayed ones whose signature it checked), newest first; relayed hits
 # it could not check (anyone may have made them) only after those.
@@ -324,11 +325,13 @@ _KEEP_ORDER = f"(access = '{UNVERIFIED}'), id DESC"
 
 
 def _over_bytes(rows: list[tuple[int, str, int]], max_bytes: int) -> list[int]:
-    """Rows (id, answering center, bytes), the first kept first, to drop so that
-    at most ``max_bytes`` remain: the last rows of the center holding the most,
-    while it holds more than its share (max_bytes / ORIGIN_SHARE), so that one
-    center answering with a few hits padded to the largest size cannot push every
-    other center's out; then the last rows of all."""
+    """Rows (id, sender, bytes), the first kept first, to drop so that at most
+    ``max_bytes`` remain: the last rows of the sender holding the most, while it
+    holds more than its share (max_bytes / ORIGIN_SHARE), so that one center
+    answering with a few hits padded to the largest size cannot push every other
+    center's out; then the last rows of all. The sender of a hit whose signature
+    was checked is its answering center; of one that could not be, the peer that
+    delivered it (the center it names is only its word)."""
     total = sum(n for _, _, n in rows)
     if total <= max_bytes:
         return []
@@ -367,7 +370,8 @@ def prune_outbox(conn: sqlite3.Connection, center: str, keep: int,
     if max_bytes is not None:
         gone = set(over)
         rows = [r for r in conn.execute(
-            f"SELECT id, origin, length(sealed) FROM watch_outbox WHERE center = ? "
+            f"SELECT id, CASE access WHEN '{UNVERIFIED}' THEN 'peer:' || coalesce(source, '') "
+            f"ELSE origin END, length(sealed) FROM watch_outbox WHERE center = ? "
             f"AND sealed IS NOT NULL ORDER BY {_KEEP_ORDER}", (center,)) if r[0] not in gone]
         over += _over_bytes(rows, max_bytes)
     if not over:

@@ -9,11 +9,12 @@ from node.storage import watches as watch_tx
 from node.storage.db import open_sync
 
 
-def relayed(conn, n: int, origin: str, size: int) -> None:  # type: ignore[no-untyped-def]
+def relayed(conn, n: int, origin: str, size: int,  # type: ignore[no-untyped-def]
+            access: str = "SEALED", source: str = "spoke") -> None:
     for i in range(n):
         watch_tx.add_outgoing(conn, watch_tx.Outgoing(
-            0, "watcher", f"w-{origin}", origin, i + 1, f"{origin}-r{i}", 1, "SEALED",
-            peer="spoke", sealed=b"x" * size), ts_ms=i)
+            0, "watcher", f"w-{origin}", origin, i + 1, f"{origin}-r{i}", 1, access,
+            peer="spoke", sealed=b"x" * size, source=source), ts_ms=i)
 
 
 def held(conn) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -35,3 +36,19 @@ def test_one_answering_center_cannot_push_the_others_hits_out(tmp_path: Path) ->
     assert 0 < kept.get("hostile", 0) < 4  # held to its share of the bytes
     total = conn.execute("SELECT sum(length(sealed)) FROM watch_outbox").fetchone()[0]
     assert total <= 16_000
+
+
+def test_unverified_hits_share_the_bytes_by_the_peer_that_delivered_them(
+        tmp_path: Path) -> None:
+    """Hits the hub could not check name their answering center in unsigned
+    words: a hostile peer spreading junk over many claimed centers, each under a
+    share, pushed out real (unverifiable here) hits another peer brought."""
+    conn = open_sync(tmp_path / "node.db", create=True)
+    relayed(conn, 4, "far", 1_000, watch_tx.UNVERIFIED, source="honest-peer")
+    for k in range(8):  # newer: kept before the honest peer's older rows
+        relayed(conn, 1, f"claimed{k}", 1_900, watch_tx.UNVERIFIED, source="hostile-peer")
+    watch_tx.prune_outbox(conn, "watcher", keep=1000, max_bytes=16_000)
+    kept = held(conn)
+    assert kept.get("far") == 4
+    hostile = sum(n for origin, n in kept.items() if origin.startswith("claimed"))
+    assert 0 < hostile < 8
