@@ -348,9 +348,10 @@ class QueryAnswerer:
         the hubs it crosses see ciphertext, and cannot forge or alter it."""
         sealed, signature, kid = seal_answer(
             self.node.key, self.seal_key(requester), requester, body.query_id,
-            self.node.center, part, msg.SerializeToString())
+            self.node.center, part, msg.SerializeToString(), body.pad_answers)
         return federation_pb2.SealedAnswer(center=self.node.center, part=part, sealed=sealed,
-                                           signature=signature, key_id=kid)
+                                           signature=signature, key_id=kid,
+                                           padded=body.pad_answers)
 
     def chunks(self, answer: Answer) -> Iterator[federation_pb2.QueryAnswer]:
         records, pointers = answer.records, answer.pointers

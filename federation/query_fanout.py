@@ -208,7 +208,7 @@ class QueryFanout:
             entity_keys=list(params.entity_keys), kinds=list(params.kinds),
             since_ms=params.since_ms, labels=list(params.labels), limit=params.limit,
             origins=list(params.origins), any_entity=params.any_entity,
-            behaviors=list(params.behaviors), max_hops=hops)
+            behaviors=list(params.behaviors), max_hops=hops, pad_answers=True)
         raw = body.SerializeToString(deterministic=True)
         signature, kid = seal_query(self.node.key, raw)
         return federation_pb2.SignedQuery(body=raw, signature=signature, key_id=kid,
@@ -224,7 +224,8 @@ class QueryFanout:
         try:
             plain = open_answer(sealed.sealed, sealed.signature, sealed.key_id,
                                 self.node.current_keys_of(sealed.center), self.seal_private,
-                                self.node.center, body.query_id, sealed.center, sealed.part)
+                                self.node.center, body.query_id, sealed.center, sealed.part,
+                                sealed.padded)
             answer = federation_pb2.QueryAnswer()
             answer.ParseFromString(plain)
         except (BadSignature, DecodeError):

@@ -30,59 +30,74 @@ ANSWER_DOMAIN = b"fcnode/answer/v1\x00"
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 
 
-def answer_info(requester: str, query_id: str, center: str, part: int) -> bytes:
-    return ANSWER_DOMAIN + "\x00".join([requester, query_id, center, str(part)]).encode()
+def answer_info(requester: str, query_id: str, center: str, part: int,
+                padded: bool = False) -> bytes:
+    # A padded part's info says so: flipping the (unsigned) flag breaks the
+    # signature and the seal, so no hop can make a requester read it the other way.
+    fields = [requester, query_id, center, str(part), *(["padded"] if padded else [])]
+    return ANSWER_DOMAIN + "\x00".join(fields).encode()
 
 
 def seal_answer(key: Ed25519PrivateKey, seal_to: bytes, requester: str, query_id: str,
-                center: str, part: int, plaintext: bytes) -> tuple[bytes, bytes, str]:
+                center: str, part: int, plaintext: bytes,
+                padded: bool = False) -> tuple[bytes, bytes, str]:
     """(ciphertext, signature, key id) of one answer part sealed to ``seal_to``
-    (the requester's raw X25519 public key)."""
-    info = answer_info(requester, query_id, center, part)
-    sealed = SUITE.encrypt(plaintext, X25519PublicKey.from_public_bytes(seal_to), info=info)
+    (the requester's raw X25519 public key). ``padded``: the requester asked for
+    padded parts (QueryBody.pad_answers): the hubs an answer crosses then see a
+    size bucket (as for watch hits, below), not whether this center matched."""
+    info = answer_info(requester, query_id, center, part, padded)
+    sealed = SUITE.encrypt(pad(plaintext) if padded else plaintext,
+                           X25519PublicKey.from_public_bytes(seal_to), info=info)
     return sealed, sign(key, ANSWER_DOMAIN, info + sealed), key_id(key.public_key())
 
 
 def open_answer(sealed: bytes, signature: bytes, signer_key_id: str,
                 keys: Mapping[str, Ed25519PublicKey], private: X25519PrivateKey,
-                requester: str, query_id: str, center: str, part: int) -> bytes:
+                requester: str, query_id: str, center: str, part: int,
+                padded: bool = False) -> bytes:
     """Check the answering center's signature, then open: BadSignature if either
     fails (a hop changed a byte, or the part was not sealed for this query)."""
     public = keys.get(signer_key_id)
     if public is None:
         raise BadSignature(f"answer signed by an unknown key {signer_key_id[:16]}")
-    info = answer_info(requester, query_id, center, part)
+    info = answer_info(requester, query_id, center, part, padded)
     verify(public, ANSWER_DOMAIN, info + sealed, signature)
     try:
-        return SUITE.decrypt(sealed, private, info=info)
+        plain = SUITE.decrypt(sealed, private, info=info)
     except Exception:  # cryptography raises InvalidTag, ValueError and others
         raise BadSignature("sealed answer does not open with this node's key") from None
+    return unpad(plain, "sealed answer") if padded else plain
+
+
+# -- padding -------------------------------------------------------------------
+# What is sealed for hops to carry is padded first: a 4-byte length, the bytes,
+# zeros up to a bucket (PAD bytes, or the next power of two above). Unpadded, the
+# length of a watch hit told a POINTER (a stub of a few hundred bytes) from a FULL
+# hit (stub and envelope), i.e. whether the watcher may read the record, and the
+# length of an answer part told a hub (which sees the query) whether a center held
+# anything on the entity asked about. More than PAD bytes still shows as larger.
+PAD = 4096
+_LEN = 4
+
+
+def pad(plaintext: bytes) -> bytes:
+    size = max(PAD, 1 << (len(plaintext) + _LEN - 1).bit_length())
+    framed = len(plaintext).to_bytes(_LEN, "big") + plaintext
+    return framed + bytes(size - len(framed))
+
+
+def unpad(padded: bytes, what: str) -> bytes:
+    n = int.from_bytes(padded[:_LEN], "big")
+    if len(padded) < _LEN or n > len(padded) - _LEN or any(padded[_LEN + n:]):
+        raise BadSignature(f"{what} is not padded as sealed")
+    return padded[_LEN:_LEN + n]
 
 
 # -- watch hits for a watcher beyond the answering center's direct peers ----------
 # The same construction as a forwarded query's answer, in its own domain, so a
 # sealed hit can never be passed off as an answer part (or the other way round).
+# Hits are always padded.
 HIT_DOMAIN = b"fcnode/watchhit/v1\x00"
-# A hit is padded before sealing: a 4-byte length, the hit, zeros up to a bucket
-# (HIT_PAD bytes, or the next power of two above). Hubs on the way back hold the
-# ciphertext; unpadded, its length told a POINTER (a stub of a few hundred bytes)
-# from a FULL hit (stub and envelope), i.e. whether the watcher may read the
-# record. A record over HIT_PAD bytes still shows as larger than any pointer.
-HIT_PAD = 4096
-_LEN = 4
-
-
-def pad_hit(plaintext: bytes) -> bytes:
-    size = max(HIT_PAD, 1 << (len(plaintext) + _LEN - 1).bit_length())
-    framed = len(plaintext).to_bytes(_LEN, "big") + plaintext
-    return framed + bytes(size - len(framed))
-
-
-def unpad_hit(padded: bytes) -> bytes:
-    n = int.from_bytes(padded[:_LEN], "big")
-    if len(padded) < _LEN or n > len(padded) - _LEN or any(padded[_LEN + n:]):
-        raise BadSignature("sealed watch hit is not padded as sealed")
-    return padded[_LEN:_LEN + n]
 
 
 def hit_info(watcher: str, watch_id: str, center: str, number: int) -> bytes:
@@ -94,7 +109,7 @@ def seal_hit(key: Ed25519PrivateKey, seal_to: bytes, watcher: str, watch_id: str
     """(ciphertext, signature, key id) of one watch hit sealed to ``seal_to`` (the
     watcher's raw X25519 public key): hops towards the watcher see ciphertext."""
     info = hit_info(watcher, watch_id, center, number)
-    sealed = SUITE.encrypt(pad_hit(plaintext), X25519PublicKey.from_public_bytes(seal_to),
+    sealed = SUITE.encrypt(pad(plaintext), X25519PublicKey.from_public_bytes(seal_to),
                            info=info)
     return sealed, sign(key, HIT_DOMAIN, info + sealed), key_id(key.public_key())
 
@@ -120,7 +135,7 @@ def open_hit(sealed: bytes, signature: bytes, signer_key_id: str,
         padded = SUITE.decrypt(sealed, private, info=hit_info(watcher, watch_id, center, number))
     except Exception:  # cryptography raises InvalidTag, ValueError and others
         raise BadSignature("sealed watch hit does not open with this node's key") from None
-    return unpad_hit(padded)
+    return unpad(padded, "sealed watch hit")
 
 
 # -- sealed copies of entries (store-and-forward through hubs) ------------------

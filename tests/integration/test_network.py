@@ -157,5 +157,10 @@ def test_hop_that_tampers_with_a_sealed_answer_is_caught(make_node, tmp_path: Pa
         seen = b"".join(hop.relayed_bytes)
         assert secret("cc").encode() not in seen
         assert entities.match_keys("plate", "NET 4711")[0].encode() not in seen
+        # ... and padded parts: their size does not tell the hop (which sees the
+        # query) whether cc held anything on that plate.
+        parts = [p for raw in hop.relayed_bytes
+                 for p in federation_pb2.QueryAnswer.FromString(raw).relayed]
+        assert parts and all(p.padded and len(p.sealed) >= 4096 for p in parts)
     finally:
         hop.stop()

@@ -59,3 +59,24 @@ def test_a_hub_cannot_tell_a_full_hit_from_a_pointer_by_its_size() -> None:
     for plain in (pointer, full, b"", b"\x00" * 5000):  # padding never leaks into the hit
         sealed, sig, kid = seal_hit(SIGNER, SEAL_TO, *ARGS, plain)
         assert open_hit(sealed, sig, kid, KEYS, WATCHER, *ARGS) == plain
+
+
+def test_a_hub_cannot_tell_by_size_whether_a_center_held_anything() -> None:
+    # A forwarding hub sees the query (entity keys included) and the sealed parts
+    # coming back: unpadded, an empty answer, a pointer and a record differed in
+    # length, telling the hub whether that center holds anything on the entity.
+    answer = ("aa", "q1", "cc", 0)
+    lengths = {len(seal_answer(SIGNER, SEAL_TO, *answer, p, padded=True)[0])
+               for p in (b"", b"p" * 300, b"r" * 2500)}
+    assert len(lengths) == 1, lengths
+    for plain in (b"", b"r" * 2500, b"\x00" * 5000):
+        sealed, sig, kid = seal_answer(SIGNER, SEAL_TO, *answer, plain, padded=True)
+        assert open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, padded=True) == plain
+        # The flag is not signed, but bound into the seal: flipped, nothing opens.
+        with pytest.raises(BadSignature):
+            open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, padded=False)
+    # A center of an older release answers unpadded: still read as it was sealed.
+    sealed, sig, kid = seal_answer(SIGNER, SEAL_TO, *answer, b"old")
+    assert open_answer(sealed, sig, kid, KEYS, WATCHER, *answer) == b"old"
+    with pytest.raises(BadSignature):
+        open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, padded=True)
