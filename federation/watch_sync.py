@@ -18,9 +18,11 @@ a node that took a set passes it on to its dialled peers unchanged (the signed
 bytes), with one hop less and itself on the unsigned ``path``; never back to the
 path or the watcher, and never further than the signed ``max_hops``. Each node keeps
 a watcher center's newest set with the peer it came through: that is the way its
-hits go back. A center answering a watcher that is not its direct peer seals each
-hit to the watcher (HPKE to the X25519 key in its card, node/core/sealing.py) and signs
-it; every hop back keeps the sealed hit in its own durable outbox for the next hop
+hits go back, and so are the next peers that bring the same set (up to MAX_WAYS in
+all), so a first hop that drops hits does not cut the watcher off. A center
+answering a watcher that is not its direct peer seals each hit to the watcher (HPKE
+to the X25519 key in its card, node/core/sealing.py) and signs it; every hop back
+keeps the sealed hit in its own durable outbox for the next hop
 (ciphertext only, bounded per watcher in rows and bytes) until the watcher pulls it
 from its direct peer, checks the answering center's signature, opens it and
 verifies the origin's envelope or stub. A hop can delay or drop a hit, never read,
@@ -102,6 +104,9 @@ MAX_SKEW_MS = 5 * 60_000
 MAX_NAME = 64
 MAX_ATTRS = 64
 HIT_BATCH = 128
+# Ways back for a watcher's hits: the peer its set came through first and the next
+# ones that brought the same set; a hit goes every way (the watcher keeps it once).
+MAX_WAYS = 3
 HEARTBEAT_S = 10.0
 REFUSED_PAUSE_S = 1.0  # after a batch with refused hits, before reading the next
 
@@ -323,10 +328,15 @@ class StandingServer:
         if keep is None and held and further > 0:
             keep = signed
         wider = further > before.hops_left or merged != before.path or keep != before.signed
+        # Through another peer than the one it came through first: a way back
+        # for its hits too (the first hop may drop them), up to MAX_WAYS in all.
+        way = (not direct and peer != watcher
+               and watch_tx.add_way(conn, watcher, peer, MAX_WAYS - 1))
         if not (direct or wider):
-            return None
+            return False if way else None
         watch_tx.replace_standing(conn, watcher, before.issued_ms, held,
-                                  peer if direct else before.via, further, merged, keep)
+                                  peer if direct else before.via, further, merged, keep,
+                                  keep_ways=not direct)
         return wider and further > 0 and keep is not None
 
     async def hits(self, peer: str, request: federation_pb2.WatchHitsRequest,
@@ -564,7 +574,7 @@ class WatchClient:
         self.relay.clear()
         me = self.node.center
         for r in await self.node.db.read(watch_tx.routes):
-            if (self.center in {r.center, r.via, *r.path} or r.signed is None
+            if (self.center in {r.center, *r.ways, *r.path} or r.signed is None
                     or self.sent.get(r.center) == (r.issued_ms, r.hops_left)):
                 continue
             onward = federation_pb2.SignedStandingSet.FromString(r.signed)
@@ -647,8 +657,9 @@ class WatchClient:
         back where the set came from; signature checked when the answering
         center's key is known here (the watcher checks it in any case)."""
         r = watch_tx.route(conn, s.watcher)
-        if r is None or r.via == self.center or len(s.via) >= MAX_PATH:
-            return False
+        if (r is None or r.via == self.center or self.node.center in s.via
+                or len(s.via) >= MAX_PATH):
+            return False  # back where its set came from, or round in a loop
         # Fields this node does not know are unsigned too (protobuf keeps them when
         # it parses): kept, they would pad a real hit the same way.
         s.DiscardUnknownFields()
@@ -667,10 +678,16 @@ class WatchClient:
         # One this node could not check is kept too (the watcher checks it), but
         # goes first when the watcher's rows are over their bounds: anyone could
         # have made it, so it must not push out hits that are surely real.
-        return watch_tx.add_outgoing(conn, watch_tx.Outgoing(
-            0, s.watcher, s.watch_id, s.center, s.number, f"hit:{s.number}", 0,
-            "SEALED" if keys else watch_tx.UNVERIFIED, r.via, s.SerializeToString(),
-            source=self.center), now)
+        # Every way back for the watcher but the peer it came from (each way
+        # holds it once, whichever peers bring it).
+        kept = False
+        for way in r.ways:
+            if way != self.center:
+                kept |= watch_tx.add_outgoing(conn, watch_tx.Outgoing(
+                    0, s.watcher, s.watch_id, s.center, s.number, f"hit:{s.number}", 0,
+                    "SEALED" if keys else watch_tx.UNVERIFIED, way, s.SerializeToString(),
+                    source=self.center), now)
+        return kept
 
     def _opened(self, conn: sqlite3.Connection, h: federation_pb2.WatchHit,
                 now: int) -> watch_tx.Hit | None:

@@ -46,7 +46,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         for r in rows:
             r["entities"] = ",".join(r.get("entity_keys") or []) or "-"
             if args.remote:
-                r["via"] = r.get("via") or "-"  # the peer its set came through
+                # the peer its set came through, then the other ways back
+                r["via"] = ",".join([r.get("via") or "-", *(r.get("also_via") or [])])
         cols = (["center", "via", "user", "watch_id", "entities", "expires"] if args.remote else
                 ["watch_id", "network", "entities", "text", "expires"])
         if not output.table(rows, cols):

@@ -98,10 +98,13 @@ class Watches:
         now = now_ms()
         if remote:
             self.node.require_admin(user, "listing other centers' standing queries")
-            rows = await self.node.db.read(lambda c: watch_tx.standing(c, now))
+            rows, ways = await self.node.db.read(
+                lambda c: (watch_tx.standing(c, now),
+                           {r.center: r.also for r in watch_tx.routes(c, every=True)}))
             return [{"center": s.center, "user": s.watch.owner, "watch_id": s.watch.id,
                      "registered": iso(s.registered_ms), "expires": iso(s.watch.expires_ms),
                      **({"via": s.via} if s.via and s.via != s.center else {}),
+                     **({"also_via": list(ways[s.center])} if ways.get(s.center) else {}),
                      **s.watch.to_json()} for s in rows]
         rows = await self.node.db.read(lambda c: watch_tx.watches(c, user.name, now))
         return [self._listing(w) for w in rows]
@@ -271,10 +274,16 @@ class Watches:
         if d < Decision.POINTER or (d is Decision.POINTER and entry.stub is None):
             return 0
         # To the peer the watcher's set came through: the watcher itself, or the
-        # next hop back towards it (then sealed to the watcher when sent).
-        out = watch_tx.Outgoing(0, s.center, s.watch.id, body.origin, body.seq,
-                                body.record_id, body.version, d.name, s.via or s.center)
-        return int(watch_tx.add_outgoing(conn, out, now))
+        # next hop back towards it (then sealed to the watcher when sent), and every
+        # other peer the same set came through (a hop may drop what it carries).
+        route = watch_tx.route(conn, s.center)
+        ways = route.ways if route is not None else (s.via or s.center,)
+        queued = 0
+        for way in ways:
+            out = watch_tx.Outgoing(0, s.center, s.watch.id, body.origin, body.seq,
+                                    body.record_id, body.version, d.name, way)
+            queued += int(watch_tx.add_outgoing(conn, out, now))
+        return min(queued, 1)
 
 
 def hit_view(node: NodeService, conn: sqlite3.Connection, user: User,

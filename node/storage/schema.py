@@ -381,4 +381,43 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE watch_outbox ADD COLUMN source TEXT;
     """,
+    # 14: more than one way back for a watcher's hits. Every other peer that brought
+    # the same signed set (up to a few) is a way back too, so a first hop that drops
+    # hits cannot cut the watcher off. The outbox holds a row per hit per way (the
+    # UNIQUE key now names the peer); the ids carry on from the old table (peers hold
+    # cursors into them).
+    """
+    CREATE TABLE standing_ways (
+        center TEXT NOT NULL,       -- the watcher
+        peer TEXT NOT NULL,         -- another peer its set came through
+        PRIMARY KEY (center, peer)
+    ) WITHOUT ROWID;
+    CREATE TABLE watch_outbox_v14 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        center TEXT NOT NULL,
+        watch_id TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        record_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        access TEXT NOT NULL,
+        peer TEXT,
+        sealed BLOB,
+        logged TEXT,
+        source TEXT,
+        UNIQUE (center, watch_id, origin, record_id, version, peer)
+    );
+    INSERT INTO watch_outbox_v14 (id, center, watch_id, ts_ms, origin, seq, record_id, version,
+                                  access, peer, sealed, logged, source)
+        SELECT id, center, watch_id, ts_ms, origin, seq, record_id, version, access, peer,
+               sealed, logged, source FROM watch_outbox;
+    DELETE FROM sqlite_sequence WHERE name = 'watch_outbox_v14';
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'watch_outbox_v14', seq FROM sqlite_sequence WHERE name = 'watch_outbox';
+    DROP TABLE watch_outbox;
+    ALTER TABLE watch_outbox_v14 RENAME TO watch_outbox;
+    CREATE INDEX watch_outbox_center ON watch_outbox (center, id);
+    CREATE INDEX watch_outbox_peer ON watch_outbox (peer, id);
+    """,
 ]

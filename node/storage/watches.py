@@ -176,20 +176,31 @@ class Standing:
 class Route:
     """A watcher center's standing set as taken here: the peer it came through
     (hits go back that way), how far it may still travel, and its signed bytes
-    (SignedStandingSet without routing) to pass on unchanged."""
+    (SignedStandingSet without routing) to pass on unchanged; ``also``: other
+    peers the same set came through, which hits take too (a first hop that drops
+    them must not cut the watcher off)."""
     center: str
     issued_ms: int
     via: str
     hops_left: int
     path: tuple[str, ...]
     signed: bytes | None
+    also: tuple[str, ...] = ()
+
+    @property
+    def ways(self) -> tuple[str, ...]:
+        """Every peer a hit for this watcher goes to (the watcher alone, if direct)."""
+        return (self.via, *self.also)
 
 
-_R = "center, issued_ms, coalesce(via, center), hops_left, path, signed"
+_R = ("center, issued_ms, coalesce(via, center), hops_left, path, signed, "
+      "(SELECT json_group_array(peer) FROM (SELECT peer FROM standing_ways w "
+      "WHERE w.center = standing_sync.center ORDER BY peer))")
 
 
 def _route(row: tuple) -> Route:
-    return Route(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), row[5])
+    return Route(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), row[5],
+                 tuple(json.loads(row[6])))
 
 
 def route(conn: sqlite3.Connection, center: str) -> Route | None:
@@ -197,11 +208,23 @@ def route(conn: sqlite3.Connection, center: str) -> Route | None:
     return _route(row) if row else None
 
 
-def routes(conn: sqlite3.Connection) -> list[Route]:
-    """Every set that may travel further from here (to pass on to dialled peers)."""
+def routes(conn: sqlite3.Connection, every: bool = False) -> list[Route]:
+    """Every set that may travel further from here (to pass on to dialled peers);
+    ``every``: every set taken here."""
+    where = "" if every else " WHERE hops_left > 0 AND signed IS NOT NULL"
     return [_route(r) for r in conn.execute(
-        f"SELECT {_R} FROM standing_sync WHERE hops_left > 0 AND signed IS NOT NULL "
-        "ORDER BY center")]
+        f"SELECT {_R} FROM standing_sync{where} ORDER BY center")]
+
+
+def add_way(conn: sqlite3.Connection, center: str, peer: str, most: int) -> bool:
+    """Another peer that brought ``center``'s set as taken: its hits go that way
+    too, for at most ``most`` such peers (the first to bring it). Not for a
+    watcher that is a direct peer (its hits go to it), nor the way already held."""
+    r = route(conn, center)
+    if r is None or r.via == center or peer in r.ways or len(r.also) >= most:
+        return False
+    conn.execute("INSERT INTO standing_ways (center, peer) VALUES (?, ?)", (center, peer))
+    return True
 
 
 def routed_via(conn: sqlite3.Connection, peer: str, besides: str) -> int:
@@ -218,11 +241,12 @@ def standing_issued(conn: sqlite3.Connection, center: str) -> int:
 
 def replace_standing(conn: sqlite3.Connection, center: str, issued_ms: int,
                      items: list[Standing], via: str | None = None, hops_left: int = 0,
-                     path: tuple[str, ...] = (), signed: bytes | None = None
-                     ) -> tuple[int, int]:
+                     path: tuple[str, ...] = (), signed: bytes | None = None,
+                     keep_ways: bool = False) -> tuple[int, int]:
     """Make ``items`` the whole set of ``center``'s standing queries here (a signed
     set replaces the previous one: a watch left out is withdrawn), taken through
-    ``via`` (default: from the center itself). Returns (added, withdrawn)."""
+    ``via`` (default: from the center itself). ``keep_ways``: the same set (its
+    routing merged): the other ways back learned stay. Returns (added, withdrawn)."""
     before = {r[0] for r in conn.execute(
         "SELECT watch_id FROM standing_queries WHERE center = ?", (center,))}
     after = {s.watch.id for s in items}
@@ -242,6 +266,10 @@ def replace_standing(conn: sqlite3.Connection, center: str, issued_ms: int,
                  "hops_left = excluded.hops_left, path = excluded.path, "
                  "signed = excluded.signed",
                  (center, issued_ms, via or center, hops_left, json.dumps(list(path)), signed))
+    # Other ways back are learned again from the copies of this set (a newer set
+    # names nobody yet; a watcher now direct needs none).
+    if not keep_ways:
+        conn.execute("DELETE FROM standing_ways WHERE center = ?", (center,))
     return len(after - before), len(gone)
 
 
@@ -276,10 +304,22 @@ def expire_standing(conn: sqlite3.Connection, now_ms: int) -> int:
 
 
 def drop_center(conn: sqlite3.Connection, center: str) -> None:
-    """A peer unpinned: its standing queries and their outbox go, and so do the
-    sets of watchers beyond it that came through it (hits could not go back)."""
-    watchers = [center, *(r[0] for r in conn.execute(
-        "SELECT center FROM standing_sync WHERE via = ? AND center != ?", (center, center)))]
+    """A peer unpinned: its standing queries and their outbox go; so do the sets of
+    watchers beyond it that came through it alone (hits could not go back); a set
+    that also came another way goes back that way now."""
+    conn.execute("DELETE FROM standing_ways WHERE peer = ?", (center,))
+    stranded = []
+    for (watcher,) in conn.execute("SELECT center FROM standing_sync WHERE via = ? AND "
+                                   "center != ?", (center, center)).fetchall():
+        other = conn.execute("SELECT peer FROM standing_ways WHERE center = ? ORDER BY peer "
+                             "LIMIT 1", (watcher,)).fetchone()
+        if other is None:
+            stranded.append(watcher)
+            continue
+        conn.execute("UPDATE standing_sync SET via = ? WHERE center = ?", (other[0], watcher))
+        conn.execute("DELETE FROM standing_ways WHERE center = ? AND peer = ?",
+                     (watcher, other[0]))
+    watchers = [center, *stranded]
     for watcher in watchers:
         for (watch_id,) in conn.execute(
                 "SELECT watch_id FROM standing_queries WHERE center = ?", (watcher,)).fetchall():
@@ -361,25 +401,34 @@ def _over_bytes(rows: list[tuple[int, str, int]], max_bytes: int) -> list[int]:
 
 def prune_outbox(conn: sqlite3.Connection, center: str, keep: int,
                  max_bytes: int | None = None) -> None:
-    """Keep ``keep`` of a watcher's outbox rows (and, for relayed sealed hits, at
-    most ``max_bytes`` of them), dropping unverified relayed hits first, then the
-    oldest; count the dropped ones."""
-    over = [r[0] for r in conn.execute(
-        f"SELECT id FROM watch_outbox WHERE center = ? ORDER BY {_KEEP_ORDER} "
-        "LIMIT -1 OFFSET ?", (center, max(keep, 0)))]
-    if max_bytes is not None:
-        gone = set(over)
-        rows = [r for r in conn.execute(
-            f"SELECT id, CASE access WHEN '{UNVERIFIED}' THEN 'peer:' || coalesce(source, '') "
-            f"ELSE origin END, length(sealed) FROM watch_outbox WHERE center = ? "
-            f"AND sealed IS NOT NULL ORDER BY {_KEEP_ORDER}", (center,)) if r[0] not in gone]
-        over += _over_bytes(rows, max_bytes)
+    """Keep ``keep`` of a watcher's outbox rows for each way they go (and, for
+    relayed sealed hits, at most ``max_bytes`` of them), dropping unverified
+    relayed hits first, then the oldest; count the dropped ones."""
+    over: list[int] = []
+    for (peer,) in conn.execute("SELECT DISTINCT peer FROM watch_outbox WHERE center = ?",
+                                (center,)).fetchall():
+        over += _over_way(conn, center, peer, keep, max_bytes)
     if not over:
         return
     n = conn.executemany("DELETE FROM watch_outbox WHERE id = ?",
                          [(i,) for i in set(over)]).rowcount
     conn.execute("INSERT INTO watch_dropped (who, dropped) VALUES (?, ?) ON CONFLICT (who) "
                  "DO UPDATE SET dropped = dropped + excluded.dropped", (f"center:{center}", n))
+
+
+def _over_way(conn: sqlite3.Connection, center: str, peer: str, keep: int,
+              max_bytes: int | None) -> list[int]:
+    over = [r[0] for r in conn.execute(
+        f"SELECT id FROM watch_outbox WHERE center = ? AND peer = ? ORDER BY {_KEEP_ORDER} "
+        "LIMIT -1 OFFSET ?", (center, peer, max(keep, 0)))]
+    if max_bytes is not None:
+        gone = set(over)
+        rows = [r for r in conn.execute(
+            f"SELECT id, CASE access WHEN '{UNVERIFIED}' THEN 'peer:' || coalesce(source, '') "
+            f"ELSE origin END, length(sealed) FROM watch_outbox WHERE center = ? AND peer = ? "
+            f"AND sealed IS NOT NULL ORDER BY {_KEEP_ORDER}", (center, peer)) if r[0] not in gone]
+        over += _over_bytes(rows, max_bytes)
+    return over
 
 
 def outgoing(conn: sqlite3.Connection, peer: str, after_id: int, limit: int) -> list[Outgoing]:

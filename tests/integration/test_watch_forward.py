@@ -351,3 +351,58 @@ def test_a_watcher_that_becomes_a_direct_peer_is_answered_directly(make_node) ->
     # way back stays.
     time.sleep(1.0)
     assert remote(c)[wid].get("via") is None
+
+
+def test_a_first_hop_that_drops_hits_does_not_cut_the_watcher_off(make_node,
+                                                                  tmp_path: Path) -> None:
+    """The first peer to bring a watcher's set was its only way back: a hostile
+    hop passing sets on at once and never pulling the hits cut the watcher off
+    for as long as it liked. The same set through an honest hub is a second way
+    back: the hit reaches the watcher through it; unpinning the hostile hop
+    leaves the honest way as the way."""
+    w, hub, c = make_node("watcher"), make_node("hub"), make_node("origin")
+    bad = Rogue(tmp_path, "bad")
+    bad.serve(w.card())
+    w.ok("peers", "add", bad.card.line())  # the watcher sends the rogue its set
+    c.ok("peers", "add", bad.card.line())  # a peer: the rogue's calls are let in
+    c.ok("peers", "add", w.card(), "--no-connect")  # keys only: the watcher's set and seal
+    w.ok("peers", "add", c.card(), "--no-connect")  # keys only: the origin's hits
+    w.add_user("ann", "sworn_le")
+    wid = w.json("watch", "add", "--network", "--entity", PLATE, user="ann")["watch_id"]
+    w.wait_for(lambda: bad.standing_sets, 15, "the set at the rogue")
+    first = federation_pb2.SignedStandingSet()
+    first.CopyFrom(bad.standing_sets[-1])
+    first.hops_left = max(0, first.hops_left - 1)
+    first.path.append("bad")
+    deadline = time.monotonic() + 15
+    while True:  # the rogue passes it on first
+        with bad.channel(c.listen, c.card()) as ch:
+            try:
+                federation_pb2_grpc.FederationStub(ch).SetStanding(first, timeout=10)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+        time.sleep(0.3)
+    assert remote(c)[wid]["via"] == "bad"
+    # The honest way: the watcher and the origin each pin the hub.
+    for a, b in ((w, hub), (hub, c)):
+        a.pin(b)
+        b.pin(a)
+    c.wait_for(lambda: remote(c)[wid].get("also_via") == ["hub"], 20,
+               "the hub as a second way back at the origin")
+    assert remote(c)[wid]["via"] == "bad"
+    rec = c.publish("--kind", "BOLO", "--title", SECRET, "--entity", PLATE, "--tlp", "AMBER",
+                    "--audience", "origin", "--audience", "watcher", "--no-relay")
+    w.wait_for(lambda: hits(w, "ann").get(rec["record_id"]) == "FULL", 30,
+               "the hit through the honest hub")
+    sent = {(d["record_id"], d["center"], d.get("via")) for d in c.json_lines("disseminations")
+            if d["channel"] == "watch"}
+    assert (rec["record_id"], "watcher", "hub") in sent  # the rogue never pulled its copy
+    assert (rec["record_id"], "watcher", "bad") not in sent
+    assert SECRET.encode() not in home_bytes(hub)
+    # Unpinned, the rogue is no way back at all; the hub is the way.
+    c.ok("peers", "remove", "bad")
+    c.wait_for(lambda: remote(c)[wid].get("via") == "hub", 10, "the hub as the way back")
+    assert not remote(c)[wid].get("also_via")
+    bad.stop()

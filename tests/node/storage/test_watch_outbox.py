@@ -52,3 +52,52 @@ def test_unverified_hits_share_the_bytes_by_the_peer_that_delivered_them(
     assert kept.get("far") == 4
     hostile = sum(n for origin, n in kept.items() if origin.startswith("claimed"))
     assert 0 < hostile < 8
+
+
+def test_outbox_ids_carry_on_across_the_rebuild_of_migration_14(tmp_path: Path) -> None:
+    """Peers hold cursors into the outbox: the table rebuilt (its UNIQUE key now
+    names the way) must not hand out an id again, even one whose row is gone."""
+    import contextlib
+    import sqlite3
+
+    from node.storage.db import _statements
+    from node.storage.schema import MIGRATIONS
+
+    db = tmp_path / "node.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        for migration in MIGRATIONS[:13]:
+            for statement in _statements(migration):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 13")
+        for i in range(5):
+            conn.execute("INSERT INTO watch_outbox (center, watch_id, ts_ms, origin, seq, "
+                         "record_id, version, access, peer) VALUES ('w', 'q', 0, 'o', ?, ?, 1, "
+                         "'FULL', 'w')", (i, f"r{i}"))
+        conn.execute("DELETE FROM watch_outbox WHERE id > 2")  # acked: gone, ids kept
+    conn = open_sync(db)
+    assert [r[0] for r in conn.execute("SELECT id FROM watch_outbox ORDER BY id")] == [1, 2]
+    watch_tx.add_outgoing(conn, watch_tx.Outgoing(0, "w", "q", "o", 9, "r9", 1, "FULL",
+                                                  "w"), 0)
+    watch_tx.add_outgoing(conn, watch_tx.Outgoing(0, "w", "q", "o", 9, "r9", 1, "FULL",
+                                                  "other"), 0)  # the same hit, another way
+    assert [r[0] for r in conn.execute("SELECT id FROM watch_outbox ORDER BY id")] == [1, 2, 6, 7]
+
+
+def test_other_ways_back_are_bounded_and_one_takes_over_from_an_unpinned_peer(
+        tmp_path: Path) -> None:
+    conn = open_sync(tmp_path / "node.db", create=True)
+    watch_tx.replace_standing(conn, "watcher", 100, [], "first", 2, (), b"set")
+    assert [watch_tx.add_way(conn, "watcher", p, 2) for p in ("hub", "first", "hub", "third",
+                                                             "fourth")] == [
+        True, False, False, True, False]
+    assert watch_tx.route(conn, "watcher").ways == ("first", "hub", "third")  # type: ignore
+    watch_tx.drop_center(conn, "first")
+    r = watch_tx.route(conn, "watcher")
+    assert r is not None and r.ways == ("hub", "third")
+    watch_tx.replace_standing(conn, "watcher", 200, [], "hub", 2, (), b"newer")
+    assert watch_tx.route(conn, "watcher").ways == ("hub",)  # type: ignore  # learned again
+    watch_tx.drop_center(conn, "hub")
+    assert watch_tx.route(conn, "watcher") is None  # no way back: the set goes
+    # A watcher that is a direct peer takes no other way.
+    watch_tx.replace_standing(conn, "direct", 100, [], "direct", 2, (), b"set")
+    assert not watch_tx.add_way(conn, "direct", "hub", 2)
