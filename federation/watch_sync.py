@@ -107,6 +107,7 @@ HIT_BATCH = 128
 # Ways back for a watcher's hits: the peer its set came through first and the next
 # ones that brought the same set; a hit goes every way (the watcher keeps it once).
 MAX_WAYS = 3
+WATCHER_SHARE = 10  # of a peer's passed-on standing-set rate, one watcher's sets may use
 HEARTBEAT_S = 10.0
 REFUSED_PAUSE_S = 1.0  # after a batch with refused hits, before reading the next
 
@@ -166,6 +167,10 @@ class StandingServer:
         self.taken = taken  # a set that may travel further was taken: pass it on
         self.rates = RateLimits(node.config.limits.standing_sets_per_minute)
         self.byte_rates = RateLimits(node.config.limits.standing_set_bytes_per_minute)
+        # One watcher's sets passed on by a peer: a share of that peer's passed-on
+        # budget, so a watcher sending ever newer sets cannot hold back the sets of
+        # the other watchers behind the same peer.
+        self.watcher_rates = RateLimits(1)
         # Pulls from before what a peer was already sent re-seal and re-send those
         # hits: as many a minute as replication restarts (restarts_per_minute).
         self.repulls = RateLimits(node.config.limits.restarts_per_minute)
@@ -234,7 +239,13 @@ class StandingServer:
         kind = "own" if own else "passed-on"
         self.rates.per_minute = limits.standing_sets_per_minute
         self.byte_rates.per_minute = limits.standing_set_bytes_per_minute
+        self.watcher_rates.per_minute = max(1, limits.standing_sets_per_minute // WATCHER_SHARE)
         clock = time.monotonic()
+        if not own and not self.watcher_rates.allow(f"{peer}\0{body.center}", clock):
+            # First, so a flooding watcher's refused sets cost the others nothing.
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"rate limit: at most {self.watcher_rates.per_minute} standing sets "
+                          "of one watcher per minute passed on by one center")
         if not self.rates.allow(budget, clock):
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"rate limit: at most {limits.standing_sets_per_minute} "

@@ -297,6 +297,28 @@ def test_a_watcher_flooding_sets_cannot_starve_its_hubs_own_set(make_node,
     w.stop()
 
 
+def test_a_flooding_watcher_cannot_hold_back_other_watchers_sets_through_a_hub(
+        make_node, tmp_path: Path) -> None:
+    """A watcher behind a hub sending ever newer sets (each validly signed) had the
+    hub pass every one on, spending the hub's whole passed-on budget here: every
+    other watcher's set through that hub was refused until it refilled (up to a
+    minute). One watcher may use a tenth of a peer's passed-on budget."""
+    mid = make_node("mid", start=False)
+    mid.edit_config("standing_sets_per_minute = 600", "standing_sets_per_minute = 20")
+    mid.start()
+    hub, ww, vv = (Rogue(tmp_path, c) for c in ("hub", "ww", "vv"))
+    hub.serve(mid.card())
+    mid.ok("peers", "add", hub.card.line())
+    for r in (ww, vv):  # keys only: mid verifies the watchers' sets
+        mid.ok("peers", "add", r.card.line(), "--no-connect")
+    now = int(time.time() * 1000)
+    codes = [send(hub, mid, signed_set(ww, now + i, 1, ["ww"])) for i in range(25)]
+    assert send(hub, mid, signed_set(vv, now, 1, ["vv"])) == grpc.StatusCode.OK
+    assert codes[:2] == [grpc.StatusCode.OK] * 2  # 20 a minute / 10
+    assert set(codes[2:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    hub.stop()
+
+
 def test_a_peer_sending_large_sets_is_held_to_a_byte_budget(make_node,
                                                             tmp_path: Path) -> None:
     """Sets may be up to 1 MiB each, and 600 a minute were allowed: one peer could

@@ -247,7 +247,8 @@ def test_what_a_peer_can_push_through_a_hub_is_bounded(make_node, tmp_path: Path
 
     node = make_node("hub", start=False)
     for old, new in (("max_standing_sets_per_peer = 100", "max_standing_sets_per_peer = 1"),
-                     ("standing_sets_per_minute = 600", "standing_sets_per_minute = 6"),
+                     # (one watcher's sets passed on: a tenth of that, 2 a minute)
+                     ("standing_sets_per_minute = 600", "standing_sets_per_minute = 20"),
                      ("max_watch_hits = 1000", "max_watch_hits = 3"),
                      ("max_relay_bytes = 16777216", "max_relay_bytes = 2500")):
         node.edit_config(old, new)
@@ -288,7 +289,7 @@ def test_what_a_peer_can_push_through_a_hub_is_bounded(make_node, tmp_path: Path
     assert status == grpc.StatusCode.RESOURCE_EXHAUSTED and "already brings" in why
     status, why = call(aa, via_aa(x2, now + 1, [f"c{i}" for i in range(17)]))
     assert status == grpc.StatusCode.INVALID_ARGUMENT and "path" in why
-    # Sets per minute from one peer (each refusal above counted too).
+    # Sets per minute of one watcher from one peer (each refusal above counted too).
     codes = [call(aa, via_aa(x2, now + 2 + i)) for i in range(4)]
     assert codes[-1][0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit" in codes[-1][1]
     assert {x["center"] for x in node.json_lines("watch", "list", "--remote")} == {"x1", "x2"}
