@@ -273,6 +273,7 @@ def test_a_peer_cannot_start_recovery_or_write_the_own_log(make_node, tmp_path: 
                    [0][0] >= 1, what="the rogue's batch")
         status = a.json("status")
         assert not status["own_log"]["recovering"] and not status["own_log"]["blocked"]
+        assert "held" not in status["own_log"]  # no entry its key signed: never held
         assert a.publish("--kind", "BULLETIN", "--title", "still mine")["seq"] == 1
         own = _own(a, "ncric")
         assert list(own) == [1] and own[1][1] and own[1][0] != entry_hash(env.payload)
