@@ -298,8 +298,10 @@ class PeerLink:
             # A reported head is a hint; what counts is proof: an entry beyond our
             # head that this node's own key signed (envelope or stub). (A peer
             # cannot make a node stop publishing by claiming a higher head.)
+            history = self.node.history_of(own)
             beyond = [ch for ch in checked if ch.item.origin == own and ch.item.seq > ours
-                      and not ch.error and (ch.body is not None or ch.stub is not None)]
+                      and not ch.error and (ch.body is not None or ch.stub is not None)
+                      and history is not None and _own_key_signs(history, ch)]
             if not beyond:
                 return Begun(recovery.active, OwnEntry.NONE)
             # Read in this transaction: an administrator's adopt may have just
@@ -436,6 +438,16 @@ class Begun:
     count: int = 0              # own entries beyond our head that this node's key signed
     top: int = 0                # the highest of them
     proof: Held | None = None   # set when this batch put the node in the held state
+
+
+def _own_key_signs(history: KeyHistory, ch: Checked) -> bool:
+    """Signed by a key of this node valid at that position now: a batch verified
+    before this node's own rotation was stored (the stolen-key runbook) must not
+    hold it again with the retired key's entries beyond the rotation."""
+    item = ch.item
+    if item.HasField("envelope"):
+        return not history.signs(item.envelope.key_id, item.seq)
+    return not history.stub_signs(item.stub.key_id, item.seq)
 
 
 def _key_error(error: str) -> bool:

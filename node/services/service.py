@@ -630,9 +630,10 @@ class NodeService:
         self.recovery.adopt(reason)
         for callback in self.own_log_adopted:
             callback()
-        return {"own_head_seq": detail["own_head_seq"], "was_recovering": False,
-                "unsigned_dropped": 0, "reason": reason, "peers_reported_ahead": self.recovery.behind(
-                    detail["own_head_seq"]), "adopted": held_view(detail)}
+        head = detail["own_head_seq"]
+        return {"own_head_seq": head, "was_recovering": False, "unsigned_dropped": 0,
+                "reason": reason, "peers_reported_ahead": self.recovery.behind(head),
+                "adopted": held_view(detail)}
 
     async def finish_recovery(self, user: User) -> dict[str, Any]:
         """The admin ends the wait: no peer holds newer entries of this log."""
