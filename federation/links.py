@@ -25,11 +25,13 @@ from node.config.peers import Peer
 from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation
 from node.core.recovery import HELD_CHOICE, Held, OwnEntry, own_entry
 from node.core.sealing import copy_budget
+from node.core.signing import key_id
 from node.core.timeutil import iso, now_ms
 from node.services.service import NodeService
 from node.services.tasks import cancel_and_wait
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
+from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import recovery as recovery_tx
 from node.telemetry import logs, metrics
@@ -298,10 +300,14 @@ class PeerLink:
             # A reported head is a hint; what counts is proof: an entry beyond our
             # head that this node's own key signed (envelope or stub). (A peer
             # cannot make a node stop publishing by claiming a higher head.)
-            history = self.node.history_of(own)
             beyond = [ch for ch in checked if ch.item.origin == own and ch.item.seq > ours
-                      and not ch.error and (ch.body is not None or ch.stub is not None)
-                      and history is not None and _own_key_signs(history, ch)]
+                      and not ch.error and (ch.body is not None or ch.stub is not None)]
+            if beyond:
+                # With this node's key history as stored now: a batch verified before
+                # its own rotation committed (the stolen-key runbook) must not hold
+                # it again with the retired key's entries beyond the rotation.
+                history = _own_history_now(c, own, self.node.history_of(own))
+                beyond = [ch for ch in beyond if _own_key_signs(history, ch)]
             if not beyond:
                 return Begun(recovery.active, OwnEntry.NONE)
             # Read in this transaction: an administrator's adopt may have just
@@ -440,10 +446,21 @@ class Begun:
     proof: Held | None = None   # set when this batch put the node in the held state
 
 
-def _own_key_signs(history: KeyHistory, ch: Checked) -> bool:
-    """Signed by a key of this node valid at that position now: a batch verified
-    before this node's own rotation was stored (the stolen-key runbook) must not
-    hold it again with the retired key's entries beyond the rotation."""
+def _own_history_now(c: sqlite3.Connection, own: str, history: KeyHistory | None
+                     ) -> KeyHistory | None:
+    """This node's key history with its rotations stored so far (one committed a
+    moment ago may not be installed in memory yet)."""
+    for r in keys_tx.rotations(c):
+        if history is not None and r.origin == own and history.span_of(key_id(r.new)) is None:
+            with contextlib.suppress(ValueError):
+                history = history.rotate(r.seq, r.new)
+    return history
+
+
+def _own_key_signs(history: KeyHistory | None, ch: Checked) -> bool:
+    """Signed by a key of this node valid at that position."""
+    if history is None:
+        return False
     item = ch.item
     if item.HasField("envelope"):
         return not history.signs(item.envelope.key_id, item.seq)
