@@ -282,3 +282,24 @@ def test_a_peer_cannot_start_recovery_or_write_the_own_log(make_node, tmp_path: 
         assert _forks(a) == []
     finally:
         rogue.stop()
+
+
+def test_a_restore_clears_a_hold_taken_with_the_backup(make_node, tmp_path: Path) -> None:
+    """A backup taken while held carries the held marker; restoring it is the
+    administrator's word that the database is old: recovering, not held."""
+    a = make_node("ncric", start=False)
+    a.start()
+    a.stop()  # the database exists, migrated
+    with contextlib.closing(sqlite3.connect(a.home / "node.db")) as conn:
+        conn.execute("INSERT INTO own_held (id, peer, seq, own_head, hash, since_ms) "
+                     "VALUES (1, 'nysic', 2, 1, x'00', 1)")
+        conn.commit()
+    backup = tmp_path / "held.db"
+    a.ok("backup", str(backup))
+    a.ok("restore", str(backup))
+    with contextlib.closing(sqlite3.connect(a.home / "node.db")) as conn:
+        assert conn.execute("SELECT count(*) FROM own_held").fetchone()[0] == 0
+        assert conn.execute("SELECT reason FROM own_recovery").fetchone()
+    a.start()
+    own = a.json("status")["own_log"]
+    assert own["recovering"] and "held" not in own
