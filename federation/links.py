@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -112,6 +113,10 @@ class PeerLink:
         self.seal_private = seal_private  # opens copies sealed to this center
         self._session_task: asyncio.Task[None] | None = None
         self._resubscribe = False
+        # A claimed head of our own log beyond ours: when this link last asked the
+        # peer again for it (monotonic; see _store), so a claim costs one new stream
+        # a minute at most.
+        self._asked_own_at: float | None = None
         self.state = LinkState(peer.center)
         self.backoff = Backoff()
         self._task: asyncio.Task[None] | None = None
@@ -361,11 +366,19 @@ class PeerLink:
             result, begun = IngestResult(), None
         if begun is not None and begun.decision in (OwnEntry.HOLD, OwnEntry.HELD):
             self._held(begun, reported)
+        ask_again = False
         if (recovery.heard(center, reported, ours) and not recovery.active
                 and recovery.held is None):
             log.warning("a peer reports this center's own log beyond ours without sending "
                         "a signed entry of it", extra={"peer": center, "peer_head": reported,
                                                        "own_head": ours})
+            # A peer serves this node's own log only up to its head when the stream
+            # opened: entries it took since (a thief's, signed with this node's key)
+            # come only on a new stream. Ask once more, at most once a minute (a claim
+            # alone is no proof and must not cost more than that).
+            at = time.monotonic()
+            if self._asked_own_at is None or at - self._asked_own_at >= ASK_OWN_AGAIN_S:
+                self._asked_own_at, ask_again = at, True
         if recovery.active and recovery.caught_up(ours):
             await self._finish_recovery(ours)
         self.state.received += result.stored
@@ -397,6 +410,8 @@ class PeerLink:
             self.on_rewind()
         if failure is not None:
             raise failure
+        if ask_again:
+            self.resubscribe()  # last: it ends this session (as on_rewind does)
 
     def _held(self, begun: Begun, reported: int | None) -> None:
         """Entries beyond our head signed by this node's key, refused: held."""
@@ -444,6 +459,9 @@ class Begun:
     count: int = 0              # own entries beyond our head that this node's key signed
     top: int = 0                # the highest of them
     proof: Held | None = None   # set when this batch put the node in the held state
+
+
+ASK_OWN_AGAIN_S = 60.0
 
 
 def _own_history_now(c: sqlite3.Connection, own: str, history: KeyHistory | None

@@ -234,6 +234,10 @@ def test_peers_update_distrusts_a_stolen_key_after_a_seq(make_node, tmp_path: Pa
     first = victim.publish("--kind", "BULLETIN", "--title", "genuine one", *GREEN)
     receiver.wait_held(first["record_id"])
     stolen = (victim.home / "signing.key").read_bytes()
+    # The victim's stream from the receiver is open before the thief acts (it asked
+    # for its own log then: what the receiver takes later comes only as a head).
+    victim.wait_for(lambda: any(p["center"] == "receiver" and p["state"] == "connected"
+                                for p in victim.status().get("peers", [])), 30, "connected")
 
     # The thief signs seq 2 with the stolen key and gets it to the receiver
     # through a peer of its own: the key is still trusted there, so it is taken.
@@ -244,11 +248,10 @@ def test_peers_update_distrusts_a_stolen_key_after_a_seq(make_node, tmp_path: Pa
     rogue.serve(receiver.card())
     receiver.ok("peers", "add", rogue.card.line())
     receiver.wait_held("forged2")
-    # The victim (restarted: its stream asks for its own log again) is shown seq 2
-    # signed by its key beyond its head. Not marked by a restore, it adopts nothing
-    # and is held (tests/integration/test_own_log_held.py): the runbook starts there.
-    victim.stop()
-    victim.start()
+    # The running victim hears the receiver's head of its log move beyond its own,
+    # asks again and is shown seq 2 signed by its key. Not marked by a restore, it
+    # adopts nothing and is held (tests/integration/test_own_log_held.py): the
+    # runbook starts there.
     victim.wait_for(lambda: victim.json("status")["own_log"].get("held"), 30, "held")
     assert head(victim, "victim")[0] == 1
     plain = victim.cli("keys", "rotate", "--signing")
