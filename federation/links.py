@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -23,12 +24,15 @@ from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
 from node.config.peers import Peer
 from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation
+from node.core.recovery import HELD_CHOICE, Held, OwnEntry, own_entry
 from node.core.sealing import copy_budget
+from node.core.signing import key_id
 from node.core.timeutil import iso, now_ms
 from node.services.service import NodeService
 from node.services.tasks import cancel_and_wait
 from node.storage import audit as audit_tx
 from node.storage import federation as fed_tx
+from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import recovery as recovery_tx
 from node.telemetry import logs, metrics
@@ -109,6 +113,10 @@ class PeerLink:
         self.seal_private = seal_private  # opens copies sealed to this center
         self._session_task: asyncio.Task[None] | None = None
         self._resubscribe = False
+        # A claimed head of our own log beyond ours: when this link last asked the
+        # peer again for it (monotonic; see _store), so a claim costs one new stream
+        # a minute at most.
+        self._asked_own_at: float | None = None
         self.state = LinkState(peer.center)
         self.backoff = Backoff()
         self._task: asyncio.Task[None] | None = None
@@ -292,34 +300,47 @@ class PeerLink:
         failure: Exception | None = None
         stopped: set[str] = set()  # one for every part (store_batch)
 
-        def begin(c: sqlite3.Connection, now: int) -> bool:
+        def begin(c: sqlite3.Connection, now: int) -> Begun:
             ours = log_tx.head(c, own)[0]
-            # A reported head is a hint; what starts recovery is proof: an entry
-            # beyond our head that this node's own key signed (envelope or stub).
-            # (A peer cannot make a node stop publishing by claiming a higher head.)
-            proof = any(ch.item.origin == own and ch.item.seq > ours and not ch.error
-                        and (ch.body is not None or ch.stub is not None) for ch in checked)
-            if not proof or recovery.active:
-                return False
-            # A peer holds entries of this log beyond ours: a restore, or a
-            # hand copy of node.db. Take them back before signing anything.
-            reason = (f"peer {center} holds this center's own log up to seq "
-                      f"{reported}, this node up to {ours}")
-            began = recovery_tx.begin(c, reason, now)
-            recovery.begin(reason)
-            audit_tx.append(c, self.node.sign_audit, now, "fcnode", "recovery.begin",
-                            {"peer": center, "peer_head": reported, "own_head": ours})
-            return began
+            # A reported head is a hint; what counts is proof: an entry beyond our
+            # head that this node's own key signed (envelope or stub). (A peer
+            # cannot make a node stop publishing by claiming a higher head.)
+            beyond = [ch for ch in checked if ch.item.origin == own and ch.item.seq > ours
+                      and not ch.error and (ch.body is not None or ch.stub is not None)]
+            if beyond:
+                # With this node's key history as stored now: a batch verified before
+                # its own rotation committed (the stolen-key runbook) must not hold
+                # it again with the retired key's entries beyond the rotation.
+                history = _own_history_now(c, own, self.node.history_of(own))
+                beyond = [ch for ch in beyond if _own_key_signs(history, ch)]
+            if not beyond:
+                return Begun(recovery.active, OwnEntry.NONE)
+            # Read in this transaction: an administrator's adopt may have just
+            # committed (the marker is what a restore or an adopt leaves).
+            decision = own_entry(True, recovery.active or recovery_tx.marker(c) is not None,
+                                 recovery_tx.held(c) is not None)
+            top = max(ch.item.seq for ch in beyond)
+            if decision is not OwnEntry.HOLD:
+                return Begun(decision is OwnEntry.TAKE, decision, len(beyond), top)
+            # Not marked by a restore: an old copy of node.db, or a thief with this
+            # node's key. Adopt nothing, sign nothing; the administrator decides.
+            first = min(beyond, key=lambda ch: ch.item.seq)
+            proof = Held(center, first.item.seq, ours, first.item.hash, now)
+            recovery_tx.hold(c, proof)
+            audit_tx.append(c, self.node.sign_audit, now, "fcnode", "recovery.held",
+                            {**proof.detail(), "peer_head": reported})
+            return Begun(False, decision, len(beyond), top, proof)
 
         def step(part: list[Checked], first: bool
-                 ) -> Callable[[sqlite3.Connection], tuple[IngestResult, int, bool]]:
-            def tx(c: sqlite3.Connection) -> tuple[IngestResult, int, bool]:
+                 ) -> Callable[[sqlite3.Connection], tuple[IngestResult, int, Begun | None]]:
+            def tx(c: sqlite3.Connection) -> tuple[IngestResult, int, Begun | None]:
                 now = now_ms()
-                began = begin(c, now) if first else False
-                result = store_batch(c, center, part, now, own, recover_own=recovery.active,
+                begun = begin(c, now) if first else None
+                take = begun.take if begun is not None else recovery.active
+                result = store_batch(c, center, part, now, own, recover_own=take,
                                      max_copies=self.node.config.limits.max_sealed_copies,
                                      stopped=stopped)
-                return result, log_tx.head(c, own)[0], began
+                return result, log_tx.head(c, own)[0], begun
             return tx
 
         if checked:
@@ -337,19 +358,27 @@ class PeerLink:
                 # Parts committed before the failure stay: what they learned
                 # (rotations, rewinds, changes) is acted on below, then it raises.
                 failure = exc
-            result, ours, began = IngestResult(), done[-1][1], done[0][2]
+            result, ours, begun = IngestResult(), done[-1][1], done[0][2]
             for part_result, _, _ in done:
                 result.add(part_result)
         else:  # a heartbeat: nothing to store, so no write transaction for the writer
             ours = await self.node.db.read(lambda c: log_tx.head(c, own)[0])
-            result, began = IngestResult(), False
-        if began:
-            log.warning("own log behind a peer: recovering it before publishing",
-                        extra={"peer": center, "peer_head": reported})
-        if recovery.heard(center, reported, ours) and not recovery.active:
+            result, begun = IngestResult(), None
+        if begun is not None and begun.decision in (OwnEntry.HOLD, OwnEntry.HELD):
+            self._held(begun, reported)
+        ask_again = False
+        if (recovery.heard(center, reported, ours) and not recovery.active
+                and recovery.held is None):
             log.warning("a peer reports this center's own log beyond ours without sending "
                         "a signed entry of it", extra={"peer": center, "peer_head": reported,
                                                        "own_head": ours})
+            # A peer serves this node's own log only up to its head when the stream
+            # opened: entries it took since (a thief's, signed with this node's key)
+            # come only on a new stream. Ask once more, at most once a minute (a claim
+            # alone is no proof and must not cost more than that).
+            at = time.monotonic()
+            if self._asked_own_at is None or at - self._asked_own_at >= ASK_OWN_AGAIN_S:
+                self._asked_own_at, ask_again = at, True
         if recovery.active and recovery.caught_up(ours):
             await self._finish_recovery(ours)
         self.state.received += result.stored
@@ -381,6 +410,25 @@ class PeerLink:
             self.on_rewind()
         if failure is not None:
             raise failure
+        if ask_again:
+            self.resubscribe()  # last: it ends this session (as on_rewind does)
+
+    def _held(self, begun: Begun, reported: int | None) -> None:
+        """Entries beyond our head signed by this node's key, refused: held."""
+        recovery, center = self.node.recovery, self.peer.center
+        metrics.OWN_ENTRIES_HELD.labels(center).inc(begun.count)
+        if begun.proof is not None:
+            recovery.hold(begun.proof)
+        elif recovery.held is None:  # held in the database (another link): say so here too
+            return
+        if begun.proof is not None or recovery.seen_held(center, begun.top):
+            # For the administrator: the peer and positions, never content.
+            log.error("own log HELD: a peer holds entries of this center's own log beyond "
+                      "this node's head, signed by this node's key; nothing is adopted or "
+                      f"signed until an administrator decides ({HELD_CHOICE})", extra={
+                          "peer": center, "first_seq": begun.proof.seq if begun.proof
+                          else None, "up_to_seq": begun.top, "peer_head": reported,
+                          "own_head": recovery.held.own_head if recovery.held else None})
 
     async def _finish_recovery(self, ours: int) -> None:
         """Every reachable peer reported no own entry beyond ours: recovered."""
@@ -401,6 +449,40 @@ class PeerLink:
             log.info("own log recovered: publishing again",
                      extra={"own_head": ours, "confirmed_by": confirmed})
             recovery.end()
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What a batch's own entries beyond our head decided (node.core.recovery)."""
+    take: bool                  # ingest takes own entries (recovering)
+    decision: OwnEntry
+    count: int = 0              # own entries beyond our head that this node's key signed
+    top: int = 0                # the highest of them
+    proof: Held | None = None   # set when this batch put the node in the held state
+
+
+ASK_OWN_AGAIN_S = 60.0
+
+
+def _own_history_now(c: sqlite3.Connection, own: str, history: KeyHistory | None
+                     ) -> KeyHistory | None:
+    """This node's key history with its rotations stored so far (one committed a
+    moment ago may not be installed in memory yet)."""
+    for r in keys_tx.rotations(c):
+        if history is not None and r.origin == own and history.span_of(key_id(r.new)) is None:
+            with contextlib.suppress(ValueError):
+                history = history.rotate(r.seq, r.new)
+    return history
+
+
+def _own_key_signs(history: KeyHistory | None, ch: Checked) -> bool:
+    """Signed by a key of this node valid at that position."""
+    if history is None:
+        return False
+    item = ch.item
+    if item.HasField("envelope"):
+        return not history.signs(item.envelope.key_id, item.seq)
+    return not history.stub_signs(item.stub.key_id, item.seq)
 
 
 def _key_error(error: str) -> bool:

@@ -89,6 +89,8 @@ class Federation:
         # center -> why: offers of another key for a center pinned directly (the
         # pin stands) and refused introductions, as last seen; shown by status.
         self.conflicts: dict[str, str] = {}
+        # Adopted held own entries were refused by the streams open now: ask again.
+        node.own_log_adopted.append(self._resubscribe_all)
 
     def attach_watches(self, watches: Watches) -> None:
         """Network watches: this node's signed set goes to its peers; theirs are
@@ -429,7 +431,9 @@ class Federation:
         if req.get("op") != "rotate" or which not in ("signing", "tls"):
             raise ValidationError("keys: use rotate --signing or rotate --tls")
         if which == "signing":
-            return await self.node.rotate_signing(user)
+            return await self.node.rotate_signing(user, stolen=bool(req.get("stolen")))
+        if req.get("stolen"):
+            raise ValidationError("--stolen goes with rotate --signing (the stolen-key runbook)")
         return await self.renew_tls(user.name)
 
     # -- local API extensions ------------------------------------------------

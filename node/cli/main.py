@@ -72,9 +72,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
         raise CliError("keys rotate needs --signing or --tls", EXIT_USAGE)
     results = []
     client = client_for(args)
+    if args.stolen and not args.signing:
+        raise CliError("--stolen goes with --signing (the stolen-key runbook)", EXIT_USAGE)
     for which in ("signing", "tls"):
         if getattr(args, which):
-            results.append(client.call("RotateKey", pb.RotateRequest(which=which)))
+            results.append(client.call("RotateKey", pb.RotateRequest(
+                which=which, stolen=which == "signing" and args.stolen)))
     for r in results:
         if args.json:
             output.emit_json(r)
@@ -123,7 +126,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{tls['next']['expires']}) announced, presented from "
                   f"{tls['next']['presented_from']}")
     own = status.get("own_log") or {}
-    if own.get("recovering"):
+    if own.get("held"):
+        h = own["held"]
+        print(f"HELD own log: peer {h['peer']} sent seq {h['seq']} signed by this node's key, "
+              f"beyond its head {h['own_head']} (since {h['since']}); nothing is adopted or "
+              "signed. An old copy of node.db: fcnode recovery adopt. A stolen key: "
+              "fcnode keys rotate --signing --stolen (README: A stolen key)")
+    elif own.get("recovering"):
         print(f"RECOVERING own log: {own['behind']} entries ({own['reason']}); "
               "publishing waits until every reachable peer confirmed, or: fcnode recovery finish")
     elif own.get("blocked"):
@@ -200,7 +209,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_recovery(args: argparse.Namespace) -> int:
-    r = client_for(args).call("FinishRecovery")  # the one operation: finish
+    if args.recovery_cmd == "adopt":
+        r = client_for(args).call("AdoptOwnLog")
+        if args.json:
+            output.emit_json(r)
+        else:
+            h = r["adopted"]
+            print(f"adopted: entries beyond seq {h['own_head']} that peer {h['peer']} held "
+                  f"(from seq {h['seq']}) are taken back as this node's own; recovering "
+                  "(fcnode status shows 'recovering own log')")
+        return 0
+    r = client_for(args).call("FinishRecovery")
     if args.json:
         output.emit_json(r)
     else:
@@ -358,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ks.add_parser("rotate", parents=[common])
     kr.add_argument("--signing", action="store_true", help="a new Ed25519 signing key")
     kr.add_argument("--tls", action="store_true", help="a new TLS key and certificate")
+    kr.add_argument("--stolen", action="store_true",
+                    help="with --signing: entries the current key signed beyond this node's "
+                    "head are not this node's (a stolen key); allowed while the own log is "
+                    "held, and ends it")
     p = add("serve", cmd_serve, "run the daemon in the foreground")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add("status", cmd_status, "the running daemon's state")
@@ -372,8 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
             "place atomically; the node then recovers its own log from its peers")
     p.add_argument("file", help="a file written by fcnode backup (database or --include-keys tar)")
     p = add("recovery", cmd_recovery, "own-log recovery after a restore (admin)")
-    p.add_argument("recovery_cmd", choices=["finish"],
-                   help="finish: end the wait (no peer holds newer entries of this log)")
+    p.add_argument("recovery_cmd", choices=["finish", "adopt"],
+                   help="finish: end the wait (no peer holds newer entries of this log); "
+                   "adopt: the entries that put the own log on hold are this node's own "
+                   "(an old copy of node.db): take them back")
 
     p = add("publish", cmd_publish, "sign and publish a record")
     _record_flags(p)

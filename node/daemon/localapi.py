@@ -278,8 +278,8 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
 
     @unary(pb.RotateReply)
     async def RotateKey(self, user: User, req: pb.RotateRequest) -> Any:
-        return await self._extension("keys", user, Request({"op": "rotate",
-                                                            "which": req.which}))
+        return await self._extension("keys", user, Request({"op": "rotate", "which": req.which,
+                                                            "stolen": req.stolen}))
 
     # -- a record's life ---------------------------------------------------------
     @unary(pb.LifecycleReply)
@@ -357,6 +357,16 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
         detail = await self.node.finish_recovery(user)
         log.warning("own-log recovery ended by an administrator",
                     extra={"user": user.name, "own_head": detail["own_head_seq"]})
+        return detail
+
+    @unary(pb.RecoveryReply)
+    async def AdoptOwnLog(self, user: User, req: pb.Empty) -> Any:
+        """`fcnode recovery adopt`: the admin decides that the entries that put the
+        own log on hold are this node's own (an old copy of node.db). Audited."""
+        detail = await self.node.adopt_own_log(user)
+        log.warning("held own-log entries adopted by an administrator: recovering",
+                    extra={"user": user.name, "peer": detail["adopted"]["peer"],
+                           "seq": detail["adopted"]["seq"]})
         return detail
 
     @unary(pb.BackupReply)

@@ -17,6 +17,7 @@ from federation.transport.standard_services import add_standard_services
 from node.config import keys
 from node.config.home import AlreadyRunning, Home, HomeError, acquire_lock, load_config
 from node.config.peers import load_peers
+from node.core.recovery import HELD_CHOICE
 from node.core.signing import raw_public
 from node.daemon.localapi import LocalServicer
 from node.services.lifecycle import Lifecycle
@@ -72,6 +73,11 @@ async def serve(home: Home) -> None:
         if node.recovery.active:
             log.warning("recovering own log from peers before publishing",
                         extra={"reason": node.recovery.reason})
+        elif node.recovery.held is not None:
+            log.error("own log HELD: nothing is adopted or signed until an administrator "
+                      f"decides ({HELD_CHOICE})", extra={
+                          "peer": node.recovery.held.peer, "first_seq": node.recovery.held.seq,
+                          "own_head": node.recovery.held.own_head})
         stubbed = await node.sign_missing_stubs()  # entries from before stubs existed
         if stubbed:
             log.info("signed stubs for older entries", extra={"entries": stubbed})

@@ -269,6 +269,9 @@ def _restore_locked(home: Home, source: Path, kind: str, actor: str) -> RestoreR
         try:
             with immediate(conn):
                 recovery_tx.finish(conn)  # a stale marker in the copy: this one counts
+                # A copy taken while held: restoring is the administrator's word that
+                # this database is older than the log (the restore marker decides).
+                recovery_tx.release(conn)
                 recovery_tx.begin(conn, reason, now)
                 audit_tx.append(conn, lambda m: sign(signing, AUDIT_DOMAIN, m), now, actor,
                                 "node.restore", {"file": str(source), "sha256": digest,

@@ -38,7 +38,7 @@ from node.core.keyhistory import (
 )
 from node.core.query import SearchParams, discovered
 from node.core.record import Draft, body_policy, body_to_dict, kind_name
-from node.core.recovery import OwnLogRecovery
+from node.core.recovery import HELD_CHOICE, Held, OwnLogRecovery
 from node.core.routing import route
 from node.core.sealing import SealedCopy, seal_copy
 from node.core.signing import (
@@ -82,8 +82,10 @@ from node.storage import sealed as sealed_tx
 from node.storage import users as users_tx
 from node.storage import watches as watch_tx
 from node.storage.db import Database
-from node.telemetry import metrics
+from node.telemetry import logs, metrics
 from node.wire import records_pb2
+
+log = logs.get("fcnode.node")
 
 
 class NotFound(FcnodeError):
@@ -158,6 +160,9 @@ class NodeService:
         # Called after a user is removed or their attributes change (network
         # watches re-send the attributes their standing queries carry).
         self.users_changed: list[Callable[[], None]] = []
+        # Called after an administrator adopted held own entries: the replication
+        # links ask their peers for the own log again (those entries were refused).
+        self.own_log_adopted: list[Callable[[], None]] = []
         # Two: a large publish signs on both while the database thread writes the
         # record, text and entity index rows (sqlite releases the GIL too).
         self._signer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sign")
@@ -375,11 +380,16 @@ class NodeService:
     def _next_key_path(self) -> Path:
         return self.home.signing_key.with_name(self.home.signing_key.name + ".next")
 
-    async def rotate_signing(self, user: User) -> dict[str, Any]:
+    async def rotate_signing(self, user: User, stolen: bool = False) -> dict[str, Any]:
         """A new Ed25519 key, announced in a KEY_ROTATION entry signed by the old key
         (the envelope) and the new one (new_key_signature). Crash-safe order: the
         new key file is written (signing.key.next) before the entry commits, and
-        swapped in after; load_key_history finishes an interrupted swap at start."""
+        swapped in after; load_key_history finishes an interrupted swap at start.
+        ``stolen``: the administrator declares entries the current key signed beyond
+        this node's head not its own (`keys rotate --signing --stolen`): the one
+        append allowed while the own log is held, which it ends (audited), so the
+        rotation takes the next position and peers can distrust the old key after
+        the one before it (README, "A stolen key: the runbook")."""
         self.require_admin(user, "rotating keys")
         async with self._rotating:
             new = Ed25519PrivateKey.generate()
@@ -402,20 +412,33 @@ class NodeService:
                 body.new_key_entry_signature = new.sign(entry_statement(body, old_raw))
                 return body
 
-            def tx(conn: sqlite3.Connection) -> records_pb2.RecordBody:
+            def tx(conn: sqlite3.Connection) -> tuple[records_pb2.RecordBody, Held | None]:
                 body = self.append_own(conn, [build], user.name, "key.rotate_signing", now,
                                        {"old_key_id": key_id(old_raw),
-                                        "new_key_id": key_id(new_raw)})[0]
+                                        "new_key_id": key_id(new_raw), "stolen": stolen},
+                                       stolen=stolen)[0]
                 keys_tx.add_rotation(conn, Rotation(self.center, body.seq, old_raw, new_raw),
                                      now)
-                return body
+                was = recovery_tx.held(conn) if stolen else None
+                if was is not None:
+                    recovery_tx.release(conn)
+                    audit_tx.append(conn, self.sign_audit, now, user.name, "recovery.reject",
+                                    {**was.detail(), "rotation_seq": body.seq})
+                return body, was
 
             try:
-                body = await self.db.run(tx)
+                body, released = await self.db.run(tx)
             except BaseException:
                 nxt.unlink(missing_ok=True)
                 raise
             self._install_key(new, body.seq, old_raw)
+            if released is not None:
+                self.recovery.release()
+                log.warning("own log no longer held: the administrator declared the signing "
+                            "key stolen and rotated it; peers must distrust the old key after "
+                            "the seq before the rotation", extra={
+                                "user": user.name, "rotation_seq": body.seq,
+                                "distrust_after": body.seq - 1})
         self.changes.bump()
         return {"rotated": "signing", "seq": body.seq, "old_key_id": key_id(old_raw),
                 "new_key_id": key_id(new_raw)}
@@ -548,8 +571,9 @@ class NodeService:
     Builder = Callable[[sqlite3.Connection, int, bytes], records_pb2.RecordBody]
 
     # -- own-log recovery (node.core.recovery) ------------------------------------
-    def own_log_refusal(self, conn: sqlite3.Connection) -> str:
-        """Why appending to this center's log would be wrong now, or ''."""
+    def own_log_refusal(self, conn: sqlite3.Connection, stolen: bool = False) -> str:
+        """Why appending to this center's log would be wrong now, or ''.
+        ``stolen``: the stolen-key rotation (allowed while held)."""
         quarantined = fed_tx.quarantined(conn).get(self.center)
         if quarantined is not None:
             return (f"this center's own log has forked ({quarantined[0]}): a peer holds a "
@@ -561,7 +585,7 @@ class NodeService:
             return (f"recovering own log: the entry at seq {head} is known only by its hash "
                     "from a peer; waiting for a peer to send it signed (or: fcnode recovery "
                     "finish, which drops such unsigned positions)")
-        return self.recovery.refusal(head, time.monotonic())
+        return self.recovery.refusal(head, time.monotonic(), stolen)
 
     async def may_append_own(self) -> None:
         """Before a publish or change: wait (bounded) for the peers' heads of the
@@ -575,9 +599,41 @@ class NodeService:
             raise OwnLogBlocked(refusal)
 
     async def load_recovery(self) -> None:
-        found = await self.db.read(recovery_tx.marker)
+        found, held = await self.db.read(lambda c: (recovery_tx.marker(c), recovery_tx.held(c)))
         if found is not None:
             self.recovery.begin(found[0])
+        elif held is not None:
+            self.recovery.hold(held)
+
+    async def adopt_own_log(self, user: User) -> dict[str, Any]:
+        """The administrator decides that the held own entries are this node's own
+        (an old copy of node.db): recovery proceeds as after a restore. Admin only,
+        audited; refused when nothing is held (no peer can make this choice)."""
+        self.require_admin(user, "adopting held own-log entries")
+        now = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> tuple[dict[str, Any], str]:
+            was = recovery_tx.held(conn)
+            if was is None:
+                raise ValidationError("own log is not held: nothing to adopt (fcnode status "
+                                      "shows a held own log)")
+            reason = f"adopted by {user.name}: {was.describe()}"
+            recovery_tx.release(conn)
+            recovery_tx.finish(conn)
+            recovery_tx.begin(conn, reason, now)
+            head = log_tx.head(conn, self.center)[0]
+            detail = {**was.detail(), "own_head_seq": head}
+            audit_tx.append(conn, self.sign_audit, now, user.name, "recovery.adopt", detail)
+            return detail, reason
+
+        detail, reason = await self.db.run(tx)
+        self.recovery.adopt(reason)
+        for callback in self.own_log_adopted:
+            callback()
+        head = detail["own_head_seq"]
+        return {"own_head_seq": head, "was_recovering": False, "unsigned_dropped": 0,
+                "reason": reason, "peers_reported_ahead": self.recovery.behind(head),
+                "adopted": held_view(detail)}
 
     async def finish_recovery(self, user: User) -> dict[str, Any]:
         """The admin ends the wait: no peer holds newer entries of this log."""
@@ -585,6 +641,12 @@ class NodeService:
         now = now_ms()
 
         def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+            held = recovery_tx.held(conn)
+            if held is not None:
+                # Ending the wait would sign the next position over entries a peer
+                # holds signed by this key: the administrator decides what they are.
+                raise OwnLogBlocked(f"own log held, not recovering: {held.describe()}. "
+                                    f"Decide first: {HELD_CHOICE}")
             head = log_tx.head(conn, self.center)[0]
             was = recovery_tx.marker(conn)
             recovery_tx.finish(conn)
@@ -608,12 +670,14 @@ class NodeService:
     def append_own(self, conn: sqlite3.Connection, builders: list[Builder], actor: str,
                    action: str, now: int, detail: dict[str, Any] | None = None,
                    new_records: bool = False,
-                   per_entry: list[dict[str, Any]] | None = None) -> list[records_pb2.RecordBody]:
+                   per_entry: list[dict[str, Any]] | None = None,
+                   stolen: bool = False) -> list[records_pb2.RecordBody]:
         """Sign and append entries to this center's log, inside the caller's
         transaction: each builder gets (conn, seq, prev) and returns the body.
         ``new_records``: every entry is the first version of a new record;
-        ``per_entry``: audit detail for each entry (e.g. the routing rules applied)."""
-        refusal = self.own_log_refusal(conn)
+        ``per_entry``: audit detail for each entry (e.g. the routing rules applied);
+        ``stolen``: the stolen-key rotation, the one append allowed while held."""
+        refusal = self.own_log_refusal(conn, stolen)
         if refusal:  # checked again in the write transaction: no race with ingest
             raise OwnLogBlocked(refusal)
         seq, prev = log_tx.head(conn, self.center)
@@ -934,11 +998,19 @@ class NodeService:
                                    "behind": self.recovery.behind(head),
                                    "reason": self.recovery.reason,
                                    "blocked": self.own_log_refusal(conn)}
+            held = recovery_tx.held(conn)
+            if held is not None:
+                own["held"] = held_view(held.detail())
             return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn),
                     "own_log": own}
 
         data = await self.db.read(tx)
         return {**out, "storage": str(self.db.path), "home": str(self.home.root), **data}
+
+
+def held_view(detail: dict[str, Any]) -> dict[str, Any]:
+    return {"peer": detail["peer"], "seq": detail["seq"], "own_head": detail["own_head"],
+            "entry_hash": detail["entry_hash"], "since": iso(detail["since_ms"])}
 
 
 def published(b: records_pb2.RecordBody) -> dict[str, Any]:

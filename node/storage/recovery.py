@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
+from node.core.recovery import Held
 from node.storage.db import explain
 
 
@@ -23,6 +24,25 @@ def begin(conn: sqlite3.Connection, reason: str, now_ms: int) -> bool:
 
 def finish(conn: sqlite3.Connection) -> bool:
     return conn.execute("DELETE FROM own_recovery").rowcount == 1
+
+
+def held(conn: sqlite3.Connection) -> Held | None:
+    """The held marker (node.core.recovery): the first proof that put it there."""
+    row = conn.execute("SELECT peer, seq, own_head, hash, since_ms FROM own_held "
+                       "WHERE id = 1").fetchone()
+    return Held(row[0], row[1], row[2], bytes(row[3]), row[4]) if row else None
+
+
+def hold(conn: sqlite3.Connection, proof: Held) -> bool:
+    """Set the held marker (the first proof is kept). True if it was not set."""
+    return conn.execute("INSERT OR IGNORE INTO own_held (id, peer, seq, own_head, hash, "
+                        "since_ms) VALUES (1, ?, ?, ?, ?, ?)",
+                        (proof.peer, proof.seq, proof.own_head, proof.entry_hash,
+                         proof.since_ms)).rowcount == 1
+
+
+def release(conn: sqlite3.Connection) -> bool:
+    return conn.execute("DELETE FROM own_held").rowcount == 1
 
 
 REQUIRED_TABLES = {"entries", "records", "audit", "audit_head", "users", "cursors"}

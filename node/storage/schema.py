@@ -420,4 +420,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX watch_outbox_center ON watch_outbox (center, id);
     CREATE INDEX watch_outbox_peer ON watch_outbox (peer, id);
     """,
+    # 15: (stop 15 open item 1) own log held: a peer sent an entry beyond this node's
+    # head signed by its own key while no restore marked it (an old copy of node.db,
+    # or a stolen key): nothing is adopted or signed until an administrator decides
+    # (node/core/recovery.py). The first proof only: position and hash, no content.
+    """
+    CREATE TABLE own_held (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        peer TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        own_head INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        since_ms INTEGER NOT NULL
+    );
+    """,
 ]

@@ -79,6 +79,11 @@ ENTRIES_PUBLISHED = Counter(
 ENTRIES_INGESTED = Counter(
     "fcnode_entries_ingested", "Log entries (signed or placeholder) stored from a peer's "
     "replication stream", ["peer"], registry=REGISTRY)
+OWN_ENTRIES_HELD = Counter(
+    "fcnode_own_entries_held", "Entries of this center's own log beyond its head, signed by "
+    "its own key, that a peer sent while no restore marked the node: refused, the own log "
+    "held for the administrator (an old copy of node.db, or a stolen key)", ["peer"],
+    registry=REGISTRY)
 ENTRIES_REJECTED = Counter(
     "fcnode_entries_rejected", "Entries from a peer refused at ingest, by reason",
     ["peer", "reason"], registry=REGISTRY)

@@ -169,6 +169,11 @@ class LocalStub:
                 request_serializer=fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
                 response_deserializer=fcnode_dot_v1_dot_local__pb2.RecoveryReply.FromString,
                 _registered_method=True)
+        self.AdoptOwnLog = channel.unary_unary(
+                '/fcnode.v1.Local/AdoptOwnLog',
+                request_serializer=fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+                response_deserializer=fcnode_dot_v1_dot_local__pb2.RecoveryReply.FromString,
+                _registered_method=True)
         self.Export = channel.unary_unary(
                 '/fcnode.v1.Local/Export',
                 request_serializer=fcnode_dot_v1_dot_local__pb2.ExportRequest.SerializeToString,
@@ -368,6 +373,13 @@ class LocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdoptOwnLog(self, request, context):
+        """Own log held: its entries are this node's (an old copy of node.db); recover (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Export(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -539,6 +551,11 @@ def add_LocalServicer_to_server(servicer, server):
             ),
             'FinishRecovery': grpc.unary_unary_rpc_method_handler(
                     servicer.FinishRecovery,
+                    request_deserializer=fcnode_dot_v1_dot_local__pb2.Empty.FromString,
+                    response_serializer=fcnode_dot_v1_dot_local__pb2.RecoveryReply.SerializeToString,
+            ),
+            'AdoptOwnLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdoptOwnLog,
                     request_deserializer=fcnode_dot_v1_dot_local__pb2.Empty.FromString,
                     response_serializer=fcnode_dot_v1_dot_local__pb2.RecoveryReply.SerializeToString,
             ),
@@ -1300,6 +1317,33 @@ class Local:
             request,
             target,
             '/fcnode.v1.Local/FinishRecovery',
+            fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
+            fcnode_dot_v1_dot_local__pb2.RecoveryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdoptOwnLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fcnode.v1.Local/AdoptOwnLog',
             fcnode_dot_v1_dot_local__pb2.Empty.SerializeToString,
             fcnode_dot_v1_dot_local__pb2.RecoveryReply.FromString,
             options,

@@ -130,3 +130,21 @@ def test_state_machine() -> None:
     # Without any confirmation (no peer answered), never caught up by itself.
     alone = OwnLogRecovery(active=True)
     assert not alone.caught_up(3)
+
+
+def test_a_retired_key_beyond_a_stored_rotation_is_no_proof(conn: sqlite3.Connection) -> None:
+    """The stolen-key rotation committed, not installed in memory yet: the retired
+    key's entries beyond it must not hold the node again (federation.links)."""
+    from federation.links import _own_history_now, _own_key_signs
+    from node.core.keyhistory import KeyHistory, Rotation
+    from node.core.signing import raw_public
+    from node.storage import keys as keys_tx
+
+    old_raw, new_raw = raw_public(KEY.public_key()), raw_public(MALLORY.public_key())
+    pinned = KeyHistory.pinned(old_raw)  # what the daemon's memory still holds
+    thief = check_items(chain(3), lambda o: KEYS if o == ME else {})[2]  # seq 3, old key
+    assert _own_key_signs(_own_history_now(conn, ME, pinned), thief)
+    with immediate(conn):
+        keys_tx.add_rotation(conn, Rotation(ME, 2, old_raw, new_raw), 1)
+    assert not _own_key_signs(_own_history_now(conn, ME, pinned), thief)
+    assert not _own_key_signs(None, thief)

@@ -234,28 +234,37 @@ def test_peers_update_distrusts_a_stolen_key_after_a_seq(make_node, tmp_path: Pa
     first = victim.publish("--kind", "BULLETIN", "--title", "genuine one", *GREEN)
     receiver.wait_held(first["record_id"])
     stolen = (victim.home / "signing.key").read_bytes()
+    # The victim's stream from the receiver is open before the thief acts (it asked
+    # for its own log then: what the receiver takes later comes only as a head).
+    victim.wait_for(lambda: any(p["center"] == "receiver" and p["state"] == "connected"
+                                for p in victim.status().get("peers", [])), 30, "connected")
 
     # The thief signs seq 2 with the stolen key and gets it to the receiver
     # through a peer of its own: the key is still trusted there, so it is taken.
     seq, prev = head(receiver, "victim")
     assert seq == 1
-    # The victim is cut off from the receiver while the thief acts: a node takes back
-    # entries its own key signed beyond its head (own-log recovery cannot tell a lost
-    # backup from a stolen key), so a victim that pulled the thief's seq 2 before
-    # rotating would put its rotation at seq 3 (this test raced on it).
-    victim.ok("peers", "remove", "receiver")
     rogue = Rogue(tmp_path, "mallory")
     rogue.items = [forged("victim", 2, prev, stolen, "signed by the thief")]
     rogue.serve(receiver.card())
     receiver.ok("peers", "add", rogue.card.line())
     receiver.wait_held("forged2")
+    # The running victim hears the receiver's head of its log move beyond its own,
+    # asks again and is shown seq 2 signed by its key. Not marked by a restore, it
+    # adopts nothing and is held (tests/integration/test_own_log_held.py): the
+    # runbook starts there.
+    victim.wait_for(lambda: victim.json("status")["own_log"].get("held"), 30, "held")
+    assert head(victim, "victim")[0] == 1
+    plain = victim.cli("keys", "rotate", "--signing")
+    assert plain.returncode == 1 and "own log held" in plain.stderr, plain.stderr
 
-    # Runbook: the victim rotates (its rotation is seq 2: a fork at the receiver,
-    # which quarantines the victim) and hands its new card over out of band with
-    # "distrust after 1"; the receiver's administrator runs peers update.
-    rotated = victim.json("keys", "rotate", "--signing")
+    # Runbook: the victim rotates as stolen (its rotation is seq 2: a fork at the
+    # receiver, which quarantines the victim) and hands its new card over out of band
+    # with "distrust after 1"; the receiver's administrator runs peers update.
+    rotated = victim.json("keys", "rotate", "--signing", "--stolen")
     assert rotated["seq"] == 2
-    victim.pin(receiver)  # the thief's seq 2 is refused there: its own log holds seq 2
+    assert not victim.json("status")["own_log"].get("held")
+    assert [e["detail"]["rotation_seq"] for e in victim.json_lines("audit")
+            if e["action"] == "recovery.reject"] == [2]
     receiver.wait_for(lambda: any(q["origin"] == "victim" for q in
                                   receiver.status()["quarantined"]), 30, "the fork")
     updated = receiver.json("peers", "update", victim.card(), "--distrust-after", "1")

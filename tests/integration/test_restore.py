@@ -87,6 +87,15 @@ def test_restored_node_recovers_its_own_log_and_never_forks(make_node, tmp_path:
         shutil.copyfile(backup, a.home / "node.db")
     assert a.head("ncric") == 4
     a.start()
+    if how == "hand-copy":
+        # Not marked by `fcnode restore`: entries beyond the head signed by this node's
+        # key may be a thief's as well as its own. Nothing is adopted until an admin
+        # decides (tests/integration/test_own_log_held.py plays the thief).
+        a.wait_for(lambda: a.json("status")["own_log"].get("held"), 30, "the own log held")
+        refused = a.cli("publish", "--kind", "BULLETIN", "--title", "too early", *GREEN)
+        assert refused.returncode == 1 and "own log held" in refused.stderr, refused.stderr
+        assert a.head("ncric") == 4
+        assert a.json("recovery", "adopt")["adopted"]["own_head"] == 4
     # Publishing waits until the node has its own entries back: refused (exit 1,
     # saying why) until then, accepted after, at the position after the last one.
     published: list[dict] = []
@@ -135,7 +144,10 @@ def test_restored_node_recovers_its_own_log_and_never_forks(make_node, tmp_path:
         assert peer_states[purged_old][1] == peer_states[purged_new][1] == "purged"
         assert purged_old not in peer.held_record_ids()
     actions = [e["action"] for e in a.json_lines("audit")]
-    assert "recovery.begin" in actions or "node.restore" in actions
+    if how == "restore":  # a restore marks the node: it recovers by itself, never held
+        assert "node.restore" in actions and "recovery.held" not in actions
+    else:
+        assert "recovery.held" in actions and "recovery.adopt" in actions
     assert "recovery.finish" in actions
     assert a.json("audit", "verify")["ok"]
 
@@ -261,6 +273,7 @@ def test_a_peer_cannot_start_recovery_or_write_the_own_log(make_node, tmp_path: 
                    [0][0] >= 1, what="the rogue's batch")
         status = a.json("status")
         assert not status["own_log"]["recovering"] and not status["own_log"]["blocked"]
+        assert "held" not in status["own_log"]  # no entry its key signed: never held
         assert a.publish("--kind", "BULLETIN", "--title", "still mine")["seq"] == 1
         own = _own(a, "ncric")
         assert list(own) == [1] and own[1][1] and own[1][0] != entry_hash(env.payload)
@@ -269,3 +282,24 @@ def test_a_peer_cannot_start_recovery_or_write_the_own_log(make_node, tmp_path: 
         assert _forks(a) == []
     finally:
         rogue.stop()
+
+
+def test_a_restore_clears_a_hold_taken_with_the_backup(make_node, tmp_path: Path) -> None:
+    """A backup taken while held carries the held marker; restoring it is the
+    administrator's word that the database is old: recovering, not held."""
+    a = make_node("ncric", start=False)
+    a.start()
+    a.stop()  # the database exists, migrated
+    with contextlib.closing(sqlite3.connect(a.home / "node.db")) as conn:
+        conn.execute("INSERT INTO own_held (id, peer, seq, own_head, hash, since_ms) "
+                     "VALUES (1, 'nysic', 2, 1, x'00', 1)")
+        conn.commit()
+    backup = tmp_path / "held.db"
+    a.ok("backup", str(backup))
+    a.ok("restore", str(backup))
+    with contextlib.closing(sqlite3.connect(a.home / "node.db")) as conn:
+        assert conn.execute("SELECT count(*) FROM own_held").fetchone()[0] == 0
+        assert conn.execute("SELECT reason FROM own_recovery").fetchone()
+    a.start()
+    own = a.json("status")["own_log"]
+    assert own["recovering"] and "held" not in own
