@@ -64,6 +64,22 @@ class Peer:
         return not (self.introduced_by and self.conflict)
 
     @property
+    def vouched_seal_key(self) -> bytes:
+        """The card's seal key if it may be believed: signed by the center's key (the
+        card's SEAL_SIG), or unsigned on a card an administrator pinned directly
+        (the out-of-band root, as for the signing key: cards of older releases).
+        Never an unsigned one an introducer handed on (it could be the
+        introducer's own key, paired with the center's real signing key)."""
+        card = self.card
+        return card.seal_key if card.seal_signature or not self.introduced_by else b""
+
+    @property
+    def seal_key(self) -> bytes:
+        """What this node seals copies, answers and hits for this center to (b"":
+        nothing is sealed to it)."""
+        return self.vouched_seal_key if self.trusted else b""
+
+    @property
     def center(self) -> str:
         return self.card.center
 
