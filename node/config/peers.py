@@ -18,7 +18,7 @@
     via = []                      # the introducers before it, nearest the card's pinner first
     conflict = ""                 # another key was offered for this center: not trusted
 
-The card holds the pinned Ed25519 key and TLS certificate; every other field is
+The card holds the pinned Ed25519 key, TLS certificate and (signed) seal key; every other field is
 derived from it or set by the administrator.
 """
 
@@ -78,6 +78,15 @@ class Peer:
         """What this node seals copies, answers and hits for this center to (b"":
         nothing is sealed to it)."""
         return self.vouched_seal_key if self.trusted else b""
+
+    @property
+    def seal_key_state(self) -> str:
+        """For `peers list/show`: whether anything can be sealed to this center."""
+        if not self.card.seal_key:
+            return "none"
+        if self.card.seal_signature:
+            return "signed"
+        return "unsigned, not believed" if self.introduced_by else "unsigned, pinned by hand"
 
     @property
     def center(self) -> str:

@@ -180,6 +180,7 @@ def test_an_introducer_pairing_a_center_s_real_key_with_its_own_seal_key_is_refu
 
         rogue.introduces = [(unsigned_pairing(s2.card(), own_seal), [])]
         s1.wait_for(lambda: "s2" in peers(s1), what="s2 introduced at s1")
+        assert peers(s1)["s2"]["seal_key"] == "none"  # the admin sees nothing is sealed
         assert (value(scrape(url)[1], "fcnode_introductions_refused_total", peer="rogue",
                       reason="unsigned_seal_key") or 0) >= 1
         assert "introduced seal key not signed" in s1.log_tail(1_000_000)
@@ -227,7 +228,7 @@ def test_an_introducer_swapping_a_center_s_seal_key_cannot_read_its_copies(
         polled_twice()
         _, item = publish_and_fetch()
         assert len(item.sealed) == 1  # sealed to the key s2 signed
-        assert peers(s1)["s2"]["conflict"] == ""
+        assert (peers(s1)["s2"]["conflict"], peers(s1)["s2"]["seal_key"]) == ("", "signed")
         # Under s2's signature: the card is refused; the introducer serves no valid
         # card for s2 any more, so s2 leaves with its view (nothing can name it).
         rogue.introduces = [(swapped_under_signature(s2.card(), rogue_seal_key(rogue)), [])]

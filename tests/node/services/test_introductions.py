@@ -159,8 +159,10 @@ def test_an_unsigned_seal_key_is_believed_only_from_an_administrator_s_own_pin()
 
     old = with_seal(card("xx"), new_seal(), signed=False)
     assert Peer(old, connect=False).seal_key == old.seal_key
+    assert Peer(old, connect=False).seal_key_state == "unsigned, pinned by hand"
     introduced = Peer(old, connect=False, introduced_by="hub")
     assert introduced.seal_key == b"" and introduced.trusted
+    assert introduced.seal_key_state == "unsigned, not believed"
     loaded = parse_peers(render_peers([HUB, introduced]), "peers.toml", "me")
     assert loaded["xx"].seal_key == b""
     assert [o.card.seal_key for o in served(loaded, "hub2") if o.card.center == "xx"] == [b""]
