@@ -575,9 +575,10 @@ class Federation:
         return {"center": p.center, "name": p.card.name, "address": p.address,
                 "groups": list(p.groups), "connect": p.connect, "introducer": p.introducer,
                 "introduced_by": p.introduced_by, "conflict": p.conflict,
-                "tls_fingerprint": p.card.tls_fingerprint, "seal_key": p.seal_key_state,
+                "tls_fingerprint": p.card.tls_fingerprint,
                 "state": link.state.state if link else ("not dialled" if not p.connect
-                                                          else "stopped")}
+                                                          else "stopped"),
+                "seal_key": p.seal_key_state}
 
     async def _add(self, user: User, req: Request) -> dict[str, Any]:
         card = parse_card(str(req.get("card") or ""))
