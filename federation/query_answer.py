@@ -145,8 +145,9 @@ class QueryAnswerer:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"query signature: {exc}") from None
         if requester != peer and not self.seal_key(requester):
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"no seal key for {requester!r} (its card predates sealed "
-                          "answers): a forwarded answer cannot be sealed to it")
+                          f"no seal key for {requester!r} that this center believes (its "
+                          "card predates sealed answers, or an introducer handed its seal key "
+                          "on unsigned): a forwarded answer cannot be sealed to it")
         now = now_ms()
         if body.deadline_ms <= now:
             raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "query has expired")

@@ -217,8 +217,9 @@ class StandingServer:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"standing set: {exc}") from None
         if watcher != peer and not seal_key_of(node, watcher):
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"no seal key for {watcher!r} (its card predates sealed answers): "
-                          "its hits could not be sealed to it")
+                          f"no seal key for {watcher!r} that this center believes (its card "
+                          "predates sealed answers, or an introducer handed its seal key on "
+                          "unsigned): its hits could not be sealed to it")
 
     async def set_standing(self, peer: str, request: federation_pb2.SignedStandingSet
                            ) -> federation_pb2.StandingReply:
