@@ -145,8 +145,9 @@ class QueryAnswerer:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"query signature: {exc}") from None
         if requester != peer and not self.seal_key(requester):
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"no seal key for {requester!r} (its card predates sealed "
-                          "answers): a forwarded answer cannot be sealed to it")
+                          f"no seal key for {requester!r} that this center believes (its "
+                          "card predates sealed answers, or an introducer handed its seal key "
+                          "on unsigned): a forwarded answer cannot be sealed to it")
         now = now_ms()
         if body.deadline_ms <= now:
             raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "query has expired")
@@ -269,7 +270,7 @@ class QueryAnswerer:
 
     def seal_key(self, center: str) -> bytes:
         peer = self.node.peers.get(center)
-        return peer.card.seal_key if peer is not None else b""
+        return peer.seal_key if peer is not None else b""  # only a vouched-for key
 
     async def handle(self, peer: str, request: federation_pb2.SignedQuery,
                      context: grpc.aio.ServicerContext

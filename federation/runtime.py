@@ -26,7 +26,7 @@ from federation.transport.server import FederationServicer
 from federation.transport.standard_services import add_standard_services
 from federation.watch_sync import OwnSet, StandingServer, WatchClient
 from node.config.home import HomeError, check_group
-from node.config.identity import b64e, parse_card
+from node.config.identity import BadSealSignature, b64e, parse_card
 from node.config.keys import (
     cert_der,
     cert_expiry_ms,
@@ -91,6 +91,7 @@ class Federation:
         self.conflicts: dict[str, str] = {}
         # Adopted held own entries were refused by the streams open now: ask again.
         node.own_log_adopted.append(self._resubscribe_all)
+        self.unsigned_seal_keys: set[tuple[str, str]] = set()  # (introducer, center) logged
 
     def attach_watches(self, watches: Watches) -> None:
         """Network watches: this node's signed set goes to its peers; theirs are
@@ -187,6 +188,10 @@ class Federation:
                 offers.append(Offer(parse_card(item.card), tuple(
                     check_center_id(v, "via") for v in item.via)))
             except ValidationError as exc:
+                # A card whose seal key its center did not sign (an introducer pairing
+                # the center's real signing key with a key of its own) lands here.
+                metrics.INTRODUCTIONS_REFUSED.labels(center, "seal_signature" if isinstance(
+                    exc, BadSealSignature) else "invalid_card").inc()
                 log.warning("introduced card refused", extra={"peer": center,
                                                               "reason": str(exc)[:200]})
         async with self._lock:
@@ -194,6 +199,14 @@ class Federation:
                 return  # unpinned or demoted while we asked
             result = adopt(self.node.center, self.node.own_public_key, self.node.peers,
                            center, offers)
+            for c in result.unsigned:
+                metrics.INTRODUCTIONS_REFUSED.labels(center, "unsigned_seal_key").inc()
+                if (center, c) not in self.unsigned_seal_keys:  # once, not every poll
+                    self.unsigned_seal_keys.add((center, c))
+                    log.warning("introduced seal key not signed", extra={
+                        "peer": center, "center": c, "reason": (
+                            "dropped: nothing is sealed to that center until a card "
+                            "carrying its own signature of its seal key arrives")})
             for c, why in (*result.conflicts, *result.refused):
                 if self.conflicts.get(c) != why:
                     log.warning("introduction conflict", extra={"peer": center, "center": c,
@@ -568,7 +581,8 @@ class Federation:
                 "introduced_by": p.introduced_by, "conflict": p.conflict,
                 "tls_fingerprint": p.card.tls_fingerprint,
                 "state": link.state.state if link else ("not dialled" if not p.connect
-                                                          else "stopped")}
+                                                          else "stopped"),
+                "seal_key": p.seal_key_state}
 
     async def _add(self, user: User, req: Request) -> dict[str, Any]:
         card = parse_card(str(req.get("card") or ""))

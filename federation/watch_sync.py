@@ -135,7 +135,7 @@ def onward_hops(request: federation_pb2.SignedStandingSet,
 
 def seal_key_of(node: NodeService, center: str) -> bytes:
     peer = node.peers.get(center)
-    return peer.card.seal_key if peer is not None else b""
+    return peer.seal_key if peer is not None else b""  # only a vouched-for key
 
 
 def _standing_of(q: federation_pb2.StandingQuery, now: int, cap_ms: int) -> Watch:
@@ -217,8 +217,9 @@ class StandingServer:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"standing set: {exc}") from None
         if watcher != peer and not seal_key_of(node, watcher):
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"no seal key for {watcher!r} (its card predates sealed answers): "
-                          "its hits could not be sealed to it")
+                          f"no seal key for {watcher!r} that this center believes (its card "
+                          "predates sealed answers, or an introducer handed its seal key on "
+                          "unsigned): its hits could not be sealed to it")
 
     async def set_standing(self, peer: str, request: federation_pb2.SignedStandingSet
                            ) -> federation_pb2.StandingReply:

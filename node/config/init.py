@@ -13,7 +13,7 @@ from node.config import keys
 from node.config.home import Home, HomeError, NodeConfig, check_listen, render_config
 from node.config.identity import IdentityCard
 from node.config.peers import save_peers
-from node.core.signing import AUDIT_DOMAIN, raw_public, sign
+from node.core.signing import AUDIT_DOMAIN, raw_public, sign, sign_seal_key
 from node.core.timeutil import now_ms
 from node.core.types import check_center_id
 from node.core.users import new_token
@@ -84,7 +84,11 @@ def init_node(root: Path, center: str, name: str, listen: str) -> InitResult:
 def own_card(home: Home, center: str, name: str, listen: str) -> IdentityCard:
     signing = keys.load_signing_key(home.signing_key)
     cert_pem = home.tls_cert.read_bytes()
-    sealing = keys.encryption_key(home.encryption_key).public_key()
+    seal = keys.encryption_key(home.encryption_key).public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw)
+    # Signed with the key in use now: after a signing-key rotation the card carries
+    # the new key and the new key's word for the (unchanged) seal key. Ed25519 is
+    # deterministic: the same card prints the same line every time.
     return IdentityCard(center, listen, raw_public(signing.public_key()),
                         keys.cert_fingerprint(cert_pem), name, keys.cert_der(cert_pem),
-                        sealing.public_bytes(Encoding.Raw, PublicFormat.Raw))
+                        seal, sign_seal_key(signing, center, seal))

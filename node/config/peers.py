@@ -18,7 +18,7 @@
     via = []                      # the introducers before it, nearest the card's pinner first
     conflict = ""                 # another key was offered for this center: not trusted
 
-The card holds the pinned Ed25519 key and TLS certificate; every other field is
+The card holds the pinned Ed25519 key, TLS certificate and (signed) seal key; every other field is
 derived from it or set by the administrator.
 """
 
@@ -62,6 +62,31 @@ class Peer:
         administrator decided); an introduced card in conflict with another
         introduced key does not, until an administrator decides."""
         return not (self.introduced_by and self.conflict)
+
+    @property
+    def vouched_seal_key(self) -> bytes:
+        """The card's seal key if it may be believed: signed by the center's key (the
+        card's SEAL_SIG), or unsigned on a card an administrator pinned directly
+        (the out-of-band root, as for the signing key: cards of older releases).
+        Never an unsigned one an introducer handed on (it could be the
+        introducer's own key, paired with the center's real signing key)."""
+        card = self.card
+        return card.seal_key if card.seal_signature or not self.introduced_by else b""
+
+    @property
+    def seal_key(self) -> bytes:
+        """What this node seals copies, answers and hits for this center to (b"":
+        nothing is sealed to it)."""
+        return self.vouched_seal_key if self.trusted else b""
+
+    @property
+    def seal_key_state(self) -> str:
+        """For `peers list/show`: whether anything can be sealed to this center."""
+        if not self.card.seal_key:
+            return "none"
+        if self.card.seal_signature:
+            return "signed"
+        return "unsigned, not believed" if self.introduced_by else "unsigned, pinned by hand"
 
     @property
     def center(self) -> str:

@@ -29,6 +29,9 @@ STANDING_DOMAIN = b"fcnode/standing/v1\x00"
 # alone, its content-free stub (a pointer, a recall). v1 entries signed the payload
 # under RECORD_DOMAIN and needed a second, separately signed stub.
 ENTRY_DOMAIN = b"fcnode/entry/v2\x00"
+# A center's word that an X25519 key is its seal key (what sealed copies, sealed
+# answers and forwarded watch hits for it are sealed to), carried in its card.
+SEAL_KEY_DOMAIN = b"fcnode/seal-key/v1\x00"
 
 
 class BadSignature(FcnodeError):
@@ -58,6 +61,34 @@ def verify(public: Ed25519PublicKey, domain: bytes, data: bytes, signature: byte
         public.verify(signature, domain + data)
     except InvalidSignature:
         raise BadSignature("signature does not verify") from None
+
+
+def seal_key_statement(center: str, seal_key: bytes) -> bytes:
+    """What a center's signing key signs (after SEAL_KEY_DOMAIN) for its seal key:
+    the center id, a NUL, the raw 32-byte X25519 key. No position or time: the
+    seal key does not change when the signing key rotates (a card printed after a
+    rotation carries the new key's signature over the same statement), and a
+    statement carrying a seq would prove nothing a holder of a retired key could
+    not also claim."""
+    return center.encode() + b"\x00" + seal_key
+
+
+def sign_seal_key(key: Ed25519PrivateKey, center: str, seal_key: bytes) -> bytes:
+    return sign(key, SEAL_KEY_DOMAIN, seal_key_statement(center, seal_key))
+
+
+def check_seal_key(signing_key: bytes, center: str, seal_key: bytes, signature: bytes) -> str:
+    """Why ``signature`` is not ``center``'s word (by the raw Ed25519
+    ``signing_key``) for ``seal_key``, or ''."""
+    try:
+        public = Ed25519PublicKey.from_public_bytes(signing_key)
+    except ValueError:
+        return "the signing key is not an Ed25519 key"
+    try:
+        verify(public, SEAL_KEY_DOMAIN, seal_key_statement(center, seal_key), signature)
+    except BadSignature:
+        return "the seal key's signature does not verify with the card's signing key"
+    return ""
 
 
 def seal_record(key: Ed25519PrivateKey, body: records_pb2.RecordBody,

@@ -22,10 +22,17 @@ signed verify here wherever they come from. Rules:
 - the same introducer may change an introduced card's address or certificate
   (the center moved or renewed), never its signing key: a new signing key comes
   from the center itself (a signed KEY_ROTATION entry) or from an administrator;
-- nor its seal key (X25519, what sealed copies, answers and hits are sealed to):
-  no signature binds it to the signing key, so an introducer that swapped it
-  would read what is sealed to that center. Another seal key offered for a card
-  held (by any introducer) is a conflict, as for a signing key.
+- a seal key (X25519, what sealed copies, answers and hits are sealed to) is
+  taken from an introducer only with the center's own signature over it (the
+  card's SEAL_SIG, checked when the card is parsed: a card whose signature does
+  not verify never gets here). An unsigned one (a card of an older release, or
+  an introducer pairing the center's real signing key with a key of its own) is
+  dropped: the card is adopted for verification, nothing is sealed to it. An
+  offer without a signed seal key says nothing about it: a signed one held is
+  kept. Another signed seal key for the same signing key (the center signed two,
+  or its key leaked) is a conflict, as for a signing key; a signed seal key for
+  an introduced card held without one is taken, whichever introducer brings it
+  (it is the center's word, not the introducer's).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class Adoption:
     removed: tuple[str, ...] = ()
     conflicts: tuple[tuple[str, str], ...] = ()  # (center, why): for status and the log
     refused: tuple[tuple[str, str], ...] = ()    # (center, why)
+    unsigned: tuple[str, ...] = ()  # offered cards whose unsigned seal key was dropped
 
     new_conflicts: tuple[str, ...] = ()  # introduced cards that lost trust by this view
 
@@ -71,6 +79,7 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
     conflicts: list[tuple[str, str]] = []
     refused: list[tuple[str, str]] = []
     new_conflicts: list[str] = []
+    unsigned: list[str] = []
     offered: set[str] = set()
     for offer in offers:
         card = offer.card
@@ -84,6 +93,9 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
         if card.center == introducer:
             continue  # the introducer is pinned directly; it does not re-introduce itself
         offered.add(card.center)
+        if card.seal_key and not card.seal_signature:
+            card = card.without_seal_key()  # never an unsigned seal key from an introducer
+            unsigned.append(card.center)
         existing = out.get(card.center)
         if existing is None:
             why = pin_conflict(card, out.values(), own_key)
@@ -94,14 +106,20 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
                                     via=offer.via)
             adopted.append(card.center)
             continue
+        same_key = existing.card.signing_key == card.signing_key
+        held_seal = existing.vouched_seal_key
+        if same_key and not card.seal_key and existing.card.seal_signature:
+            # No (signed) seal key offered: the offer says nothing about it, and an
+            # introducer cannot strip the center's signed key from a card held.
+            card = replace(card, seal_key=existing.card.seal_key,
+                           seal_signature=existing.card.seal_signature)
         if existing.card == card:
             continue
-        if (existing.card.signing_key == card.signing_key and existing.card.seal_key
-                and card.seal_key != existing.card.seal_key):
+        if same_key and held_seal and card.seal_key and card.seal_key != held_seal:
             # The seal key decides who can read what is sealed to this center
-            # (sealed copies of records, answers, hits), and no signature binds it to
-            # the signing key: an introducer swapping it would read them. Like a
-            # signing key, it changes only by an administrator's pin.
+            # (sealed copies of records, answers, hits). Two signed ones for one
+            # signing key: the center signed both (or its key leaked); like a
+            # signing key, the choice is an administrator's.
             why = (f"{introducer} introduces another seal key for {card.center} than "
                    + ("the one pinned directly" if not existing.introduced_by
                       else f"the one introduced by {existing.introduced_by}"))
@@ -110,12 +128,19 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
                 out[card.center] = replace(existing, conflict=why)
                 new_conflicts.append(card.center)
             continue
-        if existing.card.signing_key == card.signing_key and existing.introduced_by == introducer:
+        if same_key and existing.introduced_by == introducer:
             if pin_conflict(card, out.values(), own_key) is None:
                 out[card.center] = replace(existing, card=card, via=offer.via)
                 updated.append(card.center)
             continue
-        if existing.card.signing_key == card.signing_key:
+        if same_key and existing.introduced_by and card.seal_key and not held_seal:
+            # Another introducer brings the center's own signed seal key for a card
+            # held without one (its first introducer had only an older card).
+            out[card.center] = replace(existing, card=replace(
+                existing.card, seal_key=card.seal_key, seal_signature=card.seal_signature))
+            updated.append(card.center)
+            continue
+        if same_key:
             continue  # another introducer's older or newer certificate: keys agree
         why = (f"{introducer} introduces signing key {key_id(card.signing_key)[:16]} for "
                f"{card.center}, but {key_id(existing.card.signing_key)[:16]} is pinned "
@@ -130,11 +155,15 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
     for c in removed:
         del out[c]
     return Adoption(out, tuple(adopted), tuple(updated), removed, tuple(conflicts),
-                    tuple(refused), tuple(new_conflicts))
+                    tuple(refused), tuple(unsigned), tuple(new_conflicts))
 
 
 def served(peers: dict[str, Peer], requester: str) -> list[Offer]:
     """What this node introduces to ``requester``: every trusted card it holds,
-    with the introducers each came through (not the requester's own card)."""
-    return [Offer(p.card, (*p.via, p.introduced_by) if p.introduced_by else ())
+    with the introducers each came through (not the requester's own card). An
+    introduced card's unsigned seal key (adopted by an older release) is not
+    handed on: this node does not believe it either."""
+    return [Offer(p.card if p.vouched_seal_key == p.card.seal_key
+                  else p.card.without_seal_key(),
+                  (*p.via, p.introduced_by) if p.introduced_by else ())
             for c, p in sorted(peers.items()) if p.trusted and c != requester]

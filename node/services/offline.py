@@ -63,7 +63,8 @@ def peer_view(p: Peer) -> dict[str, Any]:
     return {"center": p.center, "name": p.card.name, "address": p.address,
             "groups": list(p.groups), "connect": p.connect, "introducer": p.introducer,
             "introduced_by": p.introduced_by, "conflict": p.conflict,
-            "tls_fingerprint": p.card.tls_fingerprint, "state": STOPPED}
+            "tls_fingerprint": p.card.tls_fingerprint, "state": STOPPED,
+            "seal_key": p.seal_key_state}
 
 
 def list_peers(home: Home) -> list[dict[str, Any]]:

@@ -745,8 +745,8 @@ class NodeService:
         out = []
         for center in sorted(fed_tx.sealed_to(conn, self.center, body.record_id) - have):
             peer = self.peers.get(center)
-            if peer is not None and peer.trusted and peer.card.seal_key:
-                out.append((center, peer.card.seal_key, True))
+            if peer is not None and peer.seal_key:
+                out.append((center, peer.seal_key, True))
         return out[:max(0, self.config.limits.max_sealed_copies - len(copies))]
 
     def copy_recipients(self, body: records_pb2.RecordBody) -> list[Recipient]:
@@ -766,12 +766,13 @@ class NodeService:
         out = []
         for center in sorted(pol.audience):
             peer = self.peers.get(center)
-            if (center == self.center or peer is None or not peer.trusted
-                    or not peer.card.seal_key):
+            # peer.seal_key: b"" for an untrusted card, and for an introduced
+            # card whose seal key its center did not sign.
+            if center == self.center or peer is None or not peer.seal_key:
                 continue
             if policy.for_replication(pol, self.center, self.center,
                                       center) is Decision.FULL:
-                out.append((center, peer.card.seal_key, False))
+                out.append((center, peer.seal_key, False))
         return out[:self.config.limits.max_sealed_copies]
 
     def _sign_all(self, payloads: list[bytes], bodies: list[records_pb2.RecordBody],

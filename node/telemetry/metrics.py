@@ -116,6 +116,12 @@ COPY_DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("opened", "bad_content"),
     ("erased here", "erased"),
 )
+INTRODUCTIONS_REFUSED = Counter(
+    "fcnode_introductions_refused", "Cards an introducer served that were refused, or whose "
+    "seal key was dropped, by introducer and reason: seal_signature (the seal key's signature "
+    "does not verify with the card's signing key: the card is refused), unsigned_seal_key "
+    "(adopted for verification only, nothing sealed to it), invalid_card",
+    ["peer", "reason"], registry=REGISTRY)
 QUERIES_ANSWERED = Counter(
     "fcnode_queries_answered", "Federated queries from peers, answered or refused",
     ["peer", "result"], registry=REGISTRY)

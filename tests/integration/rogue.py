@@ -26,6 +26,7 @@ from node.core.signing import (
     seal_query,
     seal_record,
     sign,
+    sign_seal_key,
 )
 from node.devnet import free_port
 from node.wire import federation_pb2, federation_pb2_grpc, records_pb2
@@ -64,10 +65,11 @@ class Rogue(federation_pb2_grpc.FederationServicer):
 
     @property
     def card(self) -> IdentityCard:
+        seal = self.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         return IdentityCard(self.center, f"127.0.0.1:{self.port}",
                             raw_public(self.signing.public_key()), self.tls.fingerprint,
                             f"Rogue {self.center}", keys.cert_der(self.tls.cert_pem),
-                            self.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+                            seal, sign_seal_key(self.signing, self.center, seal))
 
     def body(self, seq: int, prev: bytes, title: str, audience: Iterable[str] = ("members",),
              record_id: str | None = None, version: int = 1) -> records_pb2.RecordBody:

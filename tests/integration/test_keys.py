@@ -299,7 +299,9 @@ def test_peers_update_works_with_the_daemon_stopped(make_node) -> None:
     bravo.pin(alpha)  # offline
     alpha.ok("keys", "rotate", "--signing")
     card = alpha.card()
-    r = bravo.cli("peers", "update", card.replace("alpha", "nobody", 1))
+    # Renamed, the card's seal key signature (over the center id) no longer holds:
+    # drop it (an older card's form) so that the card parses and names nobody pinned.
+    r = bravo.cli("peers", "update", "/".join(card.replace("alpha", "nobody", 1).split("/")[:8]))
     assert r.returncode != 0 and "no pinned peer 'nobody'" in r.stderr
     before = (bravo.home / "peers.toml").read_text()
     r = bravo.cli("peers", "update", card, "--distrust-after", "-1")

@@ -12,12 +12,15 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from node.config.identity import parse_card
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from node.config.identity import b64e, parse_card
 from node.core.sealing import open_copy
 from node.devnet import Node
 from node.wire import federation_pb2, federation_pb2_grpc
 from tests.integration.rogue import Rogue
-from tests.integration.test_introductions import fast, peers
+from tests.integration.test_introductions import POLL, fast, peers
+from tests.integration.test_metrics import scrape, value, with_metrics
 from tests.integration.test_sealed_relay import SECRET, copies
 
 
@@ -120,36 +123,115 @@ def test_a_peers_false_hint_does_not_cut_a_hub_s_spokes_off_their_sealed_copy(
         rogue.stop()
 
 
+def rogue_seal_key(rogue: Rogue) -> bytes:
+    return rogue.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def swapped_under_signature(card_line: str, seal: bytes) -> str:
+    """The center's card with ``seal`` in place of its seal key, the center's
+    signature (over its real seal key) left as it was."""
+    parts = card_line.split("/")
+    parts[7] = b64e(seal)
+    return "/".join(parts)
+
+
+def unsigned_pairing(card_line: str, seal: bytes) -> str:
+    """The center's card with ``seal`` as an unsigned seal key (an older card's form)."""
+    return dataclasses.replace(parse_card(card_line), seal_key=seal, seal_signature=b"").line()
+
+
+def sealed_items(rogue: Rogue, node: Node, seq: int) -> federation_pb2.LogItem:
+    """What ``node`` serves the rogue (a pinned peer) for its own position ``seq``."""
+    with rogue.channel(node.listen, node.card()) as ch:
+        stream = federation_pb2_grpc.FederationStub(ch).Replicate(
+            federation_pb2.ReplicateRequest(cursors={node.center: 0}), timeout=10)
+        items = next(iter(stream)).items
+        stream.cancel()
+    return next(i for i in items if i.origin == node.center and i.seq == seq)
+
+
+def test_an_introducer_pairing_a_center_s_real_key_with_its_own_seal_key_is_refused(
+        make_node, tmp_path: Path) -> None:
+    # The first time s1 learns s2, a hostile introducer hands on s2's real card
+    # (signing key, certificate) with its own X25519 key in place of s2's. Taken,
+    # every copy, answer and hit s1 seals "to s2" would open with the introducer's
+    # key. s2's card carries s2's signature over its seal key: with the key swapped
+    # under it, the card is refused (logged, counted); with the signature dropped
+    # (an older card's form), the card verifies s2's records but nothing is sealed
+    # to the unsigned key.
+    s1 = make_node("s1", start=False)
+    s1.edit_config(*POLL)
+    url = with_metrics(s1)
+    s1.start()
+    s2 = make_node("s2", start=False)  # its card is all this needs
+    rogue = Rogue(tmp_path, "rogue")
+    own_seal = rogue_seal_key(rogue)
+    rogue.introduces = [(swapped_under_signature(s2.card(), own_seal), [])]
+    rogue.serve(s1.card())
+    try:
+        s1.ok("peers", "add", rogue.card.line(), "--introducer")
+        s1.wait_for(lambda: (value(scrape(url)[1], "fcnode_introductions_refused_total",
+                                   peer="rogue", reason="seal_signature") or 0) >= 1,
+                    what="the swapped card refused at s1")
+        assert "s2" not in peers(s1)
+        log = s1.log_tail(1_000_000)
+        assert "introduced card refused" in log
+        assert "seal key's signature does not verify" in log
+
+        rogue.introduces = [(unsigned_pairing(s2.card(), own_seal), [])]
+        s1.wait_for(lambda: "s2" in peers(s1), what="s2 introduced at s1")
+        assert peers(s1)["s2"]["seal_key"] == "none"  # the admin sees nothing is sealed
+        assert (value(scrape(url)[1], "fcnode_introductions_refused_total", peer="rogue",
+                      reason="unsigned_seal_key") or 0) >= 1
+        assert "introduced seal key not signed" in s1.log_tail(1_000_000)
+        rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
+                         "--audience", "s1", "--audience", "s2")
+        seq = int(rec["seq"])
+        item = sealed_items(rogue, s1, seq)
+        assert not any(open_copy(c, rogue.seal, "s1", seq, item.hash) for c in item.sealed), \
+            "the introducer opened a copy sealed to s2"
+        assert not item.sealed  # no seal key s1 believes for s2: nothing sealed at all
+    finally:
+        rogue.stop()
+
+
 def test_an_introducer_swapping_a_center_s_seal_key_cannot_read_its_copies(
         make_node, tmp_path: Path) -> None:
     # A hostile introducer (a hub every spoke pins as one) first introduces s2's real
-    # card, then the same card with its own X25519 key. If the origin took that,
-    # the copies it seals "to s2" would open with the introducer's key, and every
-    # node serves copies to every peer: the hub would read the AMBER record.
+    # card, then the same card with its own X25519 key. If the origin took that, the
+    # copies it seals "to s2" would open with the introducer's key, and every node
+    # serves copies to every peer: the hub would read the AMBER record.
     s1, s2 = fast(make_node, "s1"), make_node("s2")
     rogue = Rogue(tmp_path, "rogue")
     rogue.introduces = [(s2.card(), [])]
     rogue.serve(s1.card())
-    try:
-        s1.ok("peers", "add", rogue.card.line(), "--introducer")
-        s1.wait_for(lambda: "s2" in peers(s1), what="s2 introduced at s1")
-        real = parse_card(s2.card())
-        rogue.introduces = [(dataclasses.replace(real, seal_key=rogue.card.seal_key).line(),
-                             [])]
+
+    def polled_twice() -> None:
         served = rogue.introductions_served
         s1.wait_for(lambda: rogue.introductions_served >= served + 2,
                     what="s1 polled the swapped card")
+
+    def publish_and_fetch() -> federation_pb2.LogItem:
         rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
                          "--audience", "s1", "--audience", "s2")
         seq = int(rec["seq"])
-        with rogue.channel(s1.listen, s1.card()) as ch:
-            stream = federation_pb2_grpc.FederationStub(ch).Replicate(
-                federation_pb2.ReplicateRequest(cursors={"s1": 0}), timeout=10)
-            items = next(iter(stream)).items
-            stream.cancel()
-        item = next(i for i in items if i.origin == "s1" and i.seq == seq)
-        opened = [open_copy(c, rogue.seal, "s1", seq, item.hash) for c in item.sealed]
-        assert not any(opened), "the introducer opened a copy sealed to s2"
-        assert peers(s1)["s2"]["conflict"]  # shown to the administrator, not trusted
+        item = sealed_items(rogue, s1, seq)
+        assert not any(open_copy(c, rogue.seal, "s1", seq, item.hash) for c in item.sealed), \
+            "the introducer opened a copy sealed to s2"
+        return item
+
+    try:
+        s1.ok("peers", "add", rogue.card.line(), "--introducer")
+        s1.wait_for(lambda: "s2" in peers(s1), what="s2 introduced at s1")
+        # Unsigned: it says nothing against the seal key s2 signed, which stays.
+        rogue.introduces = [(unsigned_pairing(s2.card(), rogue_seal_key(rogue)), [])]
+        polled_twice()
+        assert len(publish_and_fetch().sealed) == 1  # sealed to the key s2 signed
+        assert (peers(s1)["s2"]["conflict"], peers(s1)["s2"]["seal_key"]) == ("", "signed")
+        # Under s2's signature: the card is refused; the introducer serves no valid
+        # card for s2 any more, so s2 leaves with its view (nothing can name it).
+        rogue.introduces = [(swapped_under_signature(s2.card(), rogue_seal_key(rogue)), [])]
+        polled_twice()
+        assert "s2" not in peers(s1)
     finally:
         rogue.stop()

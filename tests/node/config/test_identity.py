@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 
@@ -15,8 +16,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.config.identity import IdentityCard, b64e, parse_card
-from node.core.signing import raw_public
+from node.config.identity import BadSealSignature, IdentityCard, b64e, parse_card
+from node.core.signing import raw_public, sign_seal_key
 from node.core.types import ValidationError
 
 
@@ -148,3 +149,87 @@ def test_a_low_order_seal_key_is_refused(seal: bytes):
         parse_card(card(seal_key=seal).line())
     good = X25519PrivateKey.generate().public_key().public_bytes_raw()
     assert parse_card(card(seal_key=good).line()).seal_key == good
+
+
+SEAL = X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+
+def signed_card(**kw) -> IdentityCard:
+    """A card as `fcnode identity` prints it: the seal key signed by the center."""
+    c = card(**kw)
+    seal = kw.get("seal_key", SEAL)
+    return dataclasses.replace(c, seal_key=seal,
+                               seal_signature=sign_seal_key(SIGNING, c.center, seal))
+
+
+def test_a_signed_seal_key_round_trips_in_a_ninth_field():
+    c = signed_card()
+    parts = fields(c.line())
+    assert len(parts) == 9 and parse_card(c.line()) == c
+    assert parse_card(c.line()).seal_signature == c.seal_signature
+
+
+def test_a_seal_key_swapped_under_the_center_s_signature_is_refused():
+    # An introducer keeps the center's card (its real signing key, its signature)
+    # and puts its own X25519 key in: the signature no longer verifies.
+    parts = fields(signed_card().line())
+    parts[7] = b64e(X25519PrivateKey.generate().public_key().public_bytes_raw())
+    with pytest.raises(BadSealSignature, match="seal key's signature does not verify"):
+        parse_card("/".join(parts))
+
+
+def test_a_seal_key_signed_by_another_key_or_for_another_center_is_refused():
+    # The introducer signs its own seal key with its own key: not the card's key.
+    other = Ed25519PrivateKey.generate()
+    forged = card(seal_key=SEAL)
+    parts = [*fields(forged.line()), b64e(sign_seal_key(other, "nysic", SEAL))]
+    with pytest.raises(BadSealSignature, match="signing key"):
+        parse_card("/".join(parts))
+    # The center's own statement for another of its ids (or another center's) does not
+    # carry over: the center id is in the signed bytes.
+    parts = [*fields(forged.line()), b64e(sign_seal_key(SIGNING, "ncric", SEAL))]
+    with pytest.raises(BadSealSignature):
+        parse_card("/".join(parts))
+    # Another signing key put in the card under the center's statement.
+    parts = fields(signed_card().line())
+    parts[3] = b64e(raw_public(other.public_key()))
+    with pytest.raises(BadSealSignature):
+        parse_card("/".join(parts))
+    # Nor can such a card be built in code: the check is the card's own.
+    with pytest.raises(BadSealSignature):
+        dataclasses.replace(signed_card(), seal_key=X25519PrivateKey.generate()
+                            .public_key().public_bytes_raw())
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda p: [*p[:8], b64e(b"short")], "signature must be 64 bytes"),
+    (lambda p: [*p[:8], "a"], "seal key signature is not base64url"),
+    (lambda p: [*p, "x"], "not an fcnode identity card"),
+])
+def test_malformed_seal_signatures_refused(mutate, needle):
+    parts = fields(signed_card().line())
+    with pytest.raises(ValidationError, match=needle):
+        parse_card("/".join(mutate(parts)))
+
+
+def test_cards_of_older_releases_still_parse_unsigned():
+    # Seven fields (before seal keys) and eight (a seal key, before its signature):
+    # they parse as before; whether such a seal key is believed is the pin's
+    # business (an administrator's direct pin: yes; an introducer's: never).
+    old = card(seal_key=SEAL)
+    assert len(fields(old.line())) == 8
+    got = parse_card(old.line())
+    assert (got.seal_key, got.seal_signature) == (SEAL, b"")
+    assert parse_card(card().line()).seal_key == b""
+
+
+def test_own_card_signs_the_seal_key_with_the_current_signing_key(tmp_path):
+    from node.config import keys
+    from node.config.home import Home
+    from node.config.init import init_node, own_card
+
+    init_node(tmp_path / "home", "nysic", "NYSIC", "127.0.0.1:7701")
+    home = Home(tmp_path / "home")
+    c = parse_card(own_card(home, "nysic", "NYSIC", "127.0.0.1:7701").line())
+    assert c.seal_signature and c.signing_key == raw_public(
+        keys.load_signing_key(home.signing_key).public_key())

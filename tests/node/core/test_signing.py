@@ -252,3 +252,31 @@ def test_v1_entries_still_verify():
     assert not env.stub
     verify(KEY.public_key(), RECORD_DOMAIN, env.payload, env.signature)
     assert open_entry(env, KEYS) == (b, None)
+
+
+# -- a center's word for its seal key (the card's SEAL_SIG) ----------------------
+
+def _seal_key() -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    return X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+
+def test_a_seal_key_statement_verifies_only_for_its_key_center_and_seal_key() -> None:
+    from node.core.signing import SEAL_KEY_DOMAIN, check_seal_key, seal_key_statement, sign_seal_key
+
+    seal, other_seal = _seal_key(), _seal_key()
+    signing = raw_public(KEY.public_key())
+    sig = sign_seal_key(KEY, "nysic", seal)
+    assert check_seal_key(signing, "nysic", seal, sig) == ""
+    # exact bytes: domain, center id, NUL, the raw seal key
+    assert seal_key_statement("nysic", seal) == b"nysic\x00" + seal
+    KEY.public_key().verify(sig, SEAL_KEY_DOMAIN + b"nysic\x00" + seal)
+    # another center's key (an introducer signing for the center), another center
+    # id, a swapped seal key, a flipped bit: each refused, with a reason
+    assert check_seal_key(raw_public(OTHER.public_key()), "nysic", seal, sig)
+    assert check_seal_key(signing, "ncric", seal, sig)
+    assert check_seal_key(signing, "nysic", other_seal, sig)
+    assert check_seal_key(signing, "nysic", seal, bytes([sig[0] ^ 1]) + sig[1:])
+    # the same signature bytes under another domain (a record, a query) do not count
+    assert check_seal_key(signing, "nysic", seal,
+                          sign(KEY, QUERY_DOMAIN, seal_key_statement("nysic", seal)))

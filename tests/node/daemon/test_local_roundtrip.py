@@ -39,7 +39,7 @@ POINTER = {"record_id": "r2", "origin": "nysic", "kind": "BOLO", "access": "POIN
 OUTCOME = {"status": "answered", "results": 1, "pointers": 0, "ms": 5}
 PEER = {"center": "nysic", "name": "NYSIC", "address": "127.0.0.1:1", "groups": ["east"],
         "connect": True, "introducer": True, "introduced_by": "", "conflict": "",
-        "tls_fingerprint": "ab" * 32, "state": "connected"}
+        "tls_fingerprint": "ab" * 32, "state": "connected", "seal_key": "signed"}
 PUBLISHED = {"record_id": "r1", "origin": "ffc", "seq": 4, "version": 2, "kind": "SAR"}
 WATCH = {"watch_id": "w1", "owner": "admin", "network": False, "created": "2026",
          "expires": "2027", "text": "x", "entity_keys": ["phone:555"], "kinds": [],

@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import os
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from node.config.identity import IdentityCard
 from node.config.peers import Peer
+from node.core.signing import raw_public, sign_seal_key
 from node.services.introductions import Offer, adopt, served
 from tests.node.config.test_identity import self_signed_der
 
-OWN_KEY = os.urandom(32)
+SIGNERS: dict[bytes, Ed25519PrivateKey] = {}  # raw public key -> its private key
+
+
+def new_key() -> bytes:
+    private = Ed25519PrivateKey.generate()
+    raw = raw_public(private.public_key())
+    SIGNERS[raw] = private
+    return raw
+
+
+def new_seal() -> bytes:
+    return X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+
+OWN_KEY = new_key()
+
+
+def with_seal(c: IdentityCard, seal: bytes, signed: bool = True) -> IdentityCard:
+    """``c`` carrying ``seal``, signed by its center's key (as `fcnode identity`
+    prints it) or unsigned (a card of an older release, or an introducer's pairing)."""
+    return dataclasses.replace(c, seal_key=seal, seal_signature=sign_seal_key(
+        SIGNERS[c.signing_key], c.center, seal) if signed else b"")
 
 
 def card(center: str, key: bytes | None = None, address: str = "10.0.0.2:7701") -> IdentityCard:
     der = self_signed_der(center)
-    return IdentityCard(center, address, key or os.urandom(32), hashlib.sha256(der).hexdigest(),
-                        center, der, os.urandom(32))
+    c = IdentityCard(center, address, key or new_key(), hashlib.sha256(der).hexdigest(),
+                     center, der)
+    return with_seal(c, new_seal())
 
 
 HUB = Peer(card("hub"), introducer=True)
@@ -74,21 +100,21 @@ def test_a_conflict_survives_a_reload_of_peers_toml() -> None:
 
 
 def test_an_introducer_cannot_swap_a_center_s_seal_key() -> None:
-    # The seal key decides who reads the copies, answers and hits sealed to a center
-    # and nothing signed binds it to the signing key: an introducer that swapped it
-    # for its own would read them. Address and certificate may change; the seal key
-    # is a conflict (untrusted: no copies sealed to it) until an administrator pins.
+    # The seal key decides who reads the copies, answers and hits sealed to a center:
+    # an introducer that swapped it for its own would read them. Address and
+    # certificate may change; another seal key, even signed by the center (it signed
+    # two, or its key leaked), is a conflict (untrusted: nothing sealed to it) until
+    # an administrator pins.
     x = card("xx")
     first = adopt("me", OWN_KEY, {"hub": HUB}, "hub", [Offer(x, ())])
-    moved = IdentityCard(x.center, "10.0.0.9:7701", x.signing_key, x.tls_fingerprint,
-                         x.name, x.tls_cert_der, x.seal_key)
+    moved = dataclasses.replace(x, address="10.0.0.9:7701")
     got = adopt("me", OWN_KEY, first.peers, "hub", [Offer(moved, ())])
     assert got.updated == ("xx",) and got.peers["xx"].trusted
-    swapped = IdentityCard(x.center, x.address, x.signing_key, x.tls_fingerprint, x.name,
-                           x.tls_cert_der, os.urandom(32))
+    swapped = with_seal(x, new_seal())
     got = adopt("me", OWN_KEY, got.peers, "hub", [Offer(swapped, ())])
     p = got.peers["xx"]
     assert p.card.seal_key == x.seal_key and not p.trusted and got.new_conflicts == ("xx",)
+    assert p.seal_key == b""  # nothing is sealed to a card in conflict
     # Another introducer offering the center's real signing key with another seal key.
     other = adopt("me", OWN_KEY, {**first.peers, "hub2": HUB2}, "hub2", [Offer(swapped, ())])
     assert not other.peers["xx"].trusted and other.conflicts
@@ -96,3 +122,47 @@ def test_an_introducer_cannot_swap_a_center_s_seal_key() -> None:
     direct = Peer(x, connect=False)
     kept = adopt("me", OWN_KEY, {"hub": HUB, "xx": direct}, "hub", [Offer(swapped, ())])
     assert kept.peers["xx"] == direct and kept.conflicts
+
+
+def test_an_unsigned_seal_key_from_an_introducer_is_never_believed() -> None:
+    # The first time a center is learned, an introducer pairs its real signing key
+    # with an X25519 key of its own, unsigned (as a card of an older release would
+    # be): the card is adopted for verification, its seal key dropped, reported.
+    x = card("xx")
+    rogue_seal = new_seal()
+    paired = with_seal(x, rogue_seal, signed=False)
+    got = adopt("me", OWN_KEY, {"hub": HUB}, "hub", [Offer(paired, ())])
+    p = got.peers["xx"]
+    assert got.adopted == ("xx",) and got.unsigned == ("xx",)
+    assert p.trusted and p.card.signing_key == x.signing_key
+    assert p.seal_key == b"" and p.card.seal_key == b""
+    assert all(o.card.seal_key != rogue_seal for o in served(got.peers, "hub2"))
+    # The center's signed card, through the same introducer or another, brings the
+    # seal key the center vouches for.
+    same = adopt("me", OWN_KEY, got.peers, "hub", [Offer(x, ())])
+    assert same.updated == ("xx",) and same.peers["xx"].seal_key == x.seal_key
+    other = adopt("me", OWN_KEY, {**got.peers, "hub2": HUB2}, "hub2", [Offer(x, ())])
+    assert other.updated == ("xx",) and other.peers["xx"].seal_key == x.seal_key
+    # And once held, an unsigned (or absent) seal key offered does not displace it.
+    again = adopt("me", OWN_KEY, same.peers, "hub", [Offer(paired, ())])
+    assert again.peers["xx"].seal_key == x.seal_key and not again.changed
+    bare = adopt("me", OWN_KEY, same.peers, "hub", [Offer(x.without_seal_key(), ())])
+    assert bare.peers["xx"].seal_key == x.seal_key and not bare.changed
+
+
+def test_an_unsigned_seal_key_is_believed_only_from_an_administrator_s_own_pin() -> None:
+    # Cards of older releases carry an unsigned seal key. Pinned by hand, the
+    # administrator's out-of-band exchange is the root (as for the signing key);
+    # introduced (a peers.toml an older release wrote), it is not believed, nor
+    # handed on to others.
+    from node.config.peers import parse_peers, render_peers
+
+    old = with_seal(card("xx"), new_seal(), signed=False)
+    assert Peer(old, connect=False).seal_key == old.seal_key
+    assert Peer(old, connect=False).seal_key_state == "unsigned, pinned by hand"
+    introduced = Peer(old, connect=False, introduced_by="hub")
+    assert introduced.seal_key == b"" and introduced.trusted
+    assert introduced.seal_key_state == "unsigned, not believed"
+    loaded = parse_peers(render_peers([HUB, introduced]), "peers.toml", "me")
+    assert loaded["xx"].seal_key == b""
+    assert [o.card.seal_key for o in served(loaded, "hub2") if o.card.center == "xx"] == [b""]
