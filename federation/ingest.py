@@ -262,25 +262,27 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
         rotation = None
         cert = None
         stub = None  # the entry's own v2 stub, verified with the envelope
-        if item.HasField("envelope"):
+        env = item.envelope if item.HasField("envelope") else None
+        if env is not None:
             try:
-                body, stub = open_entry(item.envelope, keys)
+                body, stub = open_entry(env, keys)
             except BadSignature as exc:
                 return Checked(item, None, f"bad signature: {exc}")
             if body.origin != item.origin or body.seq != item.seq:
                 return Checked(item, None, "signed origin/seq differ from the log position")
             # (A v2 stub's hash was checked against the payload in open_entry.)
-            if (stub.hash if stub is not None else entry_hash(item.envelope.payload)
-                ) != item.hash:
+            if (stub.hash if stub is not None else entry_hash(env.payload)) != item.hash:
                 return Checked(item, None, "entry hash does not match the payload")
+            signer_id = env.key_id
             if history is not None:
-                why = history.signs(item.envelope.key_id, body.seq)
-                if why and _pinned_rotation(body, item.envelope.key_id, history):
+                why = history.signs(signer_id, body.seq)
+                if why and _pinned_rotation(body, signer_id, history):
                     return Checked(item, body)  # the rotation to the re-pinned key
                 if why:
                     return Checked(item, None, f"{WRONG_KEY}: {why}")
-            if body.kind == records_pb2.KEY_ROTATION:
-                signer = (history.span_of(item.envelope.key_id).key  # type: ignore[union-attr]
+            kind = body.kind
+            if kind == records_pb2.KEY_ROTATION:
+                signer = (history.span_of(signer_id).key  # type: ignore[union-attr]
                           if history is not None else b"")
                 why = check_rotation(body, signer) if history is not None else ""
                 if why:
@@ -292,12 +294,12 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
                     except ValueError as exc:
                         return Checked(item, None, f"key rotation: {exc}")
                     rotation = Rotation(body.origin, body.seq, signer, body.new_key)
-            elif body.kind == records_pb2.CERT_RENEWAL:
+            elif kind == records_pb2.CERT_RENEWAL:
                 announced = check_cert(body)
                 if isinstance(announced, str):
                     return Checked(item, None, announced)
                 cert = announced
-        proof = envelope_stub(item.envelope) if stub is not None else None
+        proof = envelope_stub(env) if stub is not None else None  # type: ignore[arg-type]
         if item.HasField("stub") and item.stub != proof:
             # A separately signed stub (a recall, a pointer-possible v1 copy): one
             # more verification. A v2 entry's own stub sent again costs nothing.
@@ -323,8 +325,8 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
         if not keys:
             out.append(Checked(item, None, "unknown origin (no pinned key)"))
             continue
-        copies, dropped = _checked_copies(item, history, keys, max_copies, bad,
-                                          max_copy_bytes)
+        copies, dropped = (_checked_copies(item, history, keys, max_copies, bad,
+                                           max_copy_bytes) if item.sealed else ((), ()))
         checked = None
         if copies and seal_private is not None and not item.HasField("envelope"):
             opened = _opened(item, copies, seal_private)
