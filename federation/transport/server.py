@@ -242,12 +242,19 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             extra = {seq: sum(len(c.sealed) + 128 for _, c in cs) for seq, cs in held.items()}
             entries = fit(entries, budget, extra)
             budget -= sum(len(e.payload or b"") + extra.get(e.seq, 0) for e in entries)
-            states = log_tx.record_states(conn, origin, {e.record_id for e in entries
-                                                         if e.record_id})
+            ids = {e.record_id for e in entries if e.record_id}
+            states = log_tx.record_states(conn, origin, ids)
+            # What was sent before, for the whole batch in one query (not one per entry).
+            full = fed_tx.last_sent_many(conn, peer, origin, ids)
+
+            def sent_before(o: str, r: str, ids: set[str] = ids, full: dict[str, int] = full,
+                            origin: str = origin) -> int | None:
+                logged = full.get(r) if o == origin and r in ids else fed_tx.last_sent(
+                    conn, peer, o, r)
+                return _newest(logged, pending.get((o, r, "FULL")))
+
             items, rows = replication_batch(
-                entries, peer, self.node.center,
-                lambda o, r: _newest(fed_tx.last_sent(conn, peer, o, r),
-                                     pending.get((o, r, "FULL"))),
+                entries, peer, self.node.center, sent_before,
                 lambda o, r, s=states: s[r][1] if r in s else None,
                 lambda o, r: _newest(fed_tx.last_sent(conn, peer, o, r, "RECALL"),
                                      pending.get((o, r, "RECALL"))), ranges,
@@ -358,5 +365,6 @@ def _within(copies: list[tuple[bytes, SealedCopy]], budget: int
 def _newest(logged: int | None, pending: int | None) -> int | None:
     """The newest version sent (or recalled): the logged one, or one in this
     group's rows not yet written."""
-    known = [v for v in (logged, pending) if v is not None]
-    return max(known) if known else None
+    if logged is None or pending is None:
+        return pending if logged is None else logged
+    return max(logged, pending)
