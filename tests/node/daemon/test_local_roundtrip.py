@@ -313,3 +313,18 @@ def test_update_sends_only_the_changes() -> None:
         changes_message({"surprise": 1})
     with pytest.raises(CliError):
         changes_message({"labels": "not a list"})
+
+
+@pytest.mark.parametrize("extra", [{}, {"routing": ["r1"], "audience": ["ffc", "nysic"]},
+                                   {"routing": [], "audience": []}])
+def test_publish_reply_written_out_is_the_generic_message(extra: dict[str, Any]) -> None:
+    """The daemon builds a Publish reply field by field (it is on the hot path);
+    it must be exactly the message the generic converter makes of the service's
+    rows, empty routing lists present as such."""
+    from node.daemon.localapi import published_list
+
+    rows = [{"record_id": f"r{i}", "origin": "ffc", "seq": i, "version": 1, "kind": "SAR",
+             **extra} for i in range(1, 4)]
+    generic = local_pb2.PublishedList(records=[build(local_pb2.Published, r) for r in rows])
+    assert published_list(rows) == generic
+    assert published_list(rows).SerializeToString() == generic.SerializeToString()
