@@ -35,7 +35,11 @@ from node.telemetry import logs, metrics
 from node.wire import federation_pb2
 
 log = logs.get("fcnode.federation.link")
-PIPELINE_DEPTH = 8  # verified batches waiting for storage (256 items each)
+# Batches read and being verified or verified, waiting for storage (256 items each;
+# a batch is at most max_message_bytes, so this bounds the memory a peer can fill).
+# Two groups of what a peer sends per read (its GROUP of 8): the storing side never
+# runs dry while the peer reads its next group.
+PIPELINE_DEPTH = 16
 # Verified batches stored in one write transaction, at most: grouping saves
 # fsyncs. A user's write (a search's audit entry) does not wait for the whole
 # transaction: it joins it after the part of YIELD_EVERY items in progress, and
