@@ -265,7 +265,7 @@ class PeerLink:
         # the second core while the storing thread writes the batch before.
         parts = await asyncio.gather(*(
             loop.run_in_executor(self.pool, check_items, chunk, self.node.history_of,
-                                 self.seal_private, copies, budget)
+                                 self.seal_private, copies, budget, self.node.center)
             for chunk in (items[:half], items[half:]) if chunk))
         rotated = [c.rotation for c in parts[0] if c.rotation is not None]
         if rotated and len(parts) > 1:
@@ -273,7 +273,7 @@ class PeerLink:
             # (it may be signed with the new key): check it again after it.
             parts[1] = await loop.run_in_executor(
                 self.pool, check_items, items[half:], self._histories_after(rotated),
-                self.seal_private, copies, budget)
+                self.seal_private, copies, budget, self.node.center)
         return [c for part in parts for c in part]
 
     def _histories_after(self, rotations: list[Rotation]
