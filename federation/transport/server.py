@@ -176,7 +176,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 while not revoked.is_set():
                     if revoked.rewinds:
                         if ahead is not None:  # read from cursors that go back now
-                            ahead[0].cancel()
+                            _discard(ahead[0])
                             ahead = None
                         for origin, seq in revoked.rewinds.items():
                             if origin in cursors:
@@ -204,7 +204,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                         await self._wait_for_change(seen, revoked)
             finally:
                 if ahead is not None:
-                    ahead[0].cancel()
+                    _discard(ahead[0])
             log.info("replication stream closed", extra={"peer": peer, "reason": revoked.reason})
             await context.abort(revoked.code, revoked.reason)
 
@@ -387,6 +387,13 @@ def _within(copies: list[tuple[bytes, SealedCopy]], budget: int
             break
         out.append(c)
     return out
+
+
+def _discard(read: asyncio.Future[Any]) -> None:
+    """Drop a read started ahead (it has no side effects): cancelled, and its
+    error, if it already failed, retrieved (not logged as never retrieved)."""
+    read.cancel()
+    read.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _newest(logged: int | None, pending: int | None) -> int | None:
