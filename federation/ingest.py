@@ -88,6 +88,18 @@ class Checked:
     # passed on), and why each other copy the item carried was dropped.
     copies: tuple[SealedCopy, ...] = ()
     dropped: tuple[tuple[str, int], ...] = ()  # (reason, copies)
+    # This node's own policy decision for the body, taken where it was verified
+    # (off the storing thread, the ingest's critical path): (the center it was
+    # taken for, whether it is FULL); None: not taken (store_batch takes it).
+    own_decision: tuple[str, bool] | None = None
+
+    def entitled(self, own_center: str) -> bool:
+        """``entitled(self.body, own_center)``, from own_decision when it was
+        taken for this center."""
+        d = self.own_decision
+        if d is not None and d[0] == own_center:
+            return d[1]
+        return self.body is not None and entitled(self.body, own_center)
 
     @property
     def signed_stub(self) -> records_pb2.SignedStub | None:
@@ -236,7 +248,8 @@ DEFAULT_COPY_BUDGET = copy_budget(Limits().max_message_bytes)
 def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
                 seal_private: X25519PrivateKey | None = None,
                 max_copies: int = MAX_COPIES,
-                max_copy_bytes: int = DEFAULT_COPY_BUDGET) -> list[Checked]:
+                max_copy_bytes: int = DEFAULT_COPY_BUDGET,
+                own_center: str = "") -> list[Checked]:
     """Verify signatures and self-consistency; pure CPU work. An envelope must be
     signed by the key its origin used at that position (old keys stay valid for
     what they signed before a rotation, never after); a rotation verified here
@@ -250,7 +263,11 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
     whose copy opens with ``seal_private`` (this node's X25519 key) is checked as
     if its envelope had come in clear: the same verification below, then the same
     placement and policy decision in store_batch. One that opens but does not
-    verify (hash, signature, position) stays a placeholder."""
+    verify (hash, signature, position) stays a placeholder.
+
+    ``own_center``: this node; its own policy decision for each verified body is
+    taken here too (Checked.own_decision), a pure function of the signed bytes,
+    so the storing thread need not."""
     out = []
     histories: dict[str, KeyHistory | None] = {}
     plain: dict[str, Mapping[str, Ed25519PublicKey]] = {}
@@ -262,25 +279,27 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
         rotation = None
         cert = None
         stub = None  # the entry's own v2 stub, verified with the envelope
-        if item.HasField("envelope"):
+        env = item.envelope if item.HasField("envelope") else None
+        if env is not None:
             try:
-                body, stub = open_entry(item.envelope, keys)
+                body, stub = open_entry(env, keys)
             except BadSignature as exc:
                 return Checked(item, None, f"bad signature: {exc}")
             if body.origin != item.origin or body.seq != item.seq:
                 return Checked(item, None, "signed origin/seq differ from the log position")
             # (A v2 stub's hash was checked against the payload in open_entry.)
-            if (stub.hash if stub is not None else entry_hash(item.envelope.payload)
-                ) != item.hash:
+            if (stub.hash if stub is not None else entry_hash(env.payload)) != item.hash:
                 return Checked(item, None, "entry hash does not match the payload")
+            signer_id = env.key_id
             if history is not None:
-                why = history.signs(item.envelope.key_id, body.seq)
-                if why and _pinned_rotation(body, item.envelope.key_id, history):
+                why = history.signs(signer_id, body.seq)
+                if why and _pinned_rotation(body, signer_id, history):
                     return Checked(item, body)  # the rotation to the re-pinned key
                 if why:
                     return Checked(item, None, f"{WRONG_KEY}: {why}")
-            if body.kind == records_pb2.KEY_ROTATION:
-                signer = (history.span_of(item.envelope.key_id).key  # type: ignore[union-attr]
+            kind = body.kind
+            if kind == records_pb2.KEY_ROTATION:
+                signer = (history.span_of(signer_id).key  # type: ignore[union-attr]
                           if history is not None else b"")
                 why = check_rotation(body, signer) if history is not None else ""
                 if why:
@@ -292,12 +311,12 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
                     except ValueError as exc:
                         return Checked(item, None, f"key rotation: {exc}")
                     rotation = Rotation(body.origin, body.seq, signer, body.new_key)
-            elif body.kind == records_pb2.CERT_RENEWAL:
+            elif kind == records_pb2.CERT_RENEWAL:
                 announced = check_cert(body)
                 if isinstance(announced, str):
                     return Checked(item, None, announced)
                 cert = announced
-        proof = envelope_stub(item.envelope) if stub is not None else None
+        proof = envelope_stub(env) if stub is not None else None  # type: ignore[arg-type]
         if item.HasField("stub") and item.stub != proof:
             # A separately signed stub (a recall, a pointer-possible v1 copy): one
             # more verification. A v2 entry's own stub sent again costs nothing.
@@ -310,7 +329,10 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
                 wrong = history.stub_signs(item.stub.key_id, item.seq)
             if wrong:
                 return Checked(item, None, f"bad stub: {wrong}")
-        return Checked(item, body, stub=stub, rotation=rotation, cert=cert, proof=proof)
+        decision = ((own_center, entitled(body, own_center))
+                    if own_center and body is not None else None)
+        return Checked(item, body, stub=stub, rotation=rotation, cert=cert, proof=proof,
+                       own_decision=decision)
 
     for item in items:
         if item.origin not in histories:
@@ -323,8 +345,8 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
         if not keys:
             out.append(Checked(item, None, "unknown origin (no pinned key)"))
             continue
-        copies, dropped = _checked_copies(item, history, keys, max_copies, bad,
-                                          max_copy_bytes)
+        copies, dropped = (_checked_copies(item, history, keys, max_copies, bad,
+                                           max_copy_bytes) if item.sealed else ((), ()))
         checked = None
         if copies and seal_private is not None and not item.HasField("envelope"):
             opened = _opened(item, copies, seal_private)
@@ -600,7 +622,7 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
                (origin, c.stub.record_id) if c.stub is not None else ("", ""))
         if (outcome.verdict is Verdict.APPEND and body is not None
                 and body.kind in log_tx.CONTENT and key in states and states[key] is None
-                and key not in fresh_ids and entitled(body, own_center)):
+                and key not in fresh_ids and c.entitled(own_center)):
             fresh.append((c.item.envelope, body))
             fresh_stubs.append(c.signed_stub)
             fresh_ids.add(key)
@@ -760,7 +782,7 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
     body = c.body
     prior = log_tx.record_state(conn, origin, body.record_id)
     refusal = _refusal(verdict, prior, body)
-    if refusal or not entitled(body, own_center):
+    if refusal or not c.entitled(own_center):
         # Content never kept; the position keeps the hash and the origin's
         # signature as evidence, and the chain goes on.
         if verdict is Verdict.REPLACE:

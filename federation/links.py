@@ -39,7 +39,11 @@ from node.telemetry import logs, metrics
 from node.wire import federation_pb2
 
 log = logs.get("fcnode.federation.link")
-PIPELINE_DEPTH = 8  # verified batches waiting for storage (256 items each)
+# Batches read and being verified or verified, waiting for storage (256 items each;
+# a batch is at most max_message_bytes, so this bounds the memory a peer can fill).
+# Two groups of what a peer sends per read (its GROUP of 8): the storing side never
+# runs dry while the peer reads its next group.
+PIPELINE_DEPTH = 16
 # Verified batches stored in one write transaction, at most: grouping saves
 # fsyncs. A user's write (a search's audit entry) does not wait for the whole
 # transaction: it joins it after the part of YIELD_EVERY items in progress, and
@@ -269,7 +273,7 @@ class PeerLink:
         # the second core while the storing thread writes the batch before.
         parts = await asyncio.gather(*(
             loop.run_in_executor(self.pool, check_items, chunk, self.node.history_of,
-                                 self.seal_private, copies, budget)
+                                 self.seal_private, copies, budget, self.node.center)
             for chunk in (items[:half], items[half:]) if chunk))
         rotated = [c.rotation for c in parts[0] if c.rotation is not None]
         if rotated and len(parts) > 1:
@@ -277,7 +281,7 @@ class PeerLink:
             # (it may be signed with the new key): check it again after it.
             parts[1] = await loop.run_in_executor(
                 self.pool, check_items, items[half:], self._histories_after(rotated),
-                self.seal_private, copies, budget)
+                self.seal_private, copies, budget, self.node.center)
         return [c for part in parts for c in part]
 
     def _histories_after(self, rotations: list[Rotation]

@@ -12,7 +12,7 @@ import contextlib
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -167,26 +167,53 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                    if peer in cursors else 0)
         log.info("replication stream opened", extra={"peer": peer, "origins": len(cursors)})
         with self.streams.open(peer) as revoked:
-            while not revoked.is_set():
-                seen = self.node.changes.generation
-                for origin, seq in revoked.rewinds.items():
-                    if origin in cursors:
-                        cursors[origin] = min(cursors[origin], seq - 1)
-                revoked.rewinds.clear()
-                # Read on a reader (never behind ingest); the dissemination rows
-                # in one short write, committed before any batch is sent.
-                batches, cursors, sent = await self.node.db.read(
-                    lambda conn, c=cursors: self._next_batches(conn, peer, c, max_batch,
-                                                               own_cap, request.ranges))
-                if sent:
-                    await self.node.db.run(
-                        lambda conn, s=sent: fed_tx.log_disseminations(conn, s, now_ms()))
-                for batch in batches:
-                    yield batch  # an empty one is a heartbeat: heads, and "caught up"
-                if not batches[-1].items:
-                    await self._wait_for_change(seen, revoked)
+            # During a catch-up the next group is read (on a reader) while this one
+            # is sent: the peer's verification and storage never wait for this
+            # node's read of the next 2,048 entries. (Its change generation is the
+            # one noted when that read began, so no change is missed.)
+            ahead: tuple[asyncio.Future[Any], int] | None = None
+            try:
+                while not revoked.is_set():
+                    if revoked.rewinds:
+                        if ahead is not None:  # read from cursors that go back now
+                            _discard(ahead[0])
+                            ahead = None
+                        for origin, seq in revoked.rewinds.items():
+                            if origin in cursors:
+                                cursors[origin] = min(cursors[origin], seq - 1)
+                        revoked.rewinds.clear()
+                    if ahead is not None:
+                        (batches, cursors, sent), seen = await ahead[0], ahead[1]
+                        ahead = None
+                    else:
+                        seen = self.node.changes.generation
+                        batches, cursors, sent = await self._read_group(
+                            peer, cursors, max_batch, own_cap, request.ranges)
+                    # The dissemination rows in one short write, committed before
+                    # any batch is sent (and before the next group is read).
+                    if sent:
+                        await self.node.db.run(
+                            lambda conn, s=sent: fed_tx.log_disseminations(conn, s, now_ms()))
+                    if batches[-1].items:
+                        ahead = (asyncio.ensure_future(self._read_group(
+                            peer, cursors, max_batch, own_cap, request.ranges)),
+                            self.node.changes.generation)
+                    for batch in batches:
+                        yield batch  # an empty one is a heartbeat: heads, and "caught up"
+                    if not batches[-1].items:
+                        await self._wait_for_change(seen, revoked)
+            finally:
+                if ahead is not None:
+                    _discard(ahead[0])
             log.info("replication stream closed", extra={"peer": peer, "reason": revoked.reason})
             await context.abort(revoked.code, revoked.reason)
+
+    def _read_group(self, peer: str, cursors: dict[str, int], max_batch: int, own_cap: int,
+                    ranges: bool) -> Awaitable[tuple[list[federation_pb2.ReplicateBatch],
+                                                     dict[str, int], list[Dissemination]]]:
+        """The next group of batches, read on a reader (never behind ingest)."""
+        return self.node.db.read(lambda conn, c=dict(cursors): self._next_batches(
+            conn, peer, c, max_batch, own_cap, ranges))
 
     def _next_batches(self, conn: sqlite3.Connection, peer: str, cursors: dict[str, int],
                       max_batch: int, own_cap: int = 0, ranges: bool = False
@@ -242,12 +269,19 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             extra = {seq: sum(len(c.sealed) + 128 for _, c in cs) for seq, cs in held.items()}
             entries = fit(entries, budget, extra)
             budget -= sum(len(e.payload or b"") + extra.get(e.seq, 0) for e in entries)
-            states = log_tx.record_states(conn, origin, {e.record_id for e in entries
-                                                         if e.record_id})
+            ids = {e.record_id for e in entries if e.record_id}
+            states = log_tx.record_states(conn, origin, ids)
+            # What was sent before, for the whole batch in one query (not one per entry).
+            full = fed_tx.last_sent_many(conn, peer, origin, ids)
+
+            def sent_before(o: str, r: str, ids: set[str] = ids, full: dict[str, int] = full,
+                            origin: str = origin) -> int | None:
+                logged = full.get(r) if o == origin and r in ids else fed_tx.last_sent(
+                    conn, peer, o, r)
+                return _newest(logged, pending.get((o, r, "FULL")))
+
             items, rows = replication_batch(
-                entries, peer, self.node.center,
-                lambda o, r: _newest(fed_tx.last_sent(conn, peer, o, r),
-                                     pending.get((o, r, "FULL"))),
+                entries, peer, self.node.center, sent_before,
                 lambda o, r, s=states: s[r][1] if r in s else None,
                 lambda o, r: _newest(fed_tx.last_sent(conn, peer, o, r, "RECALL"),
                                      pending.get((o, r, "RECALL"))), ranges,
@@ -355,8 +389,16 @@ def _within(copies: list[tuple[bytes, SealedCopy]], budget: int
     return out
 
 
+def _discard(read: asyncio.Future[Any]) -> None:
+    """Drop a read started ahead (it has no side effects): cancelled, and its
+    error, if it already failed, retrieved (not logged as never retrieved)."""
+    read.cancel()
+    read.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 def _newest(logged: int | None, pending: int | None) -> int | None:
     """The newest version sent (or recalled): the logged one, or one in this
     group's rows not yet written."""
-    known = [v for v in (logged, pending) if v is not None]
-    return max(known) if known else None
+    if logged is None or pending is None:
+        return pending if logged is None else logged
+    return max(logged, pending)

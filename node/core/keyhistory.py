@@ -16,6 +16,7 @@ the named seq and makes the newly pinned key valid from the next one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -64,8 +65,9 @@ class KeySpan:
     from_seq: int
     until_seq: int | None  # inclusive; None: the current key
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
+        # Cached: check_items asks for it once per entry it verifies (a SHA-256).
         return key_id(self.key)
 
     def covers(self, seq: int) -> bool:

@@ -19,7 +19,7 @@ from node.core.record import body_policy
 from node.core.sealing import SealedCopy
 from node.core.types import Decision, Dissemination
 from node.storage.log import StoredEntry
-from node.wire import federation_pb2
+from node.wire import federation_pb2, records_pb2
 
 SentBefore = Callable[[str, str], int | None]
 CurrentVersion = Callable[[str, str], int | None]
@@ -52,15 +52,30 @@ def replication_batch(
     Only copies signed for the hash held here go (the origin signed that hash)."""
     items: list[federation_pb2.LogItem] = []
     sent: list[Dissemination] = []
+    # The decision depends only on the policy and the origin (evaluator and peer are
+    # this call's): taken once per distinct policy, not per entry (a catch-up's
+    # records share a handful of policies).
+    decisions: dict[tuple[str, bytes], Decision] = {}
+
+    def replicable(body: records_pb2.RecordBody) -> bool:
+        key = (body.origin, body.policy.SerializeToString())
+        decision = decisions.get(key)
+        if decision is None:
+            decision = decisions[key] = policy.for_replication(
+                body_policy(body), body.origin, evaluator, peer)
+        return decision is Decision.FULL
+
     for e in entries:
         item = federation_pb2.LogItem(origin=e.origin, seq=e.seq, hash=e.hash,
                                       range_first=e.first or 0)
         items.append(item)
         if e.first is None:
-            item.sealed.extend(
-                federation_pb2.SealedCopy(sealed=c.sealed, signature=c.signature,
-                                          key_id=c.key_id)
-                for digest, c in copies_of(e.origin, e.seq) if digest == e.hash)
+            copies = copies_of(e.origin, e.seq)
+            if copies:
+                item.sealed.extend(
+                    federation_pb2.SealedCopy(sealed=c.sealed, signature=c.signature,
+                                              key_id=c.key_id)
+                    for digest, c in copies if digest == e.hash)
         body = None
         if e.payload is not None:
             try:
@@ -71,23 +86,23 @@ def replication_batch(
         version = body.version if body is not None else e.version
         if not record_id or version is None:
             continue  # a placeholder we know nothing about: pass the hash on
-        stub = e.signed_stub()
-        if e.origin == peer and stub is not None:
-            # The origin recovering its own log: its own signed stub is the evidence
-            # of every position it may not get the content of (erased here,
-            # superseded); it reveals nothing the origin did not sign.
-            item.stub.CopyFrom(stub)
+        if e.origin == peer:
+            stub = e.signed_stub()
+            if stub is not None:
+                # The origin recovering its own log: its own signed stub is the
+                # evidence of every position it may not get the content of (erased
+                # here, superseded); it reveals nothing the origin did not sign.
+                item.stub.CopyFrom(stub)
         newest = current_version(e.origin, record_id)
         if newest is not None and version < newest:
             continue  # superseded: only the newest version ever leaves
-        if body is not None and policy.for_replication(
-                body_policy(body), body.origin, evaluator, peer) is Decision.FULL:
+        if body is not None and replicable(body):
             item.envelope.CopyFrom(e.envelope())
             if item.envelope.stub:
                 # A v2 entry: the envelope carries its own signed stub (the same
                 # signature), so a recall or pointer later needs nothing more.
                 item.ClearField("stub")
-            elif stub is not None and not item.HasField("stub") and (
+            elif (stub := e.signed_stub()) is not None and not item.HasField("stub") and (
                     version > 1 or policy.pointer_possible(
                     body_policy(body))):
                 # A later version may have to be recalled from a center further on,
@@ -102,7 +117,8 @@ def replication_batch(
                 # is not a new dissemination: no new row.
                 sent.append(Dissemination(peer, None, body.origin, record_id, version, e.seq,
                                           "replication", "FULL"))
-        elif stub is not None and sent_before(e.origin, record_id) is not None:
+        elif (stub := e.signed_stub()) is not None and sent_before(
+                e.origin, record_id) is not None:
             # A recall is the origin's signed stub of the withheld version,
             # forwarded unchanged: no hop can assert one (none without a stub).
             item.stub.CopyFrom(stub)

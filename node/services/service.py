@@ -62,6 +62,7 @@ from node.core.types import (
     Decision,
     Dissemination,
     FcnodeError,
+    Policy,
     Requester,
     ValidationError,
 )
@@ -692,7 +693,9 @@ class NodeService:
         # Signing (Ed25519, releases the GIL) runs on the signer threads while
         # this thread writes what does not need the signatures: the record, text
         # and entity index rows of new records, and the audit entries.
-        recipients = [self.copy_recipients(b) for b in bodies]
+        policies = [body_policy(b) for b in bodies]  # once each: copies and audit use it
+        recipients = [self.copy_recipients(b, pol) for b, pol in zip(bodies, policies,
+                                                                     strict=True)]
         if not new_records:
             recipients = [to + self.recall_recipients(conn, b, to)
                           for b, to in zip(bodies, recipients, strict=True)]
@@ -701,7 +704,7 @@ class NodeService:
             log_tx.index_new_records(conn, bodies)
         audit_tx.append_many(conn, self.sign_audit, now, [
             (actor, action, {"record_id": b.record_id, "seq": b.seq, "version": b.version,
-                             "kind": kind_name(b), "tlp": body_policy(b).tlp.label,
+                             "kind": kind_name(b), "tlp": policies[i].tlp.label,
                              "audience": sorted(b.policy.audience), **(detail or {}),
                              **(per_entry[i] if per_entry else {})})
             for i, b in enumerate(bodies)])
@@ -749,7 +752,8 @@ class NodeService:
                 out.append((center, peer.seal_key, True))
         return out[:max(0, self.config.limits.max_sealed_copies - len(copies))]
 
-    def copy_recipients(self, body: records_pb2.RecordBody) -> list[Recipient]:
+    def copy_recipients(self, body: records_pb2.RecordBody,
+                        pol: Policy | None = None) -> list[Recipient]:
         """(center, X25519 key) of each center this entry is sealed to: the centers
         its audience names (never 'members': every hub may carry that in clear),
         but this one, whose card (pinned or introduced, trusted) has a seal key and
@@ -760,7 +764,7 @@ class NodeService:
         is not post-quantum; the origin asked that no other node handle it, so its
         named centers behind hubs read it by query (answers sealed and held in
         memory only on the way), as before."""
-        pol = body_policy(body)
+        pol = body_policy(body) if pol is None else pol  # (the caller's, if it has it)
         if MEMBERS in pol.audience or not policy.relayable(pol):
             return []
         out = []

@@ -30,6 +30,22 @@ def last_sent(conn: sqlite3.Connection, center: str, origin: str,
     return row[0] if row else None
 
 
+def last_sent_many(conn: sqlite3.Connection, center: str, origin: str,
+                   record_ids: Iterable[str], decision: str = "FULL") -> dict[str, int]:
+    """``last_sent`` for many records of one origin, in one query per 500 ids:
+    record id -> newest version sent (absent: never). Serving a batch asked once
+    per entry (a query each, ~15 % of the serving reader's time)."""
+    ids = sorted(set(record_ids))
+    out: dict[str, int] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        out.update(conn.execute(
+            "SELECT record_id, max(version) FROM disseminations WHERE center = ? AND "
+            f"origin = ? AND decision = ? AND record_id IN ({','.join('?' * len(chunk))}) "
+            "GROUP BY record_id", (center, origin, decision, *chunk)).fetchall())
+    return out
+
+
 def sealed_to(conn: sqlite3.Connection, origin: str, record_id: str) -> set[str]:
     """The centers some version of this record was sealed to in full."""
     return {c for (c,) in conn.execute(

@@ -162,3 +162,22 @@ def test_ingest_result_add_folds_every_field() -> None:
     missed = [f.name for f in dataclasses.fields(IngestResult)
               if getattr(total, f.name) == getattr(empty, f.name)]
     assert not missed, f"IngestResult.add does not fold {missed}"
+
+
+def test_own_decision_taken_where_verified_and_only_for_that_center():
+    """check_items takes this node's own policy decision (FULL or not) off the
+    storing thread; store_batch uses it only for the center it was taken for."""
+    from federation.ingest import entitled
+
+    shared = body(seq=1)
+    shared.policy.tlp = records_pb2.GREEN
+    shared.policy.audience.append("nysic")
+    for center, full in (("nysic", True), ("ffc", False)):
+        [c] = check_items([item(shared)], keys_of, own_center=center)
+        assert c.own_decision == (center, full)
+        assert c.entitled(center) is full is entitled(shared, center)
+    [c] = check_items([item(shared)], keys_of, own_center="nysic")
+    # A decision taken for another center says nothing about this one.
+    assert c.entitled("ffc") is False
+    [c] = check_items([item(shared)], keys_of)  # not taken: decided on demand
+    assert c.own_decision is None and c.entitled("nysic") is True

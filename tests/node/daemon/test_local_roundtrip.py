@@ -322,3 +322,75 @@ def test_update_sends_only_the_changes() -> None:
         changes_message({"surprise": 1})
     with pytest.raises(CliError):
         changes_message({"labels": "not a list"})
+
+
+@pytest.mark.parametrize("extra", [{}, {"routing": ["r1"], "audience": ["ffc", "nysic"]},
+                                   {"routing": [], "audience": []}])
+def test_publish_reply_written_out_is_the_generic_message(extra: dict[str, Any]) -> None:
+    """The daemon builds a Publish reply field by field (it is on the hot path);
+    it must be exactly the message the generic converter makes of the service's
+    rows, empty routing lists present as such."""
+    from node.daemon.localapi import published_list
+
+    rows = [{"record_id": f"r{i}", "origin": "ffc", "seq": i, "version": 1, "kind": "SAR",
+             **extra} for i in range(1, 4)]
+    generic = local_pb2.PublishedList(records=[build(local_pb2.Published, r) for r in rows])
+    assert published_list(rows) == generic
+    assert published_list(rows).SerializeToString() == generic.SerializeToString()
+
+
+DRAFTS = [
+    {"kind": "SAR", "title": "t"},
+    {"kind": "BOLO", "title": "t", "narrative": "n", "labels": ["a", "b"], "behaviors": ["SURVL"],
+     "entities": ["phone=(200) 001-2345", {"type": "plate", "value": "CA:1"}],
+     "policy": {"tlp": "GREEN", "audience": ["members"], "require": [],
+                "discoverability": "pointer"},
+     "part23": {"source_reliability": "B", "content_validity": "2"},
+     "expires": "30d", "contact": "desk"},
+    {"kind": "TIP", "title": "t", "policy": {}, "part23": {}},  # present, though empty
+    {"kind": "TIP", "title": "t", "policy": {"relay": False, "tlp": None}, "narrative": None},
+    {"kind": "TIP", "title": "t", "policy": {"relay": True, "audience": ("a", "b")}},
+    {"kind": "SAR", "title": "t", "part23": {"justification": "j", "review_due": "2030-01-01"}},
+]
+
+
+@pytest.mark.parametrize("draft", DRAFTS)
+def test_draft_message_written_out_is_the_generic_message(draft: dict[str, Any]) -> None:
+    """The client writes a record file's draft out field by field (a batch
+    publish's sending side); it must be the message the generic converter makes."""
+    from node.core.entities import parse_pair
+
+    ents = [dict(zip(("type", "value"), parse_pair(e), strict=True)) if isinstance(e, str)
+            else e for e in draft.get("entities") or []]
+    generic = build(local_pb2.RecordDraft, {**draft, "entities": ents})
+    fast = client_mod.draft_message(draft)
+    assert fast == generic
+    assert fast.SerializeToString(deterministic=True) == generic.SerializeToString(
+        deterministic=True)
+    assert fast.HasField("policy") == generic.HasField("policy")
+    assert fast.HasField("part23") == generic.HasField("part23")
+
+
+@pytest.mark.parametrize("bad", [
+    {"kind": "SAR", "title": "t", "colour": "red"},  # an unknown key
+    {"kind": "SAR", "title": "t", "labels": "a"},  # a string for a list
+    {"kind": "SAR", "title": "t", "policy": {"tlp": "GREEN", "shade": 1}},
+    {"kind": "SAR", "title": "t", "policy": {"relay": "yes"}},
+    {"kind": "SAR", "title": 5},
+])
+def test_draft_message_refuses_what_the_generic_converter_refuses(bad: dict[str, Any]) -> None:
+    with pytest.raises((KeyError, TypeError, ValueError)) as generic:
+        build(local_pb2.RecordDraft, bad)
+    with pytest.raises(generic.type):
+        client_mod.draft_message(bad)
+
+
+@pytest.mark.parametrize("extra", [{}, {"routing": ["r1"], "audience": ["ffc"]},
+                                   {"routing": [], "audience": []}])
+def test_publish_rows_written_out_are_the_generic_dicts(extra: dict[str, Any]) -> None:
+    reply = local_pb2.PublishedList(records=[build(local_pb2.Published, {
+        "record_id": f"r{i}", "origin": "ffc", "seq": i, "version": 1, "kind": "SAR", **extra})
+        for i in range(1, 3)])
+    rows = client_mod.published_rows(reply)
+    assert rows == to_dict(reply)
+    assert [list(r) for r in rows] == [list(r) for r in to_dict(reply)]  # key order too
