@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import shutil
 import sqlite3
@@ -118,6 +119,10 @@ def main() -> int:
     parser.add_argument("--sql", action="append", default=[],
                         help="a statement run on the fresh database before storing (to try "
                              "a pragma or an index change; repeatable)")
+    parser.add_argument("--try", dest="variants", action="append", default=[],
+                        metavar="NAME=SQL[;SQL...]",
+                        help="also store the same records with these statements run first "
+                             "(a variant to compare; repeatable)")
     parser.add_argument("--page-size", type=int, default=0,
                         help="page size of the fresh database (default: what fcnode makes)")
     parser.add_argument("--json")
@@ -134,7 +139,11 @@ def main() -> int:
     h.info(f"{len(items)} records signed in {time.perf_counter() - t:.1f} s "
            f"(payload {sum(len(e.payload) for e, _ in items) / len(items):.0f} bytes mean)")
     out: dict[str, Any] = {"records": len(items), "batches": {}}
-    for batch in batches:
+    variants = [("as is", list(args.sql))]
+    for spec in args.variants:
+        name, _, sql = spec.partition("=")
+        variants.append((name, list(args.sql) + [x for x in sql.split(";") if x.strip()]))
+    for (name, statements), batch in itertools.product(variants, batches):
         home = Path(tempfile.mkdtemp(prefix="fcb-store-"))
         try:
             if args.page_size:
@@ -142,13 +151,14 @@ def main() -> int:
                     empty.execute(f"PRAGMA page_size = {int(args.page_size)}")
                     empty.execute("VACUUM")
             conn = open_sync(home / "node.db", create=True)
-            for statement in args.sql:
+            for statement in statements:
                 conn.execute(statement)
             w, c = time.perf_counter(), time.thread_time()
             timed = store(conn, items, batch)
             wall, cpu = time.perf_counter() - w, time.thread_time() - c
             n = len(items)
-            h.section(f"store {n} new records, {batch} per transaction")
+            h.section(f"store {n} new records, {batch} per transaction"
+                      + (f" [{name}: {'; '.join(statements)}]" if statements else ""))
             h.machine_note()
             for name, v in timed.wall.most_common():
                 h.figure(name, f"{v / n * 1e6:6.1f} wall {timed.cpu[name] / n * 1e6:6.1f} cpu",
@@ -162,7 +172,7 @@ def main() -> int:
             sw, sc = supersede(conn, items, args.supersedes)
             h.figure(f"supersede at {n} entries", f"{sw * 1e3:.2f} ms wall {sc * 1e3:.2f} cpu",
                      note="one new version, its own transaction")
-            out["batches"][batch] = {"wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6,
+            out["batches"][f"{name} {batch}"] = {"wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6,
                                      "db_bytes": size, "supersede_ms": sw * 1e3}
             conn.close()
         finally:
