@@ -1,4 +1,4 @@
-"""Migration 13 rebuilds ``entries`` as a rowid table (node/storage/schema.py): every
+"""The migration that rebuilds ``entries`` as a rowid table (node/storage/schema.py): every
 row and every column comes through unchanged, including the columns later migrations
 added (stubs, range hints), and the rebuilt table has its key and its indexes."""
 
@@ -12,7 +12,9 @@ from node.storage import log as log_tx
 from node.storage.db import _statements, open_sync
 from node.storage.schema import MIGRATIONS
 
-REBUILD = 13  # the migration that rebuilds entries (1-based, as user_version counts)
+# The migration that rebuilds entries (1-based, as user_version counts), found by its
+# text: migrations may be renumbered when branches merge.
+REBUILD = 1 + next(i for i, m in enumerate(MIGRATIONS) if "CREATE TABLE entries_rowid" in m)
 
 ROWS = [
     # origin, seq, hash, payload, signature, key_id, record_id, version, kind, source,
