@@ -145,6 +145,7 @@ def main() -> int:
         variants.append((name, list(args.sql) + [x for x in sql.split(";") if x.strip()]))
     for (name, statements), batch in itertools.product(variants, batches):
         home = Path(tempfile.mkdtemp(prefix="fcb-store-"))
+        conn: sqlite3.Connection | None = None
         try:
             if args.page_size:
                 with contextlib.closing(sqlite3.connect(home / "node.db")) as empty:
@@ -160,8 +161,8 @@ def main() -> int:
             h.section(f"store {n} new records, {batch} per transaction"
                       + (f" [{name}: {'; '.join(statements)}]" if statements else ""))
             h.machine_note()
-            for name, v in timed.wall.most_common():
-                h.figure(name, f"{v / n * 1e6:6.1f} wall {timed.cpu[name] / n * 1e6:6.1f} cpu",
+            for stmt, v in timed.wall.most_common():
+                h.figure(stmt, f"{v / n * 1e6:6.1f} wall {timed.cpu[stmt] / n * 1e6:6.1f} cpu",
                          note="µs/record")
             h.figure("total (storing thread)",
                      f"{wall / n * 1e6:6.1f} wall {cpu / n * 1e6:6.1f} cpu",
@@ -172,10 +173,12 @@ def main() -> int:
             sw, sc = supersede(conn, items, args.supersedes)
             h.figure(f"supersede at {n} entries", f"{sw * 1e3:.2f} ms wall {sc * 1e3:.2f} cpu",
                      note="one new version, its own transaction")
-            out["batches"][f"{name} {batch}"] = {"wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6,
-                                     "db_bytes": size, "supersede_ms": sw * 1e3}
-            conn.close()
+            out["batches"][f"{name} {batch}"] = {
+                "wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6, "db_bytes": size,
+                "supersede_ms": sw * 1e3, "supersede_cpu_ms": sc * 1e3}
         finally:
+            if conn is not None:
+                conn.close()
             shutil.rmtree(home, ignore_errors=True)
     h.save_json(args.json, out)
     return 0
