@@ -535,10 +535,11 @@ TARGET_RATIO = 0.10
 
 
 def entries_bytes(conn: sqlite3.Connection) -> int | None:
-    """Bytes of the entries table's pages (SQLite's dbstat), or None without it."""
+    """Bytes of the entries table's pages and its indexes' (SQLite's dbstat), or None
+    without dbstat. (A rowid table since schema 16: its key is an index of its own.)"""
     try:
-        return conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name = 'entries'"
-                            ).fetchone()[0] or 0
+        return conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name IN (SELECT name FROM "
+                            "sqlite_master WHERE tbl_name = 'entries')").fetchone()[0] or 0
     except sqlite3.OperationalError:
         return None
 

@@ -309,13 +309,19 @@ def index_new_records(conn: sqlite3.Connection, bodies: list[records_pb2.RecordB
         return
     first = (conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]) + 1
     rows, fts, keys = [], [], []
+    # Each field read once (a protobuf attribute costs ~0.1 µs, a generator more):
+    # this loop runs on the storing thread, the critical path of ingest and publish.
     for rec, b in enumerate(bodies, start=first):
+        labels = " ".join(b.labels)
+        values = []
+        for e in b.entities:
+            values.append(e.value)
+            for k in e.keys:
+                keys.append((k, rec))
         rows.append((rec, b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
-                     b.expires_ms, b.part23.review_due_ms, " " + " ".join(b.labels) + " ",
-                     " " + " ".join(b.behaviors) + " "))
-        fts.append((rec, b.title, b.narrative, " ".join(b.labels),
-                    " ".join(e.value for e in b.entities)))
-        keys.extend((k, rec) for e in b.entities for k in e.keys)
+                     b.expires_ms, b.part23.review_due_ms, f" {labels} ",
+                     f" {' '.join(b.behaviors)} "))
+        fts.append((rec, b.title, b.narrative, labels, " ".join(values)))
     conn.executemany(
         "INSERT INTO records (id, origin, record_id, version, seq, kind, created_ms, "
         "expires_ms, review_due_ms, labels, behaviors) "

@@ -434,4 +434,44 @@ MIGRATIONS: list[str] = [
         since_ms INTEGER NOT NULL
     );
     """,
+    # 16: (issue 10 items 2-3) the cost of storing a record. ``entries`` becomes a
+    # rowid table: in a WITHOUT ROWID table (an index b-tree) a row of more than
+    # ~1,000 bytes on 4 KiB pages spills to an overflow page of its own, and an entry
+    # is ~950 bytes: 20,000 entries took 93 MB (4.6 KB each) and every insert wrote
+    # a page; as a rowid table with its key as a unique index, the whole database
+    # of 20,000 records is ~51 MB. Every column is kept, in the same order.
+    # ``entries_record``: a record's entries (every new version, retraction and
+    # purge erases the older versions' content, and a change starts from the
+    # newest) were found by scanning all of its origin's entries. Partial: bare
+    # placeholders and hints name no record (in a rowid table each row costs an index
+    # entry of its own in every index: one row per placeholder 219 -> 178 MB for
+    # 2,000,000, bench_query.py --withholding-only).
+    """
+    CREATE TABLE entries_rowid (
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        payload BLOB,            -- NULL: a placeholder for an entry withheld from us
+        signature BLOB,
+        key_id TEXT,
+        record_id TEXT,
+        version INTEGER,
+        kind TEXT,
+        source TEXT NOT NULL,    -- 'local' or the peer it came from
+        received_ms INTEGER NOT NULL,
+        stub BLOB,
+        stub_signature BLOB,
+        stub_key_id TEXT,
+        first_seq INTEGER,
+        PRIMARY KEY (origin, seq)
+    );
+    INSERT INTO entries_rowid (origin, seq, hash, payload, signature, key_id, record_id,
+            version, kind, source, received_ms, stub, stub_signature, stub_key_id, first_seq)
+        SELECT origin, seq, hash, payload, signature, key_id, record_id, version, kind,
+            source, received_ms, stub, stub_signature, stub_key_id, first_seq
+        FROM entries ORDER BY origin, seq;
+    DROP TABLE entries;
+    ALTER TABLE entries_rowid RENAME TO entries;
+    CREATE INDEX entries_record ON entries (origin, record_id, seq) WHERE record_id IS NOT NULL;
+    """,
 ]

@@ -1,0 +1,188 @@
+"""The cost of storing a record: node/storage's write path, in process, no daemon.
+
+Signs --records synthetic records (the corpus of bench_local/bench_replication), then
+stores them as first versions (log.insert_new_records, the path of a catch-up and of
+a publish) into a fresh database, --batch records per write transaction. Prints, per
+record, the wall time and the storing thread's CPU time of each SQL statement and of
+COMMIT (fsync included in wall, not in CPU), the database size, then the cost of a
+supersede (a new version: insert_entries + apply_entries, which erases the old
+version's content) averaged over --supersedes records spread over the store.
+
+This is the critical path of ingest (issue 10 item 3): B's storing thread. Figures
+are CPU per record on one thread; the load average is printed beside them.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _harness as h
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from node.core import record
+from node.core.signing import seal_record
+from node.storage import log as log_tx
+from node.storage.db import immediate, open_sync
+from node.wire import records_pb2
+
+Item = tuple[records_pb2.Envelope, records_pb2.RecordBody]
+
+
+def make_items(n: int, origin: str = "rep-a") -> list[Item]:
+    key = Ed25519PrivateKey.generate()
+    corpus = h.Corpus(n, seed=3)
+    now = int(time.time() * 1000)
+    out: list[Item] = []
+    prev = b""
+    for i in range(n):
+        draft = record.parse_draft(corpus.draft(i))
+        body = record.build_body(draft, origin=origin, seq=i + 1, prev=prev,
+                                 record_id=record.new_record_id(), version=1, created_ms=now,
+                                 audience=frozenset({"members"}), author="bench",
+                                 contact="bench desk")
+        env = seal_record(key, body)
+        prev = log_tx.entry_hash(env.payload)
+        out.append((env, body))
+    return out
+
+
+class Timed:
+    """A connection that adds each statement's wall and thread CPU time up."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.wall: collections.Counter[str] = collections.Counter()
+        self.cpu: collections.Counter[str] = collections.Counter()
+
+    def _timed(self, name: str, fn: Any, *args: Any) -> Any:
+        w, c = time.perf_counter(), time.thread_time()
+        out = fn(*args)
+        self.wall[name] += time.perf_counter() - w
+        self.cpu[name] += time.thread_time() - c
+        return out
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        return self._timed(" ".join(sql.split())[:44], self.conn.execute, sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self._timed(" ".join(sql.split("(")[0].split())[:44], self.conn.executemany,
+                           sql, rows)
+
+
+def store(conn: sqlite3.Connection, items: list[Item], batch: int) -> Timed:
+    timed = Timed(conn)
+    for i in range(0, len(items), batch):
+        timed.execute("BEGIN IMMEDIATE")
+        log_tx.insert_new_records(timed, items[i:i + batch], "rep-a", 0)  # type: ignore[arg-type]
+        timed.execute("COMMIT")
+    return timed
+
+
+def supersede(conn: sqlite3.Connection, items: list[Item], count: int) -> tuple[float, float]:
+    """A new version of ``count`` records spread over the store, one transaction
+    each (as a single live entry arrives): mean wall and CPU seconds."""
+    key = Ed25519PrivateKey.generate()
+    seq = len(items)
+    wall = cpu = 0.0
+    step = max(1, len(items) // count)
+    for _env, old in items[::step][:count]:
+        seq += 1
+        body = records_pb2.RecordBody()
+        body.CopyFrom(old)
+        body.seq, body.version = seq, 2
+        env = seal_record(key, body)
+        w, c = time.perf_counter(), time.thread_time()
+        with immediate(conn):
+            log_tx.insert_entries(conn, [(env, body)], "rep-a", 0)
+            log_tx.apply_entries(conn, [body])
+        wall += time.perf_counter() - w
+        cpu += time.thread_time() - c
+    n = min(count, len(items[::step]))
+    return wall / n, cpu / n
+
+
+def main() -> int:
+    parser = h.arg_parser(__doc__ or "")
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, action="append",
+                        help="records per transaction (repeatable; default 32 and 256)")
+    parser.add_argument("--supersedes", type=int, default=200)
+    parser.add_argument("--sql", action="append", default=[],
+                        help="a statement run on the fresh database before storing (to try "
+                             "a pragma or an index change; repeatable)")
+    parser.add_argument("--try", dest="variants", action="append", default=[],
+                        metavar="NAME=SQL[;SQL...]",
+                        help="also store the same records with these statements run first "
+                             "(a variant to compare; repeatable)")
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="page size of the fresh database (default: what fcnode makes)")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    batches = args.batch or [32, 256]
+    h.section("setup")
+    h.machine_note()
+    for statement in args.sql:
+        h.info(f"with: {statement}")
+    if args.page_size:
+        h.info(f"page size {args.page_size}")
+    t = time.perf_counter()
+    items = make_items(args.records)
+    h.info(f"{len(items)} records signed in {time.perf_counter() - t:.1f} s "
+           f"(payload {sum(len(e.payload) for e, _ in items) / len(items):.0f} bytes mean)")
+    out: dict[str, Any] = {"records": len(items), "batches": {}}
+    variants = [("as is", list(args.sql))]
+    for spec in args.variants:
+        name, _, sql = spec.partition("=")
+        variants.append((name, list(args.sql) + [x for x in sql.split(";") if x.strip()]))
+    for (name, statements), batch in itertools.product(variants, batches):
+        home = Path(tempfile.mkdtemp(prefix="fcb-store-"))
+        conn: sqlite3.Connection | None = None
+        try:
+            if args.page_size:
+                with contextlib.closing(sqlite3.connect(home / "node.db")) as empty:
+                    empty.execute(f"PRAGMA page_size = {int(args.page_size)}")
+                    empty.execute("VACUUM")
+            conn = open_sync(home / "node.db", create=True)
+            for statement in statements:
+                conn.execute(statement)
+            w, c = time.perf_counter(), time.thread_time()
+            timed = store(conn, items, batch)
+            wall, cpu = time.perf_counter() - w, time.thread_time() - c
+            n = len(items)
+            h.section(f"store {n} new records, {batch} per transaction"
+                      + (f" [{name}: {'; '.join(statements)}]" if statements else ""))
+            h.machine_note()
+            for stmt, v in timed.wall.most_common():
+                h.figure(stmt, f"{v / n * 1e6:6.1f} wall {timed.cpu[stmt] / n * 1e6:6.1f} cpu",
+                         note="µs/record")
+            h.figure("total (storing thread)",
+                     f"{wall / n * 1e6:6.1f} wall {cpu / n * 1e6:6.1f} cpu",
+                     note=f"µs/record = {n / cpu:,.0f} records per CPU second")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            size = os.path.getsize(home / "node.db")
+            h.figure("database size", f"{size / 1e6:.1f} MB", note=f"{size / n:,.0f} bytes/record")
+            sw, sc = supersede(conn, items, args.supersedes)
+            h.figure(f"supersede at {n} entries", f"{sw * 1e3:.2f} ms wall {sc * 1e3:.2f} cpu",
+                     note="one new version, its own transaction")
+            out["batches"][f"{name} {batch}"] = {
+                "wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6, "db_bytes": size,
+                "supersede_ms": sw * 1e3, "supersede_cpu_ms": sc * 1e3}
+        finally:
+            if conn is not None:
+                conn.close()
+            shutil.rmtree(home, ignore_errors=True)
+    h.save_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    h.run_main(main)
