@@ -280,13 +280,14 @@ class StandingServer:
             before = watch_tx.route(conn, watcher)
             if before is not None and body.issued_ms <= before.issued_ms:
                 if body.issued_ms == before.issued_ms:
-                    again = self._same_set_again(conn, before, peer, hops, path, signed)
+                    again = self._same_set_again(conn, before, peer, hops, path, signed,
+                                                 limits.max_standing_sets_per_peer)
                     if again is not None:
                         return 0, 0, again
                 raise Refused(grpc.StatusCode.ALREADY_EXISTS,
                               "standing set is not newer than the one taken (a replay)")
             if (watcher != peer and (before is None or before.via != peer)
-                    and watch_tx.routed_via(conn, peer, peer)
+                    and watch_tx.routed_via(conn, peer, peer, watcher)
                     >= limits.max_standing_sets_per_peer):
                 raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"this peer already brings the standing sets of "
@@ -316,7 +317,8 @@ class StandingServer:
 
     @staticmethod
     def _same_set_again(conn: sqlite3.Connection, before: watch_tx.Route, peer: str,
-                        hops: int, path: tuple[str, ...], signed: bytes) -> bool | None:
+                        hops: int, path: tuple[str, ...], signed: bytes,
+                        most_watchers: int) -> bool | None:
         """The set taken already, arriving again another way. Its routing is
         unsigned, and the first copy may have come from a hostile hop claiming no
         hop left or a path through this node's other peers: kept as it was, that
@@ -341,8 +343,12 @@ class StandingServer:
             keep = signed
         wider = further > before.hops_left or merged != before.path or keep != before.signed
         # Through another peer than the one it came through first: a way back
-        # for its hits too (the first hop may drop them), up to MAX_WAYS in all.
+        # for its hits too (the first hop may drop them), up to MAX_WAYS in all;
+        # and for no more watchers than the peer may bring sets of (a way holds
+        # hits for it as a via does: a peer reflecting every set passed on to it,
+        # its path stripped, would otherwise be a way back for every watcher here).
         way = (not direct and peer != watcher
+               and watch_tx.routed_via(conn, peer, peer, watcher) < most_watchers
                and watch_tx.add_way(conn, watcher, peer, MAX_WAYS - 1))
         if not (direct or wider):
             return False if way else None
