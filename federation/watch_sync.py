@@ -242,7 +242,12 @@ class StandingServer:
         self.byte_rates.per_minute = limits.standing_set_bytes_per_minute
         self.watcher_rates.per_minute = max(1, limits.standing_sets_per_minute // WATCHER_SHARE)
         clock = time.monotonic()
-        if not own and not self.watcher_rates.allow(f"{peer}\0{body.center}", clock):
+        # A bucket per watcher only for a center whose key this node holds: the
+        # name is the set's unchecked claim, and a bucket per name a peer makes up
+        # (up to a set's size each) would be memory without bound. Any other set is
+        # refused by _verify, after the peer's own budgets below are charged.
+        if (not own and self.node.history_of(body.center) is not None
+                and not self.watcher_rates.allow(f"{peer}\0{body.center}", clock)):
             # First, so a flooding watcher's refused sets cost the others nothing.
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"rate limit: at most {self.watcher_rates.per_minute} standing sets "

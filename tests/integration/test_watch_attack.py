@@ -6,6 +6,7 @@ against real daemons over mutual TLS, and shows the node holds.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -398,3 +399,43 @@ def test_a_hop_cannot_inflate_a_real_hit_to_push_others_out(make_node,
     assert kept() == ["hit:1", "hit:3"], kept()
     for r in (aa, x1, cc):
         r.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:"))
+
+
+def test_claimed_watcher_names_cost_a_node_no_memory(make_node, tmp_path: Path) -> None:
+    """Red team (session 16): one watcher's share of a peer's passed-on rate was a
+    rate-limit bucket keyed by the watcher name the set claims, made before the set
+    was checked and never dropped. A peer sending sets that claim ever new names
+    (up to the 1 MiB a set may be) made the node keep every name for ever: memory
+    without bound, from one peer. Only a watcher whose key this node holds gets a
+    bucket (any other set is refused anyway)."""
+    hub = make_node("hub")
+    bad = Rogue(tmp_path, "bad")
+    bad.serve(hub.card())
+    hub.ok("peers", "add", bad.card.line())
+    now = int(time.time() * 1000)
+
+    def claiming(i: int) -> federation_pb2.SignedStandingSet:
+        # A name of 256 KiB: the set stays under the 1 MiB a set may be.
+        body = federation_pb2.StandingSet(center=f"{i:08d}" + "x" * 262_144, issued_ms=now)
+        raw = body.SerializeToString()
+        return federation_pb2.SignedStandingSet(
+            body=raw, signature=sign(bad.signing, STANDING_DOMAIN, raw),
+            key_id=key_id(bad.signing.public_key()))
+
+    assert send(bad, hub, claiming(0)) != grpc.StatusCode.OK  # pinned and listening
+    before = _rss_kib(hub.pid)
+    with bad.channel(hub.listen, hub.card()) as ch:
+        stub = federation_pb2_grpc.FederationStub(ch)
+        for i in range(1, 301):
+            with contextlib.suppress(grpc.RpcError):
+                stub.SetStanding(claiming(i), timeout=10)
+    grown = _rss_kib(hub.pid) - before
+    # 300 names of 256 KiB kept would be 75 MiB.
+    assert grown < 30 * 1024, f"the node grew by {grown} KiB for refused sets"
+    assert hub.running
+    bad.stop()
