@@ -331,6 +331,8 @@ def drop_center(conn: sqlite3.Connection, center: str) -> None:
             _forget_standing(conn, watcher, watch_id)
         conn.execute("DELETE FROM standing_queries WHERE center = ?", (watcher,))
         conn.execute("DELETE FROM standing_sync WHERE center = ?", (watcher,))
+        # (Its other ways too: they count against those peers' bound, routed_via.)
+        conn.execute("DELETE FROM standing_ways WHERE center = ?", (watcher,))
     conn.execute("DELETE FROM watch_outbox WHERE peer = ?", (center,))
 
 
