@@ -393,12 +393,28 @@ class StandingServer:
         node = self.node
         now = now_ms()
         rows = watch_tx.outgoing(conn, peer, after, HIT_BATCH)
-        batch = federation_pb2.WatchHitBatch(last=rows[-1].id if rows else after)
+        batch = federation_pb2.WatchHitBatch(last=after)
+        # At most half a message of hits (one alone may be more): a relayed sealed
+        # hit may be half a message itself, and a batch past the limit fails on the
+        # wire each time the peer pulls again from that cursor: no hit on this way
+        # would ever get through. The rest go in the next batch.
+        room = node.config.limits.max_message_bytes // 2
+
+        def fits(h: federation_pb2.WatchHit) -> bool:
+            nonlocal room
+            size = h.ByteSize() + 8  # with its tag and length
+            if batch.hits and size > room:
+                return False
+            room -= size
+            return True
         current = {(s.center, s.watch.id): s for center in {r.center for r in rows}
                    for s in watch_tx.standing(conn, now, center)}
         sent: list[Dissemination] = []
         logged: list[tuple[int, str]] = []
         for row in rows:
+            if batch.hits and room <= 0:
+                break
+            before, batch.last = batch.last, row.id  # (back to before: not sent now)
             s = current.get((row.center, row.watch_id))
             if s is None:
                 continue  # withdrawn or expired meanwhile
@@ -407,7 +423,11 @@ class StandingServer:
                 with contextlib.suppress(DecodeError):
                     relayed.ParseFromString(row.sealed)
                     relayed.via.append(node.center)
-                    batch.hits.append(federation_pb2.WatchHit(id=row.id, sealed=relayed))
+                    one = federation_pb2.WatchHit(id=row.id, sealed=relayed)
+                    if not fits(one):
+                        batch.last = before
+                        break
+                    batch.hits.append(one)
                 continue
             entry = log_tx.entry(conn, row.origin, row.seq)
             if entry is None or entry.payload is None or row.origin != node.center:
@@ -437,6 +457,9 @@ class StandingServer:
                 hit = federation_pb2.WatchHit(id=row.id, sealed=federation_pb2.SealedWatchHit(
                     watcher=row.center, center=node.center, watch_id=row.watch_id,
                     number=row.id, sealed=sealed, signature=signature, key_id=kid))
+            if not fits(hit):
+                batch.last = before
+                break
             batch.hits.append(hit)
             if row.logged == d.name:
                 continue  # sent again (a pull from an old cursor): logged already

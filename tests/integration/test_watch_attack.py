@@ -439,3 +439,58 @@ def test_claimed_watcher_names_cost_a_node_no_memory(make_node, tmp_path: Path) 
     assert grown < 30 * 1024, f"the node grew by {grown} KiB for refused sets"
     assert hub.running
     bad.stop()
+
+
+def test_large_relayed_hits_cannot_stall_a_peers_hit_stream(make_node, tmp_path: Path) -> None:
+    """Red team (session 16): a hit batch held up to 128 hits whatever their size,
+    and a relayed sealed hit may be up to half a message. A center beyond sending a
+    few large hits (each signed and within every per-watcher bound) made the hub's
+    next batch for that way larger than a message: the send failed, the peer pulled
+    again from the same cursor, failed again, and no hit for any watcher on that way
+    got through. A batch holds at most half a message (one hit alone may be more)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from node.core.sealing import seal_hit
+
+    hub = make_node("hub", start=False)
+    hub.edit_config("max_message_bytes = 8388608", "max_message_bytes = 1048576")
+    hub.start()
+    aa, x1, cc = (Rogue(tmp_path, c) for c in ("aa", "x1", "cc"))
+    for r in (aa, x1):
+        r.serve(hub.card())
+        hub.ok("peers", "add", r.card.line())
+    hub.ok("peers", "add", cc.card.line(), "--no-connect")  # the answering center's key
+    now = int(time.time() * 1000)
+    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    to = x1.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def hit(n: int, size: int) -> federation_pb2.WatchHit:
+        sealed, sig, kid = seal_hit(cc.signing, to, "x1", "w0", "cc", n, b"h" * size)
+        return federation_pb2.WatchHit(id=n, sealed=federation_pb2.SealedWatchHit(
+            watcher="x1", center="cc", watch_id="w0", number=n, sealed=sealed,
+            signature=sig, key_id=kid))
+
+    def kept() -> int:
+        with contextlib.closing(hub.db()) as conn:
+            return conn.execute("SELECT count(*) FROM watch_outbox WHERE center = 'x1'"
+                                ).fetchone()[0]
+
+    # A small hit, then five that pad to 256 KiB each (under half a message
+    # each, over a message together), one a batch from aa.
+    for n in range(1, 7):
+        size = 100 if n == 1 else 200_000
+        aa.hits_for("hub").put(federation_pb2.WatchHitBatch(hits=[hit(n, size)], last=n))
+    hub.wait_for(lambda: kept() == 6, 20, "the hits relayed for x1")
+
+    got: list[int] = []
+    with x1.channel(hub.listen, hub.card()) as ch:
+        stream = federation_pb2_grpc.FederationStub(ch).WatchHits(
+            federation_pb2.WatchHitsRequest(after=0), timeout=10)
+        with contextlib.suppress(grpc.RpcError):
+            for batch in stream:
+                got += [h.sealed.number for h in batch.hits]
+                if len(got) >= 6:
+                    break
+    assert got == [1, 2, 3, 4, 5, 6], got
+    for r in (aa, x1, cc):
+        r.stop()
