@@ -244,10 +244,12 @@ class StandingServer:
         clock = time.monotonic()
         # A bucket per watcher only for a center whose key this node holds: the
         # name is the set's unchecked claim, and a bucket per name a peer makes up
-        # (up to a set's size each) would be memory without bound. Any other set is
-        # refused by _verify, after the peer's own budgets below are charged.
-        if (not own and self.node.history_of(body.center) is not None
-                and not self.watcher_rates.allow(f"{peer}\0{body.center}", clock)):
+        # (up to a set's size each) would be memory without bound. The sets of
+        # every other watcher (refused by _verify anyway) share one watcher's share
+        # ('?' is no center id), so they cannot spend the peer's passed-on budget.
+        known = self.node.history_of(body.center) is not None
+        if not own and not self.watcher_rates.allow(
+                f"{peer}\0{body.center if known else '?'}", clock):
             # First, so a flooding watcher's refused sets cost the others nothing.
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"rate limit: at most {self.watcher_rates.per_minute} standing sets "

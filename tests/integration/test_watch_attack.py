@@ -441,6 +441,28 @@ def test_claimed_watcher_names_cost_a_node_no_memory(make_node, tmp_path: Path) 
     bad.stop()
 
 
+def test_sets_of_unknown_watchers_share_one_watchers_share(make_node, tmp_path: Path) -> None:
+    """Red team (session 16): with no bucket per unknown watcher name (above), the
+    sets of watchers whose key this node does not hold (refused anyway) would each
+    spend the passing peer's whole passed-on budget: a watcher known at the hub
+    but not here could hold back every other watcher's set through that hub. They
+    share one watcher's tenth."""
+    mid = make_node("mid", start=False)
+    mid.edit_config("standing_sets_per_minute = 600", "standing_sets_per_minute = 20")
+    mid.start()
+    hub, vv = Rogue(tmp_path, "hub"), Rogue(tmp_path, "vv")
+    hub.serve(mid.card())
+    mid.ok("peers", "add", hub.card.line())
+    mid.ok("peers", "add", vv.card.line(), "--no-connect")  # keys only
+    stranger = Rogue(tmp_path, "stranger")  # its key is not held at mid
+    now = int(time.time() * 1000)
+    codes = [send(hub, mid, signed_set(stranger, now + i, 1, ["stranger"])) for i in range(25)]
+    assert grpc.StatusCode.OK not in codes
+    assert codes.count(grpc.StatusCode.PERMISSION_DENIED) == 2  # 20 a minute / 10
+    assert send(hub, mid, signed_set(vv, now, 1, ["vv"])) == grpc.StatusCode.OK
+    hub.stop()
+
+
 def test_large_relayed_hits_cannot_stall_a_peers_hit_stream(make_node, tmp_path: Path) -> None:
     """Red team (session 16): a hit batch held up to 128 hits whatever their size,
     and a relayed sealed hit may be up to half a message. A center beyond sending a
