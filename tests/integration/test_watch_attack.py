@@ -438,6 +438,9 @@ def test_claimed_watcher_names_cost_a_node_no_memory(make_node, tmp_path: Path) 
     # 300 names of 256 KiB kept would be 75 MiB.
     assert grown < 30 * 1024, f"the node grew by {grown} KiB for refused sets"
     assert hub.running
+    # Nor a log line each (a peer may call as fast as it likes): ten a minute.
+    lines = [ln for ln in hub.log_tail(50_000_000).splitlines() if "standing set refused" in ln]
+    assert 1 <= len(lines) <= 12, f"{len(lines)} lines for 301 refused sets"
     bad.stop()
 
 
