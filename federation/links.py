@@ -373,16 +373,17 @@ class PeerLink:
         ask_again = False
         if (recovery.heard(center, reported, ours) and not recovery.active
                 and recovery.held is None):
-            log.warning("a peer reports this center's own log beyond ours without sending "
-                        "a signed entry of it", extra={"peer": center, "peer_head": reported,
-                                                       "own_head": ours})
             # A peer serves this node's own log only up to its head when the stream
             # opened: entries it took since (a thief's, signed with this node's key)
             # come only on a new stream. Ask once more, at most once a minute (a claim
-            # alone is no proof and must not cost more than that).
+            # alone is no proof and must not cost more than that: nor a log line per
+            # heartbeat, which a peer may send as fast as it likes).
             at = time.monotonic()
             if self._asked_own_at is None or at - self._asked_own_at >= ASK_OWN_AGAIN_S:
                 self._asked_own_at, ask_again = at, True
+                log.warning("a peer reports this center's own log beyond ours without "
+                            "sending a signed entry of it (asking it again)", extra={
+                                "peer": center, "peer_head": reported, "own_head": ours})
         if recovery.active and recovery.caught_up(ours):
             await self._finish_recovery(ours)
         self.state.received += result.stored

@@ -31,7 +31,7 @@ from federation.query_forward import Forwarder, hops_left
 from federation.ratelimit import RateLimits
 from node.core.query import MAX_ENTITY_KEYS, MAX_TEXT, SearchParams, discovered
 from node.core.record import check_behaviors, kind_name
-from node.core.sealing import seal_answer
+from node.core.sealing import padded_within, seal_answer
 from node.core.signing import BadSignature, open_query
 from node.core.timeutil import now_ms
 from node.core.types import Decision, Dissemination, Requester, ValidationError
@@ -308,7 +308,8 @@ class QueryAnswerer:
                                           "pointers": len(answer.pointers)})
         relay = self.forwarder.start(peer, request, body) if self.forwarder else None
         try:
-            for part, msg in enumerate(self.chunks(answer)):
+            padded = requester != peer and body.pad_answers
+            for part, msg in enumerate(self.chunks(answer, padded)):
                 if requester == peer:
                     yield msg  # straight to the requester over its own TLS session
                 else:
@@ -354,13 +355,25 @@ class QueryAnswerer:
                                            signature=signature, key_id=kid,
                                            padded=body.pad_answers)
 
-    def chunks(self, answer: Answer) -> Iterator[federation_pb2.QueryAnswer]:
+    def chunks(self, answer: Answer, padded: bool = False
+               ) -> Iterator[federation_pb2.QueryAnswer]:
+        """Parts of at most half a message each (one record alone may be more).
+        ``padded``: each part is padded before it is sealed (seal_answer), which
+        rounds it up to a power of two: parts then stay within the largest one
+        inside half a message, or a part just over it would double past the
+        message limit and the whole answer fail on the wire."""
         records, pointers = answer.records, answer.pointers
         budget = self.node.config.limits.max_message_bytes // 2
+        if padded:
+            budget = padded_within(budget)
         while True:
-            n, size = 0, 0
-            while n < min(CHUNK, len(records)) and (n == 0 or size < budget):
-                size += records[n].ByteSize()
+            # Each field costs its bytes, a tag and a length (8 covers both).
+            n, size = 0, 8 + sum(p.ByteSize() + 8 for p in pointers[:CHUNK])
+            while n < min(CHUNK, len(records)):
+                more = records[n].ByteSize() + 8
+                if n and size + more > budget:
+                    break
+                size += more
                 n += 1
             msg = federation_pb2.QueryAnswer(records=records[:n], pointers=pointers[:CHUNK])
             records, pointers = records[n:], pointers[CHUNK:]

@@ -183,6 +183,7 @@ class Federation:
         if body.center != center:
             raise ValidationError(f"introductions name {body.center[:64]!r}, not {center!r}")
         offers = []
+        bad, first = 0, ""
         for item in body.cards[:MAX_INTRODUCED]:
             try:
                 offers.append(Offer(parse_card(item.card), tuple(
@@ -192,21 +193,31 @@ class Federation:
                 # the center's real signing key with a key of its own) lands here.
                 metrics.INTRODUCTIONS_REFUSED.labels(center, "seal_signature" if isinstance(
                     exc, BadSealSignature) else "invalid_card").inc()
-                log.warning("introduced card refused", extra={"peer": center,
-                                                              "reason": str(exc)[:200]})
+                bad, first = bad + 1, first or str(exc)[:200]
+        if bad:
+            # One line a round, not one a card: an introducer's view holds up to
+            # MAX_INTRODUCED cards and is fetched every introduction_poll_s.
+            log.warning("introduced card refused", extra={"peer": center, "cards": bad,
+                                                           "first_reason": first})
         async with self._lock:
             if not self.node.peers.get(center, None) or not self.node.peers[center].introducer:
                 return  # unpinned or demoted while we asked
             result = adopt(self.node.center, self.node.own_public_key, self.node.peers,
                            center, offers)
-            for c in result.unsigned:
-                metrics.INTRODUCTIONS_REFUSED.labels(center, "unsigned_seal_key").inc()
-                if (center, c) not in self.unsigned_seal_keys:  # once, not every poll
-                    self.unsigned_seal_keys.add((center, c))
-                    log.warning("introduced seal key not signed", extra={
-                        "peer": center, "center": c, "reason": (
-                            "dropped: nothing is sealed to that center until a card "
-                            "carrying its own signature of its seal key arrives")})
+            metrics.INTRODUCTIONS_REFUSED.labels(center, "unsigned_seal_key").inc(
+                len(result.unsigned))
+            # Logged once, not every poll; what is remembered is this introducer's
+            # current view only (names it made up once must not pile up), and the
+            # news of one round is one line.
+            seen = {c for i, c in self.unsigned_seal_keys if i == center}
+            news = sorted(set(result.unsigned) - seen)
+            self.unsigned_seal_keys = {k for k in self.unsigned_seal_keys if k[0] != center}
+            self.unsigned_seal_keys |= {(center, c) for c in result.unsigned}
+            if news:
+                log.warning("introduced seal key not signed", extra={
+                    "peer": center, "centers": news[:10], "count": len(news), "reason": (
+                        "dropped: nothing is sealed to those centers until a card "
+                        "carrying its own signature of its seal key arrives")})
             for c, why in (*result.conflicts, *result.refused):
                 if self.conflicts.get(c) != why:
                     log.warning("introduction conflict", extra={"peer": center, "center": c,

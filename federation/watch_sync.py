@@ -242,7 +242,14 @@ class StandingServer:
         self.byte_rates.per_minute = limits.standing_set_bytes_per_minute
         self.watcher_rates.per_minute = max(1, limits.standing_sets_per_minute // WATCHER_SHARE)
         clock = time.monotonic()
-        if not own and not self.watcher_rates.allow(f"{peer}\0{body.center}", clock):
+        # A bucket per watcher only for a center whose key this node holds: the
+        # name is the set's unchecked claim, and a bucket per name a peer makes up
+        # (up to a set's size each) would be memory without bound. The sets of
+        # every other watcher (refused by _verify anyway) share one watcher's share
+        # ('?' is no center id), so they cannot spend the peer's passed-on budget.
+        known = self.node.history_of(body.center) is not None
+        if not own and not self.watcher_rates.allow(
+                f"{peer}\0{body.center if known else '?'}", clock):
             # First, so a flooding watcher's refused sets cost the others nothing.
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"rate limit: at most {self.watcher_rates.per_minute} standing sets "
@@ -280,13 +287,14 @@ class StandingServer:
             before = watch_tx.route(conn, watcher)
             if before is not None and body.issued_ms <= before.issued_ms:
                 if body.issued_ms == before.issued_ms:
-                    again = self._same_set_again(conn, before, peer, hops, path, signed)
+                    again = self._same_set_again(conn, before, peer, hops, path, signed,
+                                                 limits.max_standing_sets_per_peer)
                     if again is not None:
                         return 0, 0, again
                 raise Refused(grpc.StatusCode.ALREADY_EXISTS,
                               "standing set is not newer than the one taken (a replay)")
             if (watcher != peer and (before is None or before.via != peer)
-                    and watch_tx.routed_via(conn, peer, peer)
+                    and watch_tx.routed_via(conn, peer, peer, watcher)
                     >= limits.max_standing_sets_per_peer):
                 raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"this peer already brings the standing sets of "
@@ -316,7 +324,8 @@ class StandingServer:
 
     @staticmethod
     def _same_set_again(conn: sqlite3.Connection, before: watch_tx.Route, peer: str,
-                        hops: int, path: tuple[str, ...], signed: bytes) -> bool | None:
+                        hops: int, path: tuple[str, ...], signed: bytes,
+                        most_watchers: int) -> bool | None:
         """The set taken already, arriving again another way. Its routing is
         unsigned, and the first copy may have come from a hostile hop claiming no
         hop left or a path through this node's other peers: kept as it was, that
@@ -341,8 +350,12 @@ class StandingServer:
             keep = signed
         wider = further > before.hops_left or merged != before.path or keep != before.signed
         # Through another peer than the one it came through first: a way back
-        # for its hits too (the first hop may drop them), up to MAX_WAYS in all.
+        # for its hits too (the first hop may drop them), up to MAX_WAYS in all;
+        # and for no more watchers than the peer may bring sets of (a way holds
+        # hits for it as a via does: a peer reflecting every set passed on to it,
+        # its path stripped, would otherwise be a way back for every watcher here).
         way = (not direct and peer != watcher
+               and watch_tx.routed_via(conn, peer, peer, watcher) < most_watchers
                and watch_tx.add_way(conn, watcher, peer, MAX_WAYS - 1))
         if not (direct or wider):
             return False if way else None
@@ -382,12 +395,28 @@ class StandingServer:
         node = self.node
         now = now_ms()
         rows = watch_tx.outgoing(conn, peer, after, HIT_BATCH)
-        batch = federation_pb2.WatchHitBatch(last=rows[-1].id if rows else after)
+        batch = federation_pb2.WatchHitBatch(last=after)
+        # At most half a message of hits (one alone may be more): a relayed sealed
+        # hit may be half a message itself, and a batch past the limit fails on the
+        # wire each time the peer pulls again from that cursor: no hit on this way
+        # would ever get through. The rest go in the next batch.
+        room = node.config.limits.max_message_bytes // 2
+
+        def fits(h: federation_pb2.WatchHit) -> bool:
+            nonlocal room
+            size = h.ByteSize() + 8  # with its tag and length
+            if batch.hits and size > room:
+                return False
+            room -= size
+            return True
         current = {(s.center, s.watch.id): s for center in {r.center for r in rows}
                    for s in watch_tx.standing(conn, now, center)}
         sent: list[Dissemination] = []
         logged: list[tuple[int, str]] = []
         for row in rows:
+            if batch.hits and room <= 0:
+                break
+            before, batch.last = batch.last, row.id  # (back to before: not sent now)
             s = current.get((row.center, row.watch_id))
             if s is None:
                 continue  # withdrawn or expired meanwhile
@@ -396,7 +425,11 @@ class StandingServer:
                 with contextlib.suppress(DecodeError):
                     relayed.ParseFromString(row.sealed)
                     relayed.via.append(node.center)
-                    batch.hits.append(federation_pb2.WatchHit(id=row.id, sealed=relayed))
+                    one = federation_pb2.WatchHit(id=row.id, sealed=relayed)
+                    if not fits(one):
+                        batch.last = before
+                        break
+                    batch.hits.append(one)
                 continue
             entry = log_tx.entry(conn, row.origin, row.seq)
             if entry is None or entry.payload is None or row.origin != node.center:
@@ -426,6 +459,9 @@ class StandingServer:
                 hit = federation_pb2.WatchHit(id=row.id, sealed=federation_pb2.SealedWatchHit(
                     watcher=row.center, center=node.center, watch_id=row.watch_id,
                     number=row.id, sealed=sealed, signature=signature, key_id=kid))
+            if not fits(hit):
+                batch.last = before
+                break
             batch.hits.append(hit)
             if row.logged == d.name:
                 continue  # sent again (a pull from an old cursor): logged already

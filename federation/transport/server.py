@@ -36,6 +36,7 @@ from node.wire import federation_pb2, federation_pb2_grpc
 log = logs.get("fcnode.federation.server")
 HEARTBEAT_S = 10.0
 GROUP = 8  # batches per transaction during catch-up
+REFUSAL_LOGS_PER_MINUTE = 10  # refused standing sets logged per peer (the rest counted)
 
 
 def fit(entries: list[log_tx.StoredEntry], budget: int,
@@ -116,6 +117,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         # Per peer: Replicate requests that start some origin over from seq 0 (a
         # full resend costs this node a read and a dissemination check per entry).
         self.restarts = RateLimits(node.config.limits.restarts_per_minute)
+        # Per peer: refused standing sets logged a minute (a peer may call as fast
+        # as it likes, each refusal was a line: the log without bound).
+        self.refusal_logs = RateLimits(REFUSAL_LOGS_PER_MINUTE)
+        self.refusals_unlogged: dict[str, int] = {}
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> str:
         pem = peer_pem(context)
@@ -333,7 +338,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         try:
             return await self.standing.set_standing(peer, request)
         except Refused as exc:
-            log.warning("standing set refused", extra={"peer": peer, "reason": str(exc)})
+            if self.refusal_logs.allow(peer, time.monotonic()):
+                log.warning("standing set refused", extra={
+                    "peer": peer, "reason": str(exc),
+                    "not_logged_before": self.refusals_unlogged.pop(peer, 0)})
+            else:
+                self.refusals_unlogged[peer] = self.refusals_unlogged.get(peer, 0) + 1
             await context.abort(exc.code, str(exc))
         raise AssertionError("unreachable")
 

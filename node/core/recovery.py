@@ -86,6 +86,13 @@ HELD_CHOICE = ("an old copy of node.db: fcnode recovery adopt; a stolen signing 
                "fcnode keys rotate --signing --stolen, then the README's stolen-key runbook")
 
 
+def held_refusal(held: Held) -> str:
+    """Why nothing may be appended while ``held``."""
+    return (f"own log held: {held.describe()}. It may be an old copy of node.db or a stolen "
+            "signing key; this node adopts nothing and signs nothing until an administrator "
+            f"decides ({HELD_CHOICE})")
+
+
 @dataclass
 class OwnLogRecovery:
     active: bool = False              # the persistent marker is set
@@ -180,9 +187,7 @@ class OwnLogRecovery:
         append is the key rotation of the stolen-key runbook, the one way out of
         the held state that signs (it declares the held entries not this node's)."""
         if self.held is not None and not stolen:
-            return (f"own log held: {self.held.describe()}. It may be an old copy of node.db "
-                    "or a stolen signing key; this node adopts nothing and signs nothing "
-                    f"until an administrator decides ({HELD_CHOICE})")
+            return held_refusal(self.held)
         if self.active:
             n = self.behind(our_head)
             waiting = sorted(p for p in self.dialled

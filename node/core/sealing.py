@@ -86,6 +86,13 @@ def pad(plaintext: bytes) -> bytes:
     return framed + bytes(size - len(framed))
 
 
+def padded_within(limit: int) -> int:
+    """The most bytes whose padding (``pad``) is at most ``limit`` bytes (at least
+    PAD). Padding rounds up to a power of two, so a part sized against ``limit``
+    alone could come out nearly twice as large: past the message limit."""
+    return max(PAD, 1 << (max(limit, 1).bit_length() - 1)) - _LEN
+
+
 def unpad(padded: bytes, what: str) -> bytes:
     n = int.from_bytes(padded[:_LEN], "big")
     if len(padded) < _LEN or n > len(padded) - _LEN or any(padded[_LEN + n:]):

@@ -38,7 +38,7 @@ from node.core.keyhistory import (
 )
 from node.core.query import SearchParams, discovered
 from node.core.record import Draft, body_policy, body_to_dict, kind_name
-from node.core.recovery import HELD_CHOICE, Held, OwnLogRecovery
+from node.core.recovery import HELD_CHOICE, Held, OwnLogRecovery, held_refusal
 from node.core.routing import route
 from node.core.sealing import SealedCopy, seal_copy
 from node.core.signing import (
@@ -586,6 +586,13 @@ class NodeService:
             return (f"recovering own log: the entry at seq {head} is known only by its hash "
                     "from a peer; waiting for a peer to send it signed (or: fcnode recovery "
                     "finish, which drops such unsigned positions)")
+        if not stolen and self.recovery.held is None:
+            # Ingest commits the held marker in its own transaction and the link
+            # sets the state above only after it returns: a write queued behind it
+            # on the database thread must not sign over the entries it refused.
+            held = recovery_tx.held(conn)
+            if held is not None:
+                return held_refusal(held)
         return self.recovery.refusal(head, time.monotonic(), stolen)
 
     async def may_append_own(self) -> None:

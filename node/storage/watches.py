@@ -227,10 +227,15 @@ def add_way(conn: sqlite3.Connection, center: str, peer: str, most: int) -> bool
     return True
 
 
-def routed_via(conn: sqlite3.Connection, peer: str, besides: str) -> int:
-    """Watcher centers (other than ``besides``) whose sets came through ``peer``."""
-    return conn.execute("SELECT count(*) FROM standing_sync WHERE coalesce(via, center) = ? "
-                        "AND center != ?", (peer, besides)).fetchone()[0]
+def routed_via(conn: sqlite3.Connection, peer: str, *besides: str) -> int:
+    """Watcher centers (other than ``besides``) whose sets came through ``peer``:
+    as the way taken first, or as a further way back (standing_ways). Both hold
+    that watcher's hits for ``peer``, so both count against what a peer may bring."""
+    marks = ", ".join("?" * len(besides)) or "NULL"
+    return conn.execute(
+        "SELECT count(*) FROM (SELECT center FROM standing_sync WHERE coalesce(via, center) = ? "
+        "UNION SELECT center FROM standing_ways WHERE peer = ?) "
+        f"WHERE center NOT IN ({marks})", (peer, peer, *besides)).fetchone()[0]
 
 
 def standing_issued(conn: sqlite3.Connection, center: str) -> int:
@@ -326,6 +331,8 @@ def drop_center(conn: sqlite3.Connection, center: str) -> None:
             _forget_standing(conn, watcher, watch_id)
         conn.execute("DELETE FROM standing_queries WHERE center = ?", (watcher,))
         conn.execute("DELETE FROM standing_sync WHERE center = ?", (watcher,))
+        # (Its other ways too: they count against those peers' bound, routed_via.)
+        conn.execute("DELETE FROM standing_ways WHERE center = ?", (watcher,))
     conn.execute("DELETE FROM watch_outbox WHERE peer = ?", (center,))
 
 

@@ -136,3 +136,25 @@ def test_a_thiefs_entries_put_the_victim_on_hold_until_its_admin_adopts(
     # A second adopt has nothing to adopt.
     again = victim.cli("recovery", "adopt")
     assert again.returncode != 0 and "not held" in again.stderr
+
+
+def test_a_publish_right_after_the_hold_committed_is_refused(make_node) -> None:
+    """Red team (session 16): ingest commits the held marker in its transaction, and
+    the link sets the in-memory held state after it returns; a publish transaction
+    queued behind the ingest one on the database thread ran in between and checked
+    only the in-memory state: it signed the next position over the thief's entry (the
+    fork the held state exists to prevent). The refusal reads the marker in the
+    write transaction. Here the marker is committed behind the running daemon's back:
+    the same moment, held open."""
+    import sqlite3
+
+    victim = make_node("victim")
+    victim.publish("--kind", "BULLETIN", "--title", "genuine one", *GREEN)
+    with contextlib.closing(sqlite3.connect(victim.home / "node.db", timeout=10)) as conn:
+        conn.execute("INSERT INTO own_held (id, peer, seq, own_head, hash, since_ms) "
+                     "VALUES (1, 'receiver', 2, 1, x'00', 1)")
+        conn.commit()
+    refused = victim.cli("publish", "--kind", "BULLETIN", "--title", "over the thief's", *GREEN)
+    assert refused.returncode == 1, "signed the next position while held"
+    assert "own log held" in refused.stderr, refused.stderr
+    assert list(_own(victim)) == [1]

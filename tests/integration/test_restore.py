@@ -11,6 +11,7 @@ import json
 import shutil
 import sqlite3
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,30 @@ def test_a_restore_clears_a_hold_taken_with_the_backup(make_node, tmp_path: Path
     a.start()
     own = a.json("status")["own_log"]
     assert own["recovering"] and "held" not in own
+
+
+def test_a_claimed_head_repeated_costs_one_log_line_and_one_stream_a_minute(
+        make_node, tmp_path: Path) -> None:
+    """Red team (session 16): a claimed head of this node's own log beyond its own
+    is no proof, and asks the peer again once a minute at most; but every batch
+    carrying the claim wrote a warning line, so a peer sending heartbeats with a
+    claim as fast as it liked wrote the victim's log without bound. Logged with the
+    ask again: once a minute per peer (and when the claim grows)."""
+    from tests.integration.rogue import Rogue
+
+    a = make_node("ncric")
+    rogue = Rogue(tmp_path, "mallory")
+    rogue.heads = {"ncric": 50}
+    rogue.heartbeats = 2000
+    rogue.serve(a.card())
+    try:
+        a.ok("peers", "add", rogue.card.line())
+        a.wait_for(lambda: rogue.requests, what="the rogue's stream")
+        time.sleep(5)  # the heartbeats are read within a moment
+        lines = [ln for ln in a.log_tail(10_000_000).splitlines()
+                 if "own log beyond ours without sending" in ln]
+        assert 1 <= len(lines) <= 3, f"{len(lines)} warning lines for one peer's claim"
+        assert len(rogue.requests) <= 3  # asked again once, not per heartbeat
+        assert not a.json("status")["own_log"]["blocked"]
+    finally:
+        rogue.stop()

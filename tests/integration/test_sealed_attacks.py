@@ -235,3 +235,36 @@ def test_an_introducer_swapping_a_center_s_seal_key_cannot_read_its_copies(
         assert "s2" not in peers(s1)
     finally:
         rogue.stop()
+
+
+def test_an_introducers_bad_cards_cost_one_log_line_a_round(make_node, tmp_path: Path) -> None:
+    """Red team (session 16): every refused introduced card (a seal key its center did
+    not sign) wrote a warning line, at every poll: an introducer's view may hold
+    10,000 cards, fetched every 30 s by default, so a lying introducer wrote the
+    victim's log without bound (and unsigned seal keys under ever new names were
+    remembered for ever). One line a round now, naming how many and the first reason."""
+    import time
+
+    s1 = make_node("s1", start=False)
+    s1.edit_config(*POLL)
+    url = with_metrics(s1)
+    s1.start()
+    s2 = make_node("s2", start=False)  # its card is all this needs
+    rogue = Rogue(tmp_path, "rogue")
+    swapped = swapped_under_signature(s2.card(), rogue_seal_key(rogue)).split("/")
+    rogue.introduces = [("/".join([*swapped[:1], f"s2-{i}", *swapped[2:]]), [])
+                        for i in range(200)]
+    rogue.serve(s1.card())
+    try:
+        s1.ok("peers", "add", rogue.card.line(), "--introducer")
+        s1.wait_for(lambda: rogue.introductions_served >= 5, what="five rounds")
+        time.sleep(0.5)
+        rounds = rogue.introductions_served
+        lines = [ln for ln in s1.log_tail(50_000_000).splitlines()
+                 if "introduced card refused" in ln]
+        assert 1 <= len(lines) <= rounds, f"{len(lines)} lines for {rounds} rounds"
+        assert "seal key's signature does not verify" in lines[0] and '"cards": 200' in lines[0]
+        assert (value(scrape(url)[1], "fcnode_introductions_refused_total", peer="rogue",
+                      reason="seal_signature") or 0) >= 200
+    finally:
+        rogue.stop()

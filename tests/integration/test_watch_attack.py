@@ -6,6 +6,7 @@ against real daemons over mutual TLS, and shows the node holds.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -396,5 +397,125 @@ def test_a_hop_cannot_inflate_a_real_hit_to_push_others_out(make_node,
     aa.hits_for("hub").put(federation_pb2.WatchHitBatch(hits=[hit], last=3))
     hub.wait_for(lambda: "hit:3" in kept(), 20, "the padded hit relayed")
     assert kept() == ["hit:1", "hit:3"], kept()
+    for r in (aa, x1, cc):
+        r.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:"))
+
+
+def test_claimed_watcher_names_cost_a_node_no_memory(make_node, tmp_path: Path) -> None:
+    """Red team (session 16): one watcher's share of a peer's passed-on rate was a
+    rate-limit bucket keyed by the watcher name the set claims, made before the set
+    was checked and never dropped. A peer sending sets that claim ever new names
+    (up to the 1 MiB a set may be) made the node keep every name for ever: memory
+    without bound, from one peer. Only a watcher whose key this node holds gets a
+    bucket (any other set is refused anyway)."""
+    hub = make_node("hub")
+    bad = Rogue(tmp_path, "bad")
+    bad.serve(hub.card())
+    hub.ok("peers", "add", bad.card.line())
+    now = int(time.time() * 1000)
+
+    def claiming(i: int) -> federation_pb2.SignedStandingSet:
+        # A name of 256 KiB: the set stays under the 1 MiB a set may be.
+        body = federation_pb2.StandingSet(center=f"{i:08d}" + "x" * 262_144, issued_ms=now)
+        raw = body.SerializeToString()
+        return federation_pb2.SignedStandingSet(
+            body=raw, signature=sign(bad.signing, STANDING_DOMAIN, raw),
+            key_id=key_id(bad.signing.public_key()))
+
+    assert send(bad, hub, claiming(0)) != grpc.StatusCode.OK  # pinned and listening
+    before = _rss_kib(hub.pid)
+    with bad.channel(hub.listen, hub.card()) as ch:
+        stub = federation_pb2_grpc.FederationStub(ch)
+        for i in range(1, 301):
+            with contextlib.suppress(grpc.RpcError):
+                stub.SetStanding(claiming(i), timeout=10)
+    grown = _rss_kib(hub.pid) - before
+    # 300 names of 256 KiB kept would be 75 MiB.
+    assert grown < 30 * 1024, f"the node grew by {grown} KiB for refused sets"
+    assert hub.running
+    # Nor a log line each (a peer may call as fast as it likes): ten a minute.
+    lines = [ln for ln in hub.log_tail(50_000_000).splitlines() if "standing set refused" in ln]
+    assert 1 <= len(lines) <= 12, f"{len(lines)} lines for 301 refused sets"
+    bad.stop()
+
+
+def test_sets_of_unknown_watchers_share_one_watchers_share(make_node, tmp_path: Path) -> None:
+    """Red team (session 16): with no bucket per unknown watcher name (above), the
+    sets of watchers whose key this node does not hold (refused anyway) would each
+    spend the passing peer's whole passed-on budget: a watcher known at the hub
+    but not here could hold back every other watcher's set through that hub. They
+    share one watcher's tenth."""
+    mid = make_node("mid", start=False)
+    mid.edit_config("standing_sets_per_minute = 600", "standing_sets_per_minute = 20")
+    mid.start()
+    hub, vv = Rogue(tmp_path, "hub"), Rogue(tmp_path, "vv")
+    hub.serve(mid.card())
+    mid.ok("peers", "add", hub.card.line())
+    mid.ok("peers", "add", vv.card.line(), "--no-connect")  # keys only
+    stranger = Rogue(tmp_path, "stranger")  # its key is not held at mid
+    now = int(time.time() * 1000)
+    codes = [send(hub, mid, signed_set(stranger, now + i, 1, ["stranger"])) for i in range(25)]
+    assert grpc.StatusCode.OK not in codes
+    assert codes.count(grpc.StatusCode.PERMISSION_DENIED) == 2  # 20 a minute / 10
+    assert send(hub, mid, signed_set(vv, now, 1, ["vv"])) == grpc.StatusCode.OK
+    hub.stop()
+
+
+def test_large_relayed_hits_cannot_stall_a_peers_hit_stream(make_node, tmp_path: Path) -> None:
+    """Red team (session 16): a hit batch held up to 128 hits whatever their size,
+    and a relayed sealed hit may be up to half a message. A center beyond sending a
+    few large hits (each signed and within every per-watcher bound) made the hub's
+    next batch for that way larger than a message: the send failed, the peer pulled
+    again from the same cursor, failed again, and no hit for any watcher on that way
+    got through. A batch holds at most half a message (one hit alone may be more)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from node.core.sealing import seal_hit
+
+    hub = make_node("hub", start=False)
+    hub.edit_config("max_message_bytes = 8388608", "max_message_bytes = 1048576")
+    hub.start()
+    aa, x1, cc = (Rogue(tmp_path, c) for c in ("aa", "x1", "cc"))
+    for r in (aa, x1):
+        r.serve(hub.card())
+        hub.ok("peers", "add", r.card.line())
+    hub.ok("peers", "add", cc.card.line(), "--no-connect")  # the answering center's key
+    now = int(time.time() * 1000)
+    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
+    to = x1.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def hit(n: int, size: int) -> federation_pb2.WatchHit:
+        sealed, sig, kid = seal_hit(cc.signing, to, "x1", "w0", "cc", n, b"h" * size)
+        return federation_pb2.WatchHit(id=n, sealed=federation_pb2.SealedWatchHit(
+            watcher="x1", center="cc", watch_id="w0", number=n, sealed=sealed,
+            signature=sig, key_id=kid))
+
+    def kept() -> int:
+        with contextlib.closing(hub.db()) as conn:
+            return conn.execute("SELECT count(*) FROM watch_outbox WHERE center = 'x1'"
+                                ).fetchone()[0]
+
+    # A small hit, then five that pad to 256 KiB each (under half a message
+    # each, over a message together), one a batch from aa.
+    for n in range(1, 7):
+        size = 100 if n == 1 else 200_000
+        aa.hits_for("hub").put(federation_pb2.WatchHitBatch(hits=[hit(n, size)], last=n))
+    hub.wait_for(lambda: kept() == 6, 20, "the hits relayed for x1")
+
+    got: list[int] = []
+    with x1.channel(hub.listen, hub.card()) as ch:
+        stream = federation_pb2_grpc.FederationStub(ch).WatchHits(
+            federation_pb2.WatchHitsRequest(after=0), timeout=10)
+        with contextlib.suppress(grpc.RpcError):
+            for batch in stream:
+                got += [h.sealed.number for h in batch.hits]
+                if len(got) >= 6:
+                    break
+    assert got == [1, 2, 3, 4, 5, 6], got
     for r in (aa, x1, cc):
         r.stop()

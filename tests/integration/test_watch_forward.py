@@ -407,3 +407,56 @@ def test_a_first_hop_that_drops_hits_does_not_cut_the_watcher_off(make_node,
     c.wait_for(lambda: remote(c)[wid].get("via") == "hub", 10, "the hub as the way back")
     assert not remote(c)[wid].get("also_via")
     bad.stop()
+
+
+def test_a_peer_is_a_way_back_for_no_more_watchers_than_it_may_bring(make_node,
+                                                                     tmp_path: Path) -> None:
+    """Red team (session 16): a peer that passes on the same set as another peer
+    became a further way back for its hits, and ways were not counted against
+    ``max_standing_sets_per_peer``. A hostile peer reflecting every set this node
+    passes on to it (path stripped: unsigned) was a way back for every watcher
+    here, each holding up to ``max_watch_hits`` rows and ``max_relay_bytes`` of
+    sealed hits for it that it never pulls. A way back counts like a via."""
+    node = make_node("hub", start=False)
+    node.edit_config("max_standing_sets_per_peer = 100", "max_standing_sets_per_peer = 1")
+    node.start()
+    aa, bb = Rogue(tmp_path, "aa"), Rogue(tmp_path, "bb")  # peers passing sets on
+    x1, x2 = Rogue(tmp_path, "x1"), Rogue(tmp_path, "x2")  # watchers beyond them
+    for r in (aa, bb):
+        r.serve(node.card())
+        node.ok("peers", "add", r.card.line())
+    for r in (x1, x2):
+        node.ok("peers", "add", r.card.line(), "--no-connect")  # keys only
+    key = entities.match_keys("plate", "WCH 100")[0]
+    now = int(time.time() * 1000)
+
+    def call(rogue: Rogue, req: federation_pb2.SignedStandingSet):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 15
+        while True:  # a new pin applies to the listener within a moment
+            with rogue.channel(node.listen, node.card()) as ch:
+                try:
+                    federation_pb2_grpc.FederationStub(ch).SetStanding(req, timeout=10)
+                    return grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                        return exc.code()
+            time.sleep(0.3)
+
+    def via(hop: str, watcher: Rogue) -> federation_pb2.SignedStandingSet:
+        req = _standing(watcher, watcher.center, now, 1, key)
+        req.path.extend([watcher.center, hop])
+        return req
+
+    def ways() -> dict[str, tuple[str | None, list[str]]]:
+        return {x["center"]: (x.get("via"), x.get("also_via") or [])
+                for x in node.json_lines("watch", "list", "--remote")}
+
+    assert call(aa, via("aa", x1)) == grpc.StatusCode.OK
+    assert call(bb, via("bb", x2)) == grpc.StatusCode.OK
+    assert ways() == {"x1": ("aa", []), "x2": ("bb", [])}
+    # aa brings x2's set again (as a reflection would: the same signed bytes).
+    call(aa, via("aa", x2))
+    assert ways() == {"x1": ("aa", []), "x2": ("bb", [])}, \
+        "a peer at its bound of watchers became a way back for one more"
+    for r in (aa, bb):
+        r.stop()

@@ -80,3 +80,12 @@ def test_a_hub_cannot_tell_by_size_whether_a_center_held_anything() -> None:
     assert open_answer(sealed, sig, kid, KEYS, WATCHER, *answer) == b"old"
     with pytest.raises(BadSignature):
         open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, padded=True)
+
+
+def test_padded_within_keeps_the_padding_inside_the_limit() -> None:
+    from node.core.sealing import PAD, pad, padded_within
+
+    for limit in (PAD, 5000, 65_536, 4 * 1024 * 1024, 4 * 1024 * 1024 + 1, 6_000_000):
+        n = padded_within(limit)
+        assert len(pad(b"x" * n)) <= max(limit, PAD)
+        assert len(pad(b"x" * (n + 1))) > max(limit, PAD) or n + 1 + 4 <= PAD

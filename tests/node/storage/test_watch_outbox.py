@@ -101,3 +101,22 @@ def test_other_ways_back_are_bounded_and_one_takes_over_from_an_unpinned_peer(
     # A watcher that is a direct peer takes no other way.
     watch_tx.replace_standing(conn, "direct", 100, [], "direct", 2, (), b"set")
     assert not watch_tx.add_way(conn, "direct", "hub", 2)
+
+
+def test_a_way_back_counts_as_a_set_the_peer_brings(tmp_path: Path) -> None:
+    """Red team (session 16): routed_via counted only first ways, so a peer could
+    be a further way back for every watcher beyond its bound (max_standing_sets_per_peer)."""
+    conn = open_sync(tmp_path / "node.db", create=True)
+    watch_tx.replace_standing(conn, "w1", 100, [], "hub", 2, (), b"set")
+    watch_tx.replace_standing(conn, "w2", 100, [], "other", 2, (), b"set")
+    assert watch_tx.routed_via(conn, "hub", "hub") == 1
+    assert watch_tx.add_way(conn, "w2", "hub", 2)
+    assert watch_tx.routed_via(conn, "hub", "hub") == 2  # failed before: 1
+    assert watch_tx.routed_via(conn, "hub", "hub", "w2") == 1  # not counting that watcher
+    # A watcher whose set goes with an unpinned peer leaves no way behind to count.
+    watch_tx.replace_standing(conn, "other", 100, [], "relay", 2, (), b"set")
+    assert watch_tx.add_way(conn, "other", "hub", 2)
+    watch_tx.drop_center(conn, "other")
+    assert watch_tx.routed_via(conn, "hub", "hub") == 2  # w1 (first way), w2 (further way)
+    assert conn.execute("SELECT count(*) FROM standing_ways WHERE center = 'other'"
+                        ).fetchone()[0] == 0
