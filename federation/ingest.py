@@ -59,6 +59,7 @@ from node.storage import federation as fed_tx
 from node.storage import keys as keys_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
+from node.storage import recovery as recovery_tx
 from node.storage import sealed as sealed_tx
 from node.telemetry import metrics
 from node.wire import federation_pb2, records_pb2
@@ -462,6 +463,7 @@ LIAR = "placeholders refused: this peer's were contradicted by the origin"
 
 
 OWN_LOG = "entries of this node's own log come only from itself"
+NOT_ADOPTED = "not the own entry the administrator adopted at this position"
 
 
 def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
@@ -485,6 +487,7 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
     parts do what one call would."""
     result = IngestResult()
     quarantined = fed_tx.quarantined(conn)
+    adopted = recovery_tx.adopted(conn) if recover_own else None
     stopped = set() if stopped is None else stopped
     # Per origin: the head (seq, what is held there). Items almost always extend
     # the chain by one, so the common case needs no lookup at all.
@@ -541,6 +544,12 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
                 result.duplicates += 1  # our own entry, echoed by a peer: nothing to do
                 continue
             reject(c, OWN_LOG)
+            continue
+        if (origin == own_center and adopted is not None and seq == adopted[0]
+                and c.item.hash != adopted[1]):
+            # Signed by this node's key too: the key signed two entries here. Only
+            # the one the administrator reviewed and adopted is taken back.
+            reject(c, NOT_ADOPTED)
             continue
         if origin in quarantined:
             reject(c, "origin quarantined")

@@ -629,6 +629,8 @@ class NodeService:
             recovery_tx.release(conn)
             recovery_tx.finish(conn)
             recovery_tx.begin(conn, reason, now)
+            # What the administrator reviewed is what is adopted at that position.
+            recovery_tx.adopt(conn, was)
             head = log_tx.head(conn, self.center)[0]
             detail = {**was.detail(), "own_head_seq": head}
             audit_tx.append(conn, self.sign_audit, now, user.name, "recovery.adopt", detail)

@@ -23,7 +23,20 @@ def begin(conn: sqlite3.Connection, reason: str, now_ms: int) -> bool:
 
 
 def finish(conn: sqlite3.Connection) -> bool:
+    conn.execute("DELETE FROM own_adopted")
     return conn.execute("DELETE FROM own_recovery").rowcount == 1
+
+
+def adopt(conn: sqlite3.Connection, proof: Held) -> None:
+    """The held proof an administrator adopted: its position must hold its hash."""
+    conn.execute("INSERT OR REPLACE INTO own_adopted (id, seq, hash) VALUES (1, ?, ?)",
+                 (proof.seq, proof.entry_hash))
+
+
+def adopted(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
+    """(seq, entry hash) adopted by the administrator, while that recovery runs."""
+    row = conn.execute("SELECT seq, hash FROM own_adopted WHERE id = 1").fetchone()
+    return (row[0], bytes(row[1])) if row else None
 
 
 def held(conn: sqlite3.Connection) -> Held | None:

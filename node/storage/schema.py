@@ -474,4 +474,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE entries_rowid RENAME TO entries;
     CREATE INDEX entries_record ON entries (origin, record_id, seq) WHERE record_id IS NOT NULL;
     """,
+    # 17: (red team, stop 16) the position and hash an administrator adopted with
+    # `fcnode recovery adopt` (the held proof `fcnode status` showed): while that
+    # recovery runs, a different entry there, though signed by this node's key, is
+    # refused (a thief that signed two entries at that position cannot have the one
+    # the administrator did not review adopted). Gone when recovery ends.
+    """
+    CREATE TABLE own_adopted (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL
+    );
+    """,
 ]

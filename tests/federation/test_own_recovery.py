@@ -148,3 +148,25 @@ def test_a_retired_key_beyond_a_stored_rotation_is_no_proof(conn: sqlite3.Connec
         keys_tx.add_rotation(conn, Rotation(ME, 2, old_raw, new_raw), 1)
     assert not _own_key_signs(_own_history_now(conn, ME, pinned), thief)
     assert not _own_key_signs(None, thief)
+
+
+def test_an_adopted_recovery_takes_only_the_entry_the_administrator_reviewed(
+        conn: sqlite3.Connection) -> None:
+    """`fcnode recovery adopt` adopts the held proof `fcnode status` showed. A key
+    that signed two entries at that position (a thief's fork) must not get the
+    other one taken back first because it arrived first (red team, stop 16)."""
+    from node.core.recovery import Held
+    from node.storage import recovery as recovery_tx
+
+    mine = chain(3)
+    deliver(conn, mine[:1], recover=True)  # this node's head: seq 1
+    other = item(body(2, mine[0].hash, "thief"))  # also signed by this node's key
+    with immediate(conn):
+        recovery_tx.adopt(conn, Held("nysic", 2, 1, mine[1].hash, 0))
+    refused = deliver(conn, [other], recover=True)
+    assert refused.rejected and log_tx.head(conn, ME)[0] == 1
+    taken = deliver(conn, mine[1:], recover=True)
+    assert taken.stored == 2 and log_tx.head(conn, ME) == (3, mine[-1].hash)
+    with immediate(conn):
+        recovery_tx.finish(conn)  # recovery over: the adopted position is forgotten
+    assert recovery_tx.adopted(conn) is None
