@@ -226,3 +226,18 @@ class Rogue(federation_pb2_grpc.FederationServicer):
                                              self.tls.cert_pem)
         return grpc.secure_channel(target, creds,
                                    options=[("grpc.ssl_target_name_override", card.center)])
+
+    def set_standing(self, node_listen: str, node_card: str,
+                     req: federation_pb2.SignedStandingSet) -> grpc.StatusCode:
+        """Send ``req`` to a node's SetStanding as this rogue; the status it got
+        (a pin just added applies to the node's listener within a moment: retried)."""
+        deadline = time.monotonic() + 15
+        while True:
+            with self.channel(node_listen, node_card) as ch:
+                try:
+                    federation_pb2_grpc.FederationStub(ch).SetStanding(req, timeout=10)
+                    return grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                        return exc.code()
+            time.sleep(0.3)

@@ -10,12 +10,12 @@ its administrator decides. Real daemons over mutual TLS."""
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 from pathlib import Path
 
 from node.devnet import Node
 from tests.integration.test_metrics import scrape, value, with_metrics
+from tests.integration.test_restore import publish_once_recovered
 
 GREEN = ("--tlp", "GREEN", "--audience", "members")
 
@@ -112,18 +112,7 @@ def test_a_thiefs_entries_put_the_victim_on_hold_until_its_admin_adopts(
     adopted = victim.json("recovery", "adopt")
     assert adopted["adopted"]["peer"] == "receiver" and adopted["adopted"]["seq"] == 2
     assert not victim.json("status")["own_log"].get("held")
-    published: list[dict] = []
-
-    def try_publish() -> bool:
-        r = victim.cli("publish", "--kind", "BULLETIN", "--title", "after adopting", *GREEN,
-                       "--json")
-        if r.returncode == 0:
-            published.append(json.loads(r.stdout))
-            return True
-        assert r.returncode == 1 and "own log" in r.stderr, r.stderr
-        return False
-
-    victim.wait_for(try_publish, timeout=40, what="a publish after adopting")
+    published = [publish_once_recovered(victim, "after adopting")]
     assert published[0]["seq"] == 4
     assert {s: h for s, h in _own(victim).items() if s <= 3} == thief_log
     receiver.wait_held(published[0]["record_id"])

@@ -21,6 +21,23 @@ from node.devnet import Node, mesh, run_cli
 GREEN = ("--tlp", "GREEN", "--audience", "members")
 
 
+
+def publish_once_recovered(node: Node, title: str) -> dict:
+    """Publish as soon as the node signs again: refused until then (exit 1, saying
+    that the own log waits), accepted after. The published record."""
+    published: list[dict] = []
+
+    def try_publish() -> bool:
+        r = node.cli("publish", "--kind", "BULLETIN", "--title", title, *GREEN, "--json")
+        if r.returncode == 0:
+            published.append(json.loads(r.stdout))
+            return True
+        assert r.returncode == 1 and "own log" in r.stderr, r.stderr
+        return False
+
+    node.wait_for(try_publish, timeout=40, what="a publish to be accepted")
+    return published[0]
+
 def _q(node: Node, sql: str, *args: object) -> list[tuple]:
     with contextlib.closing(node.db()) as conn:
         return conn.execute(sql, args).fetchall()
@@ -99,18 +116,7 @@ def test_restored_node_recovers_its_own_log_and_never_forks(make_node, tmp_path:
         assert a.json("recovery", "adopt")["adopted"]["own_head"] == 4
     # Publishing waits until the node has its own entries back: refused (exit 1,
     # saying why) until then, accepted after, at the position after the last one.
-    published: list[dict] = []
-
-    def try_publish() -> bool:
-        r = a.cli("publish", "--kind", "BULLETIN", "--title", "first after the restore",
-                  *GREEN, "--json")
-        if r.returncode == 0:
-            published.append(json.loads(r.stdout))
-            return True
-        assert r.returncode == 1 and "own log" in r.stderr, r.stderr
-        return False
-
-    a.wait_for(try_publish, timeout=40, what="a publish to be accepted")
+    published = [publish_once_recovered(a, "first after the restore")]
     after = published[0]["record_id"]
     # The next publish is accepted by every peer; nobody quarantines anyone.
     for peer in (b, c):

@@ -150,6 +150,18 @@ def sealed_items(rogue: Rogue, node: Node, seq: int) -> federation_pb2.LogItem:
     return next(i for i in items if i.origin == node.center and i.seq == seq)
 
 
+def victim_and_introducer(make_node, tmp_path: Path  # type: ignore[no-untyped-def]
+                          ) -> tuple[Node, str, Node, Rogue]:
+    """s1 (polling introductions fast, metrics on: its page's url), s2 (its card
+    only, not started) and a rogue that will introduce cards to s1."""
+    s1 = make_node("s1", start=False)
+    s1.edit_config(*POLL)
+    url = with_metrics(s1)
+    s1.start()
+    s2 = make_node("s2", start=False)  # its card is all this needs
+    return s1, url, s2, Rogue(tmp_path, "rogue")
+
+
 def test_an_introducer_pairing_a_center_s_real_key_with_its_own_seal_key_is_refused(
         make_node, tmp_path: Path) -> None:
     # The first time s1 learns s2, a hostile introducer hands on s2's real card
@@ -159,12 +171,7 @@ def test_an_introducer_pairing_a_center_s_real_key_with_its_own_seal_key_is_refu
     # under it, the card is refused (logged, counted); with the signature dropped
     # (an older card's form), the card verifies s2's records but nothing is sealed
     # to the unsigned key.
-    s1 = make_node("s1", start=False)
-    s1.edit_config(*POLL)
-    url = with_metrics(s1)
-    s1.start()
-    s2 = make_node("s2", start=False)  # its card is all this needs
-    rogue = Rogue(tmp_path, "rogue")
+    s1, url, s2, rogue = victim_and_introducer(make_node, tmp_path)
     own_seal = rogue_seal_key(rogue)
     rogue.introduces = [(swapped_under_signature(s2.card(), own_seal), [])]
     rogue.serve(s1.card())
@@ -245,12 +252,7 @@ def test_an_introducers_bad_cards_cost_one_log_line_a_round(make_node, tmp_path:
     remembered for ever). One line a round now, naming how many and the first reason."""
     import time
 
-    s1 = make_node("s1", start=False)
-    s1.edit_config(*POLL)
-    url = with_metrics(s1)
-    s1.start()
-    s2 = make_node("s2", start=False)  # its card is all this needs
-    rogue = Rogue(tmp_path, "rogue")
+    s1, url, s2, rogue = victim_and_introducer(make_node, tmp_path)
     swapped = swapped_under_signature(s2.card(), rogue_seal_key(rogue)).split("/")
     rogue.introduces = [("/".join([*swapped[:1], f"s2-{i}", *swapped[2:]]), [])
                         for i in range(200)]

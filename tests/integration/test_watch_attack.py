@@ -37,16 +37,7 @@ def signed_set(watcher: Rogue, issued: int, hops_left: int, path: list[str],
 
 def send(rogue: Rogue, node: Node, req: federation_pb2.SignedStandingSet
          ) -> grpc.StatusCode:
-    deadline = time.monotonic() + 15
-    while True:  # a new pin applies to the listener within a moment
-        with rogue.channel(node.listen, node.card()) as ch:
-            try:
-                federation_pb2_grpc.FederationStub(ch).SetStanding(req, timeout=10)
-                return grpc.StatusCode.OK
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    return exc.code()
-        time.sleep(0.3)
+    return rogue.set_standing(node.listen, node.card(), req)
 
 
 def watchers_at(node: Node) -> set[str]:
@@ -343,6 +334,38 @@ def test_a_peer_sending_large_sets_is_held_to_a_byte_budget(make_node,
     w.stop()
 
 
+def relay_for_x1(make_node, tmp_path: Path, limit: str, value: int  # type: ignore[no-untyped-def]
+                 ) -> tuple[Node, Rogue, Rogue, Rogue]:
+    """A hub (its ``limit`` set to ``value``) holding watcher x1's set (x1 a direct
+    peer), aa a peer serving it hits, cc an answering center beyond whose key the
+    hub holds: (hub, aa, x1, cc)."""
+    default = {"max_relay_bytes": 16777216, "max_message_bytes": 8388608}[limit]
+    hub = make_node("hub", start=False)
+    hub.edit_config(f"{limit} = {default}", f"{limit} = {value}")
+    hub.start()
+    aa, x1, cc = (Rogue(tmp_path, c) for c in ("aa", "x1", "cc"))
+    for r in (aa, x1):
+        r.serve(hub.card())
+        hub.ok("peers", "add", r.card.line())
+    hub.ok("peers", "add", cc.card.line(), "--no-connect")  # the answering center's key
+    assert send(x1, hub, signed_set(x1, int(time.time() * 1000), 0, [])) == grpc.StatusCode.OK
+    return hub, aa, x1, cc
+
+
+def sealed_hit_of(cc: Rogue, x1: Rogue, n: int, plain: bytes,
+                  via: list[str] | None = None) -> federation_pb2.WatchHit:
+    """Hit number ``n`` of answering center cc for x1's watch w0, sealed to x1."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from node.core.sealing import seal_hit
+
+    to = x1.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    sealed, sig, kid = seal_hit(cc.signing, to, "x1", "w0", "cc", n, plain)
+    return federation_pb2.WatchHit(id=n, sealed=federation_pb2.SealedWatchHit(
+        watcher="x1", center="cc", watch_id="w0", number=n, sealed=sealed,
+        signature=sig, key_id=kid, via=via or []))
+
+
 def test_a_hop_cannot_inflate_a_real_hit_to_push_others_out(make_node,
                                                             tmp_path: Path) -> None:
     """``via`` on a sealed hit is unsigned: a hop passing on a real hit (its
@@ -351,27 +374,10 @@ def test_a_hop_cannot_inflate_a_real_hit_to_push_others_out(make_node,
     waiting there. ``via`` must be a short list of center ids."""
     import contextlib
 
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    from node.core.sealing import seal_hit
-
-    hub = make_node("hub", start=False)
-    hub.edit_config("max_relay_bytes = 16777216", "max_relay_bytes = 30000")
-    hub.start()
-    aa, x1, cc = (Rogue(tmp_path, c) for c in ("aa", "x1", "cc"))
-    for r in (aa, x1):
-        r.serve(hub.card())
-        hub.ok("peers", "add", r.card.line())
-    hub.ok("peers", "add", cc.card.line(), "--no-connect")  # the answering center's key
-    now = int(time.time() * 1000)
-    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
-    to = x1.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    hub, aa, x1, cc = relay_for_x1(make_node, tmp_path, "max_relay_bytes", 30000)
 
     def real(n: int, via: list[str]) -> federation_pb2.WatchHit:
-        sealed, sig, kid = seal_hit(cc.signing, to, "x1", "w0", "cc", n, b"hit %d" % n)
-        return federation_pb2.WatchHit(id=n, sealed=federation_pb2.SealedWatchHit(
-            watcher="x1", center="cc", watch_id="w0", number=n, sealed=sealed,
-            signature=sig, key_id=kid, via=via))
+        return sealed_hit_of(cc, x1, n, b"hit %d" % n, via)
 
     def kept() -> list[str]:
         with contextlib.closing(hub.db()) as conn:
@@ -473,27 +479,10 @@ def test_large_relayed_hits_cannot_stall_a_peers_hit_stream(make_node, tmp_path:
     next batch for that way larger than a message: the send failed, the peer pulled
     again from the same cursor, failed again, and no hit for any watcher on that way
     got through. A batch holds at most half a message (one hit alone may be more)."""
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    from node.core.sealing import seal_hit
-
-    hub = make_node("hub", start=False)
-    hub.edit_config("max_message_bytes = 8388608", "max_message_bytes = 1048576")
-    hub.start()
-    aa, x1, cc = (Rogue(tmp_path, c) for c in ("aa", "x1", "cc"))
-    for r in (aa, x1):
-        r.serve(hub.card())
-        hub.ok("peers", "add", r.card.line())
-    hub.ok("peers", "add", cc.card.line(), "--no-connect")  # the answering center's key
-    now = int(time.time() * 1000)
-    assert send(x1, hub, signed_set(x1, now, 0, [])) == grpc.StatusCode.OK
-    to = x1.seal.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    hub, aa, x1, cc = relay_for_x1(make_node, tmp_path, "max_message_bytes", 1048576)
 
     def hit(n: int, size: int) -> federation_pb2.WatchHit:
-        sealed, sig, kid = seal_hit(cc.signing, to, "x1", "w0", "cc", n, b"h" * size)
-        return federation_pb2.WatchHit(id=n, sealed=federation_pb2.SealedWatchHit(
-            watcher="x1", center="cc", watch_id="w0", number=n, sealed=sealed,
-            signature=sig, key_id=kid))
+        return sealed_hit_of(cc, x1, n, b"h" * size)
 
     def kept() -> int:
         with contextlib.closing(hub.db()) as conn:
