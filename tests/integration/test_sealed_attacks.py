@@ -150,6 +150,18 @@ def sealed_items(rogue: Rogue, node: Node, seq: int) -> federation_pb2.LogItem:
     return next(i for i in items if i.origin == node.center and i.seq == seq)
 
 
+def publish_unreadable_to(rogue: Rogue, s1: Node) -> federation_pb2.LogItem:
+    """s1 publishes an AMBER record for s1 and s2; the item the rogue is served for
+    it, none of whose sealed copies the rogue can open."""
+    rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
+                     "--audience", "s1", "--audience", "s2")
+    seq = int(rec["seq"])
+    item = sealed_items(rogue, s1, seq)
+    assert not any(open_copy(c, rogue.seal, "s1", seq, item.hash) for c in item.sealed), \
+        "the introducer opened a copy sealed to s2"
+    return item
+
+
 def victim_and_introducer(make_node, tmp_path: Path  # type: ignore[no-untyped-def]
                           ) -> tuple[Node, str, Node, Rogue]:
     """s1 (polling introductions fast, metrics on: its page's url), s2 (its card
@@ -191,12 +203,7 @@ def test_an_introducer_pairing_a_center_s_real_key_with_its_own_seal_key_is_refu
         assert (value(scrape(url)[1], "fcnode_introductions_refused_total", peer="rogue",
                       reason="unsigned_seal_key") or 0) >= 1
         assert "introduced seal key not signed" in s1.log_tail(1_000_000)
-        rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
-                         "--audience", "s1", "--audience", "s2")
-        seq = int(rec["seq"])
-        item = sealed_items(rogue, s1, seq)
-        assert not any(open_copy(c, rogue.seal, "s1", seq, item.hash) for c in item.sealed), \
-            "the introducer opened a copy sealed to s2"
+        item = publish_unreadable_to(rogue, s1)
         assert not item.sealed  # no seal key s1 believes for s2: nothing sealed at all
     finally:
         rogue.stop()
@@ -219,13 +226,7 @@ def test_an_introducer_swapping_a_center_s_seal_key_cannot_read_its_copies(
                     what="s1 polled the swapped card")
 
     def publish_and_fetch() -> federation_pb2.LogItem:
-        rec = s1.publish("--kind", "BOLO", "--title", SECRET, "--tlp", "AMBER",
-                         "--audience", "s1", "--audience", "s2")
-        seq = int(rec["seq"])
-        item = sealed_items(rogue, s1, seq)
-        assert not any(open_copy(c, rogue.seal, "s1", seq, item.hash) for c in item.sealed), \
-            "the introducer opened a copy sealed to s2"
-        return item
+        return publish_unreadable_to(rogue, s1)
 
     try:
         s1.ok("peers", "add", rogue.card.line(), "--introducer")
