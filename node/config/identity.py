@@ -21,6 +21,7 @@ No field contains '/', spaces or shell metacharacters.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote
@@ -69,8 +70,8 @@ class IdentityCard:
         if self.seal_signature:
             if not self.seal_key:
                 raise BadSealSignature("identity card: a seal key signature without a seal key")
-            why = check_seal_key(self.signing_key, self.center, self.seal_key,
-                                 self.seal_signature)
+            why = _seal_key_problem(self.signing_key, self.center, self.seal_key,
+                                    self.seal_signature)
             if why:
                 raise BadSealSignature(
                     f"identity card for {self.center!r}: {why} (the seal key or the signing "
@@ -96,6 +97,13 @@ class IdentityCard:
         return Ed25519PublicKey.from_public_bytes(self.signing_key)
 
 
+# Pure functions of the card's bytes, so their answers are kept (bounded): every
+# node parses each introducer's whole view of ~80 cards at every poll, and a
+# signature check and an X25519 agreement per card made that ~150 µs a card.
+_seal_key_problem = functools.lru_cache(maxsize=4096)(check_seal_key)
+
+
+@functools.lru_cache(maxsize=4096)
 def _usable_seal_key(raw: bytes) -> bool:
     """Whether an agreement with ``raw`` gives a shared secret: a low-order point
     gives none, and sealing to it (HPKE) would fail at every origin that names
