@@ -143,7 +143,7 @@ class QueryAnswerer:
                 raise Refused(grpc.StatusCode.PERMISSION_DENIED,
                               f"forwarded query is not signed by {requester!r}: {exc}") from None
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"query signature: {exc}") from None
-        if requester != peer and not self.seal_key(requester):
+        if requester != peer and not self.node.seal_key_of(requester):
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
                           f"no seal key for {requester!r} that this center believes (its "
                           "card predates sealed answers, or an introducer handed its seal key "
@@ -268,10 +268,6 @@ class QueryAnswerer:
             "restricted_hits": len(restricted), "truncated": answer.truncated,
             **({"via": via} if via and via != peer else {})})
 
-    def seal_key(self, center: str) -> bytes:
-        peer = self.node.peers.get(center)
-        return peer.seal_key if peer is not None else b""  # only a vouched-for key
-
     async def handle(self, peer: str, request: federation_pb2.SignedQuery,
                      context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[federation_pb2.QueryAnswer]:
@@ -349,7 +345,7 @@ class QueryAnswerer:
         """One part of this node's answer, sealed to the requester and signed:
         the hubs it crosses see ciphertext, and cannot forge or alter it."""
         sealed, signature, kid = seal_answer(
-            self.node.key, self.seal_key(requester), requester, body.query_id,
+            self.node.key, self.node.seal_key_of(requester), requester, body.query_id,
             self.node.center, part, msg.SerializeToString(), body.pad_answers)
         return federation_pb2.SealedAnswer(center=self.node.center, part=part, sealed=sealed,
                                            signature=signature, key_id=kid,

@@ -133,11 +133,6 @@ def onward_hops(request: federation_pb2.SignedStandingSet,
     return max(0, min(request.hops_left, body.max_hops - 1, MAX_HOPS - 1))
 
 
-def seal_key_of(node: NodeService, center: str) -> bytes:
-    peer = node.peers.get(center)
-    return peer.seal_key if peer is not None else b""  # only a vouched-for key
-
-
 def _standing_of(q: federation_pb2.StandingQuery, now: int, cap_ms: int) -> Watch:
     """One standing query, checked completely (a refusal names what was wrong)."""
     if not q.watch_id or len(q.watch_id) > MAX_NAME or not q.user or len(q.user) > MAX_NAME:
@@ -215,7 +210,7 @@ class StandingServer:
                               f"forwarded standing set is not signed by {watcher!r}: "
                               f"{exc}") from None
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"standing set: {exc}") from None
-        if watcher != peer and not seal_key_of(node, watcher):
+        if watcher != peer and not node.seal_key_of(watcher):
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
                           f"no seal key for {watcher!r} that this center believes (its card "
                           "predates sealed answers, or an introducer handed its seal key on "
@@ -447,7 +442,7 @@ class StandingServer:
             if d is Decision.FULL:
                 hit.envelope.CopyFrom(entry.envelope())
             if row.center != peer:
-                seal_to = seal_key_of(node, row.center)
+                seal_to = node.seal_key_of(row.center)
                 if not seal_to:
                     continue  # its card went (or lost its seal key): nothing can reach it
                 inner = federation_pb2.WatchHit(watch_id=row.watch_id, stub=hit.stub)

@@ -257,6 +257,12 @@ class NodeService:
             self.peers = self._peers
         return changed
 
+    def seal_key_of(self, center: str) -> bytes:
+        """What copies, answers and hits for ``center`` are sealed to: its seal key
+        when this node believes it (Peer.seal_key), else b"" (nothing is sealed)."""
+        peer = self.peers.get(center)
+        return peer.seal_key if peer is not None else b""
+
     def distrusted_key_ids(self, center: str) -> list[tuple[int, set[str]]]:
         """For each ``peers update --distrust-after`` of the center (oldest first): its
         seq and every key learned from the key it replaced, but keys pinned since."""
@@ -756,9 +762,9 @@ class NodeService:
         have = {c for c, _, _ in copies} | {self.center}
         out = []
         for center in sorted(fed_tx.sealed_to(conn, self.center, body.record_id) - have):
-            peer = self.peers.get(center)
-            if peer is not None and peer.seal_key:
-                out.append((center, peer.seal_key, True))
+            seal_to = self.seal_key_of(center)
+            if seal_to:
+                out.append((center, seal_to, True))
         return out[:max(0, self.config.limits.max_sealed_copies - len(copies))]
 
     def copy_recipients(self, body: records_pb2.RecordBody,
@@ -778,14 +784,14 @@ class NodeService:
             return []
         out = []
         for center in sorted(pol.audience):
-            peer = self.peers.get(center)
-            # peer.seal_key: b"" for an untrusted card, and for an introduced
-            # card whose seal key its center did not sign.
-            if center == self.center or peer is None or not peer.seal_key:
+            # b"" for an unknown or untrusted card, and for an introduced card
+            # whose seal key its center did not sign.
+            seal_to = self.seal_key_of(center)
+            if center == self.center or not seal_to:
                 continue
             if policy.for_replication(pol, self.center, self.center,
                                       center) is Decision.FULL:
-                out.append((center, peer.seal_key, False))
+                out.append((center, seal_to, False))
         return out[:self.config.limits.max_sealed_copies]
 
     def _sign_all(self, payloads: list[bytes], bodies: list[records_pb2.RecordBody],
