@@ -723,14 +723,10 @@ class WatchClient:
         # have made it, so it must not push out hits that are surely real.
         # Every way back for the watcher but the peer it came from (each way
         # holds it once, whichever peers bring it).
-        kept = False
-        for way in r.ways:
-            if way != self.center:
-                kept |= watch_tx.add_outgoing(conn, watch_tx.Outgoing(
-                    0, s.watcher, s.watch_id, s.center, s.number, f"hit:{s.number}", 0,
-                    "SEALED" if keys else watch_tx.UNVERIFIED, way, s.SerializeToString(),
-                    source=self.center), now)
-        return kept
+        return watch_tx.add_outgoing_ways(conn, watch_tx.Outgoing(
+            0, s.watcher, s.watch_id, s.center, s.number, f"hit:{s.number}", 0,
+            "SEALED" if keys else watch_tx.UNVERIFIED, sealed=s.SerializeToString(),
+            source=self.center), r, now, besides=self.center)
 
     def _opened(self, conn: sqlite3.Connection, h: federation_pb2.WatchHit,
                 now: int) -> watch_tx.Hit | None:

@@ -276,14 +276,12 @@ class Watches:
         # To the peer the watcher's set came through: the watcher itself, or the
         # next hop back towards it (then sealed to the watcher when sent), and every
         # other peer the same set came through (a hop may drop what it carries).
+        out = watch_tx.Outgoing(0, s.center, s.watch.id, body.origin, body.seq,
+                                body.record_id, body.version, d.name, s.via or s.center)
         route = watch_tx.route(conn, s.center)
-        ways = route.ways if route is not None else (s.via or s.center,)
-        queued = 0
-        for way in ways:
-            out = watch_tx.Outgoing(0, s.center, s.watch.id, body.origin, body.seq,
-                                    body.record_id, body.version, d.name, way)
-            queued += int(watch_tx.add_outgoing(conn, out, now))
-        return min(queued, 1)
+        if route is None:  # (a standing query is always taken with its route)
+            return int(watch_tx.add_outgoing(conn, out, now))
+        return int(watch_tx.add_outgoing_ways(conn, out, route, now))
 
 
 def hit_view(node: NodeService, conn: sqlite3.Connection, user: User,

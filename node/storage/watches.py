@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from node.core.watch import Watch
 from node.storage.log import E_COLUMNS, NCOL, StoredEntry
@@ -361,6 +361,18 @@ def add_outgoing(conn: sqlite3.Connection, o: Outgoing, ts_ms: int) -> bool:
         (o.center, o.watch_id, ts_ms, o.origin, o.seq, o.record_id, o.version, o.access,
          o.peer or o.center, o.sealed, o.source))
     return bool(cur.rowcount)
+
+
+def add_outgoing_ways(conn: sqlite3.Connection, o: Outgoing, route: Route, ts_ms: int,
+                      besides: str = "") -> bool:
+    """Queue a hit for each way back to its watcher (``route.ways``) but ``besides``
+    (the peer it came from): a row per way, each way holding it once. True if any
+    was new."""
+    new = False
+    for way in route.ways:
+        if way != besides:
+            new |= add_outgoing(conn, replace(o, peer=way), ts_ms)
+    return new
 
 
 UNVERIFIED = "UNVERIFIED"
