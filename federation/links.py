@@ -8,7 +8,6 @@ other peers go on (DESIGN.md section 6).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,10 +22,9 @@ from federation.ingest import WRONG_KEY, Checked, IngestResult, check_items, sto
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
 from node.config.peers import Peer
-from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation
+from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation, learn
 from node.core.recovery import HELD_CHOICE, Held, OwnEntry, own_entry
 from node.core.sealing import copy_budget
-from node.core.signing import key_id
 from node.core.timeutil import iso, now_ms
 from node.services.service import NodeService
 from node.services.tasks import cancel_and_wait
@@ -288,11 +286,8 @@ class PeerLink:
                          ) -> Callable[[str], KeyHistory | None]:
         def history_of(origin: str) -> KeyHistory | None:
             history = self.node.history_of(origin)
-            for r in rotations:
-                if history is not None and r.origin == origin:
-                    with contextlib.suppress(ValueError):  # learned meanwhile
-                        history = history.rotate(r.seq, r.new)
-            return history
+            return None if history is None else learn(
+                history, [r for r in rotations if r.origin == origin])
         return history_of
 
     async def _store(self, checked: list[Checked], reported: int | None = None) -> None:
@@ -473,11 +468,8 @@ def _own_history_now(c: sqlite3.Connection, own: str, history: KeyHistory | None
                      ) -> KeyHistory | None:
     """This node's key history with its rotations stored so far (one committed a
     moment ago may not be installed in memory yet)."""
-    for r in keys_tx.rotations(c):
-        if history is not None and r.origin == own and history.span_of(key_id(r.new)) is None:
-            with contextlib.suppress(ValueError):
-                history = history.rotate(r.seq, r.new)
-    return history
+    return None if history is None else learn(
+        history, [r for r in keys_tx.rotations(c) if r.origin == own])
 
 
 def _own_key_signs(history: KeyHistory | None, ch: Checked) -> bool:

@@ -177,13 +177,16 @@ def build_history(pinned_key: bytes, rotations: Iterable[Rotation],
     stay verifiable however many times the center's key was re-pinned."""
     rotations = sorted(rotations, key=lambda r: r.seq)
     keys = [d.key for d in distrusts] + [pinned_key]
-    history = _learn(KeyHistory.pinned(keys[0]), rotations)
+    history = learn(KeyHistory.pinned(keys[0]), rotations)
     for d, next_key in zip(distrusts, keys[1:], strict=True):
-        history = _learn(history.distrust_after(d.after, next_key), rotations)
+        history = learn(history.distrust_after(d.after, next_key), rotations)
     return history
 
 
-def _learn(history: KeyHistory, rotations: Sequence[Rotation]) -> KeyHistory:
+def learn(history: KeyHistory, rotations: Sequence[Rotation]) -> KeyHistory:
+    """``history`` with each of ``rotations`` (in seq order, one origin's) that
+    starts from the key current at that point; the others (known already, or not
+    from the current key) change nothing."""
     for r in rotations:
         if r.old == history.current.key and r.seq >= history.current.from_seq:
             try:
