@@ -81,6 +81,15 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
     new_conflicts: list[str] = []
     unsigned: list[str] = []
     offered: set[str] = set()
+
+    def conflict(existing: Peer, why: str) -> None:
+        """Another key offered for a center held: reported; an introduced card
+        is no longer trusted until an administrator decides (a direct pin stands)."""
+        conflicts.append((existing.center, why))
+        if existing.introduced_by and not existing.conflict:
+            out[existing.center] = replace(existing, conflict=why)
+            new_conflicts.append(existing.center)
+
     for offer in offers:
         card = offer.card
         if card.center == own_center:
@@ -120,13 +129,9 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
             # (sealed copies of records, answers, hits). Two signed ones for one
             # signing key: the center signed both (or its key leaked); like a
             # signing key, the choice is an administrator's.
-            why = (f"{introducer} introduces another seal key for {card.center} than "
-                   + ("the one pinned directly" if not existing.introduced_by
-                      else f"the one introduced by {existing.introduced_by}"))
-            conflicts.append((card.center, why))
-            if existing.introduced_by and not existing.conflict:
-                out[card.center] = replace(existing, conflict=why)
-                new_conflicts.append(card.center)
+            conflict(existing, f"{introducer} introduces another seal key for {card.center} "
+                     "than " + ("the one pinned directly" if not existing.introduced_by
+                                else f"the one introduced by {existing.introduced_by}"))
             continue
         if same_key and existing.introduced_by == introducer:
             if pin_conflict(card, out.values(), own_key) is None:
@@ -142,14 +147,11 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
             continue
         if same_key:
             continue  # another introducer's older or newer certificate: keys agree
-        why = (f"{introducer} introduces signing key {key_id(card.signing_key)[:16]} for "
-               f"{card.center}, but {key_id(existing.card.signing_key)[:16]} is pinned "
-               + ("directly" if not existing.introduced_by
-                  else f"(introduced by {existing.introduced_by})"))
-        conflicts.append((card.center, why))
-        if existing.introduced_by and not existing.conflict:
-            out[card.center] = replace(existing, conflict=why)
-            new_conflicts.append(card.center)
+        conflict(existing, f"{introducer} introduces signing key "
+                 f"{key_id(card.signing_key)[:16]} for {card.center}, but "
+                 f"{key_id(existing.card.signing_key)[:16]} is pinned "
+                 + ("directly" if not existing.introduced_by
+                    else f"(introduced by {existing.introduced_by})"))
     removed = tuple(sorted(c for c, p in out.items()
                            if p.introduced_by == introducer and c not in offered))
     for c in removed:
