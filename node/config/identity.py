@@ -27,11 +27,10 @@ from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from node.config.home import check_listen
 from node.config.keys import der_to_pem
-from node.core.signing import check_seal_key
+from node.core.signing import check_seal_key, usable_seal_key
 from node.core.types import ValidationError, check_center_id
 
 PREFIX = "fcnode1"
@@ -103,16 +102,7 @@ class IdentityCard:
 _seal_key_problem = functools.lru_cache(maxsize=4096)(check_seal_key)
 
 
-@functools.lru_cache(maxsize=4096)
-def _usable_seal_key(raw: bytes) -> bool:
-    """Whether an agreement with ``raw`` gives a shared secret: a low-order point
-    gives none, and sealing to it (HPKE) would fail at every origin that names
-    the center in an audience, its publish, update and purge included."""
-    try:
-        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
-    except ValueError:
-        return False
-    return True
+_usable_seal_key = functools.lru_cache(maxsize=4096)(usable_seal_key)
 
 
 def parse_card(text: str) -> IdentityCard:
