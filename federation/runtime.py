@@ -204,7 +204,7 @@ class Federation:
             if not self.node.peers.get(center, None) or not self.node.peers[center].introducer:
                 return  # unpinned or demoted while we asked
             result = adopt(self.node.center, self.node.own_public_key, self.node.peers,
-                           center, offers)
+                           center, offers, self.node.announced_seal_keys())
             metrics.INTRODUCTIONS_REFUSED.labels(center, "unsigned_seal_key").inc(
                 len(result.unsigned))
             # Logged once, not every poll; what is remembered is this introducer's

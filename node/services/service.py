@@ -290,6 +290,18 @@ class NodeService:
         return seal_key_in_use(peer.seal_key, self._seals.get(center, {}).values(),
                                peer.distrust_after or 0)
 
+    def announced_seal_keys(self) -> dict[str, frozenset[bytes]]:
+        """Per center, every seal key its log announced or replaced (after its
+        latest distrust): introductions take a card carrying either as the
+        center's own, not as a second key (node/services/introductions.py)."""
+        out = {}
+        for center, anns in self._seals.items():
+            peer = self.peers.get(center)
+            after = peer.distrust_after or 0 if peer is not None else 0
+            keys_ = {k for a in anns.values() if a.seq > after for k in (a.old, a.new)}
+            out[center] = frozenset(keys_ - {b""})
+        return out
+
     def learn_seals(self, seals: Iterable[SealAnnouncement]) -> bool:
         """Verified seal-key announcements (from ingest, or the database at start).
         True if anything is new."""
