@@ -337,6 +337,9 @@ class NodeService:
                 moved += await self.db.run(
                     lambda c, after=after, ids=ids: keys_tx.distrust_held(
                         c, center, after, ids, now_ms()))
+        if moved:  # seal keys announced in the entries moved out are gone with them
+            self._seals.pop(center, None)
+            self.learn_seals(a for a in await self.db.read(keys_tx.seals) if a.origin == center)
         return moved
 
     def learn_certs(self, certs: Iterable[AnnouncedCert]) -> bool:

@@ -23,7 +23,7 @@ from node.core.keyhistory import (
     seal_key_in_use,
 )
 from node.core.sealing import open_copy, seal_copy
-from node.core.signing import entry_hash, raw_public, seal_record
+from node.core.signing import entry_hash, key_id, raw_public, seal_record
 from node.storage import keys as keys_tx
 from node.storage.db import open_sync
 from node.wire import federation_pb2, records_pb2
@@ -150,3 +150,16 @@ def test_a_copy_sealed_before_a_rotation_opens_with_the_retired_key() -> None:
     assert open_copy(old, keyring, "o", 1, b"h" * 32) == env
     assert open_copy(new, keyring, "o", 1, b"h" * 32) == env
     assert open_copy(old, [S1], "o", 1, b"h" * 32) is None  # retired with --retire
+
+
+def test_announcements_in_entries_a_distrusted_key_signed_go_with_them(
+        conn: sqlite3.Connection) -> None:
+    # `peers update --distrust-after 1`: the entry at 2 (a thief's, with the stolen
+    # key) leaves the log for review, and the seal key it announced with it.
+    checked = check_items(items(body(1, P1, P0), body(2, P2, P1)), history)
+    conn.execute("BEGIN IMMEDIATE")
+    store_batch(conn, "peer", checked, 1, "me")
+    moved = keys_tx.distrust_held(conn, "o", 1, {key_id(SIGNER.public_key())}, 3)
+    conn.execute("COMMIT")
+    assert moved == 1
+    assert keys_tx.seals(conn) == [ann(1, P0, P1)]
