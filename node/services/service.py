@@ -410,6 +410,12 @@ class NodeService:
         self.learn_seals(await self.db.read(keys_tx.seals))
         self._finish_seal_swap()
         self.seal_privates[:] = keys.seal_keys(self.home.encryption_key)
+        own = self._seals.get(self.center, {})
+        if own and own[max(own)].new != self.own_seal_public():
+            # (A home rebuilt without encryption.key, which backups do not hold.)
+            log.warning("encryption.key is not the seal key this center's log announced "
+                        "last: peers seal to that one and this node cannot open it; run "
+                        "fcnode keys rotate --seal", extra={"announced_seq": max(own)})
         for center in self.peers:
             await self.apply_distrust(center)  # a peers update made while stopped
         nxt = self._next_key_path()
