@@ -134,6 +134,25 @@ def seal_keys(path: Path) -> list[X25519PrivateKey]:
     return [encryption_key(path), *(load_x25519(p) for p in retired_seal_paths(path))]
 
 
+def finish_seal_swap(path: Path, announced: tuple[int, bytes] | None) -> bool:
+    """At start and before a rotation: encryption.key.next is swapped in if this
+    center's newest seal-key announcement (seq, public key) names it (the rotation
+    committed; the replaced key is kept as encryption.key.retired-SEQ), else
+    removed (it never committed: the current key stays). True if it swapped."""
+    nxt = next_seal_path(path)
+    if not nxt.exists():
+        return False
+    pending = load_x25519(nxt).public_key().public_bytes_raw()
+    if announced is None or announced[1] != pending:
+        nxt.unlink()
+        return False
+    retired = path.with_name(f"{path.name}.retired-{announced[0]}")
+    if path.exists() and not retired.exists():
+        os.link(path, retired)
+    os.replace(nxt, path)
+    return True
+
+
 def generate_tls(key_path: Path, cert_path: Path, center: str,
                  days: float = CERT_DAYS) -> bytes:
     """ECDSA P-256 key and a self-signed certificate with SAN = center id."""

@@ -573,7 +573,7 @@ class NodeService:
                 nxt.unlink(missing_ok=True)
                 raise
             self.learn_seals([announced])
-            self._finish_seal_swap()
+            keys.finish_seal_swap(self.home.encryption_key, (announced.seq, announced.new))
             retired = 0
             if retire:
                 for path in keys.retired_seal_paths(self.home.encryption_key):
@@ -587,24 +587,11 @@ class NodeService:
                 "new_key_id": key_id(new_raw), "retired": retired}
 
     def _finish_seal_swap(self) -> None:
-        """encryption.key.next is swapped in if this center's newest seal-key
-        announcement names it (the rotation committed), else removed (it never
-        did: the current key stays). The replaced key is kept as
-        encryption.key.retired-SEQ."""
-        path = self.home.encryption_key
-        nxt = keys.next_seal_path(path)
-        if not nxt.exists():
-            return
         own = self._seals.get(self.center, {})
         newest = own[max(own)] if own else None
-        pending = keys.load_x25519(nxt).public_key().public_bytes_raw()
-        if newest is None or newest.new != pending:
-            nxt.unlink()
-            return
-        retired = path.with_name(f"{path.name}.retired-{newest.seq}")
-        if path.exists() and not retired.exists():
-            os.link(path, retired)
-        os.replace(nxt, path)
+        if keys.finish_seal_swap(self.home.encryption_key,
+                                 (newest.seq, newest.new) if newest else None):
+            log.warning("finished installing the rotated seal key (interrupted before)")
 
     # -- users ------------------------------------------------------------
     async def authenticate(self, token: str | None) -> User:
