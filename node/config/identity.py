@@ -15,6 +15,9 @@ these fields existed still parse: without SEAL_KEY (nothing can be sealed to tha
 center), or with SEAL_KEY alone (unsigned: trusted only from an administrator's
 own pin, never from an introducer: node.config.peers.Peer.seal_key). A release
 before SEAL_SIG refuses a nine-field card as "not an fcnode identity card".
+A center rotates its seal key with a SEAL_KEY_ROTATION entry in its own log: that
+entry has a position, a card's SEAL_SIG has none, so a card whose seal key an
+announcement replaced never overrides the log (node.core.keyhistory.seal_key_in_use).
 No field contains '/', spaces or shell metacharacters.
 """
 
