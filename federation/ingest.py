@@ -33,8 +33,10 @@ from node.core.keyhistory import (
     AnnouncedCert,
     KeyHistory,
     Rotation,
+    SealAnnouncement,
     check_cert,
     check_rotation,
+    check_seal,
     check_vouched_entry,
 )
 from node.core.record import MAX_RECORD_BYTES, body_policy
@@ -78,9 +80,10 @@ class Checked:
     # checked to name this (origin, seq, hash) and agree with the body; else None.
     stub: records_pb2.EntryStub | None = None
     # A verified KEY_ROTATION (new key signs after this seq), or a verified
-    # CERT_RENEWAL's certificate: stored with the entry.
+    # CERT_RENEWAL's certificate, or a verified SEAL_KEY_ROTATION: stored with the entry.
     rotation: Rotation | None = None
     cert: AnnouncedCert | None = None
+    seal: SealAnnouncement | None = None
     # The signed stub kept with the entry: a v2 envelope's own (stub bytes, its
     # signature), else the item's separately signed stub when it verified.
     proof: records_pb2.SignedStub | None = None
@@ -126,6 +129,7 @@ class IngestResult:
     # Key announcements stored in this batch: the node's keyring learns them.
     rotations: list[Rotation] = field(default_factory=list)
     certs: list[AnnouncedCert] = field(default_factory=list)
+    seals: list[SealAnnouncement] = field(default_factory=list)
 
     # Sealed copies kept, and dropped by label (metrics.copy_drop_label; never stored).
     copies_stored: int = 0
@@ -147,6 +151,7 @@ class IngestResult:
             self.correct(origin, seq)
         self.rotations.extend(other.rotations)
         self.certs.extend(other.certs)
+        self.seals.extend(other.seals)
         self.copies_stored += other.copies_stored
         self.copies_dropped.update(other.copies_dropped)
 
@@ -247,7 +252,7 @@ DEFAULT_COPY_BUDGET = copy_budget(Limits().max_message_bytes)
 
 
 def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
-                seal_private: X25519PrivateKey | None = None,
+                seal_private: Sequence[X25519PrivateKey] | None = None,
                 max_copies: int = MAX_COPIES,
                 max_copy_bytes: int = DEFAULT_COPY_BUDGET,
                 own_center: str = "") -> list[Checked]:
@@ -261,7 +266,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
     never stored); at most ``max_copies`` per item are looked at, each distinct
     ciphertext once, and at most ``max_copy_bytes`` of them are kept (what this
     node would pass on: sealing.copy_budget). A placeholder
-    whose copy opens with ``seal_private`` (this node's X25519 key) is checked as
+    whose copy opens with one of ``seal_private`` (this node's X25519 keys) is checked as
     if its envelope had come in clear: the same verification below, then the same
     placement and policy decision in store_batch. One that opens but does not
     verify (hash, signature, position) stays a placeholder.
@@ -279,6 +284,7 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
         body = None
         rotation = None
         cert = None
+        seal = None
         stub = None  # the entry's own v2 stub, verified with the envelope
         env = item.envelope if item.HasField("envelope") else None
         if env is not None:
@@ -317,6 +323,14 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
                 if isinstance(announced, str):
                     return Checked(item, None, announced)
                 cert = announced
+            elif kind == records_pb2.SEAL_KEY_ROTATION:
+                # The origin's signature (checked above) is the only authority; a
+                # key nothing can be sealed to is refused with the entry (logged as
+                # a rejection like any bad entry), never half-taken.
+                sealed_to = check_seal(body)
+                if isinstance(sealed_to, str):
+                    return Checked(item, None, sealed_to)
+                seal = sealed_to
         proof = envelope_stub(env) if stub is not None else None  # type: ignore[arg-type]
         if item.HasField("stub") and item.stub != proof:
             # A separately signed stub (a recall, a pointer-possible v1 copy): one
@@ -332,8 +346,8 @@ def check_items(items: Sequence[federation_pb2.LogItem], keys_of: KeysOf,
                 return Checked(item, None, f"bad stub: {wrong}")
         decision = ((own_center, entitled(body, own_center))
                     if own_center and body is not None else None)
-        return Checked(item, body, stub=stub, rotation=rotation, cert=cert, proof=proof,
-                       own_decision=decision)
+        return Checked(item, body, stub=stub, rotation=rotation, cert=cert, seal=seal,
+                       proof=proof, own_decision=decision)
 
     for item in items:
         if item.origin not in histories:
@@ -404,11 +418,11 @@ def _checked_copies(item: federation_pb2.LogItem, history: KeyHistory | None,
 
 
 def _opened(item: federation_pb2.LogItem, copies: Sequence[SealedCopy],
-            private: X25519PrivateKey) -> federation_pb2.LogItem | None:
+            privates: Sequence[X25519PrivateKey]) -> federation_pb2.LogItem | None:
     """The item with the envelope (or, for a sealed recall, the signed stub) from
     the copy sealed to this node, if any."""
     for c in copies:
-        raw = open_copy(c, private, item.origin, item.seq, item.hash)
+        raw = open_copy(c, privates, item.origin, item.seq, item.hash)
         if raw is None:
             continue
         env = records_pb2.Envelope()
@@ -661,6 +675,9 @@ def store_batch(conn: sqlite3.Connection, peer: str, checked: Sequence[Checked],
                 keys_tx.add_cert(conn, a.origin, a.fingerprint, a.der, a.not_after_ms, a.seq,
                                  now_ms)
                 result.certs.append(a)
+            if c.seal is not None:
+                keys_tx.add_seal(conn, c.seal, now_ms)
+                result.seals.append(c.seal)
             states.pop(key, None)  # the record may exist now
             now_held = log_tx.held(conn, origin, seq)
         if seq > head:

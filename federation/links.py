@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -22,7 +22,7 @@ from federation.ingest import WRONG_KEY, Checked, IngestResult, check_items, sto
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
 from node.config.peers import Peer
-from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation, learn
+from node.core.keyhistory import AnnouncedCert, KeyHistory, Rotation, SealAnnouncement, learn
 from node.core.recovery import HELD_CHOICE, Held, OwnEntry, own_entry
 from node.core.sealing import copy_budget
 from node.core.timeutil import iso, now_ms
@@ -101,9 +101,10 @@ class PeerLink:
                  on_change: Callable[[], None],
                  on_rewind: Callable[[], None] = lambda: None,
                  on_corrected: Callable[[dict[str, int]], None] = lambda c: None,
-                 on_keys: Callable[[list[Rotation], list[AnnouncedCert]], None]
-                 = lambda r, c: None,
-                 seal_private: X25519PrivateKey | None = None) -> None:
+                 on_keys: Callable[[list[Rotation], list[AnnouncedCert],
+                                           list[SealAnnouncement]], None]
+                 = lambda r, c, s: None,
+                 seal_private: Sequence[X25519PrivateKey] | None = None) -> None:
         self.node = node
         self.tls = tls
         self.peer = peer
@@ -382,8 +383,8 @@ class PeerLink:
         if recovery.active and recovery.caught_up(ours):
             await self._finish_recovery(ours)
         self.state.received += result.stored
-        if result.rotations or result.certs:
-            self.on_keys(result.rotations, result.certs)
+        if result.rotations or result.certs or result.seals:
+            self.on_keys(result.rotations, result.certs, result.seals)
         metrics.ENTRIES_INGESTED.labels(center).inc(result.stored)
         metrics.count_rejections(center, result.rejected)
         metrics.count_sealed(center, result.copies_stored, result.copies_dropped)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -190,7 +190,7 @@ class Relayed:
 class QueryFanout:
     def __init__(self, node: NodeService, channel_for: ChannelFor,
                  dialled: Callable[[], list[str]],
-                 seal_private: X25519PrivateKey | None = None) -> None:
+                 seal_private: Sequence[X25519PrivateKey] | None = None) -> None:
         self.node = node
         self.seal_private = seal_private
         self.channel_for = channel_for

@@ -35,10 +35,9 @@ from node.config.keys import (
     generate_tls,
     load_tls,
 )
-from node.config.keys import encryption_key as load_encryption_key
 from node.config.peer_edits import updated_peer, with_peer
 from node.config.peers import Peer, all_groups, save_peers
-from node.core.keyhistory import AnnouncedCert, Rotation
+from node.core.keyhistory import AnnouncedCert, Rotation, SealAnnouncement
 from node.core.localtypes import Request
 from node.core.query import make_params
 from node.core.signing import INTRODUCTIONS_DOMAIN, BadSignature, open_signed
@@ -73,8 +72,10 @@ class Federation:
         self.answerer = QueryAnswerer(node, Forwarder(
             node, lambda c: self.links[c].channel(), lambda: sorted(self.links)))
         self.servicer = FederationServicer(node, self.tls, self.answerer.handle)
-        # This center's X25519 key: sealed answers and sealed copies are opened with it.
-        self.seal_private = load_encryption_key(node.home.encryption_key)
+        # This center's X25519 keys (current, then retired): sealed answers, copies
+        # and hits are opened with them. The node's one list: a seal-key rotation
+        # changes it in place for every link and client holding it.
+        self.seal_private = node.seal_privates
         self.fanout = QueryFanout(node, lambda c: self.links[c].channel(),
                                   lambda: sorted(self.links), self.seal_private)
         self.links: dict[str, PeerLink] = {}
@@ -203,7 +204,7 @@ class Federation:
             if not self.node.peers.get(center, None) or not self.node.peers[center].introducer:
                 return  # unpinned or demoted while we asked
             result = adopt(self.node.center, self.node.own_public_key, self.node.peers,
-                           center, offers)
+                           center, offers, self.node.announced_seal_keys())
             metrics.INTRODUCTIONS_REFUSED.labels(center, "unsigned_seal_key").inc(
                 len(result.unsigned))
             # Logged once, not every poll; what is remembered is this introducer's
@@ -269,9 +270,11 @@ class Federation:
         for link in self.links.values():
             link.resubscribe()
 
-    def _keys_learned(self, rotations: list[Rotation], certs: list[AnnouncedCert]) -> None:
+    def _keys_learned(self, rotations: list[Rotation], certs: list[AnnouncedCert],
+                      seals: list[SealAnnouncement]) -> None:
         """An origin's verified key announcements were stored: verify with its new
-        signing key from the rotation on, and pin its new certificate."""
+        signing key from the rotation on, pin its new certificate, seal to its new
+        seal key."""
         if rotations and self.node.learn_rotations(rotations):
             log.info("signing key rotation learned", extra={
                 "origins": sorted({r.origin for r in rotations}),
@@ -281,6 +284,9 @@ class Federation:
             log.info("TLS certificate renewal learned", extra={
                 "origins": sorted({a.origin for a in certs}),
                 "fingerprints": [a.fingerprint[:16] for a in certs]})
+        if seals and self.node.learn_seals(seals):
+            log.info("seal key rotation learned", extra={
+                "origins": sorted({a.origin for a in seals}), "seqs": [a.seq for a in seals]})
         self.node.changes.bump()
 
     def _serve_again(self, corrected: dict[str, int]) -> None:
@@ -452,12 +458,16 @@ class Federation:
     async def keys_op(self, user: User, req: Request) -> dict[str, Any]:
         self.node.require_admin(user, "rotating keys")
         which = req.get("which")
-        if req.get("op") != "rotate" or which not in ("signing", "tls"):
-            raise ValidationError("keys: use rotate --signing or rotate --tls")
+        if req.get("op") != "rotate" or which not in ("signing", "tls", "seal"):
+            raise ValidationError("keys: use rotate --signing, --tls or --seal")
+        if req.get("retire") and which != "seal":
+            raise ValidationError("--retire goes with rotate --seal")
         if which == "signing":
             return await self.node.rotate_signing(user, stolen=bool(req.get("stolen")))
         if req.get("stolen"):
             raise ValidationError("--stolen goes with rotate --signing (the stolen-key runbook)")
+        if which == "seal":
+            return await self.node.rotate_seal(user, retire=bool(req.get("retire")))
         return await self.renew_tls(user.name)
 
     # -- local API extensions ------------------------------------------------
@@ -577,7 +587,10 @@ class Federation:
                 certs.append({"fingerprint": a.fingerprint, "source": f"announced at seq {a.seq}",
                               "expires": iso(a.not_after_ms)})
         distrusted = await self.node.db.read(lambda c: keys_tx.distrusted(c, peer.center))
-        out: dict[str, Any] = {"keys": keys, "certificates": certs}
+        sealing = self.node.seal_key_for(peer.center)
+        out: dict[str, Any] = {"keys": keys, "certificates": certs,
+                               "seal_key_in_use": b64e(sealing.key),
+                               "seal_key_source": sealing.source if sealing.key else ""}
         if peer.distrust_after is not None:
             out["distrust_after"] = peer.distrust_after
         if distrusted:
@@ -593,7 +606,12 @@ class Federation:
                 "tls_fingerprint": p.card.tls_fingerprint,
                 "state": link.state.state if link else ("not dialled" if not p.connect
                                                           else "stopped"),
-                "seal_key": p.seal_key_state}
+                "seal_key": self._seal_state(p)}
+
+    def _seal_state(self, p: Peer) -> str:
+        """The card's seal-key state, or the announcement that replaced it."""
+        sealing = self.node.seal_key_for(p.center)
+        return f"announced (log seq {sealing.seq})" if sealing.seq else p.seal_key_state
 
     async def _add(self, user: User, req: Request) -> dict[str, Any]:
         card = parse_card(str(req.get("card") or ""))

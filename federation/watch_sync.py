@@ -54,7 +54,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -527,7 +527,7 @@ class WatchClient:
     and sealed ones for watchers beyond, kept for the next hop back."""
 
     def __init__(self, node: NodeService, watches: Watches, center: str,
-                 channel: Any, own: OwnSet, seal_private: X25519PrivateKey | None = None
+                 channel: Any, own: OwnSet, seal_private: Sequence[X25519PrivateKey] | None = None
                  ) -> None:
         self.node = node
         self.watches = watches

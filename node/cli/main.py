@@ -66,24 +66,32 @@ def cmd_identity(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """keys rotate --signing | --tls: through the running daemon (admin), which
-    announces the new key in this center's own log so that peers learn it."""
-    if not (args.signing or args.tls):
-        raise CliError("keys rotate needs --signing or --tls", EXIT_USAGE)
-    results = []
-    client = client_for(args)
+    """keys rotate --signing | --tls | --seal: through the running daemon (admin),
+    which announces the new key in this center's own log so that peers learn it."""
+    if not (args.signing or args.tls or args.seal):
+        raise CliError("keys rotate needs --signing, --tls or --seal", EXIT_USAGE)
     if args.stolen and not args.signing:
         raise CliError("--stolen goes with --signing (the stolen-key runbook)", EXIT_USAGE)
-    for which in ("signing", "tls"):
+    if args.retire and not args.seal:
+        raise CliError("--retire goes with --seal", EXIT_USAGE)
+    results = []
+    client = client_for(args)
+    for which in ("signing", "tls", "seal"):
         if getattr(args, which):
             results.append(client.call("RotateKey", pb.RotateRequest(
-                which=which, stolen=which == "signing" and args.stolen)))
+                which=which, stolen=which == "signing" and args.stolen,
+                retire=which == "seal" and args.retire)))
     for r in results:
         if args.json:
             output.emit_json(r)
         elif r["rotated"] == "signing":
             print(f"signing key rotated at seq {r['seq']}: {r['old_key_id'][:16]} -> "
                   f"{r['new_key_id'][:16]} (print the new card with: fcnode identity)")
+        elif r["rotated"] == "seal":
+            kept = (f"{r['retired']} earlier private seal key(s) deleted" if r.get("retired")
+                    else "the earlier private key is kept to open what was sealed to it")
+            print(f"seal key rotated, announced at seq {r['seq']}: {r['old_key_id'][:16]} -> "
+                  f"{r['new_key_id'][:16]}; {kept} (print the new card with: fcnode identity)")
         else:
             print(f"TLS certificate renewed, announced at seq {r['seq']}: "
                   f"{r['new_fingerprint'][:16]} valid until {r['not_after']}; "
@@ -371,12 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, help="federation address HOST:PORT")
 
     add("identity", cmd_identity, "print this node's identity card")
-    p = add("keys", cmd_keys, "rotate this node's signing key or renew its TLS certificate "
+    p = add("keys", cmd_keys, "rotate this node's signing or seal key or renew its TLS certificate "
             "(admin; peers learn the new key from this center's log)")
     ks = p.add_subparsers(dest="keys_cmd", required=True, metavar="rotate")
     kr = ks.add_parser("rotate", parents=[common])
     kr.add_argument("--signing", action="store_true", help="a new Ed25519 signing key")
     kr.add_argument("--tls", action="store_true", help="a new TLS key and certificate")
+    kr.add_argument("--seal", action="store_true",
+                    help="a new X25519 seal key (what copies, answers and hits for this "
+                    "center are sealed to)")
+    kr.add_argument("--retire", action="store_true",
+                    help="with --seal: delete every earlier private seal key (what was "
+                    "sealed to them no longer opens here)")
     kr.add_argument("--stolen", action="store_true",
                     help="with --signing: entries the current key signed beyond this node's "
                     "head are not this node's (a stolen key); allowed while the own log is "

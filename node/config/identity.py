@@ -15,6 +15,9 @@ these fields existed still parse: without SEAL_KEY (nothing can be sealed to tha
 center), or with SEAL_KEY alone (unsigned: trusted only from an administrator's
 own pin, never from an introducer: node.config.peers.Peer.seal_key). A release
 before SEAL_SIG refuses a nine-field card as "not an fcnode identity card".
+A center rotates its seal key with a SEAL_KEY_ROTATION entry in its own log: that
+entry has a position, a card's SEAL_SIG has none, so a card whose seal key an
+announcement replaced never overrides the log (node.core.keyhistory.seal_key_in_use).
 No field contains '/', spaces or shell metacharacters.
 """
 
@@ -27,11 +30,10 @@ from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from node.config.home import check_listen
 from node.config.keys import der_to_pem
-from node.core.signing import check_seal_key
+from node.core.signing import check_seal_key, usable_seal_key
 from node.core.types import ValidationError, check_center_id
 
 PREFIX = "fcnode1"
@@ -103,16 +105,7 @@ class IdentityCard:
 _seal_key_problem = functools.lru_cache(maxsize=4096)(check_seal_key)
 
 
-@functools.lru_cache(maxsize=4096)
-def _usable_seal_key(raw: bytes) -> bool:
-    """Whether an agreement with ``raw`` gives a shared secret: a low-order point
-    gives none, and sealing to it (HPKE) would fail at every origin that names
-    the center in an audience, its publish, update and purge included."""
-    try:
-        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
-    except ValueError:
-        return False
-    return True
+_usable_seal_key = functools.lru_cache(maxsize=4096)(usable_seal_key)
 
 
 def parse_card(text: str) -> IdentityCard:

@@ -79,6 +79,18 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def x25519_pem(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def load_x25519(path: Path) -> X25519PrivateKey:
+    key = serialization.load_pem_private_key(read_private(path), password=None)
+    if not isinstance(key, X25519PrivateKey):
+        raise KeyFileError(f"{path} does not hold an X25519 key")
+    return key
+
+
 def encryption_key(path: Path) -> X25519PrivateKey:
     """The node's X25519 key for answers sealed to it (HPKE), made on first use:
     homes made before sealed answers existed get one at their next start."""
@@ -86,9 +98,7 @@ def encryption_key(path: Path) -> X25519PrivateKey:
         key = X25519PrivateKey.generate()
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
-        write_private(tmp, key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        write_private(tmp, x25519_pem(key))
         try:
             # Whole or absent, never half-written: a concurrent caller (the CLI
             # beside the daemon) that made it first wins, and both read theirs.
@@ -96,10 +106,51 @@ def encryption_key(path: Path) -> X25519PrivateKey:
                 os.link(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    key = serialization.load_pem_private_key(read_private(path), password=None)
-    if not isinstance(key, X25519PrivateKey):
-        raise KeyFileError(f"{path} does not hold an X25519 key")
-    return key
+    return load_x25519(path)
+
+
+# Seal-key rotation (`keys rotate --seal`): the new key is written to
+# encryption.key.next before its announcement commits, then swapped in; the key it
+# replaces stays as encryption.key.retired-SEQ (SEQ: the announcement's position),
+# so that what was sealed to it before (copies resting on hubs, answers in
+# flight) still opens. Deleting a retired file (or `--retire`) retires that key.
+def next_seal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".next")
+
+
+def retired_seal_paths(path: Path) -> list[Path]:
+    """The retired seal keys beside ``path``, newest (highest seq) first."""
+    out = []
+    for p in path.parent.glob(path.name + ".retired-*"):
+        suffix = p.name.rsplit("-", 1)[-1]
+        if suffix.isdigit():
+            out.append((int(suffix), p))
+    return [p for _, p in sorted(out, reverse=True)]
+
+
+def seal_keys(path: Path) -> list[X25519PrivateKey]:
+    """Every private seal key this node opens with: the current one first, then
+    the retired ones, newest first (what was sealed lately is tried first)."""
+    return [encryption_key(path), *(load_x25519(p) for p in retired_seal_paths(path))]
+
+
+def finish_seal_swap(path: Path, announced: tuple[int, bytes] | None) -> bool:
+    """At start and before a rotation: encryption.key.next is swapped in if this
+    center's newest seal-key announcement (seq, public key) names it (the rotation
+    committed; the replaced key is kept as encryption.key.retired-SEQ), else
+    removed (it never committed: the current key stays). True if it swapped."""
+    nxt = next_seal_path(path)
+    if not nxt.exists():
+        return False
+    pending = load_x25519(nxt).public_key().public_bytes_raw()
+    if announced is None or announced[1] != pending:
+        nxt.unlink()
+        return False
+    retired = path.with_name(f"{path.name}.retired-{announced[0]}")
+    if path.exists() and not retired.exists():
+        os.link(path, retired)
+    os.replace(nxt, path)
+    return True
 
 
 def generate_tls(key_path: Path, cert_path: Path, center: str,

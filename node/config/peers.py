@@ -75,8 +75,9 @@ class Peer:
 
     @property
     def seal_key(self) -> bytes:
-        """What this node seals copies, answers and hits for this center to (b"":
-        nothing is sealed to it)."""
+        """The card's seal key as far as this node believes it (b"": none). What is
+        sealed to the center is NodeService.seal_key_for: a SEAL_KEY_ROTATION in
+        the center's log outranks the card (node.core.keyhistory.seal_key_in_use)."""
         return self.vouched_seal_key if self.trusted else b""
 
     @property

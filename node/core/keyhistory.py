@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from node.core.signing import key_id
+from node.core.signing import key_id, usable_seal_key
 from node.wire import records_pb2
 
 ROTATION_DOMAIN = b"fcnode/key-rotation/v1\x00"
@@ -259,3 +259,66 @@ def check_cert(body: records_pb2.RecordBody) -> AnnouncedCert | str:
     return AnnouncedCert(body.origin, hashlib.sha256(body.new_tls_cert).hexdigest(),
                          body.new_tls_cert,
                          int(cert.not_valid_after_utc.timestamp() * 1000), body.seq)
+
+
+# -- seal keys ------------------------------------------------------------------
+#
+# A center's X25519 seal key (what copies, answers and watch hits for it are
+# sealed to) comes first from its card (SEAL_KEY, signed by SEAL_SIG: a statement
+# with no position) and then from SEAL_KEY_ROTATION entries in its own log,
+# signed by its signing key and ordered by the log: the newest position wins, so
+# an older entry or card that an introducer or a hop replays cannot roll the key
+# back. A card names a key it held at some time; it counts only while no
+# announcement has replaced that key (a card printed after the newest
+# announcement this node holds, pinned by hand before the log arrived, still
+# wins: nothing has replaced its key yet).
+
+
+@dataclass(frozen=True)
+class SealAnnouncement:
+    """A verified SEAL_KEY_ROTATION entry: from ``seq`` on, seal to ``new``
+    (``old``: the key it replaces, b"" if the card had none)."""
+    origin: str
+    seq: int
+    old: bytes
+    new: bytes
+
+
+def check_seal(body: records_pb2.RecordBody) -> SealAnnouncement | str:
+    """The announcement a validly signed SEAL_KEY_ROTATION entry makes, or why not:
+    the new key must be a usable X25519 key (the check cards get), not the one
+    it replaces."""
+    if not usable_seal_key(body.new_seal_key):
+        return ("seal key rotation: the new seal key is not a usable X25519 key (32 "
+                "bytes, not a low-order point)")
+    if body.old_seal_key and len(body.old_seal_key) != 32:
+        return "seal key rotation: the replaced seal key must be 32 bytes (X25519)"
+    if body.new_seal_key == body.old_seal_key:
+        return "seal key rotation: the new seal key is the old one"
+    return SealAnnouncement(body.origin, body.seq, body.old_seal_key, body.new_seal_key)
+
+
+@dataclass(frozen=True)
+class SealKeyInUse:
+    key: bytes  # b"": nothing is sealed to the center
+    source: str  # "card", or "log seq N"
+    seq: int = 0  # the announcement's position (0: the card)
+
+
+def seal_key_in_use(card_key: bytes, announced: Iterable[SealAnnouncement],
+                    after_seq: int = 0) -> SealKeyInUse:
+    """Which seal key wins for one center: ``card_key`` (the card's key as far as
+    it is believed; b"" if none or not believed) against the announcements of its
+    log (verified, any order). Only announcements after ``after_seq`` count (the
+    latest `peers update --distrust-after`: the re-pinned card is the new root).
+    The newest announcement wins, unless the card's key is one no announcement
+    replaced (neither an announcement's ``old`` nor an earlier announcement's
+    ``new``): then the card is newer than this node's copy of the log."""
+    ordered = sorted((a for a in announced if a.seq > after_seq), key=lambda a: a.seq)
+    if not ordered:
+        return SealKeyInUse(card_key, "card")
+    newest = ordered[-1]
+    replaced = {a.old for a in ordered} | {a.new for a in ordered[:-1]}
+    if card_key and card_key != newest.new and card_key not in replaced:
+        return SealKeyInUse(card_key, "card")
+    return SealKeyInUse(newest.new, f"log seq {newest.seq}", newest.seq)

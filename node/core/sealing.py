@@ -16,7 +16,7 @@ then verifies every envelope and stub inside against their origins' keys.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,7 +52,7 @@ def seal_answer(key: Ed25519PrivateKey, seal_to: bytes, requester: str, query_id
 
 
 def open_answer(sealed: bytes, signature: bytes, signer_key_id: str,
-                keys: Mapping[str, Ed25519PublicKey], private: X25519PrivateKey,
+                keys: Mapping[str, Ed25519PublicKey], privates: Sequence[X25519PrivateKey],
                 requester: str, query_id: str, center: str, part: int,
                 padded: bool = False) -> bytes:
     """Check the answering center's signature, then open: BadSignature if either
@@ -62,10 +62,9 @@ def open_answer(sealed: bytes, signature: bytes, signer_key_id: str,
         raise BadSignature(f"answer signed by an unknown key {signer_key_id[:16]}")
     info = answer_info(requester, query_id, center, part, padded)
     verify(public, ANSWER_DOMAIN, info + sealed, signature)
-    try:
-        plain = SUITE.decrypt(sealed, private, info=info)
-    except Exception:  # cryptography raises InvalidTag, ValueError and others
-        raise BadSignature("sealed answer does not open with this node's key") from None
+    plain = _decrypt(sealed, privates, info)
+    if plain is None:
+        raise BadSignature("sealed answer does not open with this node's key")
     return unpad(plain, "sealed answer") if padded else plain
 
 
@@ -133,15 +132,14 @@ def check_hit(sealed: bytes, signature: bytes, signer_key_id: str,
 
 
 def open_hit(sealed: bytes, signature: bytes, signer_key_id: str,
-             keys: Mapping[str, Ed25519PublicKey], private: X25519PrivateKey,
+             keys: Mapping[str, Ed25519PublicKey], privates: Sequence[X25519PrivateKey],
              watcher: str, watch_id: str, center: str, number: int) -> bytes:
     """Check the answering center's signature, then open: BadSignature if either
     fails (a hop changed a byte, or relabelled the hit's watch or center)."""
     check_hit(sealed, signature, signer_key_id, keys, watcher, watch_id, center, number)
-    try:
-        padded = SUITE.decrypt(sealed, private, info=hit_info(watcher, watch_id, center, number))
-    except Exception:  # cryptography raises InvalidTag, ValueError and others
-        raise BadSignature("sealed watch hit does not open with this node's key") from None
+    padded = _decrypt(sealed, privates, hit_info(watcher, watch_id, center, number))
+    if padded is None:
+        raise BadSignature("sealed watch hit does not open with this node's key")
     return unpad(padded, "sealed watch hit")
 
 
@@ -233,11 +231,20 @@ def check_copy(copy: CopyLike, keys: Mapping[str, Ed25519PublicKey], origin: str
     return ""
 
 
-def open_copy(copy: CopyLike, private: X25519PrivateKey, origin: str, seq: int,
+def open_copy(copy: CopyLike, privates: Sequence[X25519PrivateKey], origin: str, seq: int,
               digest: bytes) -> bytes | None:
-    """The envelope bytes if the copy was sealed to ``private``'s public key for
-    this position, else None (another center's copy, or altered)."""
-    try:
-        return SUITE.decrypt(copy.sealed, private, info=copy_info(origin, seq, digest))
-    except Exception:  # cryptography raises InvalidTag, ValueError and others
-        return None
+    """The envelope bytes if the copy was sealed to one of ``privates``' public
+    keys for this position, else None (another center's copy, or altered)."""
+    return _decrypt(copy.sealed, privates, copy_info(origin, seq, digest))
+
+
+def _decrypt(sealed: bytes, privates: Sequence[X25519PrivateKey], info: bytes) -> bytes | None:
+    """Open with the first of ``privates`` that opens it (a center's current seal
+    key first, then the ones it rotated away from: what was sealed to them before
+    the rotation, copies resting on hubs and answers in flight, still opens)."""
+    for private in privates:
+        try:
+            return SUITE.decrypt(sealed, private, info=info)
+        except Exception:  # cryptography raises InvalidTag, ValueError and others
+            continue
+    return None

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from google.protobuf.message import DecodeError
 
@@ -89,6 +90,21 @@ def check_seal_key(signing_key: bytes, center: str, seal_key: bytes, signature: 
     except BadSignature:
         return "the seal key's signature does not verify with the card's signing key"
     return ""
+
+
+def usable_seal_key(raw: bytes) -> bool:
+    """Whether ``raw`` is a 32-byte X25519 key an agreement with gives a shared
+    secret: a low-order point gives none, and sealing to it (HPKE) would fail at
+    every origin that names the center in an audience, its publish, update and
+    purge included. (Cards, node.config.identity, and seal-key announcements in
+    an origin's log, node.core.keyhistory.check_seal, both ask this.)"""
+    if len(raw) != 32:
+        return False
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError:
+        return False
+    return True
 
 
 def seal_record(key: Ed25519PrivateKey, body: records_pb2.RecordBody,

@@ -295,7 +295,8 @@ class LocalServicer(local_pb2_grpc.LocalServicer):
     @unary(pb.RotateReply)
     async def RotateKey(self, user: User, req: pb.RotateRequest) -> Any:
         return await self._extension("keys", user, Request({"op": "rotate", "which": req.which,
-                                                            "stolen": req.stolen}))
+                                                            "stolen": req.stolen,
+                                                            "retire": req.retire}))
 
     # -- a record's life ---------------------------------------------------------
     @unary(pb.LifecycleReply)

@@ -32,12 +32,15 @@ signed verify here wherever they come from. Rules:
   kept. Another signed seal key for the same signing key (the center signed two,
   or its key leaked) is a conflict, as for a signing key; a signed seal key for
   an introduced card held without one is taken, whichever introducer brings it
-  (it is the center's word, not the introducer's).
+  (it is the center's word, not the introducer's). A seal key the center
+  announced in its own log (a SEAL_KEY_ROTATION, replicated here) is no second
+  key: a card printed before or after that rotation. It is no conflict; which key
+  is sealed to is the log's to say (keyhistory.seal_key_in_use), whatever card is held.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from node.config.identity import IdentityCard
@@ -71,8 +74,12 @@ class Adoption:
 
 
 def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: str,
-          offers: Iterable[Offer]) -> Adoption:
-    """The pinned set after taking ``introducer``'s current view (pure)."""
+          offers: Iterable[Offer],
+          announced_seals: Mapping[str, Collection[bytes]] | None = None) -> Adoption:
+    """The pinned set after taking ``introducer``'s current view (pure).
+    ``announced_seals``: per center, the seal keys its own log announced (replaced
+    and new ones: NodeService.announced_seal_keys)."""
+    announced = announced_seals or {}
     out = dict(peers)
     adopted: list[str] = []
     updated: list[str] = []
@@ -123,6 +130,16 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
             card = replace(card, seal_key=existing.card.seal_key,
                            seal_signature=existing.card.seal_signature)
         if existing.card == card:
+            continue
+        rotated = (card.seal_key in announced.get(card.center, ())
+                   and held_seal in announced.get(card.center, ()))
+        if same_key and held_seal and card.seal_key and card.seal_key != held_seal and rotated:
+            # Both keys are the center's own, ordered by its log: the card held stays
+            # (or follows its own introducer), the log decides what is sealed to.
+            if existing.introduced_by == introducer and pin_conflict(
+                    card, out.values(), own_key) is None:
+                out[card.center] = replace(existing, card=card, via=offer.via)
+                updated.append(card.center)
             continue
         if same_key and held_seal and card.seal_key and card.seal_key != held_seal:
             # The seal key decides who can read what is sealed to this center

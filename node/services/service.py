@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from node.config import keys
 from node.config.home import Home, NodeConfig
@@ -30,11 +31,15 @@ from node.core.keyhistory import (
     AnnouncedCert,
     KeyHistory,
     Rotation,
+    SealAnnouncement,
+    SealKeyInUse,
     announcement,
     build_history,
     check_cert,
+    check_seal,
     entry_statement,
     rotation_statement,
+    seal_key_in_use,
 )
 from node.core.query import SearchParams, discovered
 from node.core.record import Draft, body_policy, body_to_dict, kind_name
@@ -153,6 +158,14 @@ class NodeService:
         self._own_keys = self._own_history.public_keys()
         self._certs: dict[str, dict[str, AnnouncedCert]] = {}
         self._cert_announced_ms: dict[str, int] = {}
+        # Seal keys origins announced in their logs (this center's own too), by
+        # origin and seq: they win over a card's (keyhistory.seal_key_in_use).
+        self._seals: dict[str, dict[int, SealAnnouncement]] = {}
+        # This center's private seal keys, current first, then retired ones (they
+        # open what was sealed to them before a rotation). One list, changed in
+        # place by rotate_seal: the replication links, the query fan-out and the
+        # watch client hold it (federation/runtime.py).
+        self.seal_privates: list[X25519PrivateKey] = keys.seal_keys(home.encryption_key)
         self.peers = peers
         self.started = time.monotonic()
         self.changes = ChangeFeed()
@@ -258,10 +271,47 @@ class NodeService:
         return changed
 
     def seal_key_of(self, center: str) -> bytes:
-        """What copies, answers and hits for ``center`` are sealed to: its seal key
-        when this node believes it (Peer.seal_key), else b"" (nothing is sealed)."""
+        """What copies, answers and hits for ``center`` are sealed to (b"": nothing
+        is sealed to it): seal_key_in_use."""
+        return self.seal_key_for(center).key
+
+    def seal_key_for(self, center: str) -> SealKeyInUse:
+        """The center's seal key and where it came from: its card's key as far as
+        this node believes it (Peer.seal_key), or the newest SEAL_KEY_ROTATION
+        of its log (signed by the center: believed from any peer, through hubs),
+        which a card offering a key that announcement replaced never overrides.
+        Only announcements after the latest `peers update --distrust-after` count
+        (the re-pinned card is the root again, as for certificates). A center
+        whose keys this node does not trust (an introduced card in conflict) gets
+        nothing sealed to it."""
         peer = self.peers.get(center)
-        return peer.seal_key if peer is not None else b""
+        if peer is None or not peer.trusted:
+            return SealKeyInUse(b"", "card")
+        return seal_key_in_use(peer.seal_key, self._seals.get(center, {}).values(),
+                               peer.distrust_after or 0)
+
+    def announced_seal_keys(self) -> dict[str, frozenset[bytes]]:
+        """Per center, every seal key its log announced or replaced (after its
+        latest distrust): introductions take a card carrying either as the
+        center's own, not as a second key (node/services/introductions.py)."""
+        out = {}
+        for center, anns in self._seals.items():
+            peer = self.peers.get(center)
+            after = peer.distrust_after or 0 if peer is not None else 0
+            keys_ = {k for a in anns.values() if a.seq > after for k in (a.old, a.new)}
+            out[center] = frozenset(keys_ - {b""})
+        return out
+
+    def learn_seals(self, seals: Iterable[SealAnnouncement]) -> bool:
+        """Verified seal-key announcements (from ingest, or the database at start).
+        True if anything is new."""
+        changed = False
+        for a in seals:
+            known = self._seals.setdefault(a.origin, {})
+            if a.seq not in known:
+                known[a.seq] = a
+                changed = True
+        return changed
 
     def distrusted_key_ids(self, center: str) -> list[tuple[int, set[str]]]:
         """For each ``peers update --distrust-after`` of the center (oldest first): its
@@ -287,6 +337,9 @@ class NodeService:
                 moved += await self.db.run(
                     lambda c, after=after, ids=ids: keys_tx.distrust_held(
                         c, center, after, ids, now_ms()))
+        if moved:  # seal keys announced in the entries moved out are gone with them
+            self._seals.pop(center, None)
+            self.learn_seals(a for a in await self.db.read(keys_tx.seals) if a.origin == center)
         return moved
 
     def learn_certs(self, certs: Iterable[AnnouncedCert]) -> bool:
@@ -354,6 +407,15 @@ class NodeService:
         self.learn_certs(AnnouncedCert(o, f, der, na, seq) for o, f, der, na, seq, _ in rows)
         self._cert_announced_ms.update({f: learned for o, f, _, _, _, learned in rows
                                         if o == self.center})
+        self.learn_seals(await self.db.read(keys_tx.seals))
+        self._finish_seal_swap()
+        self.seal_privates[:] = keys.seal_keys(self.home.encryption_key)
+        own = self._seals.get(self.center, {})
+        if own and own[max(own)].new != self.own_seal_public():
+            # (A home rebuilt without encryption.key, which backups do not hold.)
+            log.warning("encryption.key is not the seal key this center's log announced "
+                        "last: peers seal to that one and this node cannot open it; run "
+                        "fcnode keys rotate --seal", extra={"announced_seq": max(own)})
         for center in self.peers:
             await self.apply_distrust(center)  # a peers update made while stopped
         nxt = self._next_key_path()
@@ -462,6 +524,74 @@ class NodeService:
         self.own_key_id = key_id(new.public_key())
         self.own_public_key = raw_public(new.public_key())
         self.learn_rotations([Rotation(self.center, seq, old_raw, self.own_public_key)])
+
+    def own_seal_public(self) -> bytes:
+        return keys.encryption_key(self.home.encryption_key).public_key().public_bytes_raw()
+
+    async def rotate_seal(self, user: User, retire: bool = False) -> dict[str, Any]:
+        """A new X25519 seal key, announced in a SEAL_KEY_ROTATION entry of this
+        center's own log (signed by its signing key, ordered by the log: every
+        node that replicates the log seals to the new key from then on, with no
+        action at peers). Crash-safe order, as for the signing key: the new key
+        file (encryption.key.next) is written before the entry commits and
+        swapped in after; load_key_history finishes an interrupted swap. The
+        replaced private key stays as encryption.key.retired-SEQ so what was
+        sealed to it before still opens; ``retire``: every earlier private seal
+        key is deleted instead (after a leak, once nothing sealed to them is
+        still wanted: README, "Rotating the seal key")."""
+        self.require_admin(user, "rotating keys")
+        async with self._rotating:
+            self._finish_seal_swap()
+            new = X25519PrivateKey.generate()
+            new_raw = new.public_key().public_bytes_raw()
+            old_raw = self.own_seal_public()
+            nxt = keys.next_seal_path(self.home.encryption_key)
+            nxt.unlink(missing_ok=True)
+            keys.write_private(nxt, keys.x25519_pem(new))
+            now = now_ms()
+
+            def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
+                body = announcement(self.center, seq, prev, record.new_record_id(), now,
+                                    user.name, self.config.contact)
+                body.kind = records_pb2.SEAL_KEY_ROTATION
+                body.new_seal_key = new_raw
+                body.old_seal_key = old_raw
+                return body
+
+            def tx(conn: sqlite3.Connection) -> SealAnnouncement:
+                body = self.append_own(conn, [build], user.name, "key.rotate_seal", now,
+                                       {"retire": retire})[0]
+                announced = check_seal(body)
+                if isinstance(announced, str):
+                    raise ValidationError(announced)
+                keys_tx.add_seal(conn, announced, now)
+                return announced
+
+            try:
+                announced = await self.db.run(tx)
+            except BaseException:
+                nxt.unlink(missing_ok=True)
+                raise
+            self.learn_seals([announced])
+            keys.finish_seal_swap(self.home.encryption_key, (announced.seq, announced.new))
+            retired = 0
+            if retire:
+                for path in keys.retired_seal_paths(self.home.encryption_key):
+                    path.unlink()
+                    retired += 1
+            self.seal_privates[:] = keys.seal_keys(self.home.encryption_key)
+            log.warning("seal key rotated", extra={
+                "user": user.name, "seq": announced.seq, "retired_keys": retired})
+        self.changes.bump()
+        return {"rotated": "seal", "seq": announced.seq, "old_key_id": key_id(old_raw),
+                "new_key_id": key_id(new_raw), "retired": retired}
+
+    def _finish_seal_swap(self) -> None:
+        own = self._seals.get(self.center, {})
+        newest = own[max(own)] if own else None
+        if keys.finish_seal_swap(self.home.encryption_key,
+                                 (newest.seq, newest.new) if newest else None):
+            log.warning("finished installing the rotated seal key (interrupted before)")
 
     # -- users ------------------------------------------------------------
     async def authenticate(self, token: str | None) -> User:

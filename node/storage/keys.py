@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from node.core.keyhistory import Rotation
+from node.core.keyhistory import Rotation, SealAnnouncement
 
 # Entries kept for review per origin: someone else's key causes these writes.
 MAX_DISTRUSTED_PER_ORIGIN = 10_000
@@ -33,6 +33,18 @@ def certs(conn: sqlite3.Connection) -> list[tuple[str, str, bytes, int, int, int
     certificate (this center's own too: learned_ms is when it announced it)."""
     return list(conn.execute("SELECT origin, fingerprint, der, not_after_ms, seq, learned_ms "
                              "FROM tls_certs ORDER BY origin, seq"))
+
+
+def add_seal(conn: sqlite3.Connection, a: SealAnnouncement, now_ms: int) -> None:
+    """One row per (origin, seq): a position holds one verified entry."""
+    conn.execute("INSERT OR IGNORE INTO seal_keys (origin, seq, old_key, new_key, learned_ms) "
+                 "VALUES (?, ?, ?, ?, ?)", (a.origin, a.seq, a.old, a.new, now_ms))
+
+
+def seals(conn: sqlite3.Connection) -> list[SealAnnouncement]:
+    """Every announced seal key (this center's own too), by origin and seq."""
+    return [SealAnnouncement(o, s, old, new) for o, s, old, new in conn.execute(
+        "SELECT origin, seq, old_key, new_key FROM seal_keys ORDER BY origin, seq")]
 
 
 def add_distrusted(conn: sqlite3.Connection, origin: str, seq: int, digest: bytes,
@@ -86,6 +98,8 @@ def distrust_held(conn: sqlite3.Connection, origin: str, after_seq: int,
         conn.execute("DELETE FROM entity_keys WHERE rec = ?", (rec,))
         conn.execute("DELETE FROM records WHERE id = ?", (rec,))
     conn.execute("DELETE FROM entries WHERE origin = ? AND seq >= ?", (origin, first))
+    # A seal key announced there was the thief's word (or chained on it): gone with it.
+    conn.execute("DELETE FROM seal_keys WHERE origin = ? AND seq >= ?", (origin, first))
     conn.execute("UPDATE cursors SET seq = ? WHERE origin = ? AND seq >= ?",
                  (first - 1, origin, first))
     conn.execute("DELETE FROM quarantine WHERE origin = ?", (origin,))

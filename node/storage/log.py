@@ -15,7 +15,7 @@ from node.core.signing import entry_hash
 from node.wire import records_pb2
 
 # Key announcements (public keys only): stored in the log, never a record.
-KEY_KINDS = {records_pb2.KEY_ROTATION, records_pb2.CERT_RENEWAL}
+KEY_KINDS = {records_pb2.KEY_ROTATION, records_pb2.CERT_RENEWAL, records_pb2.SEAL_KEY_ROTATION}
 CONTENT = {records_pb2.SAR, records_pb2.BOLO, records_pb2.BULLETIN, records_pb2.TIP,
            records_pb2.DECONFLICTION}
 

@@ -486,4 +486,17 @@ MIGRATIONS: list[str] = [
         hash BLOB NOT NULL
     );
     """,
+    # 18: (session 17, seal-key rotation) seal keys origins announced in
+    # SEAL_KEY_ROTATION entries of their own logs (this center's own too): what
+    # copies, answers and hits for them are sealed to (keyhistory.seal_key_in_use).
+    """
+    CREATE TABLE seal_keys (
+        origin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        old_key BLOB NOT NULL,
+        new_key BLOB NOT NULL,
+        learned_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+    """,
 ]

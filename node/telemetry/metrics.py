@@ -46,6 +46,7 @@ NOTICE_KINDS = ("deconfliction", "recall", "retraction", "purge", "correction")
 # Why an entry from a peer was refused: the ingest reasons, mapped onto a fixed
 # set (the first match wins; anything new lands in "other" until it is named).
 REJECT_REASONS: tuple[tuple[str, str], ...] = (
+    ("seal key rotation", "bad_seal_key"),
     ("bad signature", "bad_signature"),
     ("unknown origin", "unknown_origin"),
     ("signed origin/seq differ", "position_mismatch"),

@@ -74,10 +74,10 @@ def test_a_copy_opens_only_for_its_center_and_position_and_its_signature_binds_b
     item = chain(1, {1})[0]
     c = copy_of(item)
     assert check_copy(c, KEYS, ORG, 1, item.hash, BIG) == ""
-    assert open_copy(c, READER, ORG, 1, item.hash) == item.envelope.SerializeToString()
-    assert open_copy(c, OTHER, ORG, 1, item.hash) is None           # a hub cannot read it
-    assert open_copy(c, READER, ORG, 2, item.hash) is None          # another position
-    assert open_copy(c, READER, ORG, 1, b"\x00" * 32) is None      # another hash
+    assert open_copy(c, [READER], ORG, 1, item.hash) == item.envelope.SerializeToString()
+    assert open_copy(c, [OTHER], ORG, 1, item.hash) is None           # a hub cannot read it
+    assert open_copy(c, [READER], ORG, 2, item.hash) is None          # another position
+    assert open_copy(c, [READER], ORG, 1, b"\x00" * 32) is None      # another hash
     assert "does not verify" in check_copy(c, KEYS, ORG, 2, item.hash, BIG)
     assert "does not verify" in check_copy(c, KEYS, "x", 1, item.hash, BIG)
     altered = SealedCopy(c.sealed[:-1] + bytes([c.sealed[-1] ^ 1]), c.signature, c.key_id)
@@ -121,7 +121,8 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 
 def deliver(conn: sqlite3.Connection, items: list[federation_pb2.LogItem], own: str,
             private: X25519PrivateKey | None, limit: int = 32, peer: str = "peer"):
-    checked = check_items(items, lambda o: KEYS if o == ORG else {}, private, limit)
+    checked = check_items(items, lambda o: KEYS if o == ORG else {},
+                          [private] if private is not None else None, limit)
     conn.execute("BEGIN IMMEDIATE")
     result = store_batch(conn, peer, checked, 1, own, max_copies=limit)
     conn.execute("COMMIT")
@@ -228,7 +229,7 @@ def test_a_peer_flooding_bad_copies_buys_a_bounded_number_of_checks() -> None:
     items = chain(3, {1, 2, 3})
     junk = [copy_of(items[0], key=Ed25519PrivateKey.generate()) for _ in range(32)]
     checked = check_items([placeholder(i, *junk) for i in items],
-                          lambda o: KEYS, READER, 32)
+                          lambda o: KEYS, [READER], 32)
     reasons: dict[str, int] = {}
     for c in checked:
         assert not c.error and not c.copies  # each item still judged on its own
@@ -281,7 +282,7 @@ def test_junk_copies_on_many_items_write_a_bounded_number_of_rejection_rows(conn
     items = [federation_pb2.LogItem(origin=ORG, seq=i, hash=bytes(32), sealed=[
         federation_pb2.SealedCopy(sealed=b"x", signature=b"", key_id=f"k{i:015d}")])
         for i in range(1, 3001)]
-    checked = check_items(items, lambda o: history, OTHER, 32)
+    checked = check_items(items, lambda o: history, [OTHER], 32)
     conn.execute("BEGIN IMMEDIATE")
     result = store_batch(conn, "rogue", checked, 1, "hub")
     conn.execute("COMMIT")
@@ -321,7 +322,7 @@ def test_the_same_copy_repeated_in_an_item_is_checked_once(monkeypatch) -> None:
     calls = []
     real = ingest.check_copy
     monkeypatch.setattr(ingest, "check_copy", lambda *a, **k: calls.append(1) or real(*a, **k))
-    [checked] = check_items([placeholder(item, *([one] * 32))], lambda o: KEYS, OTHER, 32)
+    [checked] = check_items([placeholder(item, *([one] * 32))], lambda o: KEYS, [OTHER], 32)
     assert len(checked.copies) == 1
     assert len(calls) == 1
 
@@ -333,7 +334,7 @@ def test_copies_kept_per_position_fit_what_is_passed_on() -> None:
     item = chain(1, {1})[0]
     many = [copy_of(item, to=X25519PrivateKey.generate()) for _ in range(6)]
     size = len(many[0].sealed) + COPY_OVERHEAD
-    [checked] = check_items([placeholder(item, *many)], lambda o: KEYS, OTHER, 32,
+    [checked] = check_items([placeholder(item, *many)], lambda o: KEYS, [OTHER], 32,
                             max_copy_bytes=3 * size)
     assert len(checked.copies) == 3
     assert dict(checked.dropped) and all("larger than" in why for why, _ in checked.dropped)

@@ -157,7 +157,7 @@ def publish_unreadable_to(rogue: Rogue, s1: Node) -> federation_pb2.LogItem:
                      "--audience", "s1", "--audience", "s2")
     seq = int(rec["seq"])
     item = sealed_items(rogue, s1, seq)
-    assert not any(open_copy(c, rogue.seal, "s1", seq, item.hash) for c in item.sealed), \
+    assert not any(open_copy(c, [rogue.seal], "s1", seq, item.hash) for c in item.sealed), \
         "the introducer opened a copy sealed to s2"
     return item
 

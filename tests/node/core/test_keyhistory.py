@@ -210,3 +210,28 @@ def test_an_interrupted_tls_switch_is_finished_at_start(tmp_path) -> None:  # ty
     assert keys.finish_tls_switch(tmp_path / "tls.key", tmp_path / "tls.crt")
     assert (tmp_path / "tls.crt").read_bytes() == new_crt
     keys.load_tls(tmp_path / "tls.key", tmp_path / "tls.crt")
+
+
+def test_an_interrupted_seal_key_rotation_is_finished_or_dropped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from node.config import keys
+
+    path = tmp_path / "encryption.key"
+    old = keys.encryption_key(path).public_key().public_bytes_raw()
+    new = X25519PrivateKey.generate()
+    new_raw = new.public_key().public_bytes_raw()
+    keys.write_private(keys.next_seal_path(path), keys.x25519_pem(new))
+    # The entry never committed (the log's newest announcement is another key, or
+    # none): the pending key is dropped, the current one stays.
+    assert not keys.finish_seal_swap(path, (3, old))
+    assert not keys.next_seal_path(path).exists()
+    assert keys.encryption_key(path).public_key().public_bytes_raw() == old
+    # It committed at seq 7, the crash came before the swap: finished, the old key
+    # kept (0600) to open what was sealed to it, current first in the keyring.
+    keys.write_private(keys.next_seal_path(path), keys.x25519_pem(new))
+    assert keys.finish_seal_swap(path, (7, new_raw))
+    retired = tmp_path / "encryption.key.retired-7"
+    assert [k.public_key().public_bytes_raw() for k in keys.seal_keys(path)] == [new_raw, old]
+    assert retired.stat().st_mode & 0o077 == 0
+    assert not keys.finish_seal_swap(path, (7, new_raw))  # nothing pending: nothing moves

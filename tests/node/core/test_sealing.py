@@ -22,7 +22,7 @@ ARGS = ("watcher", "w1", "origin", 7)
 def test_a_sealed_hit_opens_only_as_sealed() -> None:
     sealed, sig, kid = seal_hit(SIGNER, SEAL_TO, *ARGS, b"hit bytes")
     assert b"hit bytes" not in sealed
-    assert open_hit(sealed, sig, kid, KEYS, WATCHER, *ARGS) == b"hit bytes"
+    assert open_hit(sealed, sig, kid, KEYS, [WATCHER], *ARGS) == b"hit bytes"
     flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
     with pytest.raises(BadSignature):
         open_hit(flipped, sig, kid, KEYS, WATCHER, *ARGS)
@@ -30,21 +30,21 @@ def test_a_sealed_hit_opens_only_as_sealed() -> None:
         relabelled = list(ARGS)
         relabelled[i] = other
         with pytest.raises(BadSignature):
-            open_hit(sealed, sig, kid, KEYS, WATCHER, *relabelled)  # type: ignore[arg-type]
+            open_hit(sealed, sig, kid, KEYS, [WATCHER], *relabelled)  # type: ignore[arg-type]
     with pytest.raises(BadSignature):  # not the answering center's key
         open_hit(sealed, sig, kid, {kid: Ed25519PrivateKey.generate().public_key()},
-                 WATCHER, *ARGS)
+                 [WATCHER], *ARGS)
     with pytest.raises(BadSignature):  # another center's seal key: it cannot open
-        open_hit(sealed, sig, kid, KEYS, X25519PrivateKey.generate(), *ARGS)
+        open_hit(sealed, sig, kid, KEYS, [X25519PrivateKey.generate()], *ARGS)
 
 
 def test_an_answer_part_is_not_a_hit() -> None:
     sealed, sig, kid = seal_answer(SIGNER, SEAL_TO, "watcher", "w1", "origin", 7, b"x")
     with pytest.raises(BadSignature):
-        open_hit(sealed, sig, kid, KEYS, WATCHER, *ARGS)
+        open_hit(sealed, sig, kid, KEYS, [WATCHER], *ARGS)
     sealed, sig, kid = seal_hit(SIGNER, SEAL_TO, *ARGS, b"x")
     with pytest.raises(BadSignature):
-        open_answer(sealed, sig, kid, KEYS, WATCHER, "watcher", "w1", "origin", 7)
+        open_answer(sealed, sig, kid, KEYS, [WATCHER], "watcher", "w1", "origin", 7)
 
 
 def test_a_hub_cannot_tell_a_full_hit_from_a_pointer_by_its_size() -> None:
@@ -58,7 +58,7 @@ def test_a_hub_cannot_tell_a_full_hit_from_a_pointer_by_its_size() -> None:
     assert len(lengths) == 1, lengths
     for plain in (pointer, full, b"", b"\x00" * 5000):  # padding never leaks into the hit
         sealed, sig, kid = seal_hit(SIGNER, SEAL_TO, *ARGS, plain)
-        assert open_hit(sealed, sig, kid, KEYS, WATCHER, *ARGS) == plain
+        assert open_hit(sealed, sig, kid, KEYS, [WATCHER], *ARGS) == plain
 
 
 def test_a_hub_cannot_tell_by_size_whether_a_center_held_anything() -> None:
@@ -71,15 +71,15 @@ def test_a_hub_cannot_tell_by_size_whether_a_center_held_anything() -> None:
     assert len(lengths) == 1, lengths
     for plain in (b"", b"r" * 2500, b"\x00" * 5000):
         sealed, sig, kid = seal_answer(SIGNER, SEAL_TO, *answer, plain, padded=True)
-        assert open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, padded=True) == plain
+        assert open_answer(sealed, sig, kid, KEYS, [WATCHER], *answer, padded=True) == plain
         # The flag is not signed, but bound into the seal: flipped, nothing opens.
         with pytest.raises(BadSignature):
-            open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, padded=False)
+            open_answer(sealed, sig, kid, KEYS, [WATCHER], *answer, padded=False)
     # A center of an older release answers unpadded: still read as it was sealed.
     sealed, sig, kid = seal_answer(SIGNER, SEAL_TO, *answer, b"old")
-    assert open_answer(sealed, sig, kid, KEYS, WATCHER, *answer) == b"old"
+    assert open_answer(sealed, sig, kid, KEYS, [WATCHER], *answer) == b"old"
     with pytest.raises(BadSignature):
-        open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, padded=True)
+        open_answer(sealed, sig, kid, KEYS, [WATCHER], *answer, padded=True)
 
 
 def test_padded_within_keeps_the_padding_inside_the_limit() -> None:

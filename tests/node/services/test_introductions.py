@@ -124,6 +124,27 @@ def test_an_introducer_cannot_swap_a_center_s_seal_key() -> None:
     assert kept.peers["xx"] == direct and kept.conflicts
 
 
+def test_a_card_after_a_seal_key_rotation_the_log_announced_is_no_conflict() -> None:
+    # The center rotated its seal key (SEAL_KEY_ROTATION in its log, replicated
+    # here): its card printed after the rotation, offered by any introducer, and
+    # its card from before, offered where the new one is held, are the center's
+    # own keys, not a second one. The held card stays trusted (the log decides
+    # what is sealed to); a key the log never announced is still a conflict.
+    x = card("xx")
+    rotated = with_seal(x, new_seal())
+    log = {"xx": frozenset({x.seal_key, rotated.seal_key})}
+    first = adopt("me", OWN_KEY, {"hub": HUB, "hub2": HUB2}, "hub", [Offer(x, ())], log)
+    same = adopt("me", OWN_KEY, first.peers, "hub", [Offer(rotated, ())], log)
+    assert same.peers["xx"].trusted and same.peers["xx"].card == rotated and not same.conflicts
+    other = adopt("me", OWN_KEY, first.peers, "hub2", [Offer(rotated, ())], log)
+    assert other.peers["xx"] == first.peers["xx"] and not other.conflicts
+    back = adopt("me", OWN_KEY, same.peers, "hub2", [Offer(x, ())], log)
+    assert back.peers["xx"].trusted and not back.conflicts
+    stranger = with_seal(x, new_seal())
+    bad = adopt("me", OWN_KEY, first.peers, "hub", [Offer(stranger, ())], log)
+    assert not bad.peers["xx"].trusted and bad.new_conflicts == ("xx",)
+
+
 def test_an_unsigned_seal_key_from_an_introducer_is_never_believed() -> None:
     # The first time a center is learned, an introducer pairs its real signing key
     # with an X25519 key of its own, unsigned (as a card of an older release would

@@ -24,6 +24,8 @@ def test_ingest_reasons_map_to_fixed_labels() -> None:
         "seq 6 is not held": "chain",
         "seq 1 must not link to a previous entry": "chain",
         "wrong chain link at seq 9": "chain",
+        "seal key rotation: the new seal key is not a usable X25519 key (32 bytes, not a "
+        "low-order point)": "bad_seal_key",
     }
     for reason, label in cases.items():
         assert reject_reason(reason) == label, reason
