@@ -648,6 +648,7 @@ class Federation:
             log.warning("entries signed by a distrusted key moved out of the log for review",
                         extra={"peer": card.center, "entries": moved,
                                "after_seq": peer.distrust_after})
+            self.tls.update(self.node.peers.values(), self.node.announced_certs())
             self._resubscribe_all()
         return {**self._peer_view(peer), "distrust_after": peer.distrust_after,
                 "quarantined_for_review": moved}

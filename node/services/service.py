@@ -337,9 +337,12 @@ class NodeService:
                 moved += await self.db.run(
                     lambda c, after=after, ids=ids: keys_tx.distrust_held(
                         c, center, after, ids, now_ms()))
-        if moved:  # seal keys announced in the entries moved out are gone with them
+        if moved:  # seal keys and certificates announced there are gone with them
             self._seals.pop(center, None)
             self.learn_seals(a for a in await self.db.read(keys_tx.seals) if a.origin == center)
+            self._certs.pop(center, None)
+            self.learn_certs(AnnouncedCert(o, f, der, na, seq) for o, f, der, na, seq, _
+                             in await self.db.read(keys_tx.certs) if o == center)
         return moved
 
     def learn_certs(self, certs: Iterable[AnnouncedCert]) -> bool:

@@ -98,8 +98,10 @@ def distrust_held(conn: sqlite3.Connection, origin: str, after_seq: int,
         conn.execute("DELETE FROM entity_keys WHERE rec = ?", (rec,))
         conn.execute("DELETE FROM records WHERE id = ?", (rec,))
     conn.execute("DELETE FROM entries WHERE origin = ? AND seq >= ?", (origin, first))
-    # A seal key announced there was the thief's word (or chained on it): gone with it.
+    # A seal key or TLS certificate announced there was the thief's word (or chained
+    # on it): gone with it (a thief's certificate would let it connect as the center).
     conn.execute("DELETE FROM seal_keys WHERE origin = ? AND seq >= ?", (origin, first))
+    conn.execute("DELETE FROM tls_certs WHERE origin = ? AND seq >= ?", (origin, first))
     conn.execute("UPDATE cursors SET seq = ? WHERE origin = ? AND seq >= ?",
                  (first - 1, origin, first))
     conn.execute("DELETE FROM quarantine WHERE origin = ?", (origin,))

@@ -163,3 +163,18 @@ def test_announcements_in_entries_a_distrusted_key_signed_go_with_them(
     conn.execute("COMMIT")
     assert moved == 1
     assert keys_tx.seals(conn) == [ann(1, P0, P1)]
+
+
+def test_certificates_announced_in_entries_a_distrusted_key_signed_go_with_them(
+        conn: sqlite3.Connection) -> None:
+    # A thief holding the stolen key announces its own TLS certificate at seq 2; after
+    # `peers update --distrust-after 1` that certificate must not stay pinned beside
+    # the card (it would let the thief's TLS identity connect as the center).
+    checked = check_items(items(body(1, P1, P0), body(2, P2, P1)), history)
+    conn.execute("BEGIN IMMEDIATE")
+    store_batch(conn, "peer", checked, 1, "me")
+    keys_tx.add_cert(conn, "o", "f1", b"der1", 10**13, 1, 1)
+    keys_tx.add_cert(conn, "o", "thief", b"der2", 10**13, 2, 1)
+    keys_tx.distrust_held(conn, "o", 1, {key_id(SIGNER.public_key())}, 3)
+    conn.execute("COMMIT")
+    assert [(o, f, seq) for o, f, _, _, seq, _ in keys_tx.certs(conn)] == [("o", "f1", 1)]
