@@ -28,7 +28,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from federation.query_forward import Forwarder, hops_left
-from federation.ratelimit import RateLimits
+from federation.ratelimit import LogLimit, RateLimits
 from node.core.query import MAX_ENTITY_KEYS, MAX_TEXT, SearchParams, discovered
 from node.core.record import check_behaviors, kind_name
 from node.core.sealing import padded_within, seal_answer
@@ -101,6 +101,9 @@ class QueryAnswerer:
         self.forwarder = forwarder
         self.forwarded: dict[tuple[str, str], tuple[int, int]] = {}  # -> (hops left, deadline)
         self.rates = RateLimits(node.config.limits.query_rate_per_minute)
+        # One "query refused" line a minute per peer (the rest counted): a peer over
+        # its rate limit is refused at every call, and each was a line.
+        self.refusal_logs = LogLimit()
 
     def check(self, peer: str, request: federation_pb2.SignedQuery) -> federation_pb2.QueryBody:
         """The query's body, checked: signed by its requester (the TLS peer, or a
@@ -295,7 +298,10 @@ class QueryAnswerer:
                     finally:
                         await relay.aclose()
                 return
-            log.warning("query refused", extra={"peer": peer, "reason": exc.reason})
+            held = self.refusal_logs.take(peer, time.monotonic())
+            if held is not None:
+                log.warning("query refused", extra={"peer": peer, "reason": exc.reason,
+                                                    "not_logged_before": held})
             await context.abort(exc.code, exc.reason)
             return
         self.reach_further(body, request)

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from federation.ratelimit import RateLimits
+from federation.ratelimit import LogLimit, RateLimits
 from federation.tls import PinnedTls, peer_pem
 from federation.watch_sync import Refused
 from node.core.sealing import COPY_OVERHEAD, SealedCopy, copy_budget
@@ -119,15 +119,20 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self.restarts = RateLimits(node.config.limits.restarts_per_minute)
         # Per peer: refused standing sets logged a minute (a peer may call as fast
         # as it likes, each refusal was a line: the log without bound).
-        self.refusal_logs = RateLimits(REFUSAL_LOGS_PER_MINUTE)
-        self.refusals_unlogged: dict[str, int] = {}
+        self.refusal_logs = LogLimit(REFUSAL_LOGS_PER_MINUTE)
+        # Calls from certificates that are not pinned: one line a minute for all of
+        # them together (whoever reaches the port can make new certificates at will,
+        # so a key per certificate or address would itself grow without bound).
+        self.unpinned_logs = LogLimit()
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> str:
         pem = peer_pem(context)
         center = self.tls.center_for_pem(pem) if pem else None
         if center is None or center not in self.node.peers:
-            log.warning("refused call from an unpinned certificate",
-                        extra={"peer": context.peer()})
+            held = self.unpinned_logs.take("unpinned", time.monotonic())
+            if held is not None:
+                log.warning("refused call from an unpinned certificate",
+                            extra={"peer": context.peer(), "not_logged_before": held})
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "certificate is not pinned")
         return center  # type: ignore[return-value]
 
@@ -338,12 +343,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         try:
             return await self.standing.set_standing(peer, request)
         except Refused as exc:
-            if self.refusal_logs.allow(peer, time.monotonic()):
+            held = self.refusal_logs.take(peer, time.monotonic())
+            if held is not None:
                 log.warning("standing set refused", extra={
-                    "peer": peer, "reason": str(exc),
-                    "not_logged_before": self.refusals_unlogged.pop(peer, 0)})
-            else:
-                self.refusals_unlogged[peer] = self.refusals_unlogged.get(peer, 0) + 1
+                    "peer": peer, "reason": str(exc), "not_logged_before": held})
             await context.abort(exc.code, str(exc))
         raise AssertionError("unreachable")
 
