@@ -311,12 +311,18 @@ class QueryAnswerer:
         relay = self.forwarder.start(peer, request, body) if self.forwarder else None
         try:
             padded = requester != peer and body.pad_answers
-            for part, msg in enumerate(self.chunks(answer, padded)):
-                if requester == peer:
+            if requester == peer:
+                for msg in self.chunks(answer, padded):
                     yield msg  # straight to the requester over its own TLS session
-                else:
+            else:
+                # Sealed parts say how many there are (when the requester asks: an
+                # older one could not open them otherwise), so a hop that drops the
+                # tail is seen. The answer is in memory already: its parts too.
+                msgs = list(self.chunks(answer, padded))
+                parts = len(msgs) if body.count_parts else 0
+                for part, msg in enumerate(msgs):
                     yield federation_pb2.QueryAnswer(relayed=[self.seal(requester, body, part,
-                                                                        msg)])
+                                                                        msg, parts)])
             if relay is not None:
                 async for sealed in relay:
                     yield federation_pb2.QueryAnswer(relayed=[sealed])
@@ -347,15 +353,16 @@ class QueryAnswerer:
         return before is not None
 
     def seal(self, requester: str, body: federation_pb2.QueryBody, part: int,
-             msg: federation_pb2.QueryAnswer) -> federation_pb2.SealedAnswer:
+             msg: federation_pb2.QueryAnswer, parts: int = 0) -> federation_pb2.SealedAnswer:
         """One part of this node's answer, sealed to the requester and signed:
-        the hubs it crosses see ciphertext, and cannot forge or alter it."""
+        the hubs it crosses see ciphertext, and cannot forge, alter or (with
+        ``parts``, the count of this answer's parts) drop any of it unseen."""
         sealed, signature, kid = seal_answer(
             self.node.key, self.node.seal_key_of(requester), requester, body.query_id,
-            self.node.center, part, msg.SerializeToString(), body.pad_answers)
+            self.node.center, part, msg.SerializeToString(), body.pad_answers, parts)
         return federation_pb2.SealedAnswer(center=self.node.center, part=part, sealed=sealed,
                                            signature=signature, key_id=kid,
-                                           padded=body.pad_answers)
+                                           padded=body.pad_answers, parts=parts)
 
     def chunks(self, answer: Answer, padded: bool = False
                ) -> Iterator[federation_pb2.QueryAnswer]:
