@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import sqlite3
+import time
 from typing import Any
 
 from node.core import record
@@ -27,7 +28,7 @@ from node.services.watches import hit_view as watch_view
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
-from node.telemetry import logs
+from node.telemetry import logs, metrics
 from node.wire import records_pb2
 
 log = logs.get("fcnode.lifecycle")
@@ -71,6 +72,7 @@ class Lifecycle:
     def __init__(self, node: NodeService) -> None:
         self.node = node
         self._sweeper: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
 
     def _current(self, conn: sqlite3.Connection, user: User, record_id: str,
                  states: tuple[str, ...] = ("active",), blind_ok: bool = False
@@ -256,9 +258,60 @@ class Lifecycle:
     # -- retention sweep ----------------------------------------------------------
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="retention-sweep")
+        self._compactor = asyncio.create_task(self._compact_forever(), name="index-compaction")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._sweeper)
+        await cancel_and_wait(self._compactor)
+        # On the way out, whatever is pending: purged text must not wait in the file
+        # for the next start (the row survives a crash: compacted then, if due).
+        try:
+            await self.compact_index(force=True)
+        except Exception:
+            log.exception("text index compaction at shutdown failed")
+
+    # -- erasure from the text index ---------------------------------------------
+    # A purge that arrives from a peer deletes the record from the text index at
+    # once (search never finds it again); the terms leave the index's segments,
+    # and so the database file, at the next FTS5 'optimize', which rewrites the
+    # whole index. One per purge let any origin purging its records one by one
+    # make every node in the network rewrite its index again and again; here it
+    # runs at most once per [limits] index_compact_s, counted from the oldest
+    # purge not compacted yet. This node's own purges (its administrator's
+    # request) compact at once.
+    async def _compact_forever(self) -> None:
+        while True:
+            wait = self.node.config.limits.index_compact_s
+            try:
+                left = await self.compact_index()
+                if left is not None:
+                    wait = min(wait, left)
+            except Exception:  # it retries next round
+                log.exception("text index compaction failed")
+            await asyncio.sleep(max(wait, 0.05))
+
+    async def compact_index(self, force: bool = False) -> float | None:
+        """Compact the text index if purges are pending and the oldest has waited
+        index_compact_s (``force``: at once). Seconds until it is due when some
+        are pending but not yet; None otherwise."""
+        node = self.node
+        pending = await node.db.read(log_tx.erasure_pending)
+        if pending is None:
+            return None
+        since_ms, purges = pending
+        left = since_ms / 1000 + node.config.limits.index_compact_s - time.time()
+        if left > 0 and not force:
+            return left
+        started = time.monotonic()
+        await node.db.run(log_tx.compact_index)
+        await node.db.checkpoint()  # the index's old pages leave the WAL too
+        took = time.monotonic() - started
+        metrics.INDEX_COMPACTIONS.inc()
+        metrics.INDEX_COMPACTION_SECONDS.observe(took)
+        log.info("text index compacted", extra={
+            "purges": purges, "waited_s": round(now_ms() / 1000 - since_ms / 1000, 1),
+            "took_s": round(took, 3)})
+        return None
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -288,7 +341,7 @@ class Lifecycle:
                                    records_pb2.PURGE, system=True)
             else:
                 await node.db.run(lambda c, o=origin, r=record_id: (
-                    log_tx.purge_locally(c, o, r, "expired"),
+                    log_tx.purge_locally(c, o, r, "expired", defer_since_ms=now),
                     notices_tx.add(c, now, "purge", o, r, {"reason": "expired at this holder"})))
         if due:
             await node.db.checkpoint()

@@ -1021,8 +1021,15 @@ class NodeService:
             held = recovery_tx.held(conn)
             if held is not None:
                 own["held"] = held_view(held.detail())
-            return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn),
-                    "own_log": own}
+            out = {"records": log_tx.counts(conn), "heads": log_tx.heads(conn),
+                   "own_log": own}
+            pending = log_tx.erasure_pending(conn)
+            if pending is not None:
+                since, purges = pending
+                out["index_erasure"] = {
+                    "purges": purges, "since": iso(since),
+                    "due": iso(since + int(self.config.limits.index_compact_s * 1000))}
+            return out
 
         data = await self.db.read(tx)
         return {**out, "storage": str(self.db.path), "home": str(self.home.root), **data}

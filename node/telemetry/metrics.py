@@ -116,6 +116,13 @@ COPY_DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("opened", "bad_content"),
     ("erased here", "erased"),
 )
+INDEX_COMPACTIONS = Counter(
+    "fcnode_index_compactions", "Compactions of the text index (FTS5 optimize) run for purges "
+    "from peers, at most one per [limits] index_compact_s: after one, the purged records' "
+    "terms are gone from the database file", registry=REGISTRY)
+INDEX_COMPACTION_SECONDS = Histogram(
+    "fcnode_index_compaction_seconds", "Time one such compaction took (it holds the writer)",
+    buckets=LATENCY_BUCKETS, registry=REGISTRY)
 INTRODUCTIONS_REFUSED = Counter(
     "fcnode_introductions_refused", "Cards an introducer served that were refused, or whose "
     "seal key was dropped, by introducer and reason: seal_signature (the seal key's signature "
