@@ -310,7 +310,9 @@ def test_purges_from_a_peer_leave_the_index_file_within_the_bound(make_node) -> 
     assert 1 <= len(lines) <= 2, f"{len(lines)} compactions for {len(WORDS)} purges"
 
 
-def test_pending_erasure_is_compacted_at_shutdown(make_node) -> None:
+def test_pending_erasure_is_compacted_at_shutdown(make_node, tmp_path: Path) -> None:
+    """A pending erasure does not wait for the interval when the daemon stops, nor
+    go into a backup (which would copy the index's segments with the words)."""
     origin = make_node("origin")
     spoke = _compacting_every(make_node, "spoke", 3600.0)
     star(origin, [spoke])
@@ -320,5 +322,17 @@ def test_pending_erasure_is_compacted_at_shutdown(make_node) -> None:
     origin.ok("purge", rid, "--reason", "unreliable")
     wait_state(spoke, rid, 2, "purged")
     assert spoke.status()["index_erasure"]["purges"] == 1
+    assert WORDS[0].encode() in db_bytes(spoke)
+    spoke.ok("backup", str(tmp_path / "spoke.db"))
+    assert WORDS[0].encode() not in (tmp_path / "spoke.db").read_bytes()
+    assert "index_erasure" not in spoke.status()
+    # Once more, for the way out.
+    rid = origin.publish("--kind", "BOLO", "--title", WORDS[1], "--audience",
+                         "members")["record_id"]
+    wait_state(spoke, rid, 1, "active")
+    origin.ok("purge", rid, "--reason", "unreliable")
+    wait_state(spoke, rid, 2, "purged")
+    assert spoke.status()["index_erasure"]["purges"] == 1
+    assert WORDS[1].encode() in db_bytes(spoke)
     spoke.stop()
-    assert WORDS[0].encode() not in db_bytes(spoke)
+    assert WORDS[1].encode() not in db_bytes(spoke)
