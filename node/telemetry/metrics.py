@@ -41,7 +41,7 @@ GCCollector(registry=REGISTRY)
 
 PEER_STATES = ("connecting", "connected", "backing_off", "refused", "unreachable",
                "not_dialled", "stopped")
-QUERY_STATUSES = ("answered", "timed_out", "refused", "unreachable")
+QUERY_STATUSES = ("answered", "incomplete", "timed_out", "refused", "unreachable")
 NOTICE_KINDS = ("deconfliction", "recall", "retraction", "purge", "correction")
 # Why an entry from a peer was refused: the ingest reasons, mapped onto a fixed
 # set (the first match wins; anything new lands in "other" until it is named).
