@@ -124,6 +124,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         # them together (whoever reaches the port can make new certificates at will,
         # so a key per certificate or address would itself grow without bound).
         self.unpinned_logs = LogLimit()
+        # Other refusals a peer can repeat at will (streams over the cap, restarts
+        # and re-pulls over their rate): one line a minute per peer and kind.
+        self.limit_logs = LogLimit()
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> str:
         pem = peer_pem(context)
@@ -136,14 +139,18 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "certificate is not pinned")
         return center  # type: ignore[return-value]
 
+    def _limit_log(self, peer: str, event: str, limit: int) -> None:
+        held = self.limit_logs.take(f"{event}\x00{peer}", time.monotonic())
+        if held is not None:
+            log.warning(event, extra={"peer": peer, "limit": limit, "not_logged_before": held})
+
     async def _stream_cap(self, peer: str, context: grpc.aio.ServicerContext,
                           what: str) -> None:
         """Refuse a stream beyond ``max_streams_per_peer`` open from this peer
         (replication and watch-hit streams together)."""
         limit = self.node.config.limits.max_streams_per_peer
         if self.streams.count(peer) >= limit:
-            log.warning(f"{what} stream refused: too many open",
-                        extra={"peer": peer, "limit": limit})
+            self._limit_log(peer, f"{what} stream refused: too many open", limit)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"too many {what} streams open from {peer} (limit {limit})")
 
@@ -164,8 +171,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                           for o, h in heads.items() if o in cursors)
             self.restarts.per_minute = limits.restarts_per_minute
             if restart and not self.restarts.allow(peer, time.monotonic()):
-                log.warning("replication restart refused: rate limit",
-                            extra={"peer": peer, "limit": limits.restarts_per_minute})
+                self._limit_log(peer, "replication restart refused: rate limit",
+                                limits.restarts_per_minute)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     f"too many replication restarts from seq 0 (or more "
                                     f"than a batch behind) by {peer} "
@@ -362,8 +369,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         await self._stream_cap(peer, context, "watch hits")
         if not self.standing.may_pull(peer, request.after):
             limit = limits.restarts_per_minute
-            log.warning("watch hits re-pull refused: rate limit",
-                        extra={"peer": peer, "limit": limit})
+            self._limit_log(peer, "watch hits re-pull refused: rate limit", limit)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"too many pulls of watch hits already sent by {peer} "
                                 f"(limit {limit} per minute)")

@@ -34,7 +34,7 @@ class Context:
 def test_unpinned_certificates_cost_one_log_line_a_minute(caplog: pytest.LogCaptureFixture
                                                           ) -> None:
     node = SimpleNamespace(peers={}, config=SimpleNamespace(limits=SimpleNamespace(
-        restarts_per_minute=10)))
+        restarts_per_minute=10, max_streams_per_peer=0)))
     tls = SimpleNamespace(center_for_pem=lambda pem: None)
     servicer = FederationServicer(node, tls)  # type: ignore[arg-type]
 
@@ -53,3 +53,22 @@ def test_unpinned_certificates_cost_one_log_line_a_minute(caplog: pytest.LogCapt
         asyncio.run(calls())
     lines = [r for r in caplog.records if "unpinned certificate" in r.getMessage()]
     assert len(lines) == 2 and lines[1].not_logged_before == 49  # type: ignore[attr-defined]
+
+
+def test_streams_over_the_cap_cost_one_log_line_a_minute_per_peer(
+        caplog: pytest.LogCaptureFixture) -> None:
+    node = SimpleNamespace(peers={}, config=SimpleNamespace(limits=SimpleNamespace(
+        restarts_per_minute=10, max_streams_per_peer=0)))
+    servicer = FederationServicer(node, SimpleNamespace())  # type: ignore[arg-type]
+
+    async def calls(peer: str) -> None:
+        for i in range(20):
+            with pytest.raises(Aborted):
+                await servicer._stream_cap(peer, Context(i), "replication")  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(calls("aa"))
+        asyncio.run(calls("bb"))
+    lines = [r for r in caplog.records if "stream refused" in r.getMessage()]
+    # Before: a line a call (40).
+    assert [r.peer for r in lines] == ["aa", "bb"]  # type: ignore[attr-defined]
