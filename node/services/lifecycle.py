@@ -263,8 +263,11 @@ class Lifecycle:
     async def stop(self) -> None:
         await cancel_and_wait(self._sweeper)
         await cancel_and_wait(self._compactor)
-        # On the way out, whatever is pending: purged text must not wait in the file
-        # for the next start (the row survives a crash: compacted then, if due).
+
+    async def finish(self) -> None:
+        """On the way out (after replication stopped, before the database closes),
+        whatever erasure is pending: purged text must not wait in the file for the
+        next start (the row survives a crash: compacted then, at once if due)."""
         try:
             await self.compact_index(force=True)
         except Exception:
