@@ -137,15 +137,15 @@ class Lifecycle:
         return published(bodies[0])
 
     async def _append(self, user: User, record_id: str, action: str, now: int,
-                      build: NodeService.Builder, detail: dict[str, Any] | None
-                      ) -> list[records_pb2.RecordBody]:
+                      build: NodeService.Builder, detail: dict[str, Any] | None,
+                      defer_erasure: bool = False) -> list[records_pb2.RecordBody]:
         """Append one change; a refusal for access is audited, as get audits a view
         that showed nothing (an analyst probing record ids leaves a trace)."""
         node = self.node
         await node.may_append_own()
         try:
             return await node.db.run(lambda conn: node.append_own(
-                conn, [build], user.name, action, now, detail))
+                conn, [build], user.name, action, now, detail, defer_erasure=defer_erasure))
         except (NotFound, AccessDenied):
             await node.db.run(lambda conn: audit_tx.append(
                 conn, node.sign_audit, now, user.name, action,
@@ -189,9 +189,11 @@ class Lifecycle:
                 policy=body.policy, author=body.author, editor=user.name,
                 contact=body.contact, reason=reason.strip())
 
+        # The retention sweep's purges compact the text index once per sweep, not
+        # once per record (a rewrite of the whole index each), and checkpoint then.
         bodies = await self._append(user, record_id, action, now, build,
-                                    {"reason": reason.strip()})
-        if kind == records_pb2.PURGE:
+                                    {"reason": reason.strip()}, defer_erasure=system)
+        if kind == records_pb2.PURGE and not system:
             await node.db.checkpoint()
         node.changes.bump()
         return published(bodies[0])
@@ -335,6 +337,7 @@ class Lifecycle:
         due = await node.db.read(lambda c: log_tx.expired(c, now))
         system = User(SYSTEM_USER, frozenset(), True)
         own_blocked = bool(await node.db.read(node.own_log_refusal))
+        own = 0
         for origin, record_id in due:
             if origin == node.center and own_blocked:
                 continue  # recovering its own log: the purge is signed once it may append
@@ -342,10 +345,16 @@ class Lifecycle:
                 with contextlib.suppress(NotFound, ValidationError):
                     await self.end(system, record_id, "retention period ended (28 CFR 23.20(h))",
                                    records_pb2.PURGE, system=True)
+                    own += 1
             else:
                 await node.db.run(lambda c, o=origin, r=record_id: (
                     log_tx.purge_locally(c, o, r, "expired", defer_since_ms=now),
                     notices_tx.add(c, now, "purge", o, r, {"reason": "expired at this holder"})))
+        if own:
+            # This center's own purges leave the index file now (once for all of
+            # them); copies of others' records wait for index_compact_s like any
+            # purge that a peer's record causes.
+            await self.compact_index(force=True)
         if due:
             await node.db.checkpoint()
             log.info("retention sweep purged records", extra={"count": len(due)})
