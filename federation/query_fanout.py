@@ -29,6 +29,7 @@ The excess is dropped and counted, the call is cancelled, and the summary says
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -209,14 +210,19 @@ class Relayed:
             o.completeness = "unknown"
             o.reason = o.reason or ("completeness unknown: the answering center's release "
                                     "does not count the parts of its answer")
-        elif len(self.counts) == 1 and self.parts == set(range(expected)):
-            o.completeness = "complete"
+        elif len(self.counts) == 1 and len(self.parts) == expected:
+            o.completeness = "complete"  # every part number is below the count (open_answer)
         else:
             o.completeness = "parts missing"
-            missing = sorted(set(range(expected)) - self.parts)
-            o.reason = o.reason or (f"{len(missing)} of {expected} answer parts did not "
-                                    f"arrive (dropped on the way back): parts "
-                                    f"{', '.join(map(str, missing[:10]))}")
+            if len(self.counts) > 1:
+                o.reason = o.reason or "its signed parts disagree on how many there are"
+            # The count is the answering center's word, up to 2**32: the first few
+            # missing numbers are found without listing them all.
+            first = list(itertools.islice((i for i in range(expected) if i not in self.parts),
+                                          10))
+            o.reason = o.reason or (f"{expected - len(self.parts)} of {expected} answer parts "
+                                    f"did not arrive (dropped on the way back): parts "
+                                    f"{', '.join(map(str, first))}")
         if o.completeness != "complete" and o.status == "answered":
             o.status = "incomplete"
 

@@ -40,3 +40,10 @@ def test_a_timeout_keeps_its_status_and_says_what_was_missing() -> None:
     r = Relayed(("hub",), AnswerCap(10, 1 << 20, 11), Outcome("timed out"), {0}, {2})
     r.judge()
     assert (r.outcome.status, r.outcome.completeness) == ("timed out", "parts missing")
+
+
+def test_a_huge_signed_count_costs_nothing_to_judge() -> None:
+    # The count is the answering center's word: 2**32 - 1 must not be listed.
+    o = judged({0, 1}, {2**32 - 1})
+    assert o.status == "incomplete" and "parts 2, 3, 4" in o.reason
+    assert o.parts_expected == 2**32 - 1
