@@ -110,6 +110,25 @@ def supersede(conn: sqlite3.Connection, items: list[Item], count: int) -> tuple[
     return wall / n, cpu / n
 
 
+def purge_cost(conn: sqlite3.Connection, items: list[Item]) -> dict[str, float]:
+    """What one purge costs the index: deleting the record's text (at once, for every
+    purge) and the FTS5 'optimize' that rewrites the whole text index so its terms
+    leave the file (compact_index: at once for this node's own purges, at most once
+    per [limits] index_compact_s for purges that arrive from peers). Seconds."""
+    _env, body = items[len(items) // 2]
+    rec = log_tx.record_state(conn, body.origin, body.record_id)
+    assert rec is not None
+    w, c = time.perf_counter(), time.thread_time()
+    with immediate(conn):
+        log_tx.erase_content(conn, body.origin, body.record_id, rec[0])
+    out = {"delete_wall": time.perf_counter() - w, "delete_cpu": time.thread_time() - c}
+    w, c = time.perf_counter(), time.thread_time()
+    with immediate(conn):
+        log_tx.compact_index(conn)
+    out |= {"optimize_wall": time.perf_counter() - w, "optimize_cpu": time.thread_time() - c}
+    return out
+
+
 def main() -> int:
     parser = h.arg_parser(__doc__ or "")
     parser.add_argument("--records", type=int, default=20_000)
@@ -173,9 +192,18 @@ def main() -> int:
             sw, sc = supersede(conn, items, args.supersedes)
             h.figure(f"supersede at {n} entries", f"{sw * 1e3:.2f} ms wall {sc * 1e3:.2f} cpu",
                      note="one new version, its own transaction")
+            pc = purge_cost(conn, items)
+            h.figure(f"purge at {n} records: delete from the index",
+                     f"{pc['delete_wall'] * 1e3:.2f} ms wall {pc['delete_cpu'] * 1e3:.2f} cpu",
+                     note="every purge, at once")
+            h.figure(f"purge at {n} records: FTS5 optimize (whole text index)",
+                     f"{pc['optimize_wall']:.2f} s wall {pc['optimize_cpu']:.2f} cpu",
+                     note="own purges at once; peers' at most once per index_compact_s")
             out["batches"][f"{name} {batch}"] = {
                 "wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6, "db_bytes": size,
-                "supersede_ms": sw * 1e3, "supersede_cpu_ms": sc * 1e3}
+                "supersede_ms": sw * 1e3, "supersede_cpu_ms": sc * 1e3,
+                "purge_delete_ms": pc["delete_wall"] * 1e3,
+                "optimize_s": pc["optimize_wall"], "optimize_cpu_s": pc["optimize_cpu"]}
         finally:
             if conn is not None:
                 conn.close()

@@ -226,7 +226,10 @@ def _recall(conn: sqlite3.Connection, peer: str, origin: str, seq: int,
         return
     if prior[2] == "purged" or prior[1] >= version:
         return
-    if log_tx.purge_locally(conn, origin, record_id, state, version):
+    # Erased from search at once; the text index is compacted by the daemon (at
+    # most once per index_compact_s: a compaction per purge was O(index) work
+    # that any origin purging its records one by one made every node do).
+    if log_tx.purge_locally(conn, origin, record_id, state, version, defer_since_ms=now_ms):
         result.purged = True
         result.changed = True
         why = {"recalled": "the origin no longer shares this record with this center",
@@ -836,7 +839,7 @@ def _store(conn: sqlite3.Connection, peer: str, c: Checked, verdict: Verdict, no
     result.stored += 1
     # An upgrade may fill in a version older than the current one: kept in the
     # log, not applied ('stale').
-    if log_tx.apply_entries(conn, [c.body], [prior])[0] == "applied":
+    if log_tx.apply_entries(conn, [c.body], [prior], defer_since_ms=now_ms)[0] == "applied":
         result.purged = result.purged or c.body.kind == records_pb2.PURGE
         if prior is not None and prior[2] != "recalled":
             notices_tx.lifecycle_notice(conn, now_ms, c.body, prior[1])

@@ -28,7 +28,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from federation.query_forward import Forwarder, hops_left
-from federation.ratelimit import RateLimits
+from federation.ratelimit import LogLimit, RateLimits
 from node.core.query import MAX_ENTITY_KEYS, MAX_TEXT, SearchParams, discovered
 from node.core.record import check_behaviors, kind_name
 from node.core.sealing import padded_within, seal_answer
@@ -101,6 +101,9 @@ class QueryAnswerer:
         self.forwarder = forwarder
         self.forwarded: dict[tuple[str, str], tuple[int, int]] = {}  # -> (hops left, deadline)
         self.rates = RateLimits(node.config.limits.query_rate_per_minute)
+        # One "query refused" line a minute per peer (the rest counted): a peer over
+        # its rate limit is refused at every call, and each was a line.
+        self.refusal_logs = LogLimit()
 
     def check(self, peer: str, request: federation_pb2.SignedQuery) -> federation_pb2.QueryBody:
         """The query's body, checked: signed by its requester (the TLS peer, or a
@@ -295,7 +298,10 @@ class QueryAnswerer:
                     finally:
                         await relay.aclose()
                 return
-            log.warning("query refused", extra={"peer": peer, "reason": exc.reason})
+            held = self.refusal_logs.take(peer, time.monotonic())
+            if held is not None:
+                log.warning("query refused", extra={"peer": peer, "reason": exc.reason,
+                                                    "not_logged_before": held})
             await context.abort(exc.code, exc.reason)
             return
         self.reach_further(body, request)
@@ -305,12 +311,18 @@ class QueryAnswerer:
         relay = self.forwarder.start(peer, request, body) if self.forwarder else None
         try:
             padded = requester != peer and body.pad_answers
-            for part, msg in enumerate(self.chunks(answer, padded)):
-                if requester == peer:
+            if requester == peer:
+                for msg in self.chunks(answer, padded):
                     yield msg  # straight to the requester over its own TLS session
-                else:
+            else:
+                # Sealed parts say how many there are (when the requester asks: an
+                # older one could not open them otherwise), so a hop that drops the
+                # tail is seen. The answer is in memory already: its parts too.
+                msgs = list(self.chunks(answer, padded))
+                parts = len(msgs) if body.count_parts else 0
+                for part, msg in enumerate(msgs):
                     yield federation_pb2.QueryAnswer(relayed=[self.seal(requester, body, part,
-                                                                        msg)])
+                                                                        msg, parts)])
             if relay is not None:
                 async for sealed in relay:
                     yield federation_pb2.QueryAnswer(relayed=[sealed])
@@ -341,15 +353,16 @@ class QueryAnswerer:
         return before is not None
 
     def seal(self, requester: str, body: federation_pb2.QueryBody, part: int,
-             msg: federation_pb2.QueryAnswer) -> federation_pb2.SealedAnswer:
+             msg: federation_pb2.QueryAnswer, parts: int = 0) -> federation_pb2.SealedAnswer:
         """One part of this node's answer, sealed to the requester and signed:
-        the hubs it crosses see ciphertext, and cannot forge or alter it."""
+        the hubs it crosses see ciphertext, and cannot forge, alter or (with
+        ``parts``, the count of this answer's parts) drop any of it unseen."""
         sealed, signature, kid = seal_answer(
             self.node.key, self.node.seal_key_of(requester), requester, body.query_id,
-            self.node.center, part, msg.SerializeToString(), body.pad_answers)
+            self.node.center, part, msg.SerializeToString(), body.pad_answers, parts)
         return federation_pb2.SealedAnswer(center=self.node.center, part=part, sealed=sealed,
                                            signature=signature, key_id=kid,
-                                           padded=body.pad_answers)
+                                           padded=body.pad_answers, parts=parts)
 
     def chunks(self, answer: Answer, padded: bool = False
                ) -> Iterator[federation_pb2.QueryAnswer]:

@@ -29,6 +29,7 @@ The excess is dropped and counted, the call is cancelled, and the summary says
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -79,6 +80,10 @@ class Outcome:
     truncated: bool = False
     via: list[str] = field(default_factory=list)  # hops a relayed answer came through
     tampered: int = 0  # sealed answers relayed by this peer that failed to verify
+    # A relayed answer: "complete", "parts missing" or "unknown" (see Relayed.judge).
+    completeness: str = ""
+    parts: int = 0  # its parts that arrived and verified
+    parts_expected: int = 0  # as its center signed them (0: not counted)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "results": self.results,
@@ -93,6 +98,10 @@ class Outcome:
             out["reason"] = self.reason
         if self.truncated:
             out["truncated"] = True
+        if self.completeness:
+            out["completeness"] = self.completeness
+            out["parts"] = self.parts
+            out["parts_expected"] = self.parts_expected
         return out
 
 
@@ -185,6 +194,37 @@ class Relayed:
     via: tuple[str, ...]
     cap: AnswerCap
     outcome: Outcome
+    parts: set[int] = field(default_factory=set)  # part numbers that verified
+    counts: set[int] = field(default_factory=set)  # each part's signed count of parts
+
+    def judge(self) -> None:
+        """Set the outcome's completeness from the parts that arrived. Complete
+        only when every part the center counted (its signature binds the count)
+        arrived: a hop that dropped any, the tail included, leaves it "parts
+        missing"; parts with no count (a center of an older release) leave it
+        "unknown". Either is reported "incomplete", never "answered"."""
+        o = self.outcome
+        expected = max(self.counts, default=0)
+        o.parts, o.parts_expected = len(self.parts), expected
+        if 0 in self.counts or not self.counts:
+            o.completeness = "unknown"
+            o.reason = o.reason or ("completeness unknown: the answering center's release "
+                                    "does not count the parts of its answer")
+        elif len(self.counts) == 1 and len(self.parts) == expected:
+            o.completeness = "complete"  # every part number is below the count (open_answer)
+        else:
+            o.completeness = "parts missing"
+            if len(self.counts) > 1:
+                o.reason = o.reason or "its signed parts disagree on how many there are"
+            # The count is the answering center's word, up to 2**32: the first few
+            # missing numbers are found without listing them all.
+            first = list(itertools.islice((i for i in range(expected) if i not in self.parts),
+                                          10))
+            o.reason = o.reason or (f"{expected - len(self.parts)} of {expected} answer parts "
+                                    f"did not arrive (dropped on the way back): parts "
+                                    f"{', '.join(map(str, first))}")
+        if o.completeness != "complete" and o.status == "answered":
+            o.status = "incomplete"
 
 
 class QueryFanout:
@@ -208,7 +248,8 @@ class QueryFanout:
             entity_keys=list(params.entity_keys), kinds=list(params.kinds),
             since_ms=params.since_ms, labels=list(params.labels), limit=params.limit,
             origins=list(params.origins), any_entity=params.any_entity,
-            behaviors=list(params.behaviors), max_hops=hops, pad_answers=True)
+            behaviors=list(params.behaviors), max_hops=hops, pad_answers=True,
+            count_parts=True)
         raw = body.SerializeToString(deterministic=True)
         signature, kid = seal_query(self.node.key, raw)
         return federation_pb2.SignedQuery(body=raw, signature=signature, key_id=kid,
@@ -225,7 +266,7 @@ class QueryFanout:
             plain = open_answer(sealed.sealed, sealed.signature, sealed.key_id,
                                 self.node.current_keys_of(sealed.center), self.seal_private,
                                 self.node.center, body.query_id, sealed.center, sealed.part,
-                                sealed.padded)
+                                sealed.padded, sealed.parts)
             answer = federation_pb2.QueryAnswer()
             answer.ParseFromString(plain)
         except (BadSignature, DecodeError):
@@ -389,7 +430,8 @@ class QueryFanout:
         for c, r in relayed.items():
             if c not in direct:
                 # Its answer came through others (the direct call was refused as
-                # the duplicate, or only forwarded): say so.
+                # the duplicate, or only forwarded): say so, and whether all of it came.
+                r.judge()
                 summary[c] = r.outcome
         answered = {c for c, o in summary.items() if o.status == "answered"}
         not_answered = sorted(set(self.node.peers) - answered)
@@ -429,6 +471,9 @@ class QueryFanout:
                 limit, self.node.config.limits.max_answer_bytes, limit + 1),
                 Outcome("answered", via=list(via)))
             known.outcome.ms = int((time.monotonic() - started) * 1000)
+        # Counted before this node's own cap: what arrived, whether or not it is shown.
+        known.parts.add(sealed.part)
+        known.counts.add(sealed.parts)
         kept = known.cap.take(opened)
         known.outcome.dropped, known.outcome.truncated = known.cap.dropped, known.cap.cut
         if kept is None:

@@ -35,3 +35,21 @@ class RateLimits:
         bucket = self._buckets.setdefault(key, TokenBucket(self.per_minute))
         bucket.per_minute = self.per_minute
         return bucket.allow(now, cost)
+
+
+class LogLimit:
+    """At most ``per_minute`` log lines per key (a peer), the rest counted: a peer
+    that calls as fast as it likes must not write the log as fast as it likes. A
+    line that is written carries how many were held back since the one before."""
+
+    def __init__(self, per_minute: float = 1.0) -> None:
+        self.lines = RateLimits(per_minute)
+        self.held: dict[str, int] = {}
+
+    def take(self, key: str, now: float) -> int | None:
+        """The count held back before this line, if this line may be written;
+        None if not (it is counted instead)."""
+        if self.lines.allow(key, now):
+            return self.held.pop(key, 0)
+        self.held[key] = self.held.get(key, 0) + 1
+        return None

@@ -64,7 +64,7 @@ from google.protobuf.message import DecodeError
 from federation.backoff import Backoff
 from federation.links import raise_if_cancelling
 from federation.query_forward import DEFAULT_HOPS, MAX_HOPS, MAX_PATH
-from federation.ratelimit import RateLimits
+from federation.ratelimit import LogLimit, RateLimits
 from federation.transport.client import stub as fed_stub
 from node.core.entities import MAX_VALUE
 from node.core.query import MAX_ENTITY_KEYS, SearchParams
@@ -542,6 +542,9 @@ class WatchClient:
         self.sent: dict[str, tuple[int, int]] = {}  # watcher -> (issued, hops) passed on
         self.accepted: int | None = None
         self.backoff = Backoff()
+        # "watch hit refused": one line a minute from this peer, the rest counted (a
+        # batch with refused hits is a line, and the peer sends one a second).
+        self.refusal_logs = LogLimit()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -687,9 +690,11 @@ class WatchClient:
         if refused:
             watch_tx.count_refused(conn, self.center, refused)
             metrics.WATCH_HITS_REFUSED.labels(self.center).inc(refused)
-            log.warning("watch hit refused", extra={
-                "peer": self.center, "refused": refused, "of": len(batch.hits),
-                "first_reason": reason[:200]})
+            held = self.refusal_logs.take(self.center, time.monotonic())
+            if held is not None:
+                log.warning("watch hit refused", extra={
+                    "peer": self.center, "refused": refused, "of": len(batch.hits),
+                    "first_reason": reason[:200], "batches_not_logged_before": held})
         watch_tx.set_cursor(conn, self.center, batch.last)
         return stored, len(relayed), refused
 

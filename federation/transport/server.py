@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from federation.ratelimit import RateLimits
+from federation.ratelimit import LogLimit, RateLimits
 from federation.tls import PinnedTls, peer_pem
 from federation.watch_sync import Refused
 from node.core.sealing import COPY_OVERHEAD, SealedCopy, copy_budget
@@ -119,17 +119,30 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self.restarts = RateLimits(node.config.limits.restarts_per_minute)
         # Per peer: refused standing sets logged a minute (a peer may call as fast
         # as it likes, each refusal was a line: the log without bound).
-        self.refusal_logs = RateLimits(REFUSAL_LOGS_PER_MINUTE)
-        self.refusals_unlogged: dict[str, int] = {}
+        self.refusal_logs = LogLimit(REFUSAL_LOGS_PER_MINUTE)
+        # Calls from certificates that are not pinned: one line a minute for all of
+        # them together (whoever reaches the port can make new certificates at will,
+        # so a key per certificate or address would itself grow without bound).
+        self.unpinned_logs = LogLimit()
+        # Other refusals a peer can repeat at will (streams over the cap, restarts
+        # and re-pulls over their rate): one line a minute per peer and kind.
+        self.limit_logs = LogLimit()
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> str:
         pem = peer_pem(context)
         center = self.tls.center_for_pem(pem) if pem else None
         if center is None or center not in self.node.peers:
-            log.warning("refused call from an unpinned certificate",
-                        extra={"peer": context.peer()})
+            held = self.unpinned_logs.take("unpinned", time.monotonic())
+            if held is not None:
+                log.warning("refused call from an unpinned certificate",
+                            extra={"peer": context.peer(), "not_logged_before": held})
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "certificate is not pinned")
         return center  # type: ignore[return-value]
+
+    def _limit_log(self, peer: str, event: str, limit: int) -> None:
+        held = self.limit_logs.take(f"{event}\x00{peer}", time.monotonic())
+        if held is not None:
+            log.warning(event, extra={"peer": peer, "limit": limit, "not_logged_before": held})
 
     async def _stream_cap(self, peer: str, context: grpc.aio.ServicerContext,
                           what: str) -> None:
@@ -137,8 +150,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         (replication and watch-hit streams together)."""
         limit = self.node.config.limits.max_streams_per_peer
         if self.streams.count(peer) >= limit:
-            log.warning(f"{what} stream refused: too many open",
-                        extra={"peer": peer, "limit": limit})
+            self._limit_log(peer, f"{what} stream refused: too many open", limit)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"too many {what} streams open from {peer} (limit {limit})")
 
@@ -159,8 +171,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                           for o, h in heads.items() if o in cursors)
             self.restarts.per_minute = limits.restarts_per_minute
             if restart and not self.restarts.allow(peer, time.monotonic()):
-                log.warning("replication restart refused: rate limit",
-                            extra={"peer": peer, "limit": limits.restarts_per_minute})
+                self._limit_log(peer, "replication restart refused: rate limit",
+                                limits.restarts_per_minute)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     f"too many replication restarts from seq 0 (or more "
                                     f"than a batch behind) by {peer} "
@@ -338,12 +350,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         try:
             return await self.standing.set_standing(peer, request)
         except Refused as exc:
-            if self.refusal_logs.allow(peer, time.monotonic()):
+            held = self.refusal_logs.take(peer, time.monotonic())
+            if held is not None:
                 log.warning("standing set refused", extra={
-                    "peer": peer, "reason": str(exc),
-                    "not_logged_before": self.refusals_unlogged.pop(peer, 0)})
-            else:
-                self.refusals_unlogged[peer] = self.refusals_unlogged.get(peer, 0) + 1
+                    "peer": peer, "reason": str(exc), "not_logged_before": held})
             await context.abort(exc.code, str(exc))
         raise AssertionError("unreachable")
 
@@ -359,8 +369,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         await self._stream_cap(peer, context, "watch hits")
         if not self.standing.may_pull(peer, request.after):
             limit = limits.restarts_per_minute
-            log.warning("watch hits re-pull refused: rate limit",
-                        extra={"peer": peer, "limit": limit})
+            self._limit_log(peer, "watch hits re-pull refused: rate limit", limit)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"too many pulls of watch hits already sent by {peer} "
                                 f"(limit {limit} per minute)")

@@ -165,9 +165,13 @@ def yield_line(args: argparse.Namespace, item: dict[str, Any]) -> None:
 def _print_summary(summary: dict[str, Any]) -> None:
     print("\ncenters:")
     for center, o in summary["summary"].items():
-        detail = {"answered": f"{o['results']} full, {o['pointers']} pointer, {o['ms']} ms",
-                  "timed out": f"after {o['ms']} ms", "refused": o.get("reason", ""),
-                  "unreachable": o.get("reason", "")}.get(o["status"], "")
+        got = f"{o['results']} full, {o['pointers']} pointer, {o['ms']} ms"
+        detail = {"answered": got, "timed out": f"after {o['ms']} ms",
+                  "refused": o.get("reason", ""), "unreachable": o.get("reason", ""),
+                  # A relayed answer that did not all arrive: what came, and why it is
+                  # not the whole (its reason names the missing parts).
+                  "incomplete": f"{got}; INCOMPLETE: {o.get('reason', '')}"
+                  }.get(o["status"], "")
         extra = (f"; {o['dropped']} dropped (failed verification)" if o.get("dropped") else "")
         extra += "; TRUNCATED at its max_results" if o.get("truncated") else ""
         extra += f"; via {' <- '.join(o['via'])}" if o.get("via") else ""

@@ -158,6 +158,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for k in status.get("key_conflicts", []):
         print(f"KEY CONFLICT  {k['center']}: {k['why']} (decide: fcnode peers add CARD, "
               "or peers remove)")
+    if status.get("index_erasure"):
+        e = status["index_erasure"]
+        print(f"erasure  {e['purges']} purged records out of search, their words still in "
+              f"the text index file until {e['due']} (pending since {e['since']})")
     if status.get("rejected"):
         print("rejected envelopes: " + ", ".join(
             f"{k}: {v}" for k, v in sorted(status["rejected"].items())))

@@ -169,6 +169,9 @@ class Limits:
     max_relay_bytes: int = 16 * 1024 * 1024
     introduction_poll_s: float = 30.0  # how often each introducer's cards are fetched
     max_sealed_copies: int = 32  # sealed copies kept (and made) per log position
+    # Purges from peers leave search at once and the text index file (an FTS5
+    # 'optimize', O(index)) within this long: at most one such rewrite per interval.
+    index_compact_s: float = 600.0
 
 
 @dataclass(frozen=True)

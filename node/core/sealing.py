@@ -8,9 +8,12 @@ ciphertext with its Ed25519 key. Base mode does not say who sealed, so the
 signature is what makes "center X answered" X's word and not a hop's: a hop
 cannot forge, alter or splice another center's answer, only drop or delay it.
 The HPKE info (and so the signed bytes) binds requester, query id, answering
-center and part number: a sealed part cannot be replayed into another query or
-passed off as another center's. The requester checks the signature, opens,
-then verifies every envelope and stub inside against their origins' keys.
+center, part number and (when the requester asked for it) how many parts the
+center's answer has: a sealed part cannot be replayed into another query or
+passed off as another center's, and a hop that drops the tail parts of an
+answer cannot make the requester take the rest for the whole. The requester
+checks the signature, opens, then verifies every envelope and stub inside
+against their origins' keys.
 """
 
 from __future__ import annotations
@@ -31,21 +34,28 @@ SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POL
 
 
 def answer_info(requester: str, query_id: str, center: str, part: int,
-                padded: bool = False) -> bytes:
+                padded: bool = False, parts: int = 0) -> bytes:
     # A padded part's info says so: flipping the (unsigned) flag breaks the
     # signature and the seal, so no hop can make a requester read it the other way.
-    fields = [requester, query_id, center, str(part), *(["padded"] if padded else [])]
+    # So does the count of parts (0: not counted, the info of older releases):
+    # a hop cannot lower it to hide the parts it dropped.
+    fields = [requester, query_id, center, str(part), *(["padded"] if padded else []),
+              *([f"of {parts}"] if parts else [])]
     return ANSWER_DOMAIN + "\x00".join(fields).encode()
 
 
 def seal_answer(key: Ed25519PrivateKey, seal_to: bytes, requester: str, query_id: str,
                 center: str, part: int, plaintext: bytes,
-                padded: bool = False) -> tuple[bytes, bytes, str]:
+                padded: bool = False, parts: int = 0) -> tuple[bytes, bytes, str]:
     """(ciphertext, signature, key id) of one answer part sealed to ``seal_to``
     (the requester's raw X25519 public key). ``padded``: the requester asked for
     padded parts (QueryBody.pad_answers): the hubs an answer crosses then see a
-    size bucket (as for watch hits, below), not whether this center matched."""
-    info = answer_info(requester, query_id, center, part, padded)
+    size bucket (as for watch hits, below), not whether this center matched.
+    ``parts``: how many parts this center's answer has (QueryBody.count_parts;
+    0: not counted, for a requester of an older release)."""
+    if parts and not 0 <= part < parts:
+        raise ValueError(f"part {part} of an answer of {parts} parts")
+    info = answer_info(requester, query_id, center, part, padded, parts)
     sealed = SUITE.encrypt(pad(plaintext) if padded else plaintext,
                            X25519PublicKey.from_public_bytes(seal_to), info=info)
     return sealed, sign(key, ANSWER_DOMAIN, info + sealed), key_id(key.public_key())
@@ -54,13 +64,16 @@ def seal_answer(key: Ed25519PrivateKey, seal_to: bytes, requester: str, query_id
 def open_answer(sealed: bytes, signature: bytes, signer_key_id: str,
                 keys: Mapping[str, Ed25519PublicKey], privates: Sequence[X25519PrivateKey],
                 requester: str, query_id: str, center: str, part: int,
-                padded: bool = False) -> bytes:
+                padded: bool = False, parts: int = 0) -> bytes:
     """Check the answering center's signature, then open: BadSignature if either
-    fails (a hop changed a byte, or the part was not sealed for this query)."""
+    fails (a hop changed a byte, the part number, the count of parts or the padded
+    flag, or the part was not sealed for this query)."""
     public = keys.get(signer_key_id)
     if public is None:
         raise BadSignature(f"answer signed by an unknown key {signer_key_id[:16]}")
-    info = answer_info(requester, query_id, center, part, padded)
+    if parts and part >= parts:
+        raise BadSignature(f"answer part {part} of {parts} parts")
+    info = answer_info(requester, query_id, center, part, padded, parts)
     verify(public, ANSWER_DOMAIN, info + sealed, signature)
     plain = _decrypt(sealed, privates, info)
     if plain is None:

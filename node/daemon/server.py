@@ -84,9 +84,11 @@ async def serve(home: Home) -> None:
 
         from federation.runtime import Federation  # daemon composes; node/ core never does
 
+        lifecycle = Lifecycle(node)
+        # Runs after federation.stop (no purge arrives after it), before db.close.
+        stack.push_async_callback(lifecycle.finish)
         federation = Federation(node)
         stack.push_async_callback(federation.stop)
-        lifecycle = Lifecycle(node)
         stack.push_async_callback(lifecycle.stop)
         watches = Watches(node)
         federation.attach_watches(watches)

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import sqlite3
+import time
 from typing import Any
 
 from node.core import record
@@ -27,7 +28,7 @@ from node.services.watches import hit_view as watch_view
 from node.storage import audit as audit_tx
 from node.storage import log as log_tx
 from node.storage import notices as notices_tx
-from node.telemetry import logs
+from node.telemetry import logs, metrics
 from node.wire import records_pb2
 
 log = logs.get("fcnode.lifecycle")
@@ -71,6 +72,7 @@ class Lifecycle:
     def __init__(self, node: NodeService) -> None:
         self.node = node
         self._sweeper: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
 
     def _current(self, conn: sqlite3.Connection, user: User, record_id: str,
                  states: tuple[str, ...] = ("active",), blind_ok: bool = False
@@ -135,15 +137,15 @@ class Lifecycle:
         return published(bodies[0])
 
     async def _append(self, user: User, record_id: str, action: str, now: int,
-                      build: NodeService.Builder, detail: dict[str, Any] | None
-                      ) -> list[records_pb2.RecordBody]:
+                      build: NodeService.Builder, detail: dict[str, Any] | None,
+                      defer_erasure: bool = False) -> list[records_pb2.RecordBody]:
         """Append one change; a refusal for access is audited, as get audits a view
         that showed nothing (an analyst probing record ids leaves a trace)."""
         node = self.node
         await node.may_append_own()
         try:
             return await node.db.run(lambda conn: node.append_own(
-                conn, [build], user.name, action, now, detail))
+                conn, [build], user.name, action, now, detail, defer_erasure=defer_erasure))
         except (NotFound, AccessDenied):
             await node.db.run(lambda conn: audit_tx.append(
                 conn, node.sign_audit, now, user.name, action,
@@ -187,9 +189,11 @@ class Lifecycle:
                 policy=body.policy, author=body.author, editor=user.name,
                 contact=body.contact, reason=reason.strip())
 
+        # The retention sweep's purges compact the text index once per sweep, not
+        # once per record (a rewrite of the whole index each), and checkpoint then.
         bodies = await self._append(user, record_id, action, now, build,
-                                    {"reason": reason.strip()})
-        if kind == records_pb2.PURGE:
+                                    {"reason": reason.strip()}, defer_erasure=system)
+        if kind == records_pb2.PURGE and not system:
             await node.db.checkpoint()
         node.changes.bump()
         return published(bodies[0])
@@ -256,9 +260,63 @@ class Lifecycle:
     # -- retention sweep ----------------------------------------------------------
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="retention-sweep")
+        self._compactor = asyncio.create_task(self._compact_forever(), name="index-compaction")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._sweeper)
+        await cancel_and_wait(self._compactor)
+
+    async def finish(self) -> None:
+        """On the way out (after replication stopped, before the database closes),
+        whatever erasure is pending: purged text must not wait in the file for the
+        next start (the row survives a crash: compacted then, at once if due)."""
+        try:
+            await self.compact_index(force=True)
+        except Exception:
+            log.exception("text index compaction at shutdown failed")
+
+    # -- erasure from the text index ---------------------------------------------
+    # A purge that arrives from a peer deletes the record from the text index at
+    # once (search never finds it again); the terms leave the index's segments,
+    # and so the database file, at the next FTS5 'optimize', which rewrites the
+    # whole index. One per purge let any origin purging its records one by one
+    # make every node in the network rewrite its index again and again; here it
+    # runs at most once per [limits] index_compact_s, counted from the oldest
+    # purge not compacted yet. This node's own purges (its administrator's
+    # request) compact at once.
+    async def _compact_forever(self) -> None:
+        while True:
+            wait = self.node.config.limits.index_compact_s
+            try:
+                left = await self.compact_index()
+                if left is not None:
+                    wait = min(wait, left)
+            except Exception:  # it retries next round
+                log.exception("text index compaction failed")
+            await asyncio.sleep(max(wait, 0.05))
+
+    async def compact_index(self, force: bool = False) -> float | None:
+        """Compact the text index if purges are pending and the oldest has waited
+        index_compact_s (``force``: at once). Seconds until it is due when some
+        are pending but not yet; None otherwise."""
+        node = self.node
+        pending = await node.db.read(log_tx.erasure_pending)
+        if pending is None:
+            return None
+        since_ms, purges = pending
+        left = since_ms / 1000 + node.config.limits.index_compact_s - time.time()
+        if left > 0 and not force:
+            return left
+        started = time.monotonic()
+        await node.db.run(log_tx.compact_index)
+        await node.db.checkpoint()  # the index's old pages leave the WAL too
+        took = time.monotonic() - started
+        metrics.INDEX_COMPACTIONS.inc()
+        metrics.INDEX_COMPACTION_SECONDS.observe(took)
+        log.info("text index compacted", extra={
+            "purges": purges, "waited_s": round(now_ms() / 1000 - since_ms / 1000, 1),
+            "took_s": round(took, 3)})
+        return None
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -279,6 +337,7 @@ class Lifecycle:
         due = await node.db.read(lambda c: log_tx.expired(c, now))
         system = User(SYSTEM_USER, frozenset(), True)
         own_blocked = bool(await node.db.read(node.own_log_refusal))
+        own = 0
         for origin, record_id in due:
             if origin == node.center and own_blocked:
                 continue  # recovering its own log: the purge is signed once it may append
@@ -286,10 +345,16 @@ class Lifecycle:
                 with contextlib.suppress(NotFound, ValidationError):
                     await self.end(system, record_id, "retention period ended (28 CFR 23.20(h))",
                                    records_pb2.PURGE, system=True)
+                    own += 1
             else:
                 await node.db.run(lambda c, o=origin, r=record_id: (
-                    log_tx.purge_locally(c, o, r, "expired"),
+                    log_tx.purge_locally(c, o, r, "expired", defer_since_ms=now),
                     notices_tx.add(c, now, "purge", o, r, {"reason": "expired at this holder"})))
+        if own:
+            # This center's own purges leave the index file now (once for all of
+            # them); copies of others' records wait for index_compact_s like any
+            # purge that a peer's record causes.
+            await self.compact_index(force=True)
         if due:
             await node.db.checkpoint()
             log.info("retention sweep purged records", extra={"count": len(due)})

@@ -42,6 +42,7 @@ class _Empty:
     heads: Mapping[str, int] = field(default_factory=dict)
     cursors: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     quarantined: frozenset[str] = frozenset()
+    erasure: tuple[int, int] | None = None
 
 
 EMPTY = _Empty()
@@ -144,6 +145,15 @@ class NodeCollector(Collector):
         for origin in sorted(snap.quarantined):
             quarantined.add_metric([origin], 1)
         yield quarantined
+
+        erasure = snap.erasure
+        yield GaugeMetricFamily("fcnode_index_erasure_pending", "Purges from peers out of "
+                                "search whose terms are still in the text index file, until "
+                                "the next compaction", value=erasure[1] if erasure else 0)
+        if erasure:
+            yield GaugeMetricFamily("fcnode_index_erasure_pending_since_timestamp_seconds",
+                                    "The oldest of them (compacted index_compact_s after)",
+                                    value=erasure[0] / 1000)
 
         try:
             own = _cert_expiry(pem=self.tls_cert.read_bytes())

@@ -820,12 +820,15 @@ class NodeService:
                    action: str, now: int, detail: dict[str, Any] | None = None,
                    new_records: bool = False,
                    per_entry: list[dict[str, Any]] | None = None,
-                   stolen: bool = False) -> list[records_pb2.RecordBody]:
+                   stolen: bool = False,
+                   defer_erasure: bool = False) -> list[records_pb2.RecordBody]:
         """Sign and append entries to this center's log, inside the caller's
         transaction: each builder gets (conn, seq, prev) and returns the body.
         ``new_records``: every entry is the first version of a new record;
         ``per_entry``: audit detail for each entry (e.g. the routing rules applied);
-        ``stolen``: the stolen-key rotation, the one append allowed while held."""
+        ``stolen``: the stolen-key rotation, the one append allowed while held;
+        ``defer_erasure``: a purge's text index compaction is left to the caller
+        (the retention sweep compacts once for all the records it purged)."""
         refusal = self.own_log_refusal(conn, stolen)
         if refusal:  # checked again in the write transaction: no race with ingest
             raise OwnLogBlocked(refusal)
@@ -873,7 +876,7 @@ class NodeService:
                               "sealed", "RECALL" if recall else "FULL")
                 for b, _, center, _, recall in copies], now)
         if not new_records:
-            log_tx.apply_entries(conn, bodies)
+            log_tx.apply_entries(conn, bodies, defer_since_ms=now if defer_erasure else 0)
         metrics.ENTRIES_PUBLISHED.inc(len(sealed))
         return [b for _, b in sealed]
 
@@ -1154,8 +1157,15 @@ class NodeService:
             held = recovery_tx.held(conn)
             if held is not None:
                 own["held"] = held_view(held.detail())
-            return {"records": log_tx.counts(conn), "heads": log_tx.heads(conn),
-                    "own_log": own}
+            out = {"records": log_tx.counts(conn), "heads": log_tx.heads(conn),
+                   "own_log": own}
+            pending = log_tx.erasure_pending(conn)
+            if pending is not None:
+                since, purges = pending
+                out["index_erasure"] = {
+                    "purges": purges, "since": iso(since),
+                    "due": iso(since + int(self.config.limits.index_compact_s * 1000))}
+            return out
 
         data = await self.db.read(tx)
         return {**out, "storage": str(self.db.path), "home": str(self.home.root), **data}

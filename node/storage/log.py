@@ -437,7 +437,8 @@ UNKNOWN: RecordState = (-1, -1, "")
 
 
 def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody],
-                  priors: list[RecordState | None] | None = None) -> list[str]:
+                  priors: list[RecordState | None] | None = None,
+                  defer_since_ms: int = 0) -> list[str]:
     """Make each entry the current state of its record, if it is newer.
 
     Content entries become the current version (indexed for search); RETRACTION
@@ -446,6 +447,9 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
     'stale' (an older or equal version: never applied), or 'tombstoned' (the
     record was purged: it never comes back). ``priors``: each record's state as
     the caller already read it (saves a lookup per entry), or UNKNOWN.
+    ``defer_since_ms``: 0 for this node's own entries, whose purges compact the
+    text index at once; the time, for entries from a peer: a purge's terms then
+    leave the index at the next compaction (note_erasure).
     """
     results = []
     fts_rows: dict[int, tuple] = {}
@@ -498,7 +502,7 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
     conn.executemany("INSERT OR IGNORE INTO entity_keys (key, rec) VALUES (?, ?)",
                      [row for rows in key_rows.values() for row in rows])
     if purged:
-        compact_index(conn)
+        erased(conn, defer_since_ms)
     return results
 
 
@@ -521,8 +525,41 @@ def erase_content(conn: sqlite3.Connection, origin: str, record_id: str, rec: in
 
 
 def compact_index(conn: sqlite3.Connection) -> None:
-    """Merge FTS segments so deleted documents' terms leave the index pages."""
+    """Merge FTS segments so deleted documents' terms leave the index pages.
+    SQLite 3.40 has no FTS5 'secure-delete': a deleted document's terms stay in
+    the segments that held them until those are rewritten, and only 'optimize'
+    rewrites them all ('merge' leaves a large segment that has no peers of its
+    level as it is). O(size of the text index): about 0.2 s at 100k records
+    (bench/bench_store.py)."""
     conn.execute("INSERT INTO records_fts (records_fts) VALUES ('optimize')")
+    conn.execute("DELETE FROM index_erasure")
+
+
+def note_erasure(conn: sqlite3.Connection, since_ms: int, purges: int = 1) -> None:
+    """Records left the text index (search no longer finds them) but their terms
+    may still be in its segments: compact_index is due (at most one per [limits]
+    index_compact_s, node.services.lifecycle). ``since_ms`` is kept from the
+    oldest purge not compacted yet, so the bound counts from it."""
+    conn.execute("INSERT INTO index_erasure (id, since_ms, purges) VALUES (1, ?, ?) "
+                 "ON CONFLICT (id) DO UPDATE SET purges = purges + excluded.purges",
+                 (since_ms, purges))
+
+
+def erased(conn: sqlite3.Connection, defer_since_ms: int) -> None:
+    """Records were purged: compact the text index now (``defer_since_ms`` 0: this
+    node's own purge, its administrator's request), or note it pending (a purge
+    from a peer: one compaction per interval, however many purges)."""
+    if defer_since_ms:
+        note_erasure(conn, defer_since_ms)
+    else:
+        compact_index(conn)
+
+
+def erasure_pending(conn: sqlite3.Connection) -> tuple[int, int] | None:
+    """(since_ms, purges) of the purges whose terms may still be in the text
+    index, or None."""
+    row = conn.execute("SELECT since_ms, purges FROM index_erasure WHERE id = 1").fetchone()
+    return (row[0], row[1]) if row else None
 
 
 def mark_unheld(conn: sqlite3.Connection, origin: str, record_id: str, version: int, seq: int,
@@ -537,16 +574,17 @@ def mark_unheld(conn: sqlite3.Connection, origin: str, record_id: str, version: 
 
 
 def purge_locally(conn: sqlite3.Connection, origin: str, record_id: str, state: str,
-                  version: int = 0) -> bool:
+                  version: int = 0, defer_since_ms: int = 0) -> bool:
     """Drop a copy without a signed purge (recall, or expiry at a holder).
-    ``version``: the version that caused it; older ones can never be applied again."""
+    ``version``: the version that caused it; older ones can never be applied again.
+    ``defer_since_ms``: as for apply_entries."""
     existing = record_state(conn, origin, record_id)
     if existing is None or existing[2] == "purged":
         return False
     conn.execute("UPDATE records SET state = ?, version = max(version, ?) WHERE id = ?",
                  (state, version, existing[0]))
     erase_content(conn, origin, record_id, existing[0])
-    compact_index(conn)
+    erased(conn, defer_since_ms)
     return True
 
 

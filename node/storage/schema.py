@@ -499,4 +499,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (origin, seq)
     ) WITHOUT ROWID;
     """,
+    # 19: purges that arrived from peers (or expiries at this holder) whose records
+    # left the text index at once but whose terms may still sit in its segments,
+    # until the next FTS5 'optimize' (at most one per [limits] index_compact_s: a
+    # rewrite of the whole index per purge was work any origin could cause at
+    # every node). One row while any is pending.
+    """
+    CREATE TABLE index_erasure (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        since_ms INTEGER NOT NULL,   -- the oldest purge not compacted yet
+        purges INTEGER NOT NULL
+    );
+    """,
 ]

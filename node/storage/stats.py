@@ -18,6 +18,7 @@ class Snapshot:
     heads: dict[str, int]                 # origin -> highest seq held
     cursors: dict[str, dict[str, int]]    # peer -> origin -> seq received
     quarantined: frozenset[str]
+    erasure: tuple[int, int] | None = None  # (since_ms, purges) not compacted yet
 
 
 def all_cursors(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
@@ -32,7 +33,7 @@ def snapshot(conn: sqlite3.Connection) -> Snapshot:
     conn.execute("BEGIN")
     try:
         return Snapshot(log_tx.counts(conn), log_tx.heads(conn), all_cursors(conn),
-                        frozenset(fed_tx.quarantined(conn)))
+                        frozenset(fed_tx.quarantined(conn)), log_tx.erasure_pending(conn))
     finally:
         conn.execute("ROLLBACK")
 

@@ -41,7 +41,7 @@ GCCollector(registry=REGISTRY)
 
 PEER_STATES = ("connecting", "connected", "backing_off", "refused", "unreachable",
                "not_dialled", "stopped")
-QUERY_STATUSES = ("answered", "timed_out", "refused", "unreachable")
+QUERY_STATUSES = ("answered", "incomplete", "timed_out", "refused", "unreachable")
 NOTICE_KINDS = ("deconfliction", "recall", "retraction", "purge", "correction")
 # Why an entry from a peer was refused: the ingest reasons, mapped onto a fixed
 # set (the first match wins; anything new lands in "other" until it is named).
@@ -117,6 +117,13 @@ COPY_DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("opened", "bad_content"),
     ("erased here", "erased"),
 )
+INDEX_COMPACTIONS = Counter(
+    "fcnode_index_compactions", "Compactions of the text index (FTS5 optimize) run for purges "
+    "from peers, at most one per [limits] index_compact_s: after one, the purged records' "
+    "terms are gone from the database file", registry=REGISTRY)
+INDEX_COMPACTION_SECONDS = Histogram(
+    "fcnode_index_compaction_seconds", "Time one such compaction took (it holds the writer)",
+    buckets=LATENCY_BUCKETS, registry=REGISTRY)
 INTRODUCTIONS_REFUSED = Counter(
     "fcnode_introductions_refused", "Cards an introducer served that were refused, or whose "
     "seal key was dropped, by introducer and reason: seal_signature (the seal key's signature "

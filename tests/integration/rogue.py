@@ -53,6 +53,9 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         # what it does to each sealed answer on the way back.
         self.relay_to: tuple[str, str] | None = None
         self.tamper: Callable[[federation_pb2.SealedAnswer], None] | None = None
+        # ... and which of the sealed parts it passes back at all (all of them: None).
+        self.passes: Callable[[list[federation_pb2.SealedAnswer]],
+                              list[federation_pb2.SealedAnswer]] | None = None
         self.relayed_bytes: list[bytes] = []  # every answer it passed back, as it saw it
         self.introduces: list[tuple[str, list[str]]] = []  # (card line, via) it serves
         self.introductions_served = 0
@@ -192,6 +195,9 @@ class Rogue(federation_pb2_grpc.FederationServicer):
                 if self.tamper is not None:
                     self.tamper(sealed)
                 sealed.via.append(self.center)
+        if self.passes is not None:
+            kept = self.passes([sealed for a in answers for sealed in a.relayed])
+            answers = [federation_pb2.QueryAnswer(relayed=[sealed]) for sealed in kept]
         return answers
 
     def signed_query(self, **fields: object) -> federation_pb2.SignedQuery:

@@ -39,9 +39,16 @@ def wait_state(node: Node, record_id: str, version: int, state: str) -> None:
                   f"{record_id[:8]} v{version} {state}")
 
 
-def hub_and_spokes(make_node, n: int = 2) -> tuple[Node, list[Node]]:
-    hub = make_node("hub")
-    spokes = [make_node(f"spoke{i}") for i in range(n)]
+def hub_and_spokes(make_node, n: int = 2, compact_s: float = 0.0
+                   ) -> tuple[Node, list[Node]]:
+    """``compact_s``: the nodes' index_compact_s (purges from peers leave the text
+    index file within it)."""
+    if compact_s:
+        hub = _compacting_every(make_node, "hub", compact_s)
+        spokes = [_compacting_every(make_node, f"spoke{i}", compact_s) for i in range(n)]
+    else:
+        hub = make_node("hub")
+        spokes = [make_node(f"spoke{i}") for i in range(n)]
     star(hub, spokes)
     return hub, spokes
 
@@ -107,11 +114,15 @@ def test_retraction_reaches_every_holder(make_node) -> None:
 
 def test_purge_erases_content_everywhere_even_for_a_spoke_offline_during_it(
         make_node, tmp_path: Path) -> None:
-    hub, (origin, spoke) = hub_and_spokes(make_node)
+    hub, (origin, spoke) = hub_and_spokes(make_node, compact_s=2.0)
     rec = origin.publish("--kind", "BOLO", "--title", SECRET_TITLE, "--narrative",
                          SECRET_NARRATIVE, "--entity", SECRET_PHONE, "--audience", "members")
     rid = rec["record_id"]
     wait_state(spoke, rid, 1, "active")
+    # The text index holds the words too (lower case, as FTS5 keeps its terms):
+    # they must leave every file, the index's segments included.
+    indexed = (b"quixotic", b"marigold")
+    assert all(w in db_bytes(spoke) for w in indexed)
     with contextlib.closing(origin.db()) as conn:
         old = conn.execute("SELECT seq, hash, payload, signature, key_id, stub FROM entries "
                            "WHERE record_id = ?", (rid,)).fetchone()  # stub: v2's signed bytes
@@ -123,7 +134,8 @@ def test_purge_erases_content_everywhere_even_for_a_spoke_offline_during_it(
     time.sleep(1.5)                    # the hub also pulls from the spoke: nothing revives
     for node in (origin, hub, spoke):
         assert node.record_state(rid) == (2, "purged")
-        wait_erased(node, b"Quixotic", b"Marigold", b"5558675309", b"555 867 5309")
+        wait_erased(node, b"Quixotic", b"Marigold", b"5558675309", b"555 867 5309",
+                    *indexed)
         with contextlib.closing(node.db()) as conn:
             tomb = conn.execute("SELECT kind, payload IS NOT NULL FROM entries "
                                 "WHERE record_id = ? AND kind = 'PURGE'", (rid,)).fetchone()
@@ -170,7 +182,7 @@ def test_review_validate_and_automatic_purge_on_expiry(make_node) -> None:
     assert expires > dt.datetime.now(dt.UTC) + dt.timedelta(days=4 * 365)
     wait_state(origin, short["record_id"], 2, "purged")
     wait_state(hub, short["record_id"], 2, "purged")
-    wait_erased(origin, b"Zephyr")
+    wait_erased(origin, b"Zephyr", b"zephyr")  # the indexed word too: its own purge
     wait_erased(hub, b"Zephyr")
     actions = [e["action"] for e in origin.json_lines("audit")]
     assert "record.validate" in actions and "record.purge" in actions
@@ -251,3 +263,76 @@ def test_lifecycle_answers_absent_and_not_yours_alike(make_node) -> None:
     # The author and an admin still end records they may not read.
     assert a.json("retract", mine, "--reason", "unreliable")["kind"] == "RETRACTION"
     assert a.json("purge", done, "--reason", "unreliable")["kind"] == "PURGE"
+
+
+WORDS = ["quokkaqz", "yakqz", "vicunaqz", "impalaqz", "wapitiqz"]  # no shared prefixes
+
+
+def _compacting_every(make_node, center: str, seconds: float) -> Node:
+    node = make_node(center, start=False)
+    node.edit_config("index_compact_s = 600.0", f"index_compact_s = {seconds}")
+    return node.start()
+
+
+def test_purges_from_a_peer_leave_the_index_file_within_the_bound(make_node) -> None:
+    """Each purge from a peer rewrote this node's whole text index (FTS5 optimize,
+    O(index)): an origin purging its records one by one made every node of the
+    network do that at every entry. The records leave search at once; their words
+    leave the index file at one compaction per index_compact_s."""
+    origin = make_node("origin")
+    spoke = _compacting_every(make_node, "spoke", 5.0)
+    star(origin, [spoke])
+    rids = [origin.publish("--kind", "BOLO", "--title", w, "--audience", "members")[
+        "record_id"] for w in WORDS]
+    for rid in rids:
+        wait_state(spoke, rid, 1, "active")
+    assert all(w.encode() in db_bytes(spoke) for w in WORDS)  # the test can see them
+    for rid in rids:
+        origin.ok("purge", rid, "--reason", "unreliable")
+    # The origin's own purges (its administrator's request) compact at once.
+    assert not [w for w in WORDS if w.encode() in db_bytes(origin)]
+    assert "index_erasure" not in origin.status()
+    for rid in rids:
+        wait_state(spoke, rid, 2, "purged")
+    # At the spoke: out of search at once, the words still in the file, pending.
+    # (Asked of the index itself: a search through the CLI would write the words
+    # into the audit log.)
+    with contextlib.closing(spoke.db()) as conn:
+        assert [conn.execute("SELECT count(*) FROM records_fts WHERE records_fts MATCH ?",
+                             (w,)).fetchone()[0] for w in WORDS] == [0] * len(WORDS)
+    pending = spoke.status()["index_erasure"]  # before the fix: compacted at every purge
+    assert 1 <= pending["purges"] <= len(WORDS), pending
+    assert "erasure  " in spoke.ok("status")
+    wait_erased(spoke, *(w.encode() for w in WORDS))
+    assert "index_erasure" not in spoke.status()
+    lines = [ln for ln in spoke.log_tail(10_000_000).splitlines()
+             if "text index compacted" in ln]
+    assert 1 <= len(lines) <= 2, f"{len(lines)} compactions for {len(WORDS)} purges"
+
+
+def test_pending_erasure_is_compacted_at_shutdown(make_node, tmp_path: Path) -> None:
+    """A pending erasure does not wait for the interval when the daemon stops, nor
+    go into a backup (which would copy the index's segments with the words)."""
+    origin = make_node("origin")
+    spoke = _compacting_every(make_node, "spoke", 3600.0)
+    star(origin, [spoke])
+    rid = origin.publish("--kind", "BOLO", "--title", WORDS[0], "--audience",
+                         "members")["record_id"]
+    wait_state(spoke, rid, 1, "active")
+    origin.ok("purge", rid, "--reason", "unreliable")
+    wait_state(spoke, rid, 2, "purged")
+    assert spoke.status()["index_erasure"]["purges"] == 1
+    assert WORDS[0].encode() in db_bytes(spoke)
+    spoke.ok("backup", str(tmp_path / "spoke.db"))
+    assert WORDS[0].encode() not in (tmp_path / "spoke.db").read_bytes()
+    assert "index_erasure" not in spoke.status()
+    # Once more, for the way out.
+    rid = origin.publish("--kind", "BOLO", "--title", WORDS[1], "--audience",
+                         "members")["record_id"]
+    wait_state(spoke, rid, 1, "active")
+    origin.ok("purge", rid, "--reason", "unreliable")
+    wait_state(spoke, rid, 2, "purged")
+    assert spoke.status()["index_erasure"]["purges"] == 1
+    assert WORDS[1].encode() in db_bytes(spoke)
+    spoke.stop()
+    assert WORDS[1].encode() not in db_bytes(spoke)

@@ -164,3 +164,49 @@ def test_hop_that_tampers_with_a_sealed_answer_is_caught(make_node, tmp_path: Pa
         assert parts and all(p.padded and len(p.sealed) >= 4096 for p in parts)
     finally:
         hop.stop()
+
+
+def test_hop_that_drops_the_tail_of_a_sealed_answer_is_seen(make_node, tmp_path: Path) -> None:
+    """A hop relaying an answer back could drop its last parts: parts were
+    numbered, but nothing said how many there were, so the requester showed the
+    rest as cc's whole answer. Each part now carries the count (signed, sealed):
+    the requester reports cc incomplete, in the local API reply and the CLI."""
+    import json as _json
+
+    a, c = make_node("aa"), make_node("cc")
+    hop = Rogue(tmp_path, "hop")
+    a.pin(c, connect=False)
+    c.pin(a, connect=False)
+    c.ok("peers", "add", hop.card.line())
+    hop.relay_to = (c.listen, c.card())
+    hop.serve(a.card())
+    a.ok("peers", "add", hop.card.line())
+    a.add_user("ann", "sworn_le")
+    # 70 records aa may read: more than one part (CHUNK: 64 records a part).
+    drafts = [{"kind": "BOLO", "title": f"cc case {i}", "entities": [PLATE],
+               "policy": {"tlp": "GREEN", "audience": ["aa"]}} for i in range(70)]
+    path = tmp_path / "many.json"
+    path.write_text(_json.dumps(drafts))
+    assert len(c.ok("publish", "--file", str(path), "--json").splitlines()) == 70
+    try:
+        results, summary = query(a, "ann", "--limit", "200")  # an honest relay first
+        cc = summary["summary"]["cc"]
+        assert (cc["status"], cc["completeness"], cc["parts"], cc["parts_expected"]) == (
+            "answered", "complete", 2, 2), cc
+        assert sum(r["origin"] == "cc" for r in results) == 70
+
+        hop.passes = lambda parts: parts[:-1]  # the tail part never goes back
+        results, summary = query(a, "ann", "--limit", "200")
+        cc = summary["summary"]["cc"]
+        # Before the fix: "answered", 64 results shown as cc's whole answer.
+        assert cc["status"] == "incomplete", cc
+        assert (cc["completeness"], cc["parts"], cc["parts_expected"]) == (
+            "parts missing", 1, 2), cc
+        assert "1 of 2 answer parts did not arrive" in cc["reason"]
+        assert sum(r["origin"] == "cc" for r in results) == 64
+        out = a.ok("query", "--entity", PLATE, "--timeout", "8s", "--limit", "200",
+                   user="ann")
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith("cc "))
+        assert "incomplete" in line and "INCOMPLETE" in line and "parts 1" in line, line
+    finally:
+        hop.stop()

@@ -189,3 +189,20 @@ def test_an_answer_flood_is_cut_and_the_asker_stays_responsive(make_node,
     assert summary["bravo"]["status"] == "answered" and summary["bravo"]["results"] == 1
     assert statuses >= 1
     rogue.stop()
+
+
+def test_refused_queries_cost_one_log_line_a_minute(make_node, tmp_path: Path) -> None:
+    """A peer may call as fast as it likes: each refused query wrote a "query
+    refused" line (a peer could fill the disk with them). One line a minute per
+    peer now, and the next says how many were held back."""
+    node = make_node("delta")
+    rogue = Rogue(tmp_path, "echo")
+    node.ok("peers", "add", rogue.card.line())
+    unsigned = rogue.signed_query(text="anything")
+    unsigned.signature = b""
+    codes = {rogue.ask(node.listen, node.card(), unsigned)[0] for _ in range(30)}
+    assert codes == {grpc.StatusCode.UNAUTHENTICATED}, codes
+    lines = [ln for ln in node.log_tail(50_000_000).splitlines() if "query refused" in ln]
+    # Before the fix: 30 lines.
+    assert len(lines) == 1, f"{len(lines)} lines for 30 refused queries"
+    assert "query is not signed" in lines[0]

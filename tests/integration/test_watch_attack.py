@@ -113,6 +113,14 @@ def test_a_flood_of_forged_hits_costs_bounded_work_and_log(make_node, tmp_path: 
              and "refused" in x]
     assert len(lines) == 1, f"{len(lines)} log lines for one batch"
     assert str(n) in lines[0] and str(HIT_BATCH) in lines[0], lines[0]
+    # More batches with refused hits (read one a second): still one line a minute
+    # from this peer, the rest counted (before the fix: a line a batch).
+    for b in range(1, 6):
+        aa.hits_for("hub").put(federation_pb2.WatchHitBatch(hits=forged[:1], last=n + b))
+    hub.wait_for(lambda: refused() == n + 5, 30, "five more batches refused and counted")
+    lines = [x for x in hub.log_path.read_text().splitlines() if "watch hit" in x
+             and "refused" in x]
+    assert len(lines) == 1, f"{len(lines)} log lines for six batches"
     aa.stop()
 
 

@@ -89,3 +89,26 @@ def test_padded_within_keeps_the_padding_inside_the_limit() -> None:
         n = padded_within(limit)
         assert len(pad(b"x" * n)) <= max(limit, PAD)
         assert len(pad(b"x" * (n + 1))) > max(limit, PAD) or n + 1 + 4 <= PAD
+
+
+def test_the_count_of_parts_is_bound_into_seal_and_signature() -> None:
+    # A hop relaying an answer back could drop its tail parts: each part says how
+    # many the answer has, and no hop can change that count (or drop it, making
+    # the part read as one of an older release's uncounted answers) unseen.
+    answer = ("aa", "q1", "cc")
+    sealed, sig, kid = seal_answer(SIGNER, SEAL_TO, *answer, 1, b"part 1", padded=True,
+                                   parts=3)
+    assert open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, 1, padded=True,
+                       parts=3) == b"part 1"
+    for parts in (0, 2, 4):
+        with pytest.raises(BadSignature):
+            open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, 1, padded=True, parts=parts)
+    with pytest.raises(BadSignature):  # the last part relabelled as another
+        open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, 2, padded=True, parts=3)
+    # An uncounted part (an older release) cannot be passed off as counted either.
+    old, sig, kid = seal_answer(SIGNER, SEAL_TO, *answer, 0, b"old")
+    assert open_answer(old, sig, kid, KEYS, WATCHER, *answer, 0) == b"old"
+    with pytest.raises(BadSignature):
+        open_answer(old, sig, kid, KEYS, WATCHER, *answer, 0, parts=1)
+    with pytest.raises(ValueError):  # a part number beyond the count is never sealed
+        seal_answer(SIGNER, SEAL_TO, *answer, 3, b"x", parts=3)
