@@ -98,17 +98,17 @@ def test_the_count_of_parts_is_bound_into_seal_and_signature() -> None:
     answer = ("aa", "q1", "cc")
     sealed, sig, kid = seal_answer(SIGNER, SEAL_TO, *answer, 1, b"part 1", padded=True,
                                    parts=3)
-    assert open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, 1, padded=True,
+    assert open_answer(sealed, sig, kid, KEYS, [WATCHER], *answer, 1, padded=True,
                        parts=3) == b"part 1"
     for parts in (0, 2, 4):
         with pytest.raises(BadSignature):
-            open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, 1, padded=True, parts=parts)
+            open_answer(sealed, sig, kid, KEYS, [WATCHER], *answer, 1, padded=True, parts=parts)
     with pytest.raises(BadSignature):  # the last part relabelled as another
-        open_answer(sealed, sig, kid, KEYS, WATCHER, *answer, 2, padded=True, parts=3)
+        open_answer(sealed, sig, kid, KEYS, [WATCHER], *answer, 2, padded=True, parts=3)
     # An uncounted part (an older release) cannot be passed off as counted either.
     old, sig, kid = seal_answer(SIGNER, SEAL_TO, *answer, 0, b"old")
-    assert open_answer(old, sig, kid, KEYS, WATCHER, *answer, 0) == b"old"
+    assert open_answer(old, sig, kid, KEYS, [WATCHER], *answer, 0) == b"old"
     with pytest.raises(BadSignature):
-        open_answer(old, sig, kid, KEYS, WATCHER, *answer, 0, parts=1)
+        open_answer(old, sig, kid, KEYS, [WATCHER], *answer, 0, parts=1)
     with pytest.raises(ValueError):  # a part number beyond the count is never sealed
         seal_answer(SIGNER, SEAL_TO, *answer, 3, b"x", parts=3)
