@@ -7,8 +7,8 @@ signed or stored: an invalid draft is refused with one line naming the problem.
 
 from __future__ import annotations
 
-import os
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -259,8 +259,8 @@ def new_record_id(now_ms: int | None = None) -> str:
     the signed body beside the id. Still unique without coordination (74 random bits
     per millisecond); ids are never parsed, only compared."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits, 74 of them kept
-    value = ((ms & (1 << 48) - 1) << 80) | (0x7 << 76) | ((rand >> 68) << 64) \
+    rand = secrets.randbits(74)
+    value = ((ms & (1 << 48) - 1) << 80) | (0x7 << 76) | ((rand >> 62) << 64) \
         | (0b10 << 62) | (rand & (1 << 62) - 1)
     return uuid.UUID(int=value).hex
 
