@@ -291,13 +291,15 @@ def insert_entries(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envel
     )
 
 
-# The entity index (migration 18): an FTS5 table, one row per record (rowid = records.id)
-# whose one column holds a token per match key of the record's current version. An
-# FTS5 index is a log-structured merge tree: a transaction's keys are written as one
-# new segment, merged in the background by size. A B-tree keyed by (key, record)
-# took every key at a random leaf (keys are names, plates, phones), so each commit
-# wrote about one 4 KiB page per key, and that cost grew with the store (issue 10
-# item 3: 28 µs CPU per record at 20,000 records, 64 at 200,000, bench_store.py).
+# The entity index (migration 18): an FTS5 table, one row per record (rowid =
+# records.id) whose one column holds a token per match key of the record's current
+# version. An FTS5 index is a log-structured merge tree: a transaction's keys are
+# written as one new segment, and segments are merged by size as more are written.
+# A B-tree keyed by (key, record) took every key at a random leaf (keys are names,
+# plates, phones), so each commit wrote about one 4 KiB page per key, and that cost
+# grew with the store (issue 10
+# item 3, bench_store.py: its insert alone took 9 µs of CPU a record at 20,000 records
+# and 19 at 200,000; the commit, which wrote those pages among others, 22 and 47).
 # A token is the key's UTF-8 bytes in hex: one token whatever characters the key
 # holds, never split or case-folded by the tokenizer, and exact (no hash, so a match
 # is the key itself: no re-check, no collision). detail=none: no positions are kept
