@@ -291,7 +291,7 @@ def insert_entries(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envel
     )
 
 
-# The entity index (migration 18): an FTS5 table, one row per record (rowid =
+# The entity index (migration 20): an FTS5 table, one row per record (rowid =
 # records.id) whose one column holds a token per match key of the record's current
 # version. An FTS5 index is a log-structured merge tree: a transaction's keys are
 # written as one new segment, and segments are merged by size as more are written.
@@ -308,7 +308,7 @@ ENTITY_INSERT = "INSERT INTO entity_index (rowid, keys) VALUES (?, ?)"
 
 
 def key_token(key: str) -> str:
-    """An entity match key as its token in the entity index (migration 18 computes
+    """An entity match key as its token in the entity index (migration 20 computes
     the same in SQL: lower(hex(key)))."""
     return key.encode().hex()
 
@@ -576,7 +576,9 @@ def compact_index(conn: sqlite3.Connection) -> None:
     the segments that held them until those are rewritten, and only 'optimize'
     rewrites them all ('merge' leaves a large segment that has no peers of its
     level as it is). O(size of the text index): about 0.2 s at 100k records
-    (bench/bench_store.py)."""
+    (bench/bench_store.py). The entity index (an FTS5 table too) is compacted with
+    it: a purged record's keys leave the file when its words do (its entity values
+    are in the text index's ``entities`` column anyway)."""
     conn.execute("INSERT INTO records_fts (records_fts) VALUES ('optimize')")
     conn.execute("INSERT INTO entity_index (entity_index) VALUES ('optimize')")
     conn.execute("DELETE FROM index_erasure")

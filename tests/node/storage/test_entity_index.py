@@ -1,4 +1,4 @@
-"""The entity index (migration 18, an FTS5 table with a token per match key) finds
+"""The entity index (migration 20, an FTS5 table with a token per match key) finds
 exactly what a table of (key, record) rows found: every key of every held record's
 current version, alone, all of several, or any of several; nothing of a superseded
 version, a retracted or a purged record; and after a purge, the key is gone from

@@ -181,7 +181,7 @@ def test_schema_is_the_newest_and_the_home_still_reads(upgraded: Upgraded) -> No
 def test_every_row_is_still_there_in_the_same_state(upgraded: Upgraded) -> None:
     up, facts = upgraded, upgraded.facts
     for table, n in facts["counts"].items():
-        if table == "entity_keys":  # replaced by entity_index (migration 18): checked below
+        if table == "entity_keys":  # replaced by entity_index (migration 20): checked below
             continue
         assert up.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == n, table
     assert up.conn.execute("SELECT count(*) FROM entries WHERE payload IS NULL"
@@ -297,7 +297,7 @@ def test_purged_content_is_absent(upgraded: Upgraded) -> None:
     data = up.db.read_bytes()
     assert not (up.home / "node.db-wal").exists()
     for word in PURGED_WORDS:
-        # Raw, and as the entity index (migration 18) spells a key: its bytes in hex.
+        # Raw, and as the entity index (migration 20) spells a key: its bytes in hex.
         assert word not in data, word
         assert word.hex().encode() not in data, word
 
