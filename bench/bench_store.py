@@ -4,7 +4,8 @@ Signs --records synthetic records (the corpus of bench_local/bench_replication),
 stores them as first versions (log.insert_new_records, the path of a catch-up and of
 a publish) into a fresh database, --batch records per write transaction. Prints, per
 record, the wall time and the storing thread's CPU time of each SQL statement and of
-COMMIT (fsync included in wall, not in CPU), the database size, then the cost of a
+COMMIT (fsync included in wall, not in CPU), the database size, the latency of an
+entity search (200 keys of records spread over the store), then the cost of a
 supersede (a new version: insert_entries + apply_entries, which erases the old
 version's content) averaged over --supersedes records spread over the store.
 
@@ -29,6 +30,7 @@ import _harness as h
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.core import record
+from node.core.query import SearchParams
 from node.core.signing import seal_record
 from node.storage import log as log_tx
 from node.storage.db import immediate, open_sync
@@ -129,6 +131,23 @@ def purge_cost(conn: sqlite3.Connection, items: list[Item]) -> dict[str, float]:
     return out
 
 
+def search_times(conn: sqlite3.Connection, items: list[Item], count: int) -> list[float]:
+    """Wall seconds of ``count`` entity searches (the first key of records spread
+    over the store, the 50 newest matches read, as a user's search reads them)."""
+    now = int(time.time() * 1000)
+    step = max(1, len(items) // count)
+    out = []
+    for _env, b in items[::step][:count]:
+        keys = [k for e in b.entities for k in e.keys][:1]
+        if not keys:
+            continue
+        params = SearchParams(entity_keys=tuple(keys), limit=50)
+        w = time.perf_counter()
+        list(itertools.islice(log_tx.matches(conn, params, now), params.limit))
+        out.append(time.perf_counter() - w)
+    return sorted(out)
+
+
 def main() -> int:
     parser = h.arg_parser(__doc__ or "")
     parser.add_argument("--records", type=int, default=20_000)
@@ -189,6 +208,11 @@ def main() -> int:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             size = os.path.getsize(home / "node.db")
             h.figure("database size", f"{size / 1e6:.1f} MB", note=f"{size / n:,.0f} bytes/record")
+            st = search_times(conn, items, 200)
+            if st:
+                h.figure("entity search", f"p50 {st[len(st) // 2] * 1e3:.2f} ms "
+                         f"p99 {st[int(len(st) * 0.99)] * 1e3:.2f} ms",
+                         note=f"{len(st)} searches, one key each, the 50 newest read")
             sw, sc = supersede(conn, items, args.supersedes)
             h.figure(f"supersede at {n} entries", f"{sw * 1e3:.2f} ms wall {sc * 1e3:.2f} cpu",
                      note="one new version, its own transaction")

@@ -8,6 +8,8 @@ signed or stored: an invalid draft is refused with one line naming the problem.
 from __future__ import annotations
 
 import re
+import secrets
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -246,8 +248,21 @@ def expand_audience(
     return frozenset(out)
 
 
-def new_record_id() -> str:
-    return uuid.uuid4().hex
+def new_record_id(now_ms: int | None = None) -> str:
+    """A new record id: 32 lowercase hex digits in the UUIDv7 layout (RFC 9562):
+    48 bits of Unix milliseconds, then 74 random bits (version and variant in between).
+
+    Time-ordered, so each node's indexes on (origin, record_id) take new records at
+    their right edge instead of at random leaves: with uuid4 ids every insert dirtied a
+    leaf page of its own, and storing a record cost twice as much at 200,000 records
+    as at 20,000 (bench/bench_store.py). Nothing new leaks: the creation time is in
+    the signed body beside the id. Still unique without coordination (74 random bits
+    per millisecond); ids are never parsed, only compared."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rand = secrets.randbits(74)
+    value = ((ms & (1 << 48) - 1) << 80) | (0x7 << 76) | ((rand >> 62) << 64) \
+        | (0b10 << 62) | (rand & (1 << 62) - 1)
+    return uuid.UUID(int=value).hex
 
 
 def build_body(

@@ -380,7 +380,7 @@ class NodeService:
         now = now_ms()
 
         def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
-            body = announcement(self.center, seq, prev, record.new_record_id(), now,
+            body = announcement(self.center, seq, prev, record.new_record_id(now), now,
                                 user, self.config.contact)
             body.kind = records_pb2.CERT_RENEWAL
             body.new_tls_cert = der
@@ -473,7 +473,7 @@ class NodeService:
             now = now_ms()
 
             def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
-                body = announcement(self.center, seq, prev, record.new_record_id(), now,
+                body = announcement(self.center, seq, prev, record.new_record_id(now), now,
                                     user.name, self.config.contact)
                 body.kind = records_pb2.KEY_ROTATION
                 body.new_key = new_raw
@@ -1002,7 +1002,7 @@ class NodeService:
         def builder(draft: Draft, audience: frozenset[str]) -> NodeService.Builder:
             return lambda conn, seq, prev: record.build_body(
                 draft, origin=self.center, seq=seq, prev=prev,
-                record_id=record.new_record_id(), version=1, created_ms=now,
+                record_id=record.new_record_id(now), version=1, created_ms=now,
                 audience=audience, author=user.name, contact=self.config.contact)
 
         builders = [builder(d, a) for d, a in zip(drafts, audiences, strict=True)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 from node.core.keyhistory import Rotation, SealAnnouncement
+from node.storage import log as log_tx
 
 # Entries kept for review per origin: someone else's key causes these writes.
 MAX_DISTRUSTED_PER_ORIGIN = 10_000
@@ -94,8 +95,7 @@ def distrust_held(conn: sqlite3.Connection, origin: str, after_seq: int,
     first = rows[0][0]
     for (rec,) in conn.execute("SELECT id FROM records WHERE origin = ? AND seq >= ?",
                                (origin, first)).fetchall():
-        conn.execute("DELETE FROM records_fts WHERE rowid = ?", (rec,))
-        conn.execute("DELETE FROM entity_keys WHERE rec = ?", (rec,))
+        log_tx.unindex(conn, rec)
         conn.execute("DELETE FROM records WHERE id = ?", (rec,))
     conn.execute("DELETE FROM entries WHERE origin = ? AND seq >= ?", (origin, first))
     # A seal key or TLS certificate announced there was the thief's word (or chained

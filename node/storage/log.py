@@ -291,6 +291,50 @@ def insert_entries(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envel
     )
 
 
+# The entity index (migration 20): an FTS5 table, one row per record (rowid =
+# records.id) whose one column holds a token per match key of the record's current
+# version. An FTS5 index is a log-structured merge tree: a transaction's keys are
+# written as one new segment, and segments are merged by size as more are written.
+# A B-tree keyed by (key, record) took every key at a random leaf (keys are names,
+# plates, phones), so each commit wrote about one 4 KiB page per key, and that cost
+# grew with the store (issue 10
+# item 3, bench_store.py: its insert alone took 9 µs of CPU a record at 20,000 records
+# and 19 at 200,000; the commit, which wrote those pages among others, 22 and 47).
+# A token is the key's UTF-8 bytes in hex: one token whatever characters the key
+# holds, never split or case-folded by the tokenizer, and exact (no hash, so a match
+# is the key itself: no re-check, no collision). detail=none: no positions are kept
+# (a key is matched whole); columnsize=0: no per-row token counts (no ranking).
+ENTITY_INSERT = "INSERT INTO entity_index (rowid, keys) VALUES (?, ?)"
+
+
+def key_token(key: str) -> str:
+    """An entity match key as its token in the entity index (migration 20 computes
+    the same in SQL: lower(hex(key)))."""
+    return key.encode().hex()
+
+
+def key_tokens(keys: Iterable[str]) -> str:
+    """The entity index's column for a record with these keys (each once)."""
+    return " ".join(dict.fromkeys(key_token(k) for k in keys))
+
+
+def entity_match(keys: Iterable[str], any_key: bool) -> str:
+    """An FTS5 query on the entity index: records with every key (any one, with
+    ``any_key``); "" if none can match (an empty key is never indexed)."""
+    keys = list(keys)
+    tokens = [f'"{key_token(k)}"' for k in keys if k]
+    if not tokens or (not any_key and len(tokens) < len(keys)):
+        return ""
+    return (" OR " if any_key else " AND ").join(tokens)
+
+
+def indexed_keys(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """Every (record row id, entity key) in the entity index (tests, checks)."""
+    return [(rec, bytes.fromhex(token).decode())
+            for rec, tokens in conn.execute("SELECT rowid, keys FROM entity_index")
+            for token in tokens.split()]
+
+
 def insert_new_records(conn: sqlite3.Connection, items: list[tuple[records_pb2.Envelope,
                        records_pb2.RecordBody]], source: str, now_ms: int,
                        stubs: Stubs = None) -> None:
@@ -314,10 +358,13 @@ def index_new_records(conn: sqlite3.Connection, bodies: list[records_pb2.RecordB
     for rec, b in enumerate(bodies, start=first):
         labels = " ".join(b.labels)
         values = []
+        tokens: dict[str, None] = {}
         for e in b.entities:
             values.append(e.value)
             for k in e.keys:
-                keys.append((k, rec))
+                tokens[k.encode().hex()] = None  # key_token, inlined
+        if tokens:
+            keys.append((rec, " ".join(tokens)))
         rows.append((rec, b.origin, b.record_id, b.version, b.seq, kind_name(b), b.created_ms,
                      b.expires_ms, b.part23.review_due_ms, f" {labels} ",
                      f" {' '.join(b.behaviors)} "))
@@ -328,7 +375,7 @@ def index_new_records(conn: sqlite3.Connection, bodies: list[records_pb2.RecordB
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     conn.executemany("INSERT INTO records_fts (rowid, title, narrative, labels, entities) "
                      "VALUES (?, ?, ?, ?, ?)", fts)
-    conn.executemany("INSERT OR IGNORE INTO entity_keys (key, rec) VALUES (?, ?)", keys)
+    conn.executemany(ENTITY_INSERT, keys)
 
 
 def record_states(conn: sqlite3.Connection, origin: str,
@@ -453,7 +500,7 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
     """
     results = []
     fts_rows: dict[int, tuple] = {}
-    key_rows: dict[int, list[tuple[int, str]]] = {}
+    key_rows: dict[int, str] = {}
     seen: dict[tuple[str, str], RecordState] = {}
     purged = False
     for i, b in enumerate(bodies):
@@ -486,7 +533,7 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
                 erase_content(conn, b.origin, b.record_id, rec, keep_seq=b.seq)
             ents = " ".join(e.value for e in b.entities)
             fts_rows[rec] = (rec, b.title, b.narrative, " ".join(b.labels), ents)
-            key_rows[rec] = [(k, rec) for e in b.entities for k in e.keys]
+            key_rows[rec] = key_tokens(k for e in b.entities for k in e.keys)
         else:
             state = "retracted" if b.kind == records_pb2.RETRACTION else "purged"
             rec = _upsert(conn, b, state, existing)
@@ -499,8 +546,7 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
     conn.executemany(
         "INSERT INTO records_fts (rowid, title, narrative, labels, entities) "
         "VALUES (?, ?, ?, ?, ?)", list(fts_rows.values()))
-    conn.executemany("INSERT OR IGNORE INTO entity_keys (key, rec) VALUES (?, ?)",
-                     [row for rows in key_rows.values() for row in rows])
+    conn.executemany(ENTITY_INSERT, [(rec, tokens) for rec, tokens in key_rows.items() if tokens])
     if purged:
         erased(conn, defer_since_ms)
     return results
@@ -530,8 +576,11 @@ def compact_index(conn: sqlite3.Connection) -> None:
     the segments that held them until those are rewritten, and only 'optimize'
     rewrites them all ('merge' leaves a large segment that has no peers of its
     level as it is). O(size of the text index): about 0.2 s at 100k records
-    (bench/bench_store.py)."""
+    (bench/bench_store.py). The entity index (an FTS5 table too) is compacted with
+    it: a purged record's keys leave the file when its words do (its entity values
+    are in the text index's ``entities`` column anyway)."""
     conn.execute("INSERT INTO records_fts (records_fts) VALUES ('optimize')")
+    conn.execute("INSERT INTO entity_index (entity_index) VALUES ('optimize')")
     conn.execute("DELETE FROM index_erasure")
 
 
@@ -616,7 +665,7 @@ def latest_content(conn: sqlite3.Connection, origin: str, record_id: str
 
 def unindex(conn: sqlite3.Connection, rec: int) -> None:
     conn.execute("DELETE FROM records_fts WHERE rowid = ?", (rec,))
-    conn.execute("DELETE FROM entity_keys WHERE rec = ?", (rec,))
+    conn.execute("DELETE FROM entity_index WHERE rowid = ?", (rec,))
 
 
 def entry_source(conn: sqlite3.Connection, origin: str, seq: int) -> str | None:
@@ -679,14 +728,13 @@ def matches(conn: sqlite3.Connection, params: SearchParams,
         content_args.append(f" {code} ")
     where = ["r.state = 'active'", "r.expires_ms > ?"]
     args: list[object] = [now_ms]
-    if params.any_entity and params.entity_keys:
-        marks = ",".join("?" * len(params.entity_keys))
-        where.append(f"r.id IN (SELECT rec FROM entity_keys WHERE key IN ({marks}))")
-        args.extend(params.entity_keys)
-    else:
-        for key in params.entity_keys:
-            where.append("r.id IN (SELECT rec FROM entity_keys WHERE key = ?)")
-            args.append(key)
+    if params.entity_keys:
+        keys_match = entity_match(params.entity_keys, params.any_entity)
+        if keys_match:
+            where.append("r.id IN (SELECT rowid FROM entity_index WHERE entity_index MATCH ?)")
+            args.append(keys_match)
+        else:
+            where.append("0")
     if params.kinds:
         where.append(f"r.kind IN ({','.join('?' * len(params.kinds))})")
         args.extend(params.kinds)

@@ -511,4 +511,15 @@ MIGRATIONS: list[str] = [
         purges INTEGER NOT NULL
     );
     """,
+    # 20: (issue 10 item 3) the entity index becomes an FTS5 table (node/storage/log.py,
+    # ENTITY_INSERT): a B-tree keyed by (key, record) wrote a random leaf page per key
+    # per commit, so the cost of storing a record grew with the store. One row per
+    # record (rowid = records.id), a token per key: the key's UTF-8 bytes in hex.
+    """
+    CREATE VIRTUAL TABLE entity_index USING fts5 (keys, detail=none, columnsize=0,
+                                                  tokenize='ascii');
+    INSERT INTO entity_index (rowid, keys)
+        SELECT rec, group_concat(lower(hex(key)), ' ') FROM entity_keys GROUP BY rec;
+    DROP TABLE entity_keys;
+    """,
 ]

@@ -104,7 +104,7 @@ def snapshot(conn: sqlite3.Connection) -> tuple:
     records = sorted(conn.execute("SELECT record_id, version, state FROM records"))
     content = sorted(conn.execute("SELECT seq FROM entries WHERE payload IS NOT NULL"))
     indexed = conn.execute("SELECT count(*) FROM records_fts").fetchone()[0]
-    keys = conn.execute("SELECT count(*) FROM entity_keys").fetchone()[0]
+    keys = len(log_tx.indexed_keys(conn))
     return records, content, indexed, keys
 
 
@@ -271,7 +271,7 @@ def held_state(conn: sqlite3.Connection, n: int) -> tuple:
     hashes = conn.execute("SELECT seq, hash FROM entries WHERE seq <= ? ORDER BY seq",
                           (n,)).fetchall()
     indexed = conn.execute("SELECT count(*) FROM records_fts").fetchone()[0]
-    keys = conn.execute("SELECT count(*) FROM entity_keys").fetchone()[0]
+    keys = len(log_tx.indexed_keys(conn))
     quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     return records, content, hashes, indexed, keys, quarantined
 

@@ -73,4 +73,6 @@ def test_this_nodes_own_purge_compacts_at_once() -> None:
         with conn:
             log_tx.apply_entries(conn, [log_tx.StoredEntry(  # the origin's own path
                 ORIGIN, 2, items[1].hash, items[1].envelope.payload, b"", "").body()])
-        assert len(optimizes) == 1 and log_tx.erasure_pending(conn) is None
+        # One compaction: the text index and the entity index (migration 20), each once.
+        assert [sql.split()[2] for sql in optimizes] == ["records_fts", "entity_index"]
+        assert log_tx.erasure_pending(conn) is None

@@ -275,3 +275,21 @@ def test_body_policy_unknown_enum_reads_strictest():
     p = body_policy(body)
     assert p.tlp is Tlp.RED
     assert p.discoverability is Discoverability.RESTRICTED
+
+
+def test_record_ids_are_time_ordered_uuid7_hex() -> None:
+    """Record ids sort by creation time (storage's (origin, record_id) indexes take
+    new records at their right edge: issue 10 item 3), still 32 lowercase hex digits,
+    and unique within one millisecond."""
+    import uuid
+
+    from node.core.record import new_record_id
+    ids = [new_record_id(ms) for ms in (1, 2, 1_700_000_000_000, 1_700_000_000_001, 2**48 - 1)]
+    assert ids == sorted(ids)
+    for rid in ids:
+        assert len(rid) == 32 and rid == rid.lower() and int(rid, 16) >= 0
+        assert uuid.UUID(rid).version == 7 and uuid.UUID(rid).variant == uuid.RFC_4122
+    assert int(new_record_id(1_700_000_000_000)[:12], 16) == 1_700_000_000_000
+    same = {new_record_id(5) for _ in range(2000)}
+    assert len(same) == 2000
+    assert new_record_id() > new_record_id(1_700_000_000_000)  # now, from the clock
