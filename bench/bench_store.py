@@ -148,6 +148,25 @@ def search_times(conn: sqlite3.Connection, items: list[Item], count: int) -> lis
     return sorted(out)
 
 
+def budgets(store_cpu: float, rates: h.CryptoRates) -> None:
+    """Issue 10's ratio targets as CPU per record on this machine's cores: what is
+    left for everything else (the client or serving node, gRPC, parsing, checks,
+    the event loops) once signing or verifying and this storing are paid. The cores
+    are shared by every process of the run (bench_local: client and node;
+    bench_replication: A and B), so this is an upper bound on what any design with a
+    signature per record and this store can spend."""
+    cores = os.cpu_count() or 1
+    for name, ratio, rate, crypto in (("publish at 0.6 x sign", 0.6, rates.sign_per_s, "sign"),
+                                      ("ingest at 1.0 x verify", 1.0, rates.verify_per_s,
+                                       "verify")):
+        budget = cores / (ratio * rate)
+        left = budget - 1 / rate - store_cpu
+        h.figure(f"CPU budget: {name}",
+                 f"{budget * 1e6:6.1f} µs/record on {cores} cores",
+                 note=f"{crypto} {1e6 / rate:.1f} + storing {store_cpu * 1e6:.1f}: "
+                      f"{left * 1e6:+.1f} µs left for all the rest")
+
+
 def main() -> int:
     parser = h.arg_parser(__doc__ or "")
     parser.add_argument("--records", type=int, default=20_000)
@@ -176,7 +195,11 @@ def main() -> int:
     items = make_items(args.records)
     h.info(f"{len(items)} records signed in {time.perf_counter() - t:.1f} s "
            f"(payload {sum(len(e.payload) for e, _ in items) / len(items):.0f} bytes mean)")
-    out: dict[str, Any] = {"records": len(items), "batches": {}}
+    rates = h.ed25519_rates(1.0)
+    h.info(f"Ed25519 on one thread: sign {rates.sign_per_s:,.0f}/s, "
+           f"verify {rates.verify_per_s:,.0f}/s")
+    out: dict[str, Any] = {"records": len(items), "batches": {},
+                           "sign_per_s": rates.sign_per_s, "verify_per_s": rates.verify_per_s}
     variants = [("as is", list(args.sql))]
     for spec in args.variants:
         name, _, sql = spec.partition("=")
@@ -205,6 +228,7 @@ def main() -> int:
             h.figure("total (storing thread)",
                      f"{wall / n * 1e6:6.1f} wall {cpu / n * 1e6:6.1f} cpu",
                      note=f"µs/record = {n / cpu:,.0f} records per CPU second")
+            budgets(cpu / n, rates)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             size = os.path.getsize(home / "node.db")
             h.figure("database size", f"{size / 1e6:.1f} MB", note=f"{size / n:,.0f} bytes/record")
