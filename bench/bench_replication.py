@@ -416,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if not args.skip_ingest:
         bench_ingest(args, rates, out)
-    if not args.skip_fanout:
+    if args.skip_fanout or args.spokes < 1:
+        h.info("hub fan-out skipped (--skip-fanout, or --spokes below 1)")
+    else:
         bench_fanout(args, out)
     print(f"\n   total {time.perf_counter() - started:.0f} s", flush=True)
     h.save_json(args.json, out)
