@@ -144,11 +144,19 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
         if same_key and held_seal and card.seal_key and card.seal_key != held_seal:
             # The seal key decides who can read what is sealed to this center
             # (sealed copies of records, answers, hits). Two signed ones for one
-            # signing key: the center signed both (or its key leaked); like a
-            # signing key, the choice is an administrator's.
-            conflict(existing, f"{introducer} introduces another seal key for {card.center} "
-                     "than " + ("the one pinned directly" if not existing.introduced_by
-                                else f"the one introduced by {existing.introduced_by}"))
+            # signing key, the offered one not announced in the center's log here
+            # (yet): its card printed after a rotation whose entry has not arrived
+            # (a hop may delay it), or its key leaked. Neither is taken: the card
+            # held stays, trusted, and the offer is reported. (Taking the card out
+            # of trust, as before, also stopped this node verifying the center's
+            # log, the very entry that would explain the card: a hop's delay, or an
+            # ordinary race, cut the center off for good. A thief holding the
+            # signing key gains nothing here: it could announce in the log anyway.)
+            conflicts.append((card.center, (
+                f"{introducer} introduces another seal key for {card.center} than "
+                + ("the one pinned directly" if not existing.introduced_by
+                   else f"the one introduced by {existing.introduced_by}")
+                + ", not announced in its log here: the card held stays")))
             continue
         if same_key and existing.introduced_by == introducer:
             if pin_conflict(card, out.values(), own_key) is None:
