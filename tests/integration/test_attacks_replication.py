@@ -49,3 +49,23 @@ def test_restarts_from_seq_1_are_rate_limited_too(make_node, tmp_path: Path) -> 
                 cursors={"limitz": 40 - 8}), timeout=10)
             assert len(next(stream).items) == 8
             stream.cancel()
+
+
+def test_stream_opens_cost_one_log_line_a_minute(make_node, tmp_path: Path) -> None:
+    """Red team (session 17): refusals are logged once a minute per peer, but a
+    peer that is up to date may open (and drop) replication streams as fast as it
+    likes, within every cap: each open was an INFO line, a log without bound."""
+    node = make_node("opensz")
+    node.publish("--kind", "BULLETIN", "--title", "one", "--audience", "members")
+    peer = Rogue(tmp_path, "opener")
+    node.ok("peers", "add", peer.card.line())
+    with peer.channel(node.listen, node.card()) as ch:
+        fed = federation_pb2_grpc.FederationStub(ch)
+        for _ in range(40):
+            stream = fed.Replicate(federation_pb2.ReplicateRequest(
+                cursors={"opensz": 1}), timeout=10)
+            next(stream)
+            stream.cancel()
+    lines = [ln for ln in node.log_tail(10_000_000).splitlines()
+             if "replication stream opened" in ln and '"opener"' in ln]
+    assert 1 <= len(lines) <= 2, f"{len(lines)} lines for 40 streams"  # before: 40
