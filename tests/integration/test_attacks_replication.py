@@ -69,3 +69,39 @@ def test_stream_opens_cost_one_log_line_a_minute(make_node, tmp_path: Path) -> N
     lines = [ln for ln in node.log_tail(10_000_000).splitlines()
              if "replication stream opened" in ln and '"opener"' in ln]
     assert 1 <= len(lines) <= 2, f"{len(lines)} lines for 40 streams"  # before: 40
+
+
+def test_a_flood_of_bad_entries_writes_bounded_rows_and_log(make_node, tmp_path: Path
+                                                            ) -> None:
+    """Red team (session 17): a pinned peer streams the same bad entry (or new ones)
+    in batch after batch. Each batch wrote a rejections row per origin and a
+    'rejected entries' log line: rows and lines without bound (one stream, a
+    batch as fast as this node verifies). Now the rows are bounded per peer (a
+    minute's share, and in all), the line is written once a minute per peer, and
+    the metric still counts every one."""
+    import contextlib
+    import time
+
+    node = make_node("floodz")
+    rogue = Rogue(tmp_path, "flooder")
+    bad = rogue.chain(["x"])[0]
+    bad.envelope.signature = bytes(64)
+    rogue.items = [bad]
+    rogue.repeats = 400
+    rogue.serve(node.card())
+    try:
+        node.ok("peers", "add", rogue.card.line())
+
+        def rows() -> int:
+            with contextlib.closing(node.db()) as conn:
+                return conn.execute("SELECT count(*) FROM rejections WHERE peer = ?",
+                                    ("flooder",)).fetchone()[0]
+
+        node.wait_for(lambda: rows() > 0, 20, "the first rejection")
+        time.sleep(5)  # the flood goes on
+        lines = [ln for ln in node.log_tail(10_000_000).splitlines()
+                 if "rejected entries" in ln]
+        # Before the fix: a row and a line per batch (well over a hundred here).
+        assert rows() <= 60 and 1 <= len(lines) <= 2, (rows(), len(lines))
+    finally:
+        rogue.stop()
