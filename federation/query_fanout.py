@@ -471,6 +471,12 @@ class QueryFanout:
                 limit, self.node.config.limits.max_answer_bytes, limit + 1),
                 Outcome("answered", via=list(via)))
             known.outcome.ms = int((time.monotonic() - started) * 1000)
+        if sealed.part in known.parts:
+            # A part number already taken (a hop repeating the center's own bytes):
+            # not taken again, or the repeats would use up the center's share of
+            # this answer (messages, bytes) and its later parts, all arrived, would
+            # be cut as if by the asker's own limit.
+            return None
         # Counted before this node's own cap: what arrived, whether or not it is shown.
         known.parts.add(sealed.part)
         known.counts.add(sealed.parts)
