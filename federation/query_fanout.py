@@ -463,8 +463,14 @@ class QueryFanout:
         if opened is None:
             summary[hop].dropped += 1
             summary[hop].tampered += 1
-            log.warning("relayed answer failed verification",
-                        extra={"peer": hop, "center": center[:64]})
+            if summary[hop].tampered == 1:
+                # The first a hop and query: a hop may send thousands of tiny parts
+                # within its relay budget, each a line; the summary (and the audit
+                # entry of the query) counts them all as `tampered`.
+                log.warning("relayed answer failed verification", extra={
+                    "peer": hop, "center": center[:64], "query_id": body.query_id,
+                    "note": "further failures from this hop for this query are counted, "
+                            "not logged"})
             return None
         if known is None:
             known = relayed[center] = Relayed(via, AnswerCap(
