@@ -528,6 +528,8 @@ MIGRATIONS: list[str] = [
     # serves those bounds and the contradicted-hint count of every batch.
     """
     ALTER TABLE rejections ADD COLUMN bounded INTEGER NOT NULL DEFAULT 1;
+    UPDATE rejections SET bounded = 0
+        WHERE reason = 'placeholder contradicted by the origin''s entry';
     CREATE INDEX rejections_by_peer ON rejections (peer, ts_ms);
     """,
 ]
