@@ -78,7 +78,8 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
           announced_seals: Mapping[str, Collection[bytes]] | None = None) -> Adoption:
     """The pinned set after taking ``introducer``'s current view (pure).
     ``announced_seals``: per center, the seal keys its own log announced (replaced
-    and new ones: NodeService.announced_seal_keys)."""
+    and new ones: NodeService.announced_seal_keys), each with how recent it is
+    when given as a mapping (a plain collection: unordered)."""
     announced = announced_seals or {}
     out = dict(peers)
     adopted: list[str] = []
@@ -131,12 +132,16 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
                            seal_signature=existing.card.seal_signature)
         if existing.card == card:
             continue
-        rotated = (card.seal_key in announced.get(card.center, ())
-                   and held_seal in announced.get(card.center, ()))
+        order = announced.get(card.center, ())
+        rotated = card.seal_key in order and held_seal in order
         if same_key and held_seal and card.seal_key and card.seal_key != held_seal and rotated:
             # Both keys are the center's own, ordered by its log: the card held stays
-            # (or follows its own introducer), the log decides what is sealed to.
-            if existing.introduced_by == introducer and pin_conflict(
+            # (or follows its own introducer to a newer one: never back to an older
+            # one, which this node would hand on to centers that may not hold the
+            # log yet), the log decides what is sealed to.
+            newer = (not isinstance(order, Mapping)
+                     or order[card.seal_key] > order[held_seal])
+            if newer and existing.introduced_by == introducer and pin_conflict(
                     card, out.values(), own_key) is None:
                 out[card.center] = replace(existing, card=card, via=offer.via)
                 updated.append(card.center)

@@ -304,16 +304,24 @@ class NodeService:
         self._seal_use[center] = (tag, use)
         return use
 
-    def announced_seal_keys(self) -> dict[str, frozenset[bytes]]:
+    def announced_seal_keys(self) -> dict[str, dict[bytes, int]]:
         """Per center, every seal key its log announced or replaced (after its
-        latest distrust): introductions take a card carrying either as the
-        center's own, not as a second key (node/services/introductions.py)."""
-        out = {}
+        latest distrust), with how recent it is (the seq it was announced at, or
+        the one before the seq that replaced it): introductions take a card
+        carrying either as the center's own, not as a second key, and never
+        follow an introducer back to an older one (node/services/introductions.py)."""
+        out: dict[str, dict[bytes, int]] = {}
         for center, anns in self._seals.items():
             peer = self.peers.get(center)
             after = peer.distrust_after or 0 if peer is not None else 0
-            keys_ = {k for a in anns.values() if a.seq > after for k in (a.old, a.new)}
-            out[center] = frozenset(keys_ - {b""})
+            rank: dict[bytes, int] = {}
+            for a in anns.values():
+                if a.seq <= after:
+                    continue
+                rank[a.new] = max(rank.get(a.new, 0), a.seq)
+                if a.old:
+                    rank[a.old] = max(rank.get(a.old, 0), a.seq - 1)
+            out[center] = rank
         return out
 
     def learn_seals(self, seals: Iterable[SealAnnouncement]) -> bool:

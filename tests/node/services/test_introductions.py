@@ -142,6 +142,14 @@ def test_a_card_after_a_seal_key_rotation_the_log_announced_is_no_conflict() -> 
     assert other.peers["xx"] == first.peers["xx"] and not other.conflicts
     back = adopt("me", OWN_KEY, same.peers, "hub2", [Offer(x, ())], log)
     assert back.peers["xx"].trusted and not back.conflicts
+    # Red team: the same introducer offering the older card again (the center's own
+    # key, replaced after a leak, say) is not followed back: this node hands its
+    # cards on, to centers that may not hold the log yet.
+    ranked = {"xx": {x.seal_key: 1, rotated.seal_key: 2}}
+    again = adopt("me", OWN_KEY, same.peers, "hub", [Offer(x, ())], ranked)
+    assert again.peers["xx"].card == rotated and not again.changed  # before: x's card
+    forward = adopt("me", OWN_KEY, first.peers, "hub", [Offer(rotated, ())], ranked)
+    assert forward.peers["xx"].card == rotated
     stranger = with_seal(x, new_seal())
     bad = adopt("me", OWN_KEY, first.peers, "hub", [Offer(stranger, ())], log)
     assert bad.peers["xx"] == first.peers["xx"] and bad.conflicts and not bad.new_conflicts
