@@ -173,7 +173,7 @@ def _contradicted(conn: sqlite3.Connection, origin: str, seq: int, now_ms: int,
     result.correct(origin, seq)
     if replaced_by is not None and hint == replaced_by:
         return
-    fed_tx.reject(conn, now_ms, hint, origin, seq, CONTRADICTED)
+    fed_tx.reject(conn, now_ms, hint, origin, seq, CONTRADICTED, bounded=False)
     result.rejected[CONTRADICTED] += 1
 
 

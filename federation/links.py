@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from federation.backoff import Backoff
 from federation.ingest import WRONG_KEY, Checked, IngestResult, check_items, store_batch
+from federation.ratelimit import LogLimit
 from federation.tls import PinnedTls
 from federation.transport.client import open_channel, stub
 from node.config.peers import Peer
@@ -120,6 +121,7 @@ class PeerLink:
         # peer again for it (monotonic; see _store), so a claim costs one new stream
         # a minute at most.
         self._asked_own_at: float | None = None
+        self.drop_logs = LogLimit()  # 'rejected entries', 'sealed copies dropped'
         self.state = LinkState(peer.center)
         self.backoff = Backoff()
         self._task: asyncio.Task[None] | None = None
@@ -388,12 +390,22 @@ class PeerLink:
         metrics.ENTRIES_INGESTED.labels(center).inc(result.stored)
         metrics.count_rejections(center, result.rejected)
         metrics.count_sealed(center, result.copies_stored, result.copies_dropped)
+        # One line a minute per kind from this peer, the rest counted: a peer may
+        # send bad batches as fast as this node verifies them (the metrics count
+        # every item).
+        at = time.monotonic()
         if result.copies_dropped:
-            log.warning("sealed copies dropped", extra={
-                "peer": center, "reasons": dict(result.copies_dropped)})
+            held = self.drop_logs.take("copies", at)
+            if held is not None:
+                log.warning("sealed copies dropped", extra={
+                    "peer": center, "reasons": dict(result.copies_dropped),
+                    "not_logged_before": held})
         if result.rejected:
-            log.warning("rejected entries", extra={"peer": center,
-                                                   "reasons": dict(result.rejected)})
+            held = self.drop_logs.take("entries", at)
+            if held is not None:
+                log.warning("rejected entries", extra={
+                    "peer": center, "reasons": dict(result.rejected),
+                    "not_logged_before": held})
         for fork in result.forks:
             log.error("FORK: origin quarantined", extra={"peer": center, "fork": fork})
             if fork.startswith(f"{own}:"):

@@ -463,14 +463,26 @@ class QueryFanout:
         if opened is None:
             summary[hop].dropped += 1
             summary[hop].tampered += 1
-            log.warning("relayed answer failed verification",
-                        extra={"peer": hop, "center": center[:64]})
+            if summary[hop].tampered == 1:
+                # The first a hop and query: a hop may send thousands of tiny parts
+                # within its relay budget, each a line; the summary (and the audit
+                # entry of the query) counts them all as `tampered`.
+                log.warning("relayed answer failed verification", extra={
+                    "peer": hop, "center": center[:64], "query_id": body.query_id,
+                    "note": "further failures from this hop for this query are counted, "
+                            "not logged"})
             return None
         if known is None:
             known = relayed[center] = Relayed(via, AnswerCap(
                 limit, self.node.config.limits.max_answer_bytes, limit + 1),
                 Outcome("answered", via=list(via)))
             known.outcome.ms = int((time.monotonic() - started) * 1000)
+        if sealed.part in known.parts:
+            # A part number already taken (a hop repeating the center's own bytes):
+            # not taken again, or the repeats would use up the center's share of
+            # this answer (messages, bytes) and its later parts, all arrived, would
+            # be cut as if by the asker's own limit.
+            return None
         # Counted before this node's own cap: what arrived, whether or not it is shown.
         known.parts.add(sealed.part)
         known.counts.add(sealed.parts)

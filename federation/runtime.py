@@ -87,9 +87,10 @@ class Federation:
         self._renewing = asyncio.Lock()
         self._stopping: set[asyncio.Future[None]] = set()
         self._introductions: asyncio.Task[None] | None = None
-        # center -> why: offers of another key for a center pinned directly (the
-        # pin stands) and refused introductions, as last seen; shown by status.
-        self.conflicts: dict[str, str] = {}
+        # introducer -> center -> why: offers of another key for a center held (the
+        # card held stands) and refused introductions, in each introducer's current
+        # view only (names it made up once must not pile up); shown by status.
+        self.conflict_views: dict[str, dict[str, str]] = {}
         # Adopted held own entries were refused by the streams open now: ask again.
         node.own_log_adopted.append(self._resubscribe_all)
         self.unsigned_seal_keys: set[tuple[str, str]] = set()  # (introducer, center) logged
@@ -219,11 +220,17 @@ class Federation:
                     "peer": center, "centers": news[:10], "count": len(news), "reason": (
                         "dropped: nothing is sealed to those centers until a card "
                         "carrying its own signature of its seal key arrives")})
-            for c, why in (*result.conflicts, *result.refused):
-                if self.conflicts.get(c) != why:
-                    log.warning("introduction conflict", extra={"peer": center, "center": c,
-                                                                "reason": why})
-                self.conflicts[c] = why
+            # One line a round for what is new in this view (an introducer may offer
+            # 10,000 cards under names it makes up at every round: a line each was a
+            # log without bound).
+            view = dict((*result.conflicts, *result.refused))
+            before = self.conflict_views.get(center, {})
+            news = sorted(c for c, why in view.items() if before.get(c) != why)
+            self.conflict_views[center] = view
+            if news:
+                log.warning("introduction conflict", extra={
+                    "peer": center, "center": news[0][:64], "reason": view[news[0]][:300],
+                    "count": len(news), "centers": [c[:64] for c in news[:10]]})
             if result.changed:
                 await self._commit(SYSTEM_USER, result.peers, "peer.introduced", {
                     "introducer": center, "adopted": list(result.adopted),
@@ -269,6 +276,15 @@ class Federation:
         link, not only the one that saw the contradiction, fetches again."""
         for link in self.links.values():
             link.resubscribe()
+
+    @property
+    def conflicts(self) -> dict[str, str]:
+        """center -> why, from every introducer's current view."""
+        return {c: why for view in self.conflict_views.values() for c, why in view.items()}
+
+    def _forget_conflict(self, center: str) -> None:
+        for view in self.conflict_views.values():
+            view.pop(center, None)
 
     def _keys_learned(self, rotations: list[Rotation], certs: list[AnnouncedCert],
                       seals: list[SealAnnouncement]) -> None:
@@ -620,7 +636,7 @@ class Federation:
                     introducer=bool(req.get("introducer")))
         if peer.introducer and not peer.connect:
             raise ValidationError("an introducer must be dialled (drop --no-connect)")
-        self.conflicts.pop(card.center, None)  # an administrator decided
+        self._forget_conflict(card.center)  # an administrator decided
         peers = with_peer(self.node.peers, peer, self.node.center, self.node.own_public_key)
         await self._commit(user.name, peers, "peer.add", {
             "peer": card.center, "address": card.address, "groups": list(groups),
@@ -657,7 +673,8 @@ class Federation:
         if center not in self.node.peers:
             raise NotFound(f"no pinned peer {center!r}")
         peers = {c: p for c, p in self.node.peers.items() if c != center}
-        self.conflicts.pop(center, None)
+        self._forget_conflict(center)
+        self.conflict_views.pop(center, None)  # an introducer's view goes with it
         await self._commit(user.name, peers, "peer.remove", {"peer": center})
         return {"removed": center}
 

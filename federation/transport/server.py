@@ -127,6 +127,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         # Other refusals a peer can repeat at will (streams over the cap, restarts
         # and re-pulls over their rate): one line a minute per peer and kind.
         self.limit_logs = LogLimit()
+        # Streams opened: a peer that is up to date may open and drop them as fast
+        # as it likes within every cap (no restart, never over the stream cap), and
+        # each open was a line. One a minute per peer, counting the rest.
+        self.open_logs = LogLimit()
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> str:
         pem = peer_pem(context)
@@ -182,7 +186,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         # be the peer's own new ones, which it needs no echo of: heads only.
         own_cap = (await self.node.db.read(lambda c: log_tx.head(c, peer)[0])
                    if peer in cursors else 0)
-        log.info("replication stream opened", extra={"peer": peer, "origins": len(cursors)})
+        held = self.open_logs.take(peer, time.monotonic())
+        if held is not None:
+            log.info("replication stream opened", extra={
+                "peer": peer, "origins": len(cursors), "not_logged_before": held})
         with self.streams.open(peer) as revoked:
             # During a catch-up the next group is read (on a reader) while this one
             # is sent: the peer's verification and storage never wait for this

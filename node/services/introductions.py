@@ -78,7 +78,8 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
           announced_seals: Mapping[str, Collection[bytes]] | None = None) -> Adoption:
     """The pinned set after taking ``introducer``'s current view (pure).
     ``announced_seals``: per center, the seal keys its own log announced (replaced
-    and new ones: NodeService.announced_seal_keys)."""
+    and new ones: NodeService.announced_seal_keys), each with how recent it is
+    when given as a mapping (a plain collection: unordered)."""
     announced = announced_seals or {}
     out = dict(peers)
     adopted: list[str] = []
@@ -131,12 +132,16 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
                            seal_signature=existing.card.seal_signature)
         if existing.card == card:
             continue
-        rotated = (card.seal_key in announced.get(card.center, ())
-                   and held_seal in announced.get(card.center, ()))
+        order = announced.get(card.center, ())
+        rotated = card.seal_key in order and held_seal in order
         if same_key and held_seal and card.seal_key and card.seal_key != held_seal and rotated:
             # Both keys are the center's own, ordered by its log: the card held stays
-            # (or follows its own introducer), the log decides what is sealed to.
-            if existing.introduced_by == introducer and pin_conflict(
+            # (or follows its own introducer to a newer one: never back to an older
+            # one, which this node would hand on to centers that may not hold the
+            # log yet), the log decides what is sealed to.
+            newer = (not isinstance(order, Mapping)
+                     or order[card.seal_key] > order[held_seal])
+            if newer and existing.introduced_by == introducer and pin_conflict(
                     card, out.values(), own_key) is None:
                 out[card.center] = replace(existing, card=card, via=offer.via)
                 updated.append(card.center)
@@ -144,11 +149,19 @@ def adopt(own_center: str, own_key: bytes, peers: dict[str, Peer], introducer: s
         if same_key and held_seal and card.seal_key and card.seal_key != held_seal:
             # The seal key decides who can read what is sealed to this center
             # (sealed copies of records, answers, hits). Two signed ones for one
-            # signing key: the center signed both (or its key leaked); like a
-            # signing key, the choice is an administrator's.
-            conflict(existing, f"{introducer} introduces another seal key for {card.center} "
-                     "than " + ("the one pinned directly" if not existing.introduced_by
-                                else f"the one introduced by {existing.introduced_by}"))
+            # signing key, the offered one not announced in the center's log here
+            # (yet): its card printed after a rotation whose entry has not arrived
+            # (a hop may delay it), or its key leaked. Neither is taken: the card
+            # held stays, trusted, and the offer is reported. (Taking the card out
+            # of trust, as before, also stopped this node verifying the center's
+            # log, the very entry that would explain the card: a hop's delay, or an
+            # ordinary race, cut the center off for good. A thief holding the
+            # signing key gains nothing here: it could announce in the log anyway.)
+            conflicts.append((card.center, (
+                f"{introducer} introduces another seal key for {card.center} than "
+                + ("the one pinned directly" if not existing.introduced_by
+                   else f"the one introduced by {existing.introduced_by}")
+                + ", not announced in its log here: the card held stays")))
             continue
         if same_key and existing.introduced_by == introducer:
             if pin_conflict(card, out.values(), own_key) is None:

@@ -23,6 +23,7 @@ from node.core.types import FcnodeError, ValidationError
 from node.services.backup import BackupResult, make_backup
 from node.storage import audit as audit_tx
 from node.storage import keys as keys_tx
+from node.storage import log as log_tx
 from node.storage.db import immediate, open_sync
 
 STOPPED = "daemon stopped"
@@ -47,6 +48,22 @@ def audit(home: Home, action: str, detail: dict[str, Any]) -> None:
         with immediate(conn):
             audit_tx.append(conn, lambda m: sign(signing, AUDIT_DOMAIN, m), now_ms(), actor(),
                             action, detail)
+    finally:
+        conn.close()
+
+
+def compact_pending_erasure(home: Home) -> bool:
+    """Compact the text index if purges from peers wait for it (index_erasure):
+    the daemon compacts at shutdown, but one that was killed left the row, and
+    VACUUM INTO copies the index's segments with the purged words in them into a
+    backup kept for years. True if it compacted."""
+    conn = open_sync(home.database)
+    try:
+        with immediate(conn):
+            if log_tx.erasure_pending(conn) is None:
+                return False
+            log_tx.compact_index(conn)
+        return True
     finally:
         conn.close()
 
@@ -141,6 +158,7 @@ def remove_peer(home: Home, center: str) -> dict[str, Any]:
 
 def backup(home: Home, target: Path, include_keys: bool, force: bool) -> BackupResult:
     cfg = load_config(home)
+    compact_pending_erasure(home)
     result = make_backup(home, cfg.center, target, include_keys, force)
     audit(home, "node.backup", result.audit_detail())
     return result

@@ -161,6 +161,13 @@ class NodeService:
         # Seal keys origins announced in their logs (this center's own too), by
         # origin and seq: they win over a card's (keyhistory.seal_key_in_use).
         self._seals: dict[str, dict[int, SealAnnouncement]] = {}
+        # seal_key_for is asked for every sealed answer part, copy and hit, and an
+        # origin may announce at every entry of its log (a hostile center: 200,000
+        # announcements took 68 ms of CPU to sort at each call, bench/bench_seal_keys.py):
+        # the answer is kept per center until an announcement, its card or its
+        # distrust changes (the generation counts announcement changes).
+        self._seal_use: dict[str, tuple[tuple[int, bytes, int], SealKeyInUse]] = {}
+        self._seal_generation = 0
         # This center's private seal keys, current first, then retired ones (they
         # open what was sealed to them before a rotation). One list, changed in
         # place by rotate_seal: the replication links, the query fan-out and the
@@ -201,6 +208,7 @@ class NodeService:
             if peer.trusted}
         keys = {center: h.public_keys() for center, h in histories.items()}
         self._peers, self._peer_keys, self._histories = peers, keys, histories
+        self._seal_use = {}  # (a center no longer pinned leaves no entry behind)
         self._signers = {kid: c for c, ks in keys.items() for kid in ks}
 
     def keys_of(self, origin: str) -> dict[str, Ed25519PublicKey]:
@@ -287,19 +295,33 @@ class NodeService:
         peer = self.peers.get(center)
         if peer is None or not peer.trusted:
             return SealKeyInUse(b"", "card")
-        return seal_key_in_use(peer.seal_key, self._seals.get(center, {}).values(),
-                               peer.distrust_after or 0)
+        tag = (self._seal_generation, peer.seal_key, peer.distrust_after or 0)
+        known = self._seal_use.get(center)
+        if known is not None and known[0] == tag:
+            return known[1]
+        use = seal_key_in_use(peer.seal_key, self._seals.get(center, {}).values(),
+                              peer.distrust_after or 0)
+        self._seal_use[center] = (tag, use)
+        return use
 
-    def announced_seal_keys(self) -> dict[str, frozenset[bytes]]:
+    def announced_seal_keys(self) -> dict[str, dict[bytes, int]]:
         """Per center, every seal key its log announced or replaced (after its
-        latest distrust): introductions take a card carrying either as the
-        center's own, not as a second key (node/services/introductions.py)."""
-        out = {}
+        latest distrust), with how recent it is (the seq it was announced at, or
+        the one before the seq that replaced it): introductions take a card
+        carrying either as the center's own, not as a second key, and never
+        follow an introducer back to an older one (node/services/introductions.py)."""
+        out: dict[str, dict[bytes, int]] = {}
         for center, anns in self._seals.items():
             peer = self.peers.get(center)
             after = peer.distrust_after or 0 if peer is not None else 0
-            keys_ = {k for a in anns.values() if a.seq > after for k in (a.old, a.new)}
-            out[center] = frozenset(keys_ - {b""})
+            rank: dict[bytes, int] = {}
+            for a in anns.values():
+                if a.seq <= after:
+                    continue
+                rank[a.new] = max(rank.get(a.new, 0), a.seq)
+                if a.old:
+                    rank[a.old] = max(rank.get(a.old, 0), a.seq - 1)
+            out[center] = rank
         return out
 
     def learn_seals(self, seals: Iterable[SealAnnouncement]) -> bool:
@@ -311,6 +333,8 @@ class NodeService:
             if a.seq not in known:
                 known[a.seq] = a
                 changed = True
+        if changed:
+            self._seal_generation += 1
         return changed
 
     def distrusted_key_ids(self, center: str) -> list[tuple[int, set[str]]]:
@@ -339,6 +363,7 @@ class NodeService:
                         c, center, after, ids, now_ms()))
         if moved:  # seal keys and certificates announced there are gone with them
             self._seals.pop(center, None)
+            self._seal_generation += 1
             self.learn_seals(a for a in await self.db.read(keys_tx.seals) if a.origin == center)
             self._certs.pop(center, None)
             self.learn_certs(AnnouncedCert(o, f, der, na, seq) for o, f, der, na, seq, _

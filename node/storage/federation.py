@@ -101,10 +101,32 @@ def rejections_since(conn: sqlite3.Connection, peer: str, origin: str, reason: s
                         ).fetchone()[0]
 
 
+# Rejection rows a peer's items cause (for review; the metric counts every one):
+# a peer may stream bad batches as fast as this node verifies them, each a row.
+MAX_REJECTIONS_PER_MINUTE = 60  # per peer; beyond, counted only
+MAX_REJECTIONS_PER_PEER = 10_000  # kept per peer, the oldest dropped first
+
+
 def reject(conn: sqlite3.Connection, ts_ms: int, peer: str, origin: str, seq: int,
-           reason: str) -> None:
-    conn.execute("INSERT INTO rejections (ts_ms, peer, origin, seq, reason) VALUES (?, ?, ?, ?, ?)",
-                 (ts_ms, peer, origin, seq, reason))
+           reason: str, bounded: bool = True) -> bool:
+    """Keep a rejection for review; False if not kept (the peer's share of rows
+    for this minute is used up). ``bounded`` False: a row that a count depends on
+    (a contradicted hint, MAX_REWINDS in federation/ingest.py), bounded by that
+    rule itself, never dropped nor displaced by the peer's other rows."""
+    if bounded:
+        recent = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM rejections WHERE peer = ? AND ts_ms >= ? "
+            "LIMIT ?)", (peer, ts_ms - 60_000, MAX_REJECTIONS_PER_MINUTE)).fetchone()[0]
+        if recent >= MAX_REJECTIONS_PER_MINUTE:
+            return False
+    conn.execute("INSERT INTO rejections (ts_ms, peer, origin, seq, reason, bounded) "
+                 "VALUES (?, ?, ?, ?, ?, ?)", (ts_ms, peer, origin, seq, reason, int(bounded)))
+    if bounded:
+        conn.execute(
+            "DELETE FROM rejections WHERE peer = ? AND bounded = 1 AND ts_ms <= (SELECT ts_ms "
+            "FROM rejections WHERE peer = ? AND bounded = 1 ORDER BY ts_ms DESC LIMIT 1 "
+            "OFFSET ?)", (peer, peer, MAX_REJECTIONS_PER_PEER))
+    return True
 
 
 def rejection_counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -503,6 +503,11 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
     key_rows: dict[int, str] = {}
     seen: dict[tuple[str, str], RecordState] = {}
     purged = False
+    # A superseded version's or a retracted record's words left search but stay in
+    # the text index's segments until a compaction: noted like a purge from a peer
+    # (at most one compaction per index_compact_s), from the oldest such entry.
+    # (This node's own entries: their own creation time, which this node set.)
+    erased_since = 0
     for i, b in enumerate(bodies):
         key = (b.origin, b.record_id)
         prior = priors[i] if priors is not None else UNKNOWN
@@ -531,6 +536,7 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
                 # Newest version wins everywhere: superseded versions keep only
                 # their hash, so no node can serve or show them again.
                 erase_content(conn, b.origin, b.record_id, rec, keep_seq=b.seq)
+                erased_since = erased_since or defer_since_ms or b.created_ms
             ents = " ".join(e.value for e in b.entities)
             fts_rows[rec] = (rec, b.title, b.narrative, " ".join(b.labels), ents)
             key_rows[rec] = key_tokens(k for e in b.entities for k in e.keys)
@@ -541,6 +547,7 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
             key_rows.pop(rec, None)
             erase_content(conn, b.origin, b.record_id, rec, keep_seq=b.seq)
             purged = purged or b.kind == records_pb2.PURGE
+            erased_since = erased_since or defer_since_ms or b.created_ms
         seen[key] = (rec, b.version, state)
         results.append("applied")
     conn.executemany(
@@ -549,6 +556,8 @@ def apply_entries(conn: sqlite3.Connection, bodies: list[records_pb2.RecordBody]
     conn.executemany(ENTITY_INSERT, [(rec, tokens) for rec, tokens in key_rows.items() if tokens])
     if purged:
         erased(conn, defer_since_ms)
+    elif erased_since:
+        note_erasure(conn, erased_since)
     return results
 
 

@@ -522,4 +522,14 @@ MIGRATIONS: list[str] = [
         SELECT rec, group_concat(lower(hex(key)), ' ') FROM entity_keys GROUP BY rec;
     DROP TABLE entity_keys;
     """,
+    # 21: (session 17, red team) rejections kept per peer are bounded (a minute's
+    # share, and in all: node/storage/federation.reject); rows a count depends on
+    # (contradicted hints) are marked unbounded and never displaced. The index
+    # serves those bounds and the contradicted-hint count of every batch.
+    """
+    ALTER TABLE rejections ADD COLUMN bounded INTEGER NOT NULL DEFAULT 1;
+    UPDATE rejections SET bounded = 0
+        WHERE reason = 'placeholder contradicted by the origin''s entry';
+    CREATE INDEX rejections_by_peer ON rejections (peer, ts_ms);
+    """,
 ]

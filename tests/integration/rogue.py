@@ -45,6 +45,7 @@ class Rogue(federation_pb2_grpc.FederationServicer):
         self.items: list[federation_pb2.LogItem] = []
         self.heads: dict[str, int] = {}  # reported on the batch (claims, not proof)
         self.heartbeats = 0  # more batches of heads alone after the first, at once
+        self.repeats = 0  # the first batch sent again this many times, at once (a flood)
         self.requests: list[object] = []
         self.answers: list[records_pb2.Envelope] = []
         self.pointers: list[federation_pb2.Pointer] = []  # sent with `answers`
@@ -105,6 +106,8 @@ class Rogue(federation_pb2_grpc.FederationServicer):
             items=[i for i in self.items if i.seq > cursors.get(i.origin, 0)],
             heads=self.heads)
         yield batch
+        for _ in range(self.repeats):
+            yield batch
         for _ in range(self.heartbeats):
             yield federation_pb2.ReplicateBatch(heads=self.heads)
         await asyncio.sleep(3600)

@@ -336,3 +336,53 @@ def test_pending_erasure_is_compacted_at_shutdown(make_node, tmp_path: Path) -> 
     assert WORDS[1].encode() in db_bytes(spoke)
     spoke.stop()
     assert WORDS[1].encode() not in db_bytes(spoke)
+
+
+def test_pending_erasure_is_compacted_before_an_offline_backup(make_node,
+                                                                tmp_path: Path) -> None:
+    """Red team: a daemon killed (crash, OOM, kill -9) while a purge from a peer
+    waits for index_compact_s leaves the purged words in the text index's
+    segments (the index_erasure row survives for the next start). An offline
+    `fcnode backup` taken before that start copied them into a file kept for
+    years, beyond any bound."""
+    origin = make_node("origin")
+    spoke = _compacting_every(make_node, "spoke", 3600.0)
+    star(origin, [spoke])
+    rid = origin.publish("--kind", "BOLO", "--title", WORDS[2], "--audience",
+                         "members")["record_id"]
+    wait_state(spoke, rid, 1, "active")
+    origin.ok("purge", rid, "--reason", "unreliable")
+    wait_state(spoke, rid, 2, "purged")
+    assert spoke.status()["index_erasure"]["purges"] == 1
+    spoke.kill()  # no shutdown compaction
+    assert WORDS[2].encode() in db_bytes(spoke)  # the test can see it
+    spoke.ok("backup", str(tmp_path / "offline.db"))
+    assert WORDS[2].encode() not in (tmp_path / "offline.db").read_bytes()
+    with contextlib.closing(spoke.db()) as conn:
+        assert conn.execute("SELECT count(*) FROM index_erasure").fetchone()[0] == 0
+
+
+def test_superseded_and_retracted_words_leave_the_index_file_within_the_bound(
+        make_node) -> None:
+    """Red team: a new version (the origin removed a name it should not have
+    written) and a retraction erase the old content (payload zeroed, out of
+    search), but the words stayed in the text index's segments, in the file and in
+    every backup, at every holder and at the origin: only a purge compacted the
+    index. They now leave it within index_compact_s, as a purge's do."""
+    origin = _compacting_every(make_node, "origin", 1.0)
+    spoke = _compacting_every(make_node, "spoke", 1.0)
+    star(origin, [spoke])
+    kept, gone = WORDS[3], WORDS[4]
+    rid = origin.publish("--kind", "BOLO", "--title", kept, "--audience",
+                         "members")["record_id"]
+    rid2 = origin.publish("--kind", "BOLO", "--title", gone, "--audience",
+                          "members")["record_id"]
+    wait_state(spoke, rid, 1, "active")
+    wait_state(spoke, rid2, 1, "active")
+    assert kept.encode() in db_bytes(spoke) and gone.encode() in db_bytes(spoke)
+    origin.ok("update", rid, "--title", "harmless", "--reason", "name removed")
+    origin.ok("retract", rid2, "--reason", "withdrawn")
+    wait_state(spoke, rid, 2, "active")
+    wait_state(spoke, rid2, 2, "retracted")
+    for node in (origin, spoke):  # before the fix: there for good
+        wait_erased(node, kept.encode(), gone.encode())

@@ -208,5 +208,19 @@ def test_hop_that_drops_the_tail_of_a_sealed_answer_is_seen(make_node, tmp_path:
                    user="ann")
         line = next(ln for ln in out.splitlines() if ln.strip().startswith("cc "))
         assert "incomplete" in line and "INCOMPLETE" in line and "parts 1" in line, line
+
+        # Red team (session 17): the hop repeats the first part (each copy verifies:
+        # the center's own bytes) until cc's share of this query's answer messages
+        # is used up, then passes the last part too. Every part arrived, so cc was
+        # "complete"; the last part's records were cut as "more answer messages
+        # than the limit needs": withheld, passed off as the asker's own limit. A
+        # part number already taken is not taken again.
+        hop.passes = lambda parts: [parts[0]] * 250 + parts[1:]
+        results, summary = query(a, "ann", "--limit", "200")
+        cc = summary["summary"]["cc"]
+        assert (cc["status"], cc["completeness"], cc["parts"]) == ("answered", "complete", 2), cc
+        # Before the fix: 64 (the second part cut by the duplicates), truncated.
+        assert sum(r["origin"] == "cc" for r in results) == 70, cc
+        assert not cc.get("truncated"), cc
     finally:
         hop.stop()

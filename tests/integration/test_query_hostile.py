@@ -206,3 +206,24 @@ def test_refused_queries_cost_one_log_line_a_minute(make_node, tmp_path: Path) -
     # Before the fix: 30 lines.
     assert len(lines) == 1, f"{len(lines)} lines for 30 refused queries"
     assert "query is not signed" in lines[0]
+
+
+def test_bogus_relayed_parts_cost_one_log_line_a_query(make_node, tmp_path: Path) -> None:
+    """Red team (session 17): a hostile direct peer answers a user's query with
+    thousands of tiny sealed parts that do not verify, within its relay budget
+    (bytes and messages): each wrote 'relayed answer failed verification', so one
+    query could write hundreds of thousands of lines. One line a hop and query
+    now, with the count; the summary counts every part (`tampered`)."""
+    alpha = make_node("alpha")
+    alpha.add_user("det")
+    rogue = Rogue(tmp_path, "rogue")
+    bogus = federation_pb2.SealedAnswer(center="nobodyz", part=0, sealed=b"x",
+                                        signature=b"y", key_id="z")
+    rogue.flood = (federation_pb2.QueryAnswer(relayed=[bogus] * 2000), 2)
+    rogue.serve(alpha.card())
+    alpha.ok("peers", "add", rogue.card.line())
+    lines = alpha.json_lines("query", "flood", "--timeout", "10s", user="det")
+    assert lines[-1]["summary"]["rogue"]["tampered"] == 4000, lines[-1]
+    logged = [ln for ln in alpha.log_tail(100_000_000).splitlines()
+              if "relayed answer failed verification" in ln]
+    assert len(logged) == 1, len(logged)  # before the fix: 4000

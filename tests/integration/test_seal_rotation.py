@@ -150,3 +150,50 @@ def test_seal_key_rotation_reaches_peers_and_beyond_with_no_admin_there(
     again = origin.json("keys", "rotate", "--seal", "--retire")
     assert again["retired"] == 2 or int(again["retired"]) == 2
     assert sorted(p.name for p in origin.home.glob("encryption.key*")) == ["encryption.key"]
+
+
+def test_a_rotated_card_offered_before_the_log_entry_does_not_cut_the_center_off(
+        make_node, tmp_path: Path) -> None:
+    """Red team. o knows x only through an introducer that is also the hub o gets
+    x's log from. x rotates its seal key; the hub withholds the SEAL_KEY_ROTATION
+    entry (a delay: allowed) and introduces x's new card (x signed that key). o
+    took the card as a second signed seal key: an introduced card in conflict,
+    untrusted until an administrator acted, and so x's log no longer verified at
+    o, the announcement that would have explained the card included: a hop's
+    delay became a block of x at o, for good. The offer is reported and the card
+    held stays; once x's entry arrives the log decides."""
+    x = make_node("xx")
+    o = make_node("oo", start=False)
+    o.edit_config("introduction_poll_s = 30.0", "introduction_poll_s = 0.3")
+    o.start()
+    first = x.publish("--kind", "BOLO", "--title", "x before", "--audience", "members")
+    hub = Rogue(tmp_path, "hub")  # introduces x, relays none of x's log
+    hub.introduces = [(x.card(), [])]
+    hub.serve(o.card())
+    relay = None
+    try:
+        o.ok("peers", "add", hub.card.line(), "--introducer")
+        old = parse_card(x.card())
+        o.wait_for(lambda: "xx" in {p["center"] for p in o.call("ListPeers")}, 30,
+                   "xx introduced at oo")
+        o.wait_for(lambda: in_use(o, "xx") == (b64e(old.seal_key), "card"), 30,
+                   "xx introduced at oo")
+        seq = int(x.json("keys", "rotate", "--seal")["seq"])
+        new = parse_card(x.card())
+        hub.introduces = [(new.line(), [])]
+        o.wait_for(lambda: "another seal key" in o.log_tail(1_000_000), 30,
+                   "the new card's offer seen at o")
+        shown = {p["center"]: p for p in o.call("ListPeers")}["xx"]
+        assert not shown.get("conflict"), shown  # before the fix: in conflict, untrusted
+        assert in_use(o, "xx") == (b64e(old.seal_key), "card")
+        # The entry arrives (another peer relays x's log): the log decides.
+        relay = Rogue(tmp_path, "relay")
+        relay.items = _entries(x, "xx", (int(first["seq"]), seq))
+        relay.serve(o.card())
+        o.ok("peers", "add", relay.card.line())
+        o.wait_for(lambda: in_use(o, "xx") == (b64e(new.seal_key), f"log seq {seq}"), 30,
+                   "the announced key in use at o")
+    finally:
+        hub.stop()
+        if relay is not None:
+            relay.stop()

@@ -271,3 +271,41 @@ def test_an_introducers_bad_cards_cost_one_log_line_a_round(make_node, tmp_path:
                       reason="seal_signature") or 0) >= 200
     finally:
         rogue.stop()
+
+
+def test_refused_introductions_under_made_up_names_cost_bounded_log_and_memory(
+        make_node, tmp_path: Path) -> None:
+    """Red team (session 17): an introducer offering cards that cannot be pinned
+    (here: this node's own signing key) under names it makes up at every round.
+    Each new name wrote an 'introduction conflict' line and stayed in the node's
+    conflict list (shown in status) for good: lines and memory without bound (up
+    to 10,000 names a round). One line a round for such refusals now, and only
+    the introducer's current view is remembered."""
+    import time
+
+    s1, _, _, rogue = victim_and_introducer(make_node, tmp_path)
+    own = s1.card().split("/")[:7]  # an older release's card form: no seal key
+
+    def names(r: int) -> list[tuple[str, list[str]]]:
+        return [("/".join([own[0], f"fake-{r}-{i}", *own[2:]]), []) for i in range(100)]
+
+    rogue.introduces = names(0)
+    rogue.serve(s1.card())
+    try:
+        s1.ok("peers", "add", rogue.card.line(), "--introducer")
+        for r in range(1, 4):
+            served = rogue.introductions_served
+            s1.wait_for(lambda s=served: rogue.introductions_served >= s + 2,
+                        what="s1 polled the made-up names")
+            rogue.introduces = names(r)
+        served = rogue.introductions_served
+        s1.wait_for(lambda: rogue.introductions_served >= served + 2, what="the last round")
+        time.sleep(0.3)
+        lines = [ln for ln in s1.log_tail(50_000_000).splitlines()
+                 if "introduction conflict" in ln or "introduction refused" in ln]
+        rounds = rogue.introductions_served
+        assert len(lines) <= rounds, f"{len(lines)} lines for {rounds} rounds"  # before: 400
+        shown = s1.json("status").get("key_conflicts", [])
+        assert len(shown) <= 100, len(shown)  # before: 400, growing every round
+    finally:
+        rogue.stop()
