@@ -408,6 +408,7 @@ class PeerLink:
                     "not_logged_before": held})
         for fork in result.forks:
             log.error("FORK: origin quarantined", extra={"peer": center, "fork": fork})
+            self.node.forked.add(fork.partition(":")[0])
             if fork.startswith(f"{own}:"):
                 log.error("this center's OWN log has forked: nothing more is signed until an "
                           "administrator resolves it", extra={"peer": center, "fork": fork})

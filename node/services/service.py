@@ -168,6 +168,11 @@ class NodeService:
         # distrust changes (the generation counts announcement changes).
         self._seal_use: dict[str, tuple[tuple[int, bytes, int], SealKeyInUse]] = {}
         self._seal_generation = 0
+        # Origins quarantined for a fork: two entries signed at one position mean its
+        # key may be stolen, and the thief's branch may have announced a seal key of
+        # its own. Nothing is sealed to such a center until the stolen-key runbook
+        # (peers update --distrust-after) clears it. Loaded at start, kept by ingest.
+        self.forked: set[str] = set()
         # This center's private seal keys, current first, then retired ones (they
         # open what was sealed to them before a rotation). One list, changed in
         # place by rotate_seal: the replication links, the query fan-out and the
@@ -295,6 +300,8 @@ class NodeService:
         peer = self.peers.get(center)
         if peer is None or not peer.trusted:
             return SealKeyInUse(b"", "card")
+        if center in self.forked:
+            return SealKeyInUse(b"", "forked")
         tag = (self._seal_generation, peer.seal_key, peer.distrust_after or 0)
         known = self._seal_use.get(center)
         if known is not None and known[0] == tag:
@@ -361,7 +368,9 @@ class NodeService:
                 moved += await self.db.run(
                     lambda c, after=after, ids=ids: keys_tx.distrust_held(
                         c, center, after, ids, now_ms()))
-        if moved:  # seal keys and certificates announced there are gone with them
+        if moved:  # seal keys and certificates announced there are gone with them,
+            #        and so is the quarantine (keys_tx.distrust_held)
+            self.forked.discard(center)
             self._seals.pop(center, None)
             self._seal_generation += 1
             self.learn_seals(a for a in await self.db.read(keys_tx.seals) if a.origin == center)
@@ -436,6 +445,7 @@ class NodeService:
         self._cert_announced_ms.update({f: learned for o, f, _, _, _, learned in rows
                                         if o == self.center})
         self.learn_seals(await self.db.read(keys_tx.seals))
+        self.forked = set(await self.db.read(fed_tx.quarantined))
         self._finish_seal_swap()
         self.seal_privates[:] = keys.seal_keys(self.home.encryption_key)
         own = self._seals.get(self.center, {})

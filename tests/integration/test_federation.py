@@ -226,6 +226,7 @@ def test_fork_is_kept_as_evidence_and_quarantines_the_origin(make_node, tmp_path
     rogue.serve(node.card())
     node.ok("peers", "add", rogue.card.line())
     node.wait_head("mike", 2)
+    assert node.json("peers", "show", "mike")["seal_key_in_use"]
     # The origin now signs a different seq 2: equivocation.
     other = rogue.item(rogue.body(2, honest[0].hash, "second, rewritten"))
     rogue.items = [honest[0], other, rogue.item(rogue.body(3, other.hash, "third"))]
@@ -242,6 +243,12 @@ def test_fork_is_kept_as_evidence_and_quarantines_the_origin(make_node, tmp_path
         fork = conn.execute("SELECT held_payload, other_payload FROM forks").fetchone()
     assert b"second" in fork[0] and b"rewritten" in fork[1]
     assert node.head("mike") == 2
+    # Its key may be stolen, and the thief's branch may announce a seal key of its
+    # own: nothing is sealed to a forked center (also after a restart).
+    assert node.json("peers", "show", "mike")["seal_key_in_use"] == ""
+    node.stop()
+    node.start()
+    assert node.json("peers", "show", "mike")["seal_key_in_use"] == ""
     rogue.stop()
 
 

@@ -25,7 +25,7 @@ def test_the_key_in_use_is_computed_once_per_change(monkeypatch: pytest.MonkeyPa
                         lambda *a: calls.append(a) or real(*a))  # type: ignore[func-returns-value]
     x = card("xx")
     node = SimpleNamespace(peers={"xx": Peer(x, connect=False)}, _seal_use={},
-                           _seal_generation=0, _seals={})
+                           _seal_generation=0, _seals={}, forked=set())
     keys = [x.seal_key, *(os.urandom(32) for _ in range(49))]
     anns = [SealAnnouncement("xx", i, keys[i - 1], keys[i]) for i in range(1, 50)]
     NodeService.learn_seals(node, anns)  # type: ignore[arg-type]
@@ -39,4 +39,8 @@ def test_the_key_in_use_is_computed_once_per_change(monkeypatch: pytest.MonkeyPa
     node.peers = {"xx": Peer(x, connect=False, distrusts=(Distrust(x.signing_key, 50),))}
     assert NodeService.seal_key_for(node, "xx").source == "card"  # type: ignore[arg-type]
     node.peers = {"xx": Peer(x, connect=False, introduced_by="hub", conflict="?")}
+    assert NodeService.seal_key_for(node, "xx").key == b""  # type: ignore[arg-type]
+    # A fork: the key may be stolen and the thief's branch may announce a seal key.
+    node.peers = {"xx": Peer(x, connect=False)}
+    node.forked = {"xx"}
     assert NodeService.seal_key_for(node, "xx").key == b""  # type: ignore[arg-type]
