@@ -10,7 +10,9 @@ full `PRAGMA integrity_check`, fsynced, then renamed over the target.
 Formats (the first bytes tell them apart):
 - plain: the SQLite database itself (`node.db` of the home). No keys.
 - `--include-keys`: an uncompressed tar holding MANIFEST.json, node.db,
-  node.toml, peers.toml, signing.key, tls.key and tls.crt (members 0600).
+  node.toml, peers.toml, signing.key, tls.key, tls.crt and encryption.key (the
+  seal key: without it a rebuilt node cannot open what peers seal to it; a home
+  made before seal keys existed has none yet) (members 0600).
   Anyone holding it can act as this center: store it like the keys themselves.
 """
 
@@ -33,7 +35,8 @@ from node.core.types import ValidationError
 from node.storage.backup import CopyFacts, inspect_copy, vacuum_into
 
 BUNDLE_FORMAT = "fcnode-backup/1"
-KEY_FILES = ("signing.key", "tls.key", "tls.crt")
+KEY_FILES = ("signing.key", "tls.key", "tls.crt", "encryption.key")
+REQUIRED_KEY_FILES = ("signing.key", "tls.key", "tls.crt")
 CONFIG_FILES = ("node.toml", "peers.toml")
 
 
@@ -102,7 +105,7 @@ def _sha256_file(path: Path) -> str:
 
 def _bundle(out: Path, db_copy: Path, home: Home, center: str, facts: CopyFacts) -> None:
     files = [(name, home.root / name) for name in (*CONFIG_FILES, *KEY_FILES)
-             if (home.root / name).exists() or name in KEY_FILES]
+             if (home.root / name).exists() or name in REQUIRED_KEY_FILES]
     manifest = {"format": BUNDLE_FORMAT, "center": center,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "own_head": {"seq": facts.head_seq, "hash": facts.head_hash.hex()},

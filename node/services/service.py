@@ -450,7 +450,8 @@ class NodeService:
         self.seal_privates[:] = keys.seal_keys(self.home.encryption_key)
         own = self._seals.get(self.center, {})
         if own and own[max(own)].new != self.own_seal_public():
-            # (A home rebuilt without encryption.key, which backups do not hold.)
+            # (A home rebuilt from a plain backup, or a key bundle of a release
+            # before session 17: neither holds encryption.key.)
             log.warning("encryption.key is not the seal key this center's log announced "
                         "last: peers seal to that one and this node cannot open it; run "
                         "fcnode keys rotate --seal", extra={"announced_seq": max(own)})

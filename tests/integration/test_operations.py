@@ -103,10 +103,10 @@ def test_backup_with_keys_and_on_a_stopped_node(make_node, tmp_path: Path) -> No
     with tarfile.open(bundle) as tar:
         members = {m.name: m for m in tar.getmembers()}
         assert set(members) == {"MANIFEST.json", "node.db", "node.toml", "peers.toml",
-                                "signing.key", "tls.key", "tls.crt"}
+                                "signing.key", "tls.key", "tls.crt", "encryption.key"}
         assert all(m.mode == 0o600 for m in members.values())
         manifest = json.load(tar.extractfile("MANIFEST.json"))  # type: ignore[arg-type]
-        for name in ("signing.key", "tls.key", "tls.crt", "node.toml"):
+        for name in ("signing.key", "tls.key", "tls.crt", "encryption.key", "node.toml"):
             data = tar.extractfile(name).read()  # type: ignore[union-attr]
             assert data == (node.home / name).read_bytes()
             assert manifest["files"][name] == hashlib.sha256(data).hexdigest()

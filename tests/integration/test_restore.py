@@ -244,10 +244,10 @@ def test_bad_restores_change_nothing(make_node, tmp_path: Path) -> None:
     r = run_cli("restore", str(good), "--home", str(rebuilt), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert sorted(out["installed"]) == ["node.toml", "peers.toml", "signing.key", "tls.crt",
-                                        "tls.key"]
+    assert sorted(out["installed"]) == ["encryption.key", "node.toml", "peers.toml",
+                                        "signing.key", "tls.crt", "tls.key"]
     assert out["replaced"] is None
-    for name in ("signing.key", "tls.key", "node.toml"):
+    for name in ("signing.key", "tls.key", "encryption.key", "node.toml"):
         assert (rebuilt / name).read_bytes() == (a.home / name).read_bytes()
         assert (rebuilt / name).stat().st_mode & 0o777 == 0o600
     with contextlib.closing(sqlite3.connect(rebuilt / "node.db")) as conn:
