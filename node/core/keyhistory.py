@@ -306,19 +306,22 @@ class SealKeyInUse:
 
 
 def seal_key_in_use(card_key: bytes, announced: Iterable[SealAnnouncement],
-                    after_seq: int = 0) -> SealKeyInUse:
+                    after_seq: int = 0, complete: bool = True) -> SealKeyInUse:
     """Which seal key wins for one center: ``card_key`` (the card's key as far as
     it is believed; b"" if none or not believed) against the announcements of its
     log (verified, any order). Only announcements after ``after_seq`` count (the
     latest `peers update --distrust-after`: the re-pinned card is the new root).
     The newest announcement wins, unless the card's key is one no announcement
     replaced (neither an announcement's ``old`` nor an earlier announcement's
-    ``new``): then the card is newer than this node's copy of the log."""
+    ``new``): then the card is newer than this node's copy of the log.
+    ``complete`` False: the oldest announcements were let go (a bound on memory),
+    so a card key not among those held may be one they replaced: the log wins
+    (a newer card waits for its announcement, never an older one comes back)."""
     ordered = sorted((a for a in announced if a.seq > after_seq), key=lambda a: a.seq)
     if not ordered:
         return SealKeyInUse(card_key, "card")
     newest = ordered[-1]
     replaced = {a.old for a in ordered} | {a.new for a in ordered[:-1]}
-    if card_key and card_key != newest.new and card_key not in replaced:
+    if complete and card_key and card_key != newest.new and card_key not in replaced:
         return SealKeyInUse(card_key, "card")
     return SealKeyInUse(newest.new, f"log seq {newest.seq}", newest.seq)

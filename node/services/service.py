@@ -93,6 +93,9 @@ from node.wire import records_pb2
 
 log = logs.get("fcnode.node")
 
+# Seal-key announcements of one center kept in memory (NodeService.learn_seals).
+MAX_SEAL_ANNOUNCEMENTS = 256
+
 
 class NotFound(FcnodeError):
     pass
@@ -168,6 +171,7 @@ class NodeService:
         # distrust changes (the generation counts announcement changes).
         self._seal_use: dict[str, tuple[tuple[int, bytes, int], SealKeyInUse]] = {}
         self._seal_generation = 0
+        self._seals_trimmed: set[str] = set()  # centers whose oldest were let go
         # Origins quarantined for a fork: two entries signed at one position mean its
         # key may be stolen, and the thief's branch may have announced a seal key of
         # its own. Nothing is sealed to such a center until the stolen-key runbook
@@ -307,7 +311,7 @@ class NodeService:
         if known is not None and known[0] == tag:
             return known[1]
         use = seal_key_in_use(peer.seal_key, self._seals.get(center, {}).values(),
-                              peer.distrust_after or 0)
+                              peer.distrust_after or 0, center not in self._seals_trimmed)
         self._seal_use[center] = (tag, use)
         return use
 
@@ -333,13 +337,23 @@ class NodeService:
 
     def learn_seals(self, seals: Iterable[SealAnnouncement]) -> bool:
         """Verified seal-key announcements (from ingest, or the database at start).
-        True if anything is new."""
+        True if anything is new. Only the newest MAX_SEAL_ANNOUNCEMENTS of a center
+        are kept in memory (all stay in the database): a center that announced a key
+        at every entry of its log made every node hold ~260 bytes per entry for good
+        (red team, session 17: 52 MB per 200,000). An honest center rotates a few
+        times in its life; one that rotated more than that many times loses only the
+        protection of its oldest keys against a replayed card."""
         changed = False
         for a in seals:
             known = self._seals.setdefault(a.origin, {})
             if a.seq not in known:
                 known[a.seq] = a
                 changed = True
+        for origin, known in self._seals.items():
+            if len(known) > MAX_SEAL_ANNOUNCEMENTS:
+                self._seals[origin] = {q: known[q] for q in sorted(known)[
+                    -MAX_SEAL_ANNOUNCEMENTS:]}
+                self._seals_trimmed.add(origin)
         if changed:
             self._seal_generation += 1
         return changed
@@ -372,6 +386,7 @@ class NodeService:
             #        and so is the quarantine (keys_tx.distrust_held)
             self.forked.discard(center)
             self._seals.pop(center, None)
+            self._seals_trimmed.discard(center)
             self._seal_generation += 1
             self.learn_seals(a for a in await self.db.read(keys_tx.seals) if a.origin == center)
             self._certs.pop(center, None)

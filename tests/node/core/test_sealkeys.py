@@ -178,3 +178,11 @@ def test_certificates_announced_in_entries_a_distrusted_key_signed_go_with_them(
     keys_tx.distrust_held(conn, "o", 1, {key_id(SIGNER.public_key())}, 3)
     conn.execute("COMMIT")
     assert [(o, f, seq) for o, f, _, _, seq, _ in keys_tx.certs(conn)] == [("o", "f1", 1)]
+
+
+def test_with_the_oldest_announcements_let_go_the_log_wins_over_any_card() -> None:
+    # Memory holds only the newest announcements: a card key not among them may be
+    # one they replaced, so it never wins (a newer card waits for its entry).
+    held = [ann(300, P1, P2)]
+    assert seal_key_in_use(P0, held).source == "card"  # all held: P0 is newer
+    assert seal_key_in_use(P0, held, complete=False) == SealKeyInUse(P2, "log seq 300", 300)

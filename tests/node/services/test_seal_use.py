@@ -25,7 +25,8 @@ def test_the_key_in_use_is_computed_once_per_change(monkeypatch: pytest.MonkeyPa
                         lambda *a: calls.append(a) or real(*a))  # type: ignore[func-returns-value]
     x = card("xx")
     node = SimpleNamespace(peers={"xx": Peer(x, connect=False)}, _seal_use={},
-                           _seal_generation=0, _seals={}, forked=set())
+                           _seal_generation=0, _seals={}, forked=set(),
+                           _seals_trimmed=set())
     keys = [x.seal_key, *(os.urandom(32) for _ in range(49))]
     anns = [SealAnnouncement("xx", i, keys[i - 1], keys[i]) for i in range(1, 50)]
     NodeService.learn_seals(node, anns)  # type: ignore[arg-type]
@@ -44,3 +45,22 @@ def test_the_key_in_use_is_computed_once_per_change(monkeypatch: pytest.MonkeyPa
     node.peers = {"xx": Peer(x, connect=False)}
     node.forked = {"xx"}
     assert NodeService.seal_key_for(node, "xx").key == b""  # type: ignore[arg-type]
+
+
+def test_a_center_s_announcements_held_in_memory_are_bounded() -> None:
+    # A center announcing a seal key at every entry of its log must not make every
+    # node hold all of them in memory (they stay in the database); the newest wins.
+    x = card("xx")
+    node = SimpleNamespace(peers={"xx": Peer(x, connect=False)}, _seal_use={},
+                           _seal_generation=0, _seals={}, forked=set(),
+                           _seals_trimmed=set())
+    keys = [x.seal_key, *(os.urandom(32) for _ in range(service.MAX_SEAL_ANNOUNCEMENTS + 50))]
+    anns = [SealAnnouncement("xx", i, keys[i - 1], keys[i]) for i in range(1, len(keys))]
+    NodeService.learn_seals(node, anns[::2])  # type: ignore[arg-type]
+    NodeService.learn_seals(node, anns[1::2])  # type: ignore[arg-type]  (out of order)
+    assert len(node._seals["xx"]) == service.MAX_SEAL_ANNOUNCEMENTS
+    assert min(node._seals["xx"]) == len(anns) - service.MAX_SEAL_ANNOUNCEMENTS + 1
+    assert NodeService.seal_key_for(node, "xx").key == anns[-1].new  # type: ignore[arg-type]
+    # The card's key was replaced long ago (its announcement no longer in memory): the
+    # log still wins over it, never the old card.
+    assert NodeService.seal_key_for(node, "xx").source != "card"  # type: ignore[arg-type]
