@@ -341,8 +341,8 @@ class NodeService:
         are kept in memory (all stay in the database): a center that announced a key
         at every entry of its log made every node hold ~260 bytes per entry for good
         (red team, session 17: 52 MB per 200,000). An honest center rotates a few
-        times in its life; one that rotated more than that many times loses only the
-        protection of its oldest keys against a replayed card."""
+        times in its life; once a center's oldest are let go, its card's key never
+        wins over its log (seal_key_for: ``complete`` False)."""
         changed = False
         for a in seals:
             known = self._seals.setdefault(a.origin, {})

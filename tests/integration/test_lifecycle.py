@@ -268,6 +268,17 @@ def test_lifecycle_answers_absent_and_not_yours_alike(make_node) -> None:
 WORDS = ["quokkaqz", "yakqz", "vicunaqz", "impalaqz", "wapitiqz"]  # no shared prefixes
 
 
+def purged_at_spoke(origin: Node, spoke: Node, title: str) -> None:
+    """The origin publishes a record titled ``title`` and purges it; the spoke holds
+    it purged, its erasure from the text index pending (one purge)."""
+    rid = origin.publish("--kind", "BOLO", "--title", title, "--audience",
+                         "members")["record_id"]
+    wait_state(spoke, rid, 1, "active")
+    origin.ok("purge", rid, "--reason", "unreliable")
+    wait_state(spoke, rid, 2, "purged")
+    assert spoke.status()["index_erasure"]["purges"] == 1
+
+
 def _compacting_every(make_node, center: str, seconds: float) -> Node:
     node = make_node(center, start=False)
     node.edit_config("index_compact_s = 600.0", f"index_compact_s = {seconds}")
@@ -316,23 +327,13 @@ def test_pending_erasure_is_compacted_at_shutdown(make_node, tmp_path: Path) -> 
     origin = make_node("origin")
     spoke = _compacting_every(make_node, "spoke", 3600.0)
     star(origin, [spoke])
-    rid = origin.publish("--kind", "BOLO", "--title", WORDS[0], "--audience",
-                         "members")["record_id"]
-    wait_state(spoke, rid, 1, "active")
-    origin.ok("purge", rid, "--reason", "unreliable")
-    wait_state(spoke, rid, 2, "purged")
-    assert spoke.status()["index_erasure"]["purges"] == 1
+    purged_at_spoke(origin, spoke, WORDS[0])
     assert WORDS[0].encode() in db_bytes(spoke)
     spoke.ok("backup", str(tmp_path / "spoke.db"))
     assert WORDS[0].encode() not in (tmp_path / "spoke.db").read_bytes()
     assert "index_erasure" not in spoke.status()
     # Once more, for the way out.
-    rid = origin.publish("--kind", "BOLO", "--title", WORDS[1], "--audience",
-                         "members")["record_id"]
-    wait_state(spoke, rid, 1, "active")
-    origin.ok("purge", rid, "--reason", "unreliable")
-    wait_state(spoke, rid, 2, "purged")
-    assert spoke.status()["index_erasure"]["purges"] == 1
+    purged_at_spoke(origin, spoke, WORDS[1])
     assert WORDS[1].encode() in db_bytes(spoke)
     spoke.stop()
     assert WORDS[1].encode() not in db_bytes(spoke)
@@ -348,12 +349,7 @@ def test_pending_erasure_is_compacted_before_an_offline_backup(make_node,
     origin = make_node("origin")
     spoke = _compacting_every(make_node, "spoke", 3600.0)
     star(origin, [spoke])
-    rid = origin.publish("--kind", "BOLO", "--title", WORDS[2], "--audience",
-                         "members")["record_id"]
-    wait_state(spoke, rid, 1, "active")
-    origin.ok("purge", rid, "--reason", "unreliable")
-    wait_state(spoke, rid, 2, "purged")
-    assert spoke.status()["index_erasure"]["purges"] == 1
+    purged_at_spoke(origin, spoke, WORDS[2])
     spoke.kill()  # no shutdown compaction
     assert WORDS[2].encode() in db_bytes(spoke)  # the test can see it
     spoke.ok("backup", str(tmp_path / "offline.db"))
