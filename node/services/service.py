@@ -13,11 +13,11 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -95,6 +95,8 @@ log = logs.get("fcnode.node")
 
 # Seal-key announcements of one center kept in memory (NodeService.learn_seals).
 MAX_SEAL_ANNOUNCEMENTS = 256
+
+T = TypeVar("T")
 
 
 class NotFound(FcnodeError):
@@ -514,6 +516,9 @@ class NodeService:
         rotation takes the next position and peers can distrust the old key after
         the one before it (README, "A stolen key: the runbook")."""
         self.require_admin(user, "rotating keys")
+        return await _uncancelled(self._rotate_signing(user, stolen))
+
+    async def _rotate_signing(self, user: User, stolen: bool) -> dict[str, Any]:
         async with self._rotating:
             new = Ed25519PrivateKey.generate()
             new_raw = raw_public(new.public_key())
@@ -551,7 +556,7 @@ class NodeService:
 
             try:
                 body, released = await self.db.run(tx)
-            except BaseException:
+            except Exception:  # rolled back (never on a cancel: the entry may commit)
                 nxt.unlink(missing_ok=True)
                 raise
             self._install_key(new, body.seq, old_raw)
@@ -594,6 +599,9 @@ class NodeService:
         key is deleted instead (after a leak, once nothing sealed to them is
         still wanted: README, "Rotating the seal key")."""
         self.require_admin(user, "rotating keys")
+        return await _uncancelled(self._rotate_seal(user, retire))
+
+    async def _rotate_seal(self, user: User, retire: bool) -> dict[str, Any]:
         async with self._rotating:
             self._finish_seal_swap()
             new = X25519PrivateKey.generate()
@@ -623,7 +631,7 @@ class NodeService:
 
             try:
                 announced = await self.db.run(tx)
-            except BaseException:
+            except Exception:  # rolled back (never on a cancel: the entry may commit)
                 nxt.unlink(missing_ok=True)
                 raise
             self.learn_seals([announced])
@@ -1220,6 +1228,16 @@ class NodeService:
 
         data = await self.db.read(tx)
         return {**out, "storage": str(self.db.path), "home": str(self.home.root), **data}
+
+
+async def _uncancelled(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even if the caller is cancelled (a CLI call that
+    times out, a client that goes away): a key rotation's entry is committed by
+    the database thread whatever happens to the caller, and the key file swap
+    after it must not be skipped, or peers would seal or verify with a key this
+    node no longer holds. (At a shutdown that cancels the task itself, the new
+    key file stays and the next start finishes or drops the swap.)"""
+    return await asyncio.shield(asyncio.ensure_future(work))
 
 
 def held_view(detail: dict[str, Any]) -> dict[str, Any]:
