@@ -162,7 +162,7 @@ def load_peer(task: tuple[str, str, int, int, int, int]) -> dict[str, Any]:
                         now: int = now) -> NodeService.Builder:
                 return lambda conn, seq, prev: record.build_body(
                     draft, origin=node.center, seq=seq, prev=prev,
-                    record_id=record.new_record_id(), version=1, created_ms=now,
+                    record_id=node.new_record_id(seq), version=1, created_ms=now,
                     audience=audience, author=author, contact=node.config.contact)
 
             builders = [builder(d, a) for d, a in zip(drafts, audiences, strict=True)]

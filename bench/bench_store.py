@@ -19,6 +19,7 @@ import collections
 import contextlib
 import itertools
 import os
+import secrets
 import shutil
 import sqlite3
 import tempfile
@@ -41,6 +42,7 @@ Item = tuple[records_pb2.Envelope, records_pb2.RecordBody]
 
 def make_items(n: int, origin: str = "rep-a") -> list[Item]:
     key = Ed25519PrivateKey.generate()
+    secret = secrets.token_bytes(32)  # as a node's (NodeService.new_record_id)
     corpus = h.Corpus(n, seed=3)
     now = int(time.time() * 1000)
     out: list[Item] = []
@@ -48,7 +50,9 @@ def make_items(n: int, origin: str = "rep-a") -> list[Item]:
     for i in range(n):
         draft = record.parse_draft(corpus.draft(i))
         body = record.build_body(draft, origin=origin, seq=i + 1, prev=prev,
-                                 record_id=record.new_record_id(), version=1, created_ms=now,
+                                 record_id=record.new_record_id(
+                                     record.id_cluster(secret, i + 1)),
+                                 version=1, created_ms=now,
                                  audience=frozenset({"members"}), author="bench",
                                  contact="bench desk")
         env = seal_record(key, body)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -174,6 +176,7 @@ class NodeService:
         self._seal_use: dict[str, tuple[tuple[int, bytes, int], SealKeyInUse]] = {}
         self._seal_generation = 0
         self._seals_trimmed: set[str] = set()  # centers whose oldest were let go
+        self._id_secret = ("", b"")  # (key id, secret) for new_record_id
         # Origins quarantined for a fork: two entries signed at one position mean its
         # key may be stolen, and the thief's branch may have announced a seal key of
         # its own. Nothing is sealed to such a center until the stolen-key runbook
@@ -431,7 +434,7 @@ class NodeService:
         now = now_ms()
 
         def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
-            body = announcement(self.center, seq, prev, record.new_record_id(now), now,
+            body = announcement(self.center, seq, prev, self.new_record_id(seq), now,
                                 user, self.config.contact)
             body.kind = records_pb2.CERT_RENEWAL
             body.new_tls_cert = der
@@ -501,6 +504,17 @@ class NodeService:
     def sign_audit(self, message: bytes) -> bytes:
         return sign(self.key, AUDIT_DOMAIN, message)
 
+    def new_record_id(self, seq: int) -> str:
+        """The id of a record this center creates at own-log position ``seq``: its
+        cluster keyed by a secret derived from the signing key (a new one after a
+        rotation, which only starts a new cluster), so ids made one after another
+        share a prefix nobody else can map to positions or times."""
+        if self._id_secret[0] != self.own_key_id:
+            self._id_secret = (self.own_key_id, hmac.new(
+                self.key.private_bytes_raw(), b"fcnode/record-id-secret/v1",
+                hashlib.sha256).digest())
+        return record.new_record_id(record.id_cluster(self._id_secret[1], seq))
+
     # -- key rotation -----------------------------------------------------
     def _next_key_path(self) -> Path:
         return self.home.signing_key.with_name(self.home.signing_key.name + ".next")
@@ -529,7 +543,7 @@ class NodeService:
             now = now_ms()
 
             def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
-                body = announcement(self.center, seq, prev, record.new_record_id(now), now,
+                body = announcement(self.center, seq, prev, self.new_record_id(seq), now,
                                     user.name, self.config.contact)
                 body.kind = records_pb2.KEY_ROTATION
                 body.new_key = new_raw
@@ -613,7 +627,7 @@ class NodeService:
             now = now_ms()
 
             def build(conn: sqlite3.Connection, seq: int, prev: bytes) -> records_pb2.RecordBody:
-                body = announcement(self.center, seq, prev, record.new_record_id(), now,
+                body = announcement(self.center, seq, prev, self.new_record_id(seq), now,
                                     user.name, self.config.contact)
                 body.kind = records_pb2.SEAL_KEY_ROTATION
                 body.new_seal_key = new_raw
@@ -1061,7 +1075,7 @@ class NodeService:
         def builder(draft: Draft, audience: frozenset[str]) -> NodeService.Builder:
             return lambda conn, seq, prev: record.build_body(
                 draft, origin=self.center, seq=seq, prev=prev,
-                record_id=record.new_record_id(now), version=1, created_ms=now,
+                record_id=self.new_record_id(seq), version=1, created_ms=now,
                 audience=audience, author=user.name, contact=self.config.contact)
 
         builders = [builder(d, a) for d, a in zip(drafts, audiences, strict=True)]
