@@ -406,9 +406,13 @@ class PeerLink:
                 log.warning("rejected entries", extra={
                     "peer": center, "reasons": dict(result.rejected),
                     "not_logged_before": held})
+        forked = False
         for fork in result.forks:
             log.error("FORK: origin quarantined", extra={"peer": center, "fork": fork})
             self.node.forked.add(fork.partition(":")[0])
+            forked = True
+        if forked:  # its announced certificates no longer count: TLS pins again
+            self.on_keys([], [], [])
             if fork.startswith(f"{own}:"):
                 log.error("this center's OWN log has forked: nothing more is signed until an "
                           "administrator resolves it", extra={"peer": center, "fork": fork})

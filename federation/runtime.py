@@ -295,6 +295,10 @@ class Federation:
             log.info("signing key rotation learned", extra={
                 "origins": sorted({r.origin for r in rotations}),
                 "seqs": [r.seq for r in rotations]})
+        if not (rotations or certs or seals):
+            # An origin was quarantined for a fork: its announced certificates no
+            # longer count (NodeService.announced_certs).
+            self.tls.update(self.node.peers.values(), self.node.announced_certs())
         if certs and self.node.learn_certs(certs):
             self.tls.update(self.node.peers.values(), self.node.announced_certs())
             log.info("TLS certificate renewal learned", extra={

@@ -420,10 +420,14 @@ class NodeService:
             peer = self.peers.get(o)
             return peer.distrust_after or 0 if peer is not None else 0
 
+        # A center quarantined for a fork: its key may be stolen, and a certificate
+        # the thief's branch announced would let it connect as the center; only the
+        # card's certificate counts until the runbook's distrust ends the quarantine.
         return {o: sorted((a for a in certs.values()
                            if a.not_after_ms > now and a.seq > after(o)), key=lambda a: a.seq)
                 for o, certs in self._certs.items()
-                if o != self.center and (origin is None or o == origin)}
+                if o != self.center and o not in self.forked
+                and (origin is None or o == origin)}
 
     def own_announced(self) -> list[AnnouncedCert]:
         return sorted(self._certs.get(self.center, {}).values(), key=lambda a: a.seq)
