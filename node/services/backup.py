@@ -32,7 +32,7 @@ from typing import Any
 
 from node.config.home import Home
 from node.core.types import ValidationError
-from node.storage.backup import CopyFacts, inspect_copy, vacuum_into
+from node.storage.backup import CopyFacts, erase_pending_in_copy, inspect_copy, vacuum_into
 
 BUNDLE_FORMAT = "fcnode-backup/1"
 KEY_FILES = ("signing.key", "tls.key", "tls.crt", "encryption.key")
@@ -134,6 +134,7 @@ def make_backup(home: Home, center: str, target: Path, include_keys: bool,
         db_copy = _reserve(target.parent, target.name, ".db.tmp")
         temps.append(db_copy)
         vacuum_into(home.database, db_copy)
+        erase_pending_in_copy(db_copy)
         facts = inspect_copy(db_copy, center)
         out = db_copy
         if include_keys:

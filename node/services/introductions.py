@@ -30,7 +30,8 @@ signed verify here wherever they come from. Rules:
   dropped: the card is adopted for verification, nothing is sealed to it. An
   offer without a signed seal key says nothing about it: a signed one held is
   kept. Another signed seal key for the same signing key (the center signed two,
-  or its key leaked) is a conflict, as for a signing key; a signed seal key for
+  or its key leaked) is reported, not taken: the card held keeps its trust (its
+  rotation entry may only be late; the log decides); a signed seal key for
   an introduced card held without one is taken, whichever introducer brings it
   (it is the center's word, not the introducer's). A seal key the center
   announced in its own log (a SEAL_KEY_ROTATION, replicated here) is no second

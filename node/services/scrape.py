@@ -147,9 +147,10 @@ class NodeCollector(Collector):
         yield quarantined
 
         erasure = snap.erasure
-        yield GaugeMetricFamily("fcnode_index_erasure_pending", "Purges from peers out of "
-                                "search whose terms are still in the text index file, until "
-                                "the next compaction", value=erasure[1] if erasure else 0)
+        yield GaugeMetricFamily("fcnode_index_erasure_pending", "Erased records (purges "
+                                "from peers, superseded versions, retractions) out of search "
+                                "whose terms are still in the text index file, until the next "
+                                "compaction", value=erasure[1] if erasure else 0)
         if erasure:
             yield GaugeMetricFamily("fcnode_index_erasure_pending_since_timestamp_seconds",
                                     "The oldest of them (compacted index_compact_s after)",

@@ -35,6 +35,25 @@ def vacuum_into(source: Path, target: Path) -> None:
             raise explain(source, exc) from None
 
 
+def erase_pending_in_copy(path: Path) -> bool:
+    """A copy holding a pending index erasure (a purge from a peer that arrived
+    after the daemon compacted for the backup, or a copy of a stopped node's file)
+    compacts its own text and entity indexes, freed pages zeroed, so no purged
+    word goes into a file kept for years. True if it had to."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        try:
+            if log_tx.erasure_pending(conn) is None:
+                return False
+            conn.execute("PRAGMA secure_delete = ON")
+            conn.execute("BEGIN IMMEDIATE")
+            log_tx.compact_index(conn)
+            conn.execute("COMMIT")
+            conn.execute("VACUUM")  # the copy is nobody else's: drop the freed pages
+        except sqlite3.Error as exc:
+            raise explain(path, exc) from None
+    return True
+
+
 def inspect_copy(path: Path, center: str) -> CopyFacts:
     """Open a copy read-only, run the full integrity check, read its own head."""
     with contextlib.closing(open_reader(path)) as conn:

@@ -118,9 +118,9 @@ COPY_DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("erased here", "erased"),
 )
 INDEX_COMPACTIONS = Counter(
-    "fcnode_index_compactions", "Compactions of the text index (FTS5 optimize) run for purges "
-    "from peers, at most one per [limits] index_compact_s: after one, the purged records' "
-    "terms are gone from the database file", registry=REGISTRY)
+    "fcnode_index_compactions", "Compactions of the text index (FTS5 optimize) run for erased "
+    "records (purges from peers, superseded versions, retractions), at most one per [limits] "
+    "index_compact_s: after one, their terms are gone from the database file", registry=REGISTRY)
 INDEX_COMPACTION_SECONDS = Histogram(
     "fcnode_index_compaction_seconds", "Time one such compaction took (it holds the writer)",
     buckets=LATENCY_BUCKETS, registry=REGISTRY)
