@@ -524,12 +524,14 @@ MIGRATIONS: list[str] = [
     """,
     # 21: (session 17, red team) rejections kept per peer are bounded (a minute's
     # share, and in all: node/storage/federation.reject); rows a count depends on
-    # (contradicted hints) are marked unbounded and never displaced. The index
-    # serves those bounds and the contradicted-hint count of every batch.
+    # (contradicted hints) are marked unbounded and never displaced. The indexes
+    # serve those bounds (a trim walks only index entries) and the
+    # contradicted-hint count of every batch.
     """
     ALTER TABLE rejections ADD COLUMN bounded INTEGER NOT NULL DEFAULT 1;
     UPDATE rejections SET bounded = 0
         WHERE reason = 'placeholder contradicted by the origin''s entry';
     CREATE INDEX rejections_by_peer ON rejections (peer, ts_ms);
+    CREATE INDEX rejections_bounded ON rejections (peer, bounded, ts_ms);
     """,
 ]
