@@ -115,9 +115,8 @@ def reject(conn: sqlite3.Connection, ts_ms: int, peer: str, origin: str, seq: in
     rule itself, never dropped nor displaced by the peer's other rows."""
     if bounded:
         recent = conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM rejections WHERE peer = ? AND bounded = 1 "
-            "AND ts_ms >= ? LIMIT ?)",
-            (peer, ts_ms - 60_000, MAX_REJECTIONS_PER_MINUTE)).fetchone()[0]
+            "SELECT count(*) FROM (SELECT 1 FROM rejections WHERE peer = ? AND ts_ms >= ? "
+            "LIMIT ?)", (peer, ts_ms - 60_000, MAX_REJECTIONS_PER_MINUTE)).fetchone()[0]
         if recent >= MAX_REJECTIONS_PER_MINUTE:
             return False
     conn.execute("INSERT INTO rejections (ts_ms, peer, origin, seq, reason, bounded) "
