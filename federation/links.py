@@ -105,7 +105,8 @@ class PeerLink:
                  on_keys: Callable[[list[Rotation], list[AnnouncedCert],
                                            list[SealAnnouncement]], None]
                  = lambda r, c, s: None,
-                 seal_private: Sequence[X25519PrivateKey] | None = None) -> None:
+                 seal_private: Sequence[X25519PrivateKey] | None = None,
+                 on_forked: Callable[[], None] = lambda: None) -> None:
         self.node = node
         self.tls = tls
         self.peer = peer
@@ -114,6 +115,7 @@ class PeerLink:
         self.on_rewind = on_rewind
         self.on_corrected = on_corrected
         self.on_keys = on_keys
+        self.on_forked = on_forked  # origins newly quarantined (NodeService.forked)
         self.seal_private = seal_private  # opens copies sealed to this center
         self._session_task: asyncio.Task[None] | None = None
         self._resubscribe = False
@@ -406,16 +408,14 @@ class PeerLink:
                 log.warning("rejected entries", extra={
                     "peer": center, "reasons": dict(result.rejected),
                     "not_logged_before": held})
-        forked = False
         for fork in result.forks:
             log.error("FORK: origin quarantined", extra={"peer": center, "fork": fork})
             self.node.forked.add(fork.partition(":")[0])
-            forked = True
-        if forked:  # its announced certificates no longer count: TLS pins again
-            self.on_keys([], [], [])
             if fork.startswith(f"{own}:"):
                 log.error("this center's OWN log has forked: nothing more is signed until an "
                           "administrator resolves it", extra={"peer": center, "fork": fork})
+        if result.forks:
+            self.on_forked()
         if result.purged:
             await self.node.db.checkpoint()
         if result.changed:

@@ -66,7 +66,7 @@ class Federation:
         self.node = node
         self.tls = PinnedTls(load_tls(node.home.tls_key, node.home.tls_cert),
                              node.peers.values())
-        self.tls.update(node.peers.values(), node.announced_certs())
+        self._pin_tls()
         self._tls_task: asyncio.Task[None] | None = None
         self._warned_ms = 0
         self.answerer = QueryAnswerer(node, Forwarder(
@@ -262,7 +262,7 @@ class Federation:
             return
         link = PeerLink(self.node, self.tls, peer, self.pool, self.node.changes.bump,
                         self._resubscribe_all, self._serve_again, self._keys_learned,
-                        self.seal_private)
+                        self.seal_private, self._pin_tls)
         self.links[peer.center] = link
         link.start()
         if self.watches is not None:
@@ -286,6 +286,11 @@ class Federation:
         for view in self.conflict_views.values():
             view.pop(center, None)
 
+    def _pin_tls(self) -> None:
+        """Trust for TLS what is pinned and announced now (NodeService.announced_certs:
+        a renewal learned, a distrust, a center quarantined for a fork)."""
+        self.tls.update(self.node.peers.values(), self.node.announced_certs())
+
     def _keys_learned(self, rotations: list[Rotation], certs: list[AnnouncedCert],
                       seals: list[SealAnnouncement]) -> None:
         """An origin's verified key announcements were stored: verify with its new
@@ -295,12 +300,8 @@ class Federation:
             log.info("signing key rotation learned", extra={
                 "origins": sorted({r.origin for r in rotations}),
                 "seqs": [r.seq for r in rotations]})
-        if not (rotations or certs or seals):
-            # An origin was quarantined for a fork: its announced certificates no
-            # longer count (NodeService.announced_certs).
-            self.tls.update(self.node.peers.values(), self.node.announced_certs())
         if certs and self.node.learn_certs(certs):
-            self.tls.update(self.node.peers.values(), self.node.announced_certs())
+            self._pin_tls()
             log.info("TLS certificate renewal learned", extra={
                 "origins": sorted({a.origin for a in certs}),
                 "fingerprints": [a.fingerprint[:16] for a in certs]})
@@ -328,7 +329,7 @@ class Federation:
         """Make a new pinned set current: TLS roots, open streams, links."""
         old = self.node.peers
         self.node.peers = peers
-        self.tls.update(peers.values(), self.node.announced_certs())
+        self._pin_tls()
         for center, before in old.items():
             after = peers.get(center)
             if after is None:
@@ -668,7 +669,7 @@ class Federation:
             log.warning("entries signed by a distrusted key moved out of the log for review",
                         extra={"peer": card.center, "entries": moved,
                                "after_seq": peer.distrust_after})
-            self.tls.update(self.node.peers.values(), self.node.announced_certs())
+            self._pin_tls()
             self._resubscribe_all()
         return {**self._peer_view(peer), "distrust_after": peer.distrust_after,
                 "quarantined_for_review": moved}
