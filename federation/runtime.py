@@ -93,7 +93,8 @@ class Federation:
         self.conflict_views: dict[str, dict[str, str]] = {}
         # Adopted held own entries were refused by the streams open now: ask again.
         node.own_log_adopted.append(self._resubscribe_all)
-        self.unsigned_seal_keys: set[tuple[str, str]] = set()  # (introducer, center) logged
+        # introducer -> center -> "": offered seal keys dropped unsigned, likewise.
+        self.unsigned_views: dict[str, dict[str, str]] = {}
 
     def attach_watches(self, watches: Watches) -> None:
         """Network watches: this node's signed set goes to its peers; theirs are
@@ -211,10 +212,7 @@ class Federation:
             # Logged once, not every poll; what is remembered is this introducer's
             # current view only (names it made up once must not pile up), and the
             # news of one round is one line.
-            seen = {c for i, c in self.unsigned_seal_keys if i == center}
-            news = sorted(set(result.unsigned) - seen)
-            self.unsigned_seal_keys = {k for k in self.unsigned_seal_keys if k[0] != center}
-            self.unsigned_seal_keys |= {(center, c) for c in result.unsigned}
+            news = _news(self.unsigned_views, center, dict.fromkeys(result.unsigned, ""))
             if news:
                 log.warning("introduced seal key not signed", extra={
                     "peer": center, "centers": news[:10], "count": len(news), "reason": (
@@ -224,9 +222,7 @@ class Federation:
             # 10,000 cards under names it makes up at every round: a line each was a
             # log without bound).
             view = dict((*result.conflicts, *result.refused))
-            before = self.conflict_views.get(center, {})
-            news = sorted(c for c, why in view.items() if before.get(c) != why)
-            self.conflict_views[center] = view
+            news = _news(self.conflict_views, center, view)
             if news:
                 log.warning("introduction conflict", extra={
                     "peer": center, "center": news[0][:64], "reason": view[news[0]][:300],
@@ -679,7 +675,8 @@ class Federation:
             raise NotFound(f"no pinned peer {center!r}")
         peers = {c: p for c, p in self.node.peers.items() if c != center}
         self._forget_conflict(center)
-        self.conflict_views.pop(center, None)  # an introducer's view goes with it
+        self.conflict_views.pop(center, None)  # an introducer's views go with it
+        self.unsigned_views.pop(center, None)
         await self._commit(user.name, peers, "peer.remove", {"peer": center})
         return {"removed": center}
 
@@ -691,3 +688,12 @@ class Federation:
         await self.node.db.run(lambda c: audit_tx.append(
             c, self.node.sign_audit, now_ms(), actor, action, detail))
         self.apply_peers(peers)
+
+
+def _news(views: dict[str, dict[str, str]], introducer: str, view: dict[str, str]
+          ) -> list[str]:
+    """Keep ``view`` as the introducer's current one (only that: names it offered
+    once must not pile up); the centers in it that are new or changed since."""
+    before = views.get(introducer, {})
+    views[introducer] = view
+    return sorted(c for c, why in view.items() if before.get(c) != why)
