@@ -60,10 +60,7 @@ def compact_pending_erasure(home: Home) -> bool:
     conn = open_sync(home.database)
     try:
         with immediate(conn):
-            if log_tx.erasure_pending(conn) is None:
-                return False
-            log_tx.compact_index(conn)
-        return True
+            return log_tx.compact_if_pending(conn)
     finally:
         conn.close()
 

@@ -42,16 +42,15 @@ def erase_pending_in_copy(path: Path) -> bool:
     word goes into a file kept for years. True if it had to."""
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         try:
-            if log_tx.erasure_pending(conn) is None:
-                return False
             conn.execute("PRAGMA secure_delete = ON")
             conn.execute("BEGIN IMMEDIATE")
-            log_tx.compact_index(conn)
+            compacted = log_tx.compact_if_pending(conn)
             conn.execute("COMMIT")
-            conn.execute("VACUUM")  # the copy is nobody else's: drop the freed pages
+            if compacted:
+                conn.execute("VACUUM")  # the copy is nobody else's: drop the freed pages
         except sqlite3.Error as exc:
             raise explain(path, exc) from None
-    return True
+    return compacted
 
 
 def inspect_copy(path: Path, center: str) -> CopyFacts:

@@ -593,6 +593,14 @@ def compact_index(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM index_erasure")
 
 
+def compact_if_pending(conn: sqlite3.Connection) -> bool:
+    """compact_index if an erasure is pending (note_erasure); True if it ran."""
+    if erasure_pending(conn) is None:
+        return False
+    compact_index(conn)
+    return True
+
+
 def note_erasure(conn: sqlite3.Connection, since_ms: int, purges: int = 1) -> None:
     """Records left the text index (search no longer finds them) but their terms
     may still be in its segments: compact_index is due (at most one per [limits]
